@@ -1,0 +1,331 @@
+//! [`AuthDotJson`] and [`TokenData`]: the auth.json document, with unknown keys kept in order.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::jwt::{self, IdTokenClaims};
+use crate::secret::Secret;
+use crate::timestamp::Timestamp;
+
+/// How the credentials authenticate (`auth_mode`). Unknown values are kept as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `"apikey"`: an `OPENAI_API_KEY`.
+    ApiKey,
+    /// `"chatgpt"`: ChatGPT OAuth tokens.
+    Chatgpt,
+    /// `"chatgptAuthTokens"`: tokens supplied by a host application (memory only).
+    ChatgptAuthTokens,
+    /// Any other value (`"personalAccessToken"`, `"bedrockApiKey"`, future ones).
+    Other(String),
+}
+
+impl AuthMode {
+    /// The value as written in the file.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AuthMode::ApiKey => "apikey",
+            AuthMode::Chatgpt => "chatgpt",
+            AuthMode::ChatgptAuthTokens => "chatgptAuthTokens",
+            AuthMode::Other(s) => s,
+        }
+    }
+
+    /// Parses a file value; never fails.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "apikey" => AuthMode::ApiKey,
+            "chatgpt" => AuthMode::Chatgpt,
+            "chatgptAuthTokens" => AuthMode::ChatgptAuthTokens,
+            other => AuthMode::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The order in which an object's keys stood in the file, so that a rewrite keeps it.
+/// [`KeyOrder::default()`] is a new document: keys are written in the canonical order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyOrder(Option<Vec<String>>);
+
+impl KeyOrder {
+    fn of(map: &Map<String, Value>) -> Self {
+        KeyOrder(Some(map.keys().cloned().collect()))
+    }
+
+    /// Whether `key` stood in the file this document was read from.
+    pub fn contains(&self, key: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|keys| keys.iter().any(|k| k == key))
+    }
+}
+
+/// The whole auth.json document.
+///
+/// Keys it does not know survive in `extra`, and the file's key order is kept in `key_order`, so
+/// that a document read and written back unchanged is the same bytes (for files written
+/// pretty-printed, as existing installations write them). Secrets are [`Secret`]s.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthDotJson {
+    /// `auth_mode`; omitted when `None`. See [`AuthDotJson::resolved_mode`].
+    pub auth_mode: Option<AuthMode>,
+    /// `OPENAI_API_KEY`; written as `null` when `None`.
+    pub openai_api_key: Option<Secret>,
+    /// `tokens`: ChatGPT OAuth tokens.
+    pub tokens: Option<TokenData>,
+    /// `last_refresh`: when the tokens were last obtained. Write it together with tokens.
+    pub last_refresh: Option<Timestamp>,
+    /// Top-level keys this crate does not know, in file order, untouched.
+    pub extra: Map<String, Value>,
+    /// The order of the keys in the file this was read from.
+    pub key_order: KeyOrder,
+}
+
+/// The `tokens` object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenData {
+    /// `id_token`: a JWT with the user's identity; it must decode (see [`TokenData::id_claims`]).
+    pub id_token: Secret,
+    /// `access_token`: the bearer for API calls; its `exp` drives proactive refresh.
+    pub access_token: Secret,
+    /// `refresh_token`: rotating; each successful refresh returns a new one.
+    pub refresh_token: Secret,
+    /// `account_id`: the ChatGPT workspace, the identity for "still the same account?".
+    pub account_id: Option<String>,
+    /// Keys of `tokens` this crate does not know, in file order, untouched.
+    pub extra: Map<String, Value>,
+    /// The order of the keys of `tokens` in the file.
+    pub key_order: KeyOrder,
+}
+
+impl TokenData {
+    /// The id token's claims (email, workspace, plan, user).
+    pub fn id_claims(&self) -> Result<IdTokenClaims, jwt::JwtError> {
+        IdTokenClaims::decode(self.id_token.expose())
+    }
+
+    /// The access token's `exp`; `Ok(None)` when it has none.
+    pub fn access_token_expiry(&self) -> Result<Option<std::time::SystemTime>, jwt::JwtError> {
+        jwt::expiry(self.access_token.expose())
+    }
+}
+
+/// Why bytes are not an auth.json document. The message names the key, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(String);
+
+fn secret_field(map: &Map<String, Value>, key: &str, ctx: &str) -> Result<Secret, FormatError> {
+    match map.get(key) {
+        Some(Value::String(s)) => Ok(Secret::new(s.clone())),
+        None => Err(FormatError(format!("{ctx}{key} is missing"))),
+        Some(_) => Err(FormatError(format!("{ctx}{key} must be a string"))),
+    }
+}
+
+fn opt_string(
+    map: &Map<String, Value>,
+    key: &str,
+    ctx: &str,
+) -> Result<Option<String>, FormatError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(FormatError(format!("{ctx}{key} must be a string or null"))),
+    }
+}
+
+const TOP_KEYS: [&str; 4] = ["auth_mode", "OPENAI_API_KEY", "tokens", "last_refresh"];
+const TOKEN_KEYS: [&str; 4] = ["id_token", "access_token", "refresh_token", "account_id"];
+
+impl TokenData {
+    fn from_value(value: &Value) -> Result<Self, FormatError> {
+        let map = value
+            .as_object()
+            .ok_or_else(|| FormatError("tokens must be an object or null".into()))?;
+        let ctx = "tokens.";
+        let id_token = secret_field(map, "id_token", ctx)?;
+        IdTokenClaims::decode(id_token.expose())
+            .map_err(|e| FormatError(format!("tokens.id_token cannot be decoded: {e}")))?;
+        Ok(TokenData {
+            id_token,
+            access_token: secret_field(map, "access_token", ctx)?,
+            refresh_token: secret_field(map, "refresh_token", ctx)?,
+            account_id: opt_string(map, "account_id", ctx)?,
+            extra: unknown(map, &TOKEN_KEYS),
+            key_order: KeyOrder::of(map),
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        let known = |key: &str| -> Option<Value> {
+            Some(match key {
+                "id_token" => Value::String(self.id_token.expose().to_owned()),
+                "access_token" => Value::String(self.access_token.expose().to_owned()),
+                "refresh_token" => Value::String(self.refresh_token.expose().to_owned()),
+                "account_id" => self.account_id.clone().map_or(Value::Null, Value::String),
+                _ => return None,
+            })
+        };
+        Value::Object(assemble(
+            &TOKEN_KEYS,
+            &self.key_order,
+            &self.extra,
+            known,
+            |_| true,
+        ))
+    }
+}
+
+fn unknown(map: &Map<String, Value>, known: &[&str]) -> Map<String, Value> {
+    map.iter()
+        .filter(|(k, _)| !known.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Builds an object: keys in file order (or `known_keys` order for a new document), then the
+/// known keys the file lacked, then new unknown keys. `value_of` gives a known key's value
+/// (`Value::Null` for unset); an unset key is written only if it was in the file or
+/// `null_when_new` says a new document writes it.
+fn assemble(
+    known_keys: &[&str],
+    order: &KeyOrder,
+    extra: &Map<String, Value>,
+    value_of: impl Fn(&str) -> Option<Value>,
+    null_when_new: impl Fn(&str) -> bool,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    let put = |out: &mut Map<String, Value>, key: &str| {
+        if out.contains_key(key) {
+            return;
+        }
+        if let Some(value) = value_of(key) {
+            let keep = !value.is_null()
+                || order.contains(key)
+                || (order.0.is_none() && null_when_new(key));
+            if keep {
+                out.insert(key.to_owned(), value);
+            }
+        } else if let Some(value) = extra.get(key) {
+            out.insert(key.to_owned(), value.clone());
+        }
+    };
+    if let Some(keys) = &order.0 {
+        for key in keys {
+            put(&mut out, key);
+        }
+    }
+    for key in known_keys {
+        put(&mut out, key);
+    }
+    for key in extra.keys() {
+        put(&mut out, key);
+    }
+    out
+}
+
+impl AuthDotJson {
+    /// Parses a document. Every failure names the key at fault (and never a secret value).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, FormatError> {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(FormatError("the file is empty".into()));
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            let what = if e.is_eof() {
+                "is cut off"
+            } else {
+                "is not valid JSON"
+            };
+            FormatError(format!(
+                "the file {what} (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let map = value
+            .as_object()
+            .ok_or_else(|| FormatError("the file is not a JSON object".into()))?;
+        let auth_mode = opt_string(map, "auth_mode", "")?.map(|m| AuthMode::parse(&m));
+        let openai_api_key = opt_string(map, "OPENAI_API_KEY", "")?.map(Secret::new);
+        let tokens = match map.get("tokens") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(TokenData::from_value(v)?),
+        };
+        let last_refresh = opt_string(map, "last_refresh", "")?
+            .map(|t| Timestamp::parse(&t).map_err(|e| FormatError(format!("last_refresh: {e}"))))
+            .transpose()?;
+        Ok(AuthDotJson {
+            auth_mode,
+            openai_api_key,
+            tokens,
+            last_refresh,
+            extra: unknown(map, &TOP_KEYS),
+            key_order: KeyOrder::of(map),
+        })
+    }
+
+    /// The document as existing installations write it: pretty-printed JSON, no trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let known = |key: &str| -> Option<Value> {
+            Some(match key {
+                "auth_mode" => self
+                    .auth_mode
+                    .as_ref()
+                    .map_or(Value::Null, |m| Value::String(m.as_str().to_owned())),
+                "OPENAI_API_KEY" => self
+                    .openai_api_key
+                    .as_ref()
+                    .map_or(Value::Null, |k| Value::String(k.expose().to_owned())),
+                "tokens" => self
+                    .tokens
+                    .as_ref()
+                    .map_or(Value::Null, TokenData::to_value),
+                "last_refresh" => self
+                    .last_refresh
+                    .as_ref()
+                    .map_or(Value::Null, |t| Value::String(t.as_str().to_owned())),
+                _ => return None,
+            })
+        };
+        let map = assemble(&TOP_KEYS, &self.key_order, &self.extra, known, |k| {
+            k != "auth_mode"
+        });
+        // Serializing a map of JSON values cannot fail.
+        serde_json::to_vec_pretty(&Value::Object(map)).unwrap_or_default()
+    }
+
+    /// The mode, inferred as existing installations do when `auth_mode` is absent: a personal
+    /// access token, then a Bedrock key, then a non-null `OPENAI_API_KEY`, else ChatGPT.
+    pub fn resolved_mode(&self) -> AuthMode {
+        if let Some(mode) = &self.auth_mode {
+            return mode.clone();
+        }
+        let present = |k: &str| self.extra.get(k).is_some_and(|v| !v.is_null());
+        if present("personal_access_token") {
+            AuthMode::Other("personalAccessToken".into())
+        } else if present("bedrock_api_key") {
+            AuthMode::Other("bedrockApiKey".into())
+        } else if self.openai_api_key.is_some() {
+            AuthMode::ApiKey
+        } else {
+            AuthMode::Chatgpt
+        }
+    }
+
+    /// The names of the top-level and `tokens` keys this crate does not know (`tokens.` prefixed).
+    pub fn unknown_fields(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.extra.keys().cloned().collect();
+        if let Some(tokens) = &self.tokens {
+            names.extend(tokens.extra.keys().map(|k| format!("tokens.{k}")));
+        }
+        names
+    }
+}

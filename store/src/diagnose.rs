@@ -1,0 +1,159 @@
+//! Diagnostics for `inspect`: what about the store on disk is unsafe or unusual.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::StoreError;
+use crate::replace::leftover_temps;
+use crate::store::Store;
+
+/// One thing wrong with the store on disk. `Display` is a sentence that says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Problem {
+    /// auth.json can be read or written by others.
+    WidePermissions {
+        /// The file's permission bits.
+        mode: u32,
+    },
+    /// auth.json belongs to another user.
+    OwnedByOther {
+        /// The owner's uid.
+        uid: u32,
+    },
+    /// auth.json is a symbolic link.
+    Symlink {
+        /// Where it points.
+        target: PathBuf,
+    },
+    /// auth.json has more than one hard link.
+    HardLinks {
+        /// The link count.
+        links: u64,
+    },
+    /// Temp files left by a crashed writer (swept by the next write).
+    LeftoverTemps {
+        /// Their names.
+        names: Vec<String>,
+    },
+    /// The directory is writable by group or others.
+    DirectoryWritableByOthers {
+        /// The directory's permission bits.
+        mode: u32,
+    },
+    /// The directory belongs to another user.
+    DirectoryOwnedByOther {
+        /// The owner's uid.
+        uid: u32,
+    },
+    /// A token in the file does not decode as a JWT.
+    TokenDoesNotDecode {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::WidePermissions { mode } => write!(
+                f,
+                "auth.json has mode {mode:04o}, readable or writable by others: run `chmod 600` on it (the next write also fixes it)"
+            ),
+            Problem::OwnedByOther { uid } => {
+                write!(f, "auth.json belongs to uid {uid}, not to you: remove it and sign in again")
+            }
+            Problem::Symlink { target } => write!(
+                f,
+                "auth.json is a symbolic link to {}, which the store does not follow: replace it with a regular file",
+                target.display()
+            ),
+            Problem::HardLinks { links } => write!(
+                f,
+                "auth.json has {links} hard links; the store refuses to write it: remove the other links"
+            ),
+            Problem::LeftoverTemps { names } => write!(
+                f,
+                "{} temp file(s) left by an interrupted writer ({}); the next write removes them",
+                names.len(),
+                names.join(", ")
+            ),
+            Problem::DirectoryWritableByOthers { mode } => write!(
+                f,
+                "the directory has mode {mode:04o}, writable by others who could replace auth.json: run `chmod 700` on it"
+            ),
+            Problem::DirectoryOwnedByOther { uid } => {
+                write!(f, "the directory belongs to uid {uid}, not to you")
+            }
+            Problem::TokenDoesNotDecode { field, reason } => {
+                write!(f, "{field} does not decode: {reason}; sign in again")
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Checks permissions, ownership, links, leftover temp files and token decoding. Reading
+    /// problems (a corrupt file) are not listed here: [`Store::load`] reports them.
+    pub fn diagnose(&self) -> Result<Vec<Problem>, StoreError> {
+        let mut problems = Vec::new();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let dir_meta =
+            fs::metadata(self.dir()).map_err(|e| StoreError::io("inspect", self.dir(), e))?;
+        let dir_mode = dir_meta.mode() & 0o7777;
+        if dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0 {
+            problems.push(Problem::DirectoryWritableByOthers { mode: dir_mode });
+        }
+        if dir_meta.uid() != me {
+            problems.push(Problem::DirectoryOwnedByOther {
+                uid: dir_meta.uid(),
+            });
+        }
+        match fs::symlink_metadata(self.path()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("inspect", self.path(), e)),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(self.path()).unwrap_or_default();
+                problems.push(Problem::Symlink { target });
+            }
+            Ok(meta) => {
+                let mode = meta.mode() & 0o7777;
+                if mode & 0o077 != 0 {
+                    problems.push(Problem::WidePermissions { mode });
+                }
+                if meta.uid() != me {
+                    problems.push(Problem::OwnedByOther { uid: meta.uid() });
+                }
+                if meta.nlink() > 1 {
+                    problems.push(Problem::HardLinks {
+                        links: meta.nlink(),
+                    });
+                }
+            }
+        }
+        let temps = leftover_temps(self.dir());
+        if !temps.is_empty() {
+            problems.push(Problem::LeftoverTemps { names: temps });
+        }
+        if let Ok(snapshot) = self.load() {
+            if let Some(tokens) = snapshot.auth().and_then(|a| a.tokens.as_ref()) {
+                if let Err(e) = tokens.access_token_expiry() {
+                    problems.push(Problem::TokenDoesNotDecode {
+                        field: "tokens.access_token",
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(problems)
+    }
+}

@@ -1,0 +1,119 @@
+//! [`StoreError`]: everything a store operation can report.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::generation::{Expect, Generation};
+use crate::options::LOCK_TIMEOUT_ENV;
+
+/// An error from a store operation. Every variant names the path it concerns and says what the
+/// user can do; none contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file on disk is not the generation the write expected. Nothing was written.
+    #[error(
+        "{path} changed under us (expected {expected}, found {actual}); nothing was written: \
+         re-read the file and try again"
+    )]
+    Conflict {
+        /// auth.json.
+        path: PathBuf,
+        /// What the write expected.
+        expected: Expect,
+        /// What is on disk.
+        actual: Generation,
+    },
+
+    /// Another process held the lock for longer than the bounded wait.
+    #[error(
+        "another process holds the store: waited {waited:?} for the lock {path}; \
+         let it finish and retry, or wait longer by setting {LOCK_TIMEOUT_ENV} (e.g. 60s)"
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+
+    /// The lock call itself failed (for example, a file system without `flock`). The store never
+    /// goes on unlocked.
+    #[error(
+        "cannot lock {path}: {source}; nothing was read or written: keep CODEX_HOME on a local \
+         file system that supports flock"
+    )]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// auth.json exists but is not a valid document. It is left untouched.
+    #[error(
+        "{path} is corrupt: {reason} (generation {generation}); it was left untouched: \
+         repair it, or sign in again to replace it"
+    )]
+    Corrupt {
+        /// auth.json.
+        path: PathBuf,
+        /// The generation of the bad bytes; a compare-and-swap naming it may replace them.
+        generation: Generation,
+        /// What is wrong, naming the key but never a value.
+        reason: String,
+    },
+
+    /// auth.json is a symbolic link; the store refuses to follow it.
+    #[error(
+        "{path} is a symbolic link, which the store does not follow; replace it with the file it \
+         points to, or point CODEX_HOME at that file's directory"
+    )]
+    Symlink {
+        /// auth.json.
+        path: PathBuf,
+    },
+
+    /// auth.json has other hard links; replacing it would silently split them.
+    #[error(
+        "{path} has {links} hard links; a replacement would split them: remove the other links \
+         (find them with `find / -samefile {path}`)"
+    )]
+    HardLinked {
+        /// auth.json.
+        path: PathBuf,
+        /// The link count.
+        links: u64,
+    },
+
+    /// The store directory exists but is not a directory.
+    #[error("{path} is not a directory; point CODEX_HOME at a directory")]
+    NotADirectory {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// An I/O error.
+    #[error("cannot {action} {path}: {source}; check that the path exists and is yours")]
+    Io {
+        /// What was being done (`read`, `create`, `rename over`, ...).
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StoreError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! A transactional store for Codex's `auth.json`.
+//!
+//! Several processes (terminals, editor extensions, app servers) share one `$CODEX_HOME/auth.json`.
+//! This crate makes every access to it a transaction: an advisory lock on a sidecar file, atomic
+//! and durable rename writes, and a *generation* (the SHA-256 of the file's bytes) so that every
+//! write is a compare-and-swap.
+//!
+//! ```
+//! # fn main() -> Result<(), codex_store::StoreError> {
+//! # let codex_home = std::env::temp_dir().join(format!("codex-store-doc-{}", std::process::id()));
+//! use codex_store::{AuthDotJson, Expect, Generation, Secret, Store, StoreError};
+//!
+//! let store = Store::open(&codex_home)?;            // creates the directory 0700 when missing
+//! let snap = store.load()?;                         // no lock: atomic renames make reads whole
+//! assert_eq!(snap.generation(), Generation::Absent);
+//!
+//! let auth = AuthDotJson { openai_api_key: Some(Secret::new("sk-example")), ..Default::default() };
+//! let g1 = store.compare_and_swap(Expect::Absent, Some(&auth))?;     // create only
+//! assert_eq!(store.load()?.generation(), g1);
+//!
+//! // A stale expectation writes nothing.
+//! let stale = store.compare_and_swap(Expect::Absent, Some(&auth));
+//! assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+//!
+//! // Read-modify-write under the exclusive lock.
+//! let tx = store.transaction()?;
+//! let mut doc = tx.snapshot().auth().cloned().unwrap_or_default();
+//! doc.openai_api_key = Some(Secret::new("sk-rotated"));
+//! let g2 = tx.commit(Some(&doc))?;                   // consumes tx; dropping it would roll back
+//! assert_ne!(g1, g2);
+//!
+//! store.compare_and_swap(Expect::Any, None)?;         // None deletes (logout)
+//! # std::fs::remove_dir_all(&codex_home).ok();
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//! - **No lost updates** among processes that use this store: every write happens under an
+//!   exclusive `flock` on `auth.json.lock`, a sidecar that is never renamed, deleted or truncated
+//!   (locking `auth.json` itself fails: a rename swaps the inode under the lock).
+//! - **No torn reads**: a write goes to an exclusive 0600 temp file in the same directory, is
+//!   fsynced, renamed over `auth.json`, and the directory is fsynced. A reader sees the old bytes
+//!   or the new ones, and after a crash the file is one of the committed documents.
+//! - **Compare-and-swap**: a write names the [`Generation`] it expects ([`Expect`]); a mismatch
+//!   is [`StoreError::Conflict`] and writes nothing. Just before the rename the file is hashed
+//!   again, so a writer that ignores the lock is caught rather than overwritten.
+//! - **Bad input loses nothing**: an empty, cut-off, non-JSON, mistyped, over-1-MiB file, or one
+//!   whose id token is not a JWT, is [`StoreError::Corrupt`] with its generation, and is only
+//!   ever replaced by a compare-and-swap naming that generation or [`Expect::Any`].
+//! - **Compatibility**: every file existing installations write loads; keys this crate does not
+//!   know survive a rewrite in their order; the output is pretty-printed like theirs.
+//! - Files are always written with mode 0600, whatever the old mode or the umask.
+//!
+//! # Policies
+//! - The lock wait is bounded ([`StoreOptions::lock_timeout`], default 10 s, overridden by the
+//!   environment variable `CODEX_STORE_LOCK_TIMEOUT`, e.g. `CODEX_STORE_LOCK_TIMEOUT=60s`); a
+//!   timeout is [`StoreError::LockTimeout`]. A failing lock call (no `flock` support) is
+//!   [`StoreError::Lock`]: the store never proceeds unlocked.
+//! - A symlinked `auth.json` is refused with [`StoreError::Symlink`], for reading and writing:
+//!   following it would put the lock and the temp file beside the wrong file, and a planted link
+//!   would redirect credentials. A hard-linked `auth.json` (link count above 1) is not written:
+//!   [`StoreError::HardLinked`].
+//! - Temp files (prefix [`TEMP_PREFIX`]) left by a crashed writer are swept under the lock by the
+//!   next transaction or compare-and-swap.
+//!
+//! # Limitations
+//! - Advisory locks bind only processes that take them. Existing installations write in place
+//!   without a lock: the re-hash just before the rename narrows, but cannot close, the window in
+//!   which such a write is overwritten (between the re-hash and the rename, microseconds), and a
+//!   reader can catch such a writer half way (the store re-reads briefly, then reports Corrupt).
+//! - Local file systems only: `flock` over NFS or other network file systems may be emulated,
+//!   per-host, or absent.
+//! - A lock wait that times out leaves a helper thread blocked in the kernel until the holder
+//!   releases the lock; it then releases it at once.
+//! - Taking the lock twice in one thread (a transaction inside a transaction) waits for itself
+//!   until the timeout.
+//! - Known keys are written in their file order; numbers in unknown keys are kept as
+//!   `serde_json` represents them (very large or very precise numbers may be rewritten).
+//!
+//! # Security
+//! - Secrets are [`Secret`]s: `Debug` redacts, there is no `Display`, and
+//!   [`Secret::expose`] is the only way to the value. Errors name keys and paths, never values.
+//! - The lock and temp files are created 0600 without following symlinks (`O_NOFOLLOW`), temp
+//!   files exclusively (`O_EXCL`). [`Store::diagnose`] reports wide permissions, foreign owners,
+//!   links, leftover temps and a directory writable by others.
+//! - Secrets are not zeroed in memory when dropped.
+
+#![warn(missing_docs)]
+
+mod auth_json;
+pub mod backend;
+mod diagnose;
+mod error;
+mod generation;
+pub mod jwt;
+mod lock;
+mod options;
+mod read;
+mod replace;
+mod secret;
+mod store;
+mod timestamp;
+mod transaction;
+
+pub use auth_json::{AuthDotJson, AuthMode, FormatError, KeyOrder, TokenData};
+pub use diagnose::Problem;
+pub use error::StoreError;
+pub use generation::{Expect, Generation};
+pub use options::{
+    parse_duration, StoreOptions, WaitNotice, DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV,
+};
+pub use read::MAX_FILE_SIZE;
+pub use replace::TEMP_PREFIX;
+pub use secret::Secret;
+pub use store::{Snapshot, Store, AUTH_FILE};
+pub use timestamp::Timestamp;
+pub use transaction::Transaction;

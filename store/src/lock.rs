@@ -1,0 +1,169 @@
+//! The sidecar lock: `auth.json.lock`, never renamed, deleted or truncated.
+//!
+//! Acquisition first tries without blocking. When the lock is busy, a helper thread waits in the
+//! kernel (`flock(LOCK_EX)`), so the lock passes to a waiter the moment it is released, and the
+//! caller waits for that thread against a monotonic deadline. A helper that wins after its caller
+//! gave up releases the lock at once. After acquiring, the lock path must still name the inode we
+//! locked (someone may have deleted or replaced the lock file); otherwise we start again.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use crate::error::StoreError;
+use crate::options::StoreOptions;
+
+/// An exclusive lock on the sidecar file; released when dropped (closing the descriptor
+/// releases a `flock`).
+#[derive(Debug)]
+pub(crate) struct LockGuard {
+    _file: File,
+}
+
+/// Opens (creating 0600 if needed) the lock file without following a symlink.
+fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn same_inode(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn lock_error(path: &Path, source: io::Error) -> StoreError {
+    StoreError::Lock {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Takes the exclusive lock within `options.lock_timeout`.
+pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, StoreError> {
+    let start = Instant::now();
+    let deadline = start + options.lock_timeout;
+    let mut noticed = false;
+    loop {
+        let file = open_lock_file(path, true)
+            .map_err(|e| StoreError::io("open the lock file", path, e))?;
+        let mut rw = fd_lock::RwLock::new(file);
+        let acquired = match rw.try_write() {
+            Ok(guard) => {
+                // The lock lives as long as the descriptor; closing it releases the lock.
+                std::mem::forget(guard);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => return Err(lock_error(path, e)),
+        };
+        let file = if acquired {
+            rw.into_inner()
+        } else {
+            wait_in_kernel(rw, path, options, start, deadline, &mut noticed)?
+        };
+        if same_inode(&file, path) {
+            return Ok(LockGuard { _file: file });
+        }
+        // The lock file was deleted or replaced while we waited: our lock guards nothing.
+        if Instant::now() >= deadline {
+            return Err(StoreError::LockTimeout {
+                path: path.to_path_buf(),
+                waited: start.elapsed(),
+            });
+        }
+    }
+}
+
+fn wait_in_kernel(
+    mut rw: fd_lock::RwLock<File>,
+    path: &Path,
+    options: &StoreOptions,
+    start: Instant,
+    deadline: Instant,
+    noticed: &mut bool,
+) -> Result<File, StoreError> {
+    let (tx, rx) = mpsc::sync_channel::<io::Result<File>>(1);
+    let spawned = std::thread::Builder::new()
+        .name("codex-store-lock".into())
+        .spawn(move || {
+            let locked = rw.write().map(std::mem::forget);
+            let result = locked.map(|()| rw.into_inner());
+            // If the caller gave up, the send fails and dropping the file releases the lock.
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        return Err(StoreError::io("start a lock-waiting thread for", path, e));
+    }
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timeout(path, start));
+        }
+        let notice_at = start + options.notice_after;
+        let until = if !*noticed && options.on_wait.is_some() && notice_at < deadline {
+            notice_at.max(now)
+        } else {
+            deadline
+        };
+        match rx.recv_timeout(until - now) {
+            Ok(Ok(file)) => return Ok(file),
+            Ok(Err(e)) => return Err(lock_error(path, e)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if until == deadline {
+                    return Err(timeout(path, start));
+                }
+                *noticed = true;
+                if let Some(notice) = &options.on_wait {
+                    notice(path, start.elapsed());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(lock_error(
+                    path,
+                    io::Error::other("the lock-waiting thread died"),
+                ))
+            }
+        }
+    }
+}
+
+fn timeout(path: &Path, start: Instant) -> StoreError {
+    StoreError::LockTimeout {
+        path: path.to_path_buf(),
+        waited: start.elapsed(),
+    }
+}
+
+/// Whether another process (or another handle in this one) holds the lock right now. Never waits
+/// and never creates the lock file.
+pub(crate) fn is_held(path: &Path) -> Result<bool, StoreError> {
+    let file = match open_lock_file(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StoreError::io("open the lock file", path, e)),
+    };
+    let rw = fd_lock::RwLock::new(file);
+    let held = match rw.try_read() {
+        Ok(_guard) => false,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+        Err(e) => return Err(lock_error(path, e)),
+    };
+    Ok(held)
+}
+
+/// The lock file's path for a given auth.json path.
+pub(crate) fn lock_path_for(auth_path: &Path) -> PathBuf {
+    let mut name = auth_path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    auth_path.with_file_name(name)
+}

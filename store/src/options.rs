@@ -1,0 +1,98 @@
+//! [`StoreOptions`]: how long to wait for the lock, and whom to tell while waiting.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The environment variable that overrides the default lock wait: a duration such as `30s`,
+/// `500ms` or `2m` (or a plain number of seconds).
+pub const LOCK_TIMEOUT_ENV: &str = "CODEX_STORE_LOCK_TIMEOUT";
+
+/// The lock wait when neither the options nor the environment say otherwise.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Called once when a lock wait has lasted `notice_after`, with the lock path and the wait so far.
+pub type WaitNotice = Arc<dyn Fn(&Path, Duration) + Send + Sync>;
+
+/// Options of a [`crate::Store`].
+///
+/// ```
+/// use std::time::Duration;
+/// use codex_store::StoreOptions;
+/// let options = StoreOptions { lock_timeout: Duration::from_secs(2), ..Default::default() };
+/// assert_eq!(options.lock_timeout, Duration::from_secs(2));
+/// ```
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// The longest wait for the lock before [`crate::StoreError::LockTimeout`]. Default:
+    /// [`LOCK_TIMEOUT_ENV`] if set and valid, else [`DEFAULT_LOCK_TIMEOUT`].
+    pub lock_timeout: Duration,
+    /// After how long a wait `on_wait` is called. Default: 1 s.
+    pub notice_after: Duration,
+    /// Told once per wait that lasts `notice_after` (for example, to print "waiting for ...").
+    pub on_wait: Option<WaitNotice>,
+}
+
+impl StoreOptions {
+    /// The default lock wait: [`LOCK_TIMEOUT_ENV`] when it holds a valid duration, else
+    /// [`DEFAULT_LOCK_TIMEOUT`].
+    pub fn default_lock_timeout() -> Duration {
+        std::env::var(LOCK_TIMEOUT_ENV)
+            .ok()
+            .and_then(|v| parse_duration(&v))
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT)
+    }
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h 5m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0 && secs < 1e9)
+            .then(|| Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(text).ok()
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            lock_timeout: Self::default_lock_timeout(),
+            notice_after: Duration::from_secs(1),
+            on_wait: None,
+        }
+    }
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("lock_timeout", &self.lock_timeout)
+            .field("notice_after", &self.notice_after)
+            .field("on_wait", &self.on_wait.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_the_documented_forms() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(Duration::from_millis(500)),
+            "500ms"
+        );
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)), "2m");
+        assert_eq!(
+            parse_duration("1.5"),
+            Some(Duration::from_millis(1500)),
+            "bare seconds"
+        );
+        assert_eq!(parse_duration("soon"), None, "nonsense accepted");
+        assert_eq!(parse_duration("-1"), None, "negative accepted");
+    }
+}

@@ -1,0 +1,116 @@
+//! Reading auth.json: one whole snapshot, a size limit, and a brief retry on a half-written file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::auth_json::AuthDotJson;
+use crate::error::StoreError;
+use crate::generation::Generation;
+
+/// The largest auth.json the store reads (1 MiB). Real files are about 2 KiB.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+
+/// Pauses before re-reading a file that did not parse: a writer that ignores the lock (an older
+/// installation writing in place) may be half way through.
+const RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(8),
+    Duration::from_millis(16),
+];
+
+/// The bytes of auth.json and their generation. `bytes` is `None` when the file is over
+/// [`MAX_FILE_SIZE`] (its generation is still exact).
+pub(crate) struct RawFile {
+    pub(crate) bytes: Option<Vec<u8>>,
+    pub(crate) generation: Generation,
+}
+
+fn open_no_follow(path: &Path) -> Result<Option<File>, StoreError> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(StoreError::Symlink {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(StoreError::io("open", path, e)),
+    }
+}
+
+/// Reads the file whole; `None` when there is no file.
+pub(crate) fn read_raw(path: &Path) -> Result<Option<RawFile>, StoreError> {
+    let Some(mut file) = open_no_follow(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(4096);
+    (&mut file)
+        .take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io("read", path, e))?;
+    if bytes.len() as u64 <= MAX_FILE_SIZE {
+        let generation = Generation::of_bytes(&bytes);
+        return Ok(Some(RawFile {
+            bytes: Some(bytes),
+            generation,
+        }));
+    }
+    // Too large to parse; hash the rest so a compare-and-swap can still name it.
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| StoreError::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Some(RawFile {
+        bytes: None,
+        generation: Generation::Sha256(hasher.finalize().into()),
+    }))
+}
+
+/// The current generation, hashing the bytes.
+pub(crate) fn current_generation(path: &Path) -> Result<Generation, StoreError> {
+    Ok(read_raw(path)?.map_or(Generation::Absent, |raw| raw.generation))
+}
+
+/// Reads and parses, retrying briefly while the file does not parse.
+pub(crate) fn read_document(path: &Path) -> Result<(Generation, Option<AuthDotJson>), StoreError> {
+    let mut delays = RETRY_DELAYS.iter();
+    loop {
+        let Some(raw) = read_raw(path)? else {
+            return Ok((Generation::Absent, None));
+        };
+        let reason = match &raw.bytes {
+            None => format!("it is larger than the {} byte limit", MAX_FILE_SIZE),
+            Some(bytes) => match AuthDotJson::from_json(bytes) {
+                Ok(doc) => return Ok((raw.generation, Some(doc))),
+                Err(e) => match delays.next() {
+                    Some(delay) => {
+                        std::thread::sleep(*delay);
+                        continue;
+                    }
+                    None => e.to_string(),
+                },
+            },
+        };
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            generation: raw.generation,
+            reason,
+        });
+    }
+}

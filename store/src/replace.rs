@@ -1,0 +1,141 @@
+//! Durable replacement: an exclusive 0600 temp file in the same directory, written and fsynced,
+//! checked against the expected generation, renamed over auth.json, then the directory fsynced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::StoreError;
+use crate::generation::{Expect, Generation};
+use crate::read::current_generation;
+
+/// Every temp file the store creates starts with this name (followed by pid and a counter).
+/// Leftovers of a crashed writer are swept, under the lock, by this exact prefix.
+pub const TEMP_PREFIX: &str = ".auth.json.codex-store-tmp.";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Removes the temp file unless defused.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn create_temp(dir: &Path) -> Result<(File, TempFile), StoreError> {
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => return Ok((file, TempFile { path, armed: true })),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(StoreError::io("create the temp file", path, e)),
+        }
+    }
+}
+
+/// Refuses to replace a symlink or a hard-linked file.
+pub(crate) fn check_replaceable(path: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(StoreError::Symlink {
+            path: path.to_path_buf(),
+        }),
+        Ok(meta) if meta.nlink() > 1 => Err(StoreError::HardLinked {
+            path: path.to_path_buf(),
+            links: meta.nlink(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("inspect", path, e)),
+    }
+}
+
+fn recheck(path: &Path, expected: Generation) -> Result<(), StoreError> {
+    let actual = current_generation(path)?;
+    if actual != expected {
+        return Err(StoreError::Conflict {
+            path: path.to_path_buf(),
+            expected: Expect::Generation(expected),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync the directory", dir, e))
+}
+
+/// Durably replaces `path` with `bytes`, provided the file still is `expected` just before the
+/// rename. The caller holds the lock. Returns the new generation.
+pub(crate) fn replace(
+    path: &Path,
+    expected: Generation,
+    bytes: &[u8],
+) -> Result<Generation, StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (mut file, mut temp) = create_temp(dir)?;
+    let tpath = temp.path.clone();
+    file.write_all(bytes)
+        .map_err(|e| StoreError::io("write the temp file", &tpath, e))?;
+    // The mode is 0600 whatever the umask or the old file's mode.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| StoreError::io("set 0600 on the temp file", &tpath, e))?;
+    file.sync_all()
+        .map_err(|e| StoreError::io("fsync the temp file", &tpath, e))?;
+    drop(file);
+    // A writer ignoring the lock may have written since we read; refuse to overwrite it.
+    recheck(path, expected)?;
+    fs::rename(&tpath, path).map_err(|e| StoreError::io("rename the temp file over", path, e))?;
+    temp.armed = false;
+    sync_dir(dir)?;
+    Ok(Generation::of_bytes(bytes))
+}
+
+/// Durably removes `path`, provided it still is `expected`. The caller holds the lock.
+pub(crate) fn remove(path: &Path, expected: Generation) -> Result<(), StoreError> {
+    if expected.is_absent() {
+        return Ok(());
+    }
+    recheck(path, expected)?;
+    fs::remove_file(path).map_err(|e| StoreError::io("remove", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The names of leftover temp files in `dir`.
+pub(crate) fn leftover_temps(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with(TEMP_PREFIX))
+        .collect()
+}
+
+/// Removes leftover temp files. Only call under the lock: every live temp file is created under
+/// it, so any found then is a crashed writer's. Best effort: a file that cannot be removed is
+/// reported by diagnostics later.
+pub(crate) fn sweep_temps(dir: &Path) {
+    for name in leftover_temps(dir) {
+        let _ = fs::remove_file(dir.join(name));
+    }
+}

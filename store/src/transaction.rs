@@ -1,0 +1,45 @@
+//! [`Transaction`]: the exclusive lock plus the snapshot read under it.
+
+use crate::auth_json::AuthDotJson;
+use crate::error::StoreError;
+use crate::generation::Generation;
+use crate::lock::LockGuard;
+use crate::store::{Snapshot, Store};
+
+/// An open transaction: the store's exclusive lock is held, and [`Transaction::snapshot`] is
+/// what was on disk when it was taken. Writing is only possible through [`Transaction::commit`],
+/// which consumes it; dropping it instead writes nothing and releases the lock.
+#[derive(Debug)]
+#[must_use = "dropping a transaction releases the lock without writing"]
+pub struct Transaction {
+    store: Store,
+    _lock: LockGuard,
+    snapshot: Snapshot,
+}
+
+impl Transaction {
+    pub(crate) fn new(store: Store, lock: LockGuard, snapshot: Snapshot) -> Self {
+        Transaction {
+            store,
+            _lock: lock,
+            snapshot,
+        }
+    }
+
+    /// What was on disk when the lock was taken.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The store this transaction belongs to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Writes `auth` (or deletes the file for `None`) and releases the lock. Returns the new
+    /// generation. If a writer that ignores the lock changed the file since the snapshot, this
+    /// is [`StoreError::Conflict`] and nothing is written.
+    pub fn commit(self, auth: Option<&AuthDotJson>) -> Result<Generation, StoreError> {
+        self.store.write_locked(self.snapshot.generation(), auth)
+    }
+}

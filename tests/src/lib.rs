@@ -1,0 +1,4 @@
+//! Helpers for codex-store's cross-crate and multi-process tests: the fake token endpoint, JWT and auth.json fixtures.
+
+pub mod fake_idp;
+pub mod jwt;
