@@ -1,0 +1,204 @@
+//! The token endpoint: the refresh request, its answer, and the classification of errors.
+
+use std::time::Duration;
+
+use codex_store::Secret;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{PermanentReason, RefreshError, TransientReason};
+
+/// New tokens from a successful refresh. A missing field keeps its previous value.
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenAnswer {
+    /// The new id token, if sent.
+    pub id_token: Option<Secret>,
+    /// The new access token, if sent.
+    pub access_token: Option<Secret>,
+    /// The new refresh token, if sent (the old one is dead when it is).
+    pub refresh_token: Option<Secret>,
+}
+
+/// A client of the token endpoint.
+#[derive(Clone, Debug)]
+pub struct TokenClient {
+    http: reqwest::Client,
+    url: String,
+    client_id: String,
+}
+
+impl TokenClient {
+    /// A client for `url` with a whole-request `timeout`.
+    pub fn new(url: &str, client_id: &str, timeout: Duration) -> Result<Self, RefreshError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        if is_loopback(url) {
+            // A proxy from the environment must not capture a local test endpoint.
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().map_err(|e| RefreshError::HttpSetup {
+            message: e.to_string(),
+        })?;
+        Ok(TokenClient {
+            http,
+            url: url.to_owned(),
+            client_id: client_id.to_owned(),
+        })
+    }
+
+    /// The endpoint URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Redeems `refresh_token`. Errors are classified: permanent ones mean "sign in again",
+    /// transient ones mean "nothing changed, try later".
+    pub async fn refresh(&self, refresh_token: &Secret) -> Result<TokenAnswer, RefreshError> {
+        let body = serde_json::json!({
+            "client_id": self.client_id,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token.expose(),
+        });
+        let response = self
+            .http
+            .post(&self.url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transient_from(&e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| transient_from(&e))?;
+        if status.is_success() {
+            return serde_json::from_slice::<TokenAnswer>(&bytes).map_err(|_| {
+                RefreshError::Transient {
+                    reason: TransientReason::UnparseableAnswer,
+                }
+            });
+        }
+        Err(classify(status.as_u16(), &bytes))
+    }
+}
+
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    if rest.starts_with("[::1]") {
+        return true;
+    }
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.starts_with("127.")
+}
+
+fn transient_from(e: &reqwest::Error) -> RefreshError {
+    let reason = if e.is_timeout() {
+        TransientReason::Timeout
+    } else if e.is_connect() {
+        TransientReason::Connect
+    } else if e.is_decode() || e.is_body() {
+        TransientReason::UnparseableAnswer
+    } else {
+        TransientReason::Connect
+    };
+    RefreshError::Transient { reason }
+}
+
+/// The error code of an error answer: `{"error": {"code": ..}}`, `{"error": ".."}` or
+/// `{"code": ..}`, lower-cased.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let code = match value.get("error") {
+        Some(Value::Object(obj)) => obj.get("code").and_then(Value::as_str),
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    }
+    .or_else(|| value.get("code").and_then(Value::as_str))?;
+    Some(code.to_ascii_lowercase())
+}
+
+/// Classifies an error answer.
+pub fn classify(status: u16, body: &[u8]) -> RefreshError {
+    let code = error_code(body);
+    let reason = match code.as_deref() {
+        Some("refresh_token_expired") => PermanentReason::Expired,
+        Some("refresh_token_reused") => PermanentReason::Reused,
+        Some("refresh_token_invalidated") => PermanentReason::Invalidated,
+        _ if status == 401 => PermanentReason::Unauthorized { code },
+        _ => {
+            return RefreshError::Transient {
+                reason: TransientReason::Status(status),
+            }
+        }
+    };
+    RefreshError::Permanent { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_found_in_all_three_shapes() {
+        assert_eq!(
+            error_code(br#"{"error":{"code":"REFRESH_TOKEN_REUSED"}}"#).as_deref(),
+            Some("refresh_token_reused"),
+            "nested code"
+        );
+        assert_eq!(
+            error_code(br#"{"error":"refresh_token_expired"}"#).as_deref(),
+            Some("refresh_token_expired"),
+            "string error"
+        );
+        assert_eq!(
+            error_code(br#"{"code":"refresh_token_invalidated"}"#).as_deref(),
+            Some("refresh_token_invalidated"),
+            "top-level code"
+        );
+        assert_eq!(error_code(b"<html>"), None, "garbage has no code");
+    }
+
+    #[test]
+    fn classification_follows_the_reference_table() {
+        assert!(
+            matches!(
+                classify(400, br#"{"error":"refresh_token_expired"}"#),
+                RefreshError::Permanent {
+                    reason: PermanentReason::Expired
+                }
+            ),
+            "expired"
+        );
+        assert!(
+            matches!(
+                classify(401, b"{}"),
+                RefreshError::Permanent {
+                    reason: PermanentReason::Unauthorized { code: None }
+                }
+            ),
+            "bare 401"
+        );
+        assert!(
+            matches!(
+                classify(500, b"{}"),
+                RefreshError::Transient {
+                    reason: TransientReason::Status(500)
+                }
+            ),
+            "500"
+        );
+        assert!(
+            matches!(
+                classify(429, br#"{"error":"slow_down"}"#),
+                RefreshError::Transient {
+                    reason: TransientReason::Status(429)
+                }
+            ),
+            "429"
+        );
+        assert!(
+            is_loopback("http://127.0.0.1:9/x")
+                && is_loopback("http://localhost/x")
+                && !is_loopback("https://auth.openai.com/oauth/token"),
+            "loopback detection"
+        );
+    }
+}

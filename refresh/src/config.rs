@@ -1,0 +1,63 @@
+//! [`RefreshConfig`]: where and how to refresh.
+
+use std::time::Duration;
+
+/// The real token endpoint.
+pub const DEFAULT_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+/// The environment variable that overrides the token URL (tests point it at a fake endpoint).
+pub const TOKEN_URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
+/// Codex's OAuth client id.
+pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
+
+/// How [`crate::AuthManager`] refreshes.
+///
+/// ```
+/// use std::time::Duration;
+/// use codex_refresh::RefreshConfig;
+/// let config = RefreshConfig { http_timeout: Duration::from_secs(5), ..RefreshConfig::default() };
+/// assert!(config.lock_timeout > config.http_timeout);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RefreshConfig {
+    /// The token endpoint. Default: [`TOKEN_URL_ENV`] if set, else [`DEFAULT_TOKEN_URL`].
+    pub token_url: String,
+    /// The OAuth client id. Default: [`CLIENT_ID`].
+    pub client_id: String,
+    /// The longest a refresh request may take. Default: 30 s.
+    pub http_timeout: Duration,
+    /// The longest wait for the store's lock; longer than `http_timeout`, because the holder may
+    /// be mid-request. Default: `http_timeout` + 15 s.
+    pub lock_timeout: Duration,
+    /// Refresh when the access token expires within this window. Default: 5 minutes.
+    pub refresh_window: Duration,
+    /// When the access token has no readable `exp`: refresh when `last_refresh` is older than
+    /// this. Default: 8 days.
+    pub max_token_age: Duration,
+    /// After a transient failure, `auth()` does not try again for this long (it returns the
+    /// cached, still valid credentials). Default: 10 s.
+    pub min_retry_interval: Duration,
+    /// The limit for a host application's refresh callback. Default: 10 s.
+    pub host_refresh_timeout: Duration,
+    /// Workspace ids the credentials may belong to; empty allows every workspace.
+    pub allowed_workspaces: Vec<String>,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        let http_timeout = Duration::from_secs(30);
+        RefreshConfig {
+            token_url: std::env::var(TOKEN_URL_ENV)
+                .ok()
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_owned()),
+            client_id: CLIENT_ID.to_owned(),
+            http_timeout,
+            lock_timeout: http_timeout + Duration::from_secs(15),
+            refresh_window: Duration::from_secs(5 * 60),
+            max_token_age: Duration::from_secs(8 * 24 * 3600),
+            min_retry_interval: Duration::from_secs(10),
+            host_refresh_timeout: Duration::from_secs(10),
+            allowed_workspaces: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! [`RefreshError`]: why credentials could not be had, classified as permanent or transient.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use codex_store::StoreError;
+
+/// Why a refresh failed at the token endpoint, for the permanent cases: the user must sign in
+/// again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PermanentReason {
+    /// `refresh_token_expired`.
+    Expired,
+    /// `refresh_token_reused`: someone else redeemed this refresh token.
+    Reused,
+    /// `refresh_token_invalidated`: revoked (logout elsewhere, password change).
+    Invalidated,
+    /// Another code (or none) with HTTP 401.
+    Unauthorized {
+        /// The error code the server gave, if any.
+        code: Option<String>,
+    },
+}
+
+impl std::fmt::Display for PermanentReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PermanentReason::Expired => f.write_str("the refresh token has expired"),
+            PermanentReason::Reused => {
+                f.write_str("the refresh token was already used (another client rotated it)")
+            }
+            PermanentReason::Invalidated => f.write_str("the refresh token was revoked"),
+            PermanentReason::Unauthorized { code: Some(code) } => {
+                write!(f, "the token endpoint refused the refresh ({code})")
+            }
+            PermanentReason::Unauthorized { code: None } => {
+                f.write_str("the token endpoint refused the refresh (HTTP 401)")
+            }
+        }
+    }
+}
+
+/// Why a refresh failed for now; the stored credentials were not touched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransientReason {
+    /// The endpoint answered with this status (5xx, 429, other non-401 errors).
+    Status(u16),
+    /// No answer within the HTTP timeout.
+    Timeout,
+    /// The connection failed (refused, reset, DNS).
+    Connect,
+    /// The answer could not be understood.
+    UnparseableAnswer,
+}
+
+impl std::fmt::Display for TransientReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransientReason::Status(s) => write!(f, "the token endpoint answered HTTP {s}"),
+            TransientReason::Timeout => f.write_str("the token endpoint did not answer in time"),
+            TransientReason::Connect => f.write_str("the token endpoint could not be reached"),
+            TransientReason::UnparseableAnswer => {
+                f.write_str("the token endpoint's answer could not be understood")
+            }
+        }
+    }
+}
+
+/// The class of an error, for callers that map errors to actions or exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The user must sign in again (or the credentials are unusable as they are).
+    SignInRequired,
+    /// Try again later; nothing was changed.
+    Transient,
+    /// The store's lock could not be had in time.
+    LockTimeout,
+    /// auth.json is corrupt.
+    Corrupt,
+    /// Anything else (I/O, permissions, configuration).
+    Other,
+}
+
+/// An error from [`crate::AuthManager`]. Messages say what the user can do and contain no secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// There are no credentials.
+    #[error("not signed in: {path} holds no credentials; sign in first")]
+    NotSignedIn {
+        /// auth.json.
+        path: PathBuf,
+    },
+    /// The credentials were removed (logout in another process) while this one held them.
+    #[error("signed out: {path} was removed by another process; sign in again")]
+    LoggedOut {
+        /// auth.json.
+        path: PathBuf,
+    },
+    /// Another account signed in (in another process) while this one held credentials.
+    #[error(
+        "another account signed in: this process used account {expected}, the store now holds \
+         account {found}; restart with the new account or sign in again"
+    )]
+    AccountChanged {
+        /// The account this process used.
+        expected: String,
+        /// The account on disk.
+        found: String,
+    },
+    /// The token endpoint refused the refresh for good.
+    #[error("{reason}: sign in again")]
+    Permanent {
+        /// Why.
+        reason: PermanentReason,
+    },
+    /// The refresh failed for now; nothing was changed.
+    #[error("{reason}; the stored credentials are unchanged: try again later")]
+    Transient {
+        /// Why.
+        reason: TransientReason,
+    },
+    /// The credentials belong to a workspace the configuration does not allow.
+    #[error(
+        "the credentials belong to workspace {actual}, but only {} is allowed: sign in with an \
+         allowed workspace",
+        allowed.join(", ")
+    )]
+    WorkspaceNotAllowed {
+        /// The allowed workspace ids.
+        allowed: Vec<String>,
+        /// The credentials' workspace (`<none>` when the id token names none).
+        actual: String,
+    },
+    /// A credential field could not be decoded.
+    #[error("{field} cannot be used: {reason}; sign in again")]
+    Malformed {
+        /// The field (for example `tokens.id_token`).
+        field: &'static str,
+        /// Why, without the value.
+        reason: String,
+    },
+    /// The credentials are of a mode this crate does not handle.
+    #[error("auth mode `{mode}` is not supported by codex-refresh; use the tool that wrote it")]
+    UnsupportedMode {
+        /// The mode.
+        mode: String,
+    },
+    /// The host application did not refresh its tokens within the limit.
+    #[error("the host application did not refresh its tokens within {after:?}; try again")]
+    HostRefreshTimeout {
+        /// The limit.
+        after: Duration,
+    },
+    /// The host application failed to refresh its tokens.
+    #[error("the host application could not refresh its tokens: {message}")]
+    HostRefreshFailed {
+        /// What the host said.
+        message: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot set up the HTTP client: {message}")]
+    HttpSetup {
+        /// Why.
+        message: String,
+    },
+    /// A store error (lock timeout, corrupt file, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RefreshError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RefreshError::NotSignedIn { .. }
+            | RefreshError::LoggedOut { .. }
+            | RefreshError::AccountChanged { .. }
+            | RefreshError::Permanent { .. }
+            | RefreshError::WorkspaceNotAllowed { .. }
+            | RefreshError::Malformed { .. } => ErrorClass::SignInRequired,
+            RefreshError::Transient { .. }
+            | RefreshError::HostRefreshTimeout { .. }
+            | RefreshError::HostRefreshFailed { .. } => ErrorClass::Transient,
+            RefreshError::Store(StoreError::LockTimeout { .. }) => ErrorClass::LockTimeout,
+            RefreshError::Store(StoreError::Corrupt { .. }) => ErrorClass::Corrupt,
+            _ => ErrorClass::Other,
+        }
+    }
+
+    /// Whether the user must sign in again.
+    pub fn is_permanent(&self) -> bool {
+        self.class() == ErrorClass::SignInRequired
+    }
+
+    /// Whether trying again later may succeed (nothing was changed).
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    /// A copy for remembering a permanent failure (only the permanent variants are cloned
+    /// exactly; others are never remembered).
+    pub(crate) fn remembered(&self) -> Option<RefreshError> {
+        match self {
+            RefreshError::Permanent { reason } => Some(RefreshError::Permanent {
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+}

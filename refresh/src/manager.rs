@@ -1,0 +1,337 @@
+//! [`AuthManager`]: the cached credentials, refreshed through the guarded protocol.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+use codex_store::backend::FileBackend;
+use codex_store::{AuthDotJson, AuthMode, Expect, Generation, Secret, Store, StoreOptions};
+
+use crate::auth::{CodexAuth, Mode};
+use crate::client::TokenClient;
+use crate::config::RefreshConfig;
+use crate::error::RefreshError;
+use crate::external::HostState;
+use crate::protocol::{guarded_refresh, Known, RefreshOutcome};
+use crate::recovery::UnauthorizedRecovery;
+
+/// Shared state of a manager and of the refresh tasks it spawns.
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) config: RefreshConfig,
+    pub(crate) client: TokenClient,
+    cache: RwLock<Option<Arc<CodexAuth>>>,
+    /// One refresh at a time in this process; the others wait and then share its result.
+    gate: tokio::sync::Mutex<()>,
+    /// A permanent failure, remembered for the generation it happened at.
+    failure: Mutex<Option<(Generation, RefreshError)>>,
+    last_transient: Mutex<Option<Instant>>,
+    pub(crate) host: Mutex<Option<HostState>>,
+}
+
+impl Inner {
+    pub(crate) fn cached(&self) -> Option<Arc<CodexAuth>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_cache(&self, auth: Option<Arc<CodexAuth>>) {
+        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = auth;
+    }
+
+    pub(crate) fn remembered_failure(&self, generation: Generation) -> Option<RefreshError> {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &*failure {
+            Some((g, e)) if *g == generation => e.remembered(),
+            _ => None,
+        }
+    }
+
+    /// Remembers `error` for `generation` when it is permanent; returns it.
+    pub(crate) fn remember_failure(
+        &self,
+        generation: Generation,
+        error: RefreshError,
+    ) -> RefreshError {
+        if let Some(copy) = error.remembered() {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, copy));
+        }
+        error
+    }
+
+    fn known(&self) -> Known {
+        let cached = self.cached();
+        Known {
+            account_id: cached
+                .as_ref()
+                .and_then(|a| a.account_id().map(str::to_owned)),
+            generation: cached.as_ref().map(|a| a.generation()),
+            had_credentials: cached.is_some(),
+        }
+    }
+}
+
+/// The credentials of one process: cached, and refreshed through the guarded protocol so that
+/// however many processes race, the token endpoint sees one request.
+///
+/// Cheap to clone; clones share the cache.
+#[derive(Clone)]
+pub struct AuthManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuthManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthManager")
+            .field("store", &self.inner.store.path())
+            .field("cached", &self.inner.cached())
+            .finish()
+    }
+}
+
+impl AuthManager {
+    /// A manager over `store`, loading the current credentials (none is fine: signed out).
+    /// The store is used with `config.lock_timeout`.
+    pub fn new(store: Store, config: RefreshConfig) -> Result<Self, RefreshError> {
+        let options = StoreOptions {
+            lock_timeout: config.lock_timeout,
+            ..store.options().clone()
+        };
+        let store = store.with_store_options(options);
+        let client = TokenClient::new(&config.token_url, &config.client_id, config.http_timeout)?;
+        let manager = AuthManager {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                client,
+                cache: RwLock::new(None),
+                gate: tokio::sync::Mutex::new(()),
+                failure: Mutex::new(None),
+                last_transient: Mutex::new(None),
+                host: Mutex::new(None),
+            }),
+        };
+        manager.reload()?;
+        Ok(manager)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RefreshConfig {
+        &self.inner.config
+    }
+
+    /// The cached credentials, without any check.
+    pub fn cached(&self) -> Option<Arc<CodexAuth>> {
+        self.inner.cached()
+    }
+
+    /// The credentials, refreshed first when due.
+    ///
+    /// The fast path (cached and not due) takes no lock and makes no system call. When due, the
+    /// guarded refresh runs; a transient failure is logged and the cached credentials are
+    /// returned while they are still valid; a permanent one is returned as an error.
+    pub async fn auth(&self) -> Result<Arc<CodexAuth>, RefreshError> {
+        let cached = self.inner.cached();
+        if let Some(auth) = &cached {
+            if !auth.is_due(SystemTime::now(), &self.inner.config) {
+                return Ok(auth.clone());
+            }
+        }
+        self.auth_slow(cached).await
+    }
+
+    async fn auth_slow(
+        &self,
+        cached: Option<Arc<CodexAuth>>,
+    ) -> Result<Arc<CodexAuth>, RefreshError> {
+        let Some(cached) = cached else {
+            // Signed out as far as we know: someone may have signed in since.
+            return self.reload()?.ok_or_else(|| RefreshError::NotSignedIn {
+                path: self.inner.store.path().to_path_buf(),
+            });
+        };
+        let now = SystemTime::now();
+        if cached.is_usable(now) && self.in_transient_backoff() {
+            return Ok(cached);
+        }
+        let result = if cached.mode() == Mode::HostTokens {
+            crate::external::refresh_host(&self.inner).await.map(|_| ())
+        } else {
+            self.run(false).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => self
+                .inner
+                .cached()
+                .ok_or_else(|| RefreshError::NotSignedIn {
+                    path: self.inner.store.path().to_path_buf(),
+                }),
+            Err(e) if e.is_transient() && cached.is_usable(SystemTime::now()) => {
+                tracing::warn!(error = %e, "token refresh failed for now; using the cached credentials");
+                *self
+                    .inner
+                    .last_transient
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Ok(cached)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn in_transient_backoff(&self) -> bool {
+        let last = *self
+            .inner
+            .last_transient
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|t| t.elapsed() < self.inner.config.min_retry_interval)
+    }
+
+    /// Refreshes now (for example after the API answered 401), through the guarded protocol.
+    /// If another process already refreshed since this one read the credentials, its tokens are
+    /// adopted and no request is sent.
+    pub async fn refresh(&self) -> Result<RefreshOutcome, RefreshError> {
+        let cached = self.inner.cached();
+        match cached.as_ref().map(|a| a.mode()) {
+            Some(Mode::HostTokens) => crate::external::refresh_host(&self.inner)
+                .await
+                .map(|_| RefreshOutcome::Refreshed),
+            _ => self.run(true).await,
+        }
+    }
+
+    /// Runs the protocol in a task of its own, so that once the request is sent its answer is
+    /// persisted even if the caller stops waiting. Callers in this process share one refresh:
+    /// the second waits for the first, then finds the new state.
+    async fn run(&self, force: bool) -> Result<RefreshOutcome, RefreshError> {
+        let inner = self.inner.clone();
+        let seen = inner.known();
+        let task = tokio::spawn(async move {
+            let _gate = inner.gate.lock().await;
+            let known = inner.known();
+            if known.generation != seen.generation {
+                // Another task of this process refreshed while we waited.
+                if let Some(auth) = inner.cached() {
+                    if !auth.is_due(SystemTime::now(), &inner.config) {
+                        return Ok(RefreshOutcome::AdoptedFromDisk);
+                    }
+                }
+            }
+            let (outcome, auth) = guarded_refresh(inner.clone(), known, force).await?;
+            inner.set_cache(Some(auth));
+            Ok(outcome)
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(RefreshError::HostRefreshFailed {
+                message: format!("the refresh task failed: {e}"),
+            }),
+        }
+    }
+
+    /// Re-reads auth.json and replaces the cache (host-supplied tokens are kept). Returns the
+    /// new credentials, `None` when signed out.
+    pub fn reload(&self) -> Result<Option<Arc<CodexAuth>>, RefreshError> {
+        if let Some(auth) = self.inner.cached().filter(|a| a.mode() == Mode::HostTokens) {
+            return Ok(Some(auth));
+        }
+        let snap = self.inner.store.load()?;
+        let auth = match snap.auth() {
+            Some(doc) => CodexAuth::from_document(doc, snap.generation())?,
+            None => None,
+        };
+        if let Some(auth) = &auth {
+            auth.check_workspace(&self.inner.config)?;
+        }
+        let auth = auth.map(Arc::new);
+        self.inner.set_cache(auth.clone());
+        Ok(auth)
+    }
+
+    /// Removes the stored credentials (under the lock) and forgets the cached ones, host
+    /// tokens included. Returns whether there was a file.
+    pub async fn logout(&self) -> Result<bool, RefreshError> {
+        let backend = FileBackend::from_store(self.inner.store.clone());
+        let existed = tokio::task::spawn_blocking(move || backend.delete())
+            .await
+            .map_err(|e| RefreshError::HostRefreshFailed {
+                message: format!("the logout task failed: {e}"),
+            })??;
+        *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner.set_cache(None);
+        Ok(existed)
+    }
+
+    /// Stores an API key (API-key mode), replacing whatever was stored.
+    pub async fn login_with_api_key(&self, key: Secret) -> Result<Arc<CodexAuth>, RefreshError> {
+        let doc = AuthDotJson {
+            auth_mode: Some(AuthMode::ApiKey),
+            openai_api_key: Some(key),
+            ..Default::default()
+        };
+        let store = self.inner.store.clone();
+        let to_write = doc.clone();
+        let generation = tokio::task::spawn_blocking(move || {
+            store.compare_and_swap(Expect::Any, Some(&to_write))
+        })
+        .await
+        .map_err(|e| RefreshError::HostRefreshFailed {
+            message: format!("the login task failed: {e}"),
+        })??;
+        let auth = CodexAuth::from_document(&doc, generation)?.map(Arc::new);
+        *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner.set_cache(auth.clone());
+        auth.ok_or_else(|| RefreshError::NotSignedIn {
+            path: self.inner.store.path().to_path_buf(),
+        })
+    }
+
+    /// The 401 recovery steps for this manager's current mode.
+    pub fn unauthorized_recovery(&self) -> UnauthorizedRecovery {
+        UnauthorizedRecovery::new(self.clone())
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Under the lock, re-reads auth.json; adopts it when the generation moved on for the same
+    /// account. Returns whether something newer was adopted.
+    pub(crate) async fn adopt_if_newer(&self) -> Result<bool, RefreshError> {
+        let inner = self.inner.clone();
+        let known = inner.known();
+        let store = inner.store.clone();
+        let snap = tokio::task::spawn_blocking(move || {
+            store.transaction().map(|tx| tx.snapshot().clone())
+        })
+        .await
+        .map_err(|e| RefreshError::HostRefreshFailed {
+            message: format!("the reload task failed: {e}"),
+        })??;
+        if Some(snap.generation()) == known.generation {
+            return Ok(false);
+        }
+        let disk = match snap.auth() {
+            Some(doc) => CodexAuth::from_document(doc, snap.generation())?,
+            None => None,
+        };
+        let Some(disk) = disk else {
+            return Err(RefreshError::LoggedOut {
+                path: inner.store.path().to_path_buf(),
+            });
+        };
+        if known.account_id.is_some() && disk.account_id() != known.account_id.as_deref() {
+            return Err(RefreshError::AccountChanged {
+                expected: known.account_id.unwrap_or_default(),
+                found: disk.account_id().unwrap_or("<none>").to_owned(),
+            });
+        }
+        disk.check_workspace(&inner.config)?;
+        inner.set_cache(Some(Arc::new(disk)));
+        Ok(true)
+    }
+}

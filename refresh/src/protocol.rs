@@ -1,0 +1,207 @@
+//! The guarded refresh, run under the store's exclusive lock:
+//! lock -> re-read -> compare account -> refresh only if still unchanged and still due ->
+//! persist by compare-and-swap -> unlock.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use codex_store::{AuthDotJson, Generation, Snapshot, StoreError, Timestamp, Transaction};
+
+use crate::auth::{CodexAuth, Mode};
+use crate::client::TokenAnswer;
+use crate::error::{PermanentReason, RefreshError};
+use crate::manager::Inner;
+
+/// What a refresh did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// This process redeemed the refresh token and stored the new tokens.
+    Refreshed,
+    /// Another process (or task) had already refreshed; its tokens were adopted, no request sent.
+    AdoptedFromDisk,
+    /// Nothing to refresh (API key, or the tokens are not due and nothing was forced).
+    NotNeeded,
+}
+
+/// What the caller knew when it asked.
+pub(crate) struct Known {
+    pub(crate) account_id: Option<String>,
+    pub(crate) generation: Option<Generation>,
+    pub(crate) had_credentials: bool,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, RefreshError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(RefreshError::from),
+        Err(e) => Err(RefreshError::from(StoreError::Io {
+            action: "run a blocking store operation for",
+            path: "auth.json".into(),
+            source: std::io::Error::other(e.to_string()),
+        })),
+    }
+}
+
+fn signed_out(inner: &Inner, known: &Known) -> RefreshError {
+    let path = inner.store.path().to_path_buf();
+    if known.had_credentials {
+        RefreshError::LoggedOut { path }
+    } else {
+        RefreshError::NotSignedIn { path }
+    }
+}
+
+/// Checks the snapshot read under the lock against what the caller knew.
+fn check_disk(inner: &Inner, known: &Known, snap: &Snapshot) -> Result<CodexAuth, RefreshError> {
+    let disk = match snap.auth() {
+        Some(doc) => CodexAuth::from_document(doc, snap.generation())?,
+        None => None,
+    };
+    let disk = disk.ok_or_else(|| signed_out(inner, known))?;
+    if let Some(expected) = &known.account_id {
+        if disk.account_id() != Some(expected.as_str()) {
+            return Err(RefreshError::AccountChanged {
+                expected: expected.clone(),
+                found: disk.account_id().unwrap_or("<none>").to_owned(),
+            });
+        }
+    }
+    disk.check_workspace(&inner.config)?;
+    Ok(disk)
+}
+
+/// Runs the protocol once. `force`: refresh even when the tokens on disk are not due (an
+/// explicit refresh, or the 401 recovery), unless another process already refreshed.
+pub(crate) async fn guarded_refresh(
+    inner: Arc<Inner>,
+    known: Known,
+    force: bool,
+) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
+    let store = inner.store.clone();
+    let tx: Transaction = blocking(move || store.transaction()).await?;
+    let snap = tx.snapshot().clone();
+    let disk = check_disk(&inner, &known, &snap)?;
+    let generation = snap.generation();
+    let now = SystemTime::now();
+    if disk.mode() == Mode::ApiKey {
+        return Ok((RefreshOutcome::NotNeeded, Arc::new(disk)));
+    }
+    let moved_on = known.generation != Some(generation);
+    if moved_on && !disk.is_due(now, &inner.config) {
+        return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(disk)));
+    }
+    if !force && !disk.is_due(now, &inner.config) {
+        return Ok((RefreshOutcome::NotNeeded, Arc::new(disk)));
+    }
+    if let Some(remembered) = inner.remembered_failure(generation) {
+        return Err(remembered);
+    }
+    let doc = snap.auth().cloned().unwrap_or_default();
+    let Some(tokens) = &doc.tokens else {
+        return Err(signed_out(&inner, &known));
+    };
+    tracing::debug!(generation = %generation, "refreshing tokens under the store lock");
+    match inner.client.refresh(&tokens.refresh_token).await {
+        Ok(answer) => {
+            let (new_doc, new_gen) = persist(&inner, tx, doc, answer).await?;
+            let auth = CodexAuth::from_document(&new_doc, new_gen)?
+                .ok_or_else(|| signed_out(&inner, &known))?;
+            tracing::info!(generation = %new_gen, "tokens refreshed");
+            Ok((RefreshOutcome::Refreshed, Arc::new(auth)))
+        }
+        Err(RefreshError::Permanent {
+            reason: PermanentReason::Reused,
+        }) => {
+            // A writer that ignores the lock may have rotated the token: adopt what it wrote.
+            let store = inner.store.clone();
+            let again = blocking(move || store.load()).await;
+            drop(tx);
+            if let Ok(again) = again {
+                if again.generation() != generation {
+                    if let Ok(newer) = check_disk(&inner, &known, &again) {
+                        tracing::info!("refresh token was rotated outside the lock; adopted it");
+                        return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(newer)));
+                    }
+                }
+            }
+            Err(inner.remember_failure(
+                generation,
+                RefreshError::Permanent {
+                    reason: PermanentReason::Reused,
+                },
+            ))
+        }
+        Err(e) => Err(inner.remember_failure(generation, e)),
+    }
+}
+
+/// Applies the answer: new tokens, missing fields keep their old value, `last_refresh` = now.
+fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) {
+    if let Some(tokens) = doc.tokens.as_mut() {
+        if let Some(t) = &answer.id_token {
+            tokens.id_token = t.clone();
+        }
+        if let Some(t) = &answer.access_token {
+            tokens.access_token = t.clone();
+        }
+        if let Some(t) = &answer.refresh_token {
+            tokens.refresh_token = t.clone();
+        }
+    }
+    doc.last_refresh = Some(Timestamp::now());
+}
+
+/// Persists the answer by compare-and-swap against the generation read under the lock. If a
+/// writer that ignores the lock changed the file meanwhile, the new tokens (the only live ones
+/// now) are applied to what it wrote, under the lock again, as long as it is the same account.
+async fn persist(
+    inner: &Inner,
+    tx: Transaction,
+    mut doc: AuthDotJson,
+    answer: TokenAnswer,
+) -> Result<(AuthDotJson, Generation), RefreshError> {
+    apply(&mut doc, &answer);
+    let to_write = doc.clone();
+    let first = tokio::task::spawn_blocking(move || tx.commit(Some(&to_write))).await;
+    match first {
+        Ok(Ok(generation)) => return Ok((doc, generation)),
+        Ok(Err(StoreError::Conflict { .. })) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(RefreshError::from(StoreError::Io {
+                action: "persist refreshed tokens to",
+                path: inner.store.path().to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }))
+        }
+    }
+    tracing::warn!("auth.json changed during the refresh (a writer ignoring the lock); merging");
+    let store = inner.store.clone();
+    let account = doc.tokens.as_ref().and_then(|t| t.account_id.clone());
+    let expected = account.clone();
+    let merged = blocking(move || {
+        let tx = store.transaction()?;
+        let Some(mut current) = tx.snapshot().auth().cloned() else {
+            return Ok(Err(None));
+        };
+        let found = current.tokens.as_ref().and_then(|t| t.account_id.clone());
+        if current.tokens.is_none() || found != account {
+            // Another account signed in meanwhile: its credentials win.
+            return Ok(Err(found));
+        }
+        apply(&mut current, &answer);
+        let generation = tx.commit(Some(&current))?;
+        Ok(Ok((current, generation)))
+    })
+    .await?;
+    merged.map_err(|found| match found {
+        None => RefreshError::LoggedOut {
+            path: inner.store.path().to_path_buf(),
+        },
+        Some(found) => RefreshError::AccountChanged {
+            expected: expected.unwrap_or_else(|| "<none>".into()),
+            found,
+        },
+    })
+}
