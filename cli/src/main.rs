@@ -1,1 +1,108 @@
-fn main() {}
+//! `codex-store`: inspect, use and repair Codex's auth.json through the transactional store.
+
+mod exit;
+mod home;
+mod inspect;
+mod login;
+mod logout;
+mod refresh;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other error (I/O, permissions, ...)
+  2  usage error
+  3  sign-in required: no credentials, permanent refresh failure, account changed or logged out
+  4  transient refresh failure: nothing was changed, try again later
+  5  timed out waiting for the lock
+  6  auth.json is corrupt (commands other than `inspect`)";
+
+/// Inspect and use Codex's auth.json safely: every access takes the store's lock, every write
+/// is atomic and durable, every refresh runs the guarded protocol.
+#[derive(Debug, Parser)]
+#[command(name = "codex-store", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// The Codex home directory [default: $CODEX_HOME, else ~/.codex].
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// How long to wait for another process's lock, like `2s`, `500ms`, `1m`
+    /// [default: $CODEX_STORE_LOCK_TIMEOUT, else 45s].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    lock_timeout: Option<Duration>,
+
+    /// Log what happens to stderr (RUST_LOG also works).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what is on disk (account, mode, expiry, permissions, lock) without any secret.
+    Inspect(inspect::Args),
+    /// Print the usable bearer token, refreshing it first when due.
+    Token(token::Args),
+    /// Refresh now through the guarded protocol and say what happened.
+    Refresh(refresh::Args),
+    /// Store credentials (an API key read from stdin).
+    Login(login::Args),
+    /// Remove the stored credentials.
+    Logout(logout::Args),
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    codex_store::parse_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration; write it like 2s, 500ms or 1m"))
+}
+
+fn init_tracing(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
+        _ if verbose => EnvFilter::new("debug,hyper=info,reqwest=info,rustls=info"),
+        _ => EnvFilter::new("warn"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let ctx = home::Context::new(cli.home, cli.lock_timeout);
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Token(args) => token::run(&ctx, args),
+        Command::Refresh(args) => refresh::run(&ctx, args),
+        Command::Login(args) => login::run(&ctx, args),
+        Command::Logout(args) => logout::run(&ctx, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

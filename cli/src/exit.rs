@@ -1,0 +1,66 @@
+//! Errors as one line plus a hint on stderr, and the documented exit codes.
+
+use std::process::ExitCode;
+
+use codex_refresh::{ErrorClass, RefreshError};
+use codex_store::StoreError;
+
+/// A failed command: what to print and the exit code.
+pub struct Failure {
+    message: String,
+    hint: Option<&'static str>,
+    code: u8,
+}
+
+impl Failure {
+    /// A failure of class "other" (exit 1).
+    pub fn other(message: impl Into<String>, hint: Option<&'static str>) -> Self {
+        Failure {
+            message: message.into(),
+            hint,
+            code: 1,
+        }
+    }
+
+    /// Prints the message and hint to stderr and returns the exit code.
+    pub fn report(self) -> ExitCode {
+        eprintln!("codex-store: error: {}", self.message);
+        if let Some(hint) = self.hint {
+            eprintln!("hint: {hint}");
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+fn class_code(class: ErrorClass) -> (u8, Option<&'static str>) {
+    match class {
+        ErrorClass::SignInRequired => (3, Some("sign in again (e.g. `codex login`), then retry")),
+        ErrorClass::Transient => (4, Some("nothing was changed; try again later")),
+        ErrorClass::LockTimeout => (
+            5,
+            Some("another process holds the store; retry, or pass a longer --lock-timeout"),
+        ),
+        ErrorClass::Corrupt => (
+            6,
+            Some("run `codex-store inspect` to see what is wrong; `codex-store logout` removes the file"),
+        ),
+        ErrorClass::Other => (1, None),
+    }
+}
+
+impl From<RefreshError> for Failure {
+    fn from(e: RefreshError) -> Self {
+        let (code, hint) = class_code(e.class());
+        Failure {
+            message: e.to_string(),
+            hint,
+            code,
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::from(RefreshError::from(e))
+    }
+}

@@ -1,0 +1,89 @@
+//! Where the store is, and how long to wait for its lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use codex_refresh::{AuthManager, RefreshConfig};
+use codex_store::{Store, StoreOptions};
+
+use crate::exit::Failure;
+
+/// What every subcommand needs: the home directory and the lock wait.
+pub struct Context {
+    home: Option<PathBuf>,
+    lock_timeout: Option<Duration>,
+}
+
+impl Context {
+    /// From the global options.
+    pub fn new(home: Option<PathBuf>, lock_timeout: Option<Duration>) -> Self {
+        Context { home, lock_timeout }
+    }
+
+    /// `--home`, else `$CODEX_HOME` (which must name an existing directory), else `~/.codex`.
+    pub fn home(&self) -> Result<PathBuf, Failure> {
+        if let Some(home) = &self.home {
+            return Ok(home.clone());
+        }
+        if let Some(env) = std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()) {
+            let path = PathBuf::from(env);
+            if !path.is_dir() {
+                return Err(Failure::other(
+                    format!(
+                        "CODEX_HOME is {}, which is not an existing directory",
+                        path.display()
+                    ),
+                    Some("create the directory, or unset CODEX_HOME to use ~/.codex"),
+                ));
+            }
+            return Ok(path);
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => Ok(Path::new(&home).join(".codex")),
+            None => Err(Failure::other(
+                "neither --home, CODEX_HOME nor HOME is set",
+                Some("pass --home DIR"),
+            )),
+        }
+    }
+
+    fn refresh_config(&self) -> RefreshConfig {
+        let mut config = RefreshConfig::default();
+        config.lock_timeout = self.lock_timeout.unwrap_or_else(|| {
+            std::env::var(codex_store::LOCK_TIMEOUT_ENV)
+                .ok()
+                .and_then(|v| codex_store::parse_duration(&v))
+                .unwrap_or(config.lock_timeout)
+        });
+        config
+    }
+
+    /// The store, telling stderr once when a lock wait lasts over a second.
+    pub fn store(&self) -> Result<Store, Failure> {
+        let options = StoreOptions {
+            lock_timeout: self.refresh_config().lock_timeout,
+            on_wait: Some(Arc::new(|path: &Path, _waited: Duration| {
+                eprintln!(
+                    "codex-store: waiting for another process that holds the lock {}",
+                    path.display()
+                );
+            })),
+            ..StoreOptions::default()
+        };
+        Ok(Store::with_options(self.home()?, options)?)
+    }
+
+    /// A manager over the store.
+    pub fn manager(&self) -> Result<AuthManager, Failure> {
+        Ok(AuthManager::new(self.store()?, self.refresh_config())?)
+    }
+
+    /// A single-threaded runtime for one command.
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime, Failure> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::other(format!("cannot start the async runtime: {e}"), None))
+    }
+}

@@ -1,0 +1,207 @@
+//! `codex-store inspect`: what is on disk, without any secret, and without waiting or writing.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use codex_refresh::{CodexAuth, RefreshConfig};
+use codex_store::{AuthDotJson, Generation, Secret, Store, StoreError, StoreOptions};
+use serde::Serialize;
+
+use crate::exit::Failure;
+use crate::home::Context;
+
+/// Options of `inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Fingerprints (the first 12 hex characters of the SHA-256) of the stored secrets, so that two
+/// machines' tokens can be compared without showing them.
+#[derive(Debug, Default, Serialize)]
+struct Fingerprints {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+    api_key: Option<String>,
+}
+
+/// The report, for people (`Display`) and scripts (`Serialize`).
+#[derive(Debug, Default, Serialize)]
+struct InspectReport {
+    path: PathBuf,
+    exists: bool,
+    generation: Option<String>,
+    auth_mode: Option<String>,
+    account_id: Option<String>,
+    email: Option<String>,
+    plan_type: Option<String>,
+    user_id: Option<String>,
+    access_token_expires_at: Option<String>,
+    last_refresh: Option<String>,
+    refresh_due: Option<bool>,
+    file_mode: Option<String>,
+    file_size: Option<u64>,
+    lock_path: PathBuf,
+    lock_held: Option<bool>,
+    unknown_fields: Vec<String>,
+    fingerprints: Fingerprints,
+    problems: Vec<String>,
+    error: Option<String>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn fingerprint(s: &Secret) -> Option<String> {
+    Some(s.fingerprint())
+}
+
+impl InspectReport {
+    fn fill_from_document(&mut self, doc: &AuthDotJson, generation: Generation) {
+        self.auth_mode = Some(doc.resolved_mode().as_str().to_owned());
+        self.unknown_fields = doc.unknown_fields();
+        self.last_refresh = doc.last_refresh.as_ref().map(|t| t.as_str().to_owned());
+        self.fingerprints.api_key = doc.openai_api_key.as_ref().and_then(fingerprint);
+        if let Some(tokens) = &doc.tokens {
+            self.fingerprints.access_token = fingerprint(&tokens.access_token);
+            self.fingerprints.refresh_token = fingerprint(&tokens.refresh_token);
+            self.fingerprints.id_token = fingerprint(&tokens.id_token);
+        }
+        match CodexAuth::from_document(doc, generation) {
+            Ok(Some(auth)) => {
+                self.account_id = auth.account_id().map(str::to_owned);
+                self.email = auth.email().map(str::to_owned);
+                self.plan_type = auth.plan_type().map(str::to_owned);
+                self.user_id = auth.user_id().map(str::to_owned);
+                self.access_token_expires_at = auth.expires_at().map(rfc3339);
+                self.refresh_due = Some(auth.is_due(SystemTime::now(), &RefreshConfig::default()));
+            }
+            Ok(None) => {}
+            Err(e) => self.problems.push(e.to_string()),
+        }
+    }
+}
+
+fn build(home: &Path) -> InspectReport {
+    let path = home.join(codex_store::AUTH_FILE);
+    let mut report = InspectReport {
+        lock_path: home.join("auth.json.lock"),
+        path: path.clone(),
+        ..Default::default()
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        report.exists = true;
+        report.file_mode = Some(format!("{:04o}", meta.mode() & 0o7777));
+        report.file_size = Some(meta.len());
+    }
+    if !home.is_dir() {
+        report.error = Some(format!("{} is not an existing directory", home.display()));
+        return report;
+    }
+    // Opening an existing directory creates nothing; the lock wait is irrelevant (no lock taken).
+    let store = match Store::with_options(home, StoreOptions::default()) {
+        Ok(store) => store,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    report.lock_path = store.lock_path().to_path_buf();
+    match store.lock_held() {
+        Ok(held) => report.lock_held = Some(held),
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    match store.diagnose() {
+        Ok(problems) => report
+            .problems
+            .extend(problems.iter().map(|p| p.to_string())),
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    match store.load() {
+        Ok(snapshot) => {
+            if !snapshot.generation().is_absent() {
+                report.generation = Some(snapshot.generation().to_string());
+            }
+            if let Some(doc) = snapshot.auth() {
+                report.fill_from_document(doc, snapshot.generation());
+            }
+        }
+        Err(e) => {
+            if let StoreError::Corrupt { generation, .. } = &e {
+                report.generation = Some(generation.to_string());
+            }
+            report.error = Some(e.to_string());
+        }
+    }
+    report
+}
+
+fn show<T: fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+impl fmt::Display for InspectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fp = &self.fingerprints;
+        let rows: Vec<(&str, String)> = vec![
+            ("path", self.path.display().to_string()),
+            ("exists", self.exists.to_string()),
+            ("generation", show(&self.generation)),
+            ("auth mode", show(&self.auth_mode)),
+            ("account id", show(&self.account_id)),
+            ("email", show(&self.email)),
+            ("plan", show(&self.plan_type)),
+            ("access token expires", show(&self.access_token_expires_at)),
+            ("last refresh", show(&self.last_refresh)),
+            ("refresh due", show(&self.refresh_due)),
+            ("file mode", show(&self.file_mode)),
+            ("lock", self.lock_path.display().to_string()),
+            ("lock held", show(&self.lock_held)),
+            (
+                "unknown fields",
+                if self.unknown_fields.is_empty() {
+                    "-".into()
+                } else {
+                    self.unknown_fields.join(", ")
+                },
+            ),
+            ("access token sha256", show(&fp.access_token)),
+            ("refresh token sha256", show(&fp.refresh_token)),
+            ("api key sha256", show(&fp.api_key)),
+            ("error", show(&self.error)),
+        ];
+        for (key, value) in rows {
+            writeln!(f, "{key:<21} {value}")?;
+        }
+        if self.problems.is_empty() {
+            writeln!(f, "{:<21} none", "problems")
+        } else {
+            writeln!(f, "problems:")?;
+            for problem in &self.problems {
+                writeln!(f, "  - {problem}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `inspect`: exits 0 whenever a report was produced.
+pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
+    let report = build(&ctx.home()?);
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! `codex-store logout`: remove the stored credentials, under the lock.
+
+use codex_store::backend::FileBackend;
+
+use crate::exit::Failure;
+use crate::home::Context;
+
+/// Options of `logout` (none).
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs `logout`. Removing nothing is not an error.
+pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
+    let backend = FileBackend::from_store(ctx.store()?);
+    let path = backend.store().path().display().to_string();
+    if backend.delete()? {
+        println!("Removed the credentials in {path}");
+    } else {
+        println!("No credentials to remove in {path}");
+    }
+    Ok(())
+}

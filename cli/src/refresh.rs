@@ -1,0 +1,69 @@
+//! `codex-store refresh`: refresh now and say what happened.
+
+use std::fmt;
+
+use codex_refresh::RefreshOutcome;
+use serde::Serialize;
+
+use crate::exit::Failure;
+use crate::home::Context;
+
+/// Options of `refresh`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the refresh did, for people and scripts.
+#[derive(Debug, Serialize)]
+struct RefreshReport {
+    outcome: &'static str,
+    generation_before: Option<String>,
+    generation_after: Option<String>,
+}
+
+impl fmt::Display for RefreshReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.outcome {
+            "refreshed" => "refreshed: new tokens were obtained and stored",
+            "adopted_from_disk" => "adopted from disk: another process had already refreshed",
+            _ => "not needed: nothing to refresh",
+        };
+        writeln!(f, "{what}")?;
+        let show = |g: &Option<String>| g.clone().unwrap_or_else(|| "-".into());
+        writeln!(f, "generation before  {}", show(&self.generation_before))?;
+        writeln!(f, "generation after   {}", show(&self.generation_after))
+    }
+}
+
+/// Runs `refresh`.
+pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
+    let manager = ctx.manager()?;
+    let generation = |m: &codex_refresh::AuthManager| {
+        m.cached()
+            .map(|a| a.generation())
+            .filter(|g| !g.is_absent())
+            .map(|g| g.to_string())
+    };
+    let before = generation(&manager);
+    let outcome = ctx.runtime()?.block_on(manager.refresh())?;
+    let report = RefreshReport {
+        outcome: match outcome {
+            RefreshOutcome::Refreshed => "refreshed",
+            RefreshOutcome::AdoptedFromDisk => "adopted_from_disk",
+            RefreshOutcome::NotNeeded => "not_needed",
+        },
+        generation_before: before,
+        generation_after: generation(&manager),
+    };
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
