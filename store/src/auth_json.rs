@@ -67,12 +67,22 @@ impl KeyOrder {
     }
 }
 
+/// Shows the names of unknown keys, never their values (they may be credentials of other modes,
+/// such as `personal_access_token`).
+struct KeyNames<'a>(&'a Map<String, Value>);
+
+impl fmt::Debug for KeyNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
 /// The whole auth.json document.
 ///
 /// Keys it does not know survive in `extra`, and the file's key order is kept in `key_order`, so
 /// that a document read and written back unchanged is the same bytes (for files written
 /// pretty-printed, as existing installations write them). Secrets are [`Secret`]s.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct AuthDotJson {
     /// `auth_mode`; omitted when `None`. See [`AuthDotJson::resolved_mode`].
     pub auth_mode: Option<AuthMode>,
@@ -89,7 +99,7 @@ pub struct AuthDotJson {
 }
 
 /// The `tokens` object.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct TokenData {
     /// `id_token`: a JWT with the user's identity; it must decode (see [`TokenData::id_claims`]).
     pub id_token: Secret,
@@ -103,6 +113,30 @@ pub struct TokenData {
     pub extra: Map<String, Value>,
     /// The order of the keys of `tokens` in the file.
     pub key_order: KeyOrder,
+}
+
+impl fmt::Debug for AuthDotJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthDotJson")
+            .field("auth_mode", &self.auth_mode)
+            .field("openai_api_key", &self.openai_api_key)
+            .field("tokens", &self.tokens)
+            .field("last_refresh", &self.last_refresh)
+            .field("extra", &KeyNames(&self.extra))
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for TokenData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenData")
+            .field("id_token", &self.id_token)
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("account_id", &self.account_id)
+            .field("extra", &KeyNames(&self.extra))
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenData {

@@ -88,6 +88,16 @@ pub enum StoreError {
         links: u64,
     },
 
+    /// The document to write would not load back (for example an id token that is not a JWT).
+    /// Nothing was written.
+    #[error("refusing to write {path}: {reason}; nothing was written: fix the credentials first")]
+    InvalidDocument {
+        /// auth.json.
+        path: PathBuf,
+        /// What is wrong, naming the key but never a value.
+        reason: String,
+    },
+
     /// The store directory exists but is not a directory.
     #[error("{path} is not a directory; point CODEX_HOME at a directory")]
     NotADirectory {

@@ -49,8 +49,7 @@ impl StoreOptions {
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0 && secs < 1e9)
-            .then(|| Duration::from_secs_f64(secs));
+        return ((0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs));
     }
     humantime::parse_duration(text).ok()
 }

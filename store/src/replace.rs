@@ -111,10 +111,11 @@ pub(crate) fn replace(
 
 /// Durably removes `path`, provided it still is `expected`. The caller holds the lock.
 pub(crate) fn remove(path: &Path, expected: Generation) -> Result<(), StoreError> {
+    // Also when nothing was expected: a file that appeared behind our back is a conflict.
+    recheck(path, expected)?;
     if expected.is_absent() {
         return Ok(());
     }
-    recheck(path, expected)?;
     fs::remove_file(path).map_err(|e| StoreError::io("remove", path, e))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }

@@ -183,6 +183,14 @@ impl Store {
         auth: Option<&AuthDotJson>,
     ) -> Result<Generation, StoreError> {
         replace::check_replaceable(self.path())?;
+        if let Some(tokens) = auth.and_then(|a| a.tokens.as_ref()) {
+            tokens
+                .id_claims()
+                .map_err(|e| StoreError::InvalidDocument {
+                    path: self.path().to_path_buf(),
+                    reason: format!("tokens.id_token cannot be decoded: {e}"),
+                })?;
+        }
         match auth {
             Some(doc) => replace::replace(self.path(), current, &doc.to_json()),
             None => replace::remove(self.path(), current).map(|()| Generation::Absent),

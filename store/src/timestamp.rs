@@ -27,7 +27,8 @@ impl Timestamp {
 
     /// Parses RFC 3339 text (`...Z` or `...+HH:MM`). The message names what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("`{text}` is not an RFC 3339 timestamp");
+        // The message never quotes the value: the file may hold anything there.
+        let bad = || "it is not an RFC 3339 timestamp".to_owned();
         let (base, offset_secs) = split_offset(text).ok_or_else(bad)?;
         let utc = humantime::parse_rfc3339_weak(base).map_err(|_| bad())?;
         let time = if offset_secs >= 0 {
@@ -58,7 +59,7 @@ fn split_offset(text: &str) -> Option<(&str, i64)> {
     if let Some(base) = text.strip_suffix('Z').or_else(|| text.strip_suffix('z')) {
         return Some((base, 0));
     }
-    if text.len() < 6 {
+    if text.len() < 6 || !text.is_char_boundary(text.len() - 6) {
         return None;
     }
     let (base, offset) = text.split_at(text.len() - 6);
@@ -108,12 +109,13 @@ mod tests {
     }
 
     #[test]
-    fn nonsense_is_refused_with_the_text_named() {
+    fn nonsense_is_refused_without_quoting_it() {
         let err = Timestamp::parse("yesterday").expect_err("nonsense accepted");
         assert!(
-            err.contains("yesterday"),
-            "message does not name the value: {err}"
+            !err.contains("yesterday"),
+            "message quotes the value: {err}"
         );
+        assert!(Timestamp::parse("€€é").is_err(), "multibyte text accepted");
     }
 
     #[test]

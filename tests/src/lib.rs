@@ -2,3 +2,4 @@
 
 pub mod fake_idp;
 pub mod jwt;
+pub mod store_fixtures;

@@ -1,0 +1,135 @@
+//! No lost updates: many processes (and many threads) incrementing one counter in auth.json end at
+//! exactly the number of increments.
+
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use codex_store::Store;
+use codex_store_tests::store_fixtures::{snapshot_counter, with_counter, Worker};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
+const PROCESSES: u64 = 8;
+const INCREMENTS: u64 = 200;
+/// Only turns a hang (a deadlock) into a failure.
+const FINISH_WITHIN: Duration = Duration::from_secs(240);
+
+fn counter_on_disk(store: &Store) -> u64 {
+    let snapshot = store
+        .load()
+        .unwrap_or_else(|e| panic!("auth.json does not load after the run: {e}"));
+    assert!(
+        snapshot.auth().is_some(),
+        "auth.json is missing after the run"
+    );
+    snapshot_counter(&snapshot).unwrap_or_else(|e| panic!("the counter is unreadable: {e}"))
+}
+
+/// Starts every child first, then waits for all, so that they really run at the same time.
+fn run_processes(subcommand: &str) -> (u64, Vec<String>) {
+    let home = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(home.path()).expect("open the store");
+    let started = Instant::now();
+    let n = INCREMENTS.to_string();
+    let mut workers: Vec<Worker> = (0..PROCESSES)
+        .map(|_| {
+            Worker::spawn(
+                WORKER,
+                [subcommand.as_ref(), home.path().as_os_str(), n.as_ref()],
+            )
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for worker in &mut workers {
+        let (lines, status) = worker.finish(FINISH_WITHIN);
+        assert!(
+            status.success(),
+            "{} failed ({status}); stdout: {lines:?}; stderr: {}",
+            worker.name(),
+            worker.stderr()
+        );
+        let done = lines.iter().find(|l| l.starts_with("done ")).cloned();
+        reports.push(
+            done.unwrap_or_else(|| panic!("{} printed no `done` line: {lines:?}", worker.name())),
+        );
+    }
+    eprintln!(
+        "{PROCESSES} x {INCREMENTS} {subcommand} took {:?}: {reports:?}",
+        started.elapsed()
+    );
+    (counter_on_disk(&store), reports)
+}
+
+#[test]
+fn eight_processes_incrementing_in_transactions_lose_no_update() {
+    let (counter, _) = run_processes("increment-tx");
+    assert_eq!(
+        counter,
+        PROCESSES * INCREMENTS,
+        "{PROCESSES} processes x {INCREMENTS} transactional increments ended at {counter}: \
+         updates were lost (or duplicated)"
+    );
+}
+
+#[test]
+fn eight_processes_incrementing_by_compare_and_swap_lose_no_update() {
+    let (counter, reports) = run_processes("increment-cas");
+    assert_eq!(
+        counter,
+        PROCESSES * INCREMENTS,
+        "{PROCESSES} processes x {INCREMENTS} compare-and-swap increments ended at {counter}: \
+         updates were lost (or duplicated); reports: {reports:?}"
+    );
+}
+
+#[test]
+fn four_threads_sharing_clones_of_one_store_lose_no_update_and_do_not_deadlock() {
+    const THREADS: u64 = 4;
+    const PER_THREAD: u64 = 100;
+    let home = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(home.path()).expect("open the store");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let store = store.clone();
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    let tx = store
+                        .transaction()
+                        .unwrap_or_else(|e| panic!("thread {t}, increment {i}: no lock: {e}"));
+                    let next = snapshot_counter(tx.snapshot())
+                        .unwrap_or_else(|e| panic!("thread {t}: bad counter: {e}"))
+                        + 1;
+                    let doc = with_counter(tx.snapshot().auth(), next);
+                    tx.commit(Some(&doc))
+                        .unwrap_or_else(|e| panic!("thread {t}, increment {i}: commit: {e}"));
+                }
+                let _ = done_tx.send(t);
+            })
+        })
+        .collect();
+    drop(done_tx);
+    // Each thread reports when it finishes; a deadlock shows up as a missing report.
+    // A panicking thread drops its sender unsent: then the channel disconnects and the join
+    // below reports the panic.
+    for _ in 0..THREADS {
+        match done_rx.recv_timeout(FINISH_WITHIN) {
+            Ok(_) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("a thread neither finished nor panicked within {FINISH_WITHIN:?}: deadlock?")
+            }
+        }
+    }
+    for handle in handles {
+        if let Err(panic) = handle.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+    let counter = counter_on_disk(&store);
+    assert_eq!(
+        counter,
+        THREADS * PER_THREAD,
+        "{THREADS} threads x {PER_THREAD} increments on clones of one Store ended at {counter}"
+    );
+}
