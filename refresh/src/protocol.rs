@@ -118,7 +118,13 @@ pub(crate) async fn guarded_refresh(
             let again = blocking(move || store.load()).await;
             drop(tx);
             if let Ok(again) = again {
-                if again.generation() != generation {
+                // Adopt only a file that really holds another refresh token: a rewrite that kept
+                // the dead one is no rescue.
+                let rotated = again
+                    .auth()
+                    .and_then(|d| d.tokens.as_ref())
+                    .is_some_and(|t| t.refresh_token != tokens.refresh_token);
+                if again.generation() != generation && rotated {
                     if let Ok(newer) = check_disk(&inner, &known, &again) {
                         tracing::info!("refresh token was rotated outside the lock; adopted it");
                         return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(newer)));
