@@ -158,6 +158,12 @@ pub enum RefreshError {
         /// What the host said.
         message: String,
     },
+    /// A task of the manager failed (a panic or a runtime shutting down).
+    #[error("an internal task failed: {message}; try again")]
+    TaskFailed {
+        /// What happened.
+        message: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot set up the HTTP client: {message}")]
     HttpSetup {
@@ -204,6 +210,22 @@ impl RefreshError {
         match self {
             RefreshError::Permanent { reason } => Some(RefreshError::Permanent {
                 reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// A copy of a transient error, to hand to callers that waited for the same attempt.
+    pub(crate) fn transient_copy(&self) -> Option<RefreshError> {
+        match self {
+            RefreshError::Transient { reason } => Some(RefreshError::Transient {
+                reason: reason.clone(),
+            }),
+            RefreshError::HostRefreshTimeout { after } => {
+                Some(RefreshError::HostRefreshTimeout { after: *after })
+            }
+            RefreshError::HostRefreshFailed { message } => Some(RefreshError::HostRefreshFailed {
+                message: message.clone(),
             }),
             _ => None,
         }

@@ -24,7 +24,9 @@ pub(crate) struct Inner {
     gate: tokio::sync::Mutex<()>,
     /// A permanent failure, remembered for the generation it happened at.
     failure: Mutex<Option<(Generation, RefreshError)>>,
-    last_transient: Mutex<Option<Instant>>,
+    /// The last transient failure and when it happened: callers within
+    /// `min_retry_interval` share it instead of sending another request.
+    last_transient: Mutex<Option<(Instant, RefreshError)>>,
     pub(crate) host: Mutex<Option<HostState>>,
 }
 
@@ -55,6 +57,28 @@ impl Inner {
             *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, copy));
         }
         error
+    }
+
+    fn recent_transient(&self) -> Option<RefreshError> {
+        let last = self
+            .last_transient
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some((at, e)) if at.elapsed() < self.config.min_retry_interval => e.transient_copy(),
+            _ => None,
+        }
+    }
+
+    fn note_attempt(&self, result: &Result<RefreshOutcome, RefreshError>) {
+        let mut last = self
+            .last_transient
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *last = match result {
+            Err(e) => e.transient_copy().map(|copy| (Instant::now(), copy)),
+            Ok(_) => None,
+        };
     }
 
     fn known(&self) -> Known {
@@ -153,17 +177,11 @@ impl AuthManager {
                 path: self.inner.store.path().to_path_buf(),
             });
         };
-        let now = SystemTime::now();
-        if cached.is_usable(now) && self.in_transient_backoff() {
+        if cached.is_usable(SystemTime::now()) && self.inner.recent_transient().is_some() {
             return Ok(cached);
         }
-        let result = if cached.mode() == Mode::HostTokens {
-            crate::external::refresh_host(&self.inner).await.map(|_| ())
-        } else {
-            self.run(false).await.map(|_| ())
-        };
-        match result {
-            Ok(()) => self
+        match self.run(false).await {
+            Ok(_) => self
                 .inner
                 .cached()
                 .ok_or_else(|| RefreshError::NotSignedIn {
@@ -171,63 +189,63 @@ impl AuthManager {
                 }),
             Err(e) if e.is_transient() && cached.is_usable(SystemTime::now()) => {
                 tracing::warn!(error = %e, "token refresh failed for now; using the cached credentials");
-                *self
-                    .inner
-                    .last_transient
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 Ok(cached)
             }
             Err(e) => Err(e),
         }
     }
 
-    fn in_transient_backoff(&self) -> bool {
-        let last = *self
-            .inner
-            .last_transient
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        last.is_some_and(|t| t.elapsed() < self.inner.config.min_retry_interval)
-    }
-
-    /// Refreshes now (for example after the API answered 401), through the guarded protocol.
-    /// If another process already refreshed since this one read the credentials, its tokens are
-    /// adopted and no request is sent.
+    /// Refreshes now (for example after the API answered 401), through the guarded protocol
+    /// (for host tokens: by asking the host). If another process already refreshed since this
+    /// one read the credentials, its tokens are adopted and no request is sent.
     pub async fn refresh(&self) -> Result<RefreshOutcome, RefreshError> {
-        let cached = self.inner.cached();
-        match cached.as_ref().map(|a| a.mode()) {
-            Some(Mode::HostTokens) => crate::external::refresh_host(&self.inner)
-                .await
-                .map(|_| RefreshOutcome::Refreshed),
-            _ => self.run(true).await,
-        }
+        self.run(true).await
     }
 
-    /// Runs the protocol in a task of its own, so that once the request is sent its answer is
-    /// persisted even if the caller stops waiting. Callers in this process share one refresh:
-    /// the second waits for the first, then finds the new state.
+    /// Runs the protocol (or, for host tokens, asks the host) in a task of its own, so that
+    /// once the request is sent its answer is persisted even if the caller stops waiting.
+    /// Callers in this process share one attempt: a caller that waited for another's attempt
+    /// takes its result (new credentials, or, unless `force`, its transient failure) instead of
+    /// sending a request of its own.
     async fn run(&self, force: bool) -> Result<RefreshOutcome, RefreshError> {
         let inner = self.inner.clone();
-        let seen = inner.known();
+        let seen = inner.cached();
         let task = tokio::spawn(async move {
             let _gate = inner.gate.lock().await;
-            let known = inner.known();
-            if known.generation != seen.generation {
-                // Another task of this process refreshed while we waited.
-                if let Some(auth) = inner.cached() {
-                    if !auth.is_due(SystemTime::now(), &inner.config) {
-                        return Ok(RefreshOutcome::AdoptedFromDisk);
-                    }
+            let current = inner.cached();
+            let replaced = match (&seen, &current) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            if let Some(auth) = current.as_ref().filter(|_| replaced) {
+                if !auth.is_due(SystemTime::now(), &inner.config) {
+                    return Ok(RefreshOutcome::AdoptedFromDisk);
                 }
             }
-            let (outcome, auth) = guarded_refresh(inner.clone(), known, force).await?;
-            inner.set_cache(Some(auth));
-            Ok(outcome)
+            if !force {
+                if let Some(e) = inner.recent_transient() {
+                    return Err(e);
+                }
+            }
+            let result = if current.as_ref().map(|a| a.mode()) == Some(Mode::HostTokens) {
+                crate::external::refresh_host(&inner)
+                    .await
+                    .map(|_| RefreshOutcome::Refreshed)
+            } else {
+                guarded_refresh(inner.clone(), inner.known(), force)
+                    .await
+                    .map(|(outcome, auth)| {
+                        inner.set_cache(Some(auth));
+                        outcome
+                    })
+            };
+            inner.note_attempt(&result);
+            result
         });
         match task.await {
             Ok(result) => result,
-            Err(e) => Err(RefreshError::HostRefreshFailed {
+            Err(e) => Err(RefreshError::TaskFailed {
                 message: format!("the refresh task failed: {e}"),
             }),
         }
@@ -258,7 +276,7 @@ impl AuthManager {
         let backend = FileBackend::from_store(self.inner.store.clone());
         let existed = tokio::task::spawn_blocking(move || backend.delete())
             .await
-            .map_err(|e| RefreshError::HostRefreshFailed {
+            .map_err(|e| RefreshError::TaskFailed {
                 message: format!("the logout task failed: {e}"),
             })??;
         *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -279,7 +297,7 @@ impl AuthManager {
             store.compare_and_swap(Expect::Any, Some(&to_write))
         })
         .await
-        .map_err(|e| RefreshError::HostRefreshFailed {
+        .map_err(|e| RefreshError::TaskFailed {
             message: format!("the login task failed: {e}"),
         })??;
         let auth = CodexAuth::from_document(&doc, generation)?.map(Arc::new);
@@ -309,7 +327,7 @@ impl AuthManager {
             store.transaction().map(|tx| tx.snapshot().clone())
         })
         .await
-        .map_err(|e| RefreshError::HostRefreshFailed {
+        .map_err(|e| RefreshError::TaskFailed {
             message: format!("the reload task failed: {e}"),
         })??;
         if Some(snap.generation()) == known.generation {

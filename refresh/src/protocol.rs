@@ -184,17 +184,17 @@ async fn persist(
     }
     tracing::warn!("auth.json changed during the refresh (a writer ignoring the lock); merging");
     let store = inner.store.clone();
-    let account = doc.tokens.as_ref().and_then(|t| t.account_id.clone());
+    let account = effective_account(&doc);
     let expected = account.clone();
     let merged = blocking(move || {
         let tx = store.transaction()?;
         let Some(mut current) = tx.snapshot().auth().cloned() else {
             return Ok(Err(None));
         };
-        let found = current.tokens.as_ref().and_then(|t| t.account_id.clone());
-        if current.tokens.is_none() || found != account {
-            // Another account signed in meanwhile: its credentials win.
-            return Ok(Err(found));
+        let found = effective_account(&current);
+        if current.tokens.is_none() || account.is_none() || found != account {
+            // Another account signed in meanwhile (or we cannot tell): its credentials win.
+            return Ok(Err(Some(found.unwrap_or_else(|| "<unknown>".into()))));
         }
         apply(&mut current, &answer);
         let generation = tx.commit(Some(&current))?;
@@ -206,8 +206,17 @@ async fn persist(
             path: inner.store.path().to_path_buf(),
         },
         Some(found) => RefreshError::AccountChanged {
-            expected: expected.unwrap_or_else(|| "<none>".into()),
+            expected: expected.unwrap_or_else(|| "<unknown>".into()),
             found,
         },
     })
+}
+
+/// The account a document belongs to: `tokens.account_id`, else the id token's workspace.
+fn effective_account(doc: &AuthDotJson) -> Option<String> {
+    let tokens = doc.tokens.as_ref()?;
+    tokens
+        .account_id
+        .clone()
+        .or_else(|| tokens.id_claims().ok().and_then(|c| c.account_id))
 }

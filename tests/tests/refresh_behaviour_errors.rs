@@ -1,0 +1,658 @@
+//! How `codex-refresh` classifies a failed refresh, against the real fake token endpoint on
+//! 127.0.0.1: permanent answers mean "sign in again" and are remembered for the generation they
+//! happened at; everything else is transient; and auth.json is byte-identical after every
+//! failure (credentials are never deleted or changed because a refresh failed).
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use codex_refresh::{
+    AuthManager, ErrorClass, PermanentReason, RefreshConfig, RefreshError, RefreshOutcome,
+    TransientReason,
+};
+use codex_store::{AuthDotJson, Expect, Generation, Store};
+use codex_store_tests::fake_idp::{Behavior, FakeIdp};
+use codex_store_tests::jwt;
+
+const ACCOUNT: &str = "acc-errors";
+const EMAIL: &str = "errors@example.com";
+const PLAN: &str = "plus";
+const INITIAL_RT: &str = "rt_initial_errors";
+/// The longest any awaited event may take before the test fails.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A store directory holding ChatGPT credentials, and the fake endpoint that knows their
+/// refresh token.
+struct Setup {
+    _home: tempfile::TempDir,
+    store: Store,
+    fake: FakeIdp,
+    /// The access token in auth.json.
+    access: String,
+}
+
+/// Credentials whose access token expires `expires_in` seconds from now (negative: already
+/// expired); anything under 5 minutes is due for a refresh.
+fn setup(expires_in: i64) -> Setup {
+    let home = tempfile::tempdir().expect("cannot create a temp dir");
+    let store = Store::open(home.path()).expect("cannot open the store");
+    let access = jwt::access_token(jwt::now_unix() + expires_in, "at_initial");
+    write_tokens(&store, &access, INITIAL_RT);
+    let fake = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
+    Setup {
+        _home: home,
+        store,
+        fake,
+        access,
+    }
+}
+
+/// Writes ChatGPT credentials of [`ACCOUNT`] through the store (under its lock).
+fn write_tokens(store: &Store, access: &str, refresh: &str) -> Generation {
+    let text = jwt::auth_json(
+        access,
+        refresh,
+        &jwt::id_token(EMAIL, ACCOUNT, PLAN),
+        ACCOUNT,
+    );
+    let doc = AuthDotJson::from_json(text.as_bytes()).expect("the fixture auth.json must parse");
+    store
+        .compare_and_swap(Expect::Any, Some(&doc))
+        .expect("writing auth.json through the store failed")
+}
+
+fn config(token_url: String) -> RefreshConfig {
+    RefreshConfig {
+        token_url,
+        http_timeout: Duration::from_secs(5),
+        lock_timeout: EVENT_TIMEOUT,
+        ..RefreshConfig::default()
+    }
+}
+
+fn manager(store: &Store, config: RefreshConfig) -> AuthManager {
+    AuthManager::new(store.clone(), config).expect("AuthManager::new refused valid credentials")
+}
+
+fn file_bytes(store: &Store) -> Vec<u8> {
+    std::fs::read(store.path()).expect("auth.json cannot be read")
+}
+
+/// A URL on 127.0.0.1 where nothing listens: a port that was just bound and released.
+fn refused_url() -> String {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("cannot bind 127.0.0.1:0");
+    let port = listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/oauth/token")
+}
+
+fn status(status: u16, body: &str) -> Behavior {
+    Behavior::Status {
+        status,
+        body: body.to_owned(),
+    }
+}
+
+/// Fails with a message naming the secret when `text` shows any of `secrets`.
+fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(
+            !text.contains(secret),
+            "{what} shows a token value ({secret}): {text}"
+        );
+    }
+}
+
+/// Runs one forced refresh against an endpoint that fails, and checks what every failure must
+/// do: the error has `class`, auth.json is byte-identical, and the message shows no token.
+async fn refresh_fails(setup: &Setup, config: RefreshConfig, class: ErrorClass) -> RefreshError {
+    let manager = manager(&setup.store, config);
+    let before = file_bytes(&setup.store);
+    let error = match manager.refresh().await {
+        Ok(outcome) => panic!("the refresh succeeded ({outcome:?}) against a failing endpoint"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        error.class(),
+        class,
+        "the refresh error has the wrong class: {error} ({error:?})"
+    );
+    assert_eq!(
+        error.is_permanent(),
+        class == ErrorClass::SignInRequired,
+        "is_permanent() disagrees with class() for {error:?}"
+    );
+    assert_eq!(
+        error.is_transient(),
+        class == ErrorClass::Transient,
+        "is_transient() disagrees with class() for {error:?}"
+    );
+    assert!(
+        file_bytes(&setup.store) == before,
+        "auth.json changed after a failed refresh ({error}):\nbefore: {}\nafter:  {}",
+        String::from_utf8_lossy(&before),
+        String::from_utf8_lossy(&file_bytes(&setup.store))
+    );
+    let message = error.to_string();
+    assert_no_secret("the error message", &message, &[&setup.access, INITIAL_RT]);
+    assert_no_secret(
+        "the error's Debug",
+        &format!("{error:?}"),
+        &[&setup.access, INITIAL_RT],
+    );
+    if class == ErrorClass::SignInRequired {
+        assert!(
+            message.contains("sign in again"),
+            "a permanent failure does not tell the user to sign in again: {message}"
+        );
+    } else {
+        assert!(
+            message.contains("unchanged") && message.contains("try again later"),
+            "a transient failure does not say the credentials are unchanged and to retry: \
+             {message}"
+        );
+    }
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_expired_answer_requires_signing_in_again_and_leaves_auth_json_untouched() {
+    let setup = setup(3600);
+    setup
+        .fake
+        .set_behavior(status(401, r#"{"error":{"code":"refresh_token_expired"}}"#));
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Permanent {
+                reason: PermanentReason::Expired
+            }
+        ),
+        "refresh_token_expired was not reported as Permanent(Expired): {error:?}"
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "the refresh sent the wrong number of requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_code_is_permanent_whatever_the_http_status() {
+    let setup = setup(3600);
+    setup
+        .fake
+        .set_behavior(status(400, r#"{"error":"REFRESH_TOKEN_EXPIRED"}"#));
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Permanent {
+                reason: PermanentReason::Expired
+            }
+        ),
+        "a 400 with the code refresh_token_expired (upper case, string shape) was not \
+         Permanent(Expired): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_invalidated_answer_requires_signing_in_again_and_leaves_auth_json_untouched(
+) {
+    let setup = setup(3600);
+    setup.fake.set_behavior(status(
+        401,
+        r#"{"error":{"code":"refresh_token_invalidated"}}"#,
+    ));
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Permanent {
+                reason: PermanentReason::Invalidated
+            }
+        ),
+        "refresh_token_invalidated was not reported as Permanent(Invalidated): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_refresh_token_is_refused_by_the_real_protocol_as_invalidated() {
+    let setup = setup(3600);
+    // The fake answers refresh_token_invalidated for a token it never issued.
+    write_tokens(&setup.store, &setup.access, "rt_never_issued");
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Permanent {
+                reason: PermanentReason::Invalidated
+            }
+        ),
+        "a token the endpoint never issued was not Permanent(Invalidated): {error:?}"
+    );
+    assert_eq!(
+        setup.fake.presented_refresh_tokens(),
+        vec!["rt_never_issued".to_owned()],
+        "the request did not present the refresh token stored in auth.json"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_401_requires_signing_in_again_and_leaves_auth_json_untouched() {
+    let setup = setup(3600);
+    setup.fake.set_behavior(status(401, ""));
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Permanent {
+                reason: PermanentReason::Unauthorized { code: None }
+            }
+        ),
+        "a 401 without a code was not Permanent(Unauthorized {{ code: None }}): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_refresh_token_requires_signing_in_again_when_nothing_newer_is_on_disk() {
+    let setup = setup(3600);
+    // Another client redeemed the stored token without writing auth.json.
+    setup.fake.rotate_out_of_band();
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Permanent {
+                reason: PermanentReason::Reused
+            }
+        ),
+        "a dead refresh token was not reported as Permanent(Reused): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_transient_and_leaves_auth_json_untouched() {
+    let setup = setup(3600);
+    setup
+        .fake
+        .set_behavior(status(500, r#"{"error":"server_error"}"#));
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::Transient).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Transient {
+                reason: TransientReason::Status(500)
+            }
+        ),
+        "a 500 was not Transient(Status(500)): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_transient_and_leaves_auth_json_untouched() {
+    let setup = setup(3600);
+    setup
+        .fake
+        .set_behavior(status(429, r#"{"error":{"code":"rate_limited"}}"#));
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::Transient).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Transient {
+                reason: TransientReason::Status(429)
+            }
+        ),
+        "a 429 was not Transient(Status(429)): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparseable_answer_is_transient_and_leaves_auth_json_untouched() {
+    let setup = setup(3600);
+    setup.fake.set_behavior(Behavior::Garbage);
+    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::Transient).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Transient {
+                reason: TransientReason::UnparseableAnswer
+            }
+        ),
+        "a 200 with a non-JSON body was not Transient(UnparseableAnswer): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_times_out_as_transient_and_leaves_auth_json_untouched() {
+    let setup = setup(3600);
+    setup.fake.set_behavior(Behavior::Hang);
+    let config = RefreshConfig {
+        http_timeout: Duration::from_millis(300),
+        ..config(setup.fake.url())
+    };
+    let started = std::time::Instant::now();
+    let error = refresh_fails(&setup, config, ErrorClass::Transient).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Transient {
+                reason: TransientReason::Timeout
+            }
+        ),
+        "a hanging endpoint was not Transient(Timeout): {error:?}"
+    );
+    assert!(
+        started.elapsed() < EVENT_TIMEOUT,
+        "the 300 ms HTTP timeout took {:?} to fire",
+        started.elapsed()
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "the hanging endpoint did not receive exactly one request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_transient_and_leaves_auth_json_untouched() {
+    let setup = setup(3600);
+    let error = refresh_fails(&setup, config(refused_url()), ErrorClass::Transient).await;
+    assert!(
+        matches!(
+            error,
+            RefreshError::Transient {
+                reason: TransientReason::Connect
+            }
+        ),
+        "a refused connection was not Transient(Connect): {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_returns_the_cached_credentials_when_a_due_but_still_valid_token_cannot_be_refreshed_for_now(
+) {
+    let setup = setup(120);
+    setup.fake.set_behavior(status(500, "{}"));
+    let config = RefreshConfig {
+        min_retry_interval: Duration::from_secs(60),
+        ..config(setup.fake.url())
+    };
+    let manager = manager(&setup.store, config);
+    let before = file_bytes(&setup.store);
+
+    let auth = manager
+        .auth()
+        .await
+        .expect("auth() returned the transient failure although the cached token is still valid");
+    assert_eq!(
+        auth.bearer().expose(),
+        setup.access,
+        "auth() did not return the cached access token"
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "auth() with a due token did not try the refresh exactly once"
+    );
+
+    // Within min_retry_interval (60 s here) the failing endpoint is not asked again.
+    let again = manager
+        .auth()
+        .await
+        .expect("a second auth() after a transient failure failed");
+    assert_eq!(
+        again.bearer().expose(),
+        setup.access,
+        "the second auth() did not return the cached access token"
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "auth() retried a transiently failing endpoint within min_retry_interval"
+    );
+    assert!(
+        file_bytes(&setup.store) == before,
+        "auth.json changed after a transient failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_returns_the_transient_error_when_the_cached_token_has_already_expired() {
+    let setup = setup(-60);
+    setup.fake.set_behavior(status(500, "{}"));
+    let manager = manager(&setup.store, config(setup.fake.url()));
+    let before = file_bytes(&setup.store);
+
+    let error = manager
+        .auth()
+        .await
+        .expect_err("auth() returned an expired token instead of the transient failure");
+    assert_eq!(
+        error.class(),
+        ErrorClass::Transient,
+        "auth() with an expired token and a 500 gave the wrong class: {error:?}"
+    );
+    assert!(
+        matches!(
+            error,
+            RefreshError::Transient {
+                reason: TransientReason::Status(500)
+            }
+        ),
+        "auth() did not return the endpoint's 500 as Transient(Status(500)): {error:?}"
+    );
+    assert_no_secret(
+        "the error message",
+        &error.to_string(),
+        &[&setup.access, INITIAL_RT],
+    );
+    assert!(
+        file_bytes(&setup.store) == before,
+        "auth.json changed after a transient failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_until_auth_json_changes(
+) {
+    let setup = setup(120);
+    setup
+        .fake
+        .set_behavior(status(401, r#"{"error":{"code":"refresh_token_expired"}}"#));
+    let manager = manager(&setup.store, config(setup.fake.url()));
+
+    let first = manager
+        .refresh()
+        .await
+        .expect_err("the refresh succeeded against refresh_token_expired");
+    assert_eq!(
+        first.class(),
+        ErrorClass::SignInRequired,
+        "the first failure has the wrong class: {first:?}"
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "the first refresh sent no request"
+    );
+
+    let second = manager
+        .refresh()
+        .await
+        .expect_err("a second refresh of the same generation succeeded");
+    assert_eq!(
+        second.class(),
+        ErrorClass::SignInRequired,
+        "the remembered failure has the wrong class: {second:?}"
+    );
+    assert_eq!(
+        second.to_string(),
+        first.to_string(),
+        "the remembered failure differs from the original one"
+    );
+    let from_auth = manager
+        .auth()
+        .await
+        .expect_err("auth() with due tokens ignored the remembered permanent failure");
+    assert_eq!(
+        from_auth.class(),
+        ErrorClass::SignInRequired,
+        "auth() after a permanent failure gave the wrong class: {from_auth:?}"
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "a refresh token known to be dead was sent again"
+    );
+
+    // Someone signs in again (new, still due tokens): the failure is forgotten.
+    setup.fake.set_behavior(Behavior::Normal);
+    let new_access = jwt::access_token(jwt::now_unix() + 120, "at_after_sign_in");
+    write_tokens(&setup.store, &new_access, INITIAL_RT);
+    let auth = manager
+        .auth()
+        .await
+        .expect("auth() after auth.json changed still failed");
+    assert_eq!(
+        setup.fake.requests(),
+        2,
+        "no request was sent after auth.json changed (the failure was not forgotten)"
+    );
+    let issued = setup
+        .fake
+        .last_issued()
+        .expect("the endpoint issued no tokens");
+    assert_eq!(
+        auth.bearer().expose(),
+        issued.access_token,
+        "auth() did not return the freshly issued access token"
+    );
+    for error in [&first, &second, &from_auth] {
+        assert_no_secret(
+            "a remembered-failure message",
+            &error.to_string(),
+            &[&setup.access, &new_access, INITIAL_RT],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_not_remembered_and_the_next_refresh_succeeds() {
+    let setup = setup(3600);
+    setup.fake.set_behavior(status(503, "{}"));
+    let manager = manager(&setup.store, config(setup.fake.url()));
+    let error = manager
+        .refresh()
+        .await
+        .expect_err("the refresh succeeded against a 503");
+    assert!(error.is_transient(), "a 503 was not transient: {error:?}");
+
+    setup.fake.set_behavior(Behavior::Normal);
+    let outcome = manager
+        .refresh()
+        .await
+        .expect("the refresh after a transient failure failed");
+    assert_eq!(
+        outcome,
+        RefreshOutcome::Refreshed,
+        "the second refresh did not redeem the token"
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        2,
+        "the refresh after a transient failure sent no request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_signing_in_elsewhere_is_reported_naming_both_accounts_without_a_request() {
+    let setup = setup(120);
+    let manager = manager(&setup.store, config(setup.fake.url()));
+    let other_access = jwt::access_token(jwt::now_unix() + 120, "at_other_account");
+    let text = jwt::auth_json(
+        &other_access,
+        "rt_other_account",
+        &jwt::id_token("other@example.com", "acc-someone-else", PLAN),
+        "acc-someone-else",
+    );
+    setup
+        .store
+        .compare_and_swap(
+            Expect::Any,
+            Some(&AuthDotJson::from_json(text.as_bytes()).expect("the fixture parses")),
+        )
+        .expect("writing auth.json failed");
+    let before = file_bytes(&setup.store);
+
+    let error = manager
+        .refresh()
+        .await
+        .expect_err("the refresh went ahead with another account's credentials");
+    let message = error.to_string();
+    assert!(
+        matches!(&error, RefreshError::AccountChanged { expected, found }
+            if expected == ACCOUNT && found == "acc-someone-else"),
+        "the account change was not reported as AccountChanged({ACCOUNT} -> acc-someone-else): \
+         {error:?}"
+    );
+    assert!(
+        message.contains(ACCOUNT) && message.contains("acc-someone-else"),
+        "the message does not name both accounts: {message}"
+    );
+    assert_eq!(
+        error.class(),
+        ErrorClass::SignInRequired,
+        "an account change has the wrong class: {error:?}"
+    );
+    assert_no_secret(
+        "the error message",
+        &message,
+        &[&setup.access, &other_access, INITIAL_RT, "rt_other_account"],
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        0,
+        "a request was sent for another account"
+    );
+    assert!(
+        file_bytes(&setup.store) == before,
+        "the other account's credentials were changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_in_another_process_is_reported_as_signed_out_without_a_request_or_a_new_file() {
+    let setup = setup(120);
+    let manager = manager(&setup.store, config(setup.fake.url()));
+    setup
+        .store
+        .compare_and_swap(Expect::Any, None)
+        .expect("deleting auth.json failed");
+
+    let error = manager
+        .auth()
+        .await
+        .expect_err("auth() with due tokens went on after a logout elsewhere");
+    assert!(
+        matches!(error, RefreshError::LoggedOut { .. }),
+        "a logout elsewhere was not reported as LoggedOut: {error:?}"
+    );
+    assert!(
+        error.to_string().contains("sign in again"),
+        "the logout message does not say to sign in again: {error}"
+    );
+    assert_eq!(
+        setup.fake.requests(),
+        0,
+        "a request was sent after a logout"
+    );
+    assert!(
+        !setup.store.path().exists(),
+        "auth.json was recreated after a logout elsewhere"
+    );
+}
