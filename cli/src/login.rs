@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use codex_store::Secret;
+use codex_store::{AuthDotJson, AuthMode, Expect, Secret};
 
 use crate::exit::Failure;
 use crate::home::Context;
@@ -35,14 +35,18 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
             Some("give exactly one key, on one line"),
         ));
     }
-    let manager = ctx.manager()?;
-    let auth = ctx
-        .runtime()?
-        .block_on(manager.login_with_api_key(Secret::new(key)))?;
+    // Signing in replaces whatever is there, a corrupt file included, so the old file is not
+    // loaded first: the write goes straight through the store, under the lock.
+    let store = ctx.store()?;
+    let doc = AuthDotJson {
+        auth_mode: Some(AuthMode::ApiKey),
+        openai_api_key: Some(Secret::new(key)),
+        ..Default::default()
+    };
+    let generation = store.compare_and_swap(Expect::Any, Some(&doc))?;
     println!(
-        "Stored an API key in {} (generation {})",
-        manager.store().path().display(),
-        auth.generation()
+        "Stored an API key in {} (generation {generation})",
+        store.path().display()
     );
     Ok(())
 }

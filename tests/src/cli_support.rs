@@ -1,0 +1,896 @@
+//! Running the `codex-store` command from tests and examples: locating (or building) the
+//! binary, running it with a clean environment, recording everything it printed, made-up
+//! credentials whose every secret is registered, and a scan proving that no secret leaked.
+//!
+//! Every run is recorded in a process-wide list, and every secret a test makes (or receives from
+//! the fake endpoint) is registered in another, so a test can end with
+//! [`assert_no_secret_leaked`]: no registered secret appears in any recorded stdout or stderr,
+//! except the stdout of `token`, whose whole point is to print the bearer.
+//!
+//! Messages never show a raw secret: [`redact`] replaces every registered secret by its
+//! [`fingerprint`].
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::fake_idp::{FakeIdp, Issued};
+use crate::jwt;
+use crate::store_fixtures::Worker;
+
+/// The bound on one run of the command. It only turns a hang into a failure; no test relies on
+/// it elapsing.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Environment variables a run never inherits: a test that wants one passes it explicitly.
+pub const SCRUBBED_ENV: [&str; 4] = [
+    "CODEX_HOME",
+    "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+    "RUST_LOG",
+    "CODEX_STORE_LOCK_TIMEOUT",
+];
+
+/// Where a run that was given no token URL sends refresh requests: port 9 (discard) on the
+/// loopback, where nothing listens, so that no test can ever reach the real endpoint.
+pub const DEAD_TOKEN_URL: &str = "http://127.0.0.1:9/oauth/token";
+
+/// The documented exit codes (cli/src/main.rs).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Any other error.
+    pub const OTHER: i32 = 1;
+    /// Usage error.
+    pub const USAGE: i32 = 2;
+    /// Sign-in required.
+    pub const SIGN_IN_REQUIRED: i32 = 3;
+    /// Transient refresh failure.
+    pub const TRANSIENT: i32 = 4;
+    /// Lock timeout.
+    pub const LOCK_TIMEOUT: i32 = 5;
+    /// Corrupt auth.json.
+    pub const CORRUPT: i32 = 6;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locating the binary
+// ---------------------------------------------------------------------------------------------
+
+/// The workspace root (the directory of the workspace Cargo.toml).
+pub fn workspace_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.to_path_buf())
+}
+
+/// `target/<profile>/` of the running executable: test binaries live in its `deps/`, examples
+/// in its `examples/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time among the sources the binary is built from.
+fn newest_source(workspace: &Path) -> Option<SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<SystemTime>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Some(t) = modified(&path) {
+                *newest = (*newest).max(Some(t));
+            }
+        }
+    }
+    let mut newest = None;
+    for krate in ["cli", "refresh", "store"] {
+        walk(&workspace.join(krate).join("src"), &mut newest);
+        if let Some(t) = modified(&workspace.join(krate).join("Cargo.toml")) {
+            newest = newest.max(Some(t));
+        }
+    }
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        if let Some(t) = modified(&workspace.join(file)) {
+            newest = newest.max(Some(t));
+        }
+    }
+    newest
+}
+
+/// Builds `codex-store` with the profile of the running executable, into the same target
+/// directory, so that it lands at `dir/codex-store`.
+fn build_binary(dir: &Path) {
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let profile = if profile == "debug" {
+        "dev".to_owned()
+    } else {
+        profile
+    };
+    let target_dir = dir.parent().unwrap_or(dir);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from(env!("CARGO")));
+    let manifest = workspace_dir().join("Cargo.toml");
+    eprintln!(
+        "cli_support: building codex-store (profile {profile}) into {}",
+        target_dir.display()
+    );
+    let status = Command::new(&cargo)
+        .arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["-p", "codex-store-cli", "--bin", "codex-store"])
+        .args(["--profile", &profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
+    assert!(
+        status.success(),
+        "`cargo build -p codex-store-cli --profile {profile}` failed ({status}); see its output above"
+    );
+}
+
+/// The `codex-store` binary of the same profile as the running executable:
+/// `target/<profile>/codex-store`, built (once per process) with `cargo build -p codex-store-cli`
+/// when it is missing or older than the sources of cli/, refresh/ or store/. `CODEX_STORE_BIN`
+/// names another binary to test instead.
+pub fn codex_store_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CODEX_STORE_BIN").filter(|v| !v.is_empty()) {
+            return PathBuf::from(bin);
+        }
+        let dir = profile_dir();
+        let bin = dir.join("codex-store");
+        let fresh = match (modified(&bin), newest_source(&workspace_dir())) {
+            (Some(built), Some(source)) => built >= source,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !fresh {
+            build_binary(&dir);
+        }
+        assert!(
+            bin.is_file(),
+            "{} is missing even after `cargo build -p codex-store-cli`",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------------------------
+
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// The first 12 hex characters of the SHA-256 of `value`: shows which secret it is without
+/// showing it (the same as `Secret::fingerprint`).
+pub fn fingerprint(value: &str) -> String {
+    Sha256::digest(value.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SHA-256 of `bytes` as 64 lowercase hex characters (a generation).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Registers a secret for [`assert_no_secret_leaked`] and [`redact`]. For a JWT its payload part
+/// is registered too, so that a partial leak is caught as well.
+pub fn register_secret(value: &str) {
+    let mut needles = vec![value.to_owned()];
+    let parts: Vec<&str> = value.split('.').collect();
+    if parts.len() == 3 && parts[1].len() >= 16 {
+        needles.push(parts[1].to_owned());
+    }
+    let mut secrets = lock(&SECRETS);
+    for needle in needles {
+        if !needle.is_empty() && !secrets.contains(&needle) {
+            secrets.push(needle);
+        }
+    }
+}
+
+/// Registers the three tokens the fake endpoint handed out.
+pub fn register_issued(issued: &Issued) {
+    register_secret(&issued.access_token);
+    register_secret(&issued.refresh_token);
+    register_secret(&issued.id_token);
+}
+
+/// Registers whatever the fake endpoint issued last (call it after a run that may have
+/// refreshed).
+pub fn register_last_issued(idp: &FakeIdp) {
+    if let Some(issued) = idp.last_issued() {
+        register_issued(&issued);
+    }
+}
+
+/// Every registered secret, longest first (so that a JWT is redacted before its payload).
+fn secrets() -> Vec<String> {
+    let mut all = lock(&SECRETS).clone();
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    all
+}
+
+/// `text` with every registered secret replaced by `<secret fingerprint>`: safe to show.
+pub fn redact(text: &str) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets() {
+        if out.contains(&secret) {
+            out = out.replace(&secret, &format!("<secret {}>", fingerprint(&secret)));
+        }
+    }
+    out
+}
+
+/// A value unique in this process run: `tag-pid-n`.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A new, registered, made-up API key.
+pub fn api_key() -> String {
+    let key = format!("sk-test-{}", unique("key").replace('-', "x"));
+    register_secret(&key);
+    key
+}
+
+/// An API-key auth.json document for `key`, pretty-printed like Codex writes it.
+pub fn api_key_json(key: &str) -> String {
+    let doc = serde_json::json!({"auth_mode": "apikey", "OPENAI_API_KEY": key});
+    serde_json::to_string_pretty(&doc).expect("a JSON value always serializes")
+}
+
+/// Made-up ChatGPT credentials, every secret registered.
+#[derive(Clone, Debug)]
+pub struct ChatgptCreds {
+    /// `tokens.account_id`, also the id token's `chatgpt_account_id`.
+    pub account_id: String,
+    /// The id token's email.
+    pub email: String,
+    /// The id token's plan.
+    pub plan: String,
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token (the fake endpoint's initial live one).
+    pub refresh_token: String,
+    /// The id token.
+    pub id_token: String,
+}
+
+impl ChatgptCreds {
+    /// Credentials whose access token expires `expires_in` seconds from now (negative: already
+    /// expired).
+    pub fn expiring_in(expires_in: i64) -> Self {
+        let account_id = unique("acct");
+        let email = format!("{}@example.com", unique("user"));
+        let plan = "plus".to_owned();
+        let access_token = jwt::access_token(jwt::now_unix() + expires_in, &unique("at-initial"));
+        let refresh_token = format!("rt_initial_{}", unique("secret").replace('-', "_"));
+        let id_token = jwt::id_token(&email, &account_id, &plan);
+        for secret in [&access_token, &refresh_token, &id_token] {
+            register_secret(secret);
+        }
+        ChatgptCreds {
+            account_id,
+            email,
+            plan,
+            access_token,
+            refresh_token,
+            id_token,
+        }
+    }
+
+    /// Credentials whose access token expired an hour ago: due, and no longer usable.
+    pub fn expired() -> Self {
+        Self::expiring_in(-3600)
+    }
+
+    /// Credentials whose access token expires in two minutes: due (within the 5 minute window)
+    /// but still usable.
+    pub fn due_but_valid() -> Self {
+        Self::expiring_in(120)
+    }
+
+    /// Credentials valid for another hour: not due.
+    pub fn fresh() -> Self {
+        Self::expiring_in(3600)
+    }
+
+    /// The auth.json document.
+    pub fn auth_json(&self) -> String {
+        jwt::auth_json(
+            &self.access_token,
+            &self.refresh_token,
+            &self.id_token,
+            &self.account_id,
+        )
+    }
+
+    /// Writes the document to `home/auth.json` with mode 0600; returns its path.
+    pub fn write_to(&self, home: &Path) -> PathBuf {
+        let path = home.join("auth.json");
+        write_file(&path, &self.auth_json(), 0o600);
+        path
+    }
+
+    /// The same account (and refresh token) with a new access token expiring `expires_in`
+    /// seconds from now, as if it had been refreshed elsewhere.
+    pub fn with_new_access_token(&self, expires_in: i64) -> Self {
+        let access_token = jwt::access_token(jwt::now_unix() + expires_in, &unique("at-other"));
+        register_secret(&access_token);
+        ChatgptCreds {
+            access_token,
+            ..self.clone()
+        }
+    }
+
+    /// A fake token endpoint for this account whose live refresh token is this one.
+    pub fn start_idp(&self) -> FakeIdp {
+        FakeIdp::start(
+            &self.account_id,
+            &self.email,
+            &self.plan,
+            &self.refresh_token,
+        )
+    }
+}
+
+/// Writes `contents` to `path` in place and sets `mode`.
+pub fn write_file(path: &Path, contents: &str, mode: u32) {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    file.write_all(contents.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+}
+
+/// What `sha256sum FILE` prints first: the file's generation.
+pub fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sha256sum: {e}"));
+    assert!(
+        out.status.success(),
+        "sha256sum {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The permission bits of `path` (not following a symlink), as `0600`.
+pub fn file_mode(path: &Path) -> String {
+    let meta = fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()));
+    format!("{:04o}", meta.permissions().mode() & 0o7777)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the command, and the record of everything it printed
+// ---------------------------------------------------------------------------------------------
+
+/// One finished run, as recorded.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// The arguments after `--home DIR`.
+    pub args: Vec<String>,
+    /// The subcommand (`token`, `inspect`, ...), if one was named.
+    pub subcommand: Option<String>,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+}
+
+static RECORDS: Mutex<Vec<Recorded>> = Mutex::new(Vec::new());
+
+/// Every run recorded so far in this process.
+pub fn recorded() -> Vec<Recorded> {
+    lock(&RECORDS).clone()
+}
+
+fn record(args: &[String], stdout: &str, stderr: &str) {
+    lock(&RECORDS).push(Recorded {
+        args: args.to_vec(),
+        subcommand: subcommand_of(args),
+        stdout: stdout.to_owned(),
+        stderr: stderr.to_owned(),
+    });
+}
+
+/// The subcommand named by `args`: the first argument that is neither a global option nor the
+/// value of one.
+pub fn subcommand_of(args: &[String]) -> Option<String> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--home" | "--lock-timeout" => {
+                iter.next();
+            }
+            a if a.starts_with('-') => {}
+            a => return Some(a.to_owned()),
+        }
+    }
+    None
+}
+
+/// Every place a secret of `secrets` appears in `records`, except the stdout of `token`, as
+/// `secret <fingerprint> in the <stream> of \`codex-store ARGS\``.
+pub fn find_leaks(records: &[Recorded], secrets: &[String]) -> Vec<String> {
+    let mut leaks = Vec::new();
+    for rec in records {
+        for secret in secrets {
+            let mut streams = Vec::new();
+            if rec.stderr.contains(secret.as_str()) {
+                streams.push("stderr");
+            }
+            if rec.subcommand.as_deref() != Some("token") && rec.stdout.contains(secret.as_str()) {
+                streams.push("stdout");
+            }
+            for stream in streams {
+                leaks.push(format!(
+                    "secret {} in the {stream} of `codex-store {}`",
+                    fingerprint(secret),
+                    redact(&rec.args.join(" "))
+                ));
+            }
+        }
+    }
+    leaks
+}
+
+/// Panics, naming each leak by fingerprint, run and stream, if any registered secret appears in
+/// anything recorded, except in the stdout of `token`.
+pub fn assert_no_secret_leaked() {
+    let records = recorded();
+    let leaks = find_leaks(&records, &secrets());
+    assert!(
+        leaks.is_empty(),
+        "{} secret leak(s) in {} recorded runs:\n  {}",
+        leaks.len(),
+        records.len(),
+        leaks.join("\n  ")
+    );
+    assert!(
+        !records.is_empty(),
+        "the leak scan found no recorded run at all: runs are not being recorded"
+    );
+}
+
+/// The result of a finished run.
+#[derive(Clone, Debug)]
+pub struct CliOutput {
+    /// The arguments after `--home DIR`.
+    pub args: Vec<String>,
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// The exit code (`None` when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// A description safe to put in an assertion message: the command, the status, and both
+    /// streams with every registered secret redacted.
+    pub fn describe(&self) -> String {
+        format!(
+            "`codex-store {}` exited {}\n--- stdout ---\n{}--- stderr ---\n{}--------------",
+            redact(&self.args.join(" ")),
+            self.status,
+            redact(&self.stdout),
+            redact(&self.stderr)
+        )
+    }
+
+    /// Panics with [`describe`](Self::describe) unless the exit code is `want`.
+    #[track_caller]
+    pub fn expect_code(&self, want: i32, why: &str) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(want),
+            "{why}: wanted exit code {want}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panics (showing fingerprints only) unless stdout is exactly `bearer` and one newline.
+    #[track_caller]
+    pub fn expect_token(&self, bearer: &str, why: &str) -> &Self {
+        let printed = self.stdout.strip_suffix('\n').unwrap_or(&self.stdout);
+        assert!(
+            self.stdout == format!("{bearer}\n"),
+            "{why}: stdout should be exactly the bearer (fingerprint {}) and a newline, but it \
+             holds {} bytes (fingerprint without the last newline: {})\n{}",
+            fingerprint(bearer),
+            self.stdout.len(),
+            fingerprint(printed),
+            self.describe()
+        );
+        self
+    }
+
+    /// stdout parsed as JSON; panics (redacted) when it is not.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", self.describe()))
+    }
+}
+
+fn build_command(
+    home: Option<&Path>,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: bool,
+) -> Command {
+    let mut command = Command::new(codex_store_bin());
+    if let Some(home) = home {
+        command.arg("--home").arg(home);
+    }
+    command.args(args);
+    for name in SCRUBBED_ENV {
+        command.env_remove(name);
+    }
+    if !envs
+        .iter()
+        .any(|(k, _)| *k == "CODEX_REFRESH_TOKEN_URL_OVERRIDE")
+    {
+        command.env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", DEAD_TOKEN_URL);
+    }
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    command
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs `codex-store --home HOME ARGS...` to the end with `stdin` (none: /dev/null) and `envs`
+/// added to an environment without [`SCRUBBED_ENV`] (the token URL defaults to
+/// [`DEAD_TOKEN_URL`]). Records what it printed. Panics if it runs longer than [`RUN_TIMEOUT`].
+pub fn run(home: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> CliOutput {
+    spawn(home, args, stdin, envs).finish(RUN_TIMEOUT)
+}
+
+/// A running `codex-store`. Its stderr lines arrive as events; dropping it kills and reaps the
+/// process and records what it printed.
+pub struct Running {
+    args: Vec<String>,
+    child: Child,
+    stdout: Receiver<String>,
+    stderr_lines: Receiver<String>,
+    stderr_all: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    finished: bool,
+}
+
+/// Starts `codex-store --home HOME ARGS...` like [`run`], without waiting for it. `stdin` is
+/// written and closed at once; `None` leaves stdin at /dev/null.
+pub fn spawn(home: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Running {
+    spawn_command(
+        build_command(Some(home), args, envs, stdin.is_some()),
+        args,
+        stdin,
+    )
+}
+
+/// Runs `codex-store ARGS...` like [`run`] but without `--home`, so that the home comes from
+/// `CODEX_HOME` or `HOME` in `envs` (the inherited `CODEX_HOME` is removed all the same).
+pub fn run_without_home(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> CliOutput {
+    spawn_command(
+        build_command(None, args, envs, stdin.is_some()),
+        args,
+        stdin,
+    )
+    .finish(RUN_TIMEOUT)
+}
+
+fn spawn_command(mut command: Command, args: &[&str], stdin: Option<&str>) -> Running {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start codex-store {}: {e}", redact(&args.join(" "))));
+    let mut readers = Vec::new();
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let input = input.to_owned();
+        // A child that exits without reading makes the write fail; that is its business.
+        readers.push(std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        }));
+    }
+    let mut out_pipe = child.stdout.take().expect("stdout was piped");
+    let (out_tx, stdout) = mpsc::channel();
+    readers.push(std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = out_pipe.read_to_end(&mut bytes);
+        let _ = out_tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    }));
+    let err_pipe = child.stderr.take().expect("stderr was piped");
+    let (line_tx, stderr_lines) = mpsc::channel();
+    let stderr_all = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&stderr_all);
+    readers.push(std::thread::spawn(move || {
+        let mut reader = BufReader::new(err_pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    lock(&sink).push_str(&text);
+                    let _ = line_tx.send(text.trim_end_matches('\n').to_owned());
+                }
+            }
+        }
+    }));
+    Running {
+        args,
+        child,
+        stdout,
+        stderr_lines,
+        stderr_all,
+        readers,
+        finished: false,
+    }
+}
+
+impl Running {
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote to stderr so far, redacted.
+    pub fn stderr_so_far(&self) -> String {
+        redact(&lock(&self.stderr_all))
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it; panics (with the stderr so
+    /// far, redacted) if the process closes stderr first or `timeout` passes.
+    pub fn wait_for_stderr_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "`codex-store {}` printed no stderr line containing {needle:?} within \
+                     {timeout:?}; stderr so far:\n{}",
+                    redact(&self.args.join(" ")),
+                    self.stderr_so_far()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "`codex-store {}` closed stderr without a line containing {needle:?}; \
+                     stderr:\n{}",
+                    redact(&self.args.join(" ")),
+                    self.stderr_so_far()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to close its output and exit, reaps it and records what it
+    /// printed. Kills it and panics if that takes longer than `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> CliOutput {
+        let deadline = Instant::now() + timeout;
+        let stdout = match self
+            .stdout
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(text) => text,
+            Err(_) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.finished = true;
+                self.join_and_record("");
+                panic!(
+                    "`codex-store {}` still ran after {timeout:?} and was killed; stderr:\n{}",
+                    redact(&self.args.join(" ")),
+                    self.stderr_so_far()
+                );
+            }
+        };
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("cannot reap codex-store: {e}"));
+        self.finished = true;
+        self.join_and_record(&stdout);
+        let stderr = lock(&self.stderr_all).clone();
+        CliOutput {
+            args: self.args.clone(),
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn join_and_record(&mut self, stdout: &str) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let stderr = lock(&self.stderr_all).clone();
+        record(&self.args, stdout, &stderr);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.finished = true;
+            let stdout = self.stdout.try_recv().unwrap_or_default();
+            self.join_and_record(&stdout);
+        }
+    }
+}
+
+/// A `store-worker hold-lock HOME` child (the `store-worker` binary of this package, whose path
+/// integration tests get from `env!("CARGO_BIN_EXE_store-worker")`) that has printed `locked`.
+/// Closing its stdin (or dropping it) releases the lock.
+pub fn hold_lock(store_worker: &str, home: &Path) -> Worker {
+    let holder = Worker::spawn(store_worker, ["hold-lock".as_ref(), home.as_os_str()]);
+    holder.expect_line("locked");
+    holder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(args: &[&str], stdout: &str, stderr: &str) -> Recorded {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Recorded {
+            subcommand: subcommand_of(&args),
+            args,
+            stdout: stdout.to_owned(),
+            stderr: stderr.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_subcommand_is_the_first_argument_that_is_no_global_option_or_its_value() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            subcommand_of(&args(&["--lock-timeout", "token", "inspect"])),
+            Some("inspect".to_owned()),
+            "the value of --lock-timeout was taken for the subcommand"
+        );
+        assert_eq!(
+            subcommand_of(&args(&["-v", "token"])),
+            Some("token".to_owned()),
+            "-v was not skipped"
+        );
+        assert_eq!(
+            subcommand_of(&args(&["--help"])),
+            None,
+            "--help is no subcommand"
+        );
+    }
+
+    #[test]
+    fn the_leak_scan_allows_the_bearer_on_the_stdout_of_token_only() {
+        let secret = "sk-unit-test-secret".to_owned();
+        let secrets = vec![secret.clone()];
+        let clean = [
+            rec(&["token"], "sk-unit-test-secret\n", ""),
+            rec(&["inspect"], "fingerprint only", ""),
+        ];
+        assert!(
+            find_leaks(&clean, &secrets).is_empty(),
+            "the stdout of token must be allowed to hold the bearer"
+        );
+        let leaky = [
+            rec(&["token"], "", "error: sk-unit-test-secret"),
+            rec(
+                &["--lock-timeout", "token", "inspect"],
+                "sk-unit-test-secret",
+                "",
+            ),
+            rec(&["-v", "refresh"], "", "debug sk-unit-test-secret"),
+        ];
+        let leaks = find_leaks(&leaky, &secrets);
+        assert_eq!(leaks.len(), 3, "every leak must be found: {leaks:?}");
+        assert!(
+            leaks
+                .iter()
+                .all(|l| !l.contains(&secret) && l.contains(&fingerprint(&secret))),
+            "leak reports must name the fingerprint, never the secret"
+        );
+    }
+
+    #[test]
+    fn a_registered_jwt_is_redacted_whole_and_its_payload_alone_is_caught_too() {
+        let token = jwt::access_token(1_000, "unit-test-redaction");
+        register_secret(&token);
+        let payload = token.split('.').nth(1).unwrap_or_default().to_owned();
+        let shown = redact(&format!("a {token} b {payload} c"));
+        assert!(
+            !shown.contains(&payload),
+            "redact left a registered JWT or its payload in place"
+        );
+        assert!(
+            shown.contains(&fingerprint(&token)) && shown.contains(&fingerprint(&payload)),
+            "redact should replace secrets by their fingerprints"
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_the_first_12_hex_digits_of_the_sha256() {
+        assert_eq!(
+            fingerprint(""),
+            "e3b0c44298fc",
+            "fingerprint of the empty string"
+        );
+        assert_eq!(sha256_hex(b"").len(), 64, "a generation has 64 hex digits");
+    }
+}

@@ -1,0 +1,415 @@
+//! `codex-store inspect`: what is on disk, as a report for people and as JSON, without any
+//! secret, without waiting for the lock, and with exit 0 whenever a report was produced.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+
+use codex_store_tests::cli_support::{
+    api_key, api_key_json, assert_no_secret_leaked, exit, fingerprint, hold_lock, register_secret,
+    run, sha256sum, unique, write_file, ChatgptCreds, CliOutput,
+};
+use serde_json::Value;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
+
+/// The keys `inspect --json` documents.
+const KEYS: [&str; 16] = [
+    "path",
+    "exists",
+    "generation",
+    "auth_mode",
+    "account_id",
+    "email",
+    "plan_type",
+    "access_token_expires_at",
+    "last_refresh",
+    "refresh_due",
+    "file_mode",
+    "lock_path",
+    "lock_held",
+    "unknown_fields",
+    "problems",
+    "error",
+];
+
+fn home() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir for CODEX_HOME")
+}
+
+/// Runs `inspect --json`, checks exit 0 and that every documented key is there with the right
+/// JSON type for `problems` and `unknown_fields`.
+fn inspect_json(home: &std::path::Path) -> (Value, CliOutput) {
+    let out = run(home, &["inspect", "--json"], None, &[]);
+    out.expect_code(exit::OK, "inspect --json");
+    let report = out.json();
+    let object = report
+        .as_object()
+        .unwrap_or_else(|| panic!("inspect --json is not an object\n{}", out.describe()));
+    for key in KEYS {
+        assert!(
+            object.contains_key(key),
+            "inspect --json lacks the key {key}\n{}",
+            out.describe()
+        );
+    }
+    assert!(
+        report["problems"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(Value::is_string)),
+        "problems must be an array of strings\n{}",
+        out.describe()
+    );
+    assert!(
+        report["unknown_fields"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(Value::is_string)),
+        "unknown_fields must be an array of names\n{}",
+        out.describe()
+    );
+    assert!(
+        report["error"].is_null() || report["error"].is_string(),
+        "error must be null or a string\n{}",
+        out.describe()
+    );
+    (report, out)
+}
+
+fn problems(report: &Value) -> Vec<String> {
+    report["problems"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn inspect_json_reports_every_documented_key_for_valid_chatgpt_credentials() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    let path = creds.write_to(home.path());
+    let (report, out) = inspect_json(home.path());
+    let expect = |key: &str, want: Value| {
+        assert_eq!(
+            report[key],
+            want,
+            "inspect --json: wrong {key}\n{}",
+            out.describe()
+        );
+    };
+    expect("path", Value::from(path.display().to_string()));
+    expect("exists", Value::from(true));
+    expect("generation", Value::from(sha256sum(&path)));
+    expect("auth_mode", Value::from("chatgpt"));
+    expect("account_id", Value::from(creds.account_id.as_str()));
+    expect("email", Value::from(creds.email.as_str()));
+    expect("plan_type", Value::from(creds.plan.as_str()));
+    expect("refresh_due", Value::from(false));
+    expect("file_mode", Value::from("0600"));
+    expect(
+        "lock_path",
+        Value::from(home.path().join("auth.json.lock").display().to_string()),
+    );
+    expect("lock_held", Value::from(false));
+    expect("unknown_fields", Value::Array(Vec::new()));
+    expect("problems", Value::Array(Vec::new()));
+    expect("error", Value::Null);
+    for key in ["access_token_expires_at", "last_refresh"] {
+        assert!(
+            report[key].as_str().is_some_and(|t| t.ends_with('Z')),
+            "inspect --json: {key} should be an RFC 3339 UTC time\n{}",
+            out.describe()
+        );
+    }
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_says_an_expired_access_token_is_due_for_refresh_without_refreshing_it() {
+    let home = home();
+    let creds = ChatgptCreds::expired();
+    let path = creds.write_to(home.path());
+    let before = sha256sum(&path);
+    let (report, out) = inspect_json(home.path());
+    assert_eq!(
+        report["refresh_due"],
+        true,
+        "an expired access token must be due\n{}",
+        out.describe()
+    );
+    assert_eq!(sha256sum(&path), before, "inspect must never write");
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_of_an_api_key_reports_apikey_mode_and_no_account() {
+    let home = home();
+    write_file(
+        &home.path().join("auth.json"),
+        &api_key_json(&api_key()),
+        0o600,
+    );
+    let (report, out) = inspect_json(home.path());
+    assert!(
+        report["auth_mode"] == "apikey"
+            && report["account_id"].is_null()
+            && report["refresh_due"] == false,
+        "wrong report for an API key\n{}",
+        out.describe()
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_shows_fingerprints_of_the_tokens_in_the_human_report_and_never_the_tokens() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    let path = creds.write_to(home.path());
+    let out = run(home.path(), &["inspect"], None, &[]);
+    out.expect_code(exit::OK, "inspect");
+    for (what, value) in [
+        ("access token", &creds.access_token),
+        ("refresh token", &creds.refresh_token),
+    ] {
+        assert!(
+            out.stdout.contains(&fingerprint(value)),
+            "inspect should show the {what} fingerprint {}\n{}",
+            fingerprint(value),
+            out.describe()
+        );
+    }
+    for needle in [
+        path.display().to_string(),
+        creds.email.clone(),
+        creds.account_id.clone(),
+        sha256sum(&path),
+    ] {
+        assert!(
+            out.stdout.contains(&needle),
+            "inspect should show {needle}\n{}",
+            out.describe()
+        );
+    }
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_of_a_missing_file_exits_0_and_says_it_does_not_exist_with_a_null_generation() {
+    let home = home();
+    let (report, out) = inspect_json(home.path());
+    for (key, want) in [
+        ("exists", Value::from(false)),
+        ("generation", Value::Null),
+        ("auth_mode", Value::Null),
+        ("file_mode", Value::Null),
+        ("lock_held", Value::from(false)),
+        ("error", Value::Null),
+    ] {
+        assert_eq!(
+            report[key],
+            want,
+            "inspect of a missing file: wrong {key}\n{}",
+            out.describe()
+        );
+    }
+    assert!(
+        !home.path().join("auth.json").exists() && !home.path().join("auth.json.lock").exists(),
+        "inspect created a file"
+    );
+    let human = run(home.path(), &["inspect"], None, &[]);
+    human.expect_code(exit::OK, "inspect of a missing file");
+    assert!(
+        human
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("exists") && l.ends_with("false")),
+        "the human report should say the file does not exist\n{}",
+        human.describe()
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_of_a_cut_off_file_exits_0_with_the_error_set_and_the_generation_of_its_bytes() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    let text = creds.auth_json();
+    let path = home.path().join("auth.json");
+    write_file(&path, &text[..text.len() * 2 / 3], 0o600);
+    let (report, out) = inspect_json(home.path());
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("corrupt")),
+        "the error should say the file is corrupt\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        report["generation"].as_str(),
+        Some(sha256sum(&path).as_str()),
+        "the generation of a corrupt file is still the sha256sum of its bytes\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        report["exists"],
+        true,
+        "a corrupt file exists\n{}",
+        out.describe()
+    );
+    let human = run(home.path(), &["inspect"], None, &[]);
+    human.expect_code(exit::OK, "inspect (human) of a corrupt file");
+    assert!(
+        human.stdout.contains("corrupt"),
+        "the human report should name the error\n{}",
+        human.describe()
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_of_a_symlinked_file_exits_0_and_names_the_symlink_among_the_problems() {
+    let home = home();
+    let elsewhere = home.path().join("real-auth.json");
+    let creds = ChatgptCreds::fresh();
+    write_file(&elsewhere, &creds.auth_json(), 0o600);
+    symlink(&elsewhere, home.path().join("auth.json")).expect("create the symlink");
+    let (report, out) = inspect_json(home.path());
+    assert!(
+        problems(&report)
+            .iter()
+            .any(|p| p.contains("symbolic link") && p.contains("real-auth.json")),
+        "the problems should name the symbolic link and its target\n{}",
+        out.describe()
+    );
+    assert!(
+        report["error"].is_string(),
+        "the store refuses to follow the link, which the report should say\n{}",
+        out.describe()
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_of_a_0644_file_names_the_mode_among_the_problems() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    let path = home.path().join("auth.json");
+    write_file(&path, &creds.auth_json(), 0o644);
+    let (report, out) = inspect_json(home.path());
+    assert_eq!(
+        report["file_mode"],
+        "0644",
+        "wrong file_mode\n{}",
+        out.describe()
+    );
+    assert!(
+        problems(&report)
+            .iter()
+            .any(|p| p.contains("0644") && p.contains("chmod 600")),
+        "the problems should name mode 0644 and the fix\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        report["error"],
+        Value::Null,
+        "a 0644 file still reads\n{}",
+        out.describe()
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_lists_an_unknown_key_by_name_and_never_shows_its_value() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    let value = format!("pat-{}", unique("unknown-value"));
+    register_secret(&value);
+    let mut doc: Value = serde_json::from_str(&creds.auth_json()).expect("fixture is JSON");
+    doc["personal_access_token"] = Value::from(value.as_str());
+    doc["tokens"]["future_token_field"] = Value::from(value.as_str());
+    let path = home.path().join("auth.json");
+    write_file(
+        &path,
+        &serde_json::to_string_pretty(&doc).expect("serialize"),
+        0o600,
+    );
+    let (report, out) = inspect_json(home.path());
+    let names: Vec<&str> = report["unknown_fields"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        names.contains(&"personal_access_token") && names.contains(&"tokens.future_token_field"),
+        "unknown_fields should list both unknown keys by name, got {names:?}\n{}",
+        out.describe()
+    );
+    let human = run(home.path(), &["inspect"], None, &[]);
+    human.expect_code(exit::OK, "inspect with an unknown key");
+    assert!(
+        human.stdout.contains("personal_access_token"),
+        "the human report should name the unknown key\n{}",
+        human.describe()
+    );
+    for o in [&out, &human] {
+        assert!(
+            !o.stdout.contains(&value) && !o.stderr.contains(&value),
+            "inspect showed the value of an unknown key (fingerprint {})\n{}",
+            fingerprint(&value),
+            o.describe()
+        );
+    }
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_reports_the_lock_held_while_another_process_holds_it_without_waiting() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    creds.write_to(home.path());
+    let mut holder = hold_lock(WORKER, home.path());
+    let (report, out) = inspect_json(home.path());
+    assert_eq!(
+        report["lock_held"],
+        true,
+        "lock_held must be true while a child holds the lock\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains("waiting for another process"),
+        "inspect must not wait for the lock\n{}",
+        out.describe()
+    );
+    holder.close_stdin();
+    holder.expect_line("released");
+    let (report, out) = inspect_json(home.path());
+    assert_eq!(
+        report["lock_held"],
+        false,
+        "lock_held must be false once the holder let go\n{}",
+        out.describe()
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_with_a_home_that_is_a_regular_file_exits_0_and_reports_the_error() {
+    let dir = home();
+    let file = dir.path().join("plain-file");
+    write_file(&file, "x", 0o600);
+    let (report, out) = inspect_json(&file);
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not an existing directory")),
+        "the error should say the home is not a directory\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        fs::read_to_string(&file).unwrap_or_default(),
+        "x",
+        "inspect modified the file given as --home"
+    );
+    assert_no_secret_leaked();
+}

@@ -1,0 +1,347 @@
+//! `codex-store` and the store's lock held by another process: the one-time "waiting" line on
+//! stderr, finishing as soon as the holder lets go, exit 5 after `--lock-timeout`, and adopting
+//! what another writer stored while we waited. The holder is `store-worker hold-lock`; every
+//! step waits for an event (a line), never for time to pass.
+
+use std::path::Path;
+
+use codex_store_tests::cli_support::{
+    api_key, api_key_json, assert_no_secret_leaked, exit, hold_lock, register_last_issued, run,
+    sha256sum, spawn, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT,
+};
+use codex_store_tests::fake_idp::FakeIdp;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
+const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
+const WAIT_LINE: &str = "codex-store: waiting for another process that holds the lock";
+
+fn home() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir for CODEX_HOME")
+}
+
+fn lock_path(home: &Path) -> String {
+    home.join("auth.json.lock").display().to_string()
+}
+
+fn wait_lines(out: &CliOutput) -> usize {
+    out.stderr.lines().filter(|l| l.contains(WAIT_LINE)).count()
+}
+
+#[test]
+fn token_says_once_that_it_waits_for_the_lock_then_refreshes_as_soon_as_the_holder_lets_go() {
+    let home = home();
+    let creds = ChatgptCreds::expired();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    let url = idp.url();
+    let mut holder = hold_lock(WORKER, home.path());
+
+    let waiter = spawn(
+        home.path(),
+        &["--lock-timeout", "60s", "token"],
+        None,
+        &[(URL_ENV, url.as_str())],
+    );
+    let line = waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    assert_eq!(
+        line,
+        format!("{WAIT_LINE} {}", lock_path(home.path())),
+        "the waiting line should name the lock file"
+    );
+    assert_eq!(
+        idp.requests(),
+        0,
+        "a refresh request was sent while another process held the lock"
+    );
+
+    holder.close_stdin();
+    holder.expect_line("released");
+    let out = waiter.finish(RUN_TIMEOUT);
+    register_last_issued(&idp);
+    let issued = idp
+        .last_issued()
+        .unwrap_or_else(|| panic!("the endpoint issued nothing\n{}", out.describe()));
+    out.expect_code(exit::OK, "token after the holder let go")
+        .expect_token(&issued.access_token, "token after waiting for the lock");
+    assert_eq!(
+        wait_lines(&out),
+        1,
+        "the waiting line must be printed exactly once\n{}",
+        out.describe()
+    );
+    assert_eq!(idp.requests(), 1, "one refresh request was expected");
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
+    let home = home();
+    write_file(
+        &home.path().join("auth.json"),
+        &api_key_json(&api_key()),
+        0o600,
+    );
+    for (args, stdin) in [
+        (&["--lock-timeout", "60s", "refresh"][..], None),
+        (
+            &["--lock-timeout", "60s", "login", "--with-api-key"][..],
+            Some(api_key()),
+        ),
+    ] {
+        let mut holder = hold_lock(WORKER, home.path());
+        let waiter = spawn(home.path(), args, stdin.as_deref(), &[]);
+        waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+        holder.close_stdin();
+        holder.expect_line("released");
+        let out = waiter.finish(RUN_TIMEOUT);
+        out.expect_code(exit::OK, "a command that waited for the lock");
+        assert_eq!(
+            wait_lines(&out),
+            1,
+            "the waiting line must be printed exactly once\n{}",
+            out.describe()
+        );
+    }
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_auth_json_lock_and_sends_nothing() {
+    let home = home();
+    let creds = ChatgptCreds::expired();
+    let path = creds.write_to(home.path());
+    let before = sha256sum(&path);
+    let idp = creds.start_idp();
+    let url = idp.url();
+    let _holder = hold_lock(WORKER, home.path());
+    let by_flag = run(
+        home.path(),
+        &["--lock-timeout", "300ms", "token"],
+        None,
+        &[(URL_ENV, url.as_str())],
+    );
+    let by_env = run(
+        home.path(),
+        &["token"],
+        None,
+        &[
+            (URL_ENV, url.as_str()),
+            ("CODEX_STORE_LOCK_TIMEOUT", "300ms"),
+        ],
+    );
+    for out in [&by_flag, &by_env] {
+        out.expect_code(
+            exit::LOCK_TIMEOUT,
+            "token while another process holds the lock",
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "a timed-out token printed on stdout\n{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains("auth.json.lock") && out.stderr.contains("--lock-timeout"),
+            "the message should name auth.json.lock and suggest --lock-timeout\n{}",
+            out.describe()
+        );
+        assert_eq!(
+            wait_lines(out),
+            0,
+            "a 300ms wait must not print the waiting line (it comes after 1s)\n{}",
+            out.describe()
+        );
+    }
+    assert_eq!(idp.requests(), 0, "nothing may be sent without the lock");
+    assert_eq!(sha256sum(&path), before, "a lock timeout changed auth.json");
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn refresh_and_logout_exit_5_on_a_lock_timeout_and_leave_the_file_in_place() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    let path = creds.write_to(home.path());
+    let before = sha256sum(&path);
+    let idp = creds.start_idp();
+    let url = idp.url();
+    let _holder = hold_lock(WORKER, home.path());
+    for args in [
+        &["--lock-timeout", "200ms", "refresh"][..],
+        &["--lock-timeout", "200ms", "refresh", "--json"][..],
+        &["--lock-timeout", "200ms", "logout"][..],
+    ] {
+        let out = run(home.path(), args, None, &[(URL_ENV, url.as_str())]);
+        out.expect_code(exit::LOCK_TIMEOUT, "a locked store");
+        assert!(
+            out.stderr.contains("auth.json.lock"),
+            "the message should name auth.json.lock\n{}",
+            out.describe()
+        );
+    }
+    assert_eq!(sha256sum(&path), before, "a lock timeout changed auth.json");
+    assert_eq!(idp.requests(), 0, "nothing may be sent without the lock");
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn token_with_a_valid_token_does_not_need_the_lock_at_all() {
+    let home = home();
+    let key = api_key();
+    write_file(&home.path().join("auth.json"), &api_key_json(&key), 0o600);
+    let _holder = hold_lock(WORKER, home.path());
+    let out = run(
+        home.path(),
+        &["--lock-timeout", "200ms", "token"],
+        None,
+        &[],
+    );
+    out.expect_code(exit::OK, "token of an API key while the lock is held")
+        .expect_token(&key, "token of an API key while the lock is held");
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock() {
+    let home = home();
+    let creds = ChatgptCreds::fresh();
+    let path = creds.write_to(home.path());
+    let before = sha256sum(&path);
+    let idp = creds.start_idp();
+    let url = idp.url();
+    let mut holder = hold_lock(WORKER, home.path());
+
+    let waiter = spawn(
+        home.path(),
+        &["--lock-timeout", "60s", "refresh"],
+        None,
+        &[(URL_ENV, url.as_str())],
+    );
+    // It has read the file and is blocked on the lock: now a writer that ignores the lock (an
+    // older Codex writing in place) stores tokens refreshed elsewhere for the same account.
+    waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    let newer = creds.with_new_access_token(3600);
+    write_file(&path, &newer.auth_json(), 0o600);
+    let written = sha256sum(&path);
+    holder.close_stdin();
+    holder.expect_line("released");
+
+    let out = waiter.finish(RUN_TIMEOUT);
+    register_last_issued(&idp);
+    out.expect_code(exit::OK, "refresh after another writer stored new tokens");
+    assert!(
+        out.stdout.starts_with("adopted from disk"),
+        "refresh should adopt what the other writer stored\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains(&format!("generation before  {before}"))
+            && out
+                .stdout
+                .contains(&format!("generation after   {written}")),
+        "refresh should show the generation it read ({before}) and the adopted one ({written})\n{}",
+        out.describe()
+    );
+    assert_eq!(idp.requests(), 0, "adopting must not send a request");
+    assert_eq!(
+        sha256sum(&path),
+        written,
+        "adopting must not rewrite the file"
+    );
+    assert_no_secret_leaked();
+}
+
+/// What [`while_waiting`] leaves: how the command ended, the endpoint, the home, and what
+/// `meanwhile` returned.
+struct Waited<T> {
+    out: CliOutput,
+    idp: FakeIdp,
+    home: tempfile::TempDir,
+    meanwhile: T,
+}
+
+/// Spawns `codex-store ARGS` on expired credentials while a child holds the lock, waits until
+/// it says it is waiting, lets `meanwhile` change auth.json as a writer ignoring the lock would,
+/// then lets go of the lock and waits for the command to end.
+fn while_waiting<T>(args: &[&str], meanwhile: impl FnOnce(&Path) -> T) -> Waited<T> {
+    let home = home();
+    let creds = ChatgptCreds::expired();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    let url = idp.url();
+    let mut holder = hold_lock(WORKER, home.path());
+    let waiter = spawn(home.path(), args, None, &[(URL_ENV, url.as_str())]);
+    waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    let meanwhile = meanwhile(home.path());
+    holder.close_stdin();
+    holder.expect_line("released");
+    let out = waiter.finish(RUN_TIMEOUT);
+    register_last_issued(&idp);
+    Waited {
+        out,
+        idp,
+        home,
+        meanwhile,
+    }
+}
+
+#[test]
+fn token_exits_3_when_the_credentials_were_removed_while_it_waited_for_the_lock() {
+    let Waited { out, idp, home, .. } =
+        while_waiting(&["--lock-timeout", "60s", "token"], |home| {
+            std::fs::remove_file(home.join("auth.json")).expect("remove auth.json");
+        });
+    out.expect_code(exit::SIGN_IN_REQUIRED, "token after a logout elsewhere");
+    assert!(
+        out.stderr.contains("signed out") && out.stdout.is_empty(),
+        "token should say it was signed out, and print no token\n{}",
+        out.describe()
+    );
+    assert_eq!(idp.requests(), 0, "a signed-out token must not refresh");
+    assert!(
+        !home.path().join("auth.json").exists(),
+        "token recreated auth.json after a logout"
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn token_and_refresh_exit_3_when_another_account_signed_in_while_they_waited_and_keep_its_file() {
+    for args in [
+        &["--lock-timeout", "60s", "token"][..],
+        &["--lock-timeout", "60s", "refresh"][..],
+    ] {
+        let other = ChatgptCreds::fresh();
+        let Waited {
+            out,
+            idp,
+            home,
+            meanwhile: written,
+        } = while_waiting(args, |home| sha256sum(&other.write_to(home)));
+        out.expect_code(
+            exit::SIGN_IN_REQUIRED,
+            "another account signed in meanwhile",
+        );
+        assert!(
+            out.stderr.contains("another account") && out.stderr.contains(&other.account_id),
+            "the message should say another account ({}) signed in\n{}",
+            other.account_id,
+            out.describe()
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "no token of either account may be printed\n{}",
+            out.describe()
+        );
+        assert_eq!(
+            idp.requests(),
+            0,
+            "the old account's token must not be refreshed"
+        );
+        assert_eq!(
+            sha256sum(&home.path().join("auth.json")),
+            written,
+            "the other account's auth.json must be left as it was written"
+        );
+    }
+    assert_no_secret_leaked();
+}
