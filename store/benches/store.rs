@@ -726,7 +726,7 @@ fn bench_breakdown(root: &Path, docs: &Docs, plan: &Plan) {
             }),
         ),
         (
-            "store.load() (open + read + SHA-256 + parse + JWT decode)",
+            "store.load() (open + read + parse + id-token check; the generation is hashed on demand)",
             time_n(n, || {
                 black_box(store.load().expect("load"));
             }),

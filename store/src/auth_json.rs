@@ -156,22 +156,23 @@ impl TokenData {
 #[error("{0}")]
 pub struct FormatError(String);
 
-fn secret_field(map: &Map<String, Value>, key: &str, ctx: &str) -> Result<Secret, FormatError> {
-    match map.get(key) {
-        Some(Value::String(s)) => Ok(Secret::new(s.clone())),
+/// Moves a key's value out of the parsed object (the parse is the document's only copy).
+fn secret_field(map: &mut Map<String, Value>, key: &str, ctx: &str) -> Result<Secret, FormatError> {
+    match map.shift_remove(key) {
+        Some(Value::String(s)) => Ok(Secret::new(s)),
         None => Err(FormatError(format!("{ctx}{key} is missing"))),
         Some(_) => Err(FormatError(format!("{ctx}{key} must be a string"))),
     }
 }
 
 fn opt_string(
-    map: &Map<String, Value>,
+    map: &mut Map<String, Value>,
     key: &str,
     ctx: &str,
 ) -> Result<Option<String>, FormatError> {
-    match map.get(key) {
+    match map.shift_remove(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(FormatError(format!("{ctx}{key} must be a string or null"))),
     }
 }
@@ -180,21 +181,23 @@ const TOP_KEYS: [&str; 4] = ["auth_mode", "OPENAI_API_KEY", "tokens", "last_refr
 const TOKEN_KEYS: [&str; 4] = ["id_token", "access_token", "refresh_token", "account_id"];
 
 impl TokenData {
-    fn from_value(value: &Value) -> Result<Self, FormatError> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| FormatError("tokens must be an object or null".into()))?;
+    fn from_value(value: Value) -> Result<Self, FormatError> {
+        let Value::Object(mut map) = value else {
+            return Err(FormatError("tokens must be an object or null".into()));
+        };
+        let key_order = KeyOrder::of(&map);
         let ctx = "tokens.";
-        let id_token = secret_field(map, "id_token", ctx)?;
-        IdTokenClaims::decode(id_token.expose())
+        let id_token = secret_field(&mut map, "id_token", ctx)?;
+        jwt::validate_id_token(id_token.expose())
             .map_err(|e| FormatError(format!("tokens.id_token cannot be decoded: {e}")))?;
         Ok(TokenData {
             id_token,
-            access_token: secret_field(map, "access_token", ctx)?,
-            refresh_token: secret_field(map, "refresh_token", ctx)?,
-            account_id: opt_string(map, "account_id", ctx)?,
-            extra: unknown(map, &TOKEN_KEYS),
-            key_order: KeyOrder::of(map),
+            access_token: secret_field(&mut map, "access_token", ctx)?,
+            refresh_token: secret_field(&mut map, "refresh_token", ctx)?,
+            account_id: opt_string(&mut map, "account_id", ctx)?,
+            // What is left is what this crate does not know.
+            extra: map,
+            key_order,
         })
     }
 
@@ -216,13 +219,6 @@ impl TokenData {
             |_| true,
         ))
     }
-}
-
-fn unknown(map: &Map<String, Value>, known: &[&str]) -> Map<String, Value> {
-    map.iter()
-        .filter(|(k, _)| !known.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 /// Builds an object: keys in file order (or `known_keys` order for a new document), then the
@@ -284,16 +280,17 @@ impl AuthDotJson {
                 e.column()
             ))
         })?;
-        let map = value
-            .as_object()
-            .ok_or_else(|| FormatError("the file is not a JSON object".into()))?;
-        let auth_mode = opt_string(map, "auth_mode", "")?.map(|m| AuthMode::parse(&m));
-        let openai_api_key = opt_string(map, "OPENAI_API_KEY", "")?.map(Secret::new);
-        let tokens = match map.get("tokens") {
+        let Value::Object(mut map) = value else {
+            return Err(FormatError("the file is not a JSON object".into()));
+        };
+        let key_order = KeyOrder::of(&map);
+        let auth_mode = opt_string(&mut map, "auth_mode", "")?.map(|m| AuthMode::parse(&m));
+        let openai_api_key = opt_string(&mut map, "OPENAI_API_KEY", "")?.map(Secret::new);
+        let tokens = match map.shift_remove("tokens") {
             None | Some(Value::Null) => None,
             Some(v) => Some(TokenData::from_value(v)?),
         };
-        let last_refresh = opt_string(map, "last_refresh", "")?
+        let last_refresh = opt_string(&mut map, "last_refresh", "")?
             .map(|t| Timestamp::parse(&t).map_err(|e| FormatError(format!("last_refresh: {e}"))))
             .transpose()?;
         Ok(AuthDotJson {
@@ -301,8 +298,8 @@ impl AuthDotJson {
             openai_api_key,
             tokens,
             last_refresh,
-            extra: unknown(map, &TOP_KEYS),
-            key_order: KeyOrder::of(map),
+            extra: map,
+            key_order,
         })
     }
 

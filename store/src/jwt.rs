@@ -1,5 +1,7 @@
 //! JWT payload decoding (no signature check) and the claims the store and its users read.
 
+use std::borrow::Cow;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -87,9 +89,102 @@ fn opt_obj<'a>(
     }
 }
 
+/// The claims as serde reads them directly, borrowing from the payload where it can (the
+/// fast path); any surprise falls back to the general decoder, which names the claim at fault.
+#[derive(serde::Deserialize)]
+struct TypedClaims<'a> {
+    #[serde(borrow)]
+    email: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "https://api.openai.com/auth")]
+    auth: Option<TypedAuthClaim<'a>>,
+    #[serde(borrow, rename = "https://api.openai.com/profile")]
+    profile: Option<TypedProfileClaim<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TypedAuthClaim<'a> {
+    #[serde(borrow)]
+    chatgpt_account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    chatgpt_plan_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    chatgpt_user_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user_id: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TypedProfileClaim<'a> {
+    #[serde(borrow)]
+    email: Option<Cow<'a, str>>,
+}
+
+/// Decodes the payload and reads it as [`TypedClaims`], handing them to `use_claims`.
+fn with_typed<T>(token: &str, use_claims: impl FnOnce(TypedClaims<'_>) -> T) -> Option<T> {
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let claims: TypedClaims<'_> = serde_json::from_slice(&bytes).ok()?;
+    Some(use_claims(claims))
+}
+
+fn decode_typed(token: &str) -> Option<IdTokenClaims> {
+    with_typed(token, |claims| {
+        let owned = |c: Option<Cow<'_, str>>| c.map(Cow::into_owned);
+        let (account_id, plan_type, user_id) = match claims.auth {
+            Some(a) => (
+                owned(a.chatgpt_account_id),
+                owned(a.chatgpt_plan_type),
+                owned(a.chatgpt_user_id.or(a.user_id)),
+            ),
+            None => (None, None, None),
+        };
+        IdTokenClaims {
+            email: owned(
+                claims
+                    .email
+                    .or_else(|| claims.profile.and_then(|p| p.email)),
+            ),
+            account_id,
+            plan_type,
+            user_id,
+        }
+    })
+}
+
+/// The id token most recently found valid in this process. Validation is a pure function of
+/// the token and the same file is read again and again, so an equal token is not decoded twice.
+static LAST_VALID_ID_TOKEN: Mutex<Option<Box<str>>> = Mutex::new(None);
+
+/// Checks that an id token decodes, without keeping its claims.
+pub(crate) fn validate_id_token(token: &str) -> Result<(), JwtError> {
+    let mut last = LAST_VALID_ID_TOKEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if last.as_deref() == Some(token) {
+        return Ok(());
+    }
+    match with_typed(token, |_| ()) {
+        Some(()) => {}
+        None => {
+            IdTokenClaims::decode(token)?;
+        }
+    }
+    *last = Some(token.into());
+    Ok(())
+}
+
 impl IdTokenClaims {
     /// Decodes an id token's claims.
     pub fn decode(token: &str) -> Result<Self, JwtError> {
+        if let Some(claims) = decode_typed(token) {
+            return Ok(claims);
+        }
         let payload = decode_payload(token)?;
         let auth = opt_obj(&payload, AUTH_CLAIM, AUTH_CLAIM)?;
         let profile = opt_obj(&payload, PROFILE_CLAIM, PROFILE_CLAIM)?;

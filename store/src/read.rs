@@ -24,11 +24,20 @@ const RETRY_DELAYS: [Duration; 4] = [
     Duration::from_millis(16),
 ];
 
-/// The bytes of auth.json and their generation. `bytes` is `None` when the file is over
-/// [`MAX_FILE_SIZE`] (its generation is still exact).
-pub(crate) struct RawFile {
-    pub(crate) bytes: Option<Vec<u8>>,
-    pub(crate) generation: Generation,
+/// The content of auth.json: its bytes, or, for a file over [`MAX_FILE_SIZE`], only its
+/// generation.
+pub(crate) enum RawFile {
+    Bytes(Vec<u8>),
+    TooLarge(Generation),
+}
+
+impl RawFile {
+    pub(crate) fn generation(&self) -> Generation {
+        match self {
+            RawFile::Bytes(bytes) => Generation::of_bytes(bytes),
+            RawFile::TooLarge(generation) => *generation,
+        }
+    }
 }
 
 fn open_no_follow(path: &Path) -> Result<Option<File>, StoreError> {
@@ -57,11 +66,7 @@ pub(crate) fn read_raw(path: &Path) -> Result<Option<RawFile>, StoreError> {
         .read_to_end(&mut bytes)
         .map_err(|e| StoreError::io("read", path, e))?;
     if bytes.len() as u64 <= MAX_FILE_SIZE {
-        let generation = Generation::of_bytes(&bytes);
-        return Ok(Some(RawFile {
-            bytes: Some(bytes),
-            generation,
-        }));
+        return Ok(Some(RawFile::Bytes(bytes)));
     }
     // Too large to parse; hash the rest so a compare-and-swap can still name it.
     let mut hasher = Sha256::new();
@@ -76,41 +81,42 @@ pub(crate) fn read_raw(path: &Path) -> Result<Option<RawFile>, StoreError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(Some(RawFile {
-        bytes: None,
-        generation: Generation::Sha256(hasher.finalize().into()),
-    }))
+    Ok(Some(RawFile::TooLarge(Generation::Sha256(
+        hasher.finalize().into(),
+    ))))
 }
 
 /// The current generation, hashing the bytes.
 pub(crate) fn current_generation(path: &Path) -> Result<Generation, StoreError> {
-    Ok(read_raw(path)?.map_or(Generation::Absent, |raw| raw.generation))
+    Ok(read_raw(path)?.map_or(Generation::Absent, |raw| raw.generation()))
 }
 
-/// Reads and parses, retrying briefly while the file does not parse.
-pub(crate) fn read_document(path: &Path) -> Result<(Generation, Option<AuthDotJson>), StoreError> {
+/// Reads and parses, retrying briefly while the file does not parse. Returns the bytes (not
+/// yet hashed: the generation is computed when asked for) and the document; `None` for no file.
+pub(crate) fn read_document(path: &Path) -> Result<Option<(Vec<u8>, AuthDotJson)>, StoreError> {
     let mut delays = RETRY_DELAYS.iter();
     loop {
         let Some(raw) = read_raw(path)? else {
-            return Ok((Generation::Absent, None));
+            return Ok(None);
         };
-        let reason = match &raw.bytes {
-            None => format!("it is larger than the {} byte limit", MAX_FILE_SIZE),
-            Some(bytes) => match AuthDotJson::from_json(bytes) {
-                Ok(doc) => return Ok((raw.generation, Some(doc))),
-                Err(e) => match delays.next() {
-                    Some(delay) => {
-                        std::thread::sleep(*delay);
-                        continue;
-                    }
-                    None => e.to_string(),
-                },
-            },
-        };
-        return Err(StoreError::Corrupt {
+        let corrupt = |generation, reason| StoreError::Corrupt {
             path: path.to_path_buf(),
-            generation: raw.generation,
+            generation,
             reason,
-        });
+        };
+        let bytes = match raw {
+            RawFile::Bytes(bytes) => bytes,
+            RawFile::TooLarge(generation) => {
+                let reason = format!("it is larger than the {MAX_FILE_SIZE} byte limit");
+                return Err(corrupt(generation, reason));
+            }
+        };
+        match AuthDotJson::from_json(&bytes) {
+            Ok(doc) => return Ok(Some((bytes, doc))),
+            Err(e) => match delays.next() {
+                Some(delay) => std::thread::sleep(*delay),
+                None => return Err(corrupt(Generation::of_bytes(&bytes), e.to_string())),
+            },
+        }
     }
 }

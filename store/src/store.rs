@@ -4,7 +4,7 @@ use std::fs::DirBuilder;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::auth_json::AuthDotJson;
 use crate::error::StoreError;
@@ -19,16 +19,44 @@ use crate::transaction::Transaction;
 pub const AUTH_FILE: &str = "auth.json";
 
 /// A read of auth.json: the generation and, when there is a file, the document.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Snapshot {
-    generation: Generation,
+    /// The exact bytes read; hashed into the generation on first use (most reads never ask).
+    bytes: Option<Arc<Vec<u8>>>,
+    generation: OnceLock<Generation>,
     auth: Option<AuthDotJson>,
 }
 
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes hold secrets: never shown.
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation())
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
 impl Snapshot {
+    fn read(path: &Path) -> Result<Snapshot, StoreError> {
+        let (bytes, auth) = match read::read_document(path)? {
+            Some((bytes, doc)) => (Some(Arc::new(bytes)), Some(doc)),
+            None => (None, None),
+        };
+        Ok(Snapshot {
+            bytes,
+            generation: OnceLock::new(),
+            auth,
+        })
+    }
+
     /// The generation this was read at ([`Generation::Absent`] when there is no file).
     pub fn generation(&self) -> Generation {
-        self.generation
+        *self.generation.get_or_init(|| {
+            self.bytes
+                .as_deref()
+                .map_or(Generation::Absent, |bytes| Generation::of_bytes(bytes))
+        })
     }
 
     /// The document; `None` when there is no file.
@@ -127,8 +155,7 @@ impl Store {
     /// atomic rename, so the read is whole; an empty or unparseable file (a writer ignoring the
     /// lock, mid-write) is re-read briefly before [`StoreError::Corrupt`] is returned.
     pub fn load(&self) -> Result<Snapshot, StoreError> {
-        let (generation, auth) = read::read_document(self.path())?;
-        Ok(Snapshot { generation, auth })
+        Snapshot::read(self.path())
     }
 
     /// The generation on disk now, without parsing and without the lock.
