@@ -1,4 +1,4 @@
-//! Errors as one line plus a hint on stderr, and the documented exit codes.
+//! Output: errors as one line plus a hint on stderr with the documented exit codes, and reports.
 
 use std::process::ExitCode;
 
@@ -63,4 +63,19 @@ impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         Failure::from(RefreshError::from(e))
     }
+}
+
+/// Prints a report: JSON for `--json`, else its `Display` for people.
+pub fn print_report<T: serde::Serialize + std::fmt::Display>(
+    report: &T,
+    json: bool,
+) -> Result<(), Failure> {
+    if json {
+        let json = serde_json::to_string_pretty(report)
+            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }

@@ -196,12 +196,5 @@ impl fmt::Display for InspectReport {
 /// Runs `inspect`: exits 0 whenever a report was produced.
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let report = build(&ctx.home()?);
-    if args.json {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
-        println!("{json}");
-    } else {
-        print!("{report}");
-    }
-    Ok(())
+    crate::exit::print_report(&report, args.json)
 }

@@ -58,12 +58,5 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
         generation_before: before,
         generation_after: generation(&manager),
     };
-    if args.json {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
-        println!("{json}");
-    } else {
-        print!("{report}");
-    }
-    Ok(())
+    crate::exit::print_report(&report, args.json)
 }
