@@ -171,12 +171,16 @@ impl AuthManager {
         &self,
         cached: Option<Arc<CodexAuth>>,
     ) -> Result<Arc<CodexAuth>, RefreshError> {
-        let Some(cached) = cached else {
+        let cached = match cached {
+            Some(cached) => cached,
             // Signed out as far as we know: someone may have signed in since.
-            return self.reload()?.ok_or_else(|| RefreshError::NotSignedIn {
+            None => self.reload()?.ok_or_else(|| RefreshError::NotSignedIn {
                 path: self.inner.store.path().to_path_buf(),
-            });
+            })?,
         };
+        if !cached.is_due(SystemTime::now(), &self.inner.config) {
+            return Ok(cached);
+        }
         if cached.is_usable(SystemTime::now()) && self.inner.recent_transient().is_some() {
             return Ok(cached);
         }
@@ -213,8 +217,10 @@ impl AuthManager {
         let task = tokio::spawn(async move {
             let _gate = inner.gate.lock().await;
             let current = inner.cached();
+            // Host tokens all have the generation "absent": tell them apart by identity.
             let replaced = match (&seen, &current) {
-                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (Some(a), Some(b)) if a.mode() == Mode::HostTokens => !Arc::ptr_eq(a, b),
+                (Some(a), Some(b)) => a.generation() != b.generation(),
                 (None, None) => false,
                 _ => true,
             };
@@ -321,6 +327,9 @@ impl AuthManager {
     /// account. Returns whether something newer was adopted.
     pub(crate) async fn adopt_if_newer(&self) -> Result<bool, RefreshError> {
         let inner = self.inner.clone();
+        // Under the gate, so that a refresh of this process cannot land in between and be
+        // replaced by this older read.
+        let _gate = inner.gate.lock().await;
         let known = inner.known();
         let store = inner.store.clone();
         let snap = tokio::task::spawn_blocking(move || {

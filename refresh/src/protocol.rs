@@ -101,6 +101,9 @@ pub(crate) async fn guarded_refresh(
     let Some(tokens) = &doc.tokens else {
         return Err(signed_out(&inner, &known));
     };
+    // A commit that cannot happen must be found before the token is redeemed, or the rotated
+    // token would be lost.
+    tx.check_writable()?;
     tracing::debug!(generation = %generation, "refreshing tokens under the store lock");
     match inner.client.refresh(&tokens.refresh_token).await {
         Ok(answer) => {
@@ -143,10 +146,18 @@ pub(crate) async fn guarded_refresh(
 }
 
 /// Applies the answer: new tokens, missing fields keep their old value, `last_refresh` = now.
+/// An id token that does not decode is not stored (the old one is kept): the store would refuse
+/// the whole document, and the new refresh token with it.
 fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) {
     if let Some(tokens) = doc.tokens.as_mut() {
         if let Some(t) = &answer.id_token {
-            tokens.id_token = t.clone();
+            if codex_store::jwt::IdTokenClaims::decode(t.expose()).is_ok() {
+                tokens.id_token = t.clone();
+            } else {
+                tracing::warn!(
+                    "the token endpoint sent an id token that does not decode; kept the old one"
+                );
+            }
         }
         if let Some(t) = &answer.access_token {
             tokens.access_token = t.clone();
@@ -158,58 +169,59 @@ fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) {
     doc.last_refresh = Some(Timestamp::now());
 }
 
-/// Persists the answer by compare-and-swap against the generation read under the lock. If a
-/// writer that ignores the lock changed the file meanwhile, the new tokens (the only live ones
-/// now) are applied to what it wrote, under the lock again, as long as it is the same account.
+/// Persists the answer under the lock still held. The file is read again first: if a writer
+/// that ignores the lock changed it during the request, the new tokens (the only live ones now)
+/// are applied to what it wrote, as long as it is the same account. If the write fails, the new
+/// credentials are kept in this process's cache, so the live refresh token is not dropped here.
 async fn persist(
     inner: &Inner,
     tx: Transaction,
-    mut doc: AuthDotJson,
+    doc: AuthDotJson,
     answer: TokenAnswer,
 ) -> Result<(AuthDotJson, Generation), RefreshError> {
-    apply(&mut doc, &answer);
-    let to_write = doc.clone();
-    let first = tokio::task::spawn_blocking(move || tx.commit(Some(&to_write))).await;
-    match first {
-        Ok(Ok(generation)) => return Ok((doc, generation)),
-        Ok(Err(StoreError::Conflict { .. })) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => {
-            return Err(RefreshError::from(StoreError::Io {
-                action: "persist refreshed tokens to",
-                path: inner.store.path().to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
-            }))
-        }
-    }
-    tracing::warn!("auth.json changed during the refresh (a writer ignoring the lock); merging");
-    let store = inner.store.clone();
+    let read_at = tx.snapshot().generation();
+    let mut refreshed = doc.clone();
+    apply(&mut refreshed, &answer);
     let account = effective_account(&doc);
-    let expected = account.clone();
-    let merged = blocking(move || {
-        let tx = store.transaction()?;
-        let Some(mut current) = tx.snapshot().auth().cloned() else {
+    let path = inner.store.path().to_path_buf();
+    let attempt = refreshed.clone();
+    let written = blocking(move || {
+        let mut tx = tx;
+        tx.reread()?;
+        let current = tx.snapshot();
+        if current.generation() == read_at {
+            return tx.commit(Some(&attempt)).map(|g| Ok((attempt, g)));
+        }
+        tracing::warn!(
+            "auth.json changed during the refresh (a writer ignoring the lock); merging"
+        );
+        let Some(mut merged) = current.auth().cloned() else {
             return Ok(Err(None));
         };
-        let found = effective_account(&current);
-        if current.tokens.is_none() || account.is_none() || found != account {
+        let found = effective_account(&merged);
+        if merged.tokens.is_none() || account.is_none() || found != account {
             // Another account signed in meanwhile (or we cannot tell): its credentials win.
             return Ok(Err(Some(found.unwrap_or_else(|| "<unknown>".into()))));
         }
-        apply(&mut current, &answer);
-        let generation = tx.commit(Some(&current))?;
-        Ok(Ok((current, generation)))
+        apply(&mut merged, &answer);
+        tx.commit(Some(&merged)).map(|g| Ok((merged, g)))
     })
-    .await?;
-    merged.map_err(|found| match found {
-        None => RefreshError::LoggedOut {
-            path: inner.store.path().to_path_buf(),
-        },
-        Some(found) => RefreshError::AccountChanged {
-            expected: expected.unwrap_or_else(|| "<unknown>".into()),
+    .await;
+    match written {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(None)) => Err(RefreshError::LoggedOut { path }),
+        Ok(Err(Some(found))) => Err(RefreshError::AccountChanged {
+            expected: effective_account(&doc).unwrap_or_else(|| "<unknown>".into()),
             found,
-        },
-    })
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "new tokens could not be stored; keeping them in memory");
+            if let Ok(Some(auth)) = CodexAuth::from_document(&refreshed, read_at) {
+                inner.set_cache(Some(Arc::new(auth)));
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The account a document belongs to: `tokens.account_id`, else the id token's workspace.

@@ -98,6 +98,13 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// auth.json is not a regular file (a FIFO, a device, a directory).
+    #[error("{path} is not a regular file; move it away and sign in again")]
+    NotARegularFile {
+        /// auth.json.
+        path: PathBuf,
+    },
+
     /// The store directory exists but is not a directory.
     #[error("{path} is not a directory; point CODEX_HOME at a directory")]
     NotADirectory {

@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
 use crate::options::StoreOptions;
@@ -51,7 +51,10 @@ fn lock_error(path: &Path, source: io::Error) -> StoreError {
 /// Takes the exclusive lock within `options.lock_timeout`.
 pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, StoreError> {
     let start = Instant::now();
-    let deadline = start + options.lock_timeout;
+    // A huge timeout means "wait as long as it takes" (and must not overflow the clock).
+    let deadline = start
+        .checked_add(options.lock_timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
     let mut noticed = false;
     loop {
         let file = open_lock_file(path, true)
@@ -96,7 +99,13 @@ fn wait_in_kernel(
     let spawned = std::thread::Builder::new()
         .name("codex-store-lock".into())
         .spawn(move || {
-            let locked = rw.write().map(std::mem::forget);
+            // A signal may interrupt the wait; it is not a reason to give up.
+            let locked = loop {
+                match rw.write() {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other.map(std::mem::forget),
+                }
+            };
             let result = locked.map(|()| rw.into_inner());
             // If the caller gave up, the send fails and dropping the file releases the lock.
             let _ = tx.send(result);
@@ -109,7 +118,7 @@ fn wait_in_kernel(
         if now >= deadline {
             return Err(timeout(path, start));
         }
-        let notice_at = start + options.notice_after;
+        let notice_at = start.checked_add(options.notice_after).unwrap_or(deadline);
         let until = if !*noticed && options.on_wait.is_some() && notice_at < deadline {
             notice_at.max(now)
         } else {
@@ -146,8 +155,15 @@ fn timeout(path: &Path, start: Instant) -> StoreError {
 
 /// Whether another process (or another handle in this one) holds the lock right now. Never waits
 /// and never creates the lock file.
+///
+/// It probes with a non-blocking shared `flock` on a read-only descriptor, released at once: a
+/// writer arriving in that instant waits for it in the kernel, nothing more.
 pub(crate) fn is_held(path: &Path) -> Result<bool, StoreError> {
-    let file = match open_lock_file(path, false) {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(StoreError::io("open the lock file", path, e)),

@@ -51,7 +51,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     if let Ok(secs) = text.parse::<f64>() {
         return ((0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs));
     }
-    humantime::parse_duration(text).ok()
+    // Anything longer than about 30 years means "wait as long as it takes"; cap it there.
+    humantime::parse_duration(text)
+        .ok()
+        .map(|d| d.min(Duration::from_secs(1_000_000_000)))
 }
 
 impl Default for StoreOptions {

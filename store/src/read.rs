@@ -40,13 +40,21 @@ impl RawFile {
     }
 }
 
+/// Opens auth.json for reading: never through a symlink, never blocking on a FIFO or device
+/// (`O_NONBLOCK`, which changes nothing for a regular file), and only a regular file.
 fn open_no_follow(path: &Path) -> Result<Option<File>, StoreError> {
     match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
     {
-        Ok(f) => Ok(Some(f)),
+        Ok(f) => match f.metadata() {
+            Ok(meta) if meta.is_file() => Ok(Some(f)),
+            Ok(_) => Err(StoreError::NotARegularFile {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(StoreError::io("inspect", path, e)),
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(StoreError::Symlink {
             path: path.to_path_buf(),

@@ -36,6 +36,20 @@ impl Transaction {
         &self.store
     }
 
+    /// Reads auth.json again under the lock still held. For a holder that did slow work (a
+    /// network request) and must see what a writer ignoring the lock wrote meanwhile. On error
+    /// the previous snapshot stays.
+    pub fn reread(&mut self) -> Result<(), StoreError> {
+        self.snapshot = self.store.load()?;
+        Ok(())
+    }
+
+    /// Checks that a commit will be allowed to replace the file (not a symlink, not
+    /// hard-linked), so that a holder can find out before slow, irreversible work.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        crate::replace::check_replaceable(self.store.path())
+    }
+
     /// Writes `auth` (or deletes the file for `None`) and releases the lock. Returns the new
     /// generation. If a writer that ignores the lock changed the file since the snapshot, this
     /// is [`StoreError::Conflict`] and nothing is written.

@@ -1,0 +1,50 @@
+//! Odd files and odd options: nothing hangs, nothing panics.
+
+mod common;
+
+use std::time::Duration;
+
+use codex_store::{Store, StoreError, StoreOptions};
+use common::*;
+
+#[test]
+fn a_fifo_in_place_of_auth_json_is_refused_at_once_instead_of_blocking() {
+    let (_dir, store) = temp_store();
+    let path = std::ffi::CString::new(store.path().to_str().expect("temp path is UTF-8"))
+        .expect("temp path has no NUL");
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+    let made = unsafe { libc::mkfifo(path.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "could not create the FIFO for the test");
+    let err = store.load().expect_err("a FIFO was read as credentials");
+    assert!(
+        matches!(err, StoreError::NotARegularFile { .. }),
+        "expected NotARegularFile, got {err}"
+    );
+    let err = store.transaction().expect_err("a transaction opened over a FIFO");
+    assert!(
+        matches!(err, StoreError::NotARegularFile { .. }),
+        "expected NotARegularFile from transaction(), got {err}"
+    );
+}
+
+#[test]
+fn an_enormous_lock_timeout_waits_without_overflowing_the_clock() {
+    let (dir, _store) = temp_store();
+    let options = StoreOptions {
+        lock_timeout: Duration::MAX,
+        notice_after: Duration::MAX,
+        ..Default::default()
+    };
+    let store = Store::with_options(dir.path(), options).expect("open with a huge timeout");
+    let tx = store.transaction().expect("a free lock was not taken");
+    drop(tx);
+}
+
+#[test]
+fn an_absurd_duration_is_capped_rather_than_overflowing() {
+    let parsed = codex_store::parse_duration("500000000000y").expect("a valid humantime duration");
+    assert!(
+        parsed <= Duration::from_secs(1_000_000_000),
+        "a duration of {parsed:?} was not capped"
+    );
+}
