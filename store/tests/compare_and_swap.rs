@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use codex_store::{AuthDotJson, Expect, Generation, Secret, Store, StoreError, StoreOptions};
 use common::*;
+use tempfile::TempDir;
 
 fn key_doc(key: &str) -> AuthDotJson {
     AuthDotJson {
@@ -25,6 +27,41 @@ fn stored_key(store: &Store) -> Option<String> {
         .into_auth()
         .and_then(|a| a.openai_api_key)
         .map(|k| k.expose().to_owned())
+}
+
+/// A temp store holding the API key `sk-one`, written create-only; returns its generation too.
+fn store_holding_sk_one() -> (TempDir, Store, Generation) {
+    let (dir, store) = temp_store();
+    let g = store
+        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
+        .expect("write failed");
+    (dir, store, g)
+}
+
+/// The expectation and the actual generation a conflict names; panics on any other error.
+fn conflict_of(err: StoreError) -> (Expect, Generation) {
+    match err {
+        StoreError::Conflict {
+            expected, actual, ..
+        } => (expected, actual),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+/// Checks that `err` is a conflict that found no file, and that the refused write left none in
+/// `dir` (`wrote` otherwise).
+fn assert_conflict_left_no_file(err: StoreError, dir: &Path, wrote: &str) {
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                actual: Generation::Absent,
+                ..
+            }
+        ),
+        "expected Conflict with actual absent, got {err:?}"
+    );
+    assert!(!auth_path(dir).exists(), "{wrote}");
 }
 
 #[test]
@@ -54,23 +91,17 @@ fn create_only_conflicts_when_a_file_exists_and_writes_nothing() {
     let err = store
         .compare_and_swap(Expect::Absent, Some(&key_doc("sk-two")))
         .expect_err("create-only overwrote an existing file");
-    match err {
-        StoreError::Conflict {
-            expected, actual, ..
-        } => {
-            assert_eq!(
-                expected,
-                Expect::Absent,
-                "the conflict names the wrong expectation"
-            );
-            assert_eq!(
-                actual,
-                Generation::of_bytes(&before),
-                "the conflict names the wrong actual generation"
-            );
-        }
-        other => panic!("expected Conflict, got {other:?}"),
-    }
+    let (expected, actual) = conflict_of(err);
+    assert_eq!(
+        expected,
+        Expect::Absent,
+        "the conflict names the wrong expectation"
+    );
+    assert_eq!(
+        actual,
+        Generation::of_bytes(&before),
+        "the conflict names the wrong actual generation"
+    );
     assert_eq!(read(&path), before, "a failed create-only changed the file");
 }
 
@@ -88,19 +119,13 @@ fn a_stale_generation_conflicts_and_writes_nothing() {
     let err = store
         .compare_and_swap(Expect::Generation(g1), Some(&key_doc("sk-three")))
         .expect_err("a stale generation was accepted");
-    match err {
-        StoreError::Conflict {
-            expected, actual, ..
-        } => {
-            assert_eq!(
-                expected,
-                Expect::Generation(g1),
-                "conflict names the wrong expectation"
-            );
-            assert_eq!(actual, g2, "conflict names the wrong actual generation");
-        }
-        other => panic!("expected Conflict, got {other:?}"),
-    }
+    let (expected, actual) = conflict_of(err);
+    assert_eq!(
+        expected,
+        Expect::Generation(g1),
+        "conflict names the wrong expectation"
+    );
+    assert_eq!(actual, g2, "conflict names the wrong actual generation");
     assert_eq!(
         read(&auth_path(dir.path())),
         before,
@@ -120,20 +145,7 @@ fn a_generation_expectation_against_no_file_conflicts() {
     let err = store
         .compare_and_swap(Expect::Generation(g), Some(&key_doc("sk-one")))
         .expect_err("a generation was accepted while there is no file");
-    assert!(
-        matches!(
-            err,
-            StoreError::Conflict {
-                actual: Generation::Absent,
-                ..
-            }
-        ),
-        "expected Conflict with actual absent, got {err:?}"
-    );
-    assert!(
-        !auth_path(dir.path()).exists(),
-        "a conflicting write created the file"
-    );
+    assert_conflict_left_no_file(err, dir.path(), "a conflicting write created the file");
 }
 
 #[test]
@@ -173,10 +185,7 @@ fn any_overwrites_whatever_is_there() {
 
 #[test]
 fn none_deletes_the_file_and_returns_absent() {
-    let (dir, store) = temp_store();
-    let g = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, g) = store_holding_sk_one();
     let after = store
         .compare_and_swap(Expect::Generation(g), None)
         .expect("delete naming the current generation failed");
@@ -194,10 +203,7 @@ fn none_deletes_the_file_and_returns_absent() {
 
 #[test]
 fn a_delete_with_a_stale_generation_keeps_the_file() {
-    let (dir, store) = temp_store();
-    let g1 = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, g1) = store_holding_sk_one();
     store
         .compare_and_swap(Expect::Any, Some(&key_doc("sk-two")))
         .expect("overwrite failed");
@@ -287,10 +293,7 @@ fn an_empty_file_is_a_generation_distinct_from_no_file() {
 
 #[test]
 fn a_transaction_snapshot_is_read_under_the_lock_and_commit_writes() {
-    let (dir, store) = temp_store();
-    let g1 = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, g1) = store_holding_sk_one();
     let tx = store.transaction().expect("transaction failed");
     assert_eq!(
         tx.snapshot().generation(),
@@ -326,10 +329,7 @@ fn a_transaction_snapshot_is_read_under_the_lock_and_commit_writes() {
 
 #[test]
 fn a_transaction_commit_of_none_deletes_the_file() {
-    let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, _) = store_holding_sk_one();
     let tx = store.transaction().expect("transaction failed");
     let g = tx.commit(None).expect("commit of None failed");
     assert_eq!(g, Generation::Absent, "delete commit did not return Absent");
@@ -341,10 +341,7 @@ fn a_transaction_commit_of_none_deletes_the_file() {
 
 #[test]
 fn dropping_a_transaction_writes_nothing_and_releases_the_lock() {
-    let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, _) = store_holding_sk_one();
     let before = read(&auth_path(dir.path()));
     let tx = store.transaction().expect("transaction failed");
     let mut doc = tx.snapshot().auth().cloned().expect("no document");
@@ -397,10 +394,7 @@ fn a_second_transaction_times_out_while_the_first_is_open() {
 
 #[test]
 fn a_transaction_commit_conflicts_when_the_file_was_replaced_behind_its_back() {
-    let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, _) = store_holding_sk_one();
     let tx = store.transaction().expect("transaction failed");
     let snap_gen = tx.snapshot().generation();
     let mut doc = tx.snapshot().auth().cloned().expect("no document");
@@ -411,23 +405,17 @@ fn a_transaction_commit_conflicts_when_the_file_was_replaced_behind_its_back() {
     let err = tx
         .commit(Some(&doc))
         .expect_err("commit overwrote a file changed behind its back");
-    match err {
-        StoreError::Conflict {
-            expected, actual, ..
-        } => {
-            assert_eq!(
-                expected,
-                Expect::Generation(snap_gen),
-                "conflict names the wrong expectation"
-            );
-            assert_eq!(
-                actual,
-                Generation::of_bytes(intruder.as_bytes()),
-                "conflict names the wrong actual generation"
-            );
-        }
-        other => panic!("expected Conflict, got {other:?}"),
-    }
+    let (expected, actual) = conflict_of(err);
+    assert_eq!(
+        expected,
+        Expect::Generation(snap_gen),
+        "conflict names the wrong expectation"
+    );
+    assert_eq!(
+        actual,
+        Generation::of_bytes(intruder.as_bytes()),
+        "conflict names the wrong actual generation"
+    );
     assert_eq!(
         read(&path),
         intruder.as_bytes(),
@@ -442,10 +430,7 @@ fn a_transaction_commit_conflicts_when_the_file_was_replaced_behind_its_back() {
 
 #[test]
 fn a_transaction_delete_conflicts_when_the_file_was_replaced_behind_its_back() {
-    let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, _) = store_holding_sk_one();
     let tx = store.transaction().expect("transaction failed");
     let intruder = api_key_file();
     let path = write_auth(dir.path(), &intruder);
@@ -518,29 +503,13 @@ fn a_transaction_delete_conflicts_when_a_file_appeared_behind_its_back() {
 
 #[test]
 fn a_transaction_commit_conflicts_when_the_file_was_deleted_behind_its_back() {
-    let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
-        .expect("write failed");
+    let (dir, store, _) = store_holding_sk_one();
     let tx = store.transaction().expect("transaction failed");
     std::fs::remove_file(auth_path(dir.path())).expect("cannot remove auth.json");
     let err = tx
         .commit(Some(&key_doc("sk-two")))
         .expect_err("commit recreated a file deleted behind its back");
-    assert!(
-        matches!(
-            err,
-            StoreError::Conflict {
-                actual: Generation::Absent,
-                ..
-            }
-        ),
-        "expected Conflict with actual absent, got {err:?}"
-    );
-    assert!(
-        !auth_path(dir.path()).exists(),
-        "a conflicting commit wrote the file"
-    );
+    assert_conflict_left_no_file(err, dir.path(), "a conflicting commit wrote the file");
 }
 
 #[test]

@@ -20,7 +20,9 @@ fn a_fifo_in_place_of_auth_json_is_refused_at_once_instead_of_blocking() {
         matches!(err, StoreError::NotARegularFile { .. }),
         "expected NotARegularFile, got {err}"
     );
-    let err = store.transaction().expect_err("a transaction opened over a FIFO");
+    let err = store
+        .transaction()
+        .expect_err("a transaction opened over a FIFO");
     assert!(
         matches!(err, StoreError::NotARegularFile { .. }),
         "expected NotARegularFile from transaction(), got {err}"

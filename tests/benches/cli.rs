@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use codex_store_tests::jwt;
+use codex_store_tests::programs::on_path;
 use serde_json::{json, Value};
 
 const FILE_SIZE: usize = 2048;
@@ -217,20 +218,6 @@ fn write_auth_json(dir: &Path) -> PathBuf {
         }
         filler += 1;
     }
-}
-
-/// `name` on PATH, if there.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| {
-                use std::os::unix::fs::PermissionsExt;
-                candidate
-                    .metadata()
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
-    })
 }
 
 /// The newest modification time of the files under `dir` (recursively).

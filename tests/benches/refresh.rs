@@ -25,6 +25,7 @@ use codex_refresh::{AuthManager, RefreshConfig, TOKEN_URL_ENV};
 use codex_store::{Secret, Store};
 use codex_store_tests::fake_idp::FakeIdp;
 use codex_store_tests::jwt;
+use codex_store_tests::programs::on_path;
 
 /// Set (to the CODEX_HOME to use) in the copy of this binary that runs under strace.
 const STRACE_CHILD_ENV: &str = "CODEX_REFRESH_BENCH_STRACE_CHILD";
@@ -247,20 +248,6 @@ fn strace_child(dir: &Path) {
         failures
     });
     println!("failures {failures}");
-}
-
-/// `name` on PATH, if there.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| {
-                use std::os::unix::fs::PermissionsExt;
-                candidate
-                    .metadata()
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
-    })
 }
 
 /// Counts the system calls (and signals) strace recorded for thread `tid` strictly between its

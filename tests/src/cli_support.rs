@@ -23,10 +23,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
+use tempfile::TempDir;
 
 use crate::fake_idp::{FakeIdp, Issued};
 use crate::jwt;
-use crate::store_fixtures::Worker;
+use crate::worker::Worker;
 
 /// The bound on one run of the command. It only turns a hang into a failure; no test relies on
 /// it elapsing.
@@ -381,6 +382,22 @@ impl ChatgptCreds {
     }
 }
 
+/// A new temp dir to use as `CODEX_HOME`.
+pub fn temp_home() -> TempDir {
+    tempfile::tempdir().expect("a temp dir for CODEX_HOME")
+}
+
+/// A new home holding `creds` ([`ChatgptCreds::write_to`]), with the path of its auth.json, the
+/// file's generation ([`sha256sum`]) and the fake endpoint for the account
+/// ([`ChatgptCreds::start_idp`]).
+pub fn signed_in_home(creds: &ChatgptCreds) -> (TempDir, PathBuf, String, FakeIdp) {
+    let home = temp_home();
+    let path = creds.write_to(home.path());
+    let before = sha256sum(&path);
+    let idp = creds.start_idp();
+    (home, path, before, idp)
+}
+
 /// Writes `contents` to `path` in place and sets `mode`.
 pub fn write_file(path: &Path, contents: &str, mode: u32) {
     let mut file = OpenOptions::new()
@@ -568,6 +585,37 @@ impl CliOutput {
             fingerprint(bearer),
             self.stdout.len(),
             fingerprint(printed),
+            self.describe()
+        );
+        self
+    }
+
+    /// Panics with `why` and [`describe`](Self::describe) unless stdout is empty.
+    #[track_caller]
+    pub fn expect_empty_stdout(&self, why: &str) -> &Self {
+        assert!(self.stdout.is_empty(), "{why}\n{}", self.describe());
+        self
+    }
+
+    /// Panics with `why` and [`describe`](Self::describe) unless stdout contains every one of
+    /// `needles`.
+    #[track_caller]
+    pub fn expect_stdout_contains(&self, needles: &[&str], why: &str) -> &Self {
+        self.expect_all_in(&self.stdout, needles, why)
+    }
+
+    /// Panics with `why` and [`describe`](Self::describe) unless stderr contains every one of
+    /// `needles`.
+    #[track_caller]
+    pub fn expect_stderr_contains(&self, needles: &[&str], why: &str) -> &Self {
+        self.expect_all_in(&self.stderr, needles, why)
+    }
+
+    #[track_caller]
+    fn expect_all_in(&self, text: &str, needles: &[&str], why: &str) -> &Self {
+        assert!(
+            needles.iter().all(|n| text.contains(n)),
+            "{why}\n{}",
             self.describe()
         );
         self

@@ -83,6 +83,16 @@ pub enum Behavior {
     Hang,
 }
 
+impl Behavior {
+    /// [`Behavior::Status`]: answer `status` with the raw `body`.
+    pub fn status(status: u16, body: impl Into<String>) -> Behavior {
+        Behavior::Status {
+            status,
+            body: body.into(),
+        }
+    }
+}
+
 /// State shared by the handle, the accept loop and the connection threads.
 struct Shared {
     state: Mutex<State>,

@@ -1,6 +1,11 @@
-//! Helpers for codex-store's cross-crate and multi-process tests: the fake token endpoint, JWT and auth.json fixtures.
+//! Helpers for codex-store's cross-crate and multi-process tests: the fake token endpoint, JWT and
+//! auth.json fixtures, the set-up of the refresh tests, helper child processes, and running the
+//! `codex-store` command.
 
 pub mod cli_support;
 pub mod fake_idp;
 pub mod jwt;
+pub mod programs;
+pub mod refresh_fixtures;
 pub mod store_fixtures;
+pub mod worker;

@@ -7,16 +7,13 @@ use std::path::Path;
 
 use codex_store_tests::cli_support::{
     api_key, api_key_json, assert_no_secret_leaked, exit, file_mode, fingerprint,
-    register_last_issued, run, run_without_home, sha256sum, write_file, ChatgptCreds, CliOutput,
+    register_last_issued, run, run_without_home, sha256sum, signed_in_home, temp_home, write_file,
+    ChatgptCreds, CliOutput,
 };
 use codex_store_tests::fake_idp::{Behavior, FakeIdp};
 use serde_json::Value;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-
-fn home() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temp dir for CODEX_HOME")
-}
 
 fn read_doc(path: &Path) -> Value {
     let text =
@@ -46,7 +43,7 @@ fn refresh_error_body(code: &str) -> String {
 
 #[test]
 fn token_prints_exactly_the_api_key_and_a_newline_and_nothing_on_stderr() {
-    let home = home();
+    let home = temp_home();
     let key = api_key();
     write_file(&home.path().join("auth.json"), &api_key_json(&key), 0o600);
     let out = run(home.path(), &["token"], None, &[]);
@@ -62,7 +59,7 @@ fn token_prints_exactly_the_api_key_and_a_newline_and_nothing_on_stderr() {
 
 #[test]
 fn token_prints_a_valid_access_token_without_contacting_the_endpoint() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     creds.write_to(home.path());
     let idp = creds.start_idp();
@@ -79,7 +76,7 @@ fn token_prints_a_valid_access_token_without_contacting_the_endpoint() {
 
 #[test]
 fn token_refreshes_an_expired_access_token_once_prints_the_new_one_and_stores_the_rotated_tokens() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::expired();
     let path = creds.write_to(home.path());
     let idp = creds.start_idp();
@@ -113,47 +110,34 @@ fn token_refreshes_an_expired_access_token_once_prints_the_new_one_and_stores_th
 
 #[test]
 fn token_without_credentials_exits_3_and_says_to_sign_in() {
-    let home = home();
+    let home = temp_home();
     let out = run(home.path(), &["token"], None, &[]);
     out.expect_code(exit::SIGN_IN_REQUIRED, "token without auth.json");
-    assert!(
-        out.stdout.is_empty(),
-        "token without credentials printed on stdout\n{}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.contains("not signed in") && out.stderr.contains("hint:"),
-        "token without credentials should say it is not signed in, with a hint\n{}",
-        out.describe()
+    out.expect_empty_stdout("token without credentials printed on stdout");
+    out.expect_stderr_contains(
+        &["not signed in", "hint:"],
+        "token without credentials should say it is not signed in, with a hint",
     );
     assert_no_secret_leaked();
 }
 
 #[test]
 fn token_exits_3_when_the_endpoint_says_the_refresh_token_expired_and_keeps_the_credentials() {
-    let home = home();
     let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
-    idp.set_behavior(Behavior::Status {
-        status: 401,
-        body: refresh_error_body("refresh_token_expired"),
-    });
+    let (home, path, before, idp) = signed_in_home(&creds);
+    idp.set_behavior(Behavior::status(
+        401,
+        refresh_error_body("refresh_token_expired"),
+    ));
     let out = run_against(&idp, home.path(), &["token"]);
     out.expect_code(
         exit::SIGN_IN_REQUIRED,
         "token when the refresh token expired",
     );
-    assert!(
-        out.stdout.is_empty(),
-        "a failed token command printed on stdout\n{}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.contains("expired") && out.stderr.contains("sign in"),
-        "the message should say the refresh token expired and to sign in again\n{}",
-        out.describe()
+    out.expect_empty_stdout("a failed token command printed on stdout");
+    out.expect_stderr_contains(
+        &["expired", "sign in"],
+        "the message should say the refresh token expired and to sign in again",
     );
     assert_eq!(
         idp.requests(),
@@ -170,26 +154,15 @@ fn token_exits_3_when_the_endpoint_says_the_refresh_token_expired_and_keeps_the_
 
 #[test]
 fn token_exits_4_when_the_endpoint_fails_with_500_and_the_access_token_already_expired() {
-    let home = home();
     let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
-    idp.set_behavior(Behavior::Status {
-        status: 500,
-        body: "{}".into(),
-    });
+    let (home, path, before, idp) = signed_in_home(&creds);
+    idp.set_behavior(Behavior::status(500, "{}"));
     let out = run_against(&idp, home.path(), &["token"]);
     out.expect_code(exit::TRANSIENT, "token when the endpoint answers 500");
-    assert!(
-        out.stdout.is_empty(),
-        "a failed token command printed on stdout\n{}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.contains("500") && out.stderr.contains("try again later"),
-        "the message should name HTTP 500 and say to try again later\n{}",
-        out.describe()
+    out.expect_empty_stdout("a failed token command printed on stdout");
+    out.expect_stderr_contains(
+        &["500", "try again later"],
+        "the message should name HTTP 500 and say to try again later",
     );
     assert_eq!(
         sha256sum(&path),
@@ -201,15 +174,9 @@ fn token_exits_4_when_the_endpoint_fails_with_500_and_the_access_token_already_e
 
 #[test]
 fn token_prints_the_still_valid_access_token_when_a_due_refresh_fails_transiently() {
-    let home = home();
     let creds = ChatgptCreds::due_but_valid();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
-    idp.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-    });
+    let (home, path, before, idp) = signed_in_home(&creds);
+    idp.set_behavior(Behavior::status(503, "{}"));
     let out = run_against(&idp, home.path(), &["token"]);
     out.expect_code(exit::OK, "token with a due but valid token and a 503")
         .expect_token(
@@ -231,7 +198,7 @@ fn token_prints_the_still_valid_access_token_when_a_due_refresh_fails_transientl
 
 #[test]
 fn token_and_refresh_exit_6_on_a_cut_off_file_and_leave_it_untouched() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let text = creds.auth_json();
     let path = home.path().join("auth.json");
@@ -240,15 +207,10 @@ fn token_and_refresh_exit_6_on_a_cut_off_file_and_leave_it_untouched() {
     for args in [&["token"][..], &["refresh"][..], &["refresh", "--json"][..]] {
         let out = run(home.path(), args, None, &[]);
         out.expect_code(exit::CORRUPT, "a cut-off auth.json");
-        assert!(
-            out.stdout.is_empty(),
-            "nothing belongs on stdout when the file is corrupt\n{}",
-            out.describe()
-        );
-        assert!(
-            out.stderr.contains("corrupt") && out.stderr.contains("codex-store inspect"),
-            "the message should say the file is corrupt and point at `codex-store inspect`\n{}",
-            out.describe()
+        out.expect_empty_stdout("nothing belongs on stdout when the file is corrupt");
+        out.expect_stderr_contains(
+            &["corrupt", "codex-store inspect"],
+            "the message should say the file is corrupt and point at `codex-store inspect`",
         );
         assert_eq!(
             sha256sum(&path),
@@ -261,16 +223,15 @@ fn token_and_refresh_exit_6_on_a_cut_off_file_and_leave_it_untouched() {
 
 #[test]
 fn a_home_that_is_a_regular_file_exits_1_and_says_it_is_not_a_directory() {
-    let dir = home();
+    let dir = temp_home();
     let file = dir.path().join("not-a-dir");
     write_file(&file, "hello", 0o600);
     for args in [&["token"][..], &["refresh"][..], &["logout"][..]] {
         let out = run(&file, args, None, &[]);
         out.expect_code(exit::OTHER, "--home naming a regular file");
-        assert!(
-            out.stderr.contains("not a directory"),
-            "the message should say the home is not a directory\n{}",
-            out.describe()
+        out.expect_stderr_contains(
+            &["not a directory"],
+            "the message should say the home is not a directory",
         );
     }
     assert_eq!(
@@ -287,7 +248,7 @@ fn a_home_that_is_a_regular_file_exits_1_and_says_it_is_not_a_directory() {
 
 #[test]
 fn an_unknown_flag_a_missing_subcommand_and_a_bad_duration_are_usage_errors_with_exit_2() {
-    let home = home();
+    let home = temp_home();
     for args in [
         &["token", "--no-such-flag"][..],
         &["--no-such-flag", "inspect"][..],
@@ -312,14 +273,13 @@ fn an_unknown_flag_a_missing_subcommand_and_a_bad_duration_are_usage_errors_with
 
 #[test]
 fn login_without_with_api_key_is_a_usage_error_with_exit_2_and_stores_nothing() {
-    let home = home();
+    let home = temp_home();
     let key = api_key();
     let out = run(home.path(), &["login"], Some(&format!("{key}\n")), &[]);
     out.expect_code(exit::USAGE, "login without --with-api-key");
-    assert!(
-        out.stderr.contains("--with-api-key"),
-        "the usage error should name the missing --with-api-key\n{}",
-        out.describe()
+    out.expect_stderr_contains(
+        &["--with-api-key"],
+        "the usage error should name the missing --with-api-key",
     );
     assert!(
         !home.path().join("auth.json").exists(),
@@ -330,15 +290,11 @@ fn login_without_with_api_key_is_a_usage_error_with_exit_2_and_stores_nothing() 
 
 #[test]
 fn help_lists_every_subcommand_and_every_exit_code() {
-    let home = home();
+    let home = temp_home();
     let out = run(home.path(), &["--help"], None, &[]);
     out.expect_code(exit::OK, "--help");
     for word in ["inspect", "token", "refresh", "login", "logout", "--home"] {
-        assert!(
-            out.stdout.contains(word),
-            "--help does not mention {word}\n{}",
-            out.describe()
-        );
+        out.expect_stdout_contains(&[word], &format!("--help does not mention {word}"));
     }
     for code in 0..=6 {
         assert!(
@@ -358,11 +314,8 @@ fn help_lists_every_subcommand_and_every_exit_code() {
 
 #[test]
 fn refresh_says_refreshed_with_the_generations_before_and_after_as_sha256sum_prints_them() {
-    let home = home();
     let creds = ChatgptCreds::fresh();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
+    let (home, path, before, idp) = signed_in_home(&creds);
     let out = run_against(&idp, home.path(), &["refresh"]);
     out.expect_code(exit::OK, "refresh");
     let after = sha256sum(&path);
@@ -376,11 +329,12 @@ fn refresh_says_refreshed_with_the_generations_before_and_after_as_sha256sum_pri
         "refresh should begin with `refreshed`\n{}",
         out.describe()
     );
-    assert!(
-        out.stdout.contains(&format!("generation before  {before}"))
-            && out.stdout.contains(&format!("generation after   {after}")),
-        "refresh should show the generations before ({before}) and after ({after})\n{}",
-        out.describe()
+    out.expect_stdout_contains(
+        &[
+            &format!("generation before  {before}"),
+            &format!("generation after   {after}"),
+        ],
+        &format!("refresh should show the generations before ({before}) and after ({after})"),
     );
     assert_eq!(idp.requests(), 1, "an explicit refresh sends one request");
     assert_no_secret_leaked();
@@ -388,11 +342,8 @@ fn refresh_says_refreshed_with_the_generations_before_and_after_as_sha256sum_pri
 
 #[test]
 fn refresh_json_reports_the_outcome_and_both_generations() {
-    let home = home();
     let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
+    let (home, path, before, idp) = signed_in_home(&creds);
     let out = run_against(&idp, home.path(), &["refresh", "--json"]);
     out.expect_code(exit::OK, "refresh --json");
     let report = out.json();
@@ -419,7 +370,7 @@ fn refresh_json_reports_the_outcome_and_both_generations() {
 
 #[test]
 fn refresh_of_an_api_key_says_not_needed_and_leaves_the_file_alone() {
-    let home = home();
+    let home = temp_home();
     let path = home.path().join("auth.json");
     write_file(&path, &api_key_json(&api_key()), 0o600);
     let before = sha256sum(&path);
@@ -430,11 +381,12 @@ fn refresh_of_an_api_key_says_not_needed_and_leaves_the_file_alone() {
         "refresh with an API key should say `not needed`\n{}",
         out.describe()
     );
-    assert!(
-        out.stdout.contains(&format!("generation before  {before}"))
-            && out.stdout.contains(&format!("generation after   {before}")),
-        "both generations should be the unchanged file's ({before})\n{}",
-        out.describe()
+    out.expect_stdout_contains(
+        &[
+            &format!("generation before  {before}"),
+            &format!("generation after   {before}"),
+        ],
+        &format!("both generations should be the unchanged file's ({before})"),
     );
     assert_eq!(
         sha256sum(&path),
@@ -454,7 +406,7 @@ fn refresh_of_an_api_key_says_not_needed_and_leaves_the_file_alone() {
 
 #[test]
 fn refresh_without_credentials_exits_3() {
-    let home = home();
+    let home = temp_home();
     let out = run(home.path(), &["refresh"], None, &[]);
     out.expect_code(exit::SIGN_IN_REQUIRED, "refresh without auth.json");
     assert_no_secret_leaked();
@@ -462,15 +414,9 @@ fn refresh_without_credentials_exits_3() {
 
 #[test]
 fn refresh_exits_4_on_a_500_and_3_on_a_reused_refresh_token_and_never_touches_the_file() {
-    let home = home();
     let creds = ChatgptCreds::fresh();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
-    idp.set_behavior(Behavior::Status {
-        status: 500,
-        body: "{}".into(),
-    });
+    let (home, path, before, idp) = signed_in_home(&creds);
+    idp.set_behavior(Behavior::status(500, "{}"));
     let out = run_against(&idp, home.path(), &["refresh"]);
     out.expect_code(exit::TRANSIENT, "refresh when the endpoint answers 500");
     assert_eq!(sha256sum(&path), before, "a 500 changed auth.json");
@@ -483,10 +429,9 @@ fn refresh_exits_4_on_a_500_and_3_on_a_reused_refresh_token_and_never_touches_th
         exit::SIGN_IN_REQUIRED,
         "refresh with a refresh token another client already redeemed",
     );
-    assert!(
-        out.stderr.contains("already used"),
-        "the message should say the refresh token was already used\n{}",
-        out.describe()
+    out.expect_stderr_contains(
+        &["already used"],
+        "the message should say the refresh token was already used",
     );
     assert_eq!(
         sha256sum(&path),
@@ -498,17 +443,13 @@ fn refresh_exits_4_on_a_500_and_3_on_a_reused_refresh_token_and_never_touches_th
 
 #[test]
 fn verbose_and_trace_logging_of_refresh_and_token_never_show_a_secret() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::expired();
     creds.write_to(home.path());
     let idp = creds.start_idp();
     let out = run_against(&idp, home.path(), &["-v", "refresh"]);
     out.expect_code(exit::OK, "-v refresh");
-    assert!(
-        out.stderr.contains("refresh"),
-        "-v should log the refresh on stderr\n{}",
-        out.describe()
-    );
+    out.expect_stderr_contains(&["refresh"], "-v should log the refresh on stderr");
     // Make the access token due again so that `token` refreshes under trace logging too.
     let expired = creds.with_new_access_token(-3600);
     let mut doc = read_doc(&home.path().join("auth.json"));
@@ -544,7 +485,7 @@ fn verbose_and_trace_logging_of_refresh_and_token_never_show_a_secret() {
 
 #[test]
 fn login_with_api_key_reads_stdin_stores_apikey_mode_in_a_0600_file_and_token_prints_it() {
-    let home = home();
+    let home = temp_home();
     let key = api_key();
     let out = run(
         home.path(),
@@ -554,10 +495,9 @@ fn login_with_api_key_reads_stdin_stores_apikey_mode_in_a_0600_file_and_token_pr
     );
     out.expect_code(exit::OK, "login --with-api-key");
     let path = home.path().join("auth.json");
-    assert!(
-        out.stdout.contains(&path.display().to_string()),
-        "login should say where it stored the key\n{}",
-        out.describe()
+    out.expect_stdout_contains(
+        &[&path.display().to_string()],
+        "login should say where it stored the key",
     );
     let doc = read_doc(&path);
     assert_eq!(doc["auth_mode"], "apikey", "login must store API-key mode");
@@ -576,7 +516,7 @@ fn login_with_api_key_reads_stdin_stores_apikey_mode_in_a_0600_file_and_token_pr
 
 #[test]
 fn login_with_api_key_replaces_chatgpt_credentials() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let path = creds.write_to(home.path());
     let key = api_key();
@@ -592,16 +532,12 @@ fn login_with_api_key_replaces_chatgpt_credentials() {
 
 #[test]
 fn login_with_empty_or_two_keys_on_stdin_exits_1_and_stores_nothing() {
-    let home = home();
+    let home = temp_home();
     let (a, b) = (api_key(), api_key());
     for input in [String::new(), "\n".to_owned(), format!("{a} {b}\n")] {
         let out = run(home.path(), &["login", "--with-api-key"], Some(&input), &[]);
         out.expect_code(exit::OTHER, "login with no single key on stdin");
-        assert!(
-            out.stderr.contains("hint:"),
-            "a bad key on stdin should come with a hint\n{}",
-            out.describe()
-        );
+        out.expect_stderr_contains(&["hint:"], "a bad key on stdin should come with a hint");
         assert!(
             !home.path().join("auth.json").exists(),
             "a refused login stored something"
@@ -612,16 +548,17 @@ fn login_with_empty_or_two_keys_on_stdin_exits_1_and_stores_nothing() {
 
 #[test]
 fn logout_removes_the_file_and_says_so_then_token_needs_a_sign_in() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let path = creds.write_to(home.path());
     let out = run(home.path(), &["logout"], None, &[]);
     out.expect_code(exit::OK, "logout");
-    assert!(
-        out.stdout.contains("Removed") && out.stdout.contains(&path.display().to_string()),
-        "logout should say it removed the credentials in {}\n{}",
-        path.display(),
-        out.describe()
+    out.expect_stdout_contains(
+        &["Removed", &path.display().to_string()],
+        &format!(
+            "logout should say it removed the credentials in {}",
+            path.display()
+        ),
     );
     assert!(!path.exists(), "logout left auth.json behind");
     run(home.path(), &["token"], None, &[])
@@ -631,13 +568,12 @@ fn logout_removes_the_file_and_says_so_then_token_needs_a_sign_in() {
 
 #[test]
 fn logout_without_a_file_exits_0_and_says_there_was_nothing_to_remove() {
-    let home = home();
+    let home = temp_home();
     let out = run(home.path(), &["logout"], None, &[]);
     out.expect_code(exit::OK, "logout without auth.json");
-    assert!(
-        out.stdout.contains("No credentials"),
-        "logout without a file should say there was nothing to remove\n{}",
-        out.describe()
+    out.expect_stdout_contains(
+        &["No credentials"],
+        "logout without a file should say there was nothing to remove",
     );
     assert!(
         !home.path().join("auth.json").exists(),
@@ -648,7 +584,7 @@ fn logout_without_a_file_exits_0_and_says_there_was_nothing_to_remove() {
 
 #[test]
 fn logout_removes_a_corrupt_file() {
-    let home = home();
+    let home = temp_home();
     let path = home.path().join("auth.json");
     write_file(&path, "{\"OPENAI_API_KEY\": \"sk-cut", 0o600);
     let out = run(home.path(), &["logout"], None, &[]);
@@ -659,7 +595,7 @@ fn logout_removes_a_corrupt_file() {
 
 #[test]
 fn login_with_api_key_replaces_a_corrupt_file_as_the_corrupt_error_message_promises() {
-    let home = home();
+    let home = temp_home();
     let path = home.path().join("auth.json");
     let creds = ChatgptCreds::fresh();
     let text = creds.auth_json();
@@ -668,10 +604,9 @@ fn login_with_api_key_replaces_a_corrupt_file_as_the_corrupt_error_message_promi
     // to replace it".
     let token = run(home.path(), &["token"], None, &[]);
     token.expect_code(exit::CORRUPT, "token on a cut-off file");
-    assert!(
-        token.stderr.contains("sign in again to replace it"),
-        "the corrupt-file message no longer promises that signing in replaces the file\n{}",
-        token.describe()
+    token.expect_stderr_contains(
+        &["sign in again to replace it"],
+        "the corrupt-file message no longer promises that signing in replaces the file",
     );
     let key = api_key();
     let out = run(home.path(), &["login", "--with-api-key"], Some(&key), &[]);
@@ -690,18 +625,9 @@ fn login_with_api_key_replaces_a_corrupt_file_as_the_corrupt_error_message_promi
 
 #[test]
 fn token_exits_4_when_the_endpoint_answers_429_or_garbage_and_the_access_token_already_expired() {
-    for behavior in [
-        Behavior::Status {
-            status: 429,
-            body: "{}".into(),
-        },
-        Behavior::Garbage,
-    ] {
-        let home = home();
+    for behavior in [Behavior::status(429, "{}"), Behavior::Garbage] {
         let creds = ChatgptCreds::expired();
-        let path = creds.write_to(home.path());
-        let before = sha256sum(&path);
-        let idp = creds.start_idp();
+        let (home, path, before, idp) = signed_in_home(&creds);
         idp.set_behavior(behavior.clone());
         let out = run_against(&idp, home.path(), &["token"]);
         out.expect_code(
@@ -719,7 +645,7 @@ fn token_exits_4_when_the_endpoint_answers_429_or_garbage_and_the_access_token_a
 
 #[test]
 fn a_refresh_answer_without_a_refresh_token_keeps_the_old_one_and_stores_the_new_access_token() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::expired();
     let path = creds.write_to(home.path());
     let idp = creds.start_idp();
@@ -748,7 +674,7 @@ fn a_refresh_answer_without_a_refresh_token_keeps_the_old_one_and_stores_the_new
 
 #[test]
 fn a_refresh_keeps_unknown_keys_and_tightens_a_0644_file_to_0600() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::expired();
     let mut doc: Value = serde_json::from_str(&creds.auth_json()).expect("fixture is JSON");
     doc["agent_identity"] = serde_json::json!({"name": "kept", "n": [1, 2, 3]});
@@ -785,7 +711,7 @@ fn a_refresh_keeps_unknown_keys_and_tightens_a_0644_file_to_0600() {
 
 #[test]
 fn the_home_comes_from_codex_home_else_from_home_dot_codex_and_a_missing_codex_home_exits_1() {
-    let dir = home();
+    let dir = temp_home();
     let key = api_key();
     let codex_home = dir.path().join("codex-home");
     fs::create_dir(&codex_home).expect("create CODEX_HOME");
@@ -825,10 +751,9 @@ fn the_home_comes_from_codex_home_else_from_home_dot_codex_and_a_missing_codex_h
     let missing = dir.path().join("no-such-dir").display().to_string();
     let out = run_without_home(&["token"], None, &[("CODEX_HOME", missing.as_str())]);
     out.expect_code(exit::OTHER, "token with CODEX_HOME naming no directory");
-    assert!(
-        out.stderr.contains("CODEX_HOME") && out.stderr.contains("not an existing directory"),
-        "the message should say CODEX_HOME is not an existing directory\n{}",
-        out.describe()
+    out.expect_stderr_contains(
+        &["CODEX_HOME", "not an existing directory"],
+        "the message should say CODEX_HOME is not an existing directory",
     );
     assert!(
         !dir.path().join("no-such-dir").exists(),

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use codex_store_tests::cli_support::{
-    assert_no_secret_leaked, exit, fingerprint, register_last_issued, sha256sum, spawn,
-    ChatgptCreds, Running, RUN_TIMEOUT,
+    assert_no_secret_leaked, exit, fingerprint, register_last_issued, sha256sum, signed_in_home,
+    spawn, ChatgptCreds, Running, RUN_TIMEOUT,
 };
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
@@ -15,11 +15,8 @@ const PROCESSES: usize = 16;
 
 #[test]
 fn sixteen_concurrent_token_processes_send_one_refresh_request_and_print_the_one_issued_token() {
-    let home = tempfile::tempdir().expect("a temp dir for CODEX_HOME");
     let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
+    let (home, path, before, idp) = signed_in_home(&creds);
     idp.set_delay(Duration::from_millis(100));
     let url = idp.url();
 

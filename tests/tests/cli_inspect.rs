@@ -6,7 +6,7 @@ use std::os::unix::fs::symlink;
 
 use codex_store_tests::cli_support::{
     api_key, api_key_json, assert_no_secret_leaked, exit, fingerprint, hold_lock, register_secret,
-    run, sha256sum, unique, write_file, ChatgptCreds, CliOutput,
+    run, sha256sum, temp_home, unique, write_file, ChatgptCreds, CliOutput,
 };
 use serde_json::Value;
 
@@ -32,10 +32,6 @@ const KEYS: [&str; 16] = [
     "error",
 ];
 
-fn home() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temp dir for CODEX_HOME")
-}
-
 /// Runs `inspect --json`, checks exit 0 and that every documented key is there with the right
 /// JSON type for `problems` and `unknown_fields`.
 fn inspect_json(home: &std::path::Path) -> (Value, CliOutput) {
@@ -53,16 +49,12 @@ fn inspect_json(home: &std::path::Path) -> (Value, CliOutput) {
         );
     }
     assert!(
-        report["problems"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(Value::is_string)),
+        is_array_of_strings(&report["problems"]),
         "problems must be an array of strings\n{}",
         out.describe()
     );
     assert!(
-        report["unknown_fields"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(Value::is_string)),
+        is_array_of_strings(&report["unknown_fields"]),
         "unknown_fields must be an array of names\n{}",
         out.describe()
     );
@@ -72,6 +64,12 @@ fn inspect_json(home: &std::path::Path) -> (Value, CliOutput) {
         out.describe()
     );
     (report, out)
+}
+
+fn is_array_of_strings(value: &Value) -> bool {
+    value
+        .as_array()
+        .is_some_and(|a| a.iter().all(Value::is_string))
 }
 
 fn problems(report: &Value) -> Vec<String> {
@@ -87,7 +85,7 @@ fn problems(report: &Value) -> Vec<String> {
 
 #[test]
 fn inspect_json_reports_every_documented_key_for_valid_chatgpt_credentials() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let path = creds.write_to(home.path());
     let (report, out) = inspect_json(home.path());
@@ -128,7 +126,7 @@ fn inspect_json_reports_every_documented_key_for_valid_chatgpt_credentials() {
 
 #[test]
 fn inspect_says_an_expired_access_token_is_due_for_refresh_without_refreshing_it() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::expired();
     let path = creds.write_to(home.path());
     let before = sha256sum(&path);
@@ -145,7 +143,7 @@ fn inspect_says_an_expired_access_token_is_due_for_refresh_without_refreshing_it
 
 #[test]
 fn inspect_of_an_api_key_reports_apikey_mode_and_no_account() {
-    let home = home();
+    let home = temp_home();
     write_file(
         &home.path().join("auth.json"),
         &api_key_json(&api_key()),
@@ -164,7 +162,7 @@ fn inspect_of_an_api_key_reports_apikey_mode_and_no_account() {
 
 #[test]
 fn inspect_shows_fingerprints_of_the_tokens_in_the_human_report_and_never_the_tokens() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let path = creds.write_to(home.path());
     let out = run(home.path(), &["inspect"], None, &[]);
@@ -173,11 +171,12 @@ fn inspect_shows_fingerprints_of_the_tokens_in_the_human_report_and_never_the_to
         ("access token", &creds.access_token),
         ("refresh token", &creds.refresh_token),
     ] {
-        assert!(
-            out.stdout.contains(&fingerprint(value)),
-            "inspect should show the {what} fingerprint {}\n{}",
-            fingerprint(value),
-            out.describe()
+        out.expect_stdout_contains(
+            &[&fingerprint(value)],
+            &format!(
+                "inspect should show the {what} fingerprint {}",
+                fingerprint(value)
+            ),
         );
     }
     for needle in [
@@ -186,18 +185,14 @@ fn inspect_shows_fingerprints_of_the_tokens_in_the_human_report_and_never_the_to
         creds.account_id.clone(),
         sha256sum(&path),
     ] {
-        assert!(
-            out.stdout.contains(&needle),
-            "inspect should show {needle}\n{}",
-            out.describe()
-        );
+        out.expect_stdout_contains(&[&needle], &format!("inspect should show {needle}"));
     }
     assert_no_secret_leaked();
 }
 
 #[test]
 fn inspect_of_a_missing_file_exits_0_and_says_it_does_not_exist_with_a_null_generation() {
-    let home = home();
+    let home = temp_home();
     let (report, out) = inspect_json(home.path());
     for (key, want) in [
         ("exists", Value::from(false)),
@@ -233,7 +228,7 @@ fn inspect_of_a_missing_file_exits_0_and_says_it_does_not_exist_with_a_null_gene
 
 #[test]
 fn inspect_of_a_cut_off_file_exits_0_with_the_error_set_and_the_generation_of_its_bytes() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let text = creds.auth_json();
     let path = home.path().join("auth.json");
@@ -260,17 +255,13 @@ fn inspect_of_a_cut_off_file_exits_0_with_the_error_set_and_the_generation_of_it
     );
     let human = run(home.path(), &["inspect"], None, &[]);
     human.expect_code(exit::OK, "inspect (human) of a corrupt file");
-    assert!(
-        human.stdout.contains("corrupt"),
-        "the human report should name the error\n{}",
-        human.describe()
-    );
+    human.expect_stdout_contains(&["corrupt"], "the human report should name the error");
     assert_no_secret_leaked();
 }
 
 #[test]
 fn inspect_of_a_symlinked_file_exits_0_and_names_the_symlink_among_the_problems() {
-    let home = home();
+    let home = temp_home();
     let elsewhere = home.path().join("real-auth.json");
     let creds = ChatgptCreds::fresh();
     write_file(&elsewhere, &creds.auth_json(), 0o600);
@@ -293,7 +284,7 @@ fn inspect_of_a_symlinked_file_exits_0_and_names_the_symlink_among_the_problems(
 
 #[test]
 fn inspect_of_a_0644_file_names_the_mode_among_the_problems() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let path = home.path().join("auth.json");
     write_file(&path, &creds.auth_json(), 0o644);
@@ -322,7 +313,7 @@ fn inspect_of_a_0644_file_names_the_mode_among_the_problems() {
 
 #[test]
 fn inspect_lists_an_unknown_key_by_name_and_never_shows_its_value() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let value = format!("pat-{}", unique("unknown-value"));
     register_secret(&value);
@@ -347,10 +338,9 @@ fn inspect_lists_an_unknown_key_by_name_and_never_shows_its_value() {
     );
     let human = run(home.path(), &["inspect"], None, &[]);
     human.expect_code(exit::OK, "inspect with an unknown key");
-    assert!(
-        human.stdout.contains("personal_access_token"),
-        "the human report should name the unknown key\n{}",
-        human.describe()
+    human.expect_stdout_contains(
+        &["personal_access_token"],
+        "the human report should name the unknown key",
     );
     for o in [&out, &human] {
         assert!(
@@ -365,7 +355,7 @@ fn inspect_lists_an_unknown_key_by_name_and_never_shows_its_value() {
 
 #[test]
 fn inspect_reports_the_lock_held_while_another_process_holds_it_without_waiting() {
-    let home = home();
+    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     creds.write_to(home.path());
     let mut holder = hold_lock(WORKER, home.path());
@@ -395,7 +385,7 @@ fn inspect_reports_the_lock_held_while_another_process_holds_it_without_waiting(
 
 #[test]
 fn inspect_with_a_home_that_is_a_regular_file_exits_0_and_reports_the_error() {
-    let dir = home();
+    let dir = temp_home();
     let file = dir.path().join("plain-file");
     write_file(&file, "x", 0o600);
     let (report, out) = inspect_json(&file);

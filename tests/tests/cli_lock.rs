@@ -7,17 +7,13 @@ use std::path::Path;
 
 use codex_store_tests::cli_support::{
     api_key, api_key_json, assert_no_secret_leaked, exit, hold_lock, register_last_issued, run,
-    sha256sum, spawn, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT,
+    sha256sum, signed_in_home, spawn, temp_home, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT,
 };
 use codex_store_tests::fake_idp::FakeIdp;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 const WAIT_LINE: &str = "codex-store: waiting for another process that holds the lock";
-
-fn home() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temp dir for CODEX_HOME")
-}
 
 fn lock_path(home: &Path) -> String {
     home.join("auth.json.lock").display().to_string()
@@ -29,35 +25,23 @@ fn wait_lines(out: &CliOutput) -> usize {
 
 #[test]
 fn token_says_once_that_it_waits_for_the_lock_then_refreshes_as_soon_as_the_holder_lets_go() {
-    let home = home();
-    let creds = ChatgptCreds::expired();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    let url = idp.url();
-    let mut holder = hold_lock(WORKER, home.path());
-
-    let waiter = spawn(
-        home.path(),
-        &["--lock-timeout", "60s", "token"],
-        None,
-        &[(URL_ENV, url.as_str())],
-    );
-    let line = waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
-    assert_eq!(
-        line,
-        format!("{WAIT_LINE} {}", lock_path(home.path())),
-        "the waiting line should name the lock file"
-    );
-    assert_eq!(
-        idp.requests(),
-        0,
-        "a refresh request was sent while another process held the lock"
-    );
-
-    holder.close_stdin();
-    holder.expect_line("released");
-    let out = waiter.finish(RUN_TIMEOUT);
-    register_last_issued(&idp);
+    let Waited {
+        out,
+        idp,
+        home: _home,
+        ..
+    } = while_waiting(&["--lock-timeout", "60s", "token"], |home, idp, line| {
+        assert_eq!(
+            line,
+            format!("{WAIT_LINE} {}", lock_path(home)),
+            "the waiting line should name the lock file"
+        );
+        assert_eq!(
+            idp.requests(),
+            0,
+            "a refresh request was sent while another process held the lock"
+        );
+    });
     let issued = idp
         .last_issued()
         .unwrap_or_else(|| panic!("the endpoint issued nothing\n{}", out.describe()));
@@ -75,7 +59,7 @@ fn token_says_once_that_it_waits_for_the_lock_then_refreshes_as_soon_as_the_hold
 
 #[test]
 fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
-    let home = home();
+    let home = temp_home();
     write_file(
         &home.path().join("auth.json"),
         &api_key_json(&api_key()),
@@ -107,11 +91,8 @@ fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
 
 #[test]
 fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_auth_json_lock_and_sends_nothing() {
-    let home = home();
     let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
+    let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
     let _holder = hold_lock(WORKER, home.path());
     let by_flag = run(
@@ -134,15 +115,10 @@ fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_auth_json_lock_and_s
             exit::LOCK_TIMEOUT,
             "token while another process holds the lock",
         );
-        assert!(
-            out.stdout.is_empty(),
-            "a timed-out token printed on stdout\n{}",
-            out.describe()
-        );
-        assert!(
-            out.stderr.contains("auth.json.lock") && out.stderr.contains("--lock-timeout"),
-            "the message should name auth.json.lock and suggest --lock-timeout\n{}",
-            out.describe()
+        out.expect_empty_stdout("a timed-out token printed on stdout");
+        out.expect_stderr_contains(
+            &["auth.json.lock", "--lock-timeout"],
+            "the message should name auth.json.lock and suggest --lock-timeout",
         );
         assert_eq!(
             wait_lines(out),
@@ -158,11 +134,8 @@ fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_auth_json_lock_and_s
 
 #[test]
 fn refresh_and_logout_exit_5_on_a_lock_timeout_and_leave_the_file_in_place() {
-    let home = home();
     let creds = ChatgptCreds::fresh();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
+    let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
     let _holder = hold_lock(WORKER, home.path());
     for args in [
@@ -172,10 +145,9 @@ fn refresh_and_logout_exit_5_on_a_lock_timeout_and_leave_the_file_in_place() {
     ] {
         let out = run(home.path(), args, None, &[(URL_ENV, url.as_str())]);
         out.expect_code(exit::LOCK_TIMEOUT, "a locked store");
-        assert!(
-            out.stderr.contains("auth.json.lock"),
-            "the message should name auth.json.lock\n{}",
-            out.describe()
+        out.expect_stderr_contains(
+            &["auth.json.lock"],
+            "the message should name auth.json.lock",
         );
     }
     assert_eq!(sha256sum(&path), before, "a lock timeout changed auth.json");
@@ -185,7 +157,7 @@ fn refresh_and_logout_exit_5_on_a_lock_timeout_and_leave_the_file_in_place() {
 
 #[test]
 fn token_with_a_valid_token_does_not_need_the_lock_at_all() {
-    let home = home();
+    let home = temp_home();
     let key = api_key();
     write_file(&home.path().join("auth.json"), &api_key_json(&key), 0o600);
     let _holder = hold_lock(WORKER, home.path());
@@ -202,11 +174,8 @@ fn token_with_a_valid_token_does_not_need_the_lock_at_all() {
 
 #[test]
 fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock() {
-    let home = home();
     let creds = ChatgptCreds::fresh();
-    let path = creds.write_to(home.path());
-    let before = sha256sum(&path);
-    let idp = creds.start_idp();
+    let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
     let mut holder = hold_lock(WORKER, home.path());
 
@@ -233,13 +202,14 @@ fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock(
         "refresh should adopt what the other writer stored\n{}",
         out.describe()
     );
-    assert!(
-        out.stdout.contains(&format!("generation before  {before}"))
-            && out
-                .stdout
-                .contains(&format!("generation after   {written}")),
-        "refresh should show the generation it read ({before}) and the adopted one ({written})\n{}",
-        out.describe()
+    out.expect_stdout_contains(
+        &[
+            &format!("generation before  {before}"),
+            &format!("generation after   {written}"),
+        ],
+        &format!(
+            "refresh should show the generation it read ({before}) and the adopted one ({written})"
+        ),
     );
     assert_eq!(idp.requests(), 0, "adopting must not send a request");
     assert_eq!(
@@ -260,18 +230,22 @@ struct Waited<T> {
 }
 
 /// Spawns `codex-store ARGS` on expired credentials while a child holds the lock, waits until
-/// it says it is waiting, lets `meanwhile` change auth.json as a writer ignoring the lock would,
-/// then lets go of the lock and waits for the command to end.
-fn while_waiting<T>(args: &[&str], meanwhile: impl FnOnce(&Path) -> T) -> Waited<T> {
-    let home = home();
+/// it says it is waiting, lets `meanwhile` look at the home, the endpoint and that line, or
+/// change auth.json as a writer ignoring the lock would, then lets go of the lock and waits for
+/// the command to end.
+fn while_waiting<T>(
+    args: &[&str],
+    meanwhile: impl FnOnce(&Path, &FakeIdp, &str) -> T,
+) -> Waited<T> {
+    let home = temp_home();
     let creds = ChatgptCreds::expired();
     creds.write_to(home.path());
     let idp = creds.start_idp();
     let url = idp.url();
     let mut holder = hold_lock(WORKER, home.path());
     let waiter = spawn(home.path(), args, None, &[(URL_ENV, url.as_str())]);
-    waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
-    let meanwhile = meanwhile(home.path());
+    let line = waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    let meanwhile = meanwhile(home.path(), &idp, &line);
     holder.close_stdin();
     holder.expect_line("released");
     let out = waiter.finish(RUN_TIMEOUT);
@@ -287,7 +261,7 @@ fn while_waiting<T>(args: &[&str], meanwhile: impl FnOnce(&Path) -> T) -> Waited
 #[test]
 fn token_exits_3_when_the_credentials_were_removed_while_it_waited_for_the_lock() {
     let Waited { out, idp, home, .. } =
-        while_waiting(&["--lock-timeout", "60s", "token"], |home| {
+        while_waiting(&["--lock-timeout", "60s", "token"], |home, _, _| {
             std::fs::remove_file(home.join("auth.json")).expect("remove auth.json");
         });
     out.expect_code(exit::SIGN_IN_REQUIRED, "token after a logout elsewhere");
@@ -316,22 +290,19 @@ fn token_and_refresh_exit_3_when_another_account_signed_in_while_they_waited_and
             idp,
             home,
             meanwhile: written,
-        } = while_waiting(args, |home| sha256sum(&other.write_to(home)));
+        } = while_waiting(args, |home, _, _| sha256sum(&other.write_to(home)));
         out.expect_code(
             exit::SIGN_IN_REQUIRED,
             "another account signed in meanwhile",
         );
-        assert!(
-            out.stderr.contains("another account") && out.stderr.contains(&other.account_id),
-            "the message should say another account ({}) signed in\n{}",
-            other.account_id,
-            out.describe()
+        out.expect_stderr_contains(
+            &["another account", &other.account_id],
+            &format!(
+                "the message should say another account ({}) signed in",
+                other.account_id
+            ),
         );
-        assert!(
-            out.stdout.is_empty(),
-            "no token of either account may be printed\n{}",
-            out.describe()
-        );
+        out.expect_empty_stdout("no token of either account may be printed");
         assert_eq!(
             idp.requests(),
             0,

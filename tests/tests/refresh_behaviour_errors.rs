@@ -7,76 +7,20 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use codex_refresh::{
-    AuthManager, ErrorClass, PermanentReason, RefreshConfig, RefreshError, RefreshOutcome,
-    TransientReason,
+    ErrorClass, PermanentReason, RefreshConfig, RefreshError, RefreshOutcome, TransientReason,
 };
-use codex_store::{AuthDotJson, Expect, Generation, Store};
-use codex_store_tests::fake_idp::{Behavior, FakeIdp};
+use codex_store::Expect;
+use codex_store_tests::fake_idp::Behavior;
 use codex_store_tests::jwt;
+use codex_store_tests::refresh_fixtures::{
+    assert_no_secret, config, file_bytes, manager, write_json, Identity, Setup, EVENT_TIMEOUT,
+};
 
 const ACCOUNT: &str = "acc-errors";
 const EMAIL: &str = "errors@example.com";
 const PLAN: &str = "plus";
 const INITIAL_RT: &str = "rt_initial_errors";
-/// The longest any awaited event may take before the test fails.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A store directory holding ChatGPT credentials, and the fake endpoint that knows their
-/// refresh token.
-struct Setup {
-    _home: tempfile::TempDir,
-    store: Store,
-    fake: FakeIdp,
-    /// The access token in auth.json.
-    access: String,
-}
-
-/// Credentials whose access token expires `expires_in` seconds from now (negative: already
-/// expired); anything under 5 minutes is due for a refresh.
-fn setup(expires_in: i64) -> Setup {
-    let home = tempfile::tempdir().expect("cannot create a temp dir");
-    let store = Store::open(home.path()).expect("cannot open the store");
-    let access = jwt::access_token(jwt::now_unix() + expires_in, "at_initial");
-    write_tokens(&store, &access, INITIAL_RT);
-    let fake = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
-    Setup {
-        _home: home,
-        store,
-        fake,
-        access,
-    }
-}
-
-/// Writes ChatGPT credentials of [`ACCOUNT`] through the store (under its lock).
-fn write_tokens(store: &Store, access: &str, refresh: &str) -> Generation {
-    let text = jwt::auth_json(
-        access,
-        refresh,
-        &jwt::id_token(EMAIL, ACCOUNT, PLAN),
-        ACCOUNT,
-    );
-    let doc = AuthDotJson::from_json(text.as_bytes()).expect("the fixture auth.json must parse");
-    store
-        .compare_and_swap(Expect::Any, Some(&doc))
-        .expect("writing auth.json through the store failed")
-}
-
-fn config(token_url: String) -> RefreshConfig {
-    RefreshConfig {
-        token_url,
-        http_timeout: Duration::from_secs(5),
-        lock_timeout: EVENT_TIMEOUT,
-        ..RefreshConfig::default()
-    }
-}
-
-fn manager(store: &Store, config: RefreshConfig) -> AuthManager {
-    AuthManager::new(store.clone(), config).expect("AuthManager::new refused valid credentials")
-}
-
-fn file_bytes(store: &Store) -> Vec<u8> {
-    std::fs::read(store.path()).expect("auth.json cannot be read")
-}
+const IDENTITY: Identity = Identity::new(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
 
 /// A URL on 127.0.0.1 where nothing listens: a port that was just bound and released.
 fn refused_url() -> String {
@@ -87,23 +31,6 @@ fn refused_url() -> String {
         .port();
     drop(listener);
     format!("http://127.0.0.1:{port}/oauth/token")
-}
-
-fn status(status: u16, body: &str) -> Behavior {
-    Behavior::Status {
-        status,
-        body: body.to_owned(),
-    }
-}
-
-/// Fails with a message naming the secret when `text` shows any of `secrets`.
-fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
-    for secret in secrets {
-        assert!(
-            !text.contains(secret),
-            "{what} shows a token value ({secret}): {text}"
-        );
-    }
 }
 
 /// Runs one forced refresh against an endpoint that fails, and checks what every failure must
@@ -158,21 +85,44 @@ async fn refresh_fails(setup: &Setup, config: RefreshConfig, class: ErrorClass) 
     error
 }
 
+/// Panics with `why` and the error unless it is `RefreshError::Permanent { reason }`.
+#[track_caller]
+fn assert_permanent(error: &RefreshError, reason: PermanentReason, why: &str) {
+    assert!(
+        matches!(error, RefreshError::Permanent { reason: r } if *r == reason),
+        "{why}: {error:?}"
+    );
+}
+
+/// Panics with `why` and the error unless it is `RefreshError::Transient { reason }`.
+#[track_caller]
+fn assert_transient(error: &RefreshError, reason: TransientReason, why: &str) {
+    assert!(
+        matches!(error, RefreshError::Transient { reason: r } if *r == reason),
+        "{why}: {error:?}"
+    );
+}
+
+/// [`refresh_fails`] for credentials valid for another hour, against the fake endpoint
+/// answering as `behavior`; returns the set-up and the error.
+async fn refresh_fails_with(behavior: Behavior, class: ErrorClass) -> (Setup, RefreshError) {
+    let setup = Setup::new(IDENTITY, 3600);
+    setup.fake.set_behavior(behavior);
+    let error = refresh_fails(&setup, config(setup.fake.url()), class).await;
+    (setup, error)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_token_expired_answer_requires_signing_in_again_and_leaves_auth_json_untouched() {
-    let setup = setup(3600);
-    setup
-        .fake
-        .set_behavior(status(401, r#"{"error":{"code":"refresh_token_expired"}}"#));
-    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Permanent {
-                reason: PermanentReason::Expired
-            }
-        ),
-        "refresh_token_expired was not reported as Permanent(Expired): {error:?}"
+    let (setup, error) = refresh_fails_with(
+        Behavior::status(401, r#"{"error":{"code":"refresh_token_expired"}}"#),
+        ErrorClass::SignInRequired,
+    )
+    .await;
+    assert_permanent(
+        &error,
+        PermanentReason::Expired,
+        "refresh_token_expired was not reported as Permanent(Expired)",
     );
     assert_eq!(
         setup.fake.requests(),
@@ -183,57 +133,44 @@ async fn a_refresh_token_expired_answer_requires_signing_in_again_and_leaves_aut
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_code_is_permanent_whatever_the_http_status() {
-    let setup = setup(3600);
-    setup
-        .fake
-        .set_behavior(status(400, r#"{"error":"REFRESH_TOKEN_EXPIRED"}"#));
-    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Permanent {
-                reason: PermanentReason::Expired
-            }
-        ),
+    let (_setup, error) = refresh_fails_with(
+        Behavior::status(400, r#"{"error":"REFRESH_TOKEN_EXPIRED"}"#),
+        ErrorClass::SignInRequired,
+    )
+    .await;
+    assert_permanent(
+        &error,
+        PermanentReason::Expired,
         "a 400 with the code refresh_token_expired (upper case, string shape) was not \
-         Permanent(Expired): {error:?}"
+         Permanent(Expired)",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_token_invalidated_answer_requires_signing_in_again_and_leaves_auth_json_untouched(
 ) {
-    let setup = setup(3600);
-    setup.fake.set_behavior(status(
-        401,
-        r#"{"error":{"code":"refresh_token_invalidated"}}"#,
-    ));
-    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Permanent {
-                reason: PermanentReason::Invalidated
-            }
-        ),
-        "refresh_token_invalidated was not reported as Permanent(Invalidated): {error:?}"
+    let (_setup, error) = refresh_fails_with(
+        Behavior::status(401, r#"{"error":{"code":"refresh_token_invalidated"}}"#),
+        ErrorClass::SignInRequired,
+    )
+    .await;
+    assert_permanent(
+        &error,
+        PermanentReason::Invalidated,
+        "refresh_token_invalidated was not reported as Permanent(Invalidated)",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_refresh_token_is_refused_by_the_real_protocol_as_invalidated() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     // The fake answers refresh_token_invalidated for a token it never issued.
-    write_tokens(&setup.store, &setup.access, "rt_never_issued");
+    IDENTITY.write_tokens(&setup.store, &setup.access, "rt_never_issued");
     let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Permanent {
-                reason: PermanentReason::Invalidated
-            }
-        ),
-        "a token the endpoint never issued was not Permanent(Invalidated): {error:?}"
+    assert_permanent(
+        &error,
+        PermanentReason::Invalidated,
+        "a token the endpoint never issued was not Permanent(Invalidated)",
     );
     assert_eq!(
         setup.fake.presented_refresh_tokens(),
@@ -244,92 +181,69 @@ async fn an_unknown_refresh_token_is_refused_by_the_real_protocol_as_invalidated
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_401_requires_signing_in_again_and_leaves_auth_json_untouched() {
-    let setup = setup(3600);
-    setup.fake.set_behavior(status(401, ""));
-    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Permanent {
-                reason: PermanentReason::Unauthorized { code: None }
-            }
-        ),
-        "a 401 without a code was not Permanent(Unauthorized {{ code: None }}): {error:?}"
+    let (_setup, error) =
+        refresh_fails_with(Behavior::status(401, ""), ErrorClass::SignInRequired).await;
+    assert_permanent(
+        &error,
+        PermanentReason::Unauthorized { code: None },
+        "a 401 without a code was not Permanent(Unauthorized { code: None })",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_refresh_token_requires_signing_in_again_when_nothing_newer_is_on_disk() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     // Another client redeemed the stored token without writing auth.json.
     setup.fake.rotate_out_of_band();
     let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::SignInRequired).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Permanent {
-                reason: PermanentReason::Reused
-            }
-        ),
-        "a dead refresh token was not reported as Permanent(Reused): {error:?}"
+    assert_permanent(
+        &error,
+        PermanentReason::Reused,
+        "a dead refresh token was not reported as Permanent(Reused)",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_is_transient_and_leaves_auth_json_untouched() {
-    let setup = setup(3600);
-    setup
-        .fake
-        .set_behavior(status(500, r#"{"error":"server_error"}"#));
-    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::Transient).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Transient {
-                reason: TransientReason::Status(500)
-            }
-        ),
-        "a 500 was not Transient(Status(500)): {error:?}"
+    let (_setup, error) = refresh_fails_with(
+        Behavior::status(500, r#"{"error":"server_error"}"#),
+        ErrorClass::Transient,
+    )
+    .await;
+    assert_transient(
+        &error,
+        TransientReason::Status(500),
+        "a 500 was not Transient(Status(500))",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_transient_and_leaves_auth_json_untouched() {
-    let setup = setup(3600);
-    setup
-        .fake
-        .set_behavior(status(429, r#"{"error":{"code":"rate_limited"}}"#));
-    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::Transient).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Transient {
-                reason: TransientReason::Status(429)
-            }
-        ),
-        "a 429 was not Transient(Status(429)): {error:?}"
+    let (_setup, error) = refresh_fails_with(
+        Behavior::status(429, r#"{"error":{"code":"rate_limited"}}"#),
+        ErrorClass::Transient,
+    )
+    .await;
+    assert_transient(
+        &error,
+        TransientReason::Status(429),
+        "a 429 was not Transient(Status(429))",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unparseable_answer_is_transient_and_leaves_auth_json_untouched() {
-    let setup = setup(3600);
-    setup.fake.set_behavior(Behavior::Garbage);
-    let error = refresh_fails(&setup, config(setup.fake.url()), ErrorClass::Transient).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Transient {
-                reason: TransientReason::UnparseableAnswer
-            }
-        ),
-        "a 200 with a non-JSON body was not Transient(UnparseableAnswer): {error:?}"
+    let (_setup, error) = refresh_fails_with(Behavior::Garbage, ErrorClass::Transient).await;
+    assert_transient(
+        &error,
+        TransientReason::UnparseableAnswer,
+        "a 200 with a non-JSON body was not Transient(UnparseableAnswer)",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_never_answers_times_out_as_transient_and_leaves_auth_json_untouched() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     setup.fake.set_behavior(Behavior::Hang);
     let config = RefreshConfig {
         http_timeout: Duration::from_millis(300),
@@ -337,14 +251,10 @@ async fn an_endpoint_that_never_answers_times_out_as_transient_and_leaves_auth_j
     };
     let started = std::time::Instant::now();
     let error = refresh_fails(&setup, config, ErrorClass::Transient).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Transient {
-                reason: TransientReason::Timeout
-            }
-        ),
-        "a hanging endpoint was not Transient(Timeout): {error:?}"
+    assert_transient(
+        &error,
+        TransientReason::Timeout,
+        "a hanging endpoint was not Transient(Timeout)",
     );
     assert!(
         started.elapsed() < EVENT_TIMEOUT,
@@ -360,24 +270,20 @@ async fn an_endpoint_that_never_answers_times_out_as_transient_and_leaves_auth_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_transient_and_leaves_auth_json_untouched() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     let error = refresh_fails(&setup, config(refused_url()), ErrorClass::Transient).await;
-    assert!(
-        matches!(
-            error,
-            RefreshError::Transient {
-                reason: TransientReason::Connect
-            }
-        ),
-        "a refused connection was not Transient(Connect): {error:?}"
+    assert_transient(
+        &error,
+        TransientReason::Connect,
+        "a refused connection was not Transient(Connect)",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_returns_the_cached_credentials_when_a_due_but_still_valid_token_cannot_be_refreshed_for_now(
 ) {
-    let setup = setup(120);
-    setup.fake.set_behavior(status(500, "{}"));
+    let setup = Setup::new(IDENTITY, 120);
+    setup.fake.set_behavior(Behavior::status(500, "{}"));
     let config = RefreshConfig {
         min_retry_interval: Duration::from_secs(60),
         ..config(setup.fake.url())
@@ -423,8 +329,8 @@ async fn auth_returns_the_cached_credentials_when_a_due_but_still_valid_token_ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_returns_the_transient_error_when_the_cached_token_has_already_expired() {
-    let setup = setup(-60);
-    setup.fake.set_behavior(status(500, "{}"));
+    let setup = Setup::new(IDENTITY, -60);
+    setup.fake.set_behavior(Behavior::status(500, "{}"));
     let manager = manager(&setup.store, config(setup.fake.url()));
     let before = file_bytes(&setup.store);
 
@@ -437,14 +343,10 @@ async fn auth_returns_the_transient_error_when_the_cached_token_has_already_expi
         ErrorClass::Transient,
         "auth() with an expired token and a 500 gave the wrong class: {error:?}"
     );
-    assert!(
-        matches!(
-            error,
-            RefreshError::Transient {
-                reason: TransientReason::Status(500)
-            }
-        ),
-        "auth() did not return the endpoint's 500 as Transient(Status(500)): {error:?}"
+    assert_transient(
+        &error,
+        TransientReason::Status(500),
+        "auth() did not return the endpoint's 500 as Transient(Status(500))",
     );
     assert_no_secret(
         "the error message",
@@ -460,10 +362,11 @@ async fn auth_returns_the_transient_error_when_the_cached_token_has_already_expi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_until_auth_json_changes(
 ) {
-    let setup = setup(120);
-    setup
-        .fake
-        .set_behavior(status(401, r#"{"error":{"code":"refresh_token_expired"}}"#));
+    let setup = Setup::new(IDENTITY, 120);
+    setup.fake.set_behavior(Behavior::status(
+        401,
+        r#"{"error":{"code":"refresh_token_expired"}}"#,
+    ));
     let manager = manager(&setup.store, config(setup.fake.url()));
 
     let first = manager
@@ -513,7 +416,7 @@ async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_u
     // Someone signs in again (new, still due tokens): the failure is forgotten.
     setup.fake.set_behavior(Behavior::Normal);
     let new_access = jwt::access_token(jwt::now_unix() + 120, "at_after_sign_in");
-    write_tokens(&setup.store, &new_access, INITIAL_RT);
+    IDENTITY.write_tokens(&setup.store, &new_access, INITIAL_RT);
     let auth = manager
         .auth()
         .await
@@ -543,8 +446,8 @@ async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_is_not_remembered_and_the_next_refresh_succeeds() {
-    let setup = setup(3600);
-    setup.fake.set_behavior(status(503, "{}"));
+    let setup = Setup::new(IDENTITY, 3600);
+    setup.fake.set_behavior(Behavior::status(503, "{}"));
     let manager = manager(&setup.store, config(setup.fake.url()));
     let error = manager
         .refresh()
@@ -571,7 +474,7 @@ async fn a_transient_failure_is_not_remembered_and_the_next_refresh_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_account_signing_in_elsewhere_is_reported_naming_both_accounts_without_a_request() {
-    let setup = setup(120);
+    let setup = Setup::new(IDENTITY, 120);
     let manager = manager(&setup.store, config(setup.fake.url()));
     let other_access = jwt::access_token(jwt::now_unix() + 120, "at_other_account");
     let text = jwt::auth_json(
@@ -580,13 +483,7 @@ async fn another_account_signing_in_elsewhere_is_reported_naming_both_accounts_w
         &jwt::id_token("other@example.com", "acc-someone-else", PLAN),
         "acc-someone-else",
     );
-    setup
-        .store
-        .compare_and_swap(
-            Expect::Any,
-            Some(&AuthDotJson::from_json(text.as_bytes()).expect("the fixture parses")),
-        )
-        .expect("writing auth.json failed");
+    write_json(&setup.store, &text);
     let before = file_bytes(&setup.store);
 
     let error = manager
@@ -627,7 +524,7 @@ async fn another_account_signing_in_elsewhere_is_reported_naming_both_accounts_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_in_another_process_is_reported_as_signed_out_without_a_request_or_a_new_file() {
-    let setup = setup(120);
+    let setup = Setup::new(IDENTITY, 120);
     let manager = manager(&setup.store, config(setup.fake.url()));
     setup
         .store

@@ -9,76 +9,96 @@ use std::time::{Duration, Instant};
 
 use codex_refresh::{
     AuthManager, ErrorClass, HostRefreshFuture, HostRefreshRequest, HostRefresher, HostTokens,
-    Mode, RecoveryStep, RefreshConfig, RefreshError, RefreshOutcome,
+    Mode, RecoveryStep, RefreshConfig, RefreshError, RefreshOutcome, UnauthorizedRecovery,
 };
-use codex_store::{AuthDotJson, Expect, Generation, Secret, Store};
+use codex_store::{Secret, Store};
 use codex_store_tests::fake_idp::FakeIdp;
 use codex_store_tests::jwt;
+use codex_store_tests::refresh_fixtures::{
+    assert_no_secret_nor_payload, cached_bearer, concurrent_auth_calls, temp_store, write_tokens,
+    Identity, EVENT_TIMEOUT,
+};
 use serde_json::Value;
 
 const ACCOUNT: &str = "acc-modes";
 const EMAIL: &str = "modes@example.com";
 const PLAN: &str = "team";
 const INITIAL_RT: &str = "rt_initial_modes";
-/// The longest any awaited event may take before the test fails.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+const IDENTITY: Identity = Identity::new(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
 /// The host refresher's limit in these tests.
 const HOST_LIMIT: Duration = Duration::from_millis(200);
 
 fn config(token_url: String) -> RefreshConfig {
     RefreshConfig {
-        token_url,
-        http_timeout: Duration::from_secs(5),
-        lock_timeout: EVENT_TIMEOUT,
         host_refresh_timeout: HOST_LIMIT,
-        ..RefreshConfig::default()
+        ..codex_store_tests::refresh_fixtures::config(token_url)
     }
 }
 
-fn home() -> (tempfile::TempDir, Store) {
-    let home = tempfile::tempdir().expect("cannot create a temp dir");
-    let store = Store::open(home.path()).expect("cannot open the store");
-    (home, store)
+/// A store in a temp dir, the fake endpoint, and a manager over both.
+type Fixture = (tempfile::TempDir, Store, FakeIdp, AuthManager);
+
+/// A manager over an empty store (host tokens, API keys).
+fn empty() -> Fixture {
+    let (home, store) = temp_store();
+    let fake = IDENTITY.start_fake();
+    let manager = AuthManager::new(store.clone(), config(fake.url()))
+        .expect("AuthManager::new failed on an empty store");
+    (home, store, fake, manager)
 }
 
-fn fake() -> FakeIdp {
-    FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_RT)
-}
-
-/// Writes ChatGPT credentials through the store (under its lock).
-fn write_tokens(
-    store: &Store,
-    access: &str,
-    refresh: &str,
-    id_token: &str,
-    account: &str,
-) -> Generation {
-    let text = jwt::auth_json(access, refresh, id_token, account);
-    let doc = AuthDotJson::from_json(text.as_bytes()).expect("the fixture auth.json must parse");
-    store
-        .compare_and_swap(Expect::Any, Some(&doc))
-        .expect("writing auth.json through the store failed")
+/// A manager over ChatGPT credentials of [`ACCOUNT`] with `access`, [`INITIAL_RT`] and
+/// `id_token`.
+fn signed_in(access: &str, id_token: &str) -> Fixture {
+    let (home, store) = temp_store();
+    let fake = IDENTITY.start_fake();
+    write_tokens(&store, access, INITIAL_RT, id_token, ACCOUNT);
+    let manager = AuthManager::new(store.clone(), config(fake.url()))
+        .expect("AuthManager::new refused valid credentials");
+    (home, store, fake, manager)
 }
 
 fn access_expiring_in(secs: i64, marker: &str) -> String {
     jwt::access_token(jwt::now_unix() + secs, marker)
 }
 
-/// Fails with a message naming the secret when `text` shows any of `secrets` (or the payload
-/// part of a JWT secret).
-fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
-    for secret in secrets {
-        assert!(
-            !text.contains(secret),
-            "{what} shows a token value ({secret}): {text}"
-        );
-        if let Some(payload) = secret.split('.').nth(1) {
-            assert!(
-                !text.contains(payload),
-                "{what} shows the payload of a token ({payload}): {text}"
-            );
-        }
-    }
+/// Writes credentials of workspace (account) `workspace` with `access` and [`INITIAL_RT`].
+fn write_workspace_tokens(store: &Store, access: &str, workspace: &str) {
+    write_tokens(
+        store,
+        access,
+        INITIAL_RT,
+        &jwt::id_token(EMAIL, workspace, PLAN),
+        workspace,
+    );
+}
+
+/// Host tokens live in memory only: checks that nothing was written to disk and nothing sent to
+/// the token endpoint.
+fn assert_nothing_stored_nor_sent(store: &Store, fake: &FakeIdp) {
+    assert!(
+        !store.path().exists(),
+        "host tokens were written to disk: {} exists",
+        store.path().display()
+    );
+    assert_eq!(
+        fake.requests(),
+        0,
+        "host-token mode contacted the token endpoint"
+    );
+}
+
+/// Checks that an exhausted 401 recovery runs no other step and says to sign in again.
+async fn assert_exhausted(recovery: &mut UnauthorizedRecovery) {
+    let exhausted = recovery
+        .next()
+        .await
+        .expect_err("an exhausted recovery ran another step");
+    assert_eq!(
+        exhausted.class(),
+        ErrorClass::SignInRequired,
+        "an exhausted recovery does not say to sign in again: {exhausted:?}"
+    );
 }
 
 fn host_tokens(access: &str) -> HostTokens {
@@ -119,10 +139,7 @@ fn working_host(access: String, calls: Arc<AtomicUsize>) -> HostRefresher {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_refresher_that_never_answers_times_out_with_host_refresh_timeout_and_writes_nothing(
 ) {
-    let (_home, store) = home();
-    let fake = fake();
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new failed on an empty store");
+    let (_home, store, fake, manager) = empty();
     let expired = access_expiring_in(-60, "host_expired");
     let calls = Arc::new(AtomicUsize::new(0));
     manager
@@ -153,25 +170,13 @@ async fn a_host_refresher_that_never_answers_times_out_with_host_refresh_timeout
         1,
         "the host was not asked once"
     );
-    assert_no_secret("the error message", &error.to_string(), &[&expired]);
-    assert!(
-        !store.path().exists(),
-        "host tokens were written to disk: {} exists",
-        store.path().display()
-    );
-    assert_eq!(
-        fake.requests(),
-        0,
-        "host-token mode contacted the token endpoint"
-    );
+    assert_no_secret_nor_payload("the error message", &error.to_string(), &[&expired]);
+    assert_nothing_stored_nor_sent(&store, &fake);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_working_host_refresher_supplies_the_new_token_in_memory_only() {
-    let (_home, store) = home();
-    let fake = fake();
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new failed on an empty store");
+    let (_home, store, fake, manager) = empty();
     let expired = access_expiring_in(-60, "host_expired");
     let fresh = access_expiring_in(3600, "host_fresh");
     let calls = Arc::new(AtomicUsize::new(0));
@@ -218,18 +223,9 @@ async fn a_working_host_refresher_supplies_the_new_token_in_memory_only() {
         2,
         "refresh() did not ask the host"
     );
-    assert!(
-        !store.path().exists(),
-        "host tokens were written to disk: {} exists",
-        store.path().display()
-    );
-    assert_eq!(
-        fake.requests(),
-        0,
-        "host-token mode contacted the token endpoint"
-    );
+    assert_nothing_stored_nor_sent(&store, &fake);
     let shown = format!("{manager:?} {auth:?} {auth:#?}");
-    assert_no_secret(
+    assert_no_secret_nor_payload(
         "Debug of host-mode credentials",
         &shown,
         &[&expired, &fresh],
@@ -238,10 +234,7 @@ async fn a_working_host_refresher_supplies_the_new_token_in_memory_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_401_recovery_for_host_tokens_has_exactly_one_step_asking_the_host() {
-    let (_home, store) = home();
-    let fake = fake();
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new failed on an empty store");
+    let (_home, store, fake, manager) = empty();
     let current = access_expiring_in(3600, "host_current");
     let fresh = access_expiring_in(3600, "host_after_401");
     let calls = Arc::new(AtomicUsize::new(0));
@@ -273,23 +266,11 @@ async fn the_401_recovery_for_host_tokens_has_exactly_one_step_asking_the_host()
         "the host was not asked once"
     );
     assert_eq!(
-        manager
-            .cached()
-            .expect("the manager has no credentials")
-            .bearer()
-            .expose(),
+        cached_bearer(&manager),
         fresh,
         "the recovery did not install the host's new token"
     );
-    let exhausted = recovery
-        .next()
-        .await
-        .expect_err("an exhausted recovery ran another step");
-    assert_eq!(
-        exhausted.class(),
-        ErrorClass::SignInRequired,
-        "an exhausted recovery does not say to sign in again: {exhausted:?}"
-    );
+    assert_exhausted(&mut recovery).await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
@@ -308,10 +289,7 @@ async fn the_401_recovery_for_host_tokens_has_exactly_one_step_asking_the_host()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_login_is_stored_as_apikey_and_never_contacts_the_token_endpoint() {
-    let (_home, store) = home();
-    let fake = fake();
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new failed on an empty store");
+    let (_home, store, fake, manager) = empty();
     let key = "sk-test-key-never-shown";
 
     let login = manager
@@ -382,22 +360,16 @@ async fn an_api_key_login_is_stored_as_apikey_and_never_contacts_the_token_endpo
         "API-key mode contacted the token endpoint"
     );
     let shown = format!("{manager:?} {reread:?} {auth:?} {auth:#?}");
-    assert_no_secret("Debug in API-key mode", &shown, &[key]);
+    assert_no_secret_nor_payload("Debug in API-key mode", &shown, &[key]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_of_a_workspace_that_is_not_allowed_are_refused_with_a_message_naming_both_workspaces(
 ) {
-    let (_home, store) = home();
-    let fake = fake();
+    let (_home, store) = temp_store();
+    let fake = IDENTITY.start_fake();
     let access = access_expiring_in(3600, "ws_other");
-    write_tokens(
-        &store,
-        &access,
-        INITIAL_RT,
-        &jwt::id_token(EMAIL, "ws-other", PLAN),
-        "ws-other",
-    );
+    write_workspace_tokens(&store, &access, "ws-other");
     let restricted = RefreshConfig {
         allowed_workspaces: vec!["ws-allowed".to_owned()],
         ..config(fake.url())
@@ -424,17 +396,11 @@ async fn credentials_of_a_workspace_that_is_not_allowed_are_refused_with_a_messa
         ErrorClass::SignInRequired,
         "a refused workspace does not require signing in: {error:?}"
     );
-    assert_no_secret("the refusal", &message, &[&access, INITIAL_RT]);
+    assert_no_secret_nor_payload("the refusal", &message, &[&access, INITIAL_RT]);
 
     // Credentials of the allowed workspace are accepted; switching to another one on disk is
     // refused again at reload.
-    write_tokens(
-        &store,
-        &access,
-        INITIAL_RT,
-        &jwt::id_token(EMAIL, "ws-allowed", PLAN),
-        "ws-allowed",
-    );
+    write_workspace_tokens(&store, &access, "ws-allowed");
     let manager = AuthManager::new(store.clone(), restricted)
         .expect("a manager refused credentials of the allowed workspace");
     assert_eq!(
@@ -445,13 +411,7 @@ async fn credentials_of_a_workspace_that_is_not_allowed_are_refused_with_a_messa
         Some("ws-allowed"),
         "the manager reports the wrong workspace"
     );
-    write_tokens(
-        &store,
-        &access,
-        INITIAL_RT,
-        &jwt::id_token(EMAIL, "ws-other", PLAN),
-        "ws-other",
-    );
+    write_workspace_tokens(&store, &access, "ws-other");
     let error = manager
         .reload()
         .expect_err("reload() accepted credentials of a workspace that is not allowed");
@@ -485,13 +445,9 @@ async fn credentials_of_a_workspace_that_is_not_allowed_are_refused_with_a_messa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_401_recovery_step_adopts_a_newer_generation_written_by_another_process_without_a_request(
 ) {
-    let (_home, store) = home();
-    let fake = fake();
     let id_token = jwt::id_token(EMAIL, ACCOUNT, PLAN);
     let old_access = access_expiring_in(3600, "at_before_401");
-    write_tokens(&store, &old_access, INITIAL_RT, &id_token, ACCOUNT);
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new refused valid credentials");
+    let (_home, store, fake, manager) = signed_in(&old_access, &id_token);
 
     // Another process refreshed and stored its tokens.
     let other = fake.rotate_out_of_band();
@@ -543,13 +499,9 @@ async fn the_first_401_recovery_step_adopts_a_newer_generation_written_by_anothe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_anything_newer_on_disk_the_401_recovery_refreshes_at_once_and_is_then_exhausted() {
-    let (_home, store) = home();
-    let fake = fake();
     let id_token = jwt::id_token(EMAIL, ACCOUNT, PLAN);
     let old_access = access_expiring_in(3600, "at_before_401");
-    write_tokens(&store, &old_access, INITIAL_RT, &id_token, ACCOUNT);
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new refused valid credentials");
+    let (_home, _store, fake, manager) = signed_in(&old_access, &id_token);
 
     let mut recovery = manager.unauthorized_recovery();
     assert!(recovery.has_next(), "ChatGPT mode offers no 401 recovery");
@@ -570,35 +522,19 @@ async fn without_anything_newer_on_disk_the_401_recovery_refreshes_at_once_and_i
     );
     let issued = fake.last_issued().expect("the endpoint issued no tokens");
     assert_eq!(
-        manager
-            .cached()
-            .expect("the manager has no credentials")
-            .bearer()
-            .expose(),
+        cached_bearer(&manager),
         issued.access_token,
         "the manager does not use the refreshed access token"
     );
-    let exhausted = recovery
-        .next()
-        .await
-        .expect_err("an exhausted recovery ran another step");
-    assert_eq!(
-        exhausted.class(),
-        ErrorClass::SignInRequired,
-        "an exhausted recovery does not say to sign in again: {exhausted:?}"
-    );
+    assert_exhausted(&mut recovery).await;
     assert_eq!(fake.requests(), 1, "an exhausted recovery sent a request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_of_the_manager_the_credentials_and_the_recovery_never_shows_a_token() {
-    let (_home, store) = home();
-    let fake = fake();
     let id_token = jwt::id_token(EMAIL, ACCOUNT, PLAN);
     let old_access = access_expiring_in(120, "at_due");
-    write_tokens(&store, &old_access, INITIAL_RT, &id_token, ACCOUNT);
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new refused valid credentials");
+    let (_home, _store, fake, manager) = signed_in(&old_access, &id_token);
     let before = manager.cached().expect("the manager has no credentials");
     let before_shown = format!("{manager:?} {manager:#?} {before:?} {before:#?}");
 
@@ -610,7 +546,7 @@ async fn debug_of_the_manager_the_credentials_and_the_recovery_never_shows_a_tok
         "{before_shown} {manager:?} {manager:#?} {after:?} {after:#?} {recovery:?} {:?}",
         manager.config()
     );
-    assert_no_secret(
+    assert_no_secret_nor_payload(
         "Debug output",
         &shown,
         &[
@@ -630,10 +566,7 @@ async fn debug_of_the_manager_the_credentials_and_the_recovery_never_shows_a_tok
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_auth_calls_with_due_host_tokens_ask_the_host_once_and_share_its_answer() {
-    let (_home, store) = home();
-    let fake = fake();
-    let manager = AuthManager::new(store.clone(), config(fake.url()))
-        .expect("AuthManager::new failed on an empty store");
+    let (_home, _store, _fake, manager) = empty();
     let expired = access_expiring_in(-60, "host_expired");
     let fresh = access_expiring_in(3600, "host_fresh");
     let calls = Arc::new(AtomicUsize::new(0));
@@ -653,21 +586,8 @@ async fn eight_concurrent_auth_calls_with_due_host_tokens_ask_the_host_once_and_
     manager
         .set_host_tokens(host_tokens(&expired), refresher)
         .expect("set_host_tokens refused valid host tokens");
-    let start = Arc::new(tokio::sync::Barrier::new(8));
 
-    let callers: Vec<_> = (0..8)
-        .map(|_| {
-            let manager = manager.clone();
-            let start = start.clone();
-            tokio::spawn(async move {
-                start.wait().await;
-                manager
-                    .auth()
-                    .await
-                    .map(|auth| auth.bearer().expose().to_owned())
-            })
-        })
-        .collect();
+    let callers = concurrent_auth_calls(&manager, 8);
     for (i, caller) in callers.into_iter().enumerate() {
         let bearer = caller
             .await

@@ -5,79 +5,28 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use codex_refresh::{AuthManager, RefreshConfig, RefreshOutcome, CLIENT_ID};
-use codex_store::{AuthDotJson, Expect, Generation, Store, StoreOptions};
-use codex_store_tests::fake_idp::{Behavior, FakeIdp};
+use codex_refresh::{AuthManager, RefreshError, RefreshOutcome, CLIENT_ID};
+use codex_store::{Expect, Store, StoreOptions};
+use codex_store_tests::fake_idp::Behavior;
 use codex_store_tests::jwt;
+use codex_store_tests::refresh_fixtures::{
+    cached_bearer, concurrent_auth_calls, config, file_bytes, file_text, manager, write_json,
+    Identity, Setup, EVENT_TIMEOUT,
+};
 use serde_json::{json, Value};
 
 const ACCOUNT: &str = "acc-protocol";
 const EMAIL: &str = "protocol@example.com";
 const PLAN: &str = "pro";
 const INITIAL_RT: &str = "rt_initial_protocol";
-/// The longest any awaited event may take before the test fails.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A store directory holding ChatGPT credentials, and the fake endpoint that knows their
-/// refresh token.
-struct Setup {
-    home: tempfile::TempDir,
-    store: Store,
-    fake: FakeIdp,
-    /// The access token in auth.json.
-    access: String,
-}
-
-/// Credentials whose access token expires `expires_in` seconds from now; anything under
-/// 5 minutes is due for a refresh.
-fn setup(expires_in: i64) -> Setup {
-    let home = tempfile::tempdir().expect("cannot create a temp dir");
-    let store = Store::open(home.path()).expect("cannot open the store");
-    let access = jwt::access_token(jwt::now_unix() + expires_in, "at_initial");
-    write_tokens(&store, &access, INITIAL_RT);
-    let fake = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
-    Setup {
-        home,
-        store,
-        fake,
-        access,
-    }
-}
-
-fn document(access: &str, refresh: &str, id_token: &str) -> AuthDotJson {
-    let text = jwt::auth_json(access, refresh, id_token, ACCOUNT);
-    AuthDotJson::from_json(text.as_bytes()).expect("the fixture auth.json must parse")
-}
-
-/// Writes ChatGPT credentials of [`ACCOUNT`] through the store (under its lock).
-fn write_tokens(store: &Store, access: &str, refresh: &str) -> Generation {
-    let doc = document(access, refresh, &jwt::id_token(EMAIL, ACCOUNT, PLAN));
-    store
-        .compare_and_swap(Expect::Any, Some(&doc))
-        .expect("writing auth.json through the store failed")
-}
-
-fn config(token_url: String) -> RefreshConfig {
-    RefreshConfig {
-        token_url,
-        http_timeout: Duration::from_secs(5),
-        lock_timeout: EVENT_TIMEOUT,
-        ..RefreshConfig::default()
-    }
-}
-
-fn manager(store: &Store, config: RefreshConfig) -> AuthManager {
-    AuthManager::new(store.clone(), config).expect("AuthManager::new refused valid credentials")
-}
+const IDENTITY: Identity = Identity::new(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
 
 /// auth.json as a JSON value (keys in file order).
 fn file_json(store: &Store) -> Value {
-    let bytes = std::fs::read(store.path()).expect("auth.json cannot be read");
-    serde_json::from_slice(&bytes).expect("auth.json is not JSON")
+    serde_json::from_slice(&file_bytes(store)).expect("auth.json is not JSON")
 }
 
 fn keys(value: &Value) -> Vec<String> {
@@ -184,9 +133,24 @@ impl Recorder {
     }
 }
 
+/// Starts `manager.refresh()` in a task and waits until its request reached the endpoint (which
+/// holds it as long as its delay); returns the task.
+fn refresh_until_the_request_arrives(
+    setup: &Setup,
+    manager: &AuthManager,
+) -> tokio::task::JoinHandle<Result<RefreshOutcome, RefreshError>> {
+    let caller = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.refresh().await })
+    };
+    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
+    assert!(sent, "the refresh request never reached the endpoint");
+    caller
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_is_a_json_post_with_client_id_grant_type_and_the_stored_refresh_token() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     let recorder = Recorder::start();
     let manager = manager(&setup.store, config(recorder.url()));
     let error = manager
@@ -241,13 +205,13 @@ async fn the_request_is_a_json_post_with_client_id_grant_type_and_the_stored_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_presents_the_refresh_token_read_from_auth_json_under_the_lock_not_the_one_seen_at_startup(
 ) {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     let manager = manager(&setup.store, config(setup.fake.url()));
     // Another process refreshes after this one loaded: the token it started with is dead, and
     // the tokens the other process stored are already due again.
     let other = setup.fake.rotate_out_of_band();
     let due_access = jwt::access_token(jwt::now_unix() + 120, "at_other_process");
-    write_tokens(&setup.store, &due_access, &other.refresh_token);
+    IDENTITY.write_tokens(&setup.store, &due_access, &other.refresh_token);
 
     let outcome = manager
         .refresh()
@@ -273,9 +237,9 @@ async fn the_request_presents_the_refresh_token_read_from_auth_json_under_the_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_without_a_refresh_token_keeps_the_old_one_and_stores_the_new_access_token() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     // Make last_refresh a day old, so that its update is visible.
-    let mut doc = document(
+    let mut doc = IDENTITY.document(
         &setup.access,
         INITIAL_RT,
         &jwt::id_token(EMAIL, ACCOUNT, PLAN),
@@ -339,7 +303,7 @@ async fn an_answer_without_a_refresh_token_keeps_the_old_one_and_stores_the_new_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_top_level_and_tokens_keys_survive_a_refresh_intact_and_in_order() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     let id_token = jwt::id_token(EMAIL, ACCOUNT, PLAN);
     let original = json!({
         "x_before": {"nested": [1, 2, 3], "flag": true},
@@ -359,13 +323,7 @@ async fn unknown_top_level_and_tokens_keys_survive_a_refresh_intact_and_in_order
         "zz_after": "tail",
     });
     let text = serde_json::to_string_pretty(&original).expect("JSON serializes");
-    setup
-        .store
-        .compare_and_swap(
-            Expect::Any,
-            Some(&AuthDotJson::from_json(text.as_bytes()).expect("the fixture parses")),
-        )
-        .expect("writing auth.json failed");
+    write_json(&setup.store, &text);
     let manager = manager(&setup.store, config(setup.fake.url()));
 
     manager.refresh().await.expect("the refresh failed");
@@ -415,17 +373,12 @@ async fn unknown_top_level_and_tokens_keys_survive_a_refresh_intact_and_in_order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_whose_caller_was_cancelled_after_the_request_was_sent_still_persists_the_rotated_token(
 ) {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     // Long enough that the caller is surely aborted before the answer is written.
     setup.fake.set_delay(Duration::from_millis(500));
     let manager = manager(&setup.store, config(setup.fake.url()));
 
-    let caller = {
-        let manager = manager.clone();
-        tokio::spawn(async move { manager.refresh().await })
-    };
-    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
-    assert!(sent, "the refresh request never reached the endpoint");
+    let caller = refresh_until_the_request_arrives(&setup, &manager);
     caller.abort();
     let joined = caller.await;
     assert!(
@@ -471,24 +424,11 @@ async fn a_refresh_whose_caller_was_cancelled_after_the_request_was_sent_still_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_auth_calls_on_one_manager_share_a_single_request_and_the_same_bearer() {
-    let setup = setup(120);
+    let setup = Setup::new(IDENTITY, 120);
     setup.fake.set_delay(Duration::from_millis(100));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let start = Arc::new(tokio::sync::Barrier::new(8));
 
-    let callers: Vec<_> = (0..8)
-        .map(|_| {
-            let manager = manager.clone();
-            let start = start.clone();
-            tokio::spawn(async move {
-                start.wait().await;
-                manager
-                    .auth()
-                    .await
-                    .map(|auth| auth.bearer().expose().to_owned())
-            })
-        })
-        .collect();
+    let callers = concurrent_auth_calls(&manager, 8);
     let mut bearers = Vec::new();
     for caller in callers {
         let bearer = caller
@@ -521,17 +461,12 @@ async fn eight_concurrent_auth_calls_on_one_manager_share_a_single_request_and_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_answer_adopts_the_newer_tokens_that_a_lock_ignoring_writer_stored_meanwhile() {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     // An old installation (no lock) redeems the stored token...
     let other = setup.fake.rotate_out_of_band();
     setup.fake.set_delay(Duration::from_secs(1));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let caller = {
-        let manager = manager.clone();
-        tokio::spawn(async move { manager.refresh().await })
-    };
-    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
-    assert!(sent, "the refresh request never reached the endpoint");
+    let caller = refresh_until_the_request_arrives(&setup, &manager);
     // ...and writes its tokens in place while our request (with the dead token) is in flight.
     let written = jwt::auth_json(
         &other.access_token,
@@ -551,16 +486,12 @@ async fn a_reused_answer_adopts_the_newer_tokens_that_a_lock_ignoring_writer_sto
         "the tokens written by the other installation were not adopted"
     );
     assert_eq!(
-        manager
-            .cached()
-            .expect("the manager has no credentials")
-            .bearer()
-            .expose(),
+        cached_bearer(&manager),
         other.access_token,
         "the manager does not use the adopted access token"
     );
     assert_eq!(
-        std::fs::read_to_string(setup.store.path()).expect("auth.json cannot be read"),
+        file_text(&setup.store),
         written,
         "auth.json was changed after the adoption"
     );
@@ -569,28 +500,12 @@ async fn a_reused_answer_adopts_the_newer_tokens_that_a_lock_ignoring_writer_sto
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_auth_calls_share_one_failed_attempt_and_all_keep_the_still_valid_cached_token(
 ) {
-    let setup = setup(120);
-    setup.fake.set_behavior(Behavior::Status {
-        status: 500,
-        body: "{}".to_owned(),
-    });
+    let setup = Setup::new(IDENTITY, 120);
+    setup.fake.set_behavior(Behavior::status(500, "{}"));
     setup.fake.set_delay(Duration::from_millis(100));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let start = Arc::new(tokio::sync::Barrier::new(8));
 
-    let callers: Vec<_> = (0..8)
-        .map(|_| {
-            let manager = manager.clone();
-            let start = start.clone();
-            tokio::spawn(async move {
-                start.wait().await;
-                manager
-                    .auth()
-                    .await
-                    .map(|auth| auth.bearer().expose().to_owned())
-            })
-        })
-        .collect();
+    let callers = concurrent_auth_calls(&manager, 8);
     for (i, caller) in callers.into_iter().enumerate() {
         let bearer = caller
             .await
@@ -613,7 +528,7 @@ async fn eight_concurrent_auth_calls_share_one_failed_attempt_and_all_keep_the_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_cached_token_heals_by_adopting_what_another_process_stored_without_a_request() {
-    let setup = setup(120);
+    let setup = Setup::new(IDENTITY, 120);
     let manager = manager(&setup.store, config(setup.fake.url()));
     // Another process refreshed and stored fresh tokens after this one loaded.
     let other = setup.fake.rotate_out_of_band();
@@ -623,14 +538,8 @@ async fn a_due_cached_token_heals_by_adopting_what_another_process_stored_withou
         &other.id_token,
         ACCOUNT,
     );
-    setup
-        .store
-        .compare_and_swap(
-            Expect::Any,
-            Some(&AuthDotJson::from_json(written.as_bytes()).expect("the fixture parses")),
-        )
-        .expect("writing auth.json failed");
-    let on_disk = std::fs::read(setup.store.path()).expect("auth.json cannot be read");
+    write_json(&setup.store, &written);
+    let on_disk = file_bytes(&setup.store);
 
     let auth = manager
         .auth()
@@ -647,7 +556,7 @@ async fn a_due_cached_token_heals_by_adopting_what_another_process_stored_withou
         "auth() redeemed a token although fresh ones were on disk"
     );
     assert!(
-        std::fs::read(setup.store.path()).expect("auth.json cannot be read") == on_disk,
+        file_bytes(&setup.store) == on_disk,
         "adopting the other process's tokens rewrote auth.json"
     );
 }
@@ -674,15 +583,10 @@ fn legacy_auth_json(access: &str, refresh: &str, account: &str, account_id: Valu
 async fn refresh_while_another_account_signs_in_without_the_lock(
     setup: &Setup,
     other: &str,
-) -> Result<RefreshOutcome, codex_refresh::RefreshError> {
+) -> Result<RefreshOutcome, RefreshError> {
     setup.fake.set_delay(Duration::from_secs(1));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let caller = {
-        let manager = manager.clone();
-        tokio::spawn(async move { manager.refresh().await })
-    };
-    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
-    assert!(sent, "the refresh request never reached the endpoint");
+    let caller = refresh_until_the_request_arrives(setup, &manager);
     std::fs::write(setup.store.path(), other.as_bytes()).expect("cannot write auth.json");
     caller.await.expect("the refresh task panicked")
 }
@@ -690,7 +594,7 @@ async fn refresh_while_another_account_signs_in_without_the_lock(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_account_signed_in_by_a_lock_ignoring_writer_during_the_request_keeps_its_credentials(
 ) {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     let other = jwt::auth_json(
         &jwt::access_token(jwt::now_unix() + 3600, "at_b"),
         "rt_account_b",
@@ -699,14 +603,11 @@ async fn another_account_signed_in_by_a_lock_ignoring_writer_during_the_request_
     );
     let result = refresh_while_another_account_signs_in_without_the_lock(&setup, &other).await;
     assert!(
-        matches!(
-            &result,
-            Err(codex_refresh::RefreshError::AccountChanged { .. })
-        ),
+        matches!(&result, Err(RefreshError::AccountChanged { .. })),
         "the refresh did not report the account change: {result:?}"
     );
     assert_eq!(
-        std::fs::read_to_string(setup.store.path()).expect("auth.json cannot be read"),
+        file_text(&setup.store),
         other,
         "the other account's credentials were overwritten with this account's tokens"
     );
@@ -715,16 +616,10 @@ async fn another_account_signed_in_by_a_lock_ignoring_writer_during_the_request_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_account_signed_in_during_the_request_keeps_its_credentials_even_when_account_id_is_null(
 ) {
-    let setup = setup(3600);
+    let setup = Setup::new(IDENTITY, 3600);
     // This process's credentials, as an older installation wrote them (account_id null).
     let mine = legacy_auth_json(&setup.access, INITIAL_RT, ACCOUNT, Value::Null);
-    setup
-        .store
-        .compare_and_swap(
-            Expect::Any,
-            Some(&AuthDotJson::from_json(mine.as_bytes()).expect("the fixture parses")),
-        )
-        .expect("writing auth.json failed");
+    write_json(&setup.store, &mine);
     // Account B signs in with an older installation: account_id null too.
     let other = legacy_auth_json(
         &jwt::access_token(jwt::now_unix() + 3600, "at_b"),
@@ -734,16 +629,13 @@ async fn another_account_signed_in_during_the_request_keeps_its_credentials_even
     );
     let result = refresh_while_another_account_signs_in_without_the_lock(&setup, &other).await;
     assert_eq!(
-        std::fs::read_to_string(setup.store.path()).expect("auth.json cannot be read"),
+        file_text(&setup.store),
         other,
         "account acc-b's credentials (account only in the id token) were overwritten with \
          {ACCOUNT}'s refreshed tokens; the refresh returned {result:?}"
     );
     assert!(
-        matches!(
-            &result,
-            Err(codex_refresh::RefreshError::AccountChanged { .. })
-        ),
+        matches!(&result, Err(RefreshError::AccountChanged { .. })),
         "the refresh did not report the account change: {result:?}"
     );
 }

@@ -6,22 +6,21 @@
 //! Secrets never appear in messages: tokens are compared by fingerprint
 //! (`Secret::fingerprint`, a SHA-256 hex prefix).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
-use codex_refresh::TOKEN_URL_ENV;
-use codex_store::{AuthDotJson, Expect, Secret, Store};
-use codex_store_tests::fake_idp::{Behavior, FakeIdp};
+use codex_store::{AuthDotJson, Expect, Store};
+use codex_store_tests::cli_support::sha256_hex;
+use codex_store_tests::fake_idp::{Behavior, FakeIdp, Issued};
 use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
-use sha2::{Digest, Sha256};
+use codex_store_tests::refresh_fixtures::{
+    auth_path, expect_ready, file_sha256, fingerprint, parse_token_line, presented_fingerprints,
+    spawn_refresh_worker, Reported, WORKER_EVENT_TIMEOUT,
+};
+use codex_store_tests::worker::Worker;
+use tempfile::TempDir;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_refresh-worker");
-/// Only turns a hang into a failure; no test waits for it to elapse.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 const ACCOUNT: &str = "acc-one";
 const OTHER_ACCOUNT: &str = "acc-two";
@@ -34,162 +33,6 @@ const INITIAL_REFRESH_TOKEN: &str = "rt_processes_initial";
 /// rotates the token and rewrites auth.json within it, as soon as the request arrived. The tests
 /// check afterwards that the rotation really came first (no request succeeded).
 const IN_FLIGHT: Duration = Duration::from_secs(2);
-
-/// A `refresh-worker` child whose stdout lines arrive as events. Dropping it kills and reaps
-/// the child, so a failing test leaves no process behind.
-struct Worker {
-    name: String,
-    child: std::process::Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Worker {
-    fn spawn(subcommand: &str, home: &Path, token_url: &str) -> Worker {
-        let name = format!("refresh-worker {subcommand} #{}", next_serial());
-        let mut child = Command::new(WORKER)
-            .arg(subcommand)
-            .arg(home)
-            .env(TOKEN_URL_ENV, token_url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr_pipe, &mut text);
-            *sink.lock().unwrap_or_else(|p| p.into_inner()) = text;
-        });
-        Worker {
-            name,
-            child,
-            stdin,
-            lines,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The next stdout line; panics (naming the child and its stderr) if none comes.
-    fn line(&self, expecting: &str) -> String {
-        match self.lines.recv_timeout(EVENT_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Disconnected) => panic!(
-                "{}: exited before printing {expecting}; stderr: {}",
-                self.name,
-                self.stderr()
-            ),
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "{}: printed no {expecting} within {EVENT_TIMEOUT:?}; stderr: {}",
-                self.name,
-                self.stderr()
-            ),
-        }
-    }
-
-    /// Sends the start signal.
-    fn start(&mut self) {
-        let stdin = self.stdin.as_mut().expect("the start signal is sent once");
-        writeln!(stdin, "go")
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("{}: cannot send the start signal: {e}", self.name));
-    }
-
-    /// Waits for the child to close stdout (it printed nothing more) and reaps it.
-    fn exit(&mut self) -> ExitStatus {
-        match self.lines.recv_timeout(EVENT_TIMEOUT) {
-            Err(RecvTimeoutError::Disconnected) => {}
-            Ok(extra) => panic!("{}: unexpected extra line {extra:?}", self.name),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("{}: did not exit within {EVENT_TIMEOUT:?}", self.name)
-            }
-        }
-        self.child
-            .wait()
-            .unwrap_or_else(|e| panic!("{}: cannot reap: {e}", self.name))
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stdin = None;
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn next_serial() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static SERIAL: AtomicUsize = AtomicUsize::new(1);
-    SERIAL.fetch_add(1, Ordering::Relaxed)
-}
-
-/// What a worker reported in `token <fingerprint> generation <generation>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Reported {
-    fingerprint: String,
-    generation: String,
-}
-
-fn parse_token_line(worker: &Worker, line: &str) -> Reported {
-    let parts: Vec<&str> = line.split(' ').collect();
-    match parts.as_slice() {
-        ["token", fingerprint, "generation", generation] => Reported {
-            fingerprint: (*fingerprint).to_owned(),
-            generation: (*generation).to_owned(),
-        },
-        _ => panic!(
-            "{}: expected `token <fingerprint> generation <generation>`, got {line:?}; stderr: {}",
-            worker.name,
-            worker.stderr()
-        ),
-    }
-}
-
-fn fingerprint(token: &str) -> String {
-    Secret::new(token).fingerprint()
-}
-
-fn auth_path(home: &Path) -> PathBuf {
-    home.join("auth.json")
-}
-
-/// The SHA-256 of auth.json's bytes, as lowercase hex (what `sha256sum` prints).
-fn file_sha256(home: &Path) -> String {
-    let bytes = std::fs::read(auth_path(home))
-        .unwrap_or_else(|e| panic!("cannot read auth.json in {}: {e}", home.display()));
-    sha256_hex(&bytes)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Credentials for [`ACCOUNT`] with [`INITIAL_REFRESH_TOKEN`], the access token
 /// [`cached_access_token`] and `last_refresh` = now.
@@ -207,11 +50,14 @@ fn cached_access_token(exp: i64) -> String {
     access_token(exp, "cached")
 }
 
-/// Writes [`credentials_text`] to auth.json; returns the text written.
-fn write_credentials(home: &Path, exp: i64) -> String {
+/// The fake endpoint for [`ACCOUNT`], and a CODEX_HOME whose auth.json is
+/// [`credentials_text`]; returns the text written too.
+fn signed_in(exp: i64) -> (FakeIdp, TempDir, String) {
+    let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
+    let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
     let text = credentials_text(exp);
-    std::fs::write(auth_path(home), &text).expect("write the initial auth.json");
-    text
+    std::fs::write(auth_path(home.path()), &text).expect("write the initial auth.json");
+    (idp, home, text)
 }
 
 /// An access token that expired a minute ago: due, and no longer usable.
@@ -227,14 +73,14 @@ fn expiring_soon() -> i64 {
 
 /// Starts a `stale` worker and returns it with the generation it cached.
 fn start_stale(home: &Path, idp: &FakeIdp) -> (Worker, String) {
-    let worker = Worker::spawn("stale", home, &idp.url());
+    let worker = spawn_refresh_worker(WORKER, "stale", home, &idp.url());
     let line = worker.line("`loaded <generation>`");
     let generation = line
         .strip_prefix("loaded ")
         .unwrap_or_else(|| {
             panic!(
                 "{}: expected `loaded <generation>`, got {line:?}",
-                worker.name
+                worker.name()
             )
         })
         .to_owned();
@@ -243,26 +89,18 @@ fn start_stale(home: &Path, idp: &FakeIdp) -> (Worker, String) {
 
 /// Runs a `race` worker to completion (one `auth()`), returning what it reported.
 fn refresh_in_another_process(home: &Path, idp: &FakeIdp) -> Reported {
-    let mut a = Worker::spawn("race", home, &idp.url());
-    assert_eq!(a.line("`ready`"), "ready", "{} did not get ready", a.name);
+    let mut a = spawn_refresh_worker(WORKER, "race", home, &idp.url());
+    expect_ready(&a);
     a.start();
     let report = parse_token_line(&a, &a.line("its token"));
-    let status = a.exit();
-    assert!(
-        status.success(),
-        "{} exited with {status}; stderr: {}",
-        a.name,
-        a.stderr()
-    );
+    a.exit_successfully();
     report
 }
 
 /// Process B caches due credentials; process A refreshes them; then, with the endpoint failing
 /// or not, B asks for its credentials.
 fn stale_cache_heals(exp: i64, endpoint_fails_before_b: bool) {
-    let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
-    let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
-    write_credentials(home.path(), exp);
+    let (idp, home, _) = signed_in(exp);
     let initial = file_sha256(home.path());
 
     let (mut b, b_loaded) = start_stale(home.path(), &idp);
@@ -286,20 +124,14 @@ fn stale_cache_heals(exp: i64, endpoint_fails_before_b: bool) {
     assert_ne!(refreshed, initial, "A's refresh did not change auth.json");
 
     if endpoint_fails_before_b {
-        idp.set_behavior(Behavior::Status {
-            status: 500,
-            body: r#"{"error":{"code":"server_error"}}"#.to_owned(),
-        });
+        idp.set_behavior(Behavior::status(
+            500,
+            r#"{"error":{"code":"server_error"}}"#,
+        ));
     }
     b.start();
     let b_report = parse_token_line(&b, &b.line("its token"));
-    let status = b.exit();
-    assert!(
-        status.success(),
-        "{} exited with {status}; stderr: {}",
-        b.name,
-        b.stderr()
-    );
+    b.exit_successfully();
     assert_eq!(
         idp.requests(),
         1,
@@ -332,7 +164,7 @@ fn expect_error(worker: &mut Worker, line: &str, class: &str, message_start: &st
     assert!(
         line.starts_with(&prefix),
         "{}: expected a line starting with {prefix:?}, got {line:?}; stderr: {}",
-        worker.name,
+        worker.name(),
         worker.stderr()
     );
     let status = worker.exit();
@@ -340,15 +172,13 @@ fn expect_error(worker: &mut Worker, line: &str, class: &str, message_start: &st
         status.code(),
         Some(1),
         "{}: an error must exit 1, got {status}",
-        worker.name
+        worker.name()
     );
 }
 
 #[test]
 fn a_process_caching_one_account_refuses_the_account_that_signed_in_since_without_a_request() {
-    let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
-    let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
-    write_credentials(home.path(), expiring_soon());
+    let (idp, home, _) = signed_in(expiring_soon());
     let (mut b, _) = start_stale(home.path(), &idp);
 
     // Another account signs in, in another process, through the store.
@@ -385,9 +215,7 @@ fn a_process_caching_one_account_refuses_the_account_that_signed_in_since_withou
 
 #[test]
 fn a_process_caching_credentials_reports_a_logout_elsewhere_without_a_request() {
-    let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
-    let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
-    write_credentials(home.path(), expiring_soon());
+    let (idp, home, _) = signed_in(expiring_soon());
     let (mut b, _) = start_stale(home.path(), &idp);
 
     // Logout in another process, through the store.
@@ -413,10 +241,10 @@ fn a_process_caching_credentials_reports_a_logout_elsewhere_without_a_request() 
 fn rotate_and_write_behind_the_lock(
     home: &Path,
     idp: &FakeIdp,
-    write: impl FnOnce(&codex_store_tests::fake_idp::Issued) -> String,
+    write: impl FnOnce(&Issued) -> String,
 ) -> (String, String) {
     assert!(
-        idp.wait_for_requests(1, EVENT_TIMEOUT),
+        idp.wait_for_requests(1, WORKER_EVENT_TIMEOUT),
         "the worker's refresh request did not arrive"
     );
     let issued = idp.rotate_out_of_band();
@@ -440,19 +268,43 @@ fn assert_reused_once(idp: &FakeIdp) {
         1,
         "the worker must send exactly one request"
     );
-    let presented: Vec<String> = idp
-        .presented_refresh_tokens()
-        .iter()
-        .map(|t| fingerprint(t))
-        .collect();
     assert_eq!(
-        presented,
+        presented_fingerprints(idp),
         vec![fingerprint(INITIAL_REFRESH_TOKEN)],
         "the worker must have presented the initial refresh token (fingerprints)"
     );
 }
 
-fn out_of_band_file(issued: &codex_store_tests::fake_idp::Issued) -> String {
+/// Reads the worker's `token` line and checks the end of a lock-ignoring-writer case: the worker
+/// exited successfully after [`assert_reused_once`], ended with the out-of-band token at the
+/// generation the writer wrote (`why` otherwise), and left that file alone.
+fn assert_ended_with_the_out_of_band_token(
+    worker: &mut Worker,
+    idp: &FakeIdp,
+    home: &Path,
+    (oob_fp, written): (String, String),
+    why: &str,
+) {
+    let report = parse_token_line(worker, &worker.line("its token"));
+    let status = worker.exit();
+    assert!(status.success(), "{} exited with {status}", worker.name());
+    assert_reused_once(idp);
+    assert_eq!(
+        report,
+        Reported {
+            fingerprint: oob_fp,
+            generation: written.clone()
+        },
+        "{why}"
+    );
+    assert_eq!(
+        file_sha256(home),
+        written,
+        "the worker must not overwrite the lock-ignoring writer's live tokens"
+    );
+}
+
+fn out_of_band_file(issued: &Issued) -> String {
     auth_json(
         &issued.access_token,
         &issued.refresh_token,
@@ -463,98 +315,61 @@ fn out_of_band_file(issued: &codex_store_tests::fake_idp::Issued) -> String {
 
 #[test]
 fn a_refresh_answered_reused_adopts_the_token_a_lock_ignoring_writer_stored_meanwhile() {
-    let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
+    let (idp, home, _) = signed_in(expired());
     idp.set_delay(IN_FLIGHT);
-    let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
-    write_credentials(home.path(), expired());
-    let mut worker = Worker::spawn("refresh", home.path(), &idp.url());
+    let mut worker = spawn_refresh_worker(WORKER, "refresh", home.path(), &idp.url());
     let loaded = worker.line("`loaded <generation>`");
     assert!(
         loaded.starts_with("loaded "),
         "{}: unexpected first line {loaded:?}",
-        worker.name
+        worker.name()
     );
     worker.start();
-    let (oob_fp, written) = rotate_and_write_behind_the_lock(home.path(), &idp, out_of_band_file);
+    let out_of_band = rotate_and_write_behind_the_lock(home.path(), &idp, out_of_band_file);
 
     let outcome = worker.line("its outcome");
     assert_eq!(
         outcome,
         "outcome AdoptedFromDisk",
         "{}: a reused token with newer tokens on disk must be adopted; stderr: {}",
-        worker.name,
+        worker.name(),
         worker.stderr()
     );
-    let report = parse_token_line(&worker, &worker.line("its token"));
-    let status = worker.exit();
-    assert!(status.success(), "{} exited with {status}", worker.name);
-    assert_reused_once(&idp);
-    assert_eq!(
-        report,
-        Reported {
-            fingerprint: oob_fp,
-            generation: written.clone()
-        },
+    assert_ended_with_the_out_of_band_token(
+        &mut worker,
+        &idp,
+        home.path(),
+        out_of_band,
         "the worker must end with the out-of-band token, at the generation the writer wrote \
-         (fingerprints)"
-    );
-    assert_eq!(
-        file_sha256(home.path()),
-        written,
-        "the worker must not overwrite the lock-ignoring writer's live tokens"
+         (fingerprints)",
     );
 }
 
 #[test]
 fn auth_returns_the_lock_ignoring_writers_token_when_its_own_refresh_token_was_reused() {
-    let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
+    let (idp, home, _) = signed_in(expired());
     idp.set_delay(IN_FLIGHT);
-    let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
-    write_credentials(home.path(), expired());
-    let mut worker = Worker::spawn("race", home.path(), &idp.url());
-    assert_eq!(
-        worker.line("`ready`"),
-        "ready",
-        "{} did not get ready",
-        worker.name
-    );
+    let mut worker = spawn_refresh_worker(WORKER, "race", home.path(), &idp.url());
+    expect_ready(&worker);
     worker.start();
-    let (oob_fp, written) = rotate_and_write_behind_the_lock(home.path(), &idp, out_of_band_file);
+    let out_of_band = rotate_and_write_behind_the_lock(home.path(), &idp, out_of_band_file);
 
-    let line = worker.line("its token");
-    let report = parse_token_line(&worker, &line);
-    let status = worker.exit();
-    assert!(status.success(), "{} exited with {status}", worker.name);
-    assert_reused_once(&idp);
-    assert_eq!(
-        report,
-        Reported {
-            fingerprint: oob_fp,
-            generation: written.clone()
-        },
-        "auth() must return the out-of-band token (fingerprints)"
-    );
-    assert_eq!(
-        file_sha256(home.path()),
-        written,
-        "the worker must not overwrite the lock-ignoring writer's live tokens"
+    assert_ended_with_the_out_of_band_token(
+        &mut worker,
+        &idp,
+        home.path(),
+        out_of_band,
+        "auth() must return the out-of-band token (fingerprints)",
     );
 }
 
 #[test]
 fn a_reused_answer_is_an_error_when_a_rewrite_meanwhile_kept_the_dead_refresh_token() {
-    let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
-    idp.set_delay(IN_FLIGHT);
-    let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
     let exp = expired();
-    let initial = write_credentials(home.path(), exp);
-    let mut worker = Worker::spawn("race", home.path(), &idp.url());
-    assert_eq!(
-        worker.line("`ready`"),
-        "ready",
-        "{} did not get ready",
-        worker.name
-    );
+    let (idp, home, initial) = signed_in(exp);
+    idp.set_delay(IN_FLIGHT);
+    let mut worker = spawn_refresh_worker(WORKER, "race", home.path(), &idp.url());
+    expect_ready(&worker);
     worker.start();
     // Someone elsewhere redeems the token and keeps the new ones; meanwhile a lock-ignoring
     // writer rewrites auth.json with the same (now dead) tokens and a new last_refresh.

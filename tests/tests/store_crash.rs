@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use codex_store::{AuthDotJson, Expect, Store, StoreOptions, TEMP_PREFIX};
 use codex_store_tests::store_fixtures::{
-    counter_of, parse_committed, snapshot_counter, with_counter, Worker, XorShift, EVENT_TIMEOUT,
+    counter_of, parse_committed, snapshot_counter, with_counter, XorShift,
 };
+use codex_store_tests::worker::{Worker, EVENT_TIMEOUT};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 const KILLS: u32 = 200;

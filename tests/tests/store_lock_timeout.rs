@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use codex_store::{Store, StoreError, StoreOptions, LOCK_TIMEOUT_ENV};
-use codex_store_tests::store_fixtures::{Worker, EVENT_TIMEOUT};
+use codex_store_tests::worker::{Worker, EVENT_TIMEOUT};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 /// `store-worker try-lock` exits with this code on a lock timeout.
