@@ -60,6 +60,8 @@
 //!   following it would put the lock and the temp file beside the wrong file, and a planted link
 //!   would redirect credentials. A hard-linked `auth.json` (link count above 1) is not written:
 //!   [`StoreError::HardLinked`].
+//! - An `auth.json` that is not a regular file (a FIFO, a device) is refused with
+//!   [`StoreError::NotARegularFile`]; it is opened non-blocking, so nothing hangs on it.
 //! - Temp files (prefix [`TEMP_PREFIX`]) left by a crashed writer are swept under the lock by the
 //!   next transaction or compare-and-swap.
 //!
