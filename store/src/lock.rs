@@ -56,6 +56,7 @@ pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, 
         .checked_add(options.lock_timeout)
         .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
     let mut noticed = false;
+    let mut retries = 0u32;
     loop {
         let file = open_lock_file(path, true)
             .map_err(|e| StoreError::io("open the lock file", path, e))?;
@@ -77,14 +78,28 @@ pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, 
         if same_inode(&file, path) {
             return Ok(LockGuard { _file: file });
         }
-        // The lock file was deleted or replaced while we waited: our lock guards nothing.
-        if Instant::now() >= deadline {
-            return Err(StoreError::LockTimeout {
-                path: path.to_path_buf(),
-                waited: start.elapsed(),
-            });
+        // The lock file was deleted or replaced while we waited: our lock guards nothing. Back
+        // off (with jitter, so that racing processes do not re-open in step) and start again.
+        drop(file);
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timeout(path, start));
         }
+        retries += 1;
+        std::thread::sleep(jittered_backoff(retries).min(deadline - now));
     }
+}
+
+/// 100 us doubling per retry up to 10 ms, scaled by a factor in [0.5, 1.5) drawn from the clock
+/// and the process id (no random-number dependency needed for spreading retries).
+fn jittered_backoff(retries: u32) -> Duration {
+    let base = Duration::from_micros(100) * 2u32.saturating_pow(retries.min(7));
+    let base = base.min(Duration::from_millis(10));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mix = (nanos ^ std::process::id().wrapping_mul(0x9e37_79b9)) % 1000;
+    base.mul_f64(0.5 + f64::from(mix) / 1000.0)
 }
 
 fn wait_in_kernel(

@@ -179,3 +179,41 @@ fn lock_held_is_true_while_another_process_holds_the_lock_and_a_transaction_succ
         "lock_held is still true after the transaction was dropped"
     );
 }
+
+#[test]
+fn a_waiter_whose_lock_file_was_replaced_meanwhile_locks_the_new_file_instead_of_going_on() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut first = hold_lock(home.path());
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel::<()>();
+    let waiting_tx = Mutex::new(waiting_tx);
+    let store = Store::with_options(
+        home.path(),
+        StoreOptions {
+            lock_timeout: Duration::from_millis(1500),
+            notice_after: Duration::from_millis(20),
+            on_wait: Some(Arc::new(move |_: &std::path::Path, _| {
+                let _ = waiting_tx.lock().expect("notice channel").send(());
+            })),
+        },
+    )
+    .expect("open the store");
+    let lock_path = store.lock_path().to_path_buf();
+    let waiter = std::thread::spawn(move || store.transaction().map(drop));
+    // The waiter has opened the old lock file and waits on it.
+    waiting_rx
+        .recv_timeout(EVENT_TIMEOUT)
+        .expect("the waiter never reported that it waits for the lock");
+    // Someone replaces the lock file, and a second process holds the new one.
+    std::fs::remove_file(&lock_path).expect("remove the lock file");
+    let _second = hold_lock(home.path());
+    first.close_stdin();
+    first.expect_line("released");
+    match waiter.join().expect("the waiting thread panicked") {
+        Err(StoreError::LockTimeout { .. }) => {}
+        Ok(()) => panic!(
+            "the waiter went on holding a lock on a deleted file while another process held the \
+             lock file"
+        ),
+        Err(e) => panic!("expected a lock timeout while the new lock file is held, got {e}"),
+    }
+}
