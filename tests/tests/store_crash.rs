@@ -82,6 +82,8 @@ fn a_writer_killed_at_random_moments_leaves_a_committed_document_a_free_lock_and
             rng.below(MAX_JITTER_US)
         };
         if jitter > 0 {
+            // Only moves the kill to a random moment (often inside a commit); no check depends
+            // on where it lands: every assertion below holds for any kill moment.
             std::thread::sleep(Duration::from_micros(jitter));
         }
         if commits == 0 && jitter == 0 {
