@@ -24,11 +24,11 @@ pub(crate) struct LockGuard {
 }
 
 /// Opens (creating 0600 if needed) the lock file without following a symlink.
-fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
+fn open_lock_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create(create)
+        .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
@@ -58,8 +58,8 @@ pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, 
     let mut noticed = false;
     let mut retries = 0u32;
     loop {
-        let file = open_lock_file(path, true)
-            .map_err(|e| StoreError::io("open the lock file", path, e))?;
+        let file =
+            open_lock_file(path).map_err(|e| StoreError::io("open the lock file", path, e))?;
         let mut rw = fd_lock::RwLock::new(file);
         let acquired = match rw.try_write() {
             Ok(guard) => {
