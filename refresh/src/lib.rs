@@ -73,9 +73,11 @@
 //! - The lock is held for the whole request (bounded by [`RefreshConfig::http_timeout`]); other
 //!   processes wait up to [`RefreshConfig::lock_timeout`].
 //! - If the new tokens cannot be written after a successful request (disk full, an I/O error),
-//!   they are kept in this process's memory and the error is returned; the file still holds the
-//!   redeemed token, which other processes will be refused. What can be checked beforehand
-//!   (a symlinked or hard-linked file) is checked before the request is sent.
+//!   the error is returned and they are kept in this process's memory; the next `auth()` or
+//!   `refresh()` writes them first, if the file is still what they replace. Until then the file
+//!   holds the redeemed token, which other processes will be refused, and a process that exits
+//!   first loses them. What can be checked beforehand (a symlinked or hard-linked file) is
+//!   checked before the request is sent.
 //! - JWT signatures are not checked: the claims are read for display and for the account
 //!   comparison only.
 //!

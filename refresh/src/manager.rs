@@ -1,5 +1,6 @@
 //! [`AuthManager`]: the cached credentials, refreshed through the guarded protocol.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -28,6 +29,11 @@ pub(crate) struct Inner {
     /// `min_retry_interval` share it instead of sending another request.
     last_transient: Mutex<Option<(Instant, RefreshError)>>,
     pub(crate) host: Mutex<Option<HostState>>,
+    /// New credentials the endpoint issued but that could not be written (disk full, I/O
+    /// error), with the generation they replace: written first by the next attempt.
+    unsaved: Mutex<Option<(Generation, AuthDotJson)>>,
+    /// Whether `unsaved` holds something: read on the fast path without a lock.
+    has_unsaved: AtomicBool,
 }
 
 impl Inner {
@@ -45,6 +51,23 @@ impl Inner {
             Some((g, e)) if *g == generation => e.remembered(),
             _ => None,
         }
+    }
+
+    /// Keeps credentials that could not be written, to be written by the next attempt.
+    pub(crate) fn keep_unsaved(&self, base: Generation, doc: AuthDotJson) {
+        *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some((base, doc));
+        self.has_unsaved.store(true, Ordering::Release);
+    }
+
+    /// Takes the credentials that could not be written, if any.
+    pub(crate) fn take_unsaved(&self) -> Option<(Generation, AuthDotJson)> {
+        let taken = self
+            .unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.has_unsaved.store(false, Ordering::Release);
+        taken
     }
 
     /// Remembers `error` for `generation` when it is permanent; returns it.
@@ -131,6 +154,8 @@ impl AuthManager {
                 failure: Mutex::new(None),
                 last_transient: Mutex::new(None),
                 host: Mutex::new(None),
+                unsaved: Mutex::new(None),
+                has_unsaved: AtomicBool::new(false),
             }),
         };
         manager.reload()?;
@@ -160,7 +185,9 @@ impl AuthManager {
     pub async fn auth(&self) -> Result<Arc<CodexAuth>, RefreshError> {
         let cached = self.inner.cached();
         if let Some(auth) = &cached {
-            if !auth.is_due(SystemTime::now(), &self.inner.config) {
+            if !auth.is_due(SystemTime::now(), &self.inner.config)
+                && !self.inner.has_unsaved.load(Ordering::Acquire)
+            {
                 return Ok(auth.clone());
             }
         }
@@ -178,7 +205,9 @@ impl AuthManager {
                 path: self.inner.store.path().to_path_buf(),
             })?,
         };
-        if !cached.is_due(SystemTime::now(), &self.inner.config) {
+        if !cached.is_due(SystemTime::now(), &self.inner.config)
+            && !self.inner.has_unsaved.load(Ordering::Acquire)
+        {
             return Ok(cached);
         }
         if cached.is_usable(SystemTime::now()) && self.inner.recent_transient().is_some() {

@@ -78,6 +78,9 @@ pub(crate) async fn guarded_refresh(
     known: Known,
     force: bool,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
+    if let Some(saved) = save_unsaved(&inner).await? {
+        return Ok((RefreshOutcome::Refreshed, saved));
+    }
     let store = inner.store.clone();
     let tx: Transaction = blocking(move || store.transaction()).await?;
     let snap = tx.snapshot().clone();
@@ -219,6 +222,41 @@ async fn persist(
             if let Ok(Some(auth)) = CodexAuth::from_document(&refreshed, read_at) {
                 inner.set_cache(Some(Arc::new(auth)));
             }
+            inner.keep_unsaved(read_at, refreshed);
+            Err(e)
+        }
+    }
+}
+
+/// Writes credentials an earlier attempt obtained but could not write, if the file is still
+/// what they replace. If someone else wrote since, what is on disk wins and they are dropped.
+async fn save_unsaved(inner: &Inner) -> Result<Option<Arc<CodexAuth>>, RefreshError> {
+    let Some((base, doc)) = inner.take_unsaved() else {
+        return Ok(None);
+    };
+    let store = inner.store.clone();
+    let attempt = doc.clone();
+    let saved = blocking(move || {
+        let tx = store.transaction()?;
+        if tx.snapshot().generation() != base {
+            return Ok(None);
+        }
+        tx.commit(Some(&attempt)).map(Some)
+    })
+    .await;
+    match saved {
+        Ok(Some(generation)) => {
+            tracing::info!(generation = %generation, "stored the tokens an earlier write failed to store");
+            Ok(CodexAuth::from_document(&doc, generation)?.map(Arc::new))
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "auth.json changed since the failed write; the unsaved tokens are dropped"
+            );
+            Ok(None)
+        }
+        Err(e) => {
+            inner.keep_unsaved(base, doc);
             Err(e)
         }
     }

@@ -86,3 +86,75 @@ async fn an_id_token_from_the_endpoint_that_does_not_decode_keeps_the_old_one_an
         "the undecodable id token reached the file"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_that_could_not_be_written_are_written_by_the_next_call_without_a_second_request() {
+    let setup = Setup::new(IDENTITY, -60);
+    setup.fake.set_delay(std::time::Duration::from_millis(300));
+    let manager = manager(&setup.store, config(setup.fake.url()));
+    let path = setup.store.path().to_path_buf();
+    let aside = setup.home.path().join("auth.json.aside");
+    let original = std::fs::read(&path).expect("read auth.json");
+
+    let refreshing = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    // While the request is in flight, auth.json becomes something that cannot be written.
+    let seen = tokio::task::block_in_place(|| {
+        setup
+            .fake
+            .wait_for_requests(1, std::time::Duration::from_secs(10))
+    });
+    assert!(seen, "the refresh request never reached the endpoint");
+    std::fs::rename(&path, &aside).expect("move auth.json aside");
+    let c_path = std::ffi::CString::new(path.to_str().expect("UTF-8 temp path")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) },
+        0,
+        "mkfifo failed"
+    );
+
+    let err = refreshing
+        .await
+        .expect("the refresh task panicked")
+        .expect_err("the refresh reported success although nothing could be written");
+    assert!(
+        matches!(err, RefreshError::Store(StoreError::NotARegularFile { .. })),
+        "expected the write to fail on the FIFO, got {err}"
+    );
+    assert_eq!(
+        setup.fake.successes(),
+        1,
+        "the endpoint did not rotate the token"
+    );
+
+    // The file comes back as it was: the next call writes the kept tokens, with no new request.
+    std::fs::remove_file(&path).expect("remove the FIFO");
+    std::fs::rename(&aside, &path).expect("move auth.json back");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        original,
+        "the restored file differs"
+    );
+    manager
+        .auth()
+        .await
+        .expect("the next call could not use the kept tokens");
+    let doc = setup
+        .store
+        .load()
+        .expect("auth.json does not load")
+        .into_auth()
+        .expect("auth.json disappeared");
+    assert_eq!(
+        doc.tokens
+            .expect("tokens disappeared")
+            .refresh_token
+            .expose(),
+        setup.fake.current_refresh_token(),
+        "the live refresh token was not written to auth.json"
+    );
+    assert_eq!(setup.fake.requests(), 1, "a second request was sent");
+}
