@@ -12,7 +12,9 @@ use crate::client::TokenClient;
 use crate::config::RefreshConfig;
 use crate::error::RefreshError;
 use crate::external::HostState;
-use crate::protocol::{guarded_refresh, Known, RefreshOutcome};
+use crate::protocol::{
+    auth_from_snapshot, blocking, check_disk, guarded_refresh, Known, RefreshOutcome,
+};
 use crate::recovery::UnauthorizedRecovery;
 
 /// Shared state of a manager and of the refresh tasks it spawns.
@@ -104,6 +106,12 @@ impl Inner {
         };
     }
 
+    /// Whether cached credentials can be handed out as they are: not due, and no unsaved
+    /// credentials waiting to be written. Memory only (an atomic load, `now` from the vDSO).
+    fn ready(&self, auth: &CodexAuth) -> bool {
+        !auth.is_due(SystemTime::now(), &self.config) && !self.has_unsaved.load(Ordering::Acquire)
+    }
+
     fn known(&self) -> Known {
         let cached = self.cached();
         Known {
@@ -184,12 +192,8 @@ impl AuthManager {
     /// returned while they are still valid; a permanent one is returned as an error.
     pub async fn auth(&self) -> Result<Arc<CodexAuth>, RefreshError> {
         let cached = self.inner.cached();
-        if let Some(auth) = &cached {
-            if !auth.is_due(SystemTime::now(), &self.inner.config)
-                && !self.inner.has_unsaved.load(Ordering::Acquire)
-            {
-                return Ok(auth.clone());
-            }
+        if let Some(auth) = cached.as_ref().filter(|a| self.inner.ready(a)) {
+            return Ok(auth.clone());
         }
         self.auth_slow(cached).await
     }
@@ -205,9 +209,7 @@ impl AuthManager {
                 path: self.inner.store.path().to_path_buf(),
             })?,
         };
-        if !cached.is_due(SystemTime::now(), &self.inner.config)
-            && !self.inner.has_unsaved.load(Ordering::Acquire)
-        {
+        if self.inner.ready(&cached) {
             return Ok(cached);
         }
         if cached.is_usable(SystemTime::now()) && self.inner.recent_transient().is_some() {
@@ -293,14 +295,7 @@ impl AuthManager {
             return Ok(Some(auth));
         }
         let snap = self.inner.store.load()?;
-        let auth = match snap.auth() {
-            Some(doc) => CodexAuth::from_document(doc, snap.generation())?,
-            None => None,
-        };
-        if let Some(auth) = &auth {
-            auth.check_workspace(&self.inner.config)?;
-        }
-        let auth = auth.map(Arc::new);
+        let auth = auth_from_snapshot(&snap, &self.inner.config)?.map(Arc::new);
         self.inner.set_cache(auth.clone());
         Ok(auth)
     }
@@ -309,11 +304,7 @@ impl AuthManager {
     /// tokens included. Returns whether there was a file.
     pub async fn logout(&self) -> Result<bool, RefreshError> {
         let backend = FileBackend::from_store(self.inner.store.clone());
-        let existed = tokio::task::spawn_blocking(move || backend.delete())
-            .await
-            .map_err(|e| RefreshError::TaskFailed {
-                message: format!("the logout task failed: {e}"),
-            })??;
+        let existed = blocking(move || backend.delete()).await?;
         *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.set_cache(None);
         Ok(existed)
@@ -328,13 +319,8 @@ impl AuthManager {
         };
         let store = self.inner.store.clone();
         let to_write = doc.clone();
-        let generation = tokio::task::spawn_blocking(move || {
-            store.compare_and_swap(Expect::Any, Some(&to_write))
-        })
-        .await
-        .map_err(|e| RefreshError::TaskFailed {
-            message: format!("the login task failed: {e}"),
-        })??;
+        let generation =
+            blocking(move || store.compare_and_swap(Expect::Any, Some(&to_write))).await?;
         let auth = CodexAuth::from_document(&doc, generation)?.map(Arc::new);
         *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.set_cache(auth.clone());
@@ -361,32 +347,11 @@ impl AuthManager {
         let _gate = inner.gate.lock().await;
         let known = inner.known();
         let store = inner.store.clone();
-        let snap = tokio::task::spawn_blocking(move || {
-            store.transaction().map(|tx| tx.snapshot().clone())
-        })
-        .await
-        .map_err(|e| RefreshError::TaskFailed {
-            message: format!("the reload task failed: {e}"),
-        })??;
+        let snap = blocking(move || store.transaction().map(|tx| tx.snapshot().clone())).await?;
         if Some(snap.generation()) == known.generation {
             return Ok(false);
         }
-        let disk = match snap.auth() {
-            Some(doc) => CodexAuth::from_document(doc, snap.generation())?,
-            None => None,
-        };
-        let Some(disk) = disk else {
-            return Err(RefreshError::LoggedOut {
-                path: inner.store.path().to_path_buf(),
-            });
-        };
-        if known.account_id.is_some() && disk.account_id() != known.account_id.as_deref() {
-            return Err(RefreshError::AccountChanged {
-                expected: known.account_id.unwrap_or_default(),
-                found: disk.account_id().unwrap_or("<none>").to_owned(),
-            });
-        }
-        disk.check_workspace(&inner.config)?;
+        let disk = check_disk(&inner, &known, &snap)?;
         inner.set_cache(Some(Arc::new(disk)));
         Ok(true)
     }

@@ -30,16 +30,15 @@ pub(crate) struct Known {
     pub(crate) had_credentials: bool,
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs a blocking store operation off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, RefreshError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result.map_err(RefreshError::from),
-        Err(e) => Err(RefreshError::from(StoreError::Io {
-            action: "run a blocking store operation for",
-            path: "auth.json".into(),
-            source: std::io::Error::other(e.to_string()),
-        })),
+        Err(e) => Err(RefreshError::TaskFailed {
+            message: format!("a blocking store operation failed: {e}"),
+        }),
     }
 }
 
@@ -52,13 +51,29 @@ fn signed_out(inner: &Inner, known: &Known) -> RefreshError {
     }
 }
 
-/// Checks the snapshot read under the lock against what the caller knew.
-fn check_disk(inner: &Inner, known: &Known, snap: &Snapshot) -> Result<CodexAuth, RefreshError> {
-    let disk = match snap.auth() {
-        Some(doc) => CodexAuth::from_document(doc, snap.generation())?,
-        None => None,
+/// The credentials of a snapshot, refused when their workspace is not allowed; `None` when
+/// signed out.
+pub(crate) fn auth_from_snapshot(
+    snap: &Snapshot,
+    config: &crate::RefreshConfig,
+) -> Result<Option<CodexAuth>, RefreshError> {
+    let Some(doc) = snap.auth() else {
+        return Ok(None);
     };
-    let disk = disk.ok_or_else(|| signed_out(inner, known))?;
+    let auth = CodexAuth::from_document(doc, snap.generation())?;
+    if let Some(auth) = &auth {
+        auth.check_workspace(config)?;
+    }
+    Ok(auth)
+}
+
+/// Checks the snapshot read under the lock against what the caller knew.
+pub(crate) fn check_disk(
+    inner: &Inner,
+    known: &Known,
+    snap: &Snapshot,
+) -> Result<CodexAuth, RefreshError> {
+    let disk = auth_from_snapshot(snap, &inner.config)?.ok_or_else(|| signed_out(inner, known))?;
     if let Some(expected) = &known.account_id {
         if disk.account_id() != Some(expected.as_str()) {
             return Err(RefreshError::AccountChanged {
@@ -67,7 +82,6 @@ fn check_disk(inner: &Inner, known: &Known, snap: &Snapshot) -> Result<CodexAuth
             });
         }
     }
-    disk.check_workspace(&inner.config)?;
     Ok(disk)
 }
 
