@@ -44,6 +44,10 @@ fn class_code(class: ErrorClass) -> (u8, Option<&'static str>) {
             6,
             Some("run `codex-store inspect` to see what is wrong; `codex-store logout` removes the file"),
         ),
+        ErrorClass::UnsupportedMode => (
+            7,
+            Some("codex-store serves `chatgpt` tokens and `apikey` keys; get this mode's credentials from `codex` itself"),
+        ),
         ErrorClass::Other => (1, None),
     }
 }

@@ -22,7 +22,9 @@ Exit codes:
   3  sign-in required: no credentials, permanent refresh failure, account changed or logged out
   4  transient refresh failure: nothing was changed, try again later
   5  timed out waiting for the lock
-  6  auth.json is corrupt (commands other than `inspect`)";
+  6  auth.json is corrupt (commands other than `inspect`)
+  7  auth.json holds credentials of a mode codex-store does not serve (Bedrock, personal
+     access token, ...): use `codex` itself";
 
 /// Inspect and use Codex's auth.json safely: every access takes the store's lock, every write
 /// is atomic and durable, every refresh runs the guarded protocol.

@@ -122,6 +122,8 @@ pub fn classify(status: u16, body: &[u8]) -> RefreshError {
         Some("refresh_token_expired") => PermanentReason::Expired,
         Some("refresh_token_reused") => PermanentReason::Reused,
         Some("refresh_token_invalidated") => PermanentReason::Invalidated,
+        // The standard OAuth answer for a dead refresh token.
+        Some("invalid_grant") if status == 400 => PermanentReason::Unauthorized { code },
         _ if status == 401 => PermanentReason::Unauthorized { code },
         _ => {
             return RefreshError::Transient {

@@ -25,9 +25,13 @@ pub struct RefreshConfig {
     pub client_id: String,
     /// The longest a refresh request may take. Default: 30 s.
     pub http_timeout: Duration,
-    /// The longest wait for the store's lock; longer than `http_timeout`, because the holder may
-    /// be mid-request. Default: `http_timeout` + 15 s.
+    /// The longest wait for the refresh lock (`auth.json.refresh.lock`), which another
+    /// codex-store process holds across its request: longer than `http_timeout`. Default:
+    /// `http_timeout` + 15 s. (The write locks are waited for as the store's options say.)
     pub lock_timeout: Duration,
+    /// After `refresh_token_reused`, how long to watch auth.json for the rotation the refusal
+    /// means (another process's answer landing late) before reporting it. Default: 8 s.
+    pub reuse_wait: Duration,
     /// Refresh when the access token expires within this window. Default: 5 minutes.
     pub refresh_window: Duration,
     /// When the access token has no readable `exp`: refresh when `last_refresh` is older than
@@ -53,6 +57,7 @@ impl Default for RefreshConfig {
             client_id: CLIENT_ID.to_owned(),
             http_timeout,
             lock_timeout: http_timeout + Duration::from_secs(15),
+            reuse_wait: Duration::from_secs(8),
             refresh_window: Duration::from_secs(5 * 60),
             max_token_age: Duration::from_secs(8 * 24 * 3600),
             min_retry_interval: Duration::from_secs(10),

@@ -40,6 +40,33 @@ impl std::fmt::Display for PermanentReason {
     }
 }
 
+impl PermanentReason {
+    /// The endpoint's error code for this reason (`refresh_token_expired`, ...; `http_401` for
+    /// a 401 without a code), as the journal records it.
+    pub fn code(&self) -> String {
+        match self {
+            PermanentReason::Expired => "refresh_token_expired".into(),
+            PermanentReason::Reused => "refresh_token_reused".into(),
+            PermanentReason::Invalidated => "refresh_token_invalidated".into(),
+            PermanentReason::Unauthorized { code: Some(code) } => code.clone(),
+            PermanentReason::Unauthorized { code: None } => "http_401".into(),
+        }
+    }
+
+    /// The reason for a code recorded by [`PermanentReason::code`].
+    pub fn from_code(code: &str) -> Self {
+        match code {
+            "refresh_token_expired" => PermanentReason::Expired,
+            "refresh_token_reused" => PermanentReason::Reused,
+            "refresh_token_invalidated" => PermanentReason::Invalidated,
+            "http_401" | "" => PermanentReason::Unauthorized { code: None },
+            other => PermanentReason::Unauthorized {
+                code: Some(other.to_owned()),
+            },
+        }
+    }
+}
+
 /// Why a refresh failed for now; the stored credentials were not touched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransientReason {
@@ -77,6 +104,9 @@ pub enum ErrorClass {
     LockTimeout,
     /// auth.json is corrupt.
     Corrupt,
+    /// The credentials are of a mode this crate does not serve (Bedrock, personal access
+    /// tokens, ...): use the tool that wrote them.
+    UnsupportedMode,
     /// Anything else (I/O, permissions, configuration).
     Other,
 }
@@ -141,7 +171,10 @@ pub enum RefreshError {
         reason: String,
     },
     /// The credentials are of a mode this crate does not handle.
-    #[error("auth mode `{mode}` is not supported by codex-refresh; use the tool that wrote it")]
+    #[error(
+        "auth.json holds credentials of auth mode `{mode}`, which codex-store does not serve \
+         (it serves `chatgpt` tokens and `apikey` keys); use the tool that wrote them (`codex`)"
+    )]
     UnsupportedMode {
         /// The mode.
         mode: String,
@@ -190,6 +223,7 @@ impl RefreshError {
             | RefreshError::HostRefreshFailed { .. } => ErrorClass::Transient,
             RefreshError::Store(StoreError::LockTimeout { .. }) => ErrorClass::LockTimeout,
             RefreshError::Store(StoreError::Corrupt { .. }) => ErrorClass::Corrupt,
+            RefreshError::UnsupportedMode { .. } => ErrorClass::UnsupportedMode,
             _ => ErrorClass::Other,
         }
     }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use codex_store::backend::FileBackend;
-use codex_store::{AuthDotJson, AuthMode, Expect, Generation, Secret, Store, StoreOptions};
+use codex_store::{AuthDotJson, AuthMode, Expect, Generation, Secret, Store, StoreError};
 
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenClient;
@@ -144,13 +144,12 @@ impl std::fmt::Debug for AuthManager {
 
 impl AuthManager {
     /// A manager over `store`, loading the current credentials (none is fine: signed out).
-    /// The store is used with `config.lock_timeout`.
+    /// First installs what a crashed refresh left in a rotation file, unless a refresh is
+    /// running.
     pub fn new(store: Store, config: RefreshConfig) -> Result<Self, RefreshError> {
-        let options = StoreOptions {
-            lock_timeout: config.lock_timeout,
-            ..store.options().clone()
-        };
-        let store = store.with_store_options(options);
+        if let Err(e) = store.recover() {
+            tracing::warn!(error = %e, "a crashed refresh's tokens could not be installed yet");
+        }
         let client = TokenClient::new(&config.token_url, &config.client_id, config.http_timeout)?;
         let manager = AuthManager {
             inner: Arc::new(Inner {
@@ -270,12 +269,16 @@ impl AuthManager {
                     .await
                     .map(|_| RefreshOutcome::Refreshed)
             } else {
-                guarded_refresh(inner.clone(), inner.known(), force)
-                    .await
-                    .map(|(outcome, auth)| {
-                        inner.set_cache(Some(auth));
-                        outcome
-                    })
+                let mut result = guarded_refresh(inner.clone(), inner.known(), force).await;
+                if matches!(result, Err(RefreshError::Store(StoreError::Unsaved { .. }))) {
+                    // The new tokens are only in memory: one more try, through another file,
+                    // before giving up (a one-shot command exits after this).
+                    result = guarded_refresh(inner.clone(), inner.known(), false).await;
+                }
+                result.map(|(outcome, auth)| {
+                    inner.set_cache(Some(auth));
+                    outcome
+                })
             };
             inner.note_attempt(&result);
             result

@@ -1,11 +1,14 @@
-//! The guarded refresh, run under the store's exclusive lock:
-//! lock -> re-read -> compare account -> refresh only if still unchanged and still due ->
-//! persist by compare-and-swap -> unlock.
+//! The guarded refresh: refresh lock -> re-read -> compare account -> refresh only if still
+//! unchanged and still due (the save reserved first) -> persist by compare-and-swap under the
+//! write locks -> unlock.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use codex_store::{AuthDotJson, Generation, Snapshot, StoreError, Timestamp, Transaction};
+use codex_store::{
+    AuthDotJson, Durability, Generation, JournalEvent, JournalRecord, Reserved, Rotation,
+    SaveOutcome, Snapshot, StoreError, Timestamp,
+};
 
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenAnswer;
@@ -87,17 +90,23 @@ pub(crate) fn check_disk(
 
 /// Runs the protocol once. `force`: refresh even when the tokens on disk are not due (an
 /// explicit refresh, or the 401 recovery), unless another process already refreshed.
+///
+/// Single flight across processes is the refresh lock ([`codex_store::Rotation`]), held across
+/// the request; the write locks (`auth.lock`, `auth.json.lock`, shared with Codex) are taken only
+/// by the save, for milliseconds, so that no Codex process waiting for them gives up.
 pub(crate) async fn guarded_refresh(
     inner: Arc<Inner>,
     known: Known,
     force: bool,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
+    let store = inner.store.clone();
+    let wait = inner.config.lock_timeout;
+    let rotation: Rotation = blocking(move || store.begin_rotation(wait)).await?;
+    // Under the refresh lock, after the recovery: tokens this process could not write before.
     if let Some(saved) = save_unsaved(&inner).await? {
         return Ok((RefreshOutcome::Refreshed, saved));
     }
-    let store = inner.store.clone();
-    let tx: Transaction = blocking(move || store.transaction()).await?;
-    let snap = tx.snapshot().clone();
+    let snap = rotation.snapshot().clone();
     let disk = check_disk(&inner, &known, &snap)?;
     let generation = snap.generation();
     let now = SystemTime::now();
@@ -114,53 +123,91 @@ pub(crate) async fn guarded_refresh(
     if let Some(remembered) = inner.remembered_failure(generation) {
         return Err(remembered);
     }
+    // Another process was refused this very token: do not send it again.
+    if let Some(refusal) = rotation.refusal() {
+        drop(rotation);
+        let reason = PermanentReason::from_code(refusal.code.as_deref().unwrap_or(""));
+        tracing::info!(code = ?refusal.code, "another process was refused this refresh token; not sending it again");
+        if reason == PermanentReason::Reused {
+            return await_rotation(&inner, &known, &snap, refusal.time()).await;
+        }
+        return Err(inner.remember_failure(generation, RefreshError::Permanent { reason }));
+    }
     let doc = snap.auth().cloned().unwrap_or_default();
-    let Some(tokens) = &doc.tokens else {
+    let Some(refresh_token) = doc.tokens.as_ref().map(|t| t.refresh_token.clone()) else {
         return Err(signed_out(&inner, &known));
     };
-    // A commit that cannot happen must be found before the token is redeemed, or the rotated
-    // token would be lost.
-    tx.check_writable()?;
-    tracing::debug!(generation = %generation, "refreshing tokens under the store lock");
-    match inner.client.refresh(&tokens.refresh_token).await {
-        Ok(answer) => {
-            let (new_doc, new_gen) = persist(&inner, tx, doc, answer).await?;
-            let auth = CodexAuth::from_document(&new_doc, new_gen)?
-                .ok_or_else(|| signed_out(&inner, &known))?;
-            tracing::info!(generation = %new_gen, "tokens refreshed");
-            Ok((RefreshOutcome::Refreshed, Arc::new(auth)))
-        }
-        Err(RefreshError::Permanent {
-            reason: PermanentReason::Reused,
-        }) => {
-            // A writer that ignores the lock may have rotated the token: adopt what it wrote.
-            let store = inner.store.clone();
-            let again = blocking(move || store.load()).await;
-            drop(tx);
-            if let Ok(again) = again {
-                // Adopt only a file that really holds another refresh token: a rewrite that kept
-                // the dead one is no rescue.
-                let rotated = again
-                    .auth()
-                    .and_then(|d| d.tokens.as_ref())
-                    .is_some_and(|t| t.refresh_token != tokens.refresh_token);
-                if again.generation() != generation && rotated {
-                    if let Ok(newer) = check_disk(&inner, &known, &again) {
-                        tracing::info!("refresh token was rotated outside the lock; adopted it");
-                        return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(newer)));
-                    }
-                }
+    // Everything the save needs is reserved before the token is redeemed; if that fails, nothing
+    // is sent.
+    let to_redeem = refresh_token.clone();
+    let reserved: Reserved = blocking(move || rotation.reserve(&to_redeem)).await?;
+    tracing::debug!(generation = %generation, "refreshing tokens (refresh lock held, write locks free)");
+    match inner.client.refresh(&refresh_token).await {
+        Ok(answer) => persist(&inner, &known, reserved, doc, answer).await,
+        Err(RefreshError::Permanent { reason }) => {
+            let rotation = reserved.abandon();
+            let mut record = JournalRecord::new(JournalEvent::Refused, generation);
+            record.account = disk.account_id().map(str::to_owned);
+            record.refresh = Some(refresh_token.fingerprint());
+            record.code = Some(reason.code());
+            rotation.record(&record);
+            drop(rotation);
+            if reason == PermanentReason::Reused {
+                return await_rotation(&inner, &known, &snap, Some(SystemTime::now())).await;
             }
-            Err(inner.remember_failure(
-                generation,
-                RefreshError::Permanent {
-                    reason: PermanentReason::Reused,
-                },
-            ))
+            Err(inner.remember_failure(generation, RefreshError::Permanent { reason }))
         }
-        Err(e) => Err(inner.remember_failure(generation, e)),
+        Err(e) => Err(e),
     }
 }
+
+/// After `refresh_token_reused` (ours, or one the journal recorded at `since`): with every lock
+/// released, watches auth.json until `since` + [`crate::RefreshConfig::reuse_wait`] for a newer
+/// refresh token of the same account (the rotation the refusal means, landing late), and
+/// adopts it. Only then is the refusal reported.
+async fn await_rotation(
+    inner: &Arc<Inner>,
+    known: &Known,
+    refused: &Snapshot,
+    since: Option<SystemTime>,
+) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
+    let dead = refused
+        .auth()
+        .and_then(|d| d.tokens.as_ref())
+        .map(|t| t.refresh_token.clone());
+    let waited = since
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    let deadline = Instant::now() + inner.config.reuse_wait.saturating_sub(waited);
+    loop {
+        let store = inner.store.clone();
+        if let Ok(snap) = blocking(move || store.load()).await {
+            let rotated = snap
+                .auth()
+                .and_then(|d| d.tokens.as_ref())
+                .is_some_and(|t| Some(&t.refresh_token) != dead.as_ref());
+            if snap.generation() != refused.generation() && rotated {
+                let newer = check_disk(inner, known, &snap)?;
+                tracing::info!("the refresh token was rotated by another process; adopted it");
+                return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(newer)));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(REUSE_POLL)).await;
+    }
+    Err(inner.remember_failure(
+        refused.generation(),
+        RefreshError::Permanent {
+            reason: PermanentReason::Reused,
+        },
+    ))
+}
+
+/// How often auth.json is re-read while waiting for the rotation a reuse refusal means.
+const REUSE_POLL: Duration = Duration::from_millis(20);
 
 /// Applies the answer: new tokens, missing fields keep their old value, `last_refresh` = now.
 /// An id token that does not decode is not stored (the old one is kept): the store would refuse
@@ -186,52 +233,49 @@ fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) {
     doc.last_refresh = Some(Timestamp::now());
 }
 
-/// Persists the answer under the lock still held. The file is read again first: if a writer
-/// that ignores the lock changed it during the request, the new tokens (the only live ones now)
-/// are applied to what it wrote, as long as it is the same account. If the write fails, the new
-/// credentials are kept in this process's cache, so the live refresh token is not dropped here.
+/// Persists the answer through the reservation: durable in the rotation file first, then
+/// installed under the write locks (merged into what a writer ignoring the locks wrote
+/// meanwhile, for the same account). If no file could take the new credentials, they are kept
+/// in this process's memory and written by its next attempt.
 async fn persist(
     inner: &Inner,
-    tx: Transaction,
+    known: &Known,
+    reserved: Reserved,
     doc: AuthDotJson,
     answer: TokenAnswer,
-) -> Result<(AuthDotJson, Generation), RefreshError> {
-    let read_at = tx.snapshot().generation();
-    let mut refreshed = doc.clone();
+) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
+    let read_at = reserved.rotation().snapshot().generation();
+    let mut refreshed = doc;
     apply(&mut refreshed, &answer);
-    let account = effective_account(&doc);
-    let path = inner.store.path().to_path_buf();
     let attempt = refreshed.clone();
-    let written = blocking(move || {
-        let mut tx = tx;
-        tx.reread()?;
-        let current = tx.snapshot();
-        if current.generation() == read_at {
-            return tx.commit(Some(&attempt)).map(|g| Ok((attempt, g)));
+    let saved = blocking(move || reserved.save(&attempt)).await;
+    match saved {
+        Ok(SaveOutcome::Installed {
+            generation,
+            document,
+            merged,
+            durability,
+        }) => {
+            if merged {
+                tracing::warn!("auth.json changed during the refresh (a writer ignoring the locks); merged the new tokens into it");
+            }
+            if let Durability::NotDurable { reason } = &durability {
+                tracing::warn!(%reason, "the new tokens are in auth.json but not known to be on disk");
+            }
+            let auth = CodexAuth::from_document(&document, generation)?
+                .ok_or_else(|| signed_out(inner, known))?;
+            tracing::info!(generation = %generation, "tokens refreshed");
+            Ok((RefreshOutcome::Refreshed, Arc::new(auth)))
         }
-        tracing::warn!(
-            "auth.json changed during the refresh (a writer ignoring the lock); merging"
-        );
-        let Some(mut merged) = current.auth().cloned() else {
-            return Ok(Err(None));
-        };
-        let found = effective_account(&merged);
-        if merged.tokens.is_none() || account.is_none() || found != account {
-            // Another account signed in meanwhile (or we cannot tell): its credentials win.
-            return Ok(Err(Some(found.unwrap_or_else(|| "<unknown>".into()))));
+        Ok(SaveOutcome::Superseded { current }) => {
+            // Another account signed in, or a logout, during the request: theirs wins.
+            check_disk(inner, known, &current)?;
+            Err(signed_out(inner, known))
         }
-        apply(&mut merged, &answer);
-        tx.commit(Some(&merged)).map(|g| Ok((merged, g)))
-    })
-    .await;
-    match written {
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(None)) => Err(RefreshError::LoggedOut { path }),
-        Ok(Err(Some(found))) => Err(RefreshError::AccountChanged {
-            expected: effective_account(&doc).unwrap_or_else(|| "<unknown>".into()),
-            found,
-        }),
         Err(e) => {
+            // Also when they are safe in a rotation file (`NotInstalled`): the next attempt of
+            // this process then does not stop at its cache, and installs them (the recovery, or
+            // this copy).
             tracing::error!(error = %e, "new tokens could not be stored; keeping them in memory");
             if let Ok(Some(auth)) = CodexAuth::from_document(&refreshed, read_at) {
                 inner.set_cache(Some(Arc::new(auth)));
@@ -274,13 +318,4 @@ async fn save_unsaved(inner: &Inner) -> Result<Option<Arc<CodexAuth>>, RefreshEr
             Err(e)
         }
     }
-}
-
-/// The account a document belongs to: `tokens.account_id`, else the id token's workspace.
-fn effective_account(doc: &AuthDotJson) -> Option<String> {
-    let tokens = doc.tokens.as_ref()?;
-    tokens
-        .account_id
-        .clone()
-        .or_else(|| tokens.id_claims().ok().and_then(|c| c.account_id))
 }

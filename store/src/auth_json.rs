@@ -140,6 +140,14 @@ impl fmt::Debug for TokenData {
 }
 
 impl TokenData {
+    /// The account these tokens belong to: `account_id`, else the id token's
+    /// `chatgpt_account_id`; `None` when neither names one.
+    pub fn account(&self) -> Option<String> {
+        self.account_id
+            .clone()
+            .or_else(|| self.id_claims().ok().and_then(|c| c.account_id))
+    }
+
     /// The id token's claims (email, workspace, plan, user).
     pub fn id_claims(&self) -> Result<IdTokenClaims, jwt::JwtError> {
         IdTokenClaims::decode(self.id_token.expose())

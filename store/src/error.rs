@@ -112,6 +112,50 @@ pub enum StoreError {
         path: PathBuf,
     },
 
+    /// The save of new tokens could not be prepared before the refresh request: the rotation
+    /// file could not be created, filled or synced. No request was sent.
+    #[error(
+        "cannot prepare the save of new tokens at {path}: {source}; no refresh request was sent: \
+         free disk space (and inodes) and make the directory writable, then retry"
+    )]
+    Reserve {
+        /// The rotation file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// New tokens were obtained but no file in the store directory could take them: they are
+    /// only in this process's memory.
+    #[error(
+        "the new tokens could not be written (to {path}): {source}; they are only in this \
+         process's memory, and the old refresh token is spent: free disk space and retry at once \
+         from this process, or sign in again"
+    )]
+    Unsaved {
+        /// The file the write failed on.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// New tokens are safe in a rotation file but could not be installed in auth.json.
+    #[error(
+        "the new tokens are saved in {pending} but could not be written to {path}: {reason}; the \
+         next codex-store command that refreshes or writes installs them (run `codex-store \
+         refresh`)"
+    )]
+    NotInstalled {
+        /// auth.json.
+        path: PathBuf,
+        /// The rotation file holding the tokens.
+        pending: PathBuf,
+        /// Why, without any secret.
+        reason: String,
+    },
+
     /// An I/O error.
     #[error("cannot {action} {path}: {source}; check that the path exists and is yours")]
     Io {

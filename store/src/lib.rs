@@ -94,11 +94,14 @@ pub mod backend;
 mod diagnose;
 mod error;
 mod generation;
+mod journal;
 pub mod jwt;
 mod lock;
 mod options;
 mod read;
+mod recovery;
 mod replace;
+mod rotation;
 mod secret;
 mod store;
 mod timestamp;
@@ -108,12 +111,16 @@ pub use auth_json::{AuthDotJson, AuthMode, FormatError, KeyOrder, TokenData};
 pub use diagnose::Problem;
 pub use error::StoreError;
 pub use generation::{Expect, Generation};
+pub use journal::{read_journal, JournalEvent, JournalRecord, JOURNAL_LIMIT};
 pub use options::{
     parse_duration, StoreOptions, WaitNotice, DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV,
 };
 pub use read::MAX_FILE_SIZE;
 pub use replace::TEMP_PREFIX;
+pub use rotation::{Durability, Reserved, Rotation, SaveOutcome, ROTATION_PREFIX};
 pub use secret::Secret;
-pub use store::{Snapshot, Store, AUTH_FILE};
+pub use store::{
+    Snapshot, Store, AUTH_FILE, CODEX_LOCK_FILE, JOURNAL_FILE, LOCK_FILE, REFRESH_LOCK_FILE,
+};
 pub use timestamp::Timestamp;
 pub use transaction::Transaction;

@@ -48,14 +48,69 @@ fn lock_error(path: &Path, source: io::Error) -> StoreError {
     }
 }
 
+/// The locks every write holds, in Codex's order: `auth.lock`, then `auth.json.lock`. Both are
+/// released when this is dropped.
+#[derive(Debug)]
+pub(crate) struct StoreLock {
+    // Field order is drop order: the inner lock is released first.
+    _inner: LockGuard,
+    _outer: LockGuard,
+}
+
+/// The deadline of a wait of `timeout` from `start`. A huge timeout means "wait as long as it
+/// takes" (and must not overflow the clock).
+pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Takes `auth.lock` and then `auth.json.lock` (Codex 0.171.0's order, so that no process
+/// holding one waits for a process holding the other), both within `options.lock_timeout`.
+pub(crate) fn acquire_store(
+    outer: &Path,
+    inner: &Path,
+    options: &StoreOptions,
+) -> Result<StoreLock, StoreError> {
+    let start = Instant::now();
+    let deadline = deadline_after(start, options.lock_timeout);
+    let mut noticed = false;
+    let outer = acquire_until(outer, options, start, deadline, &mut noticed)?;
+    let inner = acquire_until(inner, options, start, deadline, &mut noticed)?;
+    Ok(StoreLock {
+        _inner: inner,
+        _outer: outer,
+    })
+}
+
 /// Takes the exclusive lock within `options.lock_timeout`.
 pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, StoreError> {
     let start = Instant::now();
-    // A huge timeout means "wait as long as it takes" (and must not overflow the clock).
-    let deadline = start
-        .checked_add(options.lock_timeout)
-        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
-    let mut noticed = false;
+    let deadline = deadline_after(start, options.lock_timeout);
+    acquire_until(path, options, start, deadline, &mut false)
+}
+
+/// Takes the exclusive lock if nobody holds it; `None` when it is busy. Never waits.
+pub(crate) fn try_acquire(path: &Path) -> Result<Option<LockGuard>, StoreError> {
+    let file = open_lock_file(path).map_err(|e| StoreError::io("open the lock file", path, e))?;
+    let mut rw = fd_lock::RwLock::new(file);
+    match rw.try_write() {
+        Ok(guard) => std::mem::forget(guard),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(lock_error(path, e)),
+    }
+    let file = rw.into_inner();
+    // A lock file replaced meanwhile guards nothing: report it as busy, the caller moves on.
+    Ok(same_inode(&file, path).then_some(LockGuard { _file: file }))
+}
+
+fn acquire_until(
+    path: &Path,
+    options: &StoreOptions,
+    start: Instant,
+    deadline: Instant,
+    noticed: &mut bool,
+) -> Result<LockGuard, StoreError> {
     let mut retries = 0u32;
     loop {
         let file =
@@ -73,7 +128,7 @@ pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, 
         let file = if acquired {
             rw.into_inner()
         } else {
-            wait_in_kernel(rw, path, options, start, deadline, &mut noticed)?
+            wait_in_kernel(rw, path, options, start, deadline, noticed)?
         };
         if same_inode(&file, path) {
             return Ok(LockGuard { _file: file });
@@ -192,9 +247,9 @@ pub(crate) fn is_held(path: &Path) -> Result<bool, StoreError> {
     Ok(held)
 }
 
-/// The lock file's path for a given auth.json path.
-pub(crate) fn lock_path_for(auth_path: &Path) -> PathBuf {
+/// A sibling of `auth_path` named after it with `suffix` appended (`auth.json.lock`).
+pub(crate) fn sibling(auth_path: &Path, suffix: &str) -> PathBuf {
     let mut name = auth_path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
+    name.push(suffix);
     auth_path.with_file_name(name)
 }

@@ -65,7 +65,7 @@ pub(crate) fn check_replaceable(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn recheck(path: &Path, expected: Generation) -> Result<(), StoreError> {
+pub(crate) fn recheck(path: &Path, expected: Generation) -> Result<(), StoreError> {
     let actual = current_generation(path)?;
     if actual != expected {
         return Err(StoreError::Conflict {
@@ -77,7 +77,7 @@ fn recheck(path: &Path, expected: Generation) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io("fsync the directory", dir, e))
@@ -186,11 +186,34 @@ fn dir_names(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What [`sweep_temps`] left in place.
+pub(crate) struct Leftovers {
+    /// Whether rotation files ([`crate::ROTATION_PREFIX`]) are present: they hold redeemed
+    /// tokens and are never swept, only installed or discarded by the recovery.
+    pub(crate) rotations: bool,
+}
+
 /// Removes leftover temp files. Only call under the lock: every live temp file is created under
 /// it, so any found then is a crashed writer's. Best effort: a file that cannot be removed is
-/// reported by diagnostics later.
-pub(crate) fn sweep_temps(dir: &Path) {
-    for name in leftover_temps(dir) {
-        let _ = fs::remove_file(dir.join(name));
+/// reported by diagnostics later. Rotation files are not temp files and are left alone.
+pub(crate) fn sweep_temps(dir: &Path) -> Leftovers {
+    let mut rotations = false;
+    for name in dir_names(dir) {
+        if name.starts_with(TEMP_PREFIX) {
+            let _ = fs::remove_file(dir.join(name));
+        } else if name.starts_with(crate::rotation::ROTATION_PREFIX) {
+            rotations = true;
+        }
     }
+    Leftovers { rotations }
+}
+
+/// The names of the rotation files in `dir`, oldest name first.
+pub(crate) fn rotation_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = dir_names(dir)
+        .into_iter()
+        .filter(|name| name.starts_with(crate::rotation::ROTATION_PREFIX))
+        .collect();
+    names.sort();
+    names
 }

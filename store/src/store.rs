@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use crate::auth_json::AuthDotJson;
 use crate::error::StoreError;
 use crate::generation::{Expect, Generation};
-use crate::lock::{self, LockGuard};
+use crate::lock::{self, StoreLock};
 use crate::options::StoreOptions;
 use crate::read;
 use crate::replace;
@@ -17,6 +17,14 @@ use crate::transaction::Transaction;
 
 /// The file name of the credentials inside the store directory.
 pub const AUTH_FILE: &str = "auth.json";
+/// Codex 0.171.0's outer lock, taken before [`LOCK_FILE`] by every write (ours too).
+pub const CODEX_LOCK_FILE: &str = "auth.lock";
+/// The store's lock, shared with Codex 0.171.0: held only while re-reading and writing.
+pub const LOCK_FILE: &str = "auth.json.lock";
+/// codex-store's single-flight lock, held across a refresh request; Codex never takes it.
+pub const REFRESH_LOCK_FILE: &str = "auth.json.refresh.lock";
+/// The journal of refresh outcomes (JSON lines, fingerprints only).
+pub const JOURNAL_FILE: &str = "auth.json.journal";
 
 /// A read of auth.json: the generation and, when there is a file, the document.
 #[derive(Clone)]
@@ -59,6 +67,11 @@ impl Snapshot {
         })
     }
 
+    /// The size of the file read, in bytes (0 with no file).
+    pub(crate) fn len(&self) -> u64 {
+        self.bytes.as_deref().map_or(0, |b| b.len() as u64)
+    }
+
     /// The document; `None` when there is no file.
     pub fn auth(&self) -> Option<&AuthDotJson> {
         self.auth.as_ref()
@@ -82,7 +95,24 @@ struct Inner {
     dir: PathBuf,
     path: PathBuf,
     lock_path: PathBuf,
+    codex_lock_path: PathBuf,
+    refresh_lock_path: PathBuf,
+    journal_path: PathBuf,
     options: StoreOptions,
+}
+
+impl Inner {
+    fn new(dir: PathBuf, options: StoreOptions) -> Inner {
+        Inner {
+            path: dir.join(AUTH_FILE),
+            lock_path: dir.join(LOCK_FILE),
+            codex_lock_path: dir.join(CODEX_LOCK_FILE),
+            refresh_lock_path: dir.join(REFRESH_LOCK_FILE),
+            journal_path: dir.join(JOURNAL_FILE),
+            dir,
+            options,
+        }
+    }
 }
 
 impl Store {
@@ -107,27 +137,15 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("inspect", &dir, e)),
         }
-        let path = dir.join(AUTH_FILE);
-        let lock_path = lock::lock_path_for(&path);
         Ok(Store {
-            inner: Arc::new(Inner {
-                dir,
-                path,
-                lock_path,
-                options,
-            }),
+            inner: Arc::new(Inner::new(dir, options)),
         })
     }
 
     /// The same store with other options (for example a longer lock wait).
     pub fn with_store_options(&self, options: StoreOptions) -> Store {
         Store {
-            inner: Arc::new(Inner {
-                dir: self.inner.dir.clone(),
-                path: self.inner.path.clone(),
-                lock_path: self.inner.lock_path.clone(),
-                options,
-            }),
+            inner: Arc::new(Inner::new(self.inner.dir.clone(), options)),
         }
     }
 
@@ -141,9 +159,24 @@ impl Store {
         &self.inner.path
     }
 
-    /// The path of the sidecar lock file.
+    /// The path of the sidecar lock file ([`LOCK_FILE`]).
     pub fn lock_path(&self) -> &Path {
         &self.inner.lock_path
+    }
+
+    /// The path of Codex's outer lock file ([`CODEX_LOCK_FILE`]).
+    pub fn codex_lock_path(&self) -> &Path {
+        &self.inner.codex_lock_path
+    }
+
+    /// The path of the single-flight refresh lock ([`REFRESH_LOCK_FILE`]).
+    pub fn refresh_lock_path(&self) -> &Path {
+        &self.inner.refresh_lock_path
+    }
+
+    /// The path of the journal of refresh outcomes ([`JOURNAL_FILE`]).
+    pub fn journal_path(&self) -> &Path {
+        &self.inner.journal_path
     }
 
     /// The options in force.
@@ -172,8 +205,7 @@ impl Store {
         expect: Expect,
         auth: Option<&AuthDotJson>,
     ) -> Result<Generation, StoreError> {
-        let _lock = self.lock()?;
-        replace::sweep_temps(self.dir());
+        let _lock = self.lock_and_tidy()?;
         let actual = read::current_generation(self.path())?;
         if !expect.matches(actual) {
             return Err(StoreError::Conflict {
@@ -188,8 +220,7 @@ impl Store {
     /// Takes the exclusive lock, sweeps leftover temp files and re-reads auth.json under it.
     /// The returned [`Transaction`] holds the lock until it is committed or dropped.
     pub fn transaction(&self) -> Result<Transaction, StoreError> {
-        let lock = self.lock()?;
-        replace::sweep_temps(self.dir());
+        let lock = self.lock_and_tidy()?;
         let snapshot = self.load()?;
         Ok(Transaction::new(self.clone(), lock, snapshot))
     }
@@ -199,8 +230,27 @@ impl Store {
         lock::is_held(self.lock_path())
     }
 
-    pub(crate) fn lock(&self) -> Result<LockGuard, StoreError> {
-        lock::acquire(self.lock_path(), &self.inner.options)
+    /// Takes `auth.lock` and `auth.json.lock`, in Codex's order.
+    pub(crate) fn lock(&self) -> Result<StoreLock, StoreError> {
+        lock::acquire_store(
+            self.codex_lock_path(),
+            self.lock_path(),
+            &self.inner.options,
+        )
+    }
+
+    /// Takes the write locks, sweeps leftover temp files, and installs the rotations of crashed
+    /// refreshes when no refresh is running.
+    fn lock_and_tidy(&self) -> Result<StoreLock, StoreError> {
+        let lock = self.lock()?;
+        let leftovers = replace::sweep_temps(self.dir());
+        if leftovers.rotations {
+            // Non-blocking: a refresh running now owns its rotation file.
+            if let Some(_flight) = lock::try_acquire(self.refresh_lock_path())? {
+                crate::recovery::recover_locked(self)?;
+            }
+        }
+        Ok(lock)
     }
 
     /// Replaces or deletes the file; `current` is what the caller (holding the lock) read.
@@ -210,17 +260,34 @@ impl Store {
         auth: Option<&AuthDotJson>,
     ) -> Result<Generation, StoreError> {
         replace::check_replaceable(self.path())?;
-        if let Some(tokens) = auth.and_then(|a| a.tokens.as_ref()) {
-            tokens
-                .id_claims()
-                .map_err(|e| StoreError::InvalidDocument {
-                    path: self.path().to_path_buf(),
-                    reason: format!("tokens.id_token cannot be decoded: {e}"),
-                })?;
+        if let Some(doc) = auth {
+            validate(self.path(), doc)?;
         }
         match auth {
             Some(doc) => replace::replace(self.path(), current, &doc.to_json()),
             None => replace::remove(self.path(), current).map(|()| Generation::Absent),
         }
     }
+}
+
+/// Refuses a document that would not load back: an id token that does not decode, or a size
+/// over [`read::MAX_FILE_SIZE`].
+pub(crate) fn validate(path: &Path, doc: &AuthDotJson) -> Result<(), StoreError> {
+    let invalid = |reason: String| StoreError::InvalidDocument {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(tokens) = doc.tokens.as_ref() {
+        tokens
+            .id_claims()
+            .map_err(|e| invalid(format!("tokens.id_token cannot be decoded: {e}")))?;
+    }
+    let size = doc.to_json().len() as u64;
+    if size > read::MAX_FILE_SIZE {
+        return Err(invalid(format!(
+            "it would be {size} bytes, over the {} byte limit every reader applies",
+            read::MAX_FILE_SIZE
+        )));
+    }
+    Ok(())
 }

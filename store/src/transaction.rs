@@ -3,7 +3,7 @@
 use crate::auth_json::AuthDotJson;
 use crate::error::StoreError;
 use crate::generation::Generation;
-use crate::lock::LockGuard;
+use crate::lock::StoreLock;
 use crate::store::{Snapshot, Store};
 
 /// An open transaction: the store's exclusive lock is held, and [`Transaction::snapshot`] is
@@ -13,12 +13,12 @@ use crate::store::{Snapshot, Store};
 #[must_use = "dropping a transaction releases the lock without writing"]
 pub struct Transaction {
     store: Store,
-    _lock: LockGuard,
+    _lock: StoreLock,
     snapshot: Snapshot,
 }
 
 impl Transaction {
-    pub(crate) fn new(store: Store, lock: LockGuard, snapshot: Snapshot) -> Self {
+    pub(crate) fn new(store: Store, lock: StoreLock, snapshot: Snapshot) -> Self {
         Transaction {
             store,
             _lock: lock,

@@ -133,7 +133,11 @@ fn a_stale_generation_conflicts_and_writes_nothing() {
     );
     assert_eq!(
         entries(dir.path()),
-        vec!["auth.json".to_string(), "auth.json.lock".to_string()],
+        vec![
+            "auth.json".to_string(),
+            "auth.json.lock".to_string(),
+            "auth.lock".to_string()
+        ],
         "a failed write left extra files behind"
     );
 }
@@ -423,7 +427,11 @@ fn a_transaction_commit_conflicts_when_the_file_was_replaced_behind_its_back() {
     );
     assert_eq!(
         entries(dir.path()),
-        vec!["auth.json".to_string(), "auth.json.lock".to_string()],
+        vec![
+            "auth.json".to_string(),
+            "auth.json.lock".to_string(),
+            "auth.lock".to_string()
+        ],
         "a conflicting commit left a temp file behind"
     );
 }
@@ -558,7 +566,8 @@ fn a_long_lock_wait_is_announced_once_with_the_lock_path() {
     let tx = store.transaction().expect("first transaction failed");
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
-    let lock_path = store.lock_path().to_path_buf();
+    // The holder has both write locks; a waiter queues on the first one, Codex's `auth.lock`.
+    let lock_path = store.codex_lock_path().to_path_buf();
     let waiter = store.with_store_options(StoreOptions {
         lock_timeout: Duration::from_millis(200),
         notice_after: Duration::from_millis(10),

@@ -443,7 +443,7 @@ fn load_does_not_sweep_temps() {
 }
 
 #[test]
-fn a_successful_write_leaves_only_auth_json_and_its_lock() {
+fn a_successful_write_leaves_only_auth_json_and_its_two_locks() {
     let (dir, store) = temp_store();
     let tokens = TokenData {
         id_token: Secret::new(id_token("a@example.com", "acct-1")),
@@ -461,7 +461,11 @@ fn a_successful_write_leaves_only_auth_json_and_its_lock() {
         .expect("write failed");
     assert_eq!(
         entries(dir.path()),
-        vec!["auth.json".to_string(), "auth.json.lock".to_string()],
+        vec![
+            "auth.json".to_string(),
+            "auth.json.lock".to_string(),
+            "auth.lock".to_string()
+        ],
         "a write left other files in the directory"
     );
 }

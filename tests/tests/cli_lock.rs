@@ -15,8 +15,10 @@ const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 const WAIT_LINE: &str = "codex-store: waiting for another process that holds the lock";
 
+/// The lock a refreshing command (`token`, `refresh`) waits for first: codex-store's own
+/// single-flight lock, which the holder has, as a process mid-refresh does.
 fn lock_path(home: &Path) -> String {
-    home.join("auth.json.lock").display().to_string()
+    home.join("auth.json.refresh.lock").display().to_string()
 }
 
 fn wait_lines(out: &CliOutput) -> usize {
@@ -90,7 +92,7 @@ fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
 }
 
 #[test]
-fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_auth_json_lock_and_sends_nothing() {
+fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_the_refresh_lock_and_sends_nothing() {
     let creds = ChatgptCreds::expired();
     let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
@@ -117,8 +119,8 @@ fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_auth_json_lock_and_s
         );
         out.expect_empty_stdout("a timed-out token printed on stdout");
         out.expect_stderr_contains(
-            &["auth.json.lock", "--lock-timeout"],
-            "the message should name auth.json.lock and suggest --lock-timeout",
+            &["auth.json.refresh.lock", "--lock-timeout"],
+            "the message should name auth.json.refresh.lock and suggest --lock-timeout",
         );
         assert_eq!(
             wait_lines(out),
@@ -138,17 +140,22 @@ fn refresh_and_logout_exit_5_on_a_lock_timeout_and_leave_the_file_in_place() {
     let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
     let _holder = hold_lock(WORKER, home.path());
-    for args in [
-        &["--lock-timeout", "200ms", "refresh"][..],
-        &["--lock-timeout", "200ms", "refresh", "--json"][..],
-        &["--lock-timeout", "200ms", "logout"][..],
+    // A refresh waits for the refresh lock; a logout for Codex's `auth.lock`, the first of the
+    // two write locks.
+    for (args, lock) in [
+        (
+            &["--lock-timeout", "200ms", "refresh"][..],
+            "auth.json.refresh.lock",
+        ),
+        (
+            &["--lock-timeout", "200ms", "refresh", "--json"][..],
+            "auth.json.refresh.lock",
+        ),
+        (&["--lock-timeout", "200ms", "logout"][..], "auth.lock"),
     ] {
         let out = run(home.path(), args, None, &[(URL_ENV, url.as_str())]);
         out.expect_code(exit::LOCK_TIMEOUT, "a locked store");
-        out.expect_stderr_contains(
-            &["auth.json.lock"],
-            "the message should name auth.json.lock",
-        );
+        out.expect_stderr_contains(&[lock], "the message should name the lock waited for");
     }
     assert_eq!(sha256sum(&path), before, "a lock timeout changed auth.json");
     assert_eq!(idp.requests(), 0, "nothing may be sent without the lock");

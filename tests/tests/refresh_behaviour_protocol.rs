@@ -386,8 +386,8 @@ async fn a_refresh_whose_caller_was_cancelled_after_the_request_was_sent_still_p
         "the caller was not cancelled while its request was in flight: {joined:?}"
     );
 
-    // The refresh holds the store's lock from before the request until the answer is stored:
-    // taking the lock here waits exactly for that, whatever happened to the caller.
+    // The refresh holds the refresh lock from before the request until the answer is stored:
+    // taking it here waits exactly for that, whatever happened to the caller.
     let observer = Store::with_options(
         setup.home.path(),
         StoreOptions {
@@ -396,8 +396,8 @@ async fn a_refresh_whose_caller_was_cancelled_after_the_request_was_sent_still_p
         },
     )
     .expect("cannot open a second handle on the store");
-    let snap = tokio::task::block_in_place(|| observer.transaction())
-        .expect("the in-flight refresh never released the store's lock")
+    let snap = tokio::task::block_in_place(|| observer.begin_rotation(EVENT_TIMEOUT))
+        .expect("the in-flight refresh never released the refresh lock")
         .snapshot()
         .clone();
     let stored = snap

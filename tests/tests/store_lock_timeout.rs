@@ -15,7 +15,7 @@ const EXIT_LOCK_TIMEOUT: i32 = 5;
 
 /// A `hold-lock` child that has printed `locked`.
 fn hold_lock(home: &std::path::Path) -> Worker {
-    let holder = Worker::spawn(WORKER, ["hold-lock".as_ref(), home.as_os_str()]);
+    let holder = Worker::spawn(WORKER, ["hold-write-locks".as_ref(), home.as_os_str()]);
     holder.expect_line("locked");
     holder
 }
@@ -45,7 +45,7 @@ fn another_process_times_out_with_exit_5_and_a_message_naming_the_lock_and_how_t
         waiter.stderr()
     );
     assert!(
-        message.contains("auth.json.lock"),
+        message.contains("auth.lock"),
         "the timeout message does not name the lock file: {message:?}"
     );
     assert!(
@@ -65,13 +65,13 @@ fn a_transaction_in_this_process_times_out_naming_the_lock_path_and_the_time_wai
     match store.transaction() {
         Err(StoreError::LockTimeout { path, waited }) => {
             assert!(
-                path.ends_with("auth.json.lock"),
+                path.ends_with("auth.lock"),
                 "the timeout names {} instead of the lock file",
                 path.display()
             );
             assert_eq!(
                 path,
-                store.lock_path(),
+                store.codex_lock_path(),
                 "the timeout names another lock file"
             );
             assert!(
@@ -131,7 +131,7 @@ fn the_wait_notice_fires_exactly_once_while_blocked() {
     let (path, waited) = &seen[0];
     assert_eq!(
         path,
-        store.lock_path(),
+        store.codex_lock_path(),
         "the notice names another path than the lock file"
     );
     assert!(
@@ -197,7 +197,7 @@ fn a_waiter_whose_lock_file_was_replaced_meanwhile_locks_the_new_file_instead_of
         },
     )
     .expect("open the store");
-    let lock_path = store.lock_path().to_path_buf();
+    let lock_path = store.codex_lock_path().to_path_buf();
     let waiter = std::thread::spawn(move || store.transaction().map(drop));
     // The waiter has opened the old lock file and waits on it.
     waiting_rx
@@ -205,6 +205,8 @@ fn a_waiter_whose_lock_file_was_replaced_meanwhile_locks_the_new_file_instead_of
         .expect("the waiter never reported that it waits for the lock");
     // Someone replaces the lock file, and a second process holds the new one.
     std::fs::remove_file(&lock_path).expect("remove the lock file");
+    std::fs::remove_file(home.path().join("auth.json.lock"))
+        .expect("remove the inner lock file, which the first holder still holds");
     let _second = hold_lock(home.path());
     first.close_stdin();
     first.expect_line("released");

@@ -9,8 +9,9 @@
 //!   generation, retrying on a conflict. Prints `done <last value written> conflicts=<retries>`.
 //! - `write-loop DIR`: prints `ready`, then forever commits counter+1 in a transaction and prints
 //!   `committed <counter>` after each commit returned.
-//! - `hold-lock DIR`: takes a transaction, prints `locked`, waits for EOF on stdin, drops the
-//!   transaction (writing nothing) and prints `released`.
+//! - `hold-lock DIR`: takes the refresh lock and a transaction (every lock), prints `locked`,
+//!   waits for EOF on stdin, drops them (writing nothing) and prints `released`.
+//! - `hold-write-locks DIR`: the same with a transaction only (`auth.lock`, `auth.json.lock`).
 //! - `try-lock DIR TIMEOUT_MS`: one transaction with that lock wait; prints `ok` and exits 0, or
 //!   prints the error and exits 5 for a lock timeout, 1 for any other error.
 //!
@@ -27,7 +28,7 @@ use codex_store_tests::store_fixtures::{snapshot_counter, with_counter};
 
 const USAGE: &str =
     "usage: store-worker increment-tx DIR N | increment-cas DIR N | write-loop DIR \
-                     | hold-lock DIR | try-lock DIR TIMEOUT_MS";
+                     | hold-lock DIR | hold-write-locks DIR | try-lock DIR TIMEOUT_MS";
 
 /// Exit code of `try-lock` when the lock wait timed out.
 const EXIT_LOCK_TIMEOUT: u8 = 5;
@@ -117,8 +118,15 @@ fn write_loop(dir: &str) -> Result<(), Failure> {
     }
 }
 
-fn hold_lock(dir: &str) -> Result<(), Failure> {
+fn hold_lock(dir: &str, refresh_lock_too: bool) -> Result<(), Failure> {
     let store = open(dir)?;
+    // Every lock, in the protocol's order: the refresh lock (as a refresh holds it across its
+    // request), then the write locks (as a transaction holds them).
+    let rotation = if refresh_lock_too {
+        Some(store.begin_rotation(WORKER_LOCK_TIMEOUT)?)
+    } else {
+        None
+    };
     let tx = store.transaction()?;
     say("locked")?;
     let mut sink = Vec::new();
@@ -126,6 +134,7 @@ fn hold_lock(dir: &str) -> Result<(), Failure> {
         .read_to_end(&mut sink)
         .map_err(|e| Failure::Other(format!("cannot read stdin: {e}")))?;
     drop(tx);
+    drop(rotation);
     say("released")
 }
 
@@ -155,7 +164,8 @@ fn run(args: &[String]) -> Result<ExitCode, Failure> {
         ["increment-tx", dir, n] => increment_tx(dir, number(n, "N")?)?,
         ["increment-cas", dir, n] => increment_cas(dir, number(n, "N")?)?,
         ["write-loop", dir] => write_loop(dir)?,
-        ["hold-lock", dir] => hold_lock(dir)?,
+        ["hold-lock", dir] => hold_lock(dir, true)?,
+        ["hold-write-locks", dir] => hold_lock(dir, false)?,
         ["try-lock", dir, ms] => return Ok(try_lock(dir, number(ms, "TIMEOUT_MS")?)),
         _ => return Err(Failure::Usage(USAGE.to_owned())),
     }

@@ -1,0 +1,202 @@
+//! The journal of refresh outcomes: `auth.json.journal`, one JSON object per line, beside
+//! auth.json.
+//!
+//! It tells every codex-store process what the others did with a refresh token: a refusal
+//! recorded for a generation stops the others from sending that generation's token again, and
+//! `codex-store inspect --history` shows who rotated what and when. It holds fingerprints (the
+//! first 12 hex characters of a token's SHA-256), never a token. Records are appended only by a
+//! holder of the refresh lock, in one `write` each; the file is compacted (by an atomic rename)
+//! when it grows past [`JOURNAL_LIMIT`]. It is untrusted input when read: lines that do not
+//! parse are skipped, and only its last [`JOURNAL_LIMIT`] bytes are read.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::generation::Generation;
+use crate::timestamp::Timestamp;
+
+/// The journal is compacted to about half of this when it grows past it, and no more than this
+/// is read back.
+pub const JOURNAL_LIMIT: u64 = 64 * 1024;
+
+/// The longest line read back; longer ones are skipped.
+const MAX_LINE: usize = 4096;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalEvent {
+    /// A refresh token is about to be sent (its rotation file is reserved).
+    Redeeming,
+    /// The new tokens were installed in auth.json.
+    Saved,
+    /// The token endpoint refused the refresh token for good (`code` says why).
+    Refused,
+    /// A crashed refresh's rotation file was installed by a later process.
+    Recovered,
+    /// A rotation file was discarded: auth.json holds another account, or none, or it was
+    /// unreadable.
+    Discarded,
+    /// After a refusal, a newer token of the same account was adopted from auth.json.
+    Adopted,
+}
+
+/// One line of the journal. Every field but `at`, `pid` and `event` is optional.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// The process that wrote it.
+    pub pid: u32,
+    /// What happened.
+    pub event: JournalEvent,
+    /// The generation of auth.json the event concerns (the one a rotation replaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+    /// The generation written, for `saved` and `recovered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_generation: Option<String>,
+    /// The account id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Fingerprint of the refresh token sent (or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    /// Fingerprint of the refresh token obtained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_refresh: Option<String>,
+    /// The endpoint's error code, for `refused`; the reason, for `discarded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl JournalRecord {
+    /// A record of `event` now, by this process, about `generation`.
+    pub fn new(event: JournalEvent, generation: Generation) -> Self {
+        JournalRecord {
+            at: Timestamp::now().as_str().to_owned(),
+            pid: std::process::id(),
+            event,
+            generation: Some(generation.to_string()),
+            new_generation: None,
+            account: None,
+            refresh: None,
+            new_refresh: None,
+            code: None,
+        }
+    }
+
+    /// When it happened, if `at` parses.
+    pub fn time(&self) -> Option<std::time::SystemTime> {
+        Timestamp::parse(&self.at).ok().map(|t| t.time())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Appends `record` in one write. Only a holder of the refresh lock calls this.
+pub(crate) fn append(path: &Path, record: &JournalRecord) -> Result<(), StoreError> {
+    let mut line = serde_json::to_vec(record).unwrap_or_default();
+    line.push(b'\n');
+    let mut file = open_append(path).map_err(|e| StoreError::io("open the journal", path, e))?;
+    file.write_all(&line)
+        .map_err(|e| StoreError::io("append to the journal", path, e))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    drop(file);
+    if size > JOURNAL_LIMIT {
+        compact(path)?;
+    }
+    Ok(())
+}
+
+/// Keeps the newest half of the journal, replacing it by an atomic rename.
+fn compact(path: &Path) -> Result<(), StoreError> {
+    let keep = tail_bytes(path, JOURNAL_LIMIT / 2)?;
+    let tmp = crate::lock::sibling(path, &format!(".compact.{}", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&keep))
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(StoreError::io("compact the journal", path, e));
+    }
+    Ok(())
+}
+
+/// The last `limit` bytes of the file, starting at a line boundary.
+fn tail_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, StoreError> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    let mut file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io("open the journal", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::io("inspect the journal", path, e))?;
+    if !meta.is_file() {
+        return Err(StoreError::NotARegularFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let start = meta.len().saturating_sub(limit);
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| StoreError::io("read the journal", path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io("read the journal", path, e))?;
+    if start > 0 {
+        // The first line is probably cut: drop it.
+        let cut = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.drain(..cut);
+    }
+    Ok(bytes)
+}
+
+/// The records of the journal's last [`JOURNAL_LIMIT`] bytes, oldest first. Lines that do not
+/// parse are skipped; no journal is an empty list.
+///
+/// # Errors
+/// [`StoreError::Io`] when the journal exists but cannot be read, and
+/// [`StoreError::NotARegularFile`] when it is not a regular file.
+pub fn read_journal(path: &Path) -> Result<Vec<JournalRecord>, StoreError> {
+    let bytes = tail_bytes(path, JOURNAL_LIMIT)?;
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty() && line.len() <= MAX_LINE)
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect())
+}
+
+/// The refusal recorded for `generation`, if the last record about it is one.
+pub(crate) fn refusal_for(path: &Path, generation: Generation) -> Option<JournalRecord> {
+    let wanted = generation.to_string();
+    let records = read_journal(path).ok()?;
+    let last = records
+        .into_iter()
+        .rev()
+        .find(|r| r.generation.as_deref() == Some(wanted.as_str()))?;
+    (last.event == JournalEvent::Refused).then_some(last)
+}

@@ -1,0 +1,123 @@
+//! Recovery: installing the rotation files of refreshes that crashed after the answer.
+//!
+//! A rotation file that holds a document is the only copy of redeemed tokens. Under the refresh
+//! lock (so that no refresh of ours owns it) and the write locks, each is:
+//! - removed, when it holds only its reserved spaces (the request was never answered);
+//! - renamed over auth.json, when auth.json is still the generation it replaces (roll forward);
+//! - merged into auth.json, when auth.json changed but still holds the redeemed refresh token
+//!   of the same account (a writer ignoring the locks rewrote it);
+//! - discarded, when auth.json holds another account, other tokens, or none: they win;
+//! - left alone, when it or auth.json cannot be read (the next attempt tries again, and
+//!   `inspect` reports it).
+
+use std::fs;
+use std::io::Read;
+
+use crate::auth_json::AuthDotJson;
+use crate::error::StoreError;
+use crate::generation::Generation;
+use crate::journal::{self, JournalEvent, JournalRecord};
+use crate::read::MAX_FILE_SIZE;
+use crate::replace;
+use crate::rotation::{merge, RotationName};
+use crate::store::Store;
+
+/// What to do with one rotation file.
+enum Verdict {
+    RemoveUnused,
+    RollForward(Generation),
+    Merge(Box<AuthDotJson>, Generation),
+    Discard(&'static str),
+    Leave,
+}
+
+/// Runs the recovery. The caller holds the refresh lock and the write locks.
+pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
+    for name in replace::rotation_files(store.dir()) {
+        let Some(parsed) = RotationName::parse(&name) else {
+            continue;
+        };
+        let path = store.dir().join(&name);
+        let verdict = judge(store, &path, &parsed)?;
+        let base = parsed.base.clone();
+        let record = |event, generation: Option<Generation>, code: Option<&str>| {
+            let mut r = JournalRecord::new(event, Generation::Absent);
+            r.generation = Some(base.clone());
+            r.new_generation = generation.map(|g| g.to_string());
+            r.refresh = Some(parsed.redeemed.clone());
+            r.code = code.map(str::to_owned);
+            let _ = journal::append(store.journal_path(), &r);
+        };
+        match verdict {
+            Verdict::RemoveUnused => {
+                let _ = fs::remove_file(&path);
+            }
+            Verdict::RollForward(current) => {
+                replace::recheck(store.path(), current)?;
+                fs::rename(&path, store.path()).map_err(|e| {
+                    StoreError::io("rename the rotation file over", store.path(), e)
+                })?;
+                replace::sync_dir(store.dir())?;
+                let now = store.generation()?;
+                record(JournalEvent::Recovered, Some(now), None);
+            }
+            Verdict::Merge(doc, current) => {
+                let written = replace::replace(store.path(), current, &doc.to_json())?;
+                let _ = fs::remove_file(&path);
+                record(JournalEvent::Recovered, Some(written), Some("merged"));
+            }
+            Verdict::Discard(why) => {
+                let _ = fs::remove_file(&path);
+                record(JournalEvent::Discarded, None, Some(why));
+            }
+            Verdict::Leave => {}
+        }
+    }
+    Ok(())
+}
+
+fn judge(
+    store: &Store,
+    path: &std::path::Path,
+    name: &RotationName,
+) -> Result<Verdict, StoreError> {
+    let Ok(file) = fs::File::open(path) else {
+        return Ok(Verdict::Leave);
+    };
+    let mut bytes = Vec::new();
+    if file
+        .take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .is_err()
+    {
+        return Ok(Verdict::Leave);
+    }
+    if bytes.iter().all(|b| *b == b' ') {
+        return Ok(Verdict::RemoveUnused);
+    }
+    let Ok(rotated) = AuthDotJson::from_json(&bytes) else {
+        // Cut off by a crash before its fsync: nothing in it can be used.
+        return Ok(Verdict::Discard("unreadable"));
+    };
+    let current = match store.load() {
+        Ok(current) => current,
+        Err(StoreError::Corrupt { .. }) => return Ok(Verdict::Leave),
+        Err(e) => return Err(e),
+    };
+    let generation = current.generation();
+    if generation.to_string() == name.base {
+        return Ok(Verdict::RollForward(generation));
+    }
+    let Some(doc) = current.auth() else {
+        return Ok(Verdict::Discard("logged out"));
+    };
+    let still_redeemed = doc
+        .tokens
+        .as_ref()
+        .is_some_and(|t| t.refresh_token.fingerprint() == name.redeemed);
+    match merge(doc, &rotated) {
+        Some(merged) if still_redeemed => Ok(Verdict::Merge(Box::new(merged), generation)),
+        Some(_) => Ok(Verdict::Discard("auth.json holds newer tokens")),
+        None => Ok(Verdict::Discard("auth.json holds another account")),
+    }
+}

@@ -1,0 +1,531 @@
+//! [`Rotation`]: the single-flight lock for a refresh, and the rotation file that makes the new
+//! tokens durable before anything else happens.
+//!
+//! A refresh redeems a rotating refresh token: once the endpoint has answered, the new tokens
+//! are the only live ones, and losing them means signing in again. So:
+//! 1. [`Store::begin_rotation`] takes `auth.json.refresh.lock` (codex-store's own lock, held
+//!    across the request; Codex never takes it, so it never waits for it), installs what a
+//!    crashed refresh left, and reads auth.json.
+//! 2. [`Rotation::reserve`] creates the rotation file in the store directory and fills it with
+//!    as many spaces as the answer will need, fsynced: the directory is writable, there is room
+//!    and an inode, auth.json is replaceable. If not, nothing is sent.
+//! 3. [`Reserved::save`] writes the new document into that file and fsyncs it (and the
+//!    directory): from then on a crash is recovered by the next process. Only then does it take
+//!    `auth.lock` and `auth.json.lock`, briefly, to rename the file over auth.json, merging into
+//!    whatever a writer ignoring the locks wrote meanwhile.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::auth_json::AuthDotJson;
+use crate::error::StoreError;
+use crate::generation::Generation;
+use crate::journal::{self, JournalEvent, JournalRecord};
+use crate::lock::{self, LockGuard};
+use crate::read::MAX_FILE_SIZE;
+use crate::replace;
+use crate::secret::Secret;
+use crate::store::{Snapshot, Store};
+
+/// Every rotation file's name starts with this, followed by
+/// `<replaced generation>.<fingerprint of the redeemed refresh token>.<pid>.<n>`. Rotation files
+/// hold redeemed tokens: they are never swept as temp files, only installed or discarded by
+/// the recovery, under the refresh lock.
+pub const ROTATION_PREFIX: &str = ".auth.json.codex-store-rotation.";
+
+/// How often a save re-reads and merges when auth.json keeps changing under it (writers that
+/// ignore the locks) before it gives up, leaving the rotation file for the next process.
+const INSTALL_ATTEMPTS: u32 = 8;
+
+/// Room reserved beyond twice the current document, for answers larger than the tokens they
+/// replace.
+const RESERVE_MARGIN: u64 = 16 * 1024;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The parts of a rotation file's name.
+pub(crate) struct RotationName {
+    /// The generation the rotation replaces, as hex.
+    pub(crate) base: String,
+    /// The fingerprint of the refresh token that was redeemed.
+    pub(crate) redeemed: String,
+}
+
+impl RotationName {
+    fn format(base: Generation, redeemed: &str) -> String {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{ROTATION_PREFIX}{base}.{redeemed}.{}.{n}",
+            std::process::id()
+        )
+    }
+
+    pub(crate) fn parse(name: &str) -> Option<RotationName> {
+        let mut parts = name.strip_prefix(ROTATION_PREFIX)?.split('.');
+        let base = parts.next()?;
+        let redeemed = parts.next()?;
+        let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (hex(base, 64) && hex(redeemed, 12)).then(|| RotationName {
+            base: base.to_owned(),
+            redeemed: redeemed.to_owned(),
+        })
+    }
+}
+
+/// A refresh in progress: codex-store's single-flight lock is held, and
+/// [`Rotation::snapshot`] is what auth.json held once it was taken. Dropping it releases the
+/// lock.
+#[derive(Debug)]
+#[must_use = "dropping a rotation releases the refresh lock"]
+pub struct Rotation {
+    store: Store,
+    _flight: LockGuard,
+    snapshot: Snapshot,
+}
+
+impl Store {
+    /// Takes the single-flight refresh lock (waiting up to `wait`, which should exceed the
+    /// longest refresh request), installs the rotation files of crashed refreshes, and reads
+    /// auth.json.
+    ///
+    /// # Errors
+    /// [`StoreError::LockTimeout`] when another process holds the refresh lock for longer than
+    /// `wait`; any error of the recovery (which takes the write locks) or of the read.
+    pub fn begin_rotation(&self, wait: Duration) -> Result<Rotation, StoreError> {
+        let options = crate::StoreOptions {
+            lock_timeout: wait,
+            ..self.options().clone()
+        };
+        let flight = lock::acquire(self.refresh_lock_path(), &options)?;
+        if !replace::rotation_files(self.dir()).is_empty() {
+            let _locked = self.lock()?;
+            crate::recovery::recover_locked(self)?;
+        }
+        let snapshot = self.load()?;
+        Ok(Rotation {
+            store: self.clone(),
+            _flight: flight,
+            snapshot,
+        })
+    }
+
+    /// Installs (or discards) the rotation files a crashed refresh left, if no refresh is
+    /// running now. Never waits for the refresh lock; returns whether it could look.
+    ///
+    /// # Errors
+    /// Errors of the write locks, of reading auth.json, or of the installation.
+    pub fn recover(&self) -> Result<bool, StoreError> {
+        if replace::rotation_files(self.dir()).is_empty() {
+            return Ok(true);
+        }
+        let Some(_flight) = lock::try_acquire(self.refresh_lock_path())? else {
+            return Ok(false);
+        };
+        let _locked = self.lock()?;
+        crate::recovery::recover_locked(self)?;
+        Ok(true)
+    }
+}
+
+impl Rotation {
+    /// What auth.json held when the lock was taken (or at the last [`Rotation::reread`]).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads auth.json again.
+    ///
+    /// # Errors
+    /// As [`Store::load`]; the previous snapshot stays.
+    pub fn reread(&mut self) -> Result<(), StoreError> {
+        self.snapshot = self.store.load()?;
+        Ok(())
+    }
+
+    /// The refusal the journal records for the snapshot's generation, if the last record about
+    /// that generation is one: another process was refused this very refresh token.
+    pub fn refusal(&self) -> Option<JournalRecord> {
+        journal::refusal_for(self.store.journal_path(), self.snapshot.generation())
+    }
+
+    /// Appends a record to the journal (best effort: the journal is advice, not state).
+    pub fn record(&self, record: &JournalRecord) {
+        let _ = journal::append(self.store.journal_path(), record);
+    }
+
+    /// Reserves everything the save of the answer to redeeming `redeemed` (the snapshot's
+    /// refresh token) needs, before it is sent: checks that auth.json can be replaced, creates
+    /// the rotation file in the store directory and fills it with room for the answer, fsynced.
+    ///
+    /// # Errors
+    /// [`StoreError::Symlink`], [`StoreError::HardLinked`] when auth.json cannot be replaced;
+    /// [`StoreError::Reserve`] when the file cannot be created, filled or synced (directory
+    /// not writable, no free inode, disk full). In every case nothing may be sent.
+    pub fn reserve(self, redeemed: &Secret) -> Result<Reserved, StoreError> {
+        replace::check_replaceable(self.store.path())?;
+        let base = self.snapshot.generation();
+        let room = (self.snapshot.len() * 2 + RESERVE_MARGIN).min(MAX_FILE_SIZE);
+        let fingerprint = redeemed.fingerprint();
+        let (file, path) = create_filled(self.store.dir(), base, &fingerprint, room)?;
+        let mut record = JournalRecord::new(JournalEvent::Redeeming, base);
+        record.account = self
+            .snapshot
+            .auth()
+            .and_then(|d| d.tokens.as_ref())
+            .and_then(|t| t.account());
+        record.refresh = Some(fingerprint.clone());
+        self.record(&record);
+        Ok(Reserved {
+            rotation: self,
+            pending: PendingFile {
+                path,
+                file: Some(file),
+                keep: false,
+            },
+            base,
+            redeemed: fingerprint,
+        })
+    }
+}
+
+/// Creates a rotation file and fills it with `room` spaces (JSON whitespace: a document later
+/// written over its start still parses), fsynced.
+fn create_filled(
+    dir: &Path,
+    base: Generation,
+    redeemed: &str,
+    room: u64,
+) -> Result<(File, PathBuf), StoreError> {
+    let path = dir.join(RotationName::format(base, redeemed));
+    let reserve_error = |path: &Path, source| StoreError::Reserve {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| reserve_error(&path, e))?;
+    let spaces = vec![b' '; usize::try_from(room).unwrap_or(usize::MAX)];
+    if let Err(e) = file.write_all(&spaces).and_then(|()| file.sync_all()) {
+        drop(file);
+        let _ = fs::remove_file(&path);
+        return Err(reserve_error(&path, e));
+    }
+    Ok((file, path))
+}
+
+/// Writes `bytes` at the start of `file`, cuts it there and fsyncs it.
+fn fill(file: &File, bytes: &[u8]) -> io::Result<()> {
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()
+}
+
+/// How durable an installed document is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The file and the directory were fsynced.
+    Durable,
+    /// The document is in place, but an fsync failed: a crash of the machine may lose it.
+    NotDurable {
+        /// What failed, without any secret.
+        reason: String,
+    },
+}
+
+/// What a [`Reserved::save`] did.
+#[derive(Debug)]
+pub enum SaveOutcome {
+    /// The new tokens are in auth.json.
+    Installed {
+        /// The generation written.
+        generation: Generation,
+        /// The document written: the one given, or, when auth.json had changed, the new tokens
+        /// merged into what it held.
+        document: AuthDotJson,
+        /// Whether auth.json had changed since the snapshot and the tokens were merged.
+        merged: bool,
+        /// Whether it was fsynced.
+        durability: Durability,
+    },
+    /// auth.json now holds another account, or no credentials: they win, and the new tokens
+    /// were discarded.
+    Superseded {
+        /// What auth.json holds.
+        current: Snapshot,
+    },
+}
+
+/// A rotation file: removed when dropped unless it holds new tokens (`keep`).
+#[derive(Debug)]
+struct PendingFile {
+    path: PathBuf,
+    file: Option<File>,
+    keep: bool,
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates a fresh rotation file holding exactly `bytes`, fsynced with its directory; removes
+/// it again on failure.
+fn write_fresh(
+    dir: &Path,
+    base: Generation,
+    redeemed: &str,
+    bytes: &[u8],
+) -> Result<PendingFile, StoreError> {
+    let (file, path) = create_filled(dir, base, redeemed, 0)?;
+    let mut pending = PendingFile {
+        path,
+        file: None,
+        keep: false,
+    };
+    fill(&file, bytes)
+        .and_then(|()| replace::sync_dir(dir).map_err(io::Error::other))
+        .map_err(|source| StoreError::Reserve {
+            path: pending.path.clone(),
+            source,
+        })?;
+    pending.file = Some(file);
+    pending.keep = true;
+    Ok(pending)
+}
+
+/// A rotation whose save is prepared: the rotation file exists, filled with room for the answer.
+/// Dropping it before [`Reserved::save`] removes the file and releases the refresh lock.
+#[derive(Debug)]
+#[must_use = "dropping a reservation discards it"]
+pub struct Reserved {
+    rotation: Rotation,
+    pending: PendingFile,
+    base: Generation,
+    redeemed: String,
+}
+
+impl Reserved {
+    /// The rotation this reservation belongs to.
+    pub fn rotation(&self) -> &Rotation {
+        &self.rotation
+    }
+
+    /// The rotation file's path.
+    pub fn path(&self) -> &Path {
+        &self.pending.path
+    }
+
+    /// Gives the reservation up (no answer came): removes the rotation file and returns the
+    /// rotation, whose lock is still held.
+    pub fn abandon(self) -> Rotation {
+        let Reserved {
+            rotation, pending, ..
+        } = self;
+        drop(pending);
+        rotation
+    }
+
+    /// Makes `doc` (the snapshot's document with the new tokens) durable in the rotation file,
+    /// then installs it: under `auth.lock` and `auth.json.lock`, renamed over auth.json if it
+    /// is still the snapshot's generation, else merged into what it holds now (same account)
+    /// and written again, a bounded number of times.
+    ///
+    /// # Errors
+    /// - [`StoreError::InvalidDocument`] when `doc` would not load back (nothing written; the
+    ///   caller should not have asked).
+    /// - [`StoreError::Unsaved`] when no file in the store directory could take the new tokens:
+    ///   they exist only in the caller's memory.
+    /// - [`StoreError::NotInstalled`] when they are safe in the rotation file but auth.json
+    ///   could not be replaced (locks, a corrupt file, one changing all the time): the next
+    ///   process that takes the refresh lock or writes installs them.
+    ///
+    /// # Security
+    /// The rotation file is 0600, created exclusively without following symlinks.
+    pub fn save(mut self, doc: &AuthDotJson) -> Result<SaveOutcome, StoreError> {
+        let store = self.rotation.store.clone();
+        let auth_path = store.path().to_path_buf();
+        crate::store::validate(&auth_path, doc)?;
+        let mut doc = doc.clone();
+        let mut bytes = doc.to_json();
+        let mut durability = self.make_durable(&bytes)?;
+        let mut merged = false;
+        let mut last_problem = String::from("auth.json kept changing");
+        for attempt in 0..INSTALL_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(2 << attempt.min(5)));
+            }
+            let locked = match store.lock() {
+                Ok(locked) => locked,
+                Err(e) => return Err(self.not_installed(e.to_string())),
+            };
+            let current = match store.load() {
+                Ok(current) => current,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    // Maybe a writer ignoring the lock, half way: try again.
+                    last_problem = e.to_string();
+                    continue;
+                }
+                Err(e) => return Err(self.not_installed(e.to_string())),
+            };
+            if current.generation() != self.base {
+                let Some(next) = current.auth().and_then(|cur| merge(cur, &doc)) else {
+                    self.discard("superseded");
+                    return Ok(SaveOutcome::Superseded { current });
+                };
+                // The new tokens merged into what is there now, durable before the old file goes.
+                let next_bytes = next.to_json();
+                match write_fresh(
+                    store.dir(),
+                    current.generation(),
+                    &self.redeemed,
+                    &next_bytes,
+                ) {
+                    Ok(fresh) => {
+                        let mut old = std::mem::replace(&mut self.pending, fresh);
+                        old.keep = false;
+                        drop(old);
+                        self.base = current.generation();
+                        doc = next;
+                        bytes = next_bytes;
+                        merged = true;
+                    }
+                    Err(e) => return Err(self.not_installed(e.to_string())),
+                }
+            }
+            // A writer ignoring the lock may have written since we read: never overwrite it.
+            if let Err(e) = replace::recheck(&auth_path, self.base) {
+                last_problem = e.to_string();
+                drop(locked);
+                continue;
+            }
+            if let Err(e) = fs::rename(&self.pending.path, &auth_path) {
+                return Err(self.not_installed(format!("cannot rename it over auth.json: {e}")));
+            }
+            self.pending.keep = true; // it is auth.json now
+            if let Err(e) = replace::sync_dir(store.dir()) {
+                durability = Durability::NotDurable {
+                    reason: e.to_string(),
+                };
+            }
+            drop(locked);
+            let generation = Generation::of_bytes(&bytes);
+            let mut record = JournalRecord::new(JournalEvent::Saved, self.base);
+            record.new_generation = Some(generation.to_string());
+            record.account = doc.tokens.as_ref().and_then(|t| t.account());
+            record.refresh = Some(self.redeemed.clone());
+            record.new_refresh = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
+            self.rotation.record(&record);
+            return Ok(SaveOutcome::Installed {
+                generation,
+                document: doc,
+                merged,
+                durability,
+            });
+        }
+        Err(self.not_installed(last_problem))
+    }
+
+    /// Writes `bytes` into the rotation file durably; on failure, into a fresh one; and when
+    /// even that fails but the bytes are in the first file, goes on without the fsync (a
+    /// document in place beats one lost), saying so.
+    fn make_durable(&mut self, bytes: &[u8]) -> Result<Durability, StoreError> {
+        let written = match &self.pending.file {
+            Some(file) => file
+                .write_all_at(bytes, 0)
+                .and_then(|()| file.set_len(bytes.len() as u64)),
+            None => Err(io::Error::other("the rotation file is not open")),
+        };
+        let wrote = written.is_ok();
+        let synced = written.and_then(|()| match &self.pending.file {
+            Some(file) => file.sync_all(),
+            None => Ok(()),
+        });
+        let dir = self.rotation.store.dir().to_path_buf();
+        let first_error = match synced {
+            Ok(()) => {
+                self.pending.keep = true;
+                return Ok(match replace::sync_dir(&dir) {
+                    Ok(()) => Durability::Durable,
+                    Err(e) => Durability::NotDurable {
+                        reason: e.to_string(),
+                    },
+                });
+            }
+            Err(e) => e,
+        };
+        match write_fresh(&dir, self.base, &self.redeemed, bytes) {
+            Ok(fresh) => {
+                // The fresh file replaces the failed one (which is removed).
+                drop(std::mem::replace(&mut self.pending, fresh));
+                Ok(Durability::Durable)
+            }
+            Err(_) if wrote => {
+                // The bytes are in the first file, only not known to be on disk.
+                self.pending.keep = true;
+                Ok(Durability::NotDurable {
+                    reason: format!(
+                        "cannot fsync {}: {first_error}",
+                        self.pending.path.display()
+                    ),
+                })
+            }
+            Err(_) => Err(StoreError::Unsaved {
+                path: self.pending.path.clone(),
+                source: first_error,
+            }),
+        }
+    }
+
+    fn not_installed(&mut self, reason: String) -> StoreError {
+        self.pending.keep = true; // it holds the only live tokens
+        StoreError::NotInstalled {
+            path: self.rotation.store.path().to_path_buf(),
+            pending: self.pending.path.clone(),
+            reason,
+        }
+    }
+
+    fn discard(&mut self, why: &str) {
+        self.pending.keep = false;
+        let _ = fs::remove_file(&self.pending.path);
+        self.pending.keep = true; // already gone
+        let mut record = JournalRecord::new(JournalEvent::Discarded, self.base);
+        record.refresh = Some(self.redeemed.clone());
+        record.code = Some(why.to_owned());
+        self.rotation.record(&record);
+    }
+}
+
+/// The new tokens of `rotated` merged into `current`: when both hold tokens of the same account,
+/// `current` with the token fields and `last_refresh` of `rotated` (every other key of `current`
+/// kept); `None` when `current` holds another account or no tokens.
+pub(crate) fn merge(current: &AuthDotJson, rotated: &AuthDotJson) -> Option<AuthDotJson> {
+    let (cur, new) = (current.tokens.as_ref()?, rotated.tokens.as_ref()?);
+    if cur.account() != new.account() {
+        return None;
+    }
+    let mut merged = current.clone();
+    let tokens = merged.tokens.as_mut()?;
+    tokens.id_token = new.id_token.clone();
+    tokens.access_token = new.access_token.clone();
+    tokens.refresh_token = new.refresh_token.clone();
+    merged.last_refresh = rotated.last_refresh.clone();
+    Some(merged)
+}
