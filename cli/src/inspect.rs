@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use codex_refresh::{CodexAuth, RefreshConfig};
-use codex_store::{AuthDotJson, Generation, Secret, Store, StoreError, StoreOptions};
+use codex_store::{
+    read_journal, AuthDotJson, Generation, JournalRecord, Secret, Store, StoreError, StoreOptions,
+};
 use serde::Serialize;
 
 use crate::exit::Failure;
@@ -18,6 +20,11 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+
+    /// Also show the journal of refresh outcomes (`auth.json.journal`): who rotated, adopted or
+    /// was refused what, and when, with token fingerprints only.
+    #[arg(long)]
+    history: bool,
 }
 
 /// Fingerprints (the first 12 hex characters of the SHA-256) of the stored secrets, so that two
@@ -48,10 +55,14 @@ struct InspectReport {
     file_size: Option<u64>,
     lock_path: PathBuf,
     lock_held: Option<bool>,
+    refresh_lock_held: Option<bool>,
     unknown_fields: Vec<String>,
     fingerprints: Fingerprints,
     problems: Vec<String>,
     error: Option<String>,
+    /// The journal's records, oldest first (only with `--history`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<JournalRecord>>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -88,7 +99,7 @@ impl InspectReport {
     }
 }
 
-fn build(home: &Path) -> InspectReport {
+fn build(home: &Path, history: bool) -> InspectReport {
     let path = home.join(codex_store::AUTH_FILE);
     let mut report = InspectReport {
         lock_path: home.join("auth.json.lock"),
@@ -116,6 +127,16 @@ fn build(home: &Path) -> InspectReport {
     match store.lock_held() {
         Ok(held) => report.lock_held = Some(held),
         Err(e) => report.problems.push(e.to_string()),
+    }
+    match store.refresh_lock_held() {
+        Ok(held) => report.refresh_lock_held = Some(held),
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    if history {
+        match read_journal(store.journal_path()) {
+            Ok(records) => report.history = Some(records),
+            Err(e) => report.problems.push(e.to_string()),
+        }
     }
     match store.diagnose() {
         Ok(problems) => report
@@ -165,6 +186,7 @@ impl fmt::Display for InspectReport {
             ("file mode", show(&self.file_mode)),
             ("lock", self.lock_path.display().to_string()),
             ("lock held", show(&self.lock_held)),
+            ("refresh lock held", show(&self.refresh_lock_held)),
             (
                 "unknown fields",
                 if self.unknown_fields.is_empty() {
@@ -182,19 +204,74 @@ impl fmt::Display for InspectReport {
             writeln!(f, "{key:<21} {value}")?;
         }
         if self.problems.is_empty() {
-            writeln!(f, "{:<21} none", "problems")
+            writeln!(f, "{:<21} none", "problems")?;
         } else {
             writeln!(f, "problems:")?;
             for problem in &self.problems {
                 writeln!(f, "  - {problem}")?;
             }
-            Ok(())
         }
+        if let Some(history) = &self.history {
+            writeln!(f, "history ({} records, oldest first):", history.len())?;
+            for record in history {
+                writeln!(f, "  {}", HistoryLine(record))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One journal record on one line. The journal is untrusted input: every field is escaped, so
+/// that no control character or newline in it can forge report lines.
+struct HistoryLine<'a>(&'a JournalRecord);
+
+fn short(value: &Option<String>) -> String {
+    value.as_deref().map_or_else(
+        || "-".to_owned(),
+        |v| escape(&v.chars().take(12).collect::<String>()),
+    )
+}
+
+/// Escapes control characters (`\n`, `\u{1b}`, ...), keeping everything else.
+fn escape(text: &str) -> String {
+    text.chars().flat_map(char::escape_debug).collect()
+}
+
+impl fmt::Display for HistoryLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        let event = serde_json::to_value(r.event)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        write!(
+            f,
+            "{} pid {} {event:<9} generation {}",
+            escape(&r.at),
+            r.pid,
+            short(&r.generation)
+        )?;
+        if r.new_generation.is_some() {
+            write!(f, " -> {}", short(&r.new_generation))?;
+        }
+        if let Some(account) = &r.account {
+            write!(f, " account {}", escape(account))?;
+        }
+        if r.refresh.is_some() || r.new_refresh.is_some() {
+            write!(f, " refresh token {}", short(&r.refresh))?;
+            if r.new_refresh.is_some() {
+                write!(f, " -> {}", short(&r.new_refresh))?;
+            }
+        }
+        if let Some(code) = &r.code {
+            write!(f, " ({})", escape(code))?;
+        }
+        Ok(())
     }
 }
 
 /// Runs `inspect`: exits 0 whenever a report was produced.
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
-    let report = build(&ctx.home()?);
+    let report = build(&ctx.home()?, args.history);
     crate::exit::print_report(&report, args.json)
 }

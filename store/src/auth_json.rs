@@ -342,7 +342,8 @@ impl AuthDotJson {
     }
 
     /// The mode, inferred as existing installations do when `auth_mode` is absent: a personal
-    /// access token, then a Bedrock key, then a non-null `OPENAI_API_KEY`, else ChatGPT.
+    /// access token, then a Bedrock key (`bedrock_api_key`), then Bedrock access keys
+    /// (`bedrock_access_keys`), then a non-null `OPENAI_API_KEY`, else ChatGPT.
     pub fn resolved_mode(&self) -> AuthMode {
         if let Some(mode) = &self.auth_mode {
             return mode.clone();
@@ -352,6 +353,8 @@ impl AuthDotJson {
             AuthMode::Other("personalAccessToken".into())
         } else if present("bedrock_api_key") {
             AuthMode::Other("bedrockApiKey".into())
+        } else if present("bedrock_access_keys") {
+            AuthMode::Other("bedrockAccessKeys".into())
         } else if self.openai_api_key.is_some() {
             AuthMode::ApiKey
         } else {

@@ -52,6 +52,14 @@ pub enum Problem {
         /// The owner's uid.
         uid: u32,
     },
+    /// Rotation files hold new tokens that a refresh obtained but did not install (it was
+    /// interrupted), and no refresh is running now.
+    PendingRotations {
+        /// Their names.
+        names: Vec<String>,
+    },
+    /// `auth_mode` is `apikey` but there is no key (Codex 0.171.0 refuses such a file).
+    ApiKeyMissing,
     /// A token in the file does not decode as a JWT.
     TokenDoesNotDecode {
         /// Which field.
@@ -93,6 +101,16 @@ impl fmt::Display for Problem {
             Problem::DirectoryOwnedByOther { uid } => {
                 write!(f, "the directory belongs to uid {uid}, not to you")
             }
+            Problem::PendingRotations { names } => write!(
+                f,
+                "{} rotation file(s) hold new tokens an interrupted refresh did not install ({}); \
+                 `codex-store refresh`, or any codex-store write, installs them",
+                names.len(),
+                names.join(", ")
+            ),
+            Problem::ApiKeyMissing => f.write_str(
+                "auth_mode is apikey but auth.json holds no API key (Codex refuses it: \"API key auth is missing a key\"): sign in again, e.g. `codex-store login --with-api-key`",
+            ),
             Problem::TokenDoesNotDecode { field, reason } => {
                 write!(f, "{field} does not decode: {reason}; sign in again")
             }
@@ -144,7 +162,16 @@ impl Store {
         if !temps.is_empty() {
             problems.push(Problem::LeftoverTemps { names: temps });
         }
+        let rotations = crate::replace::rotation_files(self.dir());
+        if !rotations.is_empty() && !crate::lock::is_held(self.refresh_lock_path())? {
+            problems.push(Problem::PendingRotations { names: rotations });
+        }
         if let Ok(snapshot) = self.load() {
+            if let Some(doc) = snapshot.auth() {
+                if doc.resolved_mode() == crate::AuthMode::ApiKey && doc.openai_api_key.is_none() {
+                    problems.push(Problem::ApiKeyMissing);
+                }
+            }
             if let Some(tokens) = snapshot.auth().and_then(|a| a.tokens.as_ref()) {
                 if let Err(e) = tokens.access_token_expiry() {
                     problems.push(Problem::TokenDoesNotDecode {

@@ -231,6 +231,15 @@ impl Store {
     }
 
     /// Takes `auth.lock` and `auth.json.lock`, in Codex's order.
+    /// Whether some process holds the refresh lock right now, that is, a codex-store refresh
+    /// is in flight (found without waiting).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the lock file exists but cannot be opened.
+    pub fn refresh_lock_held(&self) -> Result<bool, StoreError> {
+        lock::is_held(self.refresh_lock_path())
+    }
+
     pub(crate) fn lock(&self) -> Result<StoreLock, StoreError> {
         lock::acquire_store(
             self.codex_lock_path(),

@@ -1,0 +1,264 @@
+//! Rotations: the reservation made before a refresh token is sent, the save after the answer,
+//! and the recovery of what a crashed refresh left behind.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use codex_store::{
+    read_journal, AuthDotJson, Generation, JournalEvent, SaveOutcome, Secret, Store, StoreError,
+    ROTATION_PREFIX,
+};
+use common::{
+    access_token, auth_path, chatgpt_file, entries, id_token, read, temp_store, valid_chatgpt_file,
+    write_auth, REFRESH_TOKEN,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The document with new tokens, as a refresh would make it.
+fn rotated(doc: &AuthDotJson, refresh: &str) -> AuthDotJson {
+    let mut doc = doc.clone();
+    let tokens = doc.tokens.as_mut().expect("the fixture has tokens");
+    tokens.refresh_token = Secret::new(refresh);
+    tokens.access_token = Secret::new(access_token(4_100_000_000));
+    doc
+}
+
+fn rotation_files(store: &Store) -> Vec<String> {
+    entries(store.dir())
+        .into_iter()
+        .filter(|n| n.starts_with(ROTATION_PREFIX))
+        .collect()
+}
+
+/// What a refresh that crashed after making its answer durable leaves: a rotation file named
+/// after the generation it replaces and the token it redeemed.
+fn plant_crashed_rotation(store: &Store, base: Generation, doc: &AuthDotJson) -> String {
+    let name = format!(
+        "{ROTATION_PREFIX}{base}.{}.4242.0",
+        Secret::new(REFRESH_TOKEN).fingerprint()
+    );
+    fs::write(store.dir().join(&name), doc.to_json()).expect("cannot plant the rotation file");
+    name
+}
+
+fn stored_refresh_token(store: &Store) -> String {
+    store
+        .load()
+        .expect("auth.json does not load")
+        .auth()
+        .and_then(|d| d.tokens.as_ref())
+        .map(|t| t.refresh_token.expose().to_owned())
+        .expect("auth.json holds no tokens")
+}
+
+#[test]
+fn a_reservation_exists_before_the_request_and_disappears_when_given_up() {
+    let (dir, store) = temp_store();
+    write_auth(dir.path(), valid_chatgpt_file());
+    let rotation = store.begin_rotation(WAIT).expect("no rotation");
+    let reserved = rotation
+        .reserve(&Secret::new(REFRESH_TOKEN))
+        .expect("the reservation failed");
+    let path = reserved.path().to_path_buf();
+    let size = fs::metadata(&path).expect("no rotation file").len();
+    assert!(
+        size >= read(&auth_path(dir.path())).len() as u64,
+        "the reservation ({size} bytes) has no room for a document the size of auth.json"
+    );
+    // A transaction meanwhile (another writer, which sweeps leftover temp files) must not
+    // touch it.
+    drop(store.transaction().expect("a transaction during the reservation failed"));
+    assert!(
+        path.exists(),
+        "a transaction swept the reservation of a refresh in flight"
+    );
+    drop(reserved.abandon());
+    assert!(
+        !path.exists(),
+        "an abandoned reservation left its file behind"
+    );
+}
+
+#[test]
+fn a_save_renames_the_rotation_file_over_auth_json_and_journals_it() {
+    let (dir, store) = temp_store();
+    write_auth(dir.path(), valid_chatgpt_file());
+    let rotation = store.begin_rotation(WAIT).expect("no rotation");
+    let doc = rotation.snapshot().auth().cloned().expect("no document");
+    let reserved = rotation
+        .reserve(&Secret::new(REFRESH_TOKEN))
+        .expect("the reservation failed");
+    let new_doc = rotated(&doc, "rt_after_save");
+    match reserved.save(&new_doc).expect("the save failed") {
+        SaveOutcome::Installed {
+            generation, merged, ..
+        } => {
+            assert!(!merged, "an unchanged file was merged into");
+            assert_eq!(
+                Generation::of_bytes(&read(&auth_path(dir.path()))),
+                generation,
+                "the reported generation is not what is on disk"
+            );
+        }
+        other => panic!("the save did not install: {other:?}"),
+    }
+    assert_eq!(
+        stored_refresh_token(&store),
+        "rt_after_save",
+        "wrong token stored"
+    );
+    assert!(
+        rotation_files(&store).is_empty(),
+        "rotation files were left behind"
+    );
+    let events: Vec<JournalEvent> = read_journal(store.journal_path())
+        .expect("unreadable journal")
+        .into_iter()
+        .map(|r| r.event)
+        .collect();
+    assert_eq!(
+        events,
+        vec![JournalEvent::Redeeming, JournalEvent::Saved],
+        "the journal does not tell the rotation"
+    );
+}
+
+#[test]
+fn a_crashed_refresh_is_rolled_forward_by_the_next_transaction() {
+    let (dir, store) = temp_store();
+    write_auth(dir.path(), valid_chatgpt_file());
+    let snap = store.load().expect("load");
+    let new_doc = rotated(snap.auth().expect("doc"), "rt_rolled_forward");
+    plant_crashed_rotation(&store, snap.generation(), &new_doc);
+    let tx = store.transaction().expect("the next transaction failed");
+    assert_eq!(
+        tx.snapshot()
+            .auth()
+            .and_then(|d| d.tokens.as_ref())
+            .map(|t| t.refresh_token.expose().to_owned())
+            .as_deref(),
+        Some("rt_rolled_forward"),
+        "the transaction did not see the rolled-forward tokens"
+    );
+    drop(tx);
+    assert_eq!(
+        read(&auth_path(dir.path())),
+        new_doc.to_json(),
+        "not rolled forward byte for byte"
+    );
+    assert!(
+        rotation_files(&store).is_empty(),
+        "the rotation file stayed"
+    );
+    assert!(
+        read_journal(store.journal_path())
+            .expect("journal")
+            .iter()
+            .any(|r| r.event == JournalEvent::Recovered),
+        "the recovery is not in the journal"
+    );
+}
+
+#[test]
+fn a_crashed_refresh_is_merged_when_a_writer_changed_the_file_but_it_still_holds_the_redeemed_token(
+) {
+    let (dir, store) = temp_store();
+    write_auth(dir.path(), valid_chatgpt_file());
+    let snap = store.load().expect("load");
+    let new_doc = rotated(snap.auth().expect("doc"), "rt_merged");
+    plant_crashed_rotation(&store, snap.generation(), &new_doc);
+    // An older installation rewrote the file in place: same tokens, one more key.
+    let rewritten = valid_chatgpt_file().replacen('{', "{\n  \"old_writer\": true,", 1);
+    write_auth(dir.path(), &rewritten);
+    assert!(
+        store.recover().expect("the recovery failed"),
+        "the recovery did not look"
+    );
+    assert_eq!(
+        stored_refresh_token(&store),
+        "rt_merged",
+        "the new token was not merged in"
+    );
+    assert!(
+        String::from_utf8_lossy(&read(&auth_path(dir.path()))).contains("old_writer"),
+        "the other writer's key was lost in the merge"
+    );
+    assert!(
+        rotation_files(&store).is_empty(),
+        "the rotation file stayed"
+    );
+}
+
+#[test]
+fn a_crashed_refresh_is_discarded_when_auth_json_holds_another_account() {
+    let (dir, store) = temp_store();
+    write_auth(dir.path(), valid_chatgpt_file());
+    let snap = store.load().expect("load");
+    plant_crashed_rotation(
+        &store,
+        snap.generation(),
+        &rotated(snap.auth().expect("doc"), "rt_discarded"),
+    );
+    let other = chatgpt_file(
+        &id_token("b@example.com", "acct-2"),
+        &access_token(4_000_000_000),
+    )
+    .replace("\"acct-1\"", "\"acct-2\"")
+    .replace(REFRESH_TOKEN, "rt_other_account");
+    write_auth(dir.path(), &other);
+    store.recover().expect("the recovery failed");
+    assert_eq!(
+        read(&auth_path(dir.path())),
+        other.as_bytes(),
+        "another account's file was changed by the recovery"
+    );
+    assert!(
+        rotation_files(&store).is_empty(),
+        "the rotation file stayed"
+    );
+}
+
+#[test]
+fn an_unused_reservation_left_by_a_crash_is_removed_and_auth_json_untouched() {
+    let (dir, store) = temp_store();
+    let path = write_auth(dir.path(), valid_chatgpt_file());
+    let before = read(&path);
+    let generation = Generation::of_bytes(&before);
+    let name = format!(
+        "{ROTATION_PREFIX}{generation}.{}.4242.1",
+        Secret::new(REFRESH_TOKEN).fingerprint()
+    );
+    fs::write(dir.path().join(&name), vec![b' '; 4096]).expect("plant");
+    drop(store.begin_rotation(WAIT).expect("no rotation"));
+    assert_eq!(
+        read(&path),
+        before,
+        "an unused reservation changed auth.json"
+    );
+    assert!(
+        rotation_files(&store).is_empty(),
+        "the unused reservation stayed"
+    );
+}
+
+#[test]
+fn a_hard_linked_auth_json_fails_the_reservation_so_nothing_can_be_sent() {
+    let (dir, store) = temp_store();
+    let path = write_auth(dir.path(), valid_chatgpt_file());
+    fs::hard_link(&path, dir.path().join("backup.json")).expect("hard link");
+    let rotation = store.begin_rotation(WAIT).expect("a hard link is readable");
+    let err = rotation
+        .reserve(&Secret::new(REFRESH_TOKEN))
+        .expect_err("a reservation over a hard-linked auth.json succeeded");
+    assert!(
+        matches!(err, StoreError::HardLinked { .. }),
+        "expected HardLinked, got {err}"
+    );
+    assert!(
+        rotation_files(&store).is_empty(),
+        "a failed reservation left a file"
+    );
+}
