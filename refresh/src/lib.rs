@@ -1,9 +1,13 @@
 //! Guarded OAuth token refresh for Codex's `auth.json`, across processes.
 //!
-//! Every refresh, in every process, runs one protocol under the exclusive lock of a
-//! [`codex_store::Store`]: **lock -> re-read -> compare account -> refresh only if still
-//! unchanged and still due -> persist by compare-and-swap -> unlock**. However many processes
-//! race, the token endpoint sees one request, and all of them end with the same new token.
+//! Every refresh, in every process, runs one protocol over a [`codex_store::Store`]: **lock ->
+//! re-read -> compare account -> refresh only if still unchanged and still due -> persist by
+//! compare-and-swap -> unlock**. The lock held across the request is codex-store's own
+//! single-flight lock (`auth.json.refresh.lock`, see [`codex_store::Rotation`]); the write locks
+//! that Codex 0.171.0 shares (`auth.lock`, then `auth.json.lock`, in its order) are taken only
+//! for the save, for milliseconds, so that no Codex process waiting for them gives up and drops
+//! its tokens. However many processes race, the token endpoint sees one request, and all of
+//! them end with the same new token.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,7 +51,13 @@
 //! ```
 //!
 //! # Guarantees
-//! - **One request per rotation.** Under the lock the file is re-read; if another process
+//! - **Nothing redeemed is lost.** Before the refresh token is sent the save is reserved (a
+//!   rotation file with room for the answer; if that fails, nothing is sent); the answer is
+//!   durable in it before anything else; a crash is recovered by the next process.
+//! - **A reuse refusal waits for the rotation it means**: on `refresh_token_reused` every lock is
+//!   released and auth.json watched for [`RefreshConfig::reuse_wait`] for a newer token of the
+//!   same account, which is adopted; only then is the refusal reported.
+//! - **One request per rotation.** Under the refresh lock the file is re-read; if another process
 //!   already refreshed (the generation moved on and the tokens are not due), its tokens are
 //!   adopted without a request. The request always uses the refresh token *just read*.
 //! - **Stale caches heal.** A process that cached credentials long ago adopts whatever another
@@ -58,7 +68,8 @@
 //!   its answer is persisted even if the caller's future is dropped.
 //! - **Single flight in a process**: concurrent callers share one refresh.
 //! - **Errors are classified** ([`RefreshError::class`]): `refresh_token_expired`, `_reused`,
-//!   `_invalidated` and any 401 are permanent (sign in again) and remembered for that generation,
+//!   `_invalidated`, `400 invalid_grant` and any 401 are permanent (sign in again) and remembered
+//!   for that generation, in this process and in the store's journal for every other process,
 //!   so a dead token is not sent twice; 5xx, 429, timeouts, refused connections and unparseable
 //!   answers are transient and leave the store untouched. On `refresh_token_reused` the file is
 //!   re-read first, and a newer token for the same account is adopted. Credentials are never
@@ -70,14 +81,15 @@
 //! - Processes that do not use this protocol (older installations) can still redeem the same
 //!   token; the `refresh_token_reused` adoption and the store's compare-and-swap limit the damage
 //!   but cannot prevent the server's verdict.
-//! - The lock is held for the whole request (bounded by [`RefreshConfig::http_timeout`]); other
-//!   processes wait up to [`RefreshConfig::lock_timeout`].
-//! - If the new tokens cannot be written after a successful request (disk full, an I/O error),
-//!   the error is returned and they are kept in this process's memory; the next `auth()` or
-//!   `refresh()` writes them first, if the file is still what they replace. Until then the file
-//!   holds the redeemed token, which other processes will be refused, and a process that exits
-//!   first loses them. What can be checked beforehand (a symlinked or hard-linked file) is
-//!   checked before the request is sent.
+//! - The refresh lock is held for the whole request (bounded by
+//!   [`RefreshConfig::http_timeout`]); other codex-store processes wait up to
+//!   [`RefreshConfig::lock_timeout`]. Codex processes do not wait for it.
+//! - If the new tokens are durable in the rotation file but cannot be installed (auth.json keeps
+//!   changing, is corrupt, or the write locks are held too long), the error names the file; the
+//!   next refresh or write of any codex-store process installs it. If no file could take them at
+//!   all, they are kept in this process's memory (one more attempt is made at once, through a
+//!   fresh file) and a process that exits first loses them.
+//! - A crash between the answer and the fsync of the rotation file loses that rotation.
 //! - JWT signatures are not checked: the claims are read for display and for the account
 //!   comparison only.
 //!

@@ -36,8 +36,24 @@
 //!
 //! # Guarantees
 //! - **No lost updates** among processes that use this store: every write happens under an
-//!   exclusive `flock` on `auth.json.lock`, a sidecar that is never renamed, deleted or truncated
-//!   (locking `auth.json` itself fails: a rename swaps the inode under the lock).
+//!   exclusive `flock` on `auth.lock` and then on `auth.json.lock`, sidecars that are never
+//!   renamed, deleted or truncated (locking `auth.json` itself fails: a rename swaps the inode
+//!   under the lock).
+//! - **Safe beside Codex 0.171.0**, which takes the same two locks in the same order (so no
+//!   process holding one waits for one holding the other) and gives up on `auth.json.lock`
+//!   after 5 s: the store holds the write locks only for one re-read and write. A slow operation
+//!   (a refresh request) holds [`REFRESH_LOCK_FILE`] instead ([`Store::begin_rotation`]), which
+//!   Codex never takes.
+//! - **Redeemed tokens are not lost**: a [`Rotation`] reserves the save before the refresh token
+//!   is sent ([`Rotation::reserve`]: a rotation file with room for the answer, fsynced), makes the
+//!   answer durable in it before anything else, and installs it under the write locks
+//!   ([`Reserved::save`]), merging into what a writer ignoring the locks wrote meanwhile. A crash
+//!   leaves the rotation file, and the next process that takes the refresh lock or writes rolls it
+//!   forward (rename, or merge when the file still holds the redeemed token of the same account),
+//!   or discards it when auth.json now holds another account or none.
+//! - **A journal** ([`JOURNAL_FILE`], [`read_journal`]) records redemptions, saves, refusals and
+//!   recoveries with token fingerprints, never tokens; a refusal recorded for a generation tells
+//!   every other process not to send that generation's token again ([`Rotation::refusal`]).
 //! - **No torn reads**: a write goes to an exclusive 0600 temp file in the same directory, is
 //!   fsynced, renamed over `auth.json`, and the directory is fsynced. A reader sees the old bytes
 //!   or the new ones, and after a crash the file is one of the committed documents.
@@ -63,7 +79,12 @@
 //! - An `auth.json` that is not a regular file (a FIFO, a device) is refused with
 //!   [`StoreError::NotARegularFile`]; it is opened non-blocking, so nothing hangs on it.
 //! - Temp files (prefix [`TEMP_PREFIX`]) left by a crashed writer are swept under the lock by the
-//!   next transaction or compare-and-swap.
+//!   next transaction or compare-and-swap. Rotation files ([`ROTATION_PREFIX`]) are never swept:
+//!   they are installed or discarded by the recovery, only while no refresh holds the refresh
+//!   lock.
+//! - A [`Transaction`] holds both write locks until it is committed or dropped: keep it short
+//!   (no network, no user input), or a Codex 0.171.0 process waiting for `auth.json.lock` gives
+//!   up after 5 s and drops the tokens it just obtained.
 //!
 //! # Limitations
 //! - Advisory locks bind only processes that take them. Existing installations write in place

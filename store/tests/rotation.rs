@@ -70,7 +70,11 @@ fn a_reservation_exists_before_the_request_and_disappears_when_given_up() {
     );
     // A transaction meanwhile (another writer, which sweeps leftover temp files) must not
     // touch it.
-    drop(store.transaction().expect("a transaction during the reservation failed"));
+    drop(
+        store
+            .transaction()
+            .expect("a transaction during the reservation failed"),
+    );
     assert!(
         path.exists(),
         "a transaction swept the reservation of a refresh in flight"

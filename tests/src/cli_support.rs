@@ -61,6 +61,8 @@ pub mod exit {
     pub const LOCK_TIMEOUT: i32 = 5;
     /// Corrupt auth.json.
     pub const CORRUPT: i32 = 6;
+    /// A mode codex-store does not serve.
+    pub const UNSUPPORTED_MODE: i32 = 7;
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

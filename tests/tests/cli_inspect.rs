@@ -403,3 +403,117 @@ fn inspect_with_a_home_that_is_a_regular_file_exits_0_and_reports_the_error() {
     );
     assert_no_secret_leaked();
 }
+
+#[test]
+fn inspect_infers_bedrock_access_keys_like_codex_and_token_exits_7_naming_the_mode() {
+    let home = temp_home();
+    let secret = unique("aws-secret");
+    register_secret(&secret);
+    let text = format!(
+        r#"{{
+  "OPENAI_API_KEY": null,
+  "bedrock_access_keys": {{"access_key_id": "AKIAEXAMPLE", "secret_access_key": "{secret}"}}
+}}"#
+    );
+    write_file(&home.path().join("auth.json"), &text, 0o600);
+    let (report, _) = inspect_json(home.path());
+    assert_eq!(
+        report["auth_mode"], "bedrockAccessKeys",
+        "bedrock_access_keys was not inferred as Codex 0.171.0 does: {report}"
+    );
+    let out = run(home.path(), &["token"], None, &[]);
+    out.expect_code(exit::UNSUPPORTED_MODE, "token on Bedrock access keys")
+        .expect_empty_stdout("token printed something for a mode it does not serve")
+        .expect_stderr_contains(
+            &["bedrockAccessKeys", "codex"],
+            "the message should name the mode and what to use instead",
+        );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_reports_an_apikey_file_without_a_key_as_a_problem() {
+    let home = temp_home();
+    write_file(
+        &home.path().join("auth.json"),
+        r#"{"auth_mode": "apikey", "OPENAI_API_KEY": null}"#,
+        0o600,
+    );
+    let (report, _) = inspect_json(home.path());
+    assert!(
+        problems(&report).iter().any(|p| p.contains("no API key")),
+        "an apikey file without a key is not reported as a problem: {:?}",
+        problems(&report)
+    );
+}
+
+#[test]
+fn inspect_history_shows_the_rotation_with_fingerprints_and_escapes_what_the_journal_holds() {
+    let creds = ChatgptCreds::expired();
+    let home = temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    let url = idp.url();
+    run(
+        home.path(),
+        &["token"],
+        None,
+        &[("CODEX_REFRESH_TOKEN_URL_OVERRIDE", url.as_str())],
+    )
+    .expect_code(exit::OK, "token on expired credentials");
+    let issued = idp.last_issued().expect("the endpoint issued nothing");
+    register_secret(&issued.access_token);
+    register_secret(&issued.refresh_token);
+    register_secret(&issued.id_token);
+
+    let out = run(home.path(), &["inspect", "--history", "--json"], None, &[]);
+    out.expect_code(exit::OK, "inspect --history --json");
+    let report = out.json();
+    let events: Vec<&str> = report["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no history array: {report}"))
+        .iter()
+        .filter_map(|r| r["event"].as_str())
+        .collect();
+    assert_eq!(
+        events,
+        ["redeeming", "saved"],
+        "the history does not tell the rotation: {report}"
+    );
+    let saved = &report["history"][1];
+    assert_eq!(
+        saved["new_refresh"].as_str(),
+        Some(fingerprint(&issued.refresh_token).as_str()),
+        "the saved record does not name the new refresh token's fingerprint"
+    );
+
+    // The journal is untrusted: a record carrying escape sequences and a newline must not forge
+    // report lines.
+    let forged = "{\"at\":\"2026-01-01T00:00:00Z\",\"pid\":1,\"event\":\"adopted\",\"account\":\"x\\u001b[2J\\nproblems              none\"}\n";
+    let journal = home.path().join("auth.json.journal");
+    let mut text = fs::read_to_string(&journal).expect("no journal after a refresh");
+    text.push_str(forged);
+    fs::write(&journal, text).expect("append the forged record");
+    let out = run(home.path(), &["inspect", "--history"], None, &[]);
+    out.expect_code(exit::OK, "inspect --history");
+    assert!(
+        !out.stdout.contains('\u{1b}'),
+        "an escape character from the journal reached the terminal:\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("problems"))
+            .count(),
+        1,
+        "a journal record forged a report line:\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("saved"),
+        "the human history does not show the save:\n{}",
+        out.describe()
+    );
+    assert_no_secret_leaked();
+}
