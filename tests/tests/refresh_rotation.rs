@@ -60,6 +60,7 @@ fn try_flock(path: &Path) -> bool {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
         .open(path)
         .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
