@@ -13,12 +13,21 @@ use crate::exit::Failure;
 pub struct Context {
     home: Option<PathBuf>,
     lock_timeout: Option<Duration>,
+    reuse_wait: Option<Duration>,
 }
 
 impl Context {
     /// From the global options.
-    pub fn new(home: Option<PathBuf>, lock_timeout: Option<Duration>) -> Self {
-        Context { home, lock_timeout }
+    pub fn new(
+        home: Option<PathBuf>,
+        lock_timeout: Option<Duration>,
+        reuse_wait: Option<Duration>,
+    ) -> Self {
+        Context {
+            home,
+            lock_timeout,
+            reuse_wait,
+        }
     }
 
     /// `--home`, else `$CODEX_HOME` (which must name an existing directory), else `~/.codex`.
@@ -56,6 +65,9 @@ impl Context {
                 .and_then(|v| codex_store::parse_duration(&v))
                 .unwrap_or(config.lock_timeout)
         });
+        if let Some(wait) = self.reuse_wait {
+            config.reuse_wait = wait;
+        }
         config
     }
 

@@ -40,6 +40,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     lock_timeout: Option<Duration>,
 
+    /// After the token endpoint answers "refresh token was already used", how long to watch
+    /// auth.json for the rotation another process (Codex) is about to store, like `8s`
+    /// [default: 8s].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    reuse_wait: Option<Duration>,
+
     /// Log what happens to stderr (RUST_LOG also works).
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -85,7 +91,7 @@ fn init_tracing(verbose: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let ctx = home::Context::new(cli.home, cli.lock_timeout);
+    let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait);
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Token(args) => token::run(&ctx, args),

@@ -761,3 +761,33 @@ fn the_home_comes_from_codex_home_else_from_home_dot_codex_and_a_missing_codex_h
     );
     assert_no_secret_leaked();
 }
+
+#[test]
+fn token_exits_3_after_the_reuse_wait_and_the_next_token_run_sends_the_refused_token_no_more() {
+    let creds = ChatgptCreds::expired();
+    let (home, path, _before, idp) = signed_in_home(&creds);
+    let winner = idp.rotate_out_of_band(); // another client redeemed it; no rotation will land
+    codex_store_tests::cli_support::register_issued(&winner);
+    let first = run_against(&idp, home.path(), &["--reuse-wait", "300ms", "token"]);
+    first
+        .expect_code(
+            exit::SIGN_IN_REQUIRED,
+            "token on a refresh token redeemed elsewhere",
+        )
+        .expect_empty_stdout("a refused token run printed a bearer")
+        .expect_stderr_contains(&["already used"], "the message should say why");
+    let second = run_against(&idp, home.path(), &["--reuse-wait", "300ms", "token"]);
+    second.expect_code(exit::SIGN_IN_REQUIRED, "the second token run");
+    assert_eq!(
+        idp.requests(),
+        1,
+        "the second run sent the refused refresh token again\n{}",
+        second.describe()
+    );
+    assert_eq!(
+        stored_token(&read_doc(&path), "refresh_token"),
+        creds.refresh_token,
+        "a failed refresh changed the stored credentials"
+    );
+    assert_no_secret_leaked();
+}
