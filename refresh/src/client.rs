@@ -3,13 +3,18 @@
 use std::time::Duration;
 
 use codex_store::Secret;
-use serde::Deserialize;
 use serde_json::Value;
 
+use crate::config::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 use crate::error::{PermanentReason, RefreshError, TransientReason};
 
-/// New tokens from a successful refresh. A missing field keeps its previous value.
-#[derive(Debug, Default, Deserialize)]
+/// The largest answer body read from the token endpoint; reading stops there. Real answers are
+/// a few KiB.
+pub const MAX_ANSWER_SIZE: usize = 256 * 1024;
+
+/// New tokens from a successful refresh. A missing (or `null`) field keeps its previous value;
+/// the access token is required.
+#[derive(Debug, Default)]
 pub struct TokenAnswer {
     /// The new id token, if sent.
     pub id_token: Option<Secret>,
@@ -30,7 +35,10 @@ pub struct TokenClient {
 impl TokenClient {
     /// A client for `url` with a whole-request `timeout`.
     pub fn new(url: &str, client_id: &str, timeout: Duration) -> Result<Self, RefreshError> {
+        check_url(url)?;
         let mut builder = reqwest::Client::builder()
+            // A redirect would re-send the refresh token to another origin: never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)));
         if is_loopback(url) {
@@ -68,15 +76,93 @@ impl TokenClient {
             .await
             .map_err(|e| transient_from(&e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| transient_from(&e))?;
-        if status.is_success() {
-            return serde_json::from_slice::<TokenAnswer>(&bytes).map_err(|_| {
-                RefreshError::Transient {
-                    reason: TransientReason::UnparseableAnswer,
-                }
+        if status.is_redirection() {
+            return Err(RefreshError::Transient {
+                reason: TransientReason::Redirect(status.as_u16()),
             });
         }
+        let bytes = read_bounded(response).await?;
+        if status.is_success() {
+            return TokenAnswer::parse(&bytes);
+        }
         Err(classify(status.as_u16(), &bytes))
+    }
+}
+
+/// Reads the body, stopping at [`MAX_ANSWER_SIZE`].
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, RefreshError> {
+    let too_large = || RefreshError::Transient {
+        reason: TransientReason::InvalidAnswer(format!(
+            "it is larger than {MAX_ANSWER_SIZE} bytes"
+        )),
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_SIZE as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transient_from(&e))? {
+        if body.len() + chunk.len() > MAX_ANSWER_SIZE {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Refuses a token URL that is not an absolute `http` or `https` URL, naming the setting.
+fn check_url(url: &str) -> Result<(), RefreshError> {
+    let problem = match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
+            return Ok(())
+        }
+        Ok(parsed) => format!("its scheme `{}` is not http or https", parsed.scheme()),
+        Err(e) => e.to_string(),
+    };
+    Err(RefreshError::HttpSetup {
+        message: format!(
+            "the token URL {:?} (from {TOKEN_URL_ENV} or the configuration) is not usable: \
+             {problem}; set it to an http(s) URL such as {DEFAULT_TOKEN_URL}",
+            url.chars()
+                .flat_map(char::escape_default)
+                .collect::<String>()
+        ),
+    })
+}
+
+impl TokenAnswer {
+    /// Validates a 200 answer completely: an object whose `access_token` is a non-empty string
+    /// and whose `refresh_token` and `id_token`, when present and not null, are non-empty
+    /// strings. Anything else is an error: nothing of it may be stored.
+    pub fn parse(body: &[u8]) -> Result<TokenAnswer, RefreshError> {
+        let invalid = |what: &str| RefreshError::Transient {
+            reason: TransientReason::InvalidAnswer(what.to_owned()),
+        };
+        let value: Value = serde_json::from_slice(body).map_err(|_| RefreshError::Transient {
+            reason: TransientReason::UnparseableAnswer,
+        })?;
+        let Value::Object(map) = value else {
+            return Err(invalid("it is not a JSON object"));
+        };
+        let field = |name: &'static str| -> Result<Option<Secret>, RefreshError> {
+            match map.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(Secret::new(s.clone()))),
+                Some(Value::String(_)) => Err(invalid(&format!("{name} is empty"))),
+                Some(_) => Err(invalid(&format!("{name} is not a string"))),
+            }
+        };
+        let access_token = field("access_token")?;
+        if access_token.is_none() {
+            return Err(invalid("it holds no access_token"));
+        }
+        Ok(TokenAnswer {
+            id_token: field("id_token")?,
+            access_token,
+            refresh_token: field("refresh_token")?,
+        })
     }
 }
 

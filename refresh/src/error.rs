@@ -78,6 +78,12 @@ pub enum TransientReason {
     Connect,
     /// The answer could not be understood.
     UnparseableAnswer,
+    /// A 200 answer that is not a usable refresh (no access token, empty strings, wrong types,
+    /// too large, another account): nothing of it was stored.
+    InvalidAnswer(String),
+    /// The endpoint answered with a redirect, which is never followed (it would send the refresh
+    /// token to another origin).
+    Redirect(u16),
 }
 
 impl std::fmt::Display for TransientReason {
@@ -89,6 +95,17 @@ impl std::fmt::Display for TransientReason {
             TransientReason::UnparseableAnswer => {
                 f.write_str("the token endpoint's answer could not be understood")
             }
+            TransientReason::InvalidAnswer(what) => write!(
+                f,
+                "the token endpoint's answer is not a usable refresh ({what}), so nothing of it \
+                 was stored"
+            ),
+            TransientReason::Redirect(status) => write!(
+                f,
+                "the token endpoint answered with a redirect (HTTP {status}), which is never \
+                 followed: check the token URL ({})",
+                crate::config::TOKEN_URL_ENV
+            ),
         }
     }
 }

@@ -12,7 +12,7 @@ use codex_store::{
 
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenAnswer;
-use crate::error::{PermanentReason, RefreshError};
+use crate::error::{PermanentReason, RefreshError, TransientReason};
 use crate::manager::Inner;
 
 /// What a refresh did.
@@ -211,16 +211,26 @@ const REUSE_POLL: Duration = Duration::from_millis(20);
 
 /// Applies the answer: new tokens, missing fields keep their old value, `last_refresh` = now.
 /// An id token that does not decode is not stored (the old one is kept): the store would refuse
-/// the whole document, and the new refresh token with it.
-fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) {
+/// the whole document, and the new refresh token with it. An id token of another account is an
+/// error: nothing is applied, so that two accounts never mix in one file.
+fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) -> Result<(), RefreshError> {
     if let Some(tokens) = doc.tokens.as_mut() {
         if let Some(t) = &answer.id_token {
-            if codex_store::jwt::IdTokenClaims::decode(t.expose()).is_ok() {
-                tokens.id_token = t.clone();
-            } else {
-                tracing::warn!(
+            match codex_store::jwt::IdTokenClaims::decode(t.expose()) {
+                Ok(claims) => {
+                    let ours = tokens.account();
+                    if claims.account_id.is_some() && ours.is_some() && claims.account_id != ours {
+                        return Err(RefreshError::Transient {
+                            reason: TransientReason::InvalidAnswer(
+                                "its id token belongs to another account".into(),
+                            ),
+                        });
+                    }
+                    tokens.id_token = t.clone();
+                }
+                Err(_) => tracing::warn!(
                     "the token endpoint sent an id token that does not decode; kept the old one"
-                );
+                ),
             }
         }
         if let Some(t) = &answer.access_token {
@@ -231,6 +241,7 @@ fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) {
         }
     }
     doc.last_refresh = Some(Timestamp::now());
+    Ok(())
 }
 
 /// Persists the answer through the reservation: durable in the rotation file first, then
@@ -246,7 +257,10 @@ async fn persist(
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
     let read_at = reserved.rotation().snapshot().generation();
     let mut refreshed = doc;
-    apply(&mut refreshed, &answer);
+    if let Err(e) = apply(&mut refreshed, &answer) {
+        tracing::error!(error = %e, "the token endpoint's answer was refused; nothing stored");
+        return Err(e);
+    }
     let attempt = refreshed.clone();
     let saved = blocking(move || reserved.save(&attempt)).await;
     match saved {
