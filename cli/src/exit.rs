@@ -1,5 +1,6 @@
 //! Output: errors as one line plus a hint on stderr with the documented exit codes, and reports.
 
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 use codex_refresh::{ErrorClass, RefreshError};
@@ -22,13 +23,42 @@ impl Failure {
         }
     }
 
-    /// Prints the message and hint to stderr and returns the exit code.
+    /// Stdout was closed before the output could be written (`codex-store inspect | true`):
+    /// exit [`CLOSED_STDOUT`] without a message, as a process killed by SIGPIPE would.
+    pub fn closed_stdout() -> Self {
+        Failure {
+            message: String::new(),
+            hint: None,
+            code: CLOSED_STDOUT,
+        }
+    }
+
+    /// Prints the message and hint to stderr and returns the exit code. Never panics: a closed
+    /// stderr loses the message, not the exit code.
     pub fn report(self) -> ExitCode {
-        eprintln!("codex-store: error: {}", self.message);
-        if let Some(hint) = self.hint {
-            eprintln!("hint: {hint}");
+        if self.code != CLOSED_STDOUT {
+            let mut err = io::stderr().lock();
+            let _ = writeln!(err, "codex-store: error: {}", self.message);
+            if let Some(hint) = self.hint {
+                let _ = writeln!(err, "hint: {hint}");
+            }
         }
         ExitCode::from(self.code)
+    }
+}
+
+/// The exit code when stdout was closed before the output was written (128 + SIGPIPE, as shells
+/// report a process killed by it). What the command did before (a stored key) stays done.
+pub const CLOSED_STDOUT: u8 = 141;
+
+/// Writes `text` to stdout and flushes it. A closed stdout is [`Failure::closed_stdout`]; other
+/// write errors are reported.
+pub fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(Failure::closed_stdout()),
+        Err(e) => Err(Failure::other(format!("cannot write to stdout: {e}"), None)),
     }
 }
 
@@ -77,9 +107,8 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
     if json {
         let json = serde_json::to_string_pretty(report)
             .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
-        println!("{json}");
+        write_stdout(&format!("{json}\n"))
     } else {
-        print!("{report}");
+        write_stdout(&report.to_string())
     }
-    Ok(())
 }

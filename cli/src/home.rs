@@ -76,7 +76,10 @@ impl Context {
         let options = StoreOptions {
             lock_timeout: self.refresh_config().lock_timeout,
             on_wait: Some(Arc::new(|path: &Path, _waited: Duration| {
-                eprintln!(
+                use std::io::Write;
+                // A closed stderr loses the notice, never the command.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "codex-store: waiting for another process that holds the lock {}",
                     path.display()
                 );

@@ -17,16 +17,35 @@ pub struct Args {
 
 /// Runs `login --with-api-key`.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
-    let mut input = String::new();
+    let mut input = Vec::new();
     std::io::stdin()
-        .take(64 * 1024)
-        .read_to_string(&mut input)
+        .take(MAX_KEY_INPUT + 1)
+        .read_to_end(&mut input)
         .map_err(|e| Failure::other(format!("cannot read the API key from stdin: {e}"), None))?;
+    if input.len() as u64 > MAX_KEY_INPUT {
+        return Err(Failure::other(
+            format!("the input on stdin is longer than {MAX_KEY_INPUT} bytes; nothing was stored"),
+            Some("pipe exactly one API key, on one line"),
+        ));
+    }
+    let input = String::from_utf8(input).map_err(|_| {
+        Failure::other(
+            "the API key on stdin is not UTF-8 text; nothing was stored",
+            Some("pipe exactly one API key, on one line"),
+        )
+    })?;
     let key = input.trim();
     if key.is_empty() {
         return Err(Failure::other(
             "no API key on stdin",
             Some("pipe the key in: `printenv OPENAI_API_KEY | codex-store login --with-api-key`"),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(Failure::other(
+            "the API key on stdin contains control characters (a NUL, an escape, ...); nothing \
+             was stored",
+            Some("give exactly one key, on one line"),
         ));
     }
     if key.chars().any(char::is_whitespace) {
@@ -44,9 +63,12 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
         ..Default::default()
     };
     let generation = store.compare_and_swap(Expect::Any, Some(&doc))?;
-    println!(
-        "Stored an API key in {} (generation {generation})",
+    crate::exit::write_stdout(&format!(
+        "Stored an API key in {} (generation {generation})\n",
         store.path().display()
-    );
-    Ok(())
+    ))
 }
+
+/// The most stdin is read for an API key (real keys are about 200 bytes); longer input is an
+/// error, never silently cut.
+const MAX_KEY_INPUT: u64 = 64 * 1024;

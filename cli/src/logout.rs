@@ -14,9 +14,8 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let backend = FileBackend::from_store(ctx.store()?);
     let path = backend.store().path().display().to_string();
     if backend.delete()? {
-        println!("Removed the credentials in {path}");
+        crate::exit::write_stdout(&format!("Removed the credentials in {path}\n"))
     } else {
-        println!("No credentials to remove in {path}");
+        crate::exit::write_stdout(&format!("No credentials to remove in {path}\n"))
     }
-    Ok(())
 }

@@ -24,7 +24,8 @@ Exit codes:
   5  timed out waiting for the lock
   6  auth.json is corrupt (commands other than `inspect`)
   7  auth.json holds credentials of a mode codex-store does not serve (Bedrock, personal
-     access token, ...): use `codex` itself";
+     access token, ...): use `codex` itself
+  141  stdout was closed before the output was written (what was done stays done)";
 
 /// Inspect and use Codex's auth.json safely: every access takes the store's lock, every write
 /// is atomic and durable, every refresh runs the guarded protocol.

@@ -1,7 +1,5 @@
 //! `codex-store token`: the usable bearer on stdout, refreshed through the guarded protocol.
 
-use std::io::Write;
-
 use crate::exit::Failure;
 use crate::home::Context;
 
@@ -13,8 +11,5 @@ pub struct Args {}
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let manager = ctx.manager()?;
     let auth = ctx.runtime()?.block_on(manager.auth())?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", auth.bearer().expose())
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure::other(format!("cannot write to stdout: {e}"), None))
+    crate::exit::write_stdout(&format!("{}\n", auth.bearer().expose()))
 }

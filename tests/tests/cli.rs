@@ -791,3 +791,113 @@ fn token_exits_3_after_the_reuse_wait_and_the_next_token_run_sends_the_refused_t
     );
     assert_no_secret_leaked();
 }
+
+/// Runs `codex-store --home HOME ARGS` with stdout a pipe whose reading end is already closed,
+/// and `stdin` on stdin. Returns the exit code and stderr.
+fn run_with_closed_stdout(home: &Path, args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe() failed");
+    // SAFETY: both descriptors are new and owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end); // every write to stdout now fails with EPIPE
+    let mut child = Command::new(codex_store_tests::cli_support::codex_store_bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env(
+            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+            "http://127.0.0.1:9/oauth/token",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start codex-store");
+    let mut input = child.stdin.take().expect("stdin");
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    let out = child
+        .wait_with_output()
+        .expect("cannot wait for codex-store");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_ends_quietly_with_exit_141_when_stdout_is_closed_and_what_it_did_stays_done() {
+    let home = temp_home();
+    let key = api_key();
+    let path = home.path().join("auth.json");
+    write_file(&path, &api_key_json(&key), 0o600);
+    for args in [
+        &["inspect"][..],
+        &["inspect", "--json"],
+        &["token"],
+        &["refresh"],
+    ] {
+        let (code, stderr) = run_with_closed_stdout(home.path(), args, "");
+        assert_eq!(
+            code,
+            Some(141),
+            "`codex-store {}` with a closed stdout exited {code:?}; stderr: {stderr}",
+            args.join(" ")
+        );
+        assert!(
+            stderr.is_empty(),
+            "`codex-store {}` with a closed stdout printed to stderr (a panic?): {stderr}",
+            args.join(" ")
+        );
+    }
+    let new_key = api_key();
+    let (code, stderr) = run_with_closed_stdout(
+        home.path(),
+        &["login", "--with-api-key"],
+        &format!("{new_key}\n"),
+    );
+    assert_eq!(
+        code,
+        Some(141),
+        "login with a closed stdout exited {code:?}: {stderr}"
+    );
+    assert!(
+        fs::read_to_string(&path)
+            .expect("auth.json")
+            .contains(&new_key),
+        "login stored nothing although it reported only the closed stdout"
+    );
+    let (code, stderr) = run_with_closed_stdout(home.path(), &["logout"], "");
+    assert_eq!(
+        code,
+        Some(141),
+        "logout with a closed stdout exited {code:?}: {stderr}"
+    );
+    assert!(
+        !path.exists(),
+        "logout with a closed stdout did not remove the file"
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn login_refuses_an_over_long_key_and_control_characters_and_stores_nothing() {
+    let home = temp_home();
+    let path = home.path().join("auth.json");
+    let long = format!("sk-{}\n", "a".repeat(70 * 1024));
+    for (input, why) in [
+        (long.as_str(), "longer than"),
+        ("sk-abc\u{0}def\n", "control characters"),
+        ("sk-abc\u{1b}[2Jdef\n", "control characters"),
+    ] {
+        let out = run(home.path(), &["login", "--with-api-key"], Some(input), &[]);
+        out.expect_code(exit::OTHER, "login with a bad key")
+            .expect_stderr_contains(&[why, "nothing was stored"], "the message should say why");
+        assert!(!path.exists(), "a refused key was stored ({why})");
+    }
+}
