@@ -200,15 +200,17 @@ impl fmt::Display for InspectReport {
             ("api key sha256", show(&fp.api_key)),
             ("error", show(&self.error)),
         ];
+        // Values come from the file (claims, key names) and the file system (paths): escaped,
+        // so that no control character or newline in them can forge a line of the report.
         for (key, value) in rows {
-            writeln!(f, "{key:<21} {value}")?;
+            writeln!(f, "{key:<21} {}", escape(&value))?;
         }
         if self.problems.is_empty() {
             writeln!(f, "{:<21} none", "problems")?;
         } else {
             writeln!(f, "problems:")?;
             for problem in &self.problems {
-                writeln!(f, "  - {problem}")?;
+                writeln!(f, "  - {}", escape(problem))?;
             }
         }
         if let Some(history) = &self.history {

@@ -98,8 +98,12 @@ pub enum StoreError {
         reason: String,
     },
 
-    /// auth.json is not a regular file (a FIFO, a device, a directory).
-    #[error("{path} is not a regular file; move it away and sign in again")]
+    /// auth.json (or one of its lock files, or the journal) is not a regular file (a FIFO, a
+    /// device, a directory).
+    #[error(
+        "{path} is not a regular file; move it away (codex-store recreates lock files; for \
+         auth.json, sign in again)"
+    )]
     NotARegularFile {
         /// auth.json.
         path: PathBuf,

@@ -97,13 +97,19 @@ impl JournalRecord {
     }
 }
 
+/// Opens the journal for appending, never through a symlink, never blocking (on a FIFO), and
+/// only a regular file.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("the journal is not a regular file"));
+    }
+    Ok(file)
 }
 
 /// Appends `record` in one write. Only a holder of the refresh lock calls this.

@@ -23,15 +23,30 @@ pub(crate) struct LockGuard {
     _file: File,
 }
 
-/// Opens (creating 0600 if needed) the lock file without following a symlink.
-fn open_lock_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+/// Opens (creating 0600 if needed) the lock file without following a symlink and without
+/// blocking (a FIFO planted as the lock file would otherwise hang the open).
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
+        .map_err(|e| StoreError::io("open the lock file", path, e))?;
+    regular(file, path)
+}
+
+/// The file, if it is a regular file; a FIFO, device or directory is refused.
+fn regular(file: File, path: &Path) -> Result<File, StoreError> {
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok(file),
+        Ok(_) => Err(StoreError::NotARegularFile {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(StoreError::io("inspect the lock file", path, e)),
+    }
 }
 
 fn same_inode(file: &File, path: &Path) -> bool {
@@ -92,7 +107,7 @@ pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, 
 
 /// Takes the exclusive lock if nobody holds it; `None` when it is busy. Never waits.
 pub(crate) fn try_acquire(path: &Path) -> Result<Option<LockGuard>, StoreError> {
-    let file = open_lock_file(path).map_err(|e| StoreError::io("open the lock file", path, e))?;
+    let file = open_lock_file(path)?;
     let mut rw = fd_lock::RwLock::new(file);
     match rw.try_write() {
         Ok(guard) => std::mem::forget(guard),
@@ -113,8 +128,7 @@ fn acquire_until(
 ) -> Result<LockGuard, StoreError> {
     let mut retries = 0u32;
     loop {
-        let file =
-            open_lock_file(path).map_err(|e| StoreError::io("open the lock file", path, e))?;
+        let file = open_lock_file(path)?;
         let mut rw = fd_lock::RwLock::new(file);
         let acquired = match rw.try_write() {
             Ok(guard) => {
@@ -231,10 +245,10 @@ fn timeout(path: &Path, start: Instant) -> StoreError {
 pub(crate) fn is_held(path: &Path) -> Result<bool, StoreError> {
     let opened = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path);
     let file = match opened {
-        Ok(f) => f,
+        Ok(f) => regular(f, path)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(StoreError::io("open the lock file", path, e)),
     };

@@ -50,3 +50,51 @@ fn an_absurd_duration_is_capped_rather_than_overflowing() {
         "a duration of {parsed:?} was not capped"
     );
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().expect("temp path is UTF-8"))
+        .expect("temp path has no NUL");
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo failed"
+    );
+}
+
+#[test]
+fn a_fifo_in_place_of_a_lock_file_or_the_journal_is_refused_at_once_and_probing_it_never_blocks() {
+    for name in ["auth.json.lock", "auth.lock", "auth.json.refresh.lock"] {
+        let (dir, store) = temp_store();
+        write_auth(dir.path(), valid_chatgpt_file());
+        mkfifo(&dir.path().join(name));
+        // Every one of these would block forever on a FIFO opened for reading or writing.
+        let probe = if name == "auth.json.refresh.lock" {
+            store.refresh_lock_held()
+        } else {
+            store.lock_held()
+        };
+        if name != "auth.lock" {
+            assert!(
+                matches!(probe, Err(StoreError::NotARegularFile { .. })),
+                "probing a FIFO {name} gave {probe:?}"
+            );
+        }
+        let err = match name {
+            "auth.json.refresh.lock" => store.begin_rotation(Duration::from_secs(1)).map(drop),
+            _ => store.transaction().map(drop),
+        }
+        .expect_err("a FIFO was accepted as a lock file");
+        assert!(
+            matches!(err, StoreError::NotARegularFile { .. }),
+            "a FIFO {name} gave {err} instead of NotARegularFile"
+        );
+    }
+    let (dir, store) = temp_store();
+    mkfifo(&dir.path().join("auth.json.journal"));
+    let read = codex_store::read_journal(store.journal_path());
+    assert!(
+        matches!(read, Err(StoreError::NotARegularFile { .. })),
+        "reading a FIFO journal gave {read:?}"
+    );
+}

@@ -517,3 +517,43 @@ fn inspect_history_shows_the_rotation_with_fingerprints_and_escapes_what_the_jou
     );
     assert_no_secret_leaked();
 }
+
+#[test]
+fn inspect_escapes_control_characters_in_claims_and_key_names_so_nothing_forges_a_report_line() {
+    let home = temp_home();
+    let forged_email = "me@example.com\nproblems              none\u{1b}[2J";
+    let id_token = codex_store_tests::jwt::make_jwt(&serde_json::json!({
+        "email": forged_email,
+        "https://api.openai.com/auth": {
+            "chatgpt_account_id": "acct-1\r\nerror                 -",
+            "chatgpt_plan_type": "plus\u{7}"
+        }
+    }));
+    let access =
+        codex_store_tests::jwt::access_token(codex_store_tests::jwt::now_unix() + 3600, "at");
+    let mut text =
+        codex_store_tests::jwt::auth_json(&access, "rt_escape_test", &id_token, "acct-1");
+    text = text.replacen('{', "{\n  \"evil\\nproblems none\": 1,", 1);
+    register_secret(&access);
+    register_secret("rt_escape_test");
+    write_file(&home.path().join("auth.json"), &text, 0o600);
+    let out = run(home.path(), &["inspect"], None, &[]);
+    out.expect_code(exit::OK, "inspect of a file with hostile claims");
+    for c in ['\u{1b}', '\u{7}', '\r'] {
+        assert!(
+            !out.stdout.contains(c),
+            "a control character {c:?} from the file reached the terminal:\n{}",
+            out.describe()
+        );
+    }
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("problems") || l.starts_with("error"))
+            .count(),
+        2,
+        "a claim or key name forged a report line:\n{}",
+        out.describe()
+    );
+    assert_no_secret_leaked();
+}
