@@ -6,7 +6,8 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 /// The version of auth.json: the SHA-256 of the file's exact bytes, or [`Generation::Absent`]
-/// when there is no file.
+/// when there is no file. (For a file over [`crate::MAX_FILE_SIZE`], which is never read whole,
+/// it is the SHA-256 of its first `MAX_FILE_SIZE + 1` bytes followed by its size in decimal.)
 ///
 /// It displays as 64 lowercase hex characters, equal to what `sha256sum auth.json` prints, and
 /// as `absent` for no file. Hashing the bytes (rather than comparing inode, mtime and size)

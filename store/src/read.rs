@@ -76,19 +76,16 @@ pub(crate) fn read_raw(path: &Path) -> Result<Option<RawFile>, StoreError> {
     if bytes.len() as u64 <= MAX_FILE_SIZE {
         return Ok(Some(RawFile::Bytes(bytes)));
     }
-    // Too large to parse; hash the rest so a compare-and-swap can still name it.
+    // Too large to parse, and reading stops at the limit (an 8 GiB sparse file must not be read
+    // whole): the generation of such a file is the SHA-256 of its first MAX_FILE_SIZE + 1 bytes
+    // followed by its size in decimal, enough for a compare-and-swap to name it.
+    let size = file
+        .metadata()
+        .map_err(|e| StoreError::io("inspect", path, e))?
+        .len();
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| StoreError::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    hasher.update(size.to_string().as_bytes());
     Ok(Some(RawFile::TooLarge(Generation::Sha256(
         hasher.finalize().into(),
     ))))

@@ -58,9 +58,22 @@ fn assert_corrupt(err: StoreError, path: &Path, generation: Generation, key: &st
 
 /// The whole matrix for one bad file.
 fn check_bad_file(bytes: &[u8], key: &str) {
+    check_bad_file_at(bytes, key, Generation::of_bytes(bytes));
+}
+
+/// The generation of a file over the limit, which is never read whole: the SHA-256 of its first
+/// `MAX_FILE_SIZE + 1` bytes followed by its size in decimal.
+fn oversized_generation(head: &[u8], size: u64) -> Generation {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(&head[..(MAX_FILE_SIZE as usize + 1).min(head.len())]);
+    hasher.update(size.to_string().as_bytes());
+    Generation::Sha256(hasher.finalize().into())
+}
+
+fn check_bad_file_at(bytes: &[u8], key: &str, generation: Generation) {
     let (dir, store) = temp_store();
     let path = write_auth(dir.path(), bytes);
-    let generation = Generation::of_bytes(bytes);
 
     let err = store.load().expect_err("load() accepted a bad file");
     assert_corrupt(err, &path, generation, key, "load()");
@@ -318,7 +331,36 @@ fn a_file_over_one_mebibyte_is_corrupt() {
         bytes.len() as u64 > MAX_FILE_SIZE,
         "the fixture is not over the limit"
     );
-    check_bad_file(bytes.as_bytes(), "limit");
+    let generation = oversized_generation(bytes.as_bytes(), bytes.len() as u64);
+    check_bad_file_at(bytes.as_bytes(), "limit", generation);
+}
+
+#[test]
+fn an_8_gib_sparse_file_is_corrupt_and_read_only_up_to_the_limit() {
+    let (dir, store) = temp_store();
+    let path = dir.path().join("auth.json");
+    let size = 8u64 << 30;
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(size).expect("a sparse 8 GiB file");
+    drop(file);
+    // Had it been read whole, the generation would be the hash of 8 GiB of zeros instead.
+    let expected = oversized_generation(&vec![0u8; MAX_FILE_SIZE as usize + 1], size);
+    match store.load() {
+        Err(StoreError::Corrupt { generation, .. }) => assert_eq!(
+            generation, expected,
+            "the generation of an oversized file is not the documented prefix-and-size hash"
+        ),
+        other => panic!("an 8 GiB file gave {other:?} instead of Corrupt"),
+    }
+    assert_eq!(
+        store.generation().expect("generation() failed"),
+        expected,
+        "generation() of an oversized file differs from load()'s"
+    );
+    store
+        .compare_and_swap(Expect::Generation(expected), None)
+        .expect("a compare-and-swap naming the oversized file's generation could not remove it");
+    assert!(!path.exists(), "the oversized file is still there");
 }
 
 #[test]
