@@ -112,3 +112,14 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
         write_stdout(&report.to_string())
     }
 }
+
+/// A write that happened but whose directory could not be fsynced: a warning on stderr, and the
+/// command goes on as successful. Every other error stays an error.
+pub fn warn_not_durable(
+    e: codex_store::StoreError,
+) -> Result<codex_store::Generation, codex_store::StoreError> {
+    if matches!(e, codex_store::StoreError::NotDurable { .. }) {
+        let _ = writeln!(io::stderr(), "codex-store: warning: {e}");
+    }
+    e.accept_not_durable()
+}

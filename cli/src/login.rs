@@ -62,7 +62,9 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
         openai_api_key: Some(Secret::new(key)),
         ..Default::default()
     };
-    let generation = store.compare_and_swap(Expect::Any, Some(&doc))?;
+    let generation = store
+        .compare_and_swap(Expect::Any, Some(&doc))
+        .or_else(crate::exit::warn_not_durable)?;
     crate::exit::write_stdout(&format!(
         "Stored an API key in {} (generation {generation})\n",
         store.path().display()

@@ -13,7 +13,11 @@ pub struct Args {}
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let backend = FileBackend::from_store(ctx.store()?);
     let path = backend.store().path().display().to_string();
-    if backend.delete()? {
+    let removed = match backend.delete() {
+        Ok(removed) => removed,
+        Err(e) => crate::exit::warn_not_durable(e).map(|_| true)?,
+    };
+    if removed {
         crate::exit::write_stdout(&format!("Removed the credentials in {path}\n"))
     } else {
         crate::exit::write_stdout(&format!("No credentials to remove in {path}\n"))

@@ -307,7 +307,13 @@ impl AuthManager {
     /// tokens included. Returns whether there was a file.
     pub async fn logout(&self) -> Result<bool, RefreshError> {
         let backend = FileBackend::from_store(self.inner.store.clone());
-        let existed = blocking(move || backend.delete()).await?;
+        let existed = blocking(move || {
+            backend.delete().or_else(|e| {
+                warn_not_durable(&e);
+                e.accept_not_durable().map(|_| true)
+            })
+        })
+        .await?;
         *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.set_cache(None);
         Ok(existed)
@@ -322,8 +328,15 @@ impl AuthManager {
         };
         let store = self.inner.store.clone();
         let to_write = doc.clone();
-        let generation =
-            blocking(move || store.compare_and_swap(Expect::Any, Some(&to_write))).await?;
+        let generation = blocking(move || {
+            store
+                .compare_and_swap(Expect::Any, Some(&to_write))
+                .or_else(|e| {
+                    warn_not_durable(&e);
+                    e.accept_not_durable()
+                })
+        })
+        .await?;
         let auth = CodexAuth::from_document(&doc, generation)?.map(Arc::new);
         *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.set_cache(auth.clone());
@@ -357,5 +370,12 @@ impl AuthManager {
         let disk = check_disk(&inner, &known, &snap)?;
         inner.set_cache(Some(Arc::new(disk)));
         Ok(true)
+    }
+}
+
+/// Logs a write that happened but whose directory could not be fsynced.
+pub(crate) fn warn_not_durable(e: &StoreError) {
+    if matches!(e, StoreError::NotDurable { .. }) {
+        tracing::warn!(error = %e, "the write is in place but not known to be durable");
     }
 }

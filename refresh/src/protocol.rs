@@ -313,7 +313,12 @@ async fn save_unsaved(inner: &Inner) -> Result<Option<Arc<CodexAuth>>, RefreshEr
         if tx.snapshot().generation() != base {
             return Ok(None);
         }
-        tx.commit(Some(&attempt)).map(Some)
+        tx.commit(Some(&attempt))
+            .or_else(|e| {
+                crate::manager::warn_not_durable(&e);
+                e.accept_not_durable()
+            })
+            .map(Some)
     })
     .await;
     match saved {

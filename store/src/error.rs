@@ -160,6 +160,23 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// The write happened (the new file is in place, or the old one removed) but the directory
+    /// could not be fsynced, so a power loss may undo it. Callers may treat it as success with a
+    /// warning.
+    #[error(
+        "{path} was written (generation {generation}) but its directory could not be fsynced: \
+         {source}; the change is in place now, but a power loss may undo it: check the disk"
+    )]
+    NotDurable {
+        /// auth.json.
+        path: PathBuf,
+        /// The generation now in place.
+        generation: Generation,
+        /// The OS error of the fsync.
+        #[source]
+        source: io::Error,
+    },
+
     /// An I/O error.
     #[error("cannot {action} {path}: {source}; check that the path exists and is yours")]
     Io {
@@ -174,6 +191,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// For [`StoreError::NotDurable`], the generation that is in place (the write happened);
+    /// every other error is returned as it is. For callers that treat a missing directory fsync
+    /// as success with a warning.
+    ///
+    /// # Errors
+    /// `self`, unless it is [`StoreError::NotDurable`].
+    pub fn accept_not_durable(self) -> Result<Generation, StoreError> {
+        match self {
+            StoreError::NotDurable { generation, .. } => Ok(generation),
+            other => Err(other),
+        }
+    }
+
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         StoreError::Io {
             action,

@@ -62,7 +62,8 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
                 record(JournalEvent::Recovered, Some(now), None);
             }
             Verdict::Merge(doc, current) => {
-                let written = replace::replace(store.path(), current, &doc.to_json())?;
+                let written = replace::replace(store.path(), current, &doc.to_json())
+                    .or_else(StoreError::accept_not_durable)?;
                 let _ = fs::remove_file(&path);
                 record(JournalEvent::Recovered, Some(written), Some("merged"));
             }

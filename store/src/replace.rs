@@ -105,8 +105,9 @@ pub(crate) fn replace(
     recheck(path, expected)?;
     fs::rename(&tpath, path).map_err(|e| StoreError::io("rename the temp file over", path, e))?;
     temp.armed = false;
-    sync_dir(dir)?;
-    Ok(Generation::of_bytes(bytes))
+    let generation = Generation::of_bytes(bytes);
+    synced(dir, path, generation)?;
+    Ok(generation)
 }
 
 /// Durably removes `path`, provided it still is `expected`. The caller holds the lock.
@@ -117,7 +118,23 @@ pub(crate) fn remove(path: &Path, expected: Generation) -> Result<(), StoreError
         return Ok(());
     }
     fs::remove_file(path).map_err(|e| StoreError::io("remove", path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    synced(
+        path.parent().unwrap_or(Path::new(".")),
+        path,
+        Generation::Absent,
+    )
+}
+
+/// Fsyncs `dir` after a change of `path` that is already in place: a failure is
+/// [`StoreError::NotDurable`], not a failed write.
+fn synced(dir: &Path, path: &Path, generation: Generation) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::NotDurable {
+            path: path.to_path_buf(),
+            generation,
+            source,
+        })
 }
 
 /// The names of leftover temp files in `dir`.
