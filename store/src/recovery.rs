@@ -7,8 +7,9 @@
 //! - merged into auth.json, when auth.json changed but still holds the redeemed refresh token
 //!   of the same account (a writer ignoring the locks rewrote it);
 //! - discarded, when auth.json holds another account, other tokens, or none: they win;
-//! - left alone, when it or auth.json cannot be read (the next attempt tries again, and
-//!   `inspect` reports it).
+//! - left alone, when it cannot be read (`inspect` reports it); and when auth.json cannot be
+//!   read (a writer ignoring the locks, half way), the recovery fails with that error, so that
+//!   no refresh goes on to redeem the token the rotation already redeemed.
 
 use std::fs;
 use std::io::Read;
@@ -100,11 +101,9 @@ fn judge(
         // Cut off by a crash before its fsync: nothing in it can be used.
         return Ok(Verdict::Discard("unreadable"));
     };
-    let current = match store.load() {
-        Ok(current) => current,
-        Err(StoreError::Corrupt { .. }) => return Ok(Verdict::Leave),
-        Err(e) => return Err(e),
-    };
+    // A corrupt auth.json is an error, not a reason to leave the rotation behind: the caller
+    // would otherwise re-read a whole file a moment later and redeem the spent token.
+    let current = store.load()?;
     let generation = current.generation();
     if generation.to_string() == name.base {
         return Ok(Verdict::RollForward(generation));

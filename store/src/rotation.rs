@@ -172,9 +172,23 @@ impl Rotation {
     /// not writable, no free inode, disk full). In every case nothing may be sent.
     pub fn reserve(self, redeemed: &Secret) -> Result<Reserved, StoreError> {
         replace::check_replaceable(self.store.path())?;
+        let fingerprint = redeemed.fingerprint();
+        // A rotation of this very token still waiting to be installed means it is spent: sending
+        // it again would be refused, and might revoke the whole token family.
+        if let Some(pending) = replace::rotation_files(self.store.dir())
+            .into_iter()
+            .find(|n| RotationName::parse(n).is_some_and(|r| r.redeemed == fingerprint))
+        {
+            return Err(StoreError::NotInstalled {
+                path: self.store.path().to_path_buf(),
+                pending: self.store.dir().join(pending),
+                reason: "this refresh token was already redeemed by an interrupted refresh whose \
+                         tokens could not be installed yet; it is not sent again"
+                    .into(),
+            });
+        }
         let base = self.snapshot.generation();
         let room = (self.snapshot.len() * 2 + RESERVE_MARGIN).min(MAX_FILE_SIZE);
-        let fingerprint = redeemed.fingerprint();
         let (file, path) = create_filled(self.store.dir(), base, &fingerprint, room)?;
         let mut record = JournalRecord::new(JournalEvent::Redeeming, base);
         record.account = self
@@ -377,9 +391,12 @@ impl Reserved {
             };
             let current = match store.load() {
                 Ok(current) => current,
-                Err(e @ StoreError::Corrupt { .. }) => {
+                Err(StoreError::Corrupt { reason, .. }) => {
                     // Maybe a writer ignoring the lock, half way: try again.
-                    last_problem = e.to_string();
+                    last_problem = format!(
+                        "auth.json does not read as a document ({reason}); a writer ignoring the \
+                         locks may be half way"
+                    );
                     continue;
                 }
                 Err(e) => return Err(self.not_installed(e.to_string())),
@@ -410,8 +427,10 @@ impl Reserved {
                 }
             }
             // A writer ignoring the lock may have written since we read: never overwrite it.
-            if let Err(e) = replace::recheck(&auth_path, self.base) {
-                last_problem = e.to_string();
+            if replace::recheck(&auth_path, self.base).is_err() {
+                last_problem = "auth.json kept changing under the save (a writer ignoring the \
+                                locks rewrote it during every attempt)"
+                    .into();
                 drop(locked);
                 continue;
             }

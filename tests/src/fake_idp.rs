@@ -11,6 +11,10 @@
 //! behaviour does not affect it), then the delay passes, then the refresh token is checked and
 //! rotated atomically and the answer is written. Two concurrent requests presenting the same live
 //! token therefore get exactly one success and one `refresh_token_reused`.
+//!
+//! [`Behavior::LateWinner`] changes that order to produce "a winner whose answer arrives after
+//! the losers' refusals": the token is checked and rotated the moment the request is read, and
+//! only the answer waits (the success and the refusals each after their own delay).
 
 use crate::jwt;
 use serde_json::{json, Value};
@@ -81,6 +85,20 @@ pub enum Behavior {
     /// Read the request and never answer: the connection is closed when the server is dropped
     /// or after 60 s, whichever comes first. Nothing is rotated.
     Hang,
+    /// Like [`Behavior::Normal`], but the presented refresh token is checked and rotated the
+    /// moment the request is read, in the same step as it is counted (so once
+    /// [`wait_for_requests`](FakeIdp::wait_for_requests) has seen it, it is decided), before any
+    /// wait: the first request with the live token wins at once. Its 200 answer is written only after `success_after`, and every
+    /// refusal (`refresh_token_reused`, `_invalidated`) after `refusal_after`. With
+    /// `success_after` longer than `refusal_after`, the losers of a race hear "already used"
+    /// while the winner is still waiting for its new tokens. The delay of
+    /// [`set_delay`](FakeIdp::set_delay) does not apply; malformed requests are answered at once.
+    LateWinner {
+        /// How long the winner waits for its 200 answer after its request was read.
+        success_after: Duration,
+        /// How long a refused request waits for its 401 answer after it was read.
+        refusal_after: Duration,
+    },
 }
 
 impl Behavior {
@@ -89,6 +107,15 @@ impl Behavior {
         Behavior::Status {
             status,
             body: body.into(),
+        }
+    }
+
+    /// [`Behavior::LateWinner`]: rotate on receipt, answer the winner after `success_after` and
+    /// refuse the losers at once.
+    pub fn late_winner(success_after: Duration) -> Behavior {
+        Behavior::LateWinner {
+            success_after,
+            refusal_after: Duration::ZERO,
         }
     }
 }
@@ -108,6 +135,7 @@ struct State {
     delay: Duration,
     requests: usize,
     successes: usize,
+    reuse_refusals: usize,
     live: String,
     dead: HashSet<String>,
     last_issued: Option<Issued>,
@@ -116,6 +144,8 @@ struct State {
     account_id: String,
     email: String,
     plan: String,
+    /// Lifetime, in seconds, of the access tokens issued from now on (`expires_in`).
+    access_lifetime: i64,
 }
 
 /// One HTTP response to write.
@@ -160,6 +190,7 @@ impl FakeIdp {
                 delay: Duration::ZERO,
                 requests: 0,
                 successes: 0,
+                reuse_refusals: 0,
                 live: initial_refresh_token.to_string(),
                 dead: HashSet::new(),
                 last_issued: None,
@@ -168,6 +199,7 @@ impl FakeIdp {
                 account_id: account_id.to_string(),
                 email: email.to_string(),
                 plan: plan.to_string(),
+                access_lifetime: EXPIRES_IN_SECS,
             }),
             changed: Condvar::new(),
             conns: Mutex::new(Vec::new()),
@@ -201,6 +233,13 @@ impl FakeIdp {
         lock(&self.shared.state).delay = d;
     }
 
+    /// Makes the access tokens issued from now on expire `secs` seconds after issue (default
+    /// [`EXPIRES_IN_SECS`]); zero or negative issues tokens that are already expired, so that
+    /// every run of `codex-store token` refreshes again.
+    pub fn set_access_token_lifetime(&self, secs: i64) {
+        lock(&self.shared.state).access_lifetime = secs;
+    }
+
     /// How many `POST /oauth/token` requests were read, whatever their answer.
     pub fn requests(&self) -> usize {
         lock(&self.shared.state).requests
@@ -229,6 +268,13 @@ impl FakeIdp {
     /// How many requests were answered 200 with rotated tokens.
     pub fn successes(&self) -> usize {
         lock(&self.shared.state).successes
+    }
+
+    /// How many requests were refused as `refresh_token_reused` (they presented a refresh token
+    /// that had already been rotated), under [`Behavior::Normal`], [`Behavior::OmitRefreshToken`]
+    /// or [`Behavior::LateWinner`]. A [`Behavior::Status`] body saying so is not counted.
+    pub fn reuse_refusals(&self) -> usize {
+        lock(&self.shared.state).reuse_refusals
     }
 
     /// The one live refresh token.
@@ -287,7 +333,7 @@ impl State {
         }
         let marker = format!("at_{}", NEXT_MARKER.fetch_add(1, Ordering::Relaxed));
         let issued = Issued {
-            access_token: jwt::access_token(jwt::now_unix() + EXPIRES_IN_SECS, &marker),
+            access_token: jwt::access_token(jwt::now_unix() + self.access_lifetime, &marker),
             refresh_token: self.live.clone(),
             id_token: jwt::id_token(&self.email, &self.account_id, &self.plan),
         };
@@ -303,7 +349,7 @@ impl State {
             let mut body = json!({
                 "id_token": issued.id_token,
                 "access_token": issued.access_token,
-                "expires_in": EXPIRES_IN_SECS,
+                "expires_in": self.access_lifetime,
                 "token_type": "Bearer",
             });
             if rotate_refresh {
@@ -311,6 +357,7 @@ impl State {
             }
             Response::json(200, body.to_string())
         } else if self.dead.contains(rt) {
+            self.reuse_refusals += 1;
             Response::json(
                 401,
                 json!({"error": {
@@ -487,15 +534,49 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
                 .map(str::to_string)
         });
 
-    let (behavior, delay) = {
+    let (behavior, delay, decided) = {
         let mut state = lock(&shared.state);
         state.requests += 1;
         if let Some(rt) = presented {
             state.presented.push(rt);
         }
+        // A late winner is checked and rotated in the same step as it is counted: whoever has
+        // seen the request counted (`wait_for_requests`) knows that it has been decided.
+        let decided = match (&state.behavior, &parsed) {
+            (Behavior::LateWinner { .. }, Ok(rt)) => Some(state.redeem(rt, true)),
+            _ => None,
+        };
         shared.changed.notify_all();
-        (state.behavior.clone(), state.delay)
+        (state.behavior.clone(), state.delay, decided)
     };
+    if let Behavior::LateWinner {
+        success_after,
+        refusal_after,
+    } = behavior
+    {
+        // Decided above, on receipt; only the answer waits.
+        let response = match decided {
+            Some(response) => response,
+            None if request.chunked => {
+                return Some(Response::json(
+                    411,
+                    json!({"error": "invalid_request"}).to_string(),
+                ))
+            }
+            None => {
+                return Some(Response::json(
+                    400,
+                    json!({"error": "invalid_request"}).to_string(),
+                ))
+            }
+        };
+        let wait = if response.status == 200 {
+            success_after
+        } else {
+            refusal_after
+        };
+        return shared.wait_unless_stopping(wait).then_some(response);
+    }
     if !shared.wait_unless_stopping(delay) {
         return None;
     }
@@ -504,6 +585,8 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
             shared.wait_unless_stopping(HANG_LIMIT);
             None
         }
+        // Answered above, before the delay.
+        Behavior::LateWinner { .. } => None,
         Behavior::Status { status, body } => Some(Response::json(status, body)),
         Behavior::Garbage => Some(Response {
             status: 200,
@@ -934,6 +1017,68 @@ mod tests {
             "exactly one of two concurrent redemptions may succeed"
         );
         assert_eq!(idp.successes(), 1, "exactly one success must be counted");
+    }
+
+    #[test]
+    fn a_late_winner_rotates_on_receipt_and_is_answered_after_the_losers_refusal() {
+        let idp = server();
+        let success_after = Duration::from_secs(3);
+        idp.set_behavior(Behavior::late_winner(success_after));
+        let mut winner = start_refresh(&idp, "rt_initial");
+        assert!(
+            idp.wait_for_requests(1, WAIT),
+            "the winner's request was not counted once read"
+        );
+        let read_at = Instant::now();
+        assert_ne!(
+            idp.current_refresh_token(),
+            "rt_initial",
+            "a late winner must be rotated when its request is read, not when it is answered"
+        );
+        assert_eq!(
+            idp.successes(),
+            1,
+            "the rotation on receipt counts as a success"
+        );
+        let loser = post_refresh(&idp, "rt_initial");
+        assert_eq!(
+            loser.error_code().as_deref(),
+            Some("refresh_token_reused"),
+            "the loser must be refused as reused: {loser:?}"
+        );
+        assert!(
+            read_at.elapsed() < success_after,
+            "the loser's refusal took {:?}, longer than the winner's delay",
+            read_at.elapsed()
+        );
+        winner.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let early = winner.read(&mut byte);
+        assert!(
+            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "the winner was answered before its delay, right after the loser's refusal: {early:?}"
+        );
+        winner.set_nonblocking(false).unwrap();
+        let reply = read_reply(winner);
+        assert!(
+            read_at.elapsed() >= success_after,
+            "the winner was answered after {:?}, before its delay of {success_after:?}",
+            read_at.elapsed()
+        );
+        assert_eq!(
+            reply.status, 200,
+            "the winner must get its tokens: {reply:?}"
+        );
+        assert_eq!(
+            reply.json()["refresh_token"],
+            idp.current_refresh_token().as_str(),
+            "the winner must be answered the token that became live on receipt"
+        );
+        assert_eq!(
+            (idp.requests(), idp.successes(), idp.reuse_refusals()),
+            (2, 1, 1),
+            "(requests, successes, reuse refusals) after one winner and one loser"
+        );
     }
 
     #[test]
