@@ -23,6 +23,15 @@ impl Failure {
         }
     }
 
+    /// A usage error (exit 2): a bad flag or environment value.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: Some("see `codex-store --help`"),
+            code: 2,
+        }
+    }
+
     /// Stdout was closed before the output could be written (`codex-store inspect | true`):
     /// exit [`CLOSED_STDOUT`] without a message, as a process killed by SIGPIPE would.
     pub fn closed_stdout() -> Self {
@@ -66,10 +75,8 @@ fn class_code(class: ErrorClass) -> (u8, Option<&'static str>) {
     match class {
         ErrorClass::SignInRequired => (3, Some("sign in again (e.g. `codex login`), then retry")),
         ErrorClass::Transient => (4, Some("nothing was changed; try again later")),
-        ErrorClass::LockTimeout => (
-            5,
-            Some("another process holds the store; retry, or pass a longer --lock-timeout"),
-        ),
+        // The message itself says how to wait longer.
+        ErrorClass::LockTimeout => (5, None),
         ErrorClass::Corrupt => (
             6,
             Some("run `codex-store inspect` to see what is wrong; `codex-store logout` removes the file"),

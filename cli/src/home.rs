@@ -59,12 +59,6 @@ impl Context {
 
     fn refresh_config(&self) -> RefreshConfig {
         let mut config = RefreshConfig::default();
-        config.lock_timeout = self.lock_timeout.unwrap_or_else(|| {
-            std::env::var(codex_store::LOCK_TIMEOUT_ENV)
-                .ok()
-                .and_then(|v| codex_store::parse_duration(&v))
-                .unwrap_or(config.lock_timeout)
-        });
         if let Some(wait) = self.reuse_wait {
             config.reuse_wait = wait;
         }
@@ -73,8 +67,11 @@ impl Context {
 
     /// The store, telling stderr once when a lock wait lasts over a second.
     pub fn store(&self) -> Result<Store, Failure> {
+        // The lock wait, resolved once: --lock-timeout, else CODEX_STORE_LOCK_TIMEOUT (a bad
+        // value is a usage error), else the default.
+        let from_env = StoreOptions::from_env().map_err(|e| Failure::usage(e.to_string()))?;
         let options = StoreOptions {
-            lock_timeout: self.refresh_config().lock_timeout,
+            lock_timeout: self.lock_timeout.unwrap_or(from_env.lock_timeout),
             on_wait: Some(Arc::new(|path: &Path, _waited: Duration| {
                 use std::io::Write;
                 // A closed stderr loses the notice, never the command.
@@ -84,7 +81,7 @@ impl Context {
                     path.display()
                 );
             })),
-            ..StoreOptions::default()
+            ..from_env
         };
         Ok(Store::with_options(self.home()?, options)?)
     }

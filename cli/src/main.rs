@@ -37,7 +37,7 @@ struct Cli {
     home: Option<PathBuf>,
 
     /// How long to wait for another process's lock, like `2s`, `500ms`, `1m`
-    /// [default: $CODEX_STORE_LOCK_TIMEOUT, else 45s].
+    /// [default: $CODEX_STORE_LOCK_TIMEOUT, else 45s]; the one setting for every lock wait.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     lock_timeout: Option<Duration>,
 

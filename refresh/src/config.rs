@@ -15,7 +15,7 @@ pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
 /// use std::time::Duration;
 /// use codex_refresh::RefreshConfig;
 /// let config = RefreshConfig { http_timeout: Duration::from_secs(5), ..RefreshConfig::default() };
-/// assert!(config.lock_timeout > config.http_timeout);
+/// assert_eq!(config.reuse_wait, Duration::from_secs(8));
 /// ```
 #[derive(Clone, Debug)]
 pub struct RefreshConfig {
@@ -25,10 +25,6 @@ pub struct RefreshConfig {
     pub client_id: String,
     /// The longest a refresh request may take. Default: 30 s.
     pub http_timeout: Duration,
-    /// The longest wait for the refresh lock (`auth.json.refresh.lock`), which another
-    /// codex-store process holds across its request: longer than `http_timeout`. Default:
-    /// `http_timeout` + 15 s. (The write locks are waited for as the store's options say.)
-    pub lock_timeout: Duration,
     /// After `refresh_token_reused`, how long to watch auth.json for the rotation the refusal
     /// means (another process's answer landing late) before reporting it. Default: 8 s.
     pub reuse_wait: Duration,
@@ -56,7 +52,6 @@ impl Default for RefreshConfig {
                 .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_owned()),
             client_id: CLIENT_ID.to_owned(),
             http_timeout,
-            lock_timeout: http_timeout + Duration::from_secs(15),
             reuse_wait: Duration::from_secs(8),
             refresh_window: Duration::from_secs(5 * 60),
             max_token_age: Duration::from_secs(8 * 24 * 3600),

@@ -100,7 +100,9 @@ pub(crate) async fn guarded_refresh(
     force: bool,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
     let store = inner.store.clone();
-    let wait = inner.config.lock_timeout;
+    // The store's one lock-wait setting; another process may hold the refresh lock across its
+    // request, so it should exceed `http_timeout` (the default does).
+    let wait = inner.store.options().lock_timeout;
     let rotation: Rotation = blocking(move || store.begin_rotation(wait)).await?;
     // Under the refresh lock, after the recovery: tokens this process could not write before.
     if let Some(saved) = save_unsaved(&inner).await? {

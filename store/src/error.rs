@@ -28,8 +28,9 @@ pub enum StoreError {
 
     /// Another process held the lock for longer than the bounded wait.
     #[error(
-        "another process holds the store: waited {waited:?} for the lock {path}; \
-         let it finish and retry, or wait longer by setting {LOCK_TIMEOUT_ENV} (e.g. 60s)"
+        "another process holds the lock {path}: waited {:.1} s; let it finish and retry, or wait \
+         longer with {LOCK_TIMEOUT_ENV}=60s (or the codex-store command's --lock-timeout 60s)",
+        waited.as_secs_f64()
     )]
     LockTimeout {
         /// The lock file.
@@ -175,6 +176,17 @@ pub enum StoreError {
         /// The OS error of the fsync.
         #[source]
         source: io::Error,
+    },
+
+    /// A setting (an environment variable) has a value that cannot be used.
+    #[error("{name} is set to `{value}`, which is not {expected}; fix or unset it")]
+    InvalidSetting {
+        /// The variable.
+        name: &'static str,
+        /// Its value, escaped.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
     },
 
     /// An I/O error.

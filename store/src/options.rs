@@ -9,8 +9,9 @@ use std::time::Duration;
 /// `500ms` or `2m` (or a plain number of seconds).
 pub const LOCK_TIMEOUT_ENV: &str = "CODEX_STORE_LOCK_TIMEOUT";
 
-/// The lock wait when neither the options nor the environment say otherwise.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The lock wait when neither the options nor the environment say otherwise: longer than a
+/// refresh request (30 s), which another process may hold the refresh lock across.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Called once when a lock wait has lasted `notice_after`, with the lock path and the wait so far.
 pub type WaitNotice = Arc<dyn Fn(&Path, Duration) + Send + Sync>;
@@ -25,8 +26,10 @@ pub type WaitNotice = Arc<dyn Fn(&Path, Duration) + Send + Sync>;
 /// ```
 #[derive(Clone)]
 pub struct StoreOptions {
-    /// The longest wait for the lock before [`crate::StoreError::LockTimeout`]. Default:
-    /// [`LOCK_TIMEOUT_ENV`] if set and valid, else [`DEFAULT_LOCK_TIMEOUT`].
+    /// The longest wait for any lock (the write locks, and the refresh lock, which another
+    /// process holds across its request) before [`crate::StoreError::LockTimeout`]. The one
+    /// owner of this setting: [`StoreOptions::default`] gives [`DEFAULT_LOCK_TIMEOUT`],
+    /// [`StoreOptions::from_env`] (used by [`crate::Store::open`]) [`LOCK_TIMEOUT_ENV`] first.
     pub lock_timeout: Duration,
     /// After how long a wait `on_wait` is called. Default: 1 s.
     pub notice_after: Duration,
@@ -35,13 +38,35 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
-    /// The default lock wait: [`LOCK_TIMEOUT_ENV`] when it holds a valid duration, else
-    /// [`DEFAULT_LOCK_TIMEOUT`].
-    pub fn default_lock_timeout() -> Duration {
-        std::env::var(LOCK_TIMEOUT_ENV)
-            .ok()
-            .and_then(|v| parse_duration(&v))
-            .unwrap_or(DEFAULT_LOCK_TIMEOUT)
+    /// The defaults, with the lock wait from [`LOCK_TIMEOUT_ENV`] when it is set.
+    ///
+    /// # Errors
+    /// [`crate::StoreError::InvalidSetting`] when the variable is set but is not a duration (or
+    /// not UTF-8): a bad value is an error, never silently ignored.
+    pub fn from_env() -> Result<StoreOptions, crate::StoreError> {
+        let mut options = StoreOptions::default();
+        match std::env::var(LOCK_TIMEOUT_ENV) {
+            Err(std::env::VarError::NotPresent) => {}
+            Ok(value) if value.trim().is_empty() => {}
+            Ok(value) => match parse_duration(&value) {
+                Some(wait) => options.lock_timeout = wait,
+                None => {
+                    return Err(crate::StoreError::InvalidSetting {
+                        name: LOCK_TIMEOUT_ENV,
+                        value: value.chars().flat_map(char::escape_default).collect(),
+                        expected: "a duration such as 30s, 500ms or 2m",
+                    })
+                }
+            },
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(crate::StoreError::InvalidSetting {
+                    name: LOCK_TIMEOUT_ENV,
+                    value: "<not UTF-8>".into(),
+                    expected: "a duration such as 30s, 500ms or 2m",
+                })
+            }
+        }
+        Ok(options)
     }
 }
 
@@ -60,7 +85,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            lock_timeout: Self::default_lock_timeout(),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
             notice_after: Duration::from_secs(1),
             on_wait: None,
         }

@@ -116,10 +116,15 @@ impl Inner {
 }
 
 impl Store {
-    /// Opens the store in `dir` with default options, creating the directory (mode 0700) when
-    /// it is missing.
+    /// Opens the store in `dir` with the options of [`StoreOptions::from_env`] (the lock wait
+    /// from `CODEX_STORE_LOCK_TIMEOUT` when set), creating the directory (mode 0700) when it is
+    /// missing.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidSetting`] for a bad `CODEX_STORE_LOCK_TIMEOUT`;
+    /// [`StoreError::NotADirectory`] and [`StoreError::Io`] for the directory.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
-        Self::with_options(dir, StoreOptions::default())
+        Self::with_options(dir, StoreOptions::from_env()?)
     }
 
     /// Opens the store in `dir` with `options`.

@@ -147,12 +147,11 @@ pub fn write_json(store: &Store, text: &str) -> Generation {
 }
 
 /// The configuration of the in-process tests: the token endpoint at `token_url`, a 5 s HTTP
-/// timeout and [`EVENT_TIMEOUT`] to wait for the lock.
+/// timeout (the lock wait is the store's).
 pub fn config(token_url: String) -> RefreshConfig {
     RefreshConfig {
         token_url,
         http_timeout: Duration::from_secs(5),
-        lock_timeout: EVENT_TIMEOUT,
         ..RefreshConfig::default()
     }
 }

@@ -323,3 +323,67 @@ fn token_and_refresh_exit_3_when_another_account_signed_in_while_they_waited_and
     }
     assert_no_secret_leaked();
 }
+
+#[test]
+fn a_bad_lock_timeout_is_a_usage_error_from_the_flag_and_from_the_environment_alike() {
+    let home = temp_home();
+    write_file(
+        &home.path().join("auth.json"),
+        &api_key_json(&api_key()),
+        0o600,
+    );
+    let by_flag = run(
+        home.path(),
+        &["--lock-timeout", "soon", "logout"],
+        None,
+        &[],
+    );
+    let by_env = run(
+        home.path(),
+        &["logout"],
+        None,
+        &[("CODEX_STORE_LOCK_TIMEOUT", "soon")],
+    );
+    for (out, what) in [
+        (&by_flag, "--lock-timeout soon"),
+        (&by_env, "CODEX_STORE_LOCK_TIMEOUT=soon"),
+    ] {
+        out.expect_code(exit::USAGE, what)
+            .expect_stderr_contains(&["soon"], "the message should quote the bad value");
+    }
+    by_env.expect_stderr_contains(
+        &["CODEX_STORE_LOCK_TIMEOUT"],
+        "the message should name the variable",
+    );
+    assert!(
+        home.path().join("auth.json").exists(),
+        "a command with a bad lock timeout went on and logged out"
+    );
+}
+
+#[test]
+fn the_lock_timeout_message_gives_one_remedy_and_a_readable_wait() {
+    let creds = ChatgptCreds::fresh();
+    let (home, _path, _before, _idp) = signed_in_home(&creds);
+    let _holder = hold_lock(WORKER, home.path());
+    let out = run(
+        home.path(),
+        &["--lock-timeout", "300ms", "logout"],
+        None,
+        &[],
+    );
+    out.expect_code(exit::LOCK_TIMEOUT, "logout while the lock is held")
+        .expect_stderr_contains(
+            &["CODEX_STORE_LOCK_TIMEOUT", "--lock-timeout", "0.3 s"],
+            "the message should name both ways to wait longer and the wait in seconds",
+        );
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("hint:"))
+            .count(),
+        0,
+        "a second, different hint was printed:\n{}",
+        out.describe()
+    );
+}
