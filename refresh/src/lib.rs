@@ -83,7 +83,8 @@
 //!   but cannot prevent the server's verdict.
 //! - The refresh lock is held for the whole request (bounded by
 //!   [`RefreshConfig::http_timeout`]); other codex-store processes wait up to
-//!   [`RefreshConfig::lock_timeout`]. Codex processes do not wait for it.
+//!   the store's lock wait ([`codex_store::StoreOptions::lock_timeout`]). Codex processes do
+//!   not wait for it.
 //! - If the new tokens are durable in the rotation file but cannot be installed (auth.json keeps
 //!   changing, is corrupt, or the write locks are held too long), the error names the file; the
 //!   next refresh or write of any codex-store process installs it. If no file could take them at

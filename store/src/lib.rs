@@ -68,10 +68,12 @@
 //! - Files are always written with mode 0600, whatever the old mode or the umask.
 //!
 //! # Policies
-//! - The lock wait is bounded ([`StoreOptions::lock_timeout`], default 10 s, overridden by the
-//!   environment variable `CODEX_STORE_LOCK_TIMEOUT`, e.g. `CODEX_STORE_LOCK_TIMEOUT=60s`); a
-//!   timeout is [`StoreError::LockTimeout`]. A failing lock call (no `flock` support) is
-//!   [`StoreError::Lock`]: the store never proceeds unlocked.
+//! - Every lock wait is bounded by one setting, [`StoreOptions::lock_timeout`] (default
+//!   45 s; [`Store::open`] takes it from `CODEX_STORE_LOCK_TIMEOUT` when set, and a value that
+//!   is not a duration is [`StoreError::InvalidSetting`]); a timeout is
+//!   [`StoreError::LockTimeout`]. A failing lock call (no `flock` support) is
+//!   [`StoreError::Lock`]: the store never proceeds unlocked. Lock files that are not regular
+//!   files (a planted FIFO) are refused without blocking.
 //! - A symlinked `auth.json` is refused with [`StoreError::Symlink`], for reading and writing:
 //!   following it would put the lock and the temp file beside the wrong file, and a planted link
 //!   would redirect credentials. A hard-linked `auth.json` (link count above 1) is not written:
