@@ -952,3 +952,28 @@ fn forty_eight_refreshes_beside_a_writer_rewriting_in_place_every_millisecond_ne
     // that a slow machine does not fail the test; the point is that none is lost).
     stress_beside_an_in_place_writer(1000, STRESS_RUNS / 4);
 }
+
+#[test]
+fn a_failed_directory_fsync_after_the_rename_is_a_warning_and_the_new_file_stays_in_place() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let key = codex_store_tests::cli_support::api_key();
+    let anchored = format!("{}$", home.path().display());
+    let faults = Faults::new().rule("fsync", &anchored, "EIO", "");
+    let env = faults.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = run(
+        home.path(),
+        &["login", "--with-api-key"],
+        Some(&format!("{key}\n")),
+        &env,
+    );
+    assert_fired(&faults, 1, &out, "EIO on the directory fsync");
+    out.expect_code(0, "login whose directory fsync failed after the rename")
+        .expect_stdout_contains(&["Stored an API key"], "the key is in place: say so")
+        .expect_stderr_contains(
+            &["warning", "could not be fsynced"],
+            "the missing durability should be a warning, not a failure",
+        );
+    let text = fs::read_to_string(home.path().join("auth.json")).expect("auth.json");
+    assert!(text.contains(&key), "the new file is not in place");
+}
