@@ -41,6 +41,9 @@ struct Fingerprints {
 #[derive(Debug, Default, Serialize)]
 struct InspectReport {
     path: PathBuf,
+    /// The final target when auth.json is a symbolic link (where the store reads, locks and
+    /// writes).
+    link_target: Option<PathBuf>,
     exists: bool,
     generation: Option<String>,
     auth_mode: Option<String>,
@@ -124,6 +127,18 @@ fn build(home: &Path, history: bool) -> InspectReport {
         }
     };
     report.lock_path = store.lock_path().to_path_buf();
+    report.link_target = store.link().map(|_| store.path().to_path_buf());
+    if store.link().is_some() {
+        // The link's own mode says nothing: show the target's.
+        report.exists = false;
+        report.file_mode = None;
+        report.file_size = None;
+        if let Ok(meta) = std::fs::metadata(store.path()) {
+            report.exists = true;
+            report.file_mode = Some(format!("{:04o}", meta.mode() & 0o7777));
+            report.file_size = Some(meta.len());
+        }
+    }
     match store.lock_held() {
         Ok(held) => report.lock_held = Some(held),
         Err(e) => report.problems.push(e.to_string()),
@@ -174,6 +189,12 @@ impl fmt::Display for InspectReport {
         let fp = &self.fingerprints;
         let rows: Vec<(&str, String)> = vec![
             ("path", self.path.display().to_string()),
+            (
+                "link target",
+                self.link_target
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |t| t.display().to_string()),
+            ),
             ("exists", self.exists.to_string()),
             ("generation", show(&self.generation)),
             ("auth mode", show(&self.auth_mode)),

@@ -27,7 +27,8 @@ pub enum Problem {
         /// The owner's uid.
         uid: u32,
     },
-    /// auth.json is a symbolic link.
+    /// auth.json is a symbolic link: the store locks and writes beside its target, but Codex
+    /// 0.171.0 replaces the link with a regular file when it writes.
     Symlink {
         /// Where it points.
         target: PathBuf,
@@ -81,7 +82,7 @@ impl fmt::Display for Problem {
             }
             Problem::Symlink { target } => write!(
                 f,
-                "auth.json is a symbolic link to {}, which the store does not follow: replace it with a regular file",
+                "auth.json is a symbolic link to {}: codex-store locks, writes and renames beside that file, but Codex 0.171.0 replaces the link with a regular file when it writes",
                 target.display()
             ),
             Problem::HardLinks { links } => write!(
@@ -134,6 +135,11 @@ impl Store {
         if dir_meta.uid() != me {
             problems.push(Problem::DirectoryOwnedByOther {
                 uid: dir_meta.uid(),
+            });
+        }
+        if self.link().is_some() {
+            problems.push(Problem::Symlink {
+                target: self.path().to_path_buf(),
             });
         }
         match fs::symlink_metadata(self.path()) {

@@ -67,14 +67,30 @@ pub enum StoreError {
         reason: String,
     },
 
-    /// auth.json is a symbolic link; the store refuses to follow it.
+    /// auth.json is a chain of symbolic links too long to follow (a loop), or became a symbolic
+    /// link after the store resolved it.
     #[error(
-        "{path} is a symbolic link, which the store does not follow; replace it with the file it \
-         points to, or point CODEX_HOME at that file's directory"
+        "{path} is a symbolic link the store cannot follow (a loop, or a link that appeared \
+         after the store was opened); point it straight at a regular file and retry"
     )]
     Symlink {
         /// auth.json.
         path: PathBuf,
+    },
+
+    /// auth.json is a symbolic link whose target (or, dangling, the target's directory) belongs
+    /// to another user: the store neither reads nor writes through it.
+    #[error(
+        "{link} is a symbolic link to {target}, which belongs to uid {uid}, not to you; the store \
+         does not read or write other users' credentials: point the link at a file of yours"
+    )]
+    ForeignTarget {
+        /// `CODEX_HOME/auth.json`.
+        link: PathBuf,
+        /// The final target.
+        target: PathBuf,
+        /// Its owner.
+        uid: u32,
     },
 
     /// auth.json has other hard links; replacing it would silently split them.

@@ -74,10 +74,13 @@
 //!   [`StoreError::LockTimeout`]. A failing lock call (no `flock` support) is
 //!   [`StoreError::Lock`]: the store never proceeds unlocked. Lock files that are not regular
 //!   files (a planted FIFO) are refused without blocking.
-//! - A symlinked `auth.json` is refused with [`StoreError::Symlink`], for reading and writing:
-//!   following it would put the lock and the temp file beside the wrong file, and a planted link
-//!   would redirect credentials. A hard-linked `auth.json` (link count above 1) is not written:
-//!   [`StoreError::HardLinked`].
+//! - A symlinked `auth.json` is resolved when the store opens ([`Store::link`]), as git
+//!   resolves a file it must lock: the lock beside the final target (taken after Codex's two
+//!   locks in the home), the temp and rotation files and the rename all happen beside it, so
+//!   every path to the file meets one lock, and the link survives writes. A target (or, for a
+//!   dangling link, its directory) owned by another user is [`StoreError::ForeignTarget`]; a
+//!   loop, or a link that appears after the store was opened, is [`StoreError::Symlink`]. A
+//!   hard-linked `auth.json` (link count above 1) is not written: [`StoreError::HardLinked`].
 //! - An `auth.json` that is not a regular file (a FIFO, a device) is refused with
 //!   [`StoreError::NotARegularFile`]; it is opened non-blocking, so nothing hangs on it.
 //! - Temp files (prefix [`TEMP_PREFIX`]) left by a crashed writer are swept under the lock by the
@@ -119,6 +122,7 @@ mod error;
 mod generation;
 mod journal;
 pub mod jwt;
+mod link;
 mod lock;
 mod options;
 mod read;

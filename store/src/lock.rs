@@ -63,13 +63,11 @@ fn lock_error(path: &Path, source: io::Error) -> StoreError {
     }
 }
 
-/// The locks every write holds, in Codex's order: `auth.lock`, then `auth.json.lock`. Both are
-/// released when this is dropped.
+/// The locks every write holds, in Codex's order: `auth.lock`, then `auth.json.lock` (then, for
+/// a symlinked auth.json, the lock beside its target). All are released when this is dropped.
 #[derive(Debug)]
 pub(crate) struct StoreLock {
-    // Field order is drop order: the inner lock is released first.
-    _inner: LockGuard,
-    _outer: LockGuard,
+    _guards: Vec<LockGuard>,
 }
 
 /// The deadline of a wait of `timeout` from `start`. A huge timeout means "wait as long as it
@@ -80,22 +78,21 @@ pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
         .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-/// Takes `auth.lock` and then `auth.json.lock` (Codex 0.171.0's order, so that no process
-/// holding one waits for a process holding the other), both within `options.lock_timeout`.
+/// Takes `paths` in their order (`auth.lock` and then `auth.json.lock`: Codex 0.171.0's order,
+/// so that no process holding one waits for a process holding the other), all within
+/// `options.lock_timeout`.
 pub(crate) fn acquire_store(
-    outer: &Path,
-    inner: &Path,
+    paths: &[PathBuf],
     options: &StoreOptions,
 ) -> Result<StoreLock, StoreError> {
     let start = Instant::now();
     let deadline = deadline_after(start, options.lock_timeout);
     let mut noticed = false;
-    let outer = acquire_until(outer, options, start, deadline, &mut noticed)?;
-    let inner = acquire_until(inner, options, start, deadline, &mut noticed)?;
-    Ok(StoreLock {
-        _inner: inner,
-        _outer: outer,
-    })
+    let mut guards = Vec::with_capacity(paths.len());
+    for path in paths {
+        guards.push(acquire_until(path, options, start, deadline, &mut noticed)?);
+    }
+    Ok(StoreLock { _guards: guards })
 }
 
 /// Takes the exclusive lock within `options.lock_timeout`.

@@ -90,28 +90,50 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
+    /// The directory the store was opened on (`CODEX_HOME`).
+    home: PathBuf,
+    /// `home/auth.json` when it is a symbolic link.
+    link: Option<PathBuf>,
+    /// The directory auth.json really lives in (its target's, for a link).
     dir: PathBuf,
+    /// auth.json, or the final target of the link.
     path: PathBuf,
+    /// The lock beside `path` that every path to the file meets.
     lock_path: PathBuf,
-    codex_lock_path: PathBuf,
+    /// The write locks, in order: Codex's `home/auth.lock` and `home/auth.json.lock`, then, for
+    /// a link, `lock_path` beside the target.
+    write_locks: Vec<PathBuf>,
     refresh_lock_path: PathBuf,
     journal_path: PathBuf,
     options: StoreOptions,
 }
 
 impl Inner {
-    fn new(dir: PathBuf, options: StoreOptions) -> Inner {
-        Inner {
-            path: dir.join(AUTH_FILE),
-            lock_path: dir.join(LOCK_FILE),
-            codex_lock_path: dir.join(CODEX_LOCK_FILE),
-            refresh_lock_path: dir.join(REFRESH_LOCK_FILE),
-            journal_path: dir.join(JOURNAL_FILE),
-            dir,
-            options,
+    fn new(home: PathBuf, options: StoreOptions) -> Result<Inner, StoreError> {
+        let in_home = home.join(AUTH_FILE);
+        let target = crate::link::resolve(&in_home)?;
+        let path = target.clone().unwrap_or_else(|| in_home.clone());
+        let dir = path
+            .parent()
+            .map_or_else(|| home.clone(), Path::to_path_buf);
+        let lock_path = lock::sibling(&path, ".lock");
+        let mut write_locks = vec![home.join(CODEX_LOCK_FILE), home.join(LOCK_FILE)];
+        if !write_locks.contains(&lock_path) {
+            write_locks.push(lock_path.clone());
         }
+        Ok(Inner {
+            link: target.map(|_| in_home),
+            refresh_lock_path: lock::sibling(&path, ".refresh.lock"),
+            journal_path: lock::sibling(&path, ".journal"),
+            lock_path,
+            write_locks,
+            path,
+            dir,
+            home,
+            options,
+        })
     }
 }
 
@@ -143,35 +165,51 @@ impl Store {
             Err(e) => return Err(StoreError::io("inspect", &dir, e)),
         }
         Ok(Store {
-            inner: Arc::new(Inner::new(dir, options)),
+            inner: Arc::new(Inner::new(dir, options)?),
         })
     }
 
     /// The same store with other options (for example a longer lock wait).
     pub fn with_store_options(&self, options: StoreOptions) -> Store {
         Store {
-            inner: Arc::new(Inner::new(self.inner.dir.clone(), options)),
+            inner: Arc::new(Inner {
+                options,
+                ..(*self.inner).clone()
+            }),
         }
     }
 
-    /// The store directory.
+    /// The directory auth.json lives in: the one the store was opened on, or, when auth.json
+    /// there is a symbolic link, its target's directory (temp and rotation files go there).
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
-    /// The path of auth.json.
+    /// The directory the store was opened on (`CODEX_HOME`).
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    /// `CODEX_HOME/auth.json` when it is a symbolic link (then [`Store::path`] is its final
+    /// target, resolved when the store was opened).
+    pub fn link(&self) -> Option<&Path> {
+        self.inner.link.as_deref()
+    }
+
+    /// The path of auth.json (the final target, when it is a symbolic link).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
-    /// The path of the sidecar lock file ([`LOCK_FILE`]).
+    /// The path of the sidecar lock file ([`LOCK_FILE`]; for a symlinked auth.json, the one
+    /// beside its target, which every path to the file meets).
     pub fn lock_path(&self) -> &Path {
         &self.inner.lock_path
     }
 
-    /// The path of Codex's outer lock file ([`CODEX_LOCK_FILE`]).
+    /// The path of Codex's outer lock file ([`CODEX_LOCK_FILE`]) in the home.
     pub fn codex_lock_path(&self) -> &Path {
-        &self.inner.codex_lock_path
+        &self.inner.write_locks[0]
     }
 
     /// The path of the single-flight refresh lock ([`REFRESH_LOCK_FILE`]).
@@ -235,7 +273,6 @@ impl Store {
         lock::is_held(self.lock_path())
     }
 
-    /// Takes `auth.lock` and `auth.json.lock`, in Codex's order.
     /// Whether some process holds the refresh lock right now, that is, a codex-store refresh
     /// is in flight (found without waiting).
     ///
@@ -245,12 +282,10 @@ impl Store {
         lock::is_held(self.refresh_lock_path())
     }
 
+    /// Takes `auth.lock` and `auth.json.lock` in Codex's order (and, for a symlinked auth.json,
+    /// the lock beside its target last).
     pub(crate) fn lock(&self) -> Result<StoreLock, StoreError> {
-        lock::acquire_store(
-            self.codex_lock_path(),
-            self.lock_path(),
-            &self.inner.options,
-        )
+        lock::acquire_store(&self.inner.write_locks, &self.inner.options)
     }
 
     /// Takes the write locks, sweeps leftover temp files, and installs the rotations of crashed

@@ -124,73 +124,108 @@ fn the_lock_file_is_0600_and_never_removed() {
 }
 
 #[test]
-fn a_symlinked_auth_json_is_refused_for_reading_and_writing() {
-    let (dir, store) = temp_store();
+fn a_symlinked_auth_json_is_read_locked_and_written_beside_its_target_and_the_link_kept() {
+    let (dir, _) = temp_store();
     let elsewhere = tempfile::TempDir::new().expect("cannot create a temp dir");
     let target = elsewhere.path().join("real-auth.json");
-    let contents = api_key_file();
-    fs::write(&target, &contents).expect("cannot write the target");
+    fs::write(&target, api_key_file()).expect("cannot write the target");
     let link = auth_path(dir.path());
     symlink(&target, &link).expect("cannot create the symlink");
-
-    let err = store.load().expect_err("load followed a symlink");
-    assert!(
-        matches!(err, StoreError::Symlink { .. }),
-        "load: expected Symlink, got {err:?}"
-    );
-    let err = store
-        .transaction()
-        .expect_err("transaction followed a symlink");
-    assert!(
-        matches!(err, StoreError::Symlink { .. }),
-        "transaction: expected Symlink, got {err:?}"
-    );
-    for expect in [Expect::Any, Expect::Absent] {
-        let err = store
-            .compare_and_swap(expect, Some(&key_doc("sk-via-link")))
-            .expect_err("compare_and_swap wrote through a symlink");
-        assert!(
-            matches!(err, StoreError::Symlink { .. }),
-            "compare_and_swap({expect:?}): expected Symlink, got {err:?}"
-        );
-    }
-    let err = store
-        .compare_and_swap(Expect::Any, None)
-        .expect_err("compare_and_swap deleted a symlink");
-    assert!(
-        matches!(err, StoreError::Symlink { .. }),
-        "delete: expected Symlink, got {err:?}"
+    let store = Store::open(dir.path()).expect("open over a symlinked auth.json");
+    assert_eq!(
+        store.link(),
+        Some(link.as_path()),
+        "the link is not reported"
     );
     assert_eq!(
-        read(&target),
-        contents.as_bytes(),
-        "the symlink's target was changed"
+        store.path(),
+        target,
+        "the store does not work on the link's target"
+    );
+
+    let snap = store.load().expect("load through the link failed");
+    assert!(
+        snap.auth().is_some(),
+        "the target's credentials were not read"
+    );
+    store
+        .compare_and_swap(
+            Expect::Generation(snap.generation()),
+            Some(&key_doc("sk-via-link")),
+        )
+        .expect("a write through the link failed");
+    assert!(
+        String::from_utf8_lossy(&read(&target)).contains("sk-via-link"),
+        "the target was not written"
     );
     assert!(
         fs::symlink_metadata(&link)
             .expect("the link is gone")
             .file_type()
             .is_symlink(),
-        "the symlink was replaced"
+        "the symlink was replaced by a regular file"
+    );
+    assert!(
+        elsewhere.path().join("real-auth.json.lock").exists(),
+        "no lock beside the target: another home linking to it would not meet this lock"
+    );
+    assert_eq!(
+        entries(elsewhere.path())
+            .into_iter()
+            .filter(|n| n.starts_with('.'))
+            .count(),
+        0,
+        "a temp file was left beside the target"
     );
 }
 
 #[test]
-fn a_dangling_symlink_is_refused_and_not_created_through() {
-    let (dir, store) = temp_store();
+fn a_dangling_symlink_into_ones_own_directory_is_created_through() {
+    let (dir, _) = temp_store();
     let elsewhere = tempfile::TempDir::new().expect("cannot create a temp dir");
     let target = elsewhere.path().join("nothing-yet.json");
     symlink(&target, auth_path(dir.path())).expect("cannot create the symlink");
-    let err = store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-planted")))
-        .expect_err("compare_and_swap wrote through a dangling symlink");
+    let store = Store::open(dir.path()).expect("open over a dangling link");
+    store
+        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-created")))
+        .expect("creating through a dangling link failed");
     assert!(
-        matches!(err, StoreError::Symlink { .. }),
-        "expected Symlink, got {err:?}"
+        String::from_utf8_lossy(&read(&target)).contains("sk-created"),
+        "the credentials were not created at the link's target"
+    );
+}
+
+#[test]
+fn a_symlink_to_another_users_file_or_directory_is_refused_and_nothing_is_read_or_written() {
+    let (dir, _) = temp_store();
+    let elsewhere = tempfile::TempDir::new().expect("cannot create a temp dir");
+    let foreign_file = elsewhere.path().join("theirs.json");
+    fs::write(&foreign_file, api_key_file()).expect("write");
+    let foreign_dir = elsewhere.path().join("their-dir");
+    fs::create_dir(&foreign_dir).expect("mkdir");
+    // uid 65534 (nobody) is never the test's user.
+    for path in [&foreign_file, &foreign_dir] {
+        std::os::unix::fs::chown(path, Some(65534), Some(65534)).expect("chown to nobody");
+    }
+    for target in [foreign_file.clone(), foreign_dir.join("auth.json")] {
+        let link = auth_path(dir.path());
+        let _ = fs::remove_file(&link);
+        symlink(&target, &link).expect("cannot create the symlink");
+        match Store::open(dir.path()) {
+            Err(StoreError::ForeignTarget { uid, .. }) => {
+                assert_eq!(uid, 65534, "the error names another owner")
+            }
+            other => panic!("a link to {} gave {other:?}", target.display()),
+        }
+    }
+    assert_eq!(
+        read(&foreign_file),
+        api_key_file().as_bytes(),
+        "their file changed"
     );
     assert!(
-        !target.exists(),
-        "credentials were written to the symlink's target"
+        !foreign_dir.join("auth.json").exists(),
+        "a file was created in their directory"
     );
 }
 

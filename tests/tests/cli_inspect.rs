@@ -260,24 +260,40 @@ fn inspect_of_a_cut_off_file_exits_0_with_the_error_set_and_the_generation_of_it
 }
 
 #[test]
-fn inspect_of_a_symlinked_file_exits_0_and_names_the_symlink_among_the_problems() {
+fn inspect_of_a_symlinked_file_shows_the_link_and_its_target_and_reads_the_target() {
     let home = temp_home();
     let elsewhere = home.path().join("real-auth.json");
     let creds = ChatgptCreds::fresh();
     write_file(&elsewhere, &creds.auth_json(), 0o600);
     symlink(&elsewhere, home.path().join("auth.json")).expect("create the symlink");
     let (report, out) = inspect_json(home.path());
+    assert_eq!(
+        report["link_target"].as_str(),
+        Some(elsewhere.to_str().expect("UTF-8 temp path")),
+        "the report should name the link's target\n{}",
+        out.describe()
+    );
     assert!(
         problems(&report)
             .iter()
             .any(|p| p.contains("symbolic link") && p.contains("real-auth.json")),
-        "the problems should name the symbolic link and its target\n{}",
+        "the problems should say what a symbolic link means beside Codex\n{}",
         out.describe()
     );
     assert!(
-        report["error"].is_string(),
-        "the store refuses to follow the link, which the report should say\n{}",
+        report["error"].is_null(),
+        "the target should be read through the link\n{}",
         out.describe()
+    );
+    assert_eq!(
+        report["account_id"].as_str(),
+        Some(creds.account_id.as_str()),
+        "the target's account is not shown\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        report["file_mode"], "0600",
+        "the mode shown is not the target's"
     );
     assert_no_secret_leaked();
 }

@@ -134,3 +134,52 @@ fn four_threads_sharing_clones_of_one_store_lose_no_update_and_do_not_deadlock()
         "{THREADS} threads x {PER_THREAD} increments on clones of one Store ended at {counter}"
     );
 }
+
+#[test]
+fn processes_in_two_homes_whose_auth_json_links_to_one_file_lose_no_update() {
+    let shared = tempfile::tempdir().expect("temp dir");
+    let target = shared.path().join("codex-auth.json");
+    let homes: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| {
+            let home = tempfile::tempdir().expect("temp dir");
+            std::os::unix::fs::symlink(&target, home.path().join("auth.json"))
+                .expect("cannot link auth.json");
+            home
+        })
+        .collect();
+    let n = INCREMENTS.to_string();
+    let mut workers: Vec<Worker> = (0..4)
+        .map(|i| {
+            let home = homes[i % 2].path();
+            Worker::spawn(
+                WORKER,
+                ["increment-tx".as_ref(), home.as_os_str(), n.as_ref()],
+            )
+        })
+        .collect();
+    for worker in &mut workers {
+        let (lines, status) = worker.finish(FINISH_WITHIN);
+        assert!(
+            status.success(),
+            "{} failed ({status}); stdout: {lines:?}; stderr: {}",
+            worker.name(),
+            worker.stderr()
+        );
+    }
+    let store = Store::open(homes[0].path()).expect("open through the link");
+    assert_eq!(
+        counter_on_disk(&store),
+        4 * INCREMENTS,
+        "4 processes x {INCREMENTS} increments through two homes linking one file lost updates: \
+         the homes did not meet one lock"
+    );
+    for home in &homes {
+        assert!(
+            std::fs::symlink_metadata(home.path().join("auth.json"))
+                .expect("the link is gone")
+                .file_type()
+                .is_symlink(),
+            "a write replaced a home's link with a regular file"
+        );
+    }
+}
