@@ -143,7 +143,7 @@ pub use options::{
     parse_duration, StoreOptions, WaitNotice, DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV,
 };
 pub use read::MAX_FILE_SIZE;
-pub use replace::TEMP_PREFIX;
+pub use replace::{IN_PLACE_PREFIX, TEMP_PREFIX};
 pub use rotation::{Durability, Reserved, Rotation, SaveOutcome, ROTATION_PREFIX};
 pub use secret::Secret;
 pub use store::{

@@ -27,6 +27,7 @@ use crate::store::Store;
 enum Verdict {
     RemoveUnused,
     RollForward(Generation),
+    FinishInPlace(Vec<u8>),
     Merge(Box<AuthDotJson>, Generation),
     Discard(&'static str),
     Leave,
@@ -55,12 +56,24 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
             }
             Verdict::RollForward(current) => {
                 replace::recheck(store.path(), current)?;
-                fs::rename(&path, store.path()).map_err(|e| {
+                let document = fs::read(&path)
+                    .map_err(|e| StoreError::io("read the rotation file", &path, e))?;
+                replace::install(&path, store.path(), &document).map_err(|e| {
                     StoreError::io("rename the rotation file over", store.path(), e)
                 })?;
                 replace::sync_dir(store.dir())?;
                 let now = store.generation()?;
                 record(JournalEvent::Recovered, Some(now), None);
+            }
+            Verdict::FinishInPlace(document) => {
+                replace::write_in_place(store.path(), &document)
+                    .map_err(|e| StoreError::io("write in place", store.path(), e))?;
+                let _ = fs::remove_file(&path);
+                record(
+                    JournalEvent::Recovered,
+                    Some(Generation::of_bytes(&document)),
+                    Some("in place"),
+                );
             }
             Verdict::Merge(doc, current) => {
                 let written = replace::replace(store.path(), current, &doc.to_json())
@@ -101,6 +114,13 @@ fn judge(
         // Cut off by a crash before its fsync: nothing in it can be used.
         return Ok(Verdict::Discard("unreadable"));
     };
+    // An in-place install of this very document (a single-file bind mount) that a crash cut
+    // short: finish it.
+    if let Ok(raw) = fs::read(store.path()) {
+        if replace::interrupted_in_place(&raw, &bytes) {
+            return Ok(Verdict::FinishInPlace(bytes));
+        }
+    }
     // A corrupt auth.json is an error, not a reason to leave the rotation behind: the caller
     // would otherwise re-read a whole file a moment later and redeem the spent token.
     let current = store.load()?;

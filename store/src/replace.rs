@@ -103,11 +103,98 @@ pub(crate) fn replace(
     drop(file);
     // A writer ignoring the lock may have written since we read; refuse to overwrite it.
     recheck(path, expected)?;
-    fs::rename(&tpath, path).map_err(|e| StoreError::io("rename the temp file over", path, e))?;
+    install(&tpath, path, bytes)
+        .map_err(|e| StoreError::io("rename the temp file over", path, e))?;
     temp.armed = false;
     let generation = Generation::of_bytes(bytes);
     synced(dir, path, generation)?;
     Ok(generation)
+}
+
+/// Leftovers of an in-place write (below) interrupted by a crash start with this; they are
+/// finished or removed under the lock, never swept blindly.
+pub const IN_PLACE_PREFIX: &str = ".auth.json.codex-store-inplace.";
+
+/// How a document was installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Installed {
+    /// Renamed over auth.json: atomic for every reader.
+    Renamed,
+    /// auth.json could not be renamed over (a single-file bind mount: EBUSY or EXDEV), so it was
+    /// written in place under the lock.
+    InPlace,
+}
+
+/// Installs the durable file `from` (holding `bytes`) as `to`: by a rename, or, when `to` cannot
+/// be renamed over because it is a mount point of its own (a single-file bind mount into a
+/// container: EBUSY, EXDEV), by writing it in place. The caller holds the write locks.
+///
+/// The in-place write truncates and then writes the whole document in one call, so that every
+/// state a reader can catch is empty or a strict prefix of the document, which never parses:
+/// readers of this store re-read until it is whole. (Readers that give up on an unparseable file
+/// at once, as Codex may, can see it empty for those microseconds: that cannot be avoided without
+/// a rename.) Until it is fsynced, the document stays in a file named [`IN_PLACE_PREFIX`]..., from
+/// which an interrupted write is finished by the next writer.
+pub(crate) fn install(from: &Path, to: &Path, bytes: &[u8]) -> io::Result<Installed> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(Installed::Renamed),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) => {
+            let dir = to.parent().unwrap_or(Path::new("."));
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let keep = dir.join(format!("{IN_PLACE_PREFIX}{}.{n}", std::process::id()));
+            fs::rename(from, &keep)?;
+            write_in_place(to, bytes)?;
+            let _ = fs::remove_file(&keep);
+            Ok(Installed::InPlace)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Truncates `path` and writes `bytes` into it in one call, then fsyncs it.
+pub(crate) fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    file.set_len(0)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_all()
+}
+
+/// Whether `current` (auth.json's bytes) is what an interrupted in-place write of `document`
+/// leaves: empty, or a strict prefix of it.
+pub(crate) fn interrupted_in_place(current: &[u8], document: &[u8]) -> bool {
+    current.len() < document.len() && document.starts_with(current)
+}
+
+/// Whether leftovers of interrupted in-place writes are in `dir`.
+pub(crate) fn has_in_place(dir: &Path) -> bool {
+    dir_names(dir)
+        .iter()
+        .any(|name| name.starts_with(IN_PLACE_PREFIX))
+}
+
+/// Finishes or removes the leftovers of interrupted in-place writes. The caller holds the write
+/// locks, under which every in-place write happens, so any leftover found is a crashed writer's.
+pub(crate) fn finish_in_place(dir: &Path, path: &Path) {
+    for name in dir_names(dir) {
+        if !name.starts_with(IN_PLACE_PREFIX) {
+            continue;
+        }
+        let leftover = dir.join(&name);
+        let (Ok(document), Ok(current)) = (fs::read(&leftover), fs::read(path)) else {
+            continue;
+        };
+        if interrupted_in_place(&current, &document) && write_in_place(path, &document).is_err() {
+            continue; // keep it for the next writer
+        }
+        let _ = fs::remove_file(&leftover);
+    }
 }
 
 /// Durably removes `path`, provided it still is `expected`. The caller holds the lock.
@@ -213,14 +300,20 @@ pub(crate) struct Leftovers {
 /// Removes leftover temp files. Only call under the lock: every live temp file is created under
 /// it, so any found then is a crashed writer's. Best effort: a file that cannot be removed is
 /// reported by diagnostics later. Rotation files are not temp files and are left alone.
-pub(crate) fn sweep_temps(dir: &Path) -> Leftovers {
+pub(crate) fn sweep_temps(dir: &Path, path: &Path) -> Leftovers {
     let mut rotations = false;
+    let mut in_place = false;
     for name in dir_names(dir) {
         if name.starts_with(TEMP_PREFIX) {
             let _ = fs::remove_file(dir.join(name));
         } else if name.starts_with(crate::rotation::ROTATION_PREFIX) {
             rotations = true;
+        } else if name.starts_with(IN_PLACE_PREFIX) {
+            in_place = true;
         }
+    }
+    if in_place {
+        finish_in_place(dir, path);
     }
     Leftovers { rotations }
 }

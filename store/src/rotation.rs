@@ -101,8 +101,9 @@ impl Store {
             ..self.options().clone()
         };
         let flight = lock::acquire(self.refresh_lock_path(), &options)?;
-        if !replace::rotation_files(self.dir()).is_empty() {
+        if !replace::rotation_files(self.dir()).is_empty() || replace::has_in_place(self.dir()) {
             let _locked = self.lock()?;
+            replace::finish_in_place(self.dir(), self.path());
             crate::recovery::recover_locked(self)?;
         }
         let snapshot = self.load()?;
@@ -119,15 +120,24 @@ impl Store {
     /// # Errors
     /// Errors of the write locks, of reading auth.json, or of the installation.
     pub fn recover(&self) -> Result<bool, StoreError> {
-        if replace::rotation_files(self.dir()).is_empty() {
+        let rotations = !replace::rotation_files(self.dir()).is_empty();
+        let in_place = replace::has_in_place(self.dir());
+        if !rotations && !in_place {
             return Ok(true);
         }
-        let Some(_flight) = lock::try_acquire(self.refresh_lock_path())? else {
-            return Ok(false);
+        // An interrupted in-place write needs only the write locks; a rotation file also needs
+        // the refresh lock (a running refresh owns its own).
+        let flight = if rotations {
+            lock::try_acquire(self.refresh_lock_path())?
+        } else {
+            None
         };
         let _locked = self.lock()?;
-        crate::recovery::recover_locked(self)?;
-        Ok(true)
+        replace::finish_in_place(self.dir(), self.path());
+        if flight.is_some() {
+            crate::recovery::recover_locked(self)?;
+        }
+        Ok(!rotations || flight.is_some())
     }
 }
 
@@ -434,7 +444,7 @@ impl Reserved {
                 drop(locked);
                 continue;
             }
-            if let Err(e) = fs::rename(&self.pending.path, &auth_path) {
+            if let Err(e) = replace::install(&self.pending.path, &auth_path, &bytes) {
                 return Err(self.not_installed(format!("cannot rename it over auth.json: {e}")));
             }
             self.pending.keep = true; // it is auth.json now

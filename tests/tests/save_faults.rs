@@ -977,3 +977,93 @@ fn a_failed_directory_fsync_after_the_rename_is_a_warning_and_the_new_file_stays
     let text = fs::read_to_string(home.path().join("auth.json")).expect("auth.json");
     assert!(text.contains(&key), "the new file is not in place");
 }
+
+#[test]
+fn a_bind_mounted_auth_json_that_cannot_be_renamed_over_is_written_in_place_and_readers_never_see_it_half_written(
+) {
+    let case = Case::expired();
+    // A single-file bind mount: every rename over auth.json fails with EBUSY.
+    let faults = Faults::new().rule("rename", "/auth.json$", "EBUSY", "");
+    let store = codex_store::Store::open(case.dir()).expect("open the store");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let store = store.clone();
+        let stop = stop.clone();
+        move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = store.load() {
+                    return Err(format!("a reader saw a half-written auth.json: {e}"));
+                }
+                reads += 1;
+            }
+            Ok(reads)
+        }
+    });
+    let out = case.token_under(&faults);
+    for n in 0..10 {
+        let env = faults.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let key = format!("sk-bind-mount-{n}");
+        run(
+            case.dir(),
+            &["login", "--with-api-key"],
+            Some(&format!("{key}\n")),
+            &env,
+        )
+        .expect_code(exit::OK, "login on a bind-mounted auth.json");
+        assert!(
+            fs::read_to_string(&case.path)
+                .expect("auth.json")
+                .contains(&key),
+            "login {n} did not write the bind-mounted file"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader
+        .join()
+        .expect("the reader panicked")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(reads > 0, "the reader never read");
+    assert_fired(&faults, 1, &out, "EBUSY on the rename over auth.json");
+    out.expect_code(exit::OK, "token on a bind-mounted auth.json");
+    assert!(
+        !fs::symlink_metadata(&case.path)
+            .expect("auth.json is gone")
+            .file_type()
+            .is_symlink(),
+        "auth.json is no longer a regular file"
+    );
+    assert_eq!(case.idp.requests(), 1, "more than one refresh request");
+}
+
+#[test]
+fn a_crash_half_way_through_an_in_place_install_is_finished_by_the_next_run_without_a_request() {
+    let case = Case::expired();
+    // The rename fails as on a bind mount; the process dies right after truncating auth.json.
+    let faults = Faults::new()
+        .rule("rename", "/auth.json$", "EBUSY", "")
+        .rule("truncate", "/auth.json$", "KILL", "after");
+    let out = case.token_under(&faults);
+    assert_fired(&faults, 2, &out, "KILL after truncating auth.json in place");
+    assert_eq!(
+        fs::read(&case.path).expect("auth.json").len(),
+        0,
+        "the crash did not leave auth.json cut short, so this test tests nothing"
+    );
+    let next = case.token();
+    next.expect_code(exit::OK, "the run after the crash");
+    let issued = case.issued();
+    next.expect_token(&issued.access_token, "the run after the crash");
+    assert_eq!(
+        case.refresh_token_on_disk().as_deref(),
+        Some(issued.refresh_token.as_str()),
+        "the interrupted install was not finished: {}",
+        case.describe_disk()
+    );
+    assert_eq!(
+        case.idp.requests(),
+        1,
+        "the run after the crash sent a request"
+    );
+}
