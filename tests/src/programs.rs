@@ -1,4 +1,5 @@
-//! Finding programs on the machine, for the benches (`cat`, `strace`).
+//! Finding programs on the machine: for the benches (`cat`, `strace`) and the real-Codex check
+//! (`npm`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
