@@ -59,6 +59,15 @@ pub enum Problem {
         /// Their names.
         names: Vec<String>,
     },
+    /// auth.json is a mount point of its own (a single-file bind mount into a container): it
+    /// cannot be renamed over, so it is written in place under the lock.
+    BindMounted,
+    /// The store directory is on a network (or user-space) file system, where `flock` may be
+    /// emulated per host, or not work at all.
+    NetworkFileSystem {
+        /// Which one (`nfs`, `cifs`, `fuse`, ...).
+        file_system: &'static str,
+    },
     /// `auth_mode` is `apikey` but there is no key (Codex 0.171.0 refuses such a file).
     ApiKeyMissing,
     /// A token in the file does not decode as a JWT.
@@ -108,6 +117,13 @@ impl fmt::Display for Problem {
                  `codex-store refresh`, or any codex-store write, installs them",
                 names.len(),
                 names.join(", ")
+            ),
+            Problem::BindMounted => f.write_str(
+                "auth.json is a mount point of its own (a single-file bind mount): it cannot be renamed over, so codex-store writes it in place under the lock; codex-store's readers never see it half-written, but other readers (Codex) may see it empty for microseconds: mount the directory instead of the file"
+            ),
+            Problem::NetworkFileSystem { file_system } => write!(
+                f,
+                "the directory is on a {file_system} file system: its locks may bind only processes on this machine (or nothing), so processes on other machines can redeem the same refresh token and lose updates: keep CODEX_HOME on a local disk"
             ),
             Problem::ApiKeyMissing => f.write_str(
                 "auth_mode is apikey but auth.json holds no API key (Codex refuses it: \"API key auth is missing a key\"): sign in again, e.g. `codex-store login --with-api-key`",
@@ -168,6 +184,14 @@ impl Store {
         if !temps.is_empty() {
             problems.push(Problem::LeftoverTemps { names: temps });
         }
+        if std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|info| is_mount_point(&info, self.path()))
+        {
+            problems.push(Problem::BindMounted);
+        }
+        if let Some(file_system) = network_file_system(self.dir()) {
+            problems.push(Problem::NetworkFileSystem { file_system });
+        }
         let rotations = crate::replace::rotation_files(self.dir());
         if !rotations.is_empty() && !crate::lock::is_held(self.refresh_lock_path())? {
             problems.push(Problem::PendingRotations { names: rotations });
@@ -188,5 +212,128 @@ impl Store {
             }
         }
         Ok(problems)
+    }
+}
+
+/// The kind of network (or user-space) file system `dir` is on, from `statfs`'s `f_type`; `None`
+/// for a local one, or when it cannot be told.
+fn network_file_system(dir: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: a NUL-terminated path and a buffer of the right type; read only on success.
+    let rc = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statfs succeeded and filled the struct.
+    let f_type = unsafe { stat.assume_init() }.f_type;
+    // f_type's width differs between platforms; the magic numbers are 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    network_kind(f_type as i64 & 0xffff_ffff)
+}
+
+/// Whether `path` is a mount point in `mountinfo` (the text of `/proc/self/mountinfo`, whose
+/// fifth field is the mount point with space, tab, newline and backslash escaped in octal).
+fn is_mount_point(mountinfo: &str, path: &std::path::Path) -> bool {
+    let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mountinfo.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|point| std::path::Path::new(&unescape_octal(point)) == wanted)
+    })
+}
+
+fn unescape_octal(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The network file systems among `statfs` magic numbers (`man 2 statfs`).
+fn network_kind(f_type: i64) -> Option<&'static str> {
+    Some(match f_type {
+        0x6969 => "nfs",
+        0x517b => "smb",
+        0xff53_4d42 => "cifs",
+        0xfe53_4d42 => "smb2",
+        0x6573_5546 => "fuse (possibly remote, e.g. sshfs)",
+        0x00c3_6400 => "ceph",
+        0x5346_414f => "afs",
+        0x0102_1997 => "9p",
+        0x7375_7245 => "coda",
+        0x0bd0_0bd0 => "lustre",
+        0x0116_1970 => "gfs2",
+        0x7461_636f => "ocfs2",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_file_bind_mount_is_found_in_mountinfo_with_escaped_spaces() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("my auth.json");
+        std::fs::write(&file, "{}").expect("write");
+        let real = std::fs::canonicalize(&file).expect("canonicalize");
+        let escaped = real.to_str().expect("UTF-8").replace(' ', "\\040");
+        let info = format!(
+            "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+             731 22 8:1 /home/me/.codex/auth.json {escaped} rw,relatime - ext4 /dev/sda1 rw\n"
+        );
+        assert!(
+            is_mount_point(&info, &file),
+            "the bind-mounted file was not found"
+        );
+        assert!(
+            !is_mount_point(&info, dir.path()),
+            "its directory was taken for a mount point"
+        );
+    }
+
+    #[test]
+    fn network_file_systems_are_told_from_their_statfs_magic_and_local_ones_are_not() {
+        assert_eq!(network_kind(0x6969), Some("nfs"), "NFS not recognised");
+        assert_eq!(
+            network_kind(0xff53_4d42),
+            Some("cifs"),
+            "CIFS not recognised"
+        );
+        assert_eq!(
+            network_kind(0xef53),
+            None,
+            "ext4 taken for a network file system"
+        );
+        assert_eq!(
+            network_kind(0x0102_1994),
+            None,
+            "tmpfs taken for a network file system"
+        );
+        let here = std::env::current_dir().expect("a working directory");
+        assert_eq!(
+            network_file_system(&here),
+            None,
+            "the build directory ({}) was reported as on a network file system",
+            here.display()
+        );
     }
 }
