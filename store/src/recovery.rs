@@ -27,7 +27,6 @@ use crate::store::Store;
 enum Verdict {
     RemoveUnused,
     RollForward(Generation),
-    FinishInPlace(Vec<u8>),
     Merge(Box<AuthDotJson>, Generation),
     Discard(&'static str),
     Leave,
@@ -64,16 +63,6 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
                 replace::sync_dir(store.dir())?;
                 let now = store.generation()?;
                 record(JournalEvent::Recovered, Some(now), None);
-            }
-            Verdict::FinishInPlace(document) => {
-                replace::write_in_place(store.path(), &document)
-                    .map_err(|e| StoreError::io("write in place", store.path(), e))?;
-                let _ = fs::remove_file(&path);
-                record(
-                    JournalEvent::Recovered,
-                    Some(Generation::of_bytes(&document)),
-                    Some("in place"),
-                );
             }
             Verdict::Merge(doc, current) => {
                 let written = replace::replace(store.path(), current, &doc.to_json())
@@ -114,13 +103,8 @@ fn judge(
         // Cut off by a crash before its fsync: nothing in it can be used.
         return Ok(Verdict::Discard("unreadable"));
     };
-    // An in-place install of this very document (a single-file bind mount) that a crash cut
-    // short: finish it.
-    if let Ok(raw) = fs::read(store.path()) {
-        if replace::interrupted_in_place(&raw, &bytes) {
-            return Ok(Verdict::FinishInPlace(bytes));
-        }
-    }
+    // (An in-place install that a crash cut short is not judged here: it renamed the rotation
+    // file to an in-place leftover first, which `replace::finish_in_place` finishes.)
     // A corrupt auth.json is an error, not a reason to leave the rotation behind: the caller
     // would otherwise re-read a whole file a moment later and redeem the spent token.
     let current = store.load()?;
