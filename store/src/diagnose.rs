@@ -140,8 +140,7 @@ impl Store {
     /// problems (a corrupt file) are not listed here: [`Store::load`] reports them.
     pub fn diagnose(&self) -> Result<Vec<Problem>, StoreError> {
         let mut problems = Vec::new();
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = rustix::process::geteuid().as_raw();
         let dir_meta =
             fs::metadata(self.dir()).map_err(|e| StoreError::io("inspect", self.dir(), e))?;
         let dir_mode = dir_meta.mode() & 0o7777;
@@ -218,16 +217,7 @@ impl Store {
 /// The kind of network (or user-space) file system `dir` is on, from `statfs`'s `f_type`; `None`
 /// for a local one, or when it cannot be told.
 fn network_file_system(dir: &std::path::Path) -> Option<&'static str> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: a NUL-terminated path and a buffer of the right type; read only on success.
-    let rc = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statfs succeeded and filled the struct.
-    let f_type = unsafe { stat.assume_init() }.f_type;
+    let f_type = rustix::fs::statfs(dir).ok()?.f_type;
     // f_type's width differs between platforms; the magic numbers are 32 bits.
     #[allow(clippy::unnecessary_cast)]
     network_kind(f_type as i64 & 0xffff_ffff)

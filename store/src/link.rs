@@ -52,8 +52,7 @@ pub(crate) fn resolve(path: &Path) -> Result<Option<PathBuf>, StoreError> {
                 .uid()
         }
     };
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if owner != me {
         return Err(StoreError::ForeignTarget {
             link: path.to_path_buf(),

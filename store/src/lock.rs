@@ -13,8 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rustix::fs::{flock, FlockOperation};
+
 use crate::error::StoreError;
 use crate::options::StoreOptions;
+
+/// `flock(fd, operation)`, as an `io::Error` (`WouldBlock` when a non-blocking attempt finds
+/// the lock held). The lock belongs to the open file description: it lasts until the
+/// descriptor is closed (or explicitly unlocked), so no guard object has to be kept alive.
+fn flock_io(file: &File, operation: FlockOperation) -> io::Result<()> {
+    flock(file, operation).map_err(io::Error::from)
+}
 
 /// An exclusive lock on the sidecar file; released when dropped (closing the descriptor
 /// releases a `flock`).
@@ -105,13 +114,11 @@ pub(crate) fn acquire(path: &Path, options: &StoreOptions) -> Result<LockGuard, 
 /// Takes the exclusive lock if nobody holds it; `None` when it is busy. Never waits.
 pub(crate) fn try_acquire(path: &Path) -> Result<Option<LockGuard>, StoreError> {
     let file = open_lock_file(path)?;
-    let mut rw = fd_lock::RwLock::new(file);
-    match rw.try_write() {
-        Ok(guard) => std::mem::forget(guard),
+    match flock_io(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
         Err(e) => return Err(lock_error(path, e)),
     }
-    let file = rw.into_inner();
     // A lock file replaced meanwhile guards nothing: report it as busy, the caller moves on.
     Ok(same_inode(&file, path).then_some(LockGuard { _file: file }))
 }
@@ -126,20 +133,16 @@ fn acquire_until(
     let mut retries = 0u32;
     loop {
         let file = open_lock_file(path)?;
-        let mut rw = fd_lock::RwLock::new(file);
-        let acquired = match rw.try_write() {
-            Ok(guard) => {
-                // The lock lives as long as the descriptor; closing it releases the lock.
-                std::mem::forget(guard);
-                true
-            }
+        // The lock lives as long as the descriptor; closing it releases the lock.
+        let acquired = match flock_io(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(e) => return Err(lock_error(path, e)),
         };
         let file = if acquired {
-            rw.into_inner()
+            file
         } else {
-            wait_in_kernel(rw, path, options, start, deadline, noticed)?
+            wait_in_kernel(file, path, options, start, deadline, noticed)?
         };
         if same_inode(&file, path) {
             return Ok(LockGuard { _file: file });
@@ -169,7 +172,7 @@ fn jittered_backoff(retries: u32) -> Duration {
 }
 
 fn wait_in_kernel(
-    mut rw: fd_lock::RwLock<File>,
+    file: File,
     path: &Path,
     options: &StoreOptions,
     start: Instant,
@@ -182,12 +185,12 @@ fn wait_in_kernel(
         .spawn(move || {
             // A signal may interrupt the wait; it is not a reason to give up.
             let locked = loop {
-                match rw.write() {
+                match flock_io(&file, FlockOperation::LockExclusive) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other.map(std::mem::forget),
+                    other => break other,
                 }
             };
-            let result = locked.map(|()| rw.into_inner());
+            let result = locked.map(|()| file);
             // If the caller gave up, the send fails and dropping the file releases the lock.
             let _ = tx.send(result);
         });
@@ -249,9 +252,12 @@ pub(crate) fn is_held(path: &Path) -> Result<bool, StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(StoreError::io("open the lock file", path, e)),
     };
-    let rw = fd_lock::RwLock::new(file);
-    let held = match rw.try_read() {
-        Ok(_guard) => false,
+    let held = match flock_io(&file, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            // Released at once (closing the descriptor below would release it too).
+            let _ = flock_io(&file, FlockOperation::Unlock);
+            false
+        }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
         Err(e) => return Err(lock_error(path, e)),
     };

@@ -237,9 +237,6 @@ pub(crate) fn leftover_temps(dir: &Path) -> Vec<String> {
 /// next fsync pays for it (measured: +56 us per commit).
 #[cfg(target_os = "linux")]
 fn dir_names(dir: &Path) -> Vec<String> {
-    use std::ffi::CStr;
-    use std::os::unix::io::IntoRawFd;
-
     let open = |flags| {
         OpenOptions::new()
             .read(true)
@@ -250,31 +247,17 @@ fn dir_names(dir: &Path) -> Vec<String> {
     let Ok(file) = open(libc::O_NOATIME).or_else(|_| open(0)) else {
         return Vec::new();
     };
-    let fd = file.into_raw_fd();
-    // SAFETY: `fd` is an open directory descriptor we own; fdopendir takes it over (closedir
-    // closes it), and on failure we close it ourselves.
-    let dirp = unsafe { libc::fdopendir(fd) };
-    if dirp.is_null() {
-        // SAFETY: fdopendir failed, so `fd` is still ours to close.
-        unsafe { libc::close(fd) };
+    // `Dir::new` reads through this descriptor (std's `read_dir` would open the directory again,
+    // without O_NOATIME) and closes it when dropped.
+    let Ok(mut entries) = rustix::fs::Dir::new(file) else {
         return Vec::new();
-    }
+    };
     let mut names = Vec::new();
-    loop {
-        // SAFETY: `dirp` is a valid stream until closedir below; the entry it returns is valid
-        // until the next readdir call, and we copy the name out before that.
-        let entry = unsafe { libc::readdir(dirp) };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: d_name is a NUL-terminated name inside the entry returned above.
-        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
-        if let Ok(name) = name.to_str() {
+    while let Some(Ok(entry)) = entries.read() {
+        if let Ok(name) = entry.file_name().to_str() {
             names.push(name.to_owned());
         }
     }
-    // SAFETY: `dirp` came from fdopendir and is closed exactly once.
-    unsafe { libc::closedir(dirp) };
     names
 }
 
