@@ -70,7 +70,7 @@ enum Command {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    codex_store::parse_duration(text)
+    codex_store::StoreOptions::parse_duration(text)
         .ok_or_else(|| format!("`{text}` is not a duration; write it like 2s, 500ms or 1m"))
 }
 

@@ -2,8 +2,7 @@
 
 use std::time::SystemTime;
 
-use codex_store::jwt::IdTokenClaims;
-use codex_store::{AuthDotJson, AuthMode, Generation, Secret};
+use codex_store::{AuthDotJson, AuthMode, Generation, IdTokenClaims, Secret};
 
 use crate::due::refresh_due;
 use crate::error::RefreshError;

@@ -10,23 +10,23 @@ use crate::error::{PermanentReason, RefreshError, TransientReason};
 
 /// The largest answer body read from the token endpoint; reading stops there. Real answers are
 /// a few KiB.
-pub const MAX_ANSWER_SIZE: usize = 256 * 1024;
+pub(crate) const MAX_ANSWER_SIZE: usize = 256 * 1024;
 
 /// New tokens from a successful refresh. A missing (or `null`) field keeps its previous value;
 /// the access token is required.
 #[derive(Debug, Default)]
-pub struct TokenAnswer {
+pub(crate) struct TokenAnswer {
     /// The new id token, if sent.
-    pub id_token: Option<Secret>,
+    pub(crate) id_token: Option<Secret>,
     /// The new access token, if sent.
-    pub access_token: Option<Secret>,
+    pub(crate) access_token: Option<Secret>,
     /// The new refresh token, if sent (the old one is dead when it is).
-    pub refresh_token: Option<Secret>,
+    pub(crate) refresh_token: Option<Secret>,
 }
 
 /// A client of the token endpoint.
 #[derive(Clone, Debug)]
-pub struct TokenClient {
+pub(crate) struct TokenClient {
     http: reqwest::Client,
     url: String,
     client_id: String,
@@ -34,7 +34,7 @@ pub struct TokenClient {
 
 impl TokenClient {
     /// A client for `url` with a whole-request `timeout`.
-    pub fn new(url: &str, client_id: &str, timeout: Duration) -> Result<Self, RefreshError> {
+    pub(crate) fn new(url: &str, client_id: &str, timeout: Duration) -> Result<Self, RefreshError> {
         check_url(url)?;
         let mut builder = reqwest::Client::builder()
             // A redirect would re-send the refresh token to another origin: never followed.
@@ -55,14 +55,12 @@ impl TokenClient {
         })
     }
 
-    /// The endpoint URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Redeems `refresh_token`. Errors are classified: permanent ones mean "sign in again",
     /// transient ones mean "nothing changed, try later".
-    pub async fn refresh(&self, refresh_token: &Secret) -> Result<TokenAnswer, RefreshError> {
+    pub(crate) async fn refresh(
+        &self,
+        refresh_token: &Secret,
+    ) -> Result<TokenAnswer, RefreshError> {
         let body = serde_json::json!({
             "client_id": self.client_id,
             "grant_type": "refresh_token",
@@ -136,7 +134,7 @@ impl TokenAnswer {
     /// Validates a 200 answer completely: an object whose `access_token` is a non-empty string
     /// and whose `refresh_token` and `id_token`, when present and not null, are non-empty
     /// strings. Anything else is an error: nothing of it may be stored.
-    pub fn parse(body: &[u8]) -> Result<TokenAnswer, RefreshError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<TokenAnswer, RefreshError> {
         let invalid = |what: &str| RefreshError::Transient {
             reason: TransientReason::InvalidAnswer(what.to_owned()),
         };
@@ -190,7 +188,7 @@ fn transient_from(e: &reqwest::Error) -> RefreshError {
 
 /// The error code of an error answer: `{"error": {"code": ..}}`, `{"error": ".."}` or
 /// `{"code": ..}`, lower-cased.
-pub fn error_code(body: &[u8]) -> Option<String> {
+pub(crate) fn error_code(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let code = match value.get("error") {
         Some(Value::Object(obj)) => obj.get("code").and_then(Value::as_str),
@@ -202,7 +200,7 @@ pub fn error_code(body: &[u8]) -> Option<String> {
 }
 
 /// Classifies an error answer.
-pub fn classify(status: u16, body: &[u8]) -> RefreshError {
+pub(crate) fn classify(status: u16, body: &[u8]) -> RefreshError {
     let code = error_code(body);
     let reason = match code.as_deref() {
         Some("refresh_token_expired") => PermanentReason::Expired,

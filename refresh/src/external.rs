@@ -5,8 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use codex_store::jwt::IdTokenClaims;
-use codex_store::{Generation, Secret};
+use codex_store::{Generation, IdTokenClaims, Secret};
 
 use crate::auth::{CodexAuth, Mode};
 use crate::error::RefreshError;
@@ -51,7 +50,7 @@ fn host_auth(tokens: &HostTokens) -> CodexAuth {
             plan_type: tokens.plan_type.clone(),
             ..Default::default()
         },
-        expires_at: codex_store::jwt::expiry(tokens.access_token.expose())
+        expires_at: codex_store::token_expiry(&tokens.access_token)
             .ok()
             .flatten(),
         last_refresh: Some(SystemTime::now()),

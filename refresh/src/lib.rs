@@ -113,7 +113,6 @@ mod protocol;
 mod recovery;
 
 pub use auth::{CodexAuth, Mode};
-pub use client::{classify, error_code, TokenAnswer, TokenClient};
 pub use config::{RefreshConfig, CLIENT_ID, DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 pub use due::refresh_due;
 pub use error::{ErrorClass, PermanentReason, RefreshError, TransientReason};

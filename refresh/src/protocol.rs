@@ -218,7 +218,7 @@ const REUSE_POLL: Duration = Duration::from_millis(20);
 fn apply(doc: &mut AuthDotJson, answer: &TokenAnswer) -> Result<(), RefreshError> {
     if let Some(tokens) = doc.tokens.as_mut() {
         if let Some(t) = &answer.id_token {
-            match codex_store::jwt::IdTokenClaims::decode(t.expose()) {
+            match codex_store::IdTokenClaims::decode(t.expose()) {
                 Ok(claims) => {
                     let ours = tokens.account();
                     if claims.account_id.is_some() && ours.is_some() && claims.account_id != ours {

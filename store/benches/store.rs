@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use codex_store::jwt::IdTokenClaims;
+use codex_store::IdTokenClaims;
 use codex_store::{AuthDotJson, AuthMode, Expect, Secret, Store, Timestamp, TokenData};
 use sha2::{Digest, Sha256};
 

@@ -33,7 +33,7 @@ pub enum JwtError {
 }
 
 /// Decodes the payload of a JWT into a JSON object, without checking the signature.
-pub fn decode_payload(token: &str) -> Result<Map<String, Value>, JwtError> {
+pub(crate) fn decode_payload(token: &str) -> Result<Map<String, Value>, JwtError> {
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 {
         return Err(JwtError::Shape { parts: parts.len() });
@@ -180,7 +180,11 @@ pub(crate) fn validate_id_token(token: &str) -> Result<(), JwtError> {
 }
 
 impl IdTokenClaims {
-    /// Decodes an id token's claims.
+    /// Decodes an id token's claims, without checking the signature.
+    ///
+    /// # Errors
+    /// [`JwtError`] when the token is not a JWT, its payload is not a JSON object, or a claim
+    /// read here has the wrong type. The error never contains the token.
     pub fn decode(token: &str) -> Result<Self, JwtError> {
         if let Some(claims) = decode_typed(token) {
             return Ok(claims);
@@ -205,8 +209,20 @@ impl IdTokenClaims {
     }
 }
 
+/// The `exp` claim of a JWT access token (for example one a host application supplies), read
+/// without checking the signature: `Ok(None)` when the token carries none.
+///
+/// [`crate::TokenData::access_token_expiry`] reads it for the tokens of a document.
+///
+/// # Errors
+/// [`JwtError`] when the token is not a JWT, its payload is not a JSON object, or its `exp` is
+/// not a number. The error never contains the token.
+pub fn token_expiry(token: &crate::Secret) -> Result<Option<SystemTime>, JwtError> {
+    expiry(token.expose())
+}
+
 /// The `exp` claim of an access token: `Ok(None)` when the token carries none.
-pub fn expiry(token: &str) -> Result<Option<SystemTime>, JwtError> {
+pub(crate) fn expiry(token: &str) -> Result<Option<SystemTime>, JwtError> {
     let payload = decode_payload(token)?;
     match payload.get("exp") {
         None | Some(Value::Null) => Ok(None),

@@ -121,7 +121,7 @@ mod diagnose;
 mod error;
 mod generation;
 mod journal;
-pub mod jwt;
+mod jwt;
 mod link;
 mod lock;
 mod options;
@@ -139,9 +139,8 @@ pub use diagnose::Problem;
 pub use error::StoreError;
 pub use generation::{Expect, Generation};
 pub use journal::{read_journal, JournalEvent, JournalRecord, JOURNAL_LIMIT};
-pub use options::{
-    parse_duration, StoreOptions, WaitNotice, DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV,
-};
+pub use jwt::{token_expiry, IdTokenClaims, JwtError};
+pub use options::{StoreOptions, WaitNotice, DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV};
 pub use read::MAX_FILE_SIZE;
 pub use replace::{IN_PLACE_PREFIX, TEMP_PREFIX};
 pub use rotation::{Durability, Reserved, Rotation, SaveOutcome, ROTATION_PREFIX};

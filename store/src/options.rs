@@ -48,7 +48,7 @@ impl StoreOptions {
         match std::env::var(LOCK_TIMEOUT_ENV) {
             Err(std::env::VarError::NotPresent) => {}
             Ok(value) if value.trim().is_empty() => {}
-            Ok(value) => match parse_duration(&value) {
+            Ok(value) => match StoreOptions::parse_duration(&value) {
                 Some(wait) => options.lock_timeout = wait,
                 None => {
                     return Err(crate::StoreError::InvalidSetting {
@@ -68,18 +68,31 @@ impl StoreOptions {
         }
         Ok(options)
     }
-}
 
-/// Parses `30s`, `500ms`, `2m`, `1h 5m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<f64>() {
-        return ((0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs));
+    /// Parses a duration setting as [`LOCK_TIMEOUT_ENV`] is parsed: `30s`, `500ms`, `2m`,
+    /// `1h 5m` or a bare number of seconds; anything above about 30 years is capped there
+    /// ("wait as long as it takes"). `None` when `text` is not a duration.
+    ///
+    /// The one grammar of the store's duration settings, public so that a front end (the
+    /// `codex-store` command's `--lock-timeout`) parses its flags exactly as the store parses
+    /// the environment.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use codex_store::StoreOptions;
+    /// assert_eq!(StoreOptions::parse_duration("1m 30s"), Some(Duration::from_secs(90)));
+    /// assert_eq!(StoreOptions::parse_duration("2.5"), Some(Duration::from_millis(2500)));
+    /// assert_eq!(StoreOptions::parse_duration("soon"), None);
+    /// ```
+    pub fn parse_duration(text: &str) -> Option<Duration> {
+        let text = text.trim();
+        if let Ok(secs) = text.parse::<f64>() {
+            return ((0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs));
+        }
+        humantime::parse_duration(text)
+            .ok()
+            .map(|d| d.min(Duration::from_secs(1_000_000_000)))
     }
-    // Anything longer than about 30 years means "wait as long as it takes"; cap it there.
-    humantime::parse_duration(text)
-        .ok()
-        .map(|d| d.min(Duration::from_secs(1_000_000_000)))
 }
 
 impl Default for StoreOptions {
@@ -109,17 +122,29 @@ mod tests {
     #[test]
     fn durations_parse_in_the_documented_forms() {
         assert_eq!(
-            parse_duration("500ms"),
+            StoreOptions::parse_duration("500ms"),
             Some(Duration::from_millis(500)),
             "500ms"
         );
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)), "2m");
         assert_eq!(
-            parse_duration("1.5"),
+            StoreOptions::parse_duration("2m"),
+            Some(Duration::from_secs(120)),
+            "2m"
+        );
+        assert_eq!(
+            StoreOptions::parse_duration("1.5"),
             Some(Duration::from_millis(1500)),
             "bare seconds"
         );
-        assert_eq!(parse_duration("soon"), None, "nonsense accepted");
-        assert_eq!(parse_duration("-1"), None, "negative accepted");
+        assert_eq!(
+            StoreOptions::parse_duration("soon"),
+            None,
+            "nonsense accepted"
+        );
+        assert_eq!(
+            StoreOptions::parse_duration("-1"),
+            None,
+            "negative accepted"
+        );
     }
 }

@@ -3,9 +3,7 @@
 
 mod common;
 
-use codex_store::{
-    jwt, AuthDotJson, AuthMode, Expect, Generation, Secret, Store, Timestamp, TokenData,
-};
+use codex_store::{AuthDotJson, AuthMode, Expect, Generation, Secret, Store, Timestamp, TokenData};
 use common::*;
 
 /// Loads `text` from a real auth.json in a fresh store.
@@ -71,10 +69,10 @@ fn the_test_jwt_helper_encodes_base64url_like_rfc_4648() {
         "-_8",
         "the URL-safe alphabet is not used"
     );
-    let payload = jwt::decode_payload(&id_token("a@example.com", "acct-1"))
+    let claims = codex_store::IdTokenClaims::decode(&id_token("a@example.com", "acct-1"))
         .expect("the crate cannot decode the helper's JWT");
     assert_eq!(
-        payload.get("email").and_then(|v| v.as_str()),
+        claims.email.as_deref(),
         Some("a@example.com"),
         "the helper's JWT payload does not round-trip"
     );

@@ -44,7 +44,8 @@ fn an_enormous_lock_timeout_waits_without_overflowing_the_clock() {
 
 #[test]
 fn an_absurd_duration_is_capped_rather_than_overflowing() {
-    let parsed = codex_store::parse_duration("500000000000y").expect("a valid humantime duration");
+    let parsed = codex_store::StoreOptions::parse_duration("500000000000y")
+        .expect("a valid humantime duration");
     assert!(
         parsed <= Duration::from_secs(1_000_000_000),
         "a duration of {parsed:?} was not capped"
