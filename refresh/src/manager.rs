@@ -1,128 +1,20 @@
 //! [`AuthManager`]: the cached credentials, refreshed through the guarded protocol.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use codex_store::backend::FileBackend;
-use codex_store::{AuthDotJson, AuthMode, Expect, Generation, Secret, Store, StoreError};
+use codex_store::{AuthDotJson, AuthMode, Expect, Secret, Store, StoreError};
 
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenClient;
 use crate::config::RefreshConfig;
 use crate::error::RefreshError;
-use crate::external::HostState;
-use crate::protocol::{
-    auth_from_snapshot, blocking, check_disk, guarded_refresh, Known, RefreshOutcome,
-};
-use crate::recovery::UnauthorizedRecovery;
-
-/// Shared state of a manager and of the refresh tasks it spawns.
-pub(crate) struct Inner {
-    pub(crate) store: Store,
-    pub(crate) config: RefreshConfig,
-    pub(crate) client: TokenClient,
-    cache: RwLock<Option<Arc<CodexAuth>>>,
-    /// One refresh at a time in this process; the others wait and then share its result.
-    gate: tokio::sync::Mutex<()>,
-    /// A permanent failure, remembered for the generation it happened at.
-    failure: Mutex<Option<(Generation, RefreshError)>>,
-    /// The last transient failure and when it happened: callers within
-    /// `min_retry_interval` share it instead of sending another request.
-    last_transient: Mutex<Option<(Instant, RefreshError)>>,
-    pub(crate) host: Mutex<Option<HostState>>,
-    /// New credentials the endpoint issued but that could not be written (disk full, I/O
-    /// error), with the generation they replace: written first by the next attempt.
-    unsaved: Mutex<Option<(Generation, AuthDotJson)>>,
-    /// Whether `unsaved` holds something: read on the fast path without a lock.
-    has_unsaved: AtomicBool,
-}
-
-impl Inner {
-    pub(crate) fn cached(&self) -> Option<Arc<CodexAuth>> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub(crate) fn set_cache(&self, auth: Option<Arc<CodexAuth>>) {
-        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = auth;
-    }
-
-    pub(crate) fn remembered_failure(&self, generation: Generation) -> Option<RefreshError> {
-        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        match &*failure {
-            Some((g, e)) if *g == generation => e.remembered(),
-            _ => None,
-        }
-    }
-
-    /// Keeps credentials that could not be written, to be written by the next attempt.
-    pub(crate) fn keep_unsaved(&self, base: Generation, doc: AuthDotJson) {
-        *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some((base, doc));
-        self.has_unsaved.store(true, Ordering::Release);
-    }
-
-    /// Takes the credentials that could not be written, if any.
-    pub(crate) fn take_unsaved(&self) -> Option<(Generation, AuthDotJson)> {
-        let taken = self
-            .unsaved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        self.has_unsaved.store(false, Ordering::Release);
-        taken
-    }
-
-    /// Remembers `error` for `generation` when it is permanent; returns it.
-    pub(crate) fn remember_failure(
-        &self,
-        generation: Generation,
-        error: RefreshError,
-    ) -> RefreshError {
-        if let Some(copy) = error.remembered() {
-            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, copy));
-        }
-        error
-    }
-
-    fn recent_transient(&self) -> Option<RefreshError> {
-        let last = self
-            .last_transient
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match &*last {
-            Some((at, e)) if at.elapsed() < self.config.min_retry_interval => e.transient_copy(),
-            _ => None,
-        }
-    }
-
-    fn note_attempt(&self, result: &Result<RefreshOutcome, RefreshError>) {
-        let mut last = self
-            .last_transient
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *last = match result {
-            Err(e) => e.transient_copy().map(|copy| (Instant::now(), copy)),
-            Ok(_) => None,
-        };
-    }
-
-    /// Whether cached credentials can be handed out as they are: not due, and no unsaved
-    /// credentials waiting to be written. Memory only (an atomic load, `now` from the vDSO).
-    fn ready(&self, auth: &CodexAuth) -> bool {
-        !auth.is_due(SystemTime::now(), &self.config) && !self.has_unsaved.load(Ordering::Acquire)
-    }
-
-    fn known(&self) -> Known {
-        let cached = self.cached();
-        Known {
-            account_id: cached
-                .as_ref()
-                .and_then(|a| a.account_id().map(str::to_owned)),
-            generation: cached.as_ref().map(|a| a.generation()),
-            had_credentials: cached.is_some(),
-        }
-    }
-}
+use crate::external::host_auth;
+use crate::host::{HostRefresher, HostTokens};
+use crate::outcome::RefreshOutcome;
+use crate::protocol::{auth_from_snapshot, check_disk, guarded_refresh};
+use crate::state::{blocking, warn_not_durable, Inner};
 
 /// The credentials of one process: cached, and refreshed through the guarded protocol so that
 /// however many processes race, the token endpoint sees one request.
@@ -152,18 +44,7 @@ impl AuthManager {
         }
         let client = TokenClient::new(&config.token_url, &config.client_id, config.http_timeout)?;
         let manager = AuthManager {
-            inner: Arc::new(Inner {
-                store,
-                config,
-                client,
-                cache: RwLock::new(None),
-                gate: tokio::sync::Mutex::new(()),
-                failure: Mutex::new(None),
-                last_transient: Mutex::new(None),
-                host: Mutex::new(None),
-                unsaved: Mutex::new(None),
-                has_unsaved: AtomicBool::new(false),
-            }),
+            inner: Arc::new(Inner::new(store, config, client)),
         };
         manager.reload()?;
         Ok(manager)
@@ -345,9 +226,19 @@ impl AuthManager {
         })
     }
 
-    /// The 401 recovery steps for this manager's current mode.
-    pub fn unauthorized_recovery(&self) -> UnauthorizedRecovery {
-        UnauthorizedRecovery::new(self.clone())
+    /// Uses tokens supplied by the host application, in memory only (nothing is written to
+    /// disk), refreshed by calling `refresher`. Refused when the workspace is not allowed.
+    pub fn set_host_tokens(
+        &self,
+        tokens: HostTokens,
+        refresher: HostRefresher,
+    ) -> Result<Arc<CodexAuth>, RefreshError> {
+        let auth = host_auth(&tokens);
+        auth.check_workspace(&self.inner().config)?;
+        let auth = Arc::new(auth);
+        *self.inner().host.lock().unwrap_or_else(|p| p.into_inner()) = Some(refresher);
+        self.inner().set_cache(Some(auth.clone()));
+        Ok(auth)
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
@@ -364,18 +255,11 @@ impl AuthManager {
         let known = inner.known();
         let store = inner.store.clone();
         let snap = blocking(move || store.transaction().map(|tx| tx.snapshot().clone())).await?;
-        if Some(snap.generation()) == known.generation {
+        if Some(snap.generation()) == known.generation() {
             return Ok(false);
         }
         let disk = check_disk(&inner, &known, &snap)?;
         inner.set_cache(Some(Arc::new(disk)));
         Ok(true)
-    }
-}
-
-/// Logs a write that happened but whose directory could not be fsynced.
-pub(crate) fn warn_not_durable(e: &StoreError) {
-    if matches!(e, StoreError::NotDurable { .. }) {
-        tracing::warn!(error = %e, "the write is in place but not known to be durable");
     }
 }

@@ -6,51 +6,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use codex_store::{
-    AuthDotJson, Durability, Generation, JournalEvent, JournalRecord, Reserved, Rotation,
-    SaveOutcome, Snapshot, StoreError, Timestamp,
+    AuthDotJson, Durability, JournalEvent, JournalRecord, Reserved, Rotation, SaveOutcome,
+    Snapshot, Timestamp,
 };
 
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenAnswer;
 use crate::error::{PermanentReason, RefreshError, TransientReason};
-use crate::manager::Inner;
-
-/// What a refresh did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// This process redeemed the refresh token and stored the new tokens.
-    Refreshed,
-    /// Another process (or task) had already refreshed; its tokens were adopted, no request sent.
-    AdoptedFromDisk,
-    /// Nothing to refresh (API key, or the tokens are not due and nothing was forced).
-    NotNeeded,
-}
-
-/// What the caller knew when it asked.
-pub(crate) struct Known {
-    pub(crate) account_id: Option<String>,
-    pub(crate) generation: Option<Generation>,
-    pub(crate) had_credentials: bool,
-}
-
-/// Runs a blocking store operation off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, RefreshError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(RefreshError::from),
-        Err(e) => Err(RefreshError::TaskFailed {
-            message: format!("a blocking store operation failed: {e}"),
-        }),
-    }
-}
+use crate::outcome::RefreshOutcome;
+use crate::state::{blocking, warn_not_durable, Inner, Known};
 
 fn signed_out(inner: &Inner, known: &Known) -> RefreshError {
     let path = inner.store.path().to_path_buf();
-    if known.had_credentials {
-        RefreshError::LoggedOut { path }
-    } else {
-        RefreshError::NotSignedIn { path }
+    match known {
+        Known::Credentials { .. } => RefreshError::LoggedOut { path },
+        Known::SignedOut => RefreshError::NotSignedIn { path },
     }
 }
 
@@ -77,10 +47,10 @@ pub(crate) fn check_disk(
     snap: &Snapshot,
 ) -> Result<CodexAuth, RefreshError> {
     let disk = auth_from_snapshot(snap, &inner.config)?.ok_or_else(|| signed_out(inner, known))?;
-    if let Some(expected) = &known.account_id {
-        if disk.account_id() != Some(expected.as_str()) {
+    if let Some(expected) = known.account_id() {
+        if disk.account_id() != Some(expected) {
             return Err(RefreshError::AccountChanged {
-                expected: expected.clone(),
+                expected: expected.to_owned(),
                 found: disk.account_id().unwrap_or("<none>").to_owned(),
             });
         }
@@ -115,7 +85,7 @@ pub(crate) async fn guarded_refresh(
     if disk.mode() == Mode::ApiKey {
         return Ok((RefreshOutcome::NotNeeded, Arc::new(disk)));
     }
-    let moved_on = known.generation != Some(generation);
+    let moved_on = known.generation() != Some(generation);
     if moved_on && !disk.is_due(now, &inner.config) {
         return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(disk)));
     }
@@ -317,7 +287,7 @@ async fn save_unsaved(inner: &Inner) -> Result<Option<Arc<CodexAuth>>, RefreshEr
         }
         tx.commit(Some(&attempt))
             .or_else(|e| {
-                crate::manager::warn_not_durable(&e);
+                warn_not_durable(&e);
                 e.accept_not_durable()
             })
             .map(Some)

@@ -29,52 +29,75 @@ pub enum RecoveryStep {
 #[derive(Debug)]
 pub struct UnauthorizedRecovery {
     manager: AuthManager,
-    steps_left: u8,
-    host: bool,
+    next: Step,
+}
+
+/// The step an [`UnauthorizedRecovery`] runs next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// ChatGPT tokens, first step: adopt a newer generation on disk, else refresh.
+    AdoptOrRefresh,
+    /// ChatGPT tokens, second step: refresh at the endpoint.
+    Refresh,
+    /// Host-supplied tokens: ask the host.
+    AskHost,
+    /// Nothing left (or nothing to do: an API key).
+    Exhausted,
+}
+
+impl AuthManager {
+    /// The 401 recovery steps for this manager's current mode.
+    pub fn unauthorized_recovery(&self) -> UnauthorizedRecovery {
+        UnauthorizedRecovery::new(self.clone())
+    }
 }
 
 impl UnauthorizedRecovery {
-    pub(crate) fn new(manager: AuthManager) -> Self {
-        let mode = manager.cached().map(|a| a.mode());
-        let (steps_left, host) = match mode {
-            Some(Mode::HostTokens) => (1, true),
-            Some(Mode::ApiKey) => (0, false),
-            _ => (2, false),
+    fn new(manager: AuthManager) -> Self {
+        let next = match manager.cached().map(|a| a.mode()) {
+            Some(Mode::HostTokens) => Step::AskHost,
+            Some(Mode::ApiKey) => Step::Exhausted,
+            _ => Step::AdoptOrRefresh,
         };
-        UnauthorizedRecovery {
-            manager,
-            steps_left,
-            host,
-        }
+        UnauthorizedRecovery { manager, next }
     }
 
     /// Whether a step is left.
     pub fn has_next(&self) -> bool {
-        self.steps_left > 0
+        self.next != Step::Exhausted
     }
 
     /// Runs the next step. When step 1 finds nothing newer on disk it goes straight on to
-    /// step 2. Errors are those of [`AuthManager::refresh`]; when no step is left, the last
-    /// error stands and this returns [`RefreshError::Permanent`] with `Unauthorized`.
+    /// step 2.
+    ///
+    /// # Errors
+    /// Those of [`AuthManager::refresh`] (step 1's re-read under the lock fails with the
+    /// store's errors, for example [`RefreshError::AccountChanged`]); when no step is left, the
+    /// last error stands and this returns [`RefreshError::Permanent`] with `Unauthorized`.
     pub async fn next(&mut self) -> Result<RecoveryStep, RefreshError> {
-        if self.steps_left == 0 {
-            return Err(RefreshError::Permanent {
+        match self.next {
+            Step::Exhausted => Err(RefreshError::Permanent {
                 reason: crate::error::PermanentReason::Unauthorized { code: None },
-            });
-        }
-        if self.host {
-            self.steps_left = 0;
-            self.manager.refresh().await?;
-            return Ok(RecoveryStep::Refreshed);
-        }
-        if self.steps_left == 2 {
-            self.steps_left = 1;
-            if self.manager.adopt_if_newer().await? {
-                return Ok(RecoveryStep::Reloaded);
+            }),
+            Step::AskHost => {
+                self.next = Step::Exhausted;
+                self.manager.refresh().await?;
+                Ok(RecoveryStep::Refreshed)
+            }
+            Step::AdoptOrRefresh => {
+                self.next = Step::Refresh;
+                if self.manager.adopt_if_newer().await? {
+                    return Ok(RecoveryStep::Reloaded);
+                }
+                self.next = Step::Exhausted;
+                self.manager.refresh().await?;
+                Ok(RecoveryStep::Refreshed)
+            }
+            Step::Refresh => {
+                self.next = Step::Exhausted;
+                self.manager.refresh().await?;
+                Ok(RecoveryStep::Refreshed)
             }
         }
-        self.steps_left = 0;
-        self.manager.refresh().await?;
-        Ok(RecoveryStep::Refreshed)
     }
 }
