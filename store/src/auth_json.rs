@@ -164,6 +164,12 @@ impl TokenData {
 #[error("{0}")]
 pub struct FormatError(String);
 
+impl FormatError {
+    pub(crate) fn new(reason: &str) -> Self {
+        FormatError(reason.to_owned())
+    }
+}
+
 /// Moves a key's value out of the parsed object (the parse is the document's only copy).
 fn secret_field(map: &mut Map<String, Value>, key: &str, ctx: &str) -> Result<Secret, FormatError> {
     match map.shift_remove(key) {
@@ -288,6 +294,18 @@ impl AuthDotJson {
                 e.column()
             ))
         })?;
+        Self::from_value(value)
+    }
+
+    /// The document from a parsed JSON value, with [`AuthDotJson::from_json`]'s checks: unknown
+    /// keys and the key order are kept (with `serde_json`'s `preserve_order`, which this crate
+    /// enables).
+    ///
+    /// # Errors
+    /// [`FormatError`] when `value` is not an object, a known key has the wrong type, the
+    /// tokens lack a key or their id token is not a JWT; the message names the key, never a
+    /// value.
+    pub fn from_value(value: Value) -> Result<Self, FormatError> {
         let Value::Object(mut map) = value else {
             return Err(FormatError("the file is not a JSON object".into()));
         };
@@ -312,7 +330,20 @@ impl AuthDotJson {
     }
 
     /// The document as existing installations write it: pretty-printed JSON, no trailing newline.
+    ///
+    /// # Security
+    /// The bytes hold the secrets in clear, as the file does.
     pub fn to_json(&self) -> Vec<u8> {
+        // Serializing a map of JSON values cannot fail.
+        serde_json::to_vec_pretty(&self.to_value()).unwrap_or_default()
+    }
+
+    /// The document as a JSON object, keys in the order [`AuthDotJson::to_json`] writes them
+    /// (the file's order, then new keys).
+    ///
+    /// # Security
+    /// The value holds the secrets in clear.
+    pub fn to_value(&self) -> Value {
         let known = |key: &str| -> Option<Value> {
             Some(match key {
                 "auth_mode" => self
@@ -334,11 +365,13 @@ impl AuthDotJson {
                 _ => return None,
             })
         };
-        let map = assemble(&TOP_KEYS, &self.key_order, &self.extra, known, |k| {
-            k != "auth_mode"
-        });
-        // Serializing a map of JSON values cannot fail.
-        serde_json::to_vec_pretty(&Value::Object(map)).unwrap_or_default()
+        Value::Object(assemble(
+            &TOP_KEYS,
+            &self.key_order,
+            &self.extra,
+            known,
+            |k| k != "auth_mode",
+        ))
     }
 
     /// The mode, inferred as existing installations do when `auth_mode` is absent: a personal
@@ -369,5 +402,50 @@ impl AuthDotJson {
             names.extend(tokens.extra.keys().map(|k| format!("tokens.{k}")));
         }
         names
+    }
+}
+
+/// Serializes as [`AuthDotJson::to_json`] writes: the same keys, in the same order, unknown keys
+/// included, secrets in clear.
+///
+/// This is how a login crate with its own document type uses the store: convert through
+/// `serde_json::Value`, and write with [`crate::Store::compare_and_swap_as`].
+///
+/// ```
+/// use codex_store::AuthDotJson;
+/// use serde::{Deserialize, Serialize};
+///
+/// /// A login crate's own view of auth.json; `rest` keeps every key it does not name.
+/// #[derive(Serialize, Deserialize)]
+/// struct MyAuth {
+///     #[serde(rename = "OPENAI_API_KEY")]
+///     api_key: Option<String>,
+///     #[serde(flatten)]
+///     rest: serde_json::Map<String, serde_json::Value>,
+/// }
+///
+/// let doc = AuthDotJson::from_json(br#"{"OPENAI_API_KEY": "sk-1", "mine": [1]}"#)?;
+/// let mine: MyAuth = serde_json::from_value(serde_json::to_value(&doc)?)?;
+/// assert_eq!(mine.api_key.as_deref(), Some("sk-1"));
+/// let back: AuthDotJson = serde_json::from_value(serde_json::to_value(&mine)?)?;
+/// assert_eq!(back.to_json(), doc.to_json());          // unknown keys and order kept
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Security
+/// The output holds the secrets in clear (as the file does): serialize only to where the file
+/// itself could go.
+impl serde::Serialize for AuthDotJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_value().serialize(serializer)
+    }
+}
+
+/// Deserializes with [`AuthDotJson::from_value`]'s checks (unknown keys and their order kept;
+/// an id token that is not a JWT is refused). Errors name the key, never a value.
+impl<'de> serde::Deserialize<'de> for AuthDotJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        AuthDotJson::from_value(value).map_err(serde::de::Error::custom)
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use crate::auth_json::AuthDotJson;
+use crate::auth_json::{AuthDotJson, FormatError};
 use crate::error::StoreError;
 use crate::generation::{Expect, Generation};
 use crate::lock::{self, StoreLock};
@@ -80,6 +80,26 @@ impl Snapshot {
     /// The document, by value.
     pub fn into_auth(self) -> Option<AuthDotJson> {
         self.auth
+    }
+
+    /// The document as the caller's own serde type (a login crate's), converted through
+    /// `serde_json::Value` (keys in file order); `Ok(None)` when there is no file. See
+    /// [`Store::compare_and_swap_as`] for an example.
+    ///
+    /// # Errors
+    /// [`FormatError`] when the document does not deserialize into `T`. The message does not
+    /// pass on `serde_json`'s, which can quote a value (a secret).
+    ///
+    /// # Security
+    /// `T` receives the secrets in clear; keep them in [`crate::Secret`]s or out of logs.
+    pub fn auth_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, FormatError> {
+        self.auth()
+            .map(|doc| {
+                serde_json::from_value(doc.to_value()).map_err(|_| {
+                    FormatError::new("auth.json does not match the requested document type")
+                })
+            })
+            .transpose()
     }
 }
 
@@ -258,6 +278,62 @@ impl Store {
             });
         }
         self.write_locked(actual, auth)
+    }
+
+    /// [`Store::compare_and_swap`] for a document of the caller's own serde type (a login
+    /// crate's): `auth` is converted to an [`AuthDotJson`] through `serde_json` (with its
+    /// checks) and written, pretty-printed and 0600, under the lock, if the file on disk matches
+    /// `expect`. Keys the type does not name are lost unless it keeps them (a
+    /// `#[serde(flatten)]` map); read the document with [`Snapshot::auth_as`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::env::temp_dir().join(format!("codex-store-doc-as-{}", std::process::id()));
+    /// use codex_store::{Expect, Store};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct MyAuth {
+    ///     #[serde(rename = "OPENAI_API_KEY")]
+    ///     api_key: Option<String>,
+    ///     #[serde(flatten)]
+    ///     rest: serde_json::Map<String, serde_json::Value>,
+    /// }
+    ///
+    /// let store = Store::open(&dir)?;
+    /// let mine = MyAuth { api_key: Some("sk-1".into()), rest: Default::default() };
+    /// let g = store.compare_and_swap_as(Expect::Absent, Some(&mine))?;
+    /// let snap = store.load()?;
+    /// assert_eq!(snap.generation(), g);
+    /// let read: MyAuth = snap.auth_as()?.expect("written above");
+    /// assert_eq!(read.api_key.as_deref(), Some("sk-1"));
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidDocument`] (nothing written) when `auth` does not serialize to an
+    /// auth.json document (not an object, a known key of the wrong type, an id token that is
+    /// not a JWT); otherwise those of [`Store::compare_and_swap`].
+    pub fn compare_and_swap_as<T: serde::Serialize>(
+        &self,
+        expect: Expect,
+        auth: Option<&T>,
+    ) -> Result<Generation, StoreError> {
+        let invalid = |reason: String| StoreError::InvalidDocument {
+            path: self.path().to_path_buf(),
+            reason,
+        };
+        let doc = match auth {
+            None => None,
+            Some(auth) => {
+                // serde_json's message could quote a value: it is not passed on.
+                let value = serde_json::to_value(auth)
+                    .map_err(|_| invalid("the document does not serialize to JSON".into()))?;
+                Some(AuthDotJson::from_value(value).map_err(|e| invalid(e.to_string()))?)
+            }
+        };
+        self.compare_and_swap(expect, doc.as_ref())
     }
 
     /// Takes the exclusive lock, sweeps leftover temp files and re-reads auth.json under it.
