@@ -34,6 +34,11 @@ pub struct CodexAuth {
 impl CodexAuth {
     /// Builds the state from a document read at `generation`. `Ok(None)` when the document holds
     /// no usable credentials (signed out).
+    ///
+    /// # Errors
+    /// [`RefreshError::Malformed`] when the id token does not decode;
+    /// [`RefreshError::UnsupportedMode`] for a mode codex-refresh does not serve (Bedrock, personal
+    /// access token, ...).
     pub fn from_document(
         doc: &AuthDotJson,
         generation: Generation,

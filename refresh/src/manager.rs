@@ -38,6 +38,14 @@ impl AuthManager {
     /// A manager over `store`, loading the current credentials (none is fine: signed out).
     /// First installs what a crashed refresh left in a rotation file, unless a refresh is
     /// running.
+    ///
+    /// # Errors
+    /// [`RefreshError::HttpSetup`] when the token URL is not an absolute http(s) URL or the HTTP
+    /// client cannot be built; the store's errors (for example
+    /// [`codex_store::StoreError::Corrupt`]) when auth.json cannot be read;
+    /// [`RefreshError::WorkspaceNotAllowed`] for credentials of a workspace the configuration does
+    /// not allow. A crashed refresh's rotation that cannot be installed yet is logged, not an
+    /// error.
     pub fn new(store: Store, config: RefreshConfig) -> Result<Self, RefreshError> {
         if let Err(e) = store.recover() {
             tracing::warn!(error = %e, "a crashed refresh's tokens could not be installed yet");
@@ -70,6 +78,12 @@ impl AuthManager {
     /// The fast path (cached and not due) takes no lock and makes no system call. When due, the
     /// guarded refresh runs; a transient failure is logged and the cached credentials are
     /// returned while they are still valid; a permanent one is returned as an error.
+    ///
+    /// # Errors
+    /// [`RefreshError::NotSignedIn`] without credentials; a permanent refresh failure
+    /// ([`RefreshError::Permanent`], [`RefreshError::AccountChanged`],
+    /// [`RefreshError::LoggedOut`]); a transient one only when the cached credentials are no longer
+    /// usable; the store's errors.
     pub async fn auth(&self) -> Result<Arc<CodexAuth>, RefreshError> {
         let cached = self.inner.cached();
         if let Some(auth) = cached.as_ref().filter(|a| self.inner.ready(a)) {
@@ -113,6 +127,15 @@ impl AuthManager {
     /// Refreshes now (for example after the API answered 401), through the guarded protocol
     /// (for host tokens: by asking the host). If another process already refreshed since this
     /// one read the credentials, its tokens are adopted and no request is sent.
+    ///
+    /// # Errors
+    /// [`RefreshError::Transient`] (nothing changed; try later) and [`RefreshError::Permanent`]
+    /// (sign in again) from the endpoint; [`RefreshError::AccountChanged`] and
+    /// [`RefreshError::LoggedOut`] when auth.json changed under the caller (no request sent); for
+    /// host tokens [`RefreshError::HostRefreshTimeout`] and [`RefreshError::HostRefreshFailed`];
+    /// the store's errors, for example [`codex_store::StoreError::LockTimeout`], or
+    /// [`codex_store::StoreError::NotInstalled`] when the new tokens are durable in a rotation file
+    /// but not yet in auth.json.
     pub async fn refresh(&self) -> Result<RefreshOutcome, RefreshError> {
         self.run(true).await
     }
@@ -174,6 +197,12 @@ impl AuthManager {
 
     /// Re-reads auth.json and replaces the cache (host-supplied tokens are kept). Returns the
     /// new credentials, `None` when signed out.
+    ///
+    /// # Errors
+    /// The store's errors when auth.json cannot be read (for example
+    /// [`codex_store::StoreError::Corrupt`]); [`RefreshError::Malformed`],
+    /// [`RefreshError::UnsupportedMode`] and [`RefreshError::WorkspaceNotAllowed`] for credentials
+    /// that cannot be used.
     pub fn reload(&self) -> Result<Option<Arc<CodexAuth>>, RefreshError> {
         if let Some(auth) = self.inner.cached().filter(|a| a.mode() == Mode::HostTokens) {
             return Ok(Some(auth));
@@ -186,6 +215,10 @@ impl AuthManager {
 
     /// Removes the stored credentials (under the lock) and forgets the cached ones, host
     /// tokens included. Returns whether there was a file.
+    ///
+    /// # Errors
+    /// The store's errors (a lock timeout, an I/O error); a deletion that is in place but not known
+    /// to be durable is logged, not an error.
     pub async fn logout(&self) -> Result<bool, RefreshError> {
         let backend = FileBackend::from_store(self.inner.store.clone());
         let existed = blocking(move || {
@@ -201,6 +234,10 @@ impl AuthManager {
     }
 
     /// Stores an API key (API-key mode), replacing whatever was stored.
+    ///
+    /// # Errors
+    /// The store's errors (a lock timeout, an I/O error, a file that may not be replaced); a write
+    /// that is in place but not known to be durable is logged, not an error.
     pub async fn login_with_api_key(&self, key: Secret) -> Result<Arc<CodexAuth>, RefreshError> {
         let doc = AuthDotJson {
             auth_mode: Some(AuthMode::ApiKey),
@@ -228,6 +265,10 @@ impl AuthManager {
 
     /// Uses tokens supplied by the host application, in memory only (nothing is written to
     /// disk), refreshed by calling `refresher`. Refused when the workspace is not allowed.
+    ///
+    /// # Errors
+    /// [`RefreshError::WorkspaceNotAllowed`] when the tokens' workspace is not allowed by the
+    /// configuration; nothing is changed then.
     pub fn set_host_tokens(
         &self,
         tokens: HostTokens,

@@ -149,11 +149,19 @@ impl TokenData {
     }
 
     /// The id token's claims (email, workspace, plan, user).
+    ///
+    /// # Errors
+    /// [`JwtError`](crate::JwtError) when the id token is not a JWT with a JSON-object payload, or
+    /// a claim has the wrong type. The error never contains the token.
     pub fn id_claims(&self) -> Result<IdTokenClaims, jwt::JwtError> {
         IdTokenClaims::decode(self.id_token.expose())
     }
 
     /// The access token's `exp`; `Ok(None)` when it has none.
+    ///
+    /// # Errors
+    /// [`JwtError`](crate::JwtError) when the access token is not a JWT with a JSON-object payload,
+    /// or its `exp` is not a number. The error never contains the token.
     pub fn access_token_expiry(&self) -> Result<Option<std::time::SystemTime>, jwt::JwtError> {
         jwt::expiry(self.access_token.expose())
     }
@@ -278,6 +286,11 @@ fn assemble(
 
 impl AuthDotJson {
     /// Parses a document. Every failure names the key at fault (and never a secret value).
+    ///
+    /// # Errors
+    /// [`FormatError`] when the bytes are empty, cut off, not JSON or not an object, a known key
+    /// has the wrong type, the tokens lack a key, their id token is not a JWT, or `last_refresh` is
+    /// not RFC 3339. The message names the key, never a value.
     pub fn from_json(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(FormatError("the file is empty".into()));

@@ -29,6 +29,9 @@ pub struct FileBackend {
 
 impl FileBackend {
     /// A backend over the store in `codex_home`.
+    ///
+    /// # Errors
+    /// Those of [`Store::open`].
     pub fn new(codex_home: impl AsRef<Path>) -> Result<Self, StoreError> {
         Ok(FileBackend {
             store: Store::open(codex_home)?,
@@ -46,11 +49,17 @@ impl FileBackend {
     }
 
     /// The document, or `None` when there is no file.
+    ///
+    /// # Errors
+    /// Those of [`Store::load`].
     pub fn load(&self) -> Result<Option<AuthDotJson>, StoreError> {
         Ok(self.store.load()?.into_auth())
     }
 
     /// Replaces the whole document (a sign-in), under the lock, durably.
+    ///
+    /// # Errors
+    /// Those of [`Store::compare_and_swap`] with [`Expect::Any`] (never a conflict).
     pub fn save(&self, auth: &AuthDotJson) -> Result<(), StoreError> {
         self.store
             .compare_and_swap(Expect::Any, Some(auth))
@@ -58,6 +67,10 @@ impl FileBackend {
     }
 
     /// Deletes the file (a sign-out), under the lock. Returns whether there was one.
+    ///
+    /// # Errors
+    /// Those of [`Store::transaction`] and [`crate::Transaction::commit`]; a corrupt file is
+    /// deleted, not an error.
     pub fn delete(&self) -> Result<bool, StoreError> {
         match self.store.transaction() {
             Ok(tx) => {

@@ -138,6 +138,10 @@ impl fmt::Display for Problem {
 impl Store {
     /// Checks permissions, ownership, links, leftover temp files and token decoding. Reading
     /// problems (a corrupt file) are not listed here: [`Store::load`] reports them.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directory cannot be inspected; everything else found is a
+    /// [`Problem`] in the list.
     pub fn diagnose(&self) -> Result<Vec<Problem>, StoreError> {
         let mut problems = Vec::new();
         let me = rustix::process::geteuid().as_raw();

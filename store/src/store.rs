@@ -170,6 +170,12 @@ impl Store {
     }
 
     /// Opens the store in `dir` with `options`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotADirectory`] when `dir` exists and is not a directory;
+    /// [`StoreError::Symlink`] for a symlink loop at auth.json, [`StoreError::ForeignTarget`] for a
+    /// link whose target another user owns; [`StoreError::Io`] when the directory cannot be
+    /// inspected or created.
     pub fn with_options(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         match std::fs::metadata(&dir) {
@@ -250,11 +256,21 @@ impl Store {
     /// Reads auth.json without the lock. Every writer of this store replaces the file by an
     /// atomic rename, so the read is whole; an empty or unparseable file (a writer ignoring the
     /// lock, mid-write) is re-read briefly before [`StoreError::Corrupt`] is returned.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] (with its generation) when the file is empty, cut off, not JSON,
+    /// mistyped or over [`crate::MAX_FILE_SIZE`]; [`StoreError::Symlink`] for a symlink that
+    /// appeared after the store was opened; [`StoreError::NotARegularFile`] for a FIFO or device;
+    /// [`StoreError::Io`] when it cannot be read.
     pub fn load(&self) -> Result<Snapshot, StoreError> {
         Snapshot::read(self.path())
     }
 
     /// The generation on disk now, without parsing and without the lock.
+    ///
+    /// # Errors
+    /// [`StoreError::Symlink`], [`StoreError::NotARegularFile`] or [`StoreError::Io`] when the file
+    /// cannot be opened or read. A corrupt file has a generation too: it is not an error here.
     pub fn generation(&self) -> Result<Generation, StoreError> {
         read::current_generation(self.path())
     }
@@ -263,6 +279,17 @@ impl Store {
     /// under the lock. Returns the new generation; a mismatch is [`StoreError::Conflict`] and
     /// writes nothing. This is the one way to replace a corrupt file: name its generation (from
     /// [`StoreError::Corrupt`]) or use [`Expect::Any`].
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the file on disk does not match `expect` (nothing written).
+    /// [`StoreError::LockTimeout`] when another process holds a write lock longer than
+    /// [`crate::StoreOptions::lock_timeout`]; [`StoreError::Lock`] when `flock` fails (the store
+    /// never proceeds unlocked); [`StoreError::NotARegularFile`] for a lock file that is not a
+    /// regular file. [`StoreError::InvalidDocument`] for a document that would not load back
+    /// (nothing written); [`StoreError::Symlink`] or [`StoreError::HardLinked`] for a file that may
+    /// not be replaced; [`StoreError::Io`] when the write fails (the old file stays);
+    /// [`StoreError::NotDurable`] when the new file is in place but its directory could not be
+    /// fsynced ([`StoreError::accept_not_durable`] takes it as success).
     pub fn compare_and_swap(
         &self,
         expect: Expect,
@@ -338,6 +365,13 @@ impl Store {
 
     /// Takes the exclusive lock, sweeps leftover temp files and re-reads auth.json under it.
     /// The returned [`Transaction`] holds the lock until it is committed or dropped.
+    ///
+    /// # Errors
+    /// [`StoreError::LockTimeout`] when another process holds a write lock longer than
+    /// [`crate::StoreOptions::lock_timeout`]; [`StoreError::Lock`] when `flock` fails (the store
+    /// never proceeds unlocked); [`StoreError::NotARegularFile`] for a lock file that is not a
+    /// regular file. Then those of [`Store::load`]: a corrupt file is [`StoreError::Corrupt`]
+    /// (replace it with [`Store::compare_and_swap`] naming its generation).
     pub fn transaction(&self) -> Result<Transaction, StoreError> {
         let lock = self.lock_and_tidy()?;
         let snapshot = self.load()?;
@@ -345,6 +379,10 @@ impl Store {
     }
 
     /// Whether some process holds the lock right now (found without waiting).
+    ///
+    /// # Errors
+    /// [`StoreError::NotARegularFile`] when the lock file is not a regular file; [`StoreError::Io`]
+    /// when it exists but cannot be opened; [`StoreError::Lock`] when the probe itself fails.
     pub fn lock_held(&self) -> Result<bool, StoreError> {
         lock::is_held(self.lock_path())
     }

@@ -26,6 +26,9 @@ impl Timestamp {
     }
 
     /// Parses RFC 3339 text (`...Z` or `...+HH:MM`). The message names what is wrong.
+    ///
+    /// # Errors
+    /// A message (never quoting `text`) when it is not an RFC 3339 timestamp.
     pub fn parse(text: &str) -> Result<Self, String> {
         // The message never quotes the value: the file may hold anything there.
         let bad = || "it is not an RFC 3339 timestamp".to_owned();

@@ -39,6 +39,9 @@ impl Transaction {
     /// Reads auth.json again under the lock still held. For a holder that did slow work (a
     /// network request) and must see what a writer ignoring the lock wrote meanwhile. On error
     /// the previous snapshot stays.
+    ///
+    /// # Errors
+    /// Those of [`Store::load`](crate::Store::load).
     pub fn reread(&mut self) -> Result<(), StoreError> {
         self.snapshot = self.store.load()?;
         Ok(())
@@ -46,6 +49,11 @@ impl Transaction {
 
     /// Checks that a commit will be allowed to replace the file (not a symlink, not
     /// hard-linked), so that a holder can find out before slow, irreversible work.
+    ///
+    /// # Errors
+    /// [`StoreError::Symlink`] or [`StoreError::HardLinked`] when auth.json may not be replaced;
+    /// [`StoreError::NotARegularFile`] for a FIFO or device; [`StoreError::Io`] when it cannot be
+    /// inspected.
     pub fn check_writable(&self) -> Result<(), StoreError> {
         crate::replace::check_replaceable(self.store.path())
     }
@@ -53,6 +61,14 @@ impl Transaction {
     /// Writes `auth` (or deletes the file for `None`) and releases the lock. Returns the new
     /// generation. If a writer that ignores the lock changed the file since the snapshot, this
     /// is [`StoreError::Conflict`] and nothing is written.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a writer ignoring the lock changed the file since the snapshot
+    /// (nothing written). [`StoreError::InvalidDocument`] for a document that would not load back
+    /// (nothing written); [`StoreError::Symlink`] or [`StoreError::HardLinked`] for a file that may
+    /// not be replaced; [`StoreError::Io`] when the write fails (the old file stays);
+    /// [`StoreError::NotDurable`] when the new file is in place but its directory could not be
+    /// fsynced ([`StoreError::accept_not_durable`] takes it as success).
     pub fn commit(self, auth: Option<&AuthDotJson>) -> Result<Generation, StoreError> {
         self.store.write_locked(self.snapshot.generation(), auth)
     }
