@@ -13,7 +13,7 @@ use crate::error::RefreshError;
 use crate::external::host_auth;
 use crate::host::{HostRefresher, HostTokens};
 use crate::outcome::RefreshOutcome;
-use crate::protocol::{auth_from_snapshot, check_disk, guarded_refresh};
+use crate::protocol::{auth_from_snapshot, check_disk, guarded_refresh, Urgency};
 use crate::state::{blocking, warn_not_durable, Inner};
 
 /// The credentials of one process: cached, and refreshed through the guarded protocol so that
@@ -109,7 +109,7 @@ impl AuthManager {
         if cached.is_usable(SystemTime::now()) && self.inner.recent_transient().is_some() {
             return Ok(cached);
         }
-        match self.run(false).await {
+        match self.run(Urgency::IfDue).await {
             Ok(_) => self
                 .inner
                 .cached()
@@ -137,15 +137,15 @@ impl AuthManager {
     /// [`codex_store::StoreError::NotInstalled`] when the new tokens are durable in a rotation file
     /// but not yet in auth.json.
     pub async fn refresh(&self) -> Result<RefreshOutcome, RefreshError> {
-        self.run(true).await
+        self.run(Urgency::Now).await
     }
 
     /// Runs the protocol (or, for host tokens, asks the host) in a task of its own, so that
     /// once the request is sent its answer is persisted even if the caller stops waiting.
     /// Callers in this process share one attempt: a caller that waited for another's attempt
-    /// takes its result (new credentials, or, unless `force`, its transient failure) instead of
+    /// takes its result (new credentials, or, unless [`Urgency::Now`], its transient failure) instead of
     /// sending a request of its own.
-    async fn run(&self, force: bool) -> Result<RefreshOutcome, RefreshError> {
+    async fn run(&self, urgency: Urgency) -> Result<RefreshOutcome, RefreshError> {
         let inner = self.inner.clone();
         let seen = inner.cached();
         let task = tokio::spawn(async move {
@@ -163,7 +163,7 @@ impl AuthManager {
                     return Ok(RefreshOutcome::AdoptedFromDisk);
                 }
             }
-            if !force {
+            if urgency == Urgency::IfDue {
                 if let Some(e) = inner.recent_transient() {
                     return Err(e);
                 }
@@ -173,11 +173,11 @@ impl AuthManager {
                     .await
                     .map(|_| RefreshOutcome::Refreshed)
             } else {
-                let mut result = guarded_refresh(inner.clone(), inner.known(), force).await;
+                let mut result = guarded_refresh(inner.clone(), inner.known(), urgency).await;
                 if matches!(result, Err(RefreshError::Store(StoreError::Unsaved { .. }))) {
                     // The new tokens are only in memory: one more try, through another file,
                     // before giving up (a one-shot command exits after this).
-                    result = guarded_refresh(inner.clone(), inner.known(), false).await;
+                    result = guarded_refresh(inner.clone(), inner.known(), Urgency::IfDue).await;
                 }
                 result.map(|(outcome, auth)| {
                     inner.set_cache(Some(auth));

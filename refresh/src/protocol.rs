@@ -58,8 +58,17 @@ pub(crate) fn check_disk(
     Ok(disk)
 }
 
-/// Runs the protocol once. `force`: refresh even when the tokens on disk are not due (an
-/// explicit refresh, or the 401 recovery), unless another process already refreshed.
+/// When a refresh asks for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Urgency {
+    /// Only when the tokens are due (and no recent transient failure is shared).
+    IfDue,
+    /// Even when they are not due (an explicit refresh, or the 401 recovery), unless another
+    /// process already refreshed.
+    Now,
+}
+
+/// Runs the protocol once, with `urgency` saying whether tokens that are not due are refreshed.
 ///
 /// Single flight across processes is the refresh lock ([`codex_store::Rotation`]), held across
 /// the request; the write locks (`auth.lock`, `auth.json.lock`, shared with Codex) are taken only
@@ -67,7 +76,7 @@ pub(crate) fn check_disk(
 pub(crate) async fn guarded_refresh(
     inner: Arc<Inner>,
     known: Known,
-    force: bool,
+    urgency: Urgency,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
     let store = inner.store.clone();
     // The store's one lock-wait setting; another process may hold the refresh lock across its
@@ -89,7 +98,7 @@ pub(crate) async fn guarded_refresh(
     if moved_on && !disk.is_due(now, &inner.config) {
         return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(disk)));
     }
-    if !force && !disk.is_due(now, &inner.config) {
+    if urgency == Urgency::IfDue && !disk.is_due(now, &inner.config) {
         return Ok((RefreshOutcome::NotNeeded, Arc::new(disk)));
     }
     if let Some(remembered) = inner.remembered_failure(generation) {
