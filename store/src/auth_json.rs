@@ -462,3 +462,45 @@ impl<'de> serde::Deserialize<'de> for AuthDotJson {
         AuthDotJson::from_value(value).map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_round_trips_like_to_json_and_from_json() {
+        let text = br#"{
+  "zeta": 1,
+  "OPENAI_API_KEY": "sk-secret-value",
+  "tokens": null,
+  "alpha": {
+    "nested": true
+  }
+}"#;
+        let doc = AuthDotJson::from_json(text).expect("a valid document");
+        let value = serde_json::to_value(&doc).expect("serializes");
+        assert_eq!(
+            serde_json::to_vec_pretty(&value).expect("JSON"),
+            doc.to_json(),
+            "Serialize differs from to_json"
+        );
+        let back: AuthDotJson = serde_json::from_value(value).expect("deserializes");
+        assert_eq!(back, doc, "Deserialize differs from from_json");
+        assert_eq!(back.to_json(), text.to_vec(), "order or unknown keys lost");
+    }
+
+    #[test]
+    fn deserialize_applies_the_checks_and_names_no_value() {
+        let bad = serde_json::json!({
+            "tokens": {
+                "id_token": "not-a-jwt-secret",
+                "access_token": "at-secret",
+                "refresh_token": "rt-secret"
+            }
+        });
+        let err = serde_json::from_value::<AuthDotJson>(bad).expect_err("a bad id token loads");
+        let message = err.to_string();
+        assert!(message.contains("tokens.id_token"), "{message}");
+        assert!(!message.contains("secret"), "a value leaked: {message}");
+    }
+}
