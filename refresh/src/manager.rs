@@ -275,15 +275,11 @@ impl AuthManager {
         refresher: HostRefresher,
     ) -> Result<Arc<CodexAuth>, RefreshError> {
         let auth = host_auth(&tokens);
-        auth.check_workspace(&self.inner().config)?;
+        auth.check_workspace(&self.inner.config)?;
         let auth = Arc::new(auth);
-        *self.inner().host.lock().unwrap_or_else(|p| p.into_inner()) = Some(refresher);
-        self.inner().set_cache(Some(auth.clone()));
+        *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = Some(refresher);
+        self.inner.set_cache(Some(auth.clone()));
         Ok(auth)
-    }
-
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
     }
 
     /// Under the lock, re-reads auth.json; adopts it when the generation moved on for the same
