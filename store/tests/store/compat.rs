@@ -1,7 +1,7 @@
 //! Compatibility with the files existing installations write: every shape loads, unknown keys
 //! survive in order, and an unchanged document is rewritten byte for byte.
 
-mod common;
+use crate::common;
 
 use codex_store::{
     jwt, AuthDotJson, AuthMode, Expect, Generation, Secret, Store, Timestamp, TokenData,

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: JWT building (base64url by hand, since `base64` is
 //! not a dev-dependency), fixture files and file inspection.
 
-#![allow(dead_code)]
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
