@@ -75,10 +75,9 @@ pub const SIM_EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 pub mod exit {
     /// Refreshed, and the new tokens were stored (renamed in, or written in place with `--old`).
     pub const SAVED: i32 = 0;
-    /// Any other error (auth.json unreadable or without ChatGPT tokens, I/O error).
-    pub const OTHER: i32 = 1;
-    /// Usage error (bad arguments or environment, no start line on stdin).
-    pub const USAGE: i32 = 2;
+    /// Any other error (auth.json unreadable or without ChatGPT tokens, I/O error), and a usage
+    /// error (bad arguments or environment, no start line on stdin): the codes of `codex-store`.
+    pub use crate::cli_support::exit::{OTHER, USAGE};
     /// Not due and not forced: no request.
     pub const NOT_DUE: i32 = 10;
     /// auth.json changed to tokens that are not due before the request: adopted, no request.

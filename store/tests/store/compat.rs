@@ -67,7 +67,7 @@ fn the_test_jwt_helper_encodes_base64url_like_rfc_4648() {
         );
     }
     assert_eq!(
-        base64url(&[0xfb, 0xff]),
+        base64url([0xfb, 0xff]),
         "-_8",
         "the URL-safe alphabet is not used"
     );
