@@ -10,7 +10,6 @@
 //! Messages never show a raw secret: [`redact`] replaces every registered secret by its
 //! [`fingerprint`].
 
-use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -73,125 +72,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // Locating the binary
 // ---------------------------------------------------------------------------------------------
 
-/// The workspace root (the directory of the workspace Cargo.toml).
-pub fn workspace_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.to_path_buf())
+static CODEX_STORE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Names the `codex-store` binary under test: the cli package's tests pass
+/// `env!("CARGO_BIN_EXE_codex-store")`, the binary cargo built for them. The first call wins.
+pub fn use_codex_store_bin(path: &str) {
+    let _ = CODEX_STORE.set(PathBuf::from(path));
 }
 
-/// `target/<profile>/` of the running executable: test binaries live in its `deps/`, examples
-/// in its `examples/`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of the running executable");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()))
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// The newest modification time among the sources the binary is built from.
-fn newest_source(workspace: &Path) -> Option<SystemTime> {
-    fn walk(dir: &Path, newest: &mut Option<SystemTime>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, newest);
-            } else if let Some(t) = modified(&path) {
-                *newest = (*newest).max(Some(t));
-            }
-        }
-    }
-    let mut newest = None;
-    for krate in ["cli", "refresh", "store"] {
-        walk(&workspace.join(krate).join("src"), &mut newest);
-        if let Some(t) = modified(&workspace.join(krate).join("Cargo.toml")) {
-            newest = newest.max(Some(t));
-        }
-    }
-    for file in ["Cargo.toml", "Cargo.lock"] {
-        if let Some(t) = modified(&workspace.join(file)) {
-            newest = newest.max(Some(t));
-        }
-    }
-    newest
-}
-
-/// Builds `codex-store` with the profile of the running executable, into the same target
-/// directory, so that it lands at `dir/codex-store`.
-fn build_binary(dir: &Path) {
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug")
-        .to_owned();
-    let profile = if profile == "debug" {
-        "dev".to_owned()
-    } else {
-        profile
-    };
-    let target_dir = dir.parent().unwrap_or(dir);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from(env!("CARGO")));
-    let manifest = workspace_dir().join("Cargo.toml");
-    eprintln!(
-        "cli_support: building codex-store (profile {profile}) into {}",
-        target_dir.display()
-    );
-    let status = Command::new(&cargo)
-        .arg("build")
-        .arg("--quiet")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .args(["-p", "codex-store-cli", "--bin", "codex-store"])
-        .args(["--profile", &profile])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
-    assert!(
-        status.success(),
-        "`cargo build -p codex-store-cli --profile {profile}` failed ({status}); see its output above"
-    );
-}
-
-/// The `codex-store` binary of the same profile as the running executable:
-/// `target/<profile>/codex-store`, built (once per process) with `cargo build -p codex-store-cli`
-/// when it is missing or older than the sources of cli/, refresh/ or store/. `CODEX_STORE_BIN`
-/// names another binary to test instead.
+/// The `codex-store` binary: the one given to [`use_codex_store_bin`], else `CODEX_STORE_BIN`,
+/// else `target/<profile>/codex-store` beside the running program (examples, benches), which
+/// must already be built (see [`crate::programs::built`]). Nothing here runs cargo.
 pub fn codex_store_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("CODEX_STORE_BIN").filter(|v| !v.is_empty()) {
-            return PathBuf::from(bin);
-        }
-        let dir = profile_dir();
-        let bin = dir.join("codex-store");
-        let fresh = match (modified(&bin), newest_source(&workspace_dir())) {
-            (Some(built), Some(source)) => built >= source,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if !fresh {
-            build_binary(&dir);
-        }
-        assert!(
-            bin.is_file(),
-            "{} is missing even after `cargo build -p codex-store-cli`",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
+    if let Some(bin) = CODEX_STORE.get() {
+        return bin.clone();
+    }
+    if let Some(bin) = std::env::var_os("CODEX_STORE_BIN").filter(|v| !v.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    crate::programs::built("codex-store", "codex-store-cli")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,10 +43,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -76,10 +75,9 @@ pub const SIM_EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 pub mod exit {
     /// Refreshed, and the new tokens were stored (renamed in, or written in place with `--old`).
     pub const SAVED: i32 = 0;
-    /// Any other error (auth.json unreadable or without ChatGPT tokens, I/O error).
-    pub const OTHER: i32 = 1;
-    /// Usage error (bad arguments or environment, no start line on stdin).
-    pub const USAGE: i32 = 2;
+    /// Any other error (auth.json unreadable or without ChatGPT tokens, I/O error), and a usage
+    /// error (bad arguments or environment, no start line on stdin): the codes of `codex-store`.
+    pub use crate::cli_support::exit::{OTHER, USAGE};
     /// Not due and not forced: no request.
     pub const NOT_DUE: i32 = 10;
     /// auth.json changed to tokens that are not due before the request: adopted, no request.
@@ -344,89 +342,12 @@ pub fn refresh_token_on_disk(home: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-fn newest_in(dir: &Path, newest: &mut Option<SystemTime>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            newest_in(&path, newest);
-        } else if let Some(t) = modified(&path) {
-            *newest = (*newest).max(Some(t));
-        }
-    }
-}
-
-/// The `codex-sim` binary for programs that are not integration tests (which use
-/// `env!("CARGO_BIN_EXE_codex-sim")`), e.g. the `coexist` example: `target/<profile>/codex-sim`
-/// beside the running executable's directory, built (once per process) with
-/// `cargo build -p codex-store-tests --bin codex-sim` when it is missing or older than the
-/// sources of tests/src. `CODEX_SIM_BIN` names another binary instead.
+/// The `codex-sim` binary for programs that are not integration tests of this package (which use
+/// `env!("CARGO_BIN_EXE_codex-sim")`): `CODEX_SIM_BIN`, else `target/<profile>/codex-sim`, which
+/// must already be built (see [`crate::programs::built`]).
 pub fn codex_sim_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("CODEX_SIM_BIN").filter(|v| !v.is_empty()) {
-            return PathBuf::from(bin);
-        }
-        let exe = std::env::current_exe().expect("the path of the running executable");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()));
-        let bin = dir.join(BIN_NAME);
-        let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut newest = modified(&manifest_dir.join("Cargo.toml"));
-        newest_in(&manifest_dir.join("src"), &mut newest);
-        let fresh = match (modified(&bin), newest) {
-            (Some(built), Some(source)) => built >= source,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if !fresh {
-            build_sim(&dir);
-        }
-        assert!(
-            bin.is_file(),
-            "{} is missing even after `cargo build --bin codex-sim`",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
-}
-
-fn build_sim(dir: &Path) {
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_owned(),
-        Some(other) => other.to_owned(),
-    };
-    let target_dir = dir.parent().unwrap_or(dir);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    eprintln!(
-        "codex_sim: building codex-sim (profile {profile}) into {}",
-        target_dir.display()
-    );
-    let status = Command::new(&cargo)
-        .arg("build")
-        .arg("--quiet")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .args(["-p", "codex-store-tests", "--bin", BIN_NAME])
-        .args(["--profile", &profile])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
-    assert!(
-        status.success(),
-        "`cargo build -p codex-store-tests --bin codex-sim --profile {profile}` failed ({status})"
-    );
+    if let Some(bin) = std::env::var_os("CODEX_SIM_BIN").filter(|v| !v.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    crate::programs::built(BIN_NAME, "codex-store-tests")
 }

@@ -1,6 +1,6 @@
 //! Mixed refresh races on one `CODEX_HOME`: `codex-sim` processes (Codex 0.171.0, see
 //! [`crate::codex_sim`]) and `codex-store token` processes against the fake token endpoint, as
-//! the coexistence tests (tests/tests/coexistence.rs) and the `coexist` example run them.
+//! the coexistence tests (cli/tests/cli/coexistence.rs) and the `coexist` example run them.
 //!
 //! A race starts from made-up ChatGPT credentials whose access token expired an hour ago (every
 //! process finds a refresh due), lets every process run to its end, and reports what the endpoint

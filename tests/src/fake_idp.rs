@@ -1,10 +1,10 @@
-//! A fake OAuth token endpoint: a real HTTP/1.1 server on 127.0.0.1 that rotates refresh tokens
-//! the way `https://auth.openai.com/oauth/token` does (see `shared/reference/auth-json.md`).
+//! A fake OAuth token endpoint: an HTTP/1.1 server (hyper) on 127.0.0.1 that rotates refresh
+//! tokens the way `https://auth.openai.com/oauth/token` does (see `shared/reference/auth-json.md`).
 //!
-//! It is built on std only: one accept-loop thread plus one thread per connection, each
-//! connection answering exactly one request with `Connection: close`. Every wait is bounded, and
-//! dropping the [`FakeIdp`] stops the server, wakes whatever is delayed or hanging, and joins all
-//! of its threads.
+//! hyper serves each connection on a small tokio runtime of the server's own, one request per
+//! connection (`Connection: close`); the decision about a request runs on a blocking thread.
+//! Every wait is bounded, and dropping the [`FakeIdp`] stops the server, wakes whatever is
+//! delayed or hanging, and shuts the runtime down, closing every connection.
 //!
 //! Timing of a request: it is read, then counted (and the current [`Behavior`] and delay are
 //! captured under the same lock, so a test that waits for the request and then changes the
@@ -17,13 +17,16 @@
 //! only the answer waits (the success and the refusals each after their own delay).
 
 use crate::jwt;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// The path the token endpoint answers on.
@@ -34,10 +37,6 @@ pub const EXPIRES_IN_SECS: i64 = 3600;
 
 /// The longest a [`Behavior::Hang`] request is held before its connection is closed.
 const HANG_LIMIT: Duration = Duration::from_secs(60);
-/// Read and write timeout on every accepted connection.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest accepted request head (request line plus headers).
-const MAX_HEAD: usize = 64 * 1024;
 /// Largest accepted request body.
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -48,7 +47,7 @@ static NEXT_MARKER: AtomicU64 = AtomicU64::new(1);
 pub struct FakeIdp {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    accept: Option<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// A set of tokens the server handed out.
@@ -125,8 +124,6 @@ struct Shared {
     state: Mutex<State>,
     /// Notified whenever a request is counted and when the server stops.
     changed: Condvar,
-    /// Clones of the open connections, so that stopping can unblock threads stuck in I/O.
-    conns: Mutex<Vec<(u64, TcpStream)>>,
 }
 
 struct State {
@@ -178,11 +175,14 @@ impl FakeIdp {
         plan: &str,
         initial_refresh_token: &str,
     ) -> FakeIdp {
-        let listener =
-            TcpListener::bind(("127.0.0.1", 0)).expect("fake IdP: cannot bind 127.0.0.1:0");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .expect("fake IdP: cannot bind 127.0.0.1:0");
         let addr = listener
             .local_addr()
             .expect("fake IdP: bound listener has no address");
+        listener
+            .set_nonblocking(true)
+            .expect("fake IdP: cannot make the listener non-blocking");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 stopping: false,
@@ -202,17 +202,18 @@ impl FakeIdp {
                 access_lifetime: EXPIRES_IN_SECS,
             }),
             changed: Condvar::new(),
-            conns: Mutex::new(Vec::new()),
         });
-        let loop_shared = Arc::clone(&shared);
-        let accept = thread::Builder::new()
-            .name("fake-idp-accept".into())
-            .spawn(move || accept_loop(&loop_shared, listener))
-            .expect("fake IdP: cannot spawn the accept thread");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-idp")
+            .enable_all()
+            .build()
+            .expect("fake IdP: cannot start its runtime");
+        runtime.spawn(serve(Arc::clone(&shared), listener));
         FakeIdp {
             shared,
             addr,
-            accept: Some(accept),
+            runtime: Some(runtime),
         }
     }
 
@@ -305,12 +306,12 @@ impl Drop for FakeIdp {
     fn drop(&mut self) {
         lock(&self.shared.state).stopping = true;
         self.shared.changed.notify_all();
-        // Wake the accept loop, blocked in accept(), by connecting to ourselves. If even that
-        // fails, leave the thread detached rather than block forever.
-        let woke = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok();
-        if let Some(accept) = self.accept.take() {
-            if woke {
-                let _ = accept.join();
+        // Waiting for a runtime is not allowed inside another one (an async test).
+        if let Some(runtime) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(Duration::from_secs(1));
             }
         }
     }
@@ -395,10 +396,6 @@ impl Shared {
                 .0;
         }
     }
-
-    fn stopping(&self) -> bool {
-        lock(&self.state).stopping
-    }
 }
 
 impl Response {
@@ -410,95 +407,89 @@ impl Response {
         }
     }
 
-    fn write_to(&self, stream: &mut TcpStream) -> io::Result<()> {
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len()
-        );
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(self.body.as_bytes());
-        stream.write_all(&bytes)?;
-        stream.flush()
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() =
+            hyper::StatusCode::from_u16(self.status).unwrap_or(hyper::StatusCode::OK);
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        response
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id: u64 = 0;
-    for incoming in listener.incoming() {
-        if shared.stopping() {
-            break;
-        }
-        let stream = match incoming {
-            Ok(stream) => stream,
-            Err(_) => {
-                // E.g. out of file descriptors: back off briefly instead of spinning.
-                if !shared.wait_unless_stopping(Duration::from_millis(10)) {
-                    break;
-                }
-                continue;
-            }
+/// Accepts connections until the runtime shuts down, each served by hyper on a task of its own.
+async fn serve(shared: Arc<Shared>, listener: std::net::TcpListener) {
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .expect("fake IdP: cannot register the listener");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // E.g. out of file descriptors: back off briefly instead of spinning.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
         };
-        workers.retain(|w| !w.is_finished());
-        let id = next_id;
-        next_id += 1;
-        if let Ok(clone) = stream.try_clone() {
-            lock(&shared.conns).push((id, clone));
-        }
-        let conn_shared = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name("fake-idp-conn".into())
-            .spawn(move || {
-                serve_connection(&conn_shared, stream);
-                lock(&conn_shared.conns).retain(|(i, _)| *i != id);
-            });
-        match spawned {
-            Ok(worker) => workers.push(worker),
-            Err(_) => lock(&shared.conns).retain(|(i, _)| *i != id),
-        }
-    }
-    // Only this thread registers connections, so after this no connection can escape shutdown.
-    for (_, conn) in lock(&shared.conns).iter() {
-        let _ = conn.shutdown(Shutdown::Both);
-    }
-    for worker in workers {
-        let _ = worker.join();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
-fn serve_connection(shared: &Shared, mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let response = match read_request(&mut stream) {
-        Ok(Ok(request)) => respond(shared, &request),
-        Ok(Err(rejection)) => Some(rejection),
-        Err(_) => None,
-    };
-    if let Some(response) = response {
-        let _ = response.write_to(&mut stream);
+/// The service's error: the connection is closed unanswered (hyper writes nothing then).
+#[derive(Debug)]
+struct Unanswered;
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed unanswered")
     }
-    let _ = stream.shutdown(Shutdown::Both);
+}
+
+impl std::error::Error for Unanswered {}
+
+/// Reads the body of one request (at most [`MAX_BODY`]) and answers it with [`respond`], on a
+/// blocking thread since that may wait.
+async fn handle(
+    shared: Arc<Shared>,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Unanswered> {
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    };
+    let chunked = header(TRANSFER_ENCODING).is_some_and(|v| v.contains("chunked"));
+    let length = header(CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    if length.is_some_and(|n| n > MAX_BODY) {
+        let body = json!({"error": "invalid_request"}).to_string();
+        return Ok(Response::json(413, body).into_hyper());
+    }
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| Unanswered)?
+        .to_bytes()
+        .to_vec();
+    let request = Request {
+        method,
+        path,
+        chunked,
+        body,
+    };
+    tokio::task::spawn_blocking(move || respond(&shared, &request))
+        .await
+        .ok()
+        .flatten()
+        .map(Response::into_hyper)
+        .ok_or(Unanswered)
 }
 
 /// Decides the answer to one request; `None` closes the connection without answering.
@@ -606,97 +597,13 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
     }
 }
 
-/// Reads one request. The outer error means "close silently" (I/O failure, client gone); the
-/// inner error is an answer to send instead of handling the request (malformed or too large).
-fn read_request(stream: &mut TcpStream) -> io::Result<Result<Request, Response>> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(pos) = find(&buf, b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(Err(Response::json(
-                431,
-                json!({"error": "invalid_request"}).to_string(),
-            )));
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed before the request head",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or("").split_whitespace();
-    let (Some(method), Some(target), Some(_version)) = (
-        request_line.next(),
-        request_line.next(),
-        request_line.next(),
-    ) else {
-        return Ok(Err(Response::json(
-            400,
-            json!({"error": "invalid_request"}).to_string(),
-        )));
-    };
-    let path = target.split('?').next().unwrap_or("").to_string();
-    let mut content_length: usize = 0;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<usize>() {
-                Ok(len) => content_length = len,
-                Err(_) => {
-                    return Ok(Err(Response::json(
-                        400,
-                        json!({"error": "invalid_request"}).to_string(),
-                    )))
-                }
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
-            chunked = true;
-        }
-    }
-    if content_length > MAX_BODY {
-        return Ok(Err(Response::json(
-            413,
-            json!({"error": "invalid_request"}).to_string(),
-        )));
-    }
-    let mut body = buf.split_off(head_end + 4);
-    body.truncate(content_length);
-    if !chunked && body.len() < content_length {
-        let mut rest = vec![0u8; content_length - body.len()];
-        stream.read_exact(&mut rest)?;
-        body.extend_from_slice(&rest);
-    }
-    Ok(Ok(Request {
-        method: method.to_string(),
-        path,
-        chunked,
-        body,
-    }))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
+    use std::io::{self, Read, Write};
+    use std::net::TcpStream;
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -770,7 +677,10 @@ mod tests {
             .unwrap_or_else(|| panic!("the answer has no status line: {head:?}"));
         let length: usize = head
             .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then_some(value)
+            })
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("the answer has no Content-Length: {head:?}"));
         assert_eq!(body.len(), length, "Content-Length does not match the body");
@@ -824,7 +734,10 @@ mod tests {
             "redeeming the live token must succeed: {reply:?}"
         );
         assert!(
-            reply.headers.contains("Connection: close"),
+            reply
+                .headers
+                .to_ascii_lowercase()
+                .contains("connection: close"),
             "the server must close: {reply:?}"
         );
         let body = reply.json();

@@ -14,14 +14,19 @@ pub const AUTH_CLAIM: &str = "https://api.openai.com/auth";
 /// The fixed, fake signature part of every JWT built here.
 pub const FAKE_SIGNATURE: &str = "sig";
 
+/// base64url without padding (RFC 4648 section 5), as in every JWT built here.
+pub fn base64url(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// Builds an unsigned JWT: header `{"alg":"none","typ":"JWT"}`, the given payload, both
 /// base64url-encoded without padding, and the fake signature [`FAKE_SIGNATURE`].
 pub fn make_jwt(payload: &Value) -> String {
     let header = json!({"alg": "none", "typ": "JWT"});
     format!(
         "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(payload.to_string()),
+        base64url(header.to_string()),
+        base64url(payload.to_string()),
         FAKE_SIGNATURE
     )
 }

@@ -1,4 +1,4 @@
-//! The real Codex CLI beside codex-store, for the interop check `tests/tests/real_codex.rs`:
+//! The real Codex CLI beside codex-store, for the interop check `cli/tests/cli/real_codex.rs`:
 //! installing `@openai/codex@0.171.0` with npm, a local stand-in for Codex's ChatGPT backend, and
 //! `codex app-server` processes driven over JSON-RPC on their stdin and stdout.
 //!

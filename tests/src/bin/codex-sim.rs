@@ -1,5 +1,5 @@
 //! `codex-sim`: a stand-in for Codex 0.171.0 refreshing its ChatGPT tokens, for the coexistence
-//! tests (tests/tests/coexistence.rs) and the `coexist` example.
+//! tests (cli/tests/cli/coexistence.rs) and the `coexist` example.
 //!
 //! Usage: `codex-sim [--force] [--old] [--no-wait]` with `CODEX_HOME` and
 //! `CODEX_REFRESH_TOKEN_URL_OVERRIDE` (an `http://` URL) set. What it does, what it prints and

@@ -1,7 +1,7 @@
 //! The files on disk: permissions, the lock file, symlink and hard-link policy, diagnostics,
 //! leftover temp files and the store directory.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};

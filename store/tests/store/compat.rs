@@ -1,7 +1,7 @@
 //! Compatibility with the files existing installations write: every shape loads, unknown keys
 //! survive in order, and an unchanged document is rewritten byte for byte.
 
-mod common;
+use crate::common;
 
 use codex_store::{AuthDotJson, AuthMode, Expect, Generation, Secret, Store, Timestamp, TokenData};
 use common::*;
@@ -65,7 +65,7 @@ fn the_test_jwt_helper_encodes_base64url_like_rfc_4648() {
         );
     }
     assert_eq!(
-        base64url(&[0xfb, 0xff]),
+        base64url([0xfb, 0xff]),
         "-_8",
         "the URL-safe alphabet is not used"
     );

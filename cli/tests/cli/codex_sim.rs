@@ -11,20 +11,21 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use codex_store_tests::cli_support::{
-    self, fingerprint, redact, register_last_issued, signed_in_home, ChatgptCreds, RUN_TIMEOUT,
+use crate::kit::coexist::{race, Endpoint, Scenario};
+use crate::kit::{
+    fingerprint, redact, register_last_issued, signed_in_home, ChatgptCreds, RUN_TIMEOUT,
 };
 use codex_store_tests::codex_sim::{
     refresh_token_on_disk, Outcome, Sim, SimOptions, SimRun, STORE_LOCK_PATIENCE, TOKEN_URL_ENV,
 };
-use codex_store_tests::coexist::{race, Endpoint, Scenario};
 use codex_store_tests::fake_idp::FakeIdp;
 
-const SIM: &str = env!("CARGO_BIN_EXE_codex-sim");
+static SIM: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::kit::helper("codex-sim"));
 
 /// Starts one simulator on `home`, lets it go once it is ready, and returns its run.
 fn run_sim(home: &Path, idp: &FakeIdp, options: SimOptions) -> SimRun {
-    let mut sim = Sim::spawn(Path::new(SIM), home, &idp.url(), options);
+    let mut sim = Sim::spawn(Path::new(SIM.as_str()), home, &idp.url(), options);
     sim.wait_ready();
     sim.go();
     let run = sim.finish(RUN_TIMEOUT);
@@ -78,7 +79,7 @@ fn a_codex_sim_refreshes_due_tokens_and_leaves_the_file_codex_0_171_writes() {
     let mut doc: serde_json::Value =
         serde_json::from_str(&creds.auth_json()).expect("the fixture is JSON");
     doc["unknown_future_key"] = serde_json::json!({"kept": false});
-    cli_support::write_file(
+    crate::kit::write_file(
         &path,
         &serde_json::to_string_pretty(&doc).expect("serializes"),
         0o600,
@@ -170,7 +171,7 @@ fn a_codex_sim_refreshes_due_tokens_and_leaves_the_file_codex_0_171_writes() {
     );
 
     // codex-store reads what Codex wrote back, without a request.
-    let token = cli_support::run(
+    let token = crate::kit::run(
         home.path(),
         &["token"],
         None,
@@ -195,7 +196,7 @@ fn a_codex_sim_whose_tokens_are_not_due_sends_nothing_unless_forced() {
     let creds = ChatgptCreds::fresh();
     let (home, _path, _, idp) = signed_in_home(&creds);
     let mut sim = Sim::spawn(
-        Path::new(SIM),
+        Path::new(SIM.as_str()),
         home.path(),
         &idp.url(),
         SimOptions::default(),
@@ -329,7 +330,7 @@ fn codex_sims_racing_alone_against_a_late_winner_leave_every_loser_stuck_with_th
 ) {
     const SIMS: usize = 3;
     let outcome = race(
-        Path::new(SIM),
+        Path::new(SIM.as_str()),
         Scenario::new(SIMS, 0, Endpoint::LateWinner(Duration::from_secs(1))),
     );
     let report = outcome.describe();

@@ -1,6 +1,6 @@
 //! Odd files and odd options: nothing hangs, nothing panics.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -17,15 +17,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use codex_store_tests::cli_support::{assert_no_secret_leaked, exit, redact};
+use crate::kit::coexist::{race, Endpoint, RaceOutcome, Scenario, Start};
+use crate::kit::{assert_no_secret_leaked, exit, redact};
 use codex_store_tests::codex_sim::Outcome;
-use codex_store_tests::coexist::{race, Endpoint, RaceOutcome, Scenario, Start};
 
-const SIM: &str = env!("CARGO_BIN_EXE_codex-sim");
+static SIM: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::kit::helper("codex-sim"));
 
 /// Runs `scenario` with this package's `codex-sim`.
 fn run(scenario: Scenario) -> RaceOutcome {
-    race(Path::new(SIM), scenario)
+    race(Path::new(SIM.as_str()), scenario)
 }
 
 /// The coexistence guarantees for a race in which the endpoint rotates normally: no simulator

@@ -1,11 +1,9 @@
-//! Benchmark of the `codex-store` command (`cargo bench -p codex-store-tests --bench cli`):
+//! Benchmark of the `codex-store` command (`cargo bench -p codex-store-cli --bench cli`):
 //! whole-process wall time of `codex-store inspect --json` on a 2 KiB auth.json holding made-up
 //! ChatGPT credentials, against `cat` of the same file (and `codex-store --version`, the
 //! binary's bare start-up), interleaved in one run.
 //!
-//! The binary is taken from the target directory this bench runs from (`target/release`). It is
-//! built with `cargo build --profile release -p codex-store-cli` (the profile of that directory)
-//! when it is missing or older than a source file of cli/, store/ or refresh/.
+//! The binary is the one cargo built for this bench, `env!("CARGO_BIN_EXE_codex-store")`.
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it runs a short smoke version.
 //! Exits 1 when `inspect --json` fails or prints something that is not the expected report.
@@ -13,7 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use codex_store_tests::jwt;
 use codex_store_tests::programs::on_path;
@@ -31,13 +29,7 @@ fn main() {
         println!("(smoke run without --bench: fewer runs; use `cargo bench` for the numbers)");
     }
 
-    let codex_store = match codex_store_binary() {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("cli bench: {e}");
-            std::process::exit(1);
-        }
-    };
+    let codex_store = PathBuf::from(env!("CARGO_BIN_EXE_codex-store"));
     let Some(cat) = on_path("cat") else {
         eprintln!("cli bench: `cat` is not on PATH");
         std::process::exit(1);
@@ -217,87 +209,5 @@ fn write_auth_json(dir: &Path) -> PathBuf {
             return path;
         }
         filler += 1;
-    }
-}
-
-/// The newest modification time of the files under `dir` (recursively).
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let mtime = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().ok().and_then(|m| m.modified().ok())
-        };
-        newest = newest.max(mtime);
-    }
-    newest
-}
-
-/// `codex-store` in this bench's target directory, built (or rebuilt when older than the
-/// sources of cli/, store/, refresh/) with `cargo build --profile <that directory's> -p
-/// codex-store-cli`.
-fn codex_store_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this bench: {e}"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("this bench is not in target/<profile>/deps")?;
-    let binary = profile_dir.join("codex-store");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the tests package has no parent directory")?;
-    let sources = ["cli", "store", "refresh"]
-        .iter()
-        .filter_map(|c| newest_mtime(&workspace.join(c)))
-        .chain(
-            std::fs::metadata(workspace.join("Cargo.lock"))
-                .and_then(|m| m.modified())
-                .ok(),
-        )
-        .max();
-    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-    let reason = match (built, sources) {
-        (None, _) => Some("missing"),
-        (Some(b), Some(s)) if b < s => Some("older than its sources"),
-        _ => None,
-    };
-    if let Some(reason) = reason {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        // Build into the directory this bench runs from: target/release for `cargo bench`.
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(name) => name,
-            None => "release",
-        };
-        println!(
-            "{} is {reason}: running cargo build --profile {profile} -p codex-store-cli",
-            binary.display()
-        );
-        let status = Command::new(cargo)
-            .args(["build", "--profile", profile, "-p", "codex-store-cli"])
-            .current_dir(workspace)
-            .env(
-                "CARGO_TARGET_DIR",
-                profile_dir
-                    .parent()
-                    .ok_or("the profile directory has no parent")?,
-            )
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() && built.is_none() {
-            return Err(format!(
-                "cargo build --release -p codex-store-cli: {status}"
-            ));
-        }
-        if !status.success() {
-            println!("(the build failed: measuring the existing, older binary)");
-        }
-    }
-    if binary.is_file() {
-        Ok(binary)
-    } else {
-        Err(format!("{} not found after building", binary.display()))
     }
 }

@@ -1,6 +1,6 @@
 //! `FileBackend`: the load / save / delete trio over a store.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::symlink;

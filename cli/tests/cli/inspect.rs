@@ -4,13 +4,14 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 
-use codex_store_tests::cli_support::{
+use crate::kit::{
     api_key, api_key_json, assert_no_secret_leaked, exit, fingerprint, hold_lock, register_secret,
     run, sha256sum, temp_home, unique, write_file, ChatgptCreds, CliOutput,
 };
 use serde_json::Value;
 
-const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
+static WORKER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::kit::helper("store-worker"));
 
 /// The keys `inspect --json` documents.
 const KEYS: [&str; 16] = [
@@ -374,7 +375,7 @@ fn inspect_reports_the_lock_held_while_another_process_holds_it_without_waiting(
     let home = temp_home();
     let creds = ChatgptCreds::fresh();
     creds.write_to(home.path());
-    let mut holder = hold_lock(WORKER, home.path());
+    let mut holder = hold_lock(&WORKER, home.path());
     let (report, out) = inspect_json(home.path());
     assert_eq!(
         report["lock_held"],

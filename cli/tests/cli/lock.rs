@@ -5,13 +5,14 @@
 
 use std::path::Path;
 
-use codex_store_tests::cli_support::{
+use crate::kit::{
     api_key, api_key_json, assert_no_secret_leaked, exit, hold_lock, register_last_issued, run,
     sha256sum, signed_in_home, spawn, temp_home, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT,
 };
 use codex_store_tests::fake_idp::FakeIdp;
 
-const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
+static WORKER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::kit::helper("store-worker"));
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 const WAIT_LINE: &str = "codex-store: waiting for another process that holds the lock";
 
@@ -74,7 +75,7 @@ fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
             Some(api_key()),
         ),
     ] {
-        let mut holder = hold_lock(WORKER, home.path());
+        let mut holder = hold_lock(&WORKER, home.path());
         let waiter = spawn(home.path(), args, stdin.as_deref(), &[]);
         waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
         holder.close_stdin();
@@ -96,7 +97,7 @@ fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_the_refresh_lock_and
     let creds = ChatgptCreds::expired();
     let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
-    let _holder = hold_lock(WORKER, home.path());
+    let _holder = hold_lock(&WORKER, home.path());
     let by_flag = run(
         home.path(),
         &["--lock-timeout", "300ms", "token"],
@@ -139,7 +140,7 @@ fn refresh_and_logout_exit_5_on_a_lock_timeout_and_leave_the_file_in_place() {
     let creds = ChatgptCreds::fresh();
     let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
-    let _holder = hold_lock(WORKER, home.path());
+    let _holder = hold_lock(&WORKER, home.path());
     // A refresh waits for the refresh lock; a logout for Codex's `auth.lock`, the first of the
     // two write locks.
     for (args, lock) in [
@@ -167,7 +168,7 @@ fn token_with_a_valid_token_does_not_need_the_lock_at_all() {
     let home = temp_home();
     let key = api_key();
     write_file(&home.path().join("auth.json"), &api_key_json(&key), 0o600);
-    let _holder = hold_lock(WORKER, home.path());
+    let _holder = hold_lock(&WORKER, home.path());
     let out = run(
         home.path(),
         &["--lock-timeout", "200ms", "token"],
@@ -184,7 +185,7 @@ fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock(
     let creds = ChatgptCreds::fresh();
     let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
-    let mut holder = hold_lock(WORKER, home.path());
+    let mut holder = hold_lock(&WORKER, home.path());
 
     let waiter = spawn(
         home.path(),
@@ -249,7 +250,7 @@ fn while_waiting<T>(
     creds.write_to(home.path());
     let idp = creds.start_idp();
     let url = idp.url();
-    let mut holder = hold_lock(WORKER, home.path());
+    let mut holder = hold_lock(&WORKER, home.path());
     let waiter = spawn(home.path(), args, None, &[(URL_ENV, url.as_str())]);
     let line = waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
     let meanwhile = meanwhile(home.path(), &idp, &line);
@@ -365,7 +366,7 @@ fn a_bad_lock_timeout_is_a_usage_error_from_the_flag_and_from_the_environment_al
 fn the_lock_timeout_message_gives_one_remedy_and_a_readable_wait() {
     let creds = ChatgptCreds::fresh();
     let (home, _path, _before, _idp) = signed_in_home(&creds);
-    let _holder = hold_lock(WORKER, home.path());
+    let _holder = hold_lock(&WORKER, home.path());
     let out = run(
         home.path(),
         &["--lock-timeout", "300ms", "logout"],

@@ -1,7 +1,7 @@
 //! Rotations: the reservation made before a refresh token is sent, the save after the answer,
 //! and the recovery of what a crashed refresh left behind.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::time::Duration;

@@ -1,7 +1,5 @@
-//! Helpers shared by the integration tests: JWT building (base64url by hand, since `base64` is
-//! not a dev-dependency), fixture files and file inspection.
-
-#![allow(dead_code)]
+//! Helpers shared by the store's integration tests: fixture files and file inspection; JWTs come
+//! from the test kit (`codex_store_tests::jwt`).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,46 +9,24 @@ use std::time::Duration;
 use codex_store::{Store, StoreOptions, AUTH_FILE};
 use tempfile::TempDir;
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+pub use codex_store_tests::jwt::base64url;
 
-/// base64url without padding (RFC 4648 section 5).
-pub fn base64url(input: &[u8]) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            let index = (n >> (18 - 6 * i)) & 0x3f;
-            out.push(ALPHABET[index as usize] as char);
-        }
-    }
-    out
-}
-
-/// An unsigned JWT with this JSON payload.
+/// An unsigned JWT with this JSON payload (the kit's builder, `codex_store_tests::jwt`).
 pub fn jwt(payload_json: &str) -> String {
-    format!(
-        "{}.{}.c2lnbmF0dXJl",
-        base64url(br#"{"alg":"none","typ":"JWT"}"#),
-        base64url(payload_json.as_bytes())
-    )
+    let payload: serde_json::Value = serde_json::from_str(payload_json)
+        .unwrap_or_else(|e| panic!("the test payload {payload_json:?} is not JSON: {e}"));
+    codex_store_tests::jwt::make_jwt(&payload)
 }
 
-/// An id token for `email` in workspace `account`.
+/// An id token for `email` in workspace `account` on the plus plan.
 pub fn id_token(email: &str, account: &str) -> String {
-    jwt(&format!(
-        r#"{{"email":"{email}","https://api.openai.com/auth":{{"chatgpt_account_id":"{account}","chatgpt_plan_type":"plus","chatgpt_user_id":"user-1"}}}}"#
-    ))
+    codex_store_tests::jwt::id_token(email, account, "plus")
 }
 
 /// An access token that expires at `exp` (seconds since the epoch).
 pub fn access_token(exp: u64) -> String {
-    jwt(&format!(r#"{{"exp":{exp},"sub":"user-1"}}"#))
+    let exp = i64::try_from(exp).expect("an expiry beyond i64 seconds");
+    codex_store_tests::jwt::access_token(exp, "store-test")
 }
 
 /// A temp directory and a store opened in it with a short lock wait.

@@ -1,7 +1,7 @@
 //! Compare-and-swap and transactions: Expect::Any / Absent / Generation, conflicts that write
 //! nothing, generations equal to the SHA-256 of the bytes, and the transaction lock.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

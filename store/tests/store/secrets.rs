@@ -1,7 +1,7 @@
 //! Secrets never show: `Debug` of every public type that holds them, and the text of every error,
 //! contains none of the values from the file.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::symlink;

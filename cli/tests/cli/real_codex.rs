@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use codex_store_tests::cli_support::{
+use crate::kit::{
     assert_no_secret_leaked, fingerprint, redact, register_last_issued, spawn, temp_home,
     ChatgptCreds, CliOutput, Running, RUN_TIMEOUT,
 };

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use codex_store_tests::cli_support::{
+use crate::kit::{
     assert_no_secret_leaked, exit, fingerprint, register_last_issued, sha256sum, signed_in_home,
     spawn, ChatgptCreds, Running, RUN_TIMEOUT,
 };

@@ -2,7 +2,7 @@
 //! generation and a reason naming the key, is left untouched, and is replaced only by a
 //! compare-and-swap naming its generation or `Expect::Any`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

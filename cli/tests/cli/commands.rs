@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use codex_store_tests::cli_support::{
+use crate::kit::{
     api_key, api_key_json, assert_no_secret_leaked, exit, file_mode, fingerprint,
     register_last_issued, run, run_without_home, sha256sum, signed_in_home, temp_home, write_file,
     ChatgptCreds, CliOutput,
@@ -423,7 +423,7 @@ fn refresh_exits_4_on_a_500_and_3_on_a_reused_refresh_token_and_never_touches_th
 
     idp.set_behavior(Behavior::Normal);
     let elsewhere = idp.rotate_out_of_band();
-    codex_store_tests::cli_support::register_issued(&elsewhere);
+    crate::kit::register_issued(&elsewhere);
     let out = run_against(&idp, home.path(), &["refresh"]);
     out.expect_code(
         exit::SIGN_IN_REQUIRED,
@@ -767,7 +767,7 @@ fn token_exits_3_after_the_reuse_wait_and_the_next_token_run_sends_the_refused_t
     let creds = ChatgptCreds::expired();
     let (home, path, _before, idp) = signed_in_home(&creds);
     let winner = idp.rotate_out_of_band(); // another client redeemed it; no rotation will land
-    codex_store_tests::cli_support::register_issued(&winner);
+    crate::kit::register_issued(&winner);
     let first = run_against(&idp, home.path(), &["--reuse-wait", "300ms", "token"]);
     first
         .expect_code(
@@ -805,7 +805,7 @@ fn run_with_closed_stdout(home: &Path, args: &[&str], stdin: &str) -> (Option<i3
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(read_end); // every write to stdout now fails with EPIPE
-    let mut child = Command::new(codex_store_tests::cli_support::codex_store_bin())
+    let mut child = Command::new(crate::kit::codex_store_bin())
         .arg("--home")
         .arg(home)
         .args(args)

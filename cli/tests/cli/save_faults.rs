@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use codex_store_tests::cli_support::{
+use crate::kit::{
     assert_no_secret_leaked, codex_store_bin, exit, fingerprint, redact, register_last_issued, run,
     sha256sum, signed_in_home, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT, SCRUBBED_ENV,
 };
@@ -46,7 +46,8 @@ use codex_store_tests::faults::{Faults, ROTATION_PREFIX};
 use codex_store_tests::worker::Worker;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-const WRITER: &str = env!("CARGO_BIN_EXE_inplace-writer");
+static WRITER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::kit::helper("inplace-writer"));
 /// The lock files of the design note, as an installation that ran Codex 0.171.0 and codex-store
 /// before has them: a directory that became unwritable later still holds them.
 const LOCK_FILES: [(&str, u32); 3] = [
@@ -848,7 +849,7 @@ fn stress_beside_an_in_place_writer(period_us: u64, min_rotations: usize) {
     case.idp.set_access_token_lifetime(-3600);
     let period = period_us.to_string();
     let mut writer = Worker::spawn(
-        WRITER,
+        WRITER.as_str(),
         [
             case.path.as_os_str(),
             "older_codex_counter".as_ref(),
@@ -956,7 +957,7 @@ fn forty_eight_refreshes_beside_a_writer_rewriting_in_place_every_millisecond_ne
 #[test]
 fn a_failed_directory_fsync_after_the_rename_is_a_warning_and_the_new_file_stays_in_place() {
     let home = tempfile::tempdir().expect("temp dir");
-    let key = codex_store_tests::cli_support::api_key();
+    let key = crate::kit::api_key();
     let anchored = format!("{}$", home.path().display());
     let faults = Faults::new().rule("fsync", &anchored, "EIO", "");
     let env = faults.env();

@@ -1,0 +1,18 @@
+//! The tests that run the `codex-store` binary, beside the package that defines it: cargo builds
+//! it for them and names it in `env!("CARGO_BIN_EXE_codex-store")`, so no test runs cargo.
+//!
+//! The helper programs these tests race against `codex-store` (`store-worker`, `codex-sim`,
+//! `inplace-writer`) are binaries of the codex-store-tests package; cargo gives a test only its
+//! own package's binary paths, so they are taken from the same `target/<profile>/` directory as
+//! `codex-store` ([`kit::helper`]). `cargo test --workspace` builds them before any test runs.
+
+mod kit;
+
+mod codex_sim;
+mod coexistence;
+mod commands;
+mod concurrency;
+mod inspect;
+mod lock;
+mod real_codex;
+mod save_faults;

@@ -1,0 +1,14 @@
+//! The store's integration tests, one binary: the file and its lock, compare-and-swap,
+//! compatibility with what Codex writes, bad input, rotation, secrets and settings.
+
+mod common;
+
+mod backend;
+mod bad_input;
+mod compare_and_swap;
+mod compat;
+mod files;
+mod robustness;
+mod rotation;
+mod secrets;
+mod settings;
