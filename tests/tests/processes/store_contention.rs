@@ -25,6 +25,18 @@ fn counter_on_disk(store: &Store) -> u64 {
     snapshot_counter(&snapshot).unwrap_or_else(|e| panic!("the counter is unreadable: {e}"))
 }
 
+/// Waits for `worker` to exit 0 and returns what it printed.
+fn finish_successfully(worker: &mut Worker) -> Vec<String> {
+    let (lines, status) = worker.finish(FINISH_WITHIN);
+    assert!(
+        status.success(),
+        "{} failed ({status}); stdout: {lines:?}; stderr: {}",
+        worker.name(),
+        worker.stderr()
+    );
+    lines
+}
+
 /// Starts every child first, then waits for all, so that they really run at the same time.
 fn run_processes(subcommand: &str) -> (u64, Vec<String>) {
     let home = tempfile::tempdir().expect("temp dir");
@@ -41,13 +53,7 @@ fn run_processes(subcommand: &str) -> (u64, Vec<String>) {
         .collect();
     let mut reports = Vec::new();
     for worker in &mut workers {
-        let (lines, status) = worker.finish(FINISH_WITHIN);
-        assert!(
-            status.success(),
-            "{} failed ({status}); stdout: {lines:?}; stderr: {}",
-            worker.name(),
-            worker.stderr()
-        );
+        let lines = finish_successfully(worker);
         let done = lines.iter().find(|l| l.starts_with("done ")).cloned();
         reports.push(
             done.unwrap_or_else(|| panic!("{} printed no `done` line: {lines:?}", worker.name())),
@@ -158,13 +164,7 @@ fn processes_in_two_homes_whose_auth_json_links_to_one_file_lose_no_update() {
         })
         .collect();
     for worker in &mut workers {
-        let (lines, status) = worker.finish(FINISH_WITHIN);
-        assert!(
-            status.success(),
-            "{} failed ({status}); stdout: {lines:?}; stderr: {}",
-            worker.name(),
-            worker.stderr()
-        );
+        finish_successfully(worker);
     }
     let store = Store::open(homes[0].path()).expect("open through the link");
     assert_eq!(

@@ -36,6 +36,20 @@ fn other_process(setup: &Setup, reuse_wait: Duration) -> AuthManager {
     )
 }
 
+/// Starts `manager.refresh()` in a task and returns once its request reached the endpoint.
+fn refresh_in_flight(
+    setup: &Setup,
+    manager: &AuthManager,
+) -> tokio::task::JoinHandle<Result<RefreshOutcome, RefreshError>> {
+    let caller = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
+    assert!(sent, "the refresh request never reached the endpoint");
+    caller
+}
+
 /// Waits (bounded) until `done` holds, polling every 5 ms.
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + EVENT_TIMEOUT;
@@ -83,12 +97,7 @@ async fn while_the_request_is_in_flight_codex_can_take_both_write_locks_and_only
     let setup = Setup::new(IDENTITY, -60);
     setup.fake.set_delay(Duration::from_millis(1500));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let caller = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
-    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
-    assert!(sent, "the refresh request never reached the endpoint");
+    let caller = refresh_in_flight(&setup, &manager);
     let home = setup.home.path();
     assert!(
         try_flock(&home.join("auth.lock")),
@@ -250,12 +259,7 @@ async fn a_writer_ignoring_the_locks_during_the_request_is_merged_with_and_the_n
     let setup = Setup::new(IDENTITY, -60);
     setup.fake.set_delay(Duration::from_millis(800));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let caller = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
-    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
-    assert!(sent, "the refresh request never reached the endpoint");
+    let caller = refresh_in_flight(&setup, &manager);
     // An older installation rewrites the file in place, without any lock, adding a key.
     let path = setup.store.path().to_path_buf();
     let mut doc: serde_json::Value =
@@ -288,12 +292,7 @@ async fn another_account_signing_in_during_the_request_wins_and_nothing_is_left_
     let setup = Setup::new(IDENTITY, -60);
     setup.fake.set_delay(Duration::from_millis(800));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let caller = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
-    let sent = tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT));
-    assert!(sent, "the refresh request never reached the endpoint");
+    let caller = refresh_in_flight(&setup, &manager);
     let other = Identity::new("acct-other", "other@example.com", "plus", "rt_other");
     let other_access = jwt::access_token(jwt::now_unix() + 3600, "at_other");
     other.write_tokens(&setup.store, &other_access, "rt_other");
