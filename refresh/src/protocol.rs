@@ -130,7 +130,8 @@ pub(crate) async fn guarded_refresh(
             let mut record = JournalRecord::new(JournalEvent::Refused, generation);
             record.account = disk.account_id().map(str::to_owned);
             record.refresh = Some(refresh_token.fingerprint());
-            record.code = Some(reason.code());
+            // Bounded, so that the journal's line limit never hides a refusal.
+            record.code = Some(reason.code().chars().take(64).collect());
             rotation.record(&record);
             drop(rotation);
             if reason == PermanentReason::Reused {

@@ -27,6 +27,7 @@ use crate::store::Store;
 enum Verdict {
     RemoveUnused,
     RollForward(Generation),
+    FinishInPlace(Vec<u8>),
     Merge(Box<AuthDotJson>, Generation),
     Discard(&'static str),
     Leave,
@@ -57,12 +58,19 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
                 replace::recheck(store.path(), current)?;
                 let document = fs::read(&path)
                     .map_err(|e| StoreError::io("read the rotation file", &path, e))?;
-                replace::install(&path, store.path(), &document).map_err(|e| {
+                replace::install(&path, store.path(), &document, true).map_err(|e| {
                     StoreError::io("rename the rotation file over", store.path(), e)
                 })?;
                 replace::sync_dir(store.dir())?;
                 let now = store.generation()?;
                 record(JournalEvent::Recovered, Some(now), None);
+            }
+            Verdict::FinishInPlace(document) => {
+                replace::write_in_place_verified(store.path(), &document)
+                    .map_err(|e| StoreError::io("finish the in-place write of", store.path(), e))?;
+                let _ = fs::remove_file(&path);
+                let written = Some(Generation::of_bytes(&document));
+                record(JournalEvent::Recovered, written, Some("in place"));
             }
             Verdict::Merge(doc, current) => {
                 let written = replace::replace(store.path(), current, &doc.to_json())
@@ -103,8 +111,18 @@ fn judge(
         // Cut off by a crash before its fsync: nothing in it can be used.
         return Ok(Verdict::Discard("unreadable"));
     };
-    // (An in-place install that a crash cut short is not judged here: it renamed the rotation
-    // file to an in-place leftover first, which `replace::finish_in_place` finishes.)
+    // An in-place install of this very document (a single-file bind mount; the file is marked)
+    // that a crash cut short: auth.json is empty or a strict prefix of it. Without the mark an
+    // empty auth.json may be a writer ignoring the locks, half way: never written over. Finish it; the rotation file goes
+    // only once auth.json reads back as the document.
+    let marked = path
+        .to_str()
+        .is_some_and(|p| p.ends_with(replace::IN_PLACE_SUFFIX));
+    if let Some(raw) = fs::read(store.path()).ok().filter(|_| marked) {
+        if replace::interrupted_in_place(&raw, &bytes) {
+            return Ok(Verdict::FinishInPlace(bytes));
+        }
+    }
     // A corrupt auth.json is an error, not a reason to leave the rotation behind: the caller
     // would otherwise re-read a whole file a moment later and redeem the spent token.
     let current = store.load()?;

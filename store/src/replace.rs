@@ -103,7 +103,7 @@ pub(crate) fn replace(
     drop(file);
     // A writer ignoring the lock may have written since we read; refuse to overwrite it.
     recheck(path, expected)?;
-    install(&tpath, path, bytes)
+    install(&tpath, path, bytes, false)
         .map_err(|e| StoreError::io("rename the temp file over", path, e))?;
     temp.armed = false;
     let generation = Generation::of_bytes(bytes);
@@ -114,6 +114,11 @@ pub(crate) fn replace(
 /// Leftovers of an in-place write (below) interrupted by a crash start with this; they are
 /// finished or removed under the lock, never swept blindly.
 pub const IN_PLACE_PREFIX: &str = ".auth.json.codex-store-inplace.";
+
+/// Appended to a rotation file's name while it is being installed in place: only then may the
+/// recovery take an empty or cut-short auth.json for that install's interrupted write (and not
+/// for a writer ignoring the locks, half way).
+pub(crate) const IN_PLACE_SUFFIX: &str = ".inplace";
 
 /// How a document was installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,20 +140,52 @@ pub(crate) enum Installed {
 /// at once, as Codex may, can see it empty for those microseconds: that cannot be avoided without
 /// a rename.) Until it is fsynced, the document stays in a file named [`IN_PLACE_PREFIX`]..., from
 /// which an interrupted write is finished by the next writer.
-pub(crate) fn install(from: &Path, to: &Path, bytes: &[u8]) -> io::Result<Installed> {
+///
+/// A rotation file (`keep_name`) stays a rotation file through the in-place write (marked with
+/// [`IN_PLACE_SUFFIX`]), so that the recovery, which knows the generation it replaces and the
+/// token it redeemed, finishes the write if a crash cuts it short; it is removed only once
+/// auth.json reads back as the document.
+pub(crate) fn install(
+    from: &Path,
+    to: &Path,
+    bytes: &[u8],
+    keep_name: bool,
+) -> io::Result<Installed> {
     match fs::rename(from, to) {
         Ok(()) => Ok(Installed::Renamed),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) => {
-            let dir = to.parent().unwrap_or(Path::new("."));
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let keep = dir.join(format!("{IN_PLACE_PREFIX}{}.{n}", std::process::id()));
-            fs::rename(from, &keep)?;
-            write_in_place(to, bytes)?;
+            let keep = if keep_name {
+                // Still a rotation file, marked: an in-place install of it is under way.
+                let mut marked = from.as_os_str().to_os_string();
+                marked.push(IN_PLACE_SUFFIX);
+                let marked = std::path::PathBuf::from(marked);
+                fs::rename(from, &marked)?;
+                marked
+            } else {
+                let dir = to.parent().unwrap_or(Path::new("."));
+                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                let keep = dir.join(format!("{IN_PLACE_PREFIX}{}.{n}", std::process::id()));
+                fs::rename(from, &keep)?;
+                keep
+            };
+            write_in_place_verified(to, bytes)?;
             let _ = fs::remove_file(&keep);
             Ok(Installed::InPlace)
         }
         Err(e) => Err(e),
     }
+}
+
+/// [`write_in_place`], then reads the file back: only a file that holds exactly `bytes` counts
+/// as written (a writer ignoring the locks may have written over it meanwhile).
+pub(crate) fn write_in_place_verified(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_in_place(path, bytes)?;
+    if fs::read(path)? != bytes {
+        return Err(io::Error::other(
+            "auth.json did not read back as written (another writer?)",
+        ));
+    }
+    Ok(())
 }
 
 /// Truncates `path` and writes `bytes` into it in one call, then fsyncs it.
@@ -190,7 +227,9 @@ pub(crate) fn finish_in_place(dir: &Path, path: &Path) {
         let (Ok(document), Ok(current)) = (fs::read(&leftover), fs::read(path)) else {
             continue;
         };
-        if interrupted_in_place(&current, &document) && write_in_place(path, &document).is_err() {
+        if interrupted_in_place(&current, &document)
+            && write_in_place_verified(path, &document).is_err()
+        {
             continue; // keep it for the next writer
         }
         let _ = fs::remove_file(&leftover);

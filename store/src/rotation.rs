@@ -444,7 +444,7 @@ impl Reserved {
                 drop(locked);
                 continue;
             }
-            if let Err(e) = replace::install(&self.pending.path, &auth_path, &bytes) {
+            if let Err(e) = replace::install(&self.pending.path, &auth_path, &bytes, true) {
                 return Err(self.not_installed(format!("cannot rename it over auth.json: {e}")));
             }
             self.pending.keep = true; // it is auth.json now

@@ -410,7 +410,10 @@ impl Store {
         if leftovers.rotations {
             // Non-blocking: a refresh running now owns its rotation file.
             if let Some(_flight) = lock::try_acquire(self.refresh_lock_path())? {
-                crate::recovery::recover_locked(self)?;
+                // A recovery that cannot finish (auth.json corrupt) must not block this write
+                // (the one way to replace a corrupt file): the rotation file stays, and no
+                // refresh goes on while it does (`Store::begin_rotation` fails).
+                let _ = crate::recovery::recover_locked(self);
             }
         }
         Ok(lock)

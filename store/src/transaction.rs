@@ -36,9 +36,10 @@ impl Transaction {
         &self.store
     }
 
-    /// Reads auth.json again under the lock still held. For a holder that did slow work (a
-    /// network request) and must see what a writer ignoring the lock wrote meanwhile. On error
-    /// the previous snapshot stays.
+    /// Reads auth.json again under the lock still held, to see what a writer ignoring the lock
+    /// wrote meanwhile. Never hold a transaction across slow work (a network request): Codex
+    /// 0.171.0 gives up on `auth.json.lock` after 5 s; slow work belongs under
+    /// [`crate::Store::begin_rotation`]. On error the previous snapshot stays.
     ///
     /// # Errors
     /// Those of [`Store::load`](crate::Store::load).
