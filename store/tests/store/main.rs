@@ -1,5 +1,5 @@
 //! The store's integration tests, one binary: the file and its lock, compare-and-swap,
-//! compatibility with what Codex writes, bad input, rotation, secrets and settings.
+//! compatibility with what Codex writes, bad input, rotation and secrets (settings from the environment are tested alone in tests/settings.rs: they set a process-wide variable).
 
 mod common;
 
@@ -11,4 +11,3 @@ mod files;
 mod robustness;
 mod rotation;
 mod secrets;
-mod settings;

@@ -266,3 +266,31 @@ fn a_hard_linked_auth_json_fails_the_reservation_so_nothing_can_be_sent() {
         "a failed reservation left a file"
     );
 }
+
+#[test]
+fn a_leftover_rotation_beside_a_corrupt_auth_json_blocks_refreshes_but_not_replacing_the_file() {
+    let (dir, store) = temp_store();
+    write_auth(dir.path(), valid_chatgpt_file());
+    let snap = store.load().expect("load");
+    let name = plant_crashed_rotation(
+        &store,
+        snap.generation(),
+        &rotated(snap.auth().expect("doc"), "rt_kept"),
+    );
+    let path = write_auth(dir.path(), "{\"tokens\": {\"id_tok");
+    let err = store
+        .begin_rotation(WAIT)
+        .expect_err("a refresh began beside a rotation it could not install");
+    assert!(
+        matches!(err, StoreError::Corrupt { .. }),
+        "expected Corrupt from begin_rotation, got {err}"
+    );
+    store
+        .compare_and_swap(codex_store::Expect::Any, None)
+        .expect("the leftover rotation blocked replacing the corrupt file (logout)");
+    assert!(!path.exists(), "the corrupt file is still there");
+    assert!(
+        dir.path().join(&name).exists(),
+        "the rotation file, the only copy of the new tokens, was removed"
+    );
+}
