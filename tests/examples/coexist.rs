@@ -3,7 +3,7 @@
 //! `CODEX_HOME`, several runs per cell, in a compact table.
 //!
 //! ```text
-//! cargo run --release -p codex-store-tests --example coexist [-- --runs N]
+//! cargo build --release --workspace --bins && cargo run --release -p codex-store-tests --example coexist [-- --runs N]
 //! ```
 //!
 //! Columns: the refresh requests the endpoint saw per run, how many of them it refused as

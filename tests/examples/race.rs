@@ -4,7 +4,7 @@
 //! token.
 //!
 //! ```text
-//! cargo run --release -p codex-store-tests --example race [-- --processes N]
+//! cargo build --release --workspace --bins && cargo run --release -p codex-store-tests --example race [-- --processes N]
 //! ```
 //!
 //! `RACE_PROCESSES=N` also sets the number of processes (the flag wins). No raw token is ever
