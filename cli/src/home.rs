@@ -57,7 +57,8 @@ impl Context {
         }
     }
 
-    fn refresh_config(&self) -> RefreshConfig {
+    /// The refresh configuration, with `--reuse-wait` applied.
+    pub fn refresh_config(&self) -> RefreshConfig {
         let mut config = RefreshConfig::default();
         if let Some(wait) = self.reuse_wait {
             config.reuse_wait = wait;

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use codex_refresh::{CodexAuth, RefreshConfig};
 use codex_store::{
-    read_journal, AuthDotJson, Generation, JournalRecord, Secret, Store, StoreError, StoreOptions,
+    read_journal, AgentPresence, AuthDotJson, Generation, JournalRecord, Secret, Store, StoreError,
+    StoreOptions,
 };
 use serde::Serialize;
 
@@ -37,6 +38,32 @@ struct Fingerprints {
     api_key: Option<String>,
 }
 
+/// Whether a `codex-store agent` keeps this auth.json fresh (its claim is held), and what it
+/// published.
+#[derive(Debug, Default, Serialize)]
+struct AgentReport {
+    running: bool,
+    pid: Option<u32>,
+    state: Option<String>,
+    next_refresh: Option<String>,
+}
+
+impl fmt::Display for AgentReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.running {
+            return f.write_str("not running");
+        }
+        write!(f, "running, pid {}", show(&self.pid))?;
+        if let Some(state) = &self.state {
+            write!(f, ", {state}")?;
+        }
+        if let Some(next) = &self.next_refresh {
+            write!(f, ", next refresh {next}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The report, for people (`Display`) and scripts (`Serialize`).
 #[derive(Debug, Default, Serialize)]
 struct InspectReport {
@@ -59,6 +86,7 @@ struct InspectReport {
     lock_path: PathBuf,
     lock_held: Option<bool>,
     refresh_lock_held: Option<bool>,
+    agent: AgentReport,
     unknown_fields: Vec<String>,
     fingerprints: Fingerprints,
     problems: Vec<String>,
@@ -147,6 +175,20 @@ fn build(home: &Path, history: bool) -> InspectReport {
         Ok(held) => report.refresh_lock_held = Some(held),
         Err(e) => report.problems.push(e.to_string()),
     }
+    match store.agent_presence() {
+        Ok(AgentPresence::NotRunning) => {}
+        Ok(AgentPresence::Running(status)) => {
+            report.agent.running = true;
+            if let Some(status) = status {
+                report.agent.pid = Some(status.pid);
+                report.agent.state = serde_json::to_value(status.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                report.agent.next_refresh = status.next_refresh;
+            }
+        }
+        Err(e) => report.problems.push(e.to_string()),
+    }
     if history {
         match read_journal(store.journal_path()) {
             Ok(records) => report.history = Some(records),
@@ -208,6 +250,7 @@ impl fmt::Display for InspectReport {
             ("lock", self.lock_path.display().to_string()),
             ("lock held", show(&self.lock_held)),
             ("refresh lock held", show(&self.refresh_lock_held)),
+            ("agent", self.agent.to_string()),
             (
                 "unknown fields",
                 if self.unknown_fields.is_empty() {

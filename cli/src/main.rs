@@ -1,5 +1,6 @@
 //! `codex-store`: inspect, use and repair Codex's auth.json through the transactional store.
 
+mod agent;
 mod exit;
 mod home;
 mod inspect;
@@ -57,6 +58,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Keep the credentials fresh in the foreground (for a terminal, a systemd user unit,
+    /// launchd or a container), so that Codex processes never refresh; stop with SIGTERM/SIGINT.
+    Agent(agent::Args),
     /// Show what is on disk (account, mode, expiry, permissions, lock) without any secret.
     Inspect(inspect::Args),
     /// Print the usable bearer token, refreshing it first when due.
@@ -69,7 +73,7 @@ enum Command {
     Logout(logout::Args),
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     codex_store::StoreOptions::parse_duration(text)
         .ok_or_else(|| format!("`{text}` is not a duration; write it like 2s, 500ms or 1m"))
 }
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait);
     let result = match cli.command {
+        Command::Agent(args) => agent::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Token(args) => token::run(&ctx, args),
         Command::Refresh(args) => refresh::run(&ctx, args),

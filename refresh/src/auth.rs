@@ -29,6 +29,8 @@ pub struct CodexAuth {
     pub(crate) expires_at: Option<SystemTime>,
     pub(crate) last_refresh: Option<SystemTime>,
     pub(crate) generation: Generation,
+    /// The refresh token's fingerprint (never the token), when there is one.
+    pub(crate) refresh_fingerprint: Option<String>,
 }
 
 impl CodexAuth {
@@ -52,6 +54,7 @@ impl CodexAuth {
                 expires_at: None,
                 last_refresh: None,
                 generation,
+                refresh_fingerprint: None,
             })),
             AuthMode::Chatgpt => {
                 let Some(tokens) = &doc.tokens else {
@@ -73,6 +76,7 @@ impl CodexAuth {
                     expires_at: tokens.access_token_expiry().ok().flatten(),
                     last_refresh: doc.last_refresh.as_ref().map(|t| t.time()),
                     generation,
+                    refresh_fingerprint: Some(tokens.refresh_token.fingerprint()),
                 }))
             }
             other => Err(RefreshError::UnsupportedMode {
@@ -122,6 +126,25 @@ impl CodexAuth {
     /// When the access token expires, if it says.
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
+    }
+
+    /// The fingerprint of the refresh token ([`codex_store::Secret::fingerprint`]), for telling
+    /// rotations apart without showing a token; `None` without one (API keys, host tokens).
+    pub fn refresh_fingerprint(&self) -> Option<&str> {
+        self.refresh_fingerprint.as_deref()
+    }
+
+    /// When a refresh becomes due under `config`: `None` when it never does (API keys).
+    pub fn due_at(&self, config: &RefreshConfig) -> Option<SystemTime> {
+        match self.mode {
+            Mode::ApiKey => None,
+            Mode::Chatgpt | Mode::HostTokens => Some(crate::due::due_at(
+                self.expires_at,
+                self.last_refresh,
+                config.refresh_window,
+                config.max_token_age,
+            )),
+        }
     }
 
     /// When the tokens were last obtained, if known.

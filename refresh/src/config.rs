@@ -40,6 +40,22 @@ pub struct RefreshConfig {
     pub host_refresh_timeout: Duration,
     /// Workspace ids the credentials may belong to; empty allows every workspace.
     pub allowed_workspaces: Vec<String>,
+    /// What [`crate::AuthManager::auth`] does with due but still valid credentials while
+    /// another refresh is under way. Default: [`WhileRefreshing::UseValidToken`].
+    pub while_refreshing: WhileRefreshing,
+}
+
+/// What [`crate::AuthManager::auth`] does when the credentials are due (within
+/// [`RefreshConfig::refresh_window`]) but not expired, and another refresh (in another process,
+/// or another task of this one) is under way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhileRefreshing {
+    /// Return the still-valid credentials at once; the next call after that refresh adopts its
+    /// tokens. Expired credentials always wait.
+    #[default]
+    UseValidToken,
+    /// Wait for that refresh (up to the store's lock wait) and return its tokens.
+    Wait,
 }
 
 impl Default for RefreshConfig {
@@ -58,6 +74,7 @@ impl Default for RefreshConfig {
             min_retry_interval: Duration::from_secs(10),
             host_refresh_timeout: Duration::from_secs(10),
             allowed_workspaces: Vec::new(),
+            while_refreshing: WhileRefreshing::default(),
         }
     }
 }

@@ -30,3 +30,19 @@ pub fn refresh_due(
         (None, None) => true,
     }
 }
+
+/// When credentials with this expiry and last refresh become due, by the same rule as
+/// [`refresh_due`]: `exp - window`, else `last_refresh + max_age`, else now (the epoch).
+pub(crate) fn due_at(
+    expires_at: Option<SystemTime>,
+    last_refresh: Option<SystemTime>,
+    window: Duration,
+    max_age: Duration,
+) -> SystemTime {
+    let due = match (expires_at, last_refresh) {
+        (Some(exp), _) => exp.checked_sub(window),
+        (None, Some(last)) => last.checked_add(max_age),
+        (None, None) => None,
+    };
+    due.unwrap_or(SystemTime::UNIX_EPOCH)
+}

@@ -25,6 +25,7 @@ pub(crate) fn host_auth(tokens: &HostTokens) -> CodexAuth {
             .ok()
             .flatten(),
         last_refresh: Some(SystemTime::now()),
+        refresh_fingerprint: None,
         generation: Generation::Absent,
     }
 }

@@ -67,6 +67,12 @@
 //! - **Cancellation-safe.** The protocol runs in a task of its own: once the request is sent,
 //!   its answer is persisted even if the caller's future is dropped.
 //! - **Single flight in a process**: concurrent callers share one refresh.
+//! - **No waiting while the token is valid**: when a refresh is already under way (in another
+//!   process, or another task of this one) and the cached access token has not expired,
+//!   [`AuthManager::auth`] returns it at once instead of waiting for that request
+//!   ([`RefreshConfig::while_refreshing`]); an expired token waits.
+//! - **One refresher per login**: [`Agent`] (the `codex-store agent` command) refreshes a lead
+//!   time before Codex's own 5-minute window opens, so that the other processes only read.
 //! - **Errors are classified** ([`RefreshError::class`]): `refresh_token_expired`, `_reused`,
 //!   `_invalidated`, `400 invalid_grant` and any 401 are permanent (sign in again) and remembered
 //!   for that generation, in this process and in the store's journal for every other process,
@@ -102,6 +108,7 @@
 
 #![warn(missing_docs)]
 
+mod agent;
 mod auth;
 mod client;
 mod config;
@@ -115,8 +122,9 @@ mod protocol;
 mod recovery;
 mod state;
 
+pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentEventKind, CODEX_REFRESH_WINDOW};
 pub use auth::{CodexAuth, Mode};
-pub use config::{RefreshConfig, CLIENT_ID, DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
+pub use config::{RefreshConfig, WhileRefreshing, CLIENT_ID, DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 pub use due::refresh_due;
 pub use error::{ErrorClass, PermanentReason, RefreshError, TransientReason};
 pub use host::{HostRefreshFuture, HostRefreshRequest, HostRefresher, HostTokens};

@@ -8,7 +8,7 @@ use codex_store::{AuthDotJson, AuthMode, Expect, Secret, Store, StoreError};
 
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenClient;
-use crate::config::RefreshConfig;
+use crate::config::{RefreshConfig, WhileRefreshing};
 use crate::error::RefreshError;
 use crate::external::host_auth;
 use crate::host::{HostRefresher, HostTokens};
@@ -47,15 +47,20 @@ impl AuthManager {
     /// not allow. A crashed refresh's rotation that cannot be installed yet is logged, not an
     /// error.
     pub fn new(store: Store, config: RefreshConfig) -> Result<Self, RefreshError> {
+        let manager = Self::unloaded(store, config)?;
+        manager.reload()?;
+        Ok(manager)
+    }
+
+    /// A manager with nothing loaded yet (the agent loads, and reports what it cannot read).
+    pub(crate) fn unloaded(store: Store, config: RefreshConfig) -> Result<Self, RefreshError> {
         if let Err(e) = store.recover() {
             tracing::warn!(error = %e, "a crashed refresh's tokens could not be installed yet");
         }
         let client = TokenClient::new(&config.token_url, &config.client_id, config.http_timeout)?;
-        let manager = AuthManager {
+        Ok(AuthManager {
             inner: Arc::new(Inner::new(store, config, client)),
-        };
-        manager.reload()?;
-        Ok(manager)
+        })
     }
 
     /// The store.
@@ -109,7 +114,15 @@ impl AuthManager {
         if cached.is_usable(SystemTime::now()) && self.inner.recent_transient().is_some() {
             return Ok(cached);
         }
-        match self.run(Urgency::IfDue).await {
+        // Due but still valid, and someone else already refreshing: keep the valid token
+        // rather than wait for their request (unless configured to wait).
+        let urgency = match self.inner.config.while_refreshing {
+            WhileRefreshing::UseValidToken if cached.is_usable(SystemTime::now()) => {
+                Urgency::IfDueUnlessBusy
+            }
+            _ => Urgency::IfDue,
+        };
+        match self.run(urgency).await {
             Ok(_) => self
                 .inner
                 .cached()
@@ -145,11 +158,18 @@ impl AuthManager {
     /// Callers in this process share one attempt: a caller that waited for another's attempt
     /// takes its result (new credentials, or, unless [`Urgency::Now`], its transient failure) instead of
     /// sending a request of its own.
-    async fn run(&self, urgency: Urgency) -> Result<RefreshOutcome, RefreshError> {
+    pub(crate) async fn run(&self, urgency: Urgency) -> Result<RefreshOutcome, RefreshError> {
         let inner = self.inner.clone();
         let seen = inner.cached();
         let task = tokio::spawn(async move {
-            let _gate = inner.gate.lock().await;
+            let _gate = match urgency {
+                Urgency::IfDueUnlessBusy => match inner.gate.try_lock() {
+                    Ok(gate) => gate,
+                    // Another task of this process is refreshing: keep the valid credentials.
+                    Err(_) => return Ok(RefreshOutcome::NotNeeded),
+                },
+                _ => inner.gate.lock().await,
+            };
             let current = inner.cached();
             // Host tokens all have the generation "absent": tell them apart by identity.
             let replaced = match (&seen, &current) {
@@ -163,7 +183,7 @@ impl AuthManager {
                     return Ok(RefreshOutcome::AdoptedFromDisk);
                 }
             }
-            if urgency == Urgency::IfDue {
+            if urgency.only_if_due() {
                 if let Some(e) = inner.recent_transient() {
                     return Err(e);
                 }

@@ -63,9 +63,19 @@ pub(crate) fn check_disk(
 pub(crate) enum Urgency {
     /// Only when the tokens are due (and no recent transient failure is shared).
     IfDue,
+    /// Like [`Urgency::IfDue`], but when another refresh (in this process or another) is under
+    /// way, does not wait for it: the caller's credentials are still valid, and it keeps them.
+    IfDueUnlessBusy,
     /// Even when they are not due (an explicit refresh, or the 401 recovery), unless another
     /// process already refreshed.
     Now,
+}
+
+impl Urgency {
+    /// Whether credentials that are not due are left alone.
+    pub(crate) fn only_if_due(self) -> bool {
+        matches!(self, Urgency::IfDue | Urgency::IfDueUnlessBusy)
+    }
 }
 
 /// Runs the protocol once, with `urgency` saying whether tokens that are not due are refreshed.
@@ -82,7 +92,17 @@ pub(crate) async fn guarded_refresh(
     // The store's one lock-wait setting; another process may hold the refresh lock across its
     // request, so it should exceed `http_timeout` (the default does).
     let wait = inner.store.options().lock_timeout;
-    let rotation: Rotation = blocking(move || store.begin_rotation(wait)).await?;
+    let rotation: Rotation = match (urgency, inner.cached()) {
+        (Urgency::IfDueUnlessBusy, Some(cached)) => {
+            match blocking(move || store.try_begin_rotation()).await? {
+                Some(rotation) => rotation,
+                // Another process is refreshing and ours are still valid: keep them, do not
+                // wait for its request.
+                None => return Ok((RefreshOutcome::NotNeeded, cached)),
+            }
+        }
+        _ => blocking(move || store.begin_rotation(wait)).await?,
+    };
     // Under the refresh lock, after the recovery: tokens this process could not write before.
     if let Some(saved) = save_unsaved(&inner).await? {
         return Ok((RefreshOutcome::Refreshed, saved));
@@ -98,7 +118,7 @@ pub(crate) async fn guarded_refresh(
     if moved_on && !disk.is_due(now, &inner.config) {
         return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(disk)));
     }
-    if urgency == Urgency::IfDue && !disk.is_due(now, &inner.config) {
+    if urgency.only_if_due() && !disk.is_due(now, &inner.config) {
         return Ok((RefreshOutcome::NotNeeded, Arc::new(disk)));
     }
     if let Some(remembered) = inner.remembered_failure(generation) {

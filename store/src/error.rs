@@ -205,6 +205,19 @@ pub enum StoreError {
         expected: &'static str,
     },
 
+    /// Another agent already keeps this auth.json fresh.
+    #[error(
+        "another codex-store agent already runs for this auth.json ({}; it holds {path}): \
+         one agent per login is enough; stop it first to start another",
+        match pid { Some(pid) => format!("pid {pid}"), None => "pid not published yet".to_owned() }
+    )]
+    AgentRunning {
+        /// The agent's claim file.
+        path: PathBuf,
+        /// The other agent's process id, when it published one.
+        pid: Option<u32>,
+    },
+
     /// An I/O error.
     #[error("cannot {action} {path}: {source}; check that the path exists and is yours")]
     Io {

@@ -115,6 +115,7 @@
 
 #![warn(missing_docs)]
 
+mod agent;
 mod auth_json;
 pub mod backend;
 mod diagnose;
@@ -134,6 +135,7 @@ mod store;
 mod timestamp;
 mod transaction;
 
+pub use agent::{AgentClaim, AgentPresence, AgentState, AgentStatus};
 pub use auth_json::{AuthDotJson, AuthMode, FormatError, KeyOrder, TokenData};
 pub use diagnose::Problem;
 pub use error::StoreError;

@@ -101,6 +101,23 @@ impl Store {
             ..self.options().clone()
         };
         let flight = lock::acquire(self.refresh_lock_path(), &options)?;
+        self.rotation_under(flight)
+    }
+
+    /// Like [`Store::begin_rotation`], but never waits for the refresh lock: `None` when another
+    /// refresh holds it (for a caller whose credentials are still valid, and who need not wait
+    /// for that refresh to end).
+    ///
+    /// # Errors
+    /// Any error of the recovery (which takes the write locks) or of the read.
+    pub fn try_begin_rotation(&self) -> Result<Option<Rotation>, StoreError> {
+        match lock::try_acquire(self.refresh_lock_path())? {
+            Some(flight) => self.rotation_under(flight).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn rotation_under(&self, flight: LockGuard) -> Result<Rotation, StoreError> {
         if !replace::rotation_files(self.dir()).is_empty() || replace::has_in_place(self.dir()) {
             let _locked = self.lock()?;
             replace::finish_in_place(self.dir(), self.path());

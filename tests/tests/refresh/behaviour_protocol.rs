@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use codex_refresh::{AuthManager, RefreshError, RefreshOutcome, CLIENT_ID};
+use codex_refresh::{
+    AuthManager, RefreshConfig, RefreshError, RefreshOutcome, WhileRefreshing, CLIENT_ID,
+};
 use codex_store::{Expect, Store, StoreOptions};
 use codex_store_tests::fake_idp::Behavior;
 use codex_store_tests::jwt;
@@ -426,7 +428,13 @@ async fn a_refresh_whose_caller_was_cancelled_after_the_request_was_sent_still_p
 async fn eight_concurrent_auth_calls_on_one_manager_share_a_single_request_and_the_same_bearer() {
     let setup = Setup::new(IDENTITY, 120);
     setup.fake.set_delay(Duration::from_millis(100));
-    let manager = manager(&setup.store, config(setup.fake.url()));
+    // Callers that wait for the refresh under way (the default keeps a still-valid token
+    // instead: the next test).
+    let waiting = RefreshConfig {
+        while_refreshing: WhileRefreshing::Wait,
+        ..config(setup.fake.url())
+    };
+    let manager = manager(&setup.store, waiting);
 
     let callers = concurrent_auth_calls(&manager, 8);
     let mut bearers = Vec::new();
@@ -456,6 +464,54 @@ async fn eight_concurrent_auth_calls_on_one_manager_share_a_single_request_and_t
     assert_ne!(
         issued.access_token, setup.access,
         "the fake issued the old token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_with_a_due_but_valid_token_do_not_wait_for_the_refresh_under_way() {
+    let setup = Setup::new(IDENTITY, 120);
+    // Slow enough that a caller waiting for it cannot go unnoticed.
+    setup.fake.set_delay(Duration::from_secs(3));
+    let manager = manager(&setup.store, config(setup.fake.url()));
+
+    let callers = concurrent_auth_calls(&manager, 8);
+    // A caller that waited would hold the new token: the old one proves it did not wait.
+    let mut returned_early = 0;
+    for caller in callers {
+        let bearer = caller
+            .await
+            .expect("an auth() task panicked")
+            .unwrap_or_else(|e| panic!("a concurrent auth() failed: {e}"));
+        assert!(
+            bearer == setup.access
+                || Some(&bearer) == setup.fake.last_issued().map(|i| i.access_token).as_ref(),
+            "a caller got a bearer that is neither the still-valid one nor the new one"
+        );
+        if bearer == setup.access {
+            returned_early += 1;
+        }
+    }
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "the callers that kept their valid token sent requests of their own"
+    );
+    assert_eq!(
+        returned_early, 7,
+        "all callers but the one refreshing should have kept the still-valid token"
+    );
+    let after = manager
+        .auth()
+        .await
+        .expect("auth() after the refresh failed");
+    assert_eq!(
+        after.bearer().expose(),
+        setup
+            .fake
+            .last_issued()
+            .expect("the endpoint issued no tokens")
+            .access_token,
+        "after the refresh, auth() does not hand out the new token"
     );
 }
 

@@ -1,0 +1,75 @@
+//! `codex-store agent`: keep one home's credentials fresh, in the foreground, so that the
+//! Codex processes sharing it never have to refresh.
+
+use std::io::Write;
+use std::time::Duration;
+
+use codex_refresh::{Agent, AgentConfig, AgentError, AgentEvent};
+
+use crate::exit::Failure;
+use crate::home::Context;
+
+/// Options of `agent`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Refresh this long before the access token expires, like `15m`. Must exceed Codex's own
+    /// 5 minutes, so that Codex processes find fresh tokens and never refresh themselves.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = crate::parse_duration)]
+    lead: Duration,
+
+    /// One JSON object per line on stderr instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `agent` until SIGTERM or SIGINT (exit 0).
+pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
+    let config = AgentConfig {
+        lead: args.lead,
+        ..AgentConfig::default()
+    };
+    let agent = Agent::new(ctx.store()?, ctx.refresh_config(), config).map_err(agent_failure)?;
+    let runtime = ctx.runtime()?;
+    runtime.block_on(async move {
+        let stop = stop_signal().map_err(|e| {
+            Failure::other(format!("cannot listen for SIGTERM and SIGINT: {e}"), None)
+        })?;
+        let json = args.json;
+        agent
+            .run(stop, |event| print_event(event, json))
+            .await
+            .map_err(agent_failure)
+    })
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// One line on stderr. A closed stderr loses the line, never the agent.
+fn print_event(event: &AgentEvent, json: bool) {
+    let line = if json {
+        serde_json::to_string(event).unwrap_or_default()
+    } else {
+        format!("codex-store agent: {event}")
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn agent_failure(e: AgentError) -> Failure {
+    match e {
+        AgentError::LeadTooShort { .. } => Failure::usage(e.to_string()),
+        AgentError::Store(e) => Failure::from(e),
+        AgentError::Refresh(e) => Failure::from(e),
+        AgentError::Watch { .. } => Failure::other(e.to_string(), None),
+    }
+}

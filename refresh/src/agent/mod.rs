@@ -1,0 +1,401 @@
+//! [`Agent`]: one refresher per login, so that the processes sharing auth.json (Codex terminals,
+//! editor extensions, app servers) never have to refresh.
+//!
+//! The agent keeps one store's credentials fresh through the guarded protocol, a lead time
+//! ([`AgentConfig::lead`]) before the access token expires. A Codex process refreshes only
+//! within 5 minutes of expiry, and re-reads auth.json first: with a lead above 5 minutes it
+//! finds fresh tokens on disk and sends nothing. The agent sleeps until the next due time or a
+//! change of the file (the platform's file notifications, no polling), adopts what others
+//! write, retries transient failures with capped exponential backoff and jitter, stops retrying
+//! credentials the endpoint refused for good, and resumes when a new sign-in appears.
+//!
+//! Modelled on HashiCorp Vault Agent's auto-auth: one process owns the renewal, the others read
+//! the sink (here: auth.json itself).
+
+mod event;
+mod schedule;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use codex_store::{AgentClaim, AgentState, AgentStatus, Store, StoreError};
+
+use crate::auth::{CodexAuth, Mode};
+use crate::config::{RefreshConfig, WhileRefreshing};
+use crate::error::{ErrorClass, RefreshError};
+use crate::manager::AuthManager;
+use crate::outcome::RefreshOutcome;
+use crate::protocol::Urgency;
+
+use event::rfc3339;
+pub use event::{AgentEvent, AgentEventKind};
+use schedule::{wake_at, Backoff};
+use watch::FileWatch;
+
+/// Codex's own refresh window: it refreshes when the access token expires within 5 minutes.
+/// The agent's lead must exceed it.
+pub const CODEX_REFRESH_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// After a refresh, the agent does not refresh again for at least this long, even if the new
+/// token is already within the lead time (a lead longer than the tokens' lifetime).
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How the agent schedules its work.
+///
+/// ```
+/// use std::time::Duration;
+/// use codex_refresh::AgentConfig;
+/// let config = AgentConfig::default();
+/// assert_eq!(config.lead, Duration::from_secs(15 * 60));
+/// ```
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Refresh this long before the access token expires. Must exceed Codex's 5 minutes
+    /// ([`CODEX_REFRESH_WINDOW`]), or Codex processes refresh before the agent. Default: 15
+    /// minutes.
+    pub lead: Duration,
+    /// The first retry delay after a transient failure; it doubles with each failure in a row.
+    /// Default: 2 s.
+    pub retry_initial: Duration,
+    /// The longest retry delay. Default: 5 minutes.
+    pub retry_max: Duration,
+    /// On shutdown, how long a refresh already in flight may take to be saved before the agent
+    /// stops anyway. Default: 5 s.
+    pub stop_grace: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            lead: Duration::from_secs(15 * 60),
+            retry_initial: Duration::from_secs(2),
+            retry_max: Duration::from_secs(5 * 60),
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the agent could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The lead time does not exceed Codex's own refresh window.
+    #[error(
+        "a lead of {} s does not exceed Codex's own refresh window of 300 s: Codex processes \
+         would refresh before the agent; use more than 5m (the default is 15m)",
+        lead.as_secs()
+    )]
+    LeadTooShort {
+        /// The lead asked for.
+        lead: Duration,
+    },
+    /// The directory of auth.json cannot be watched for changes.
+    #[error(
+        "cannot watch {path} for changes: {reason}; check that it exists and, on Linux, that \
+         fs.inotify.max_user_watches / max_user_instances are not exhausted"
+    )]
+    Watch {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The watcher's error.
+        reason: String,
+    },
+    /// The store refused (another agent runs: [`StoreError::AgentRunning`]; an I/O error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The refresh set-up failed (a bad token URL).
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
+}
+
+/// What the agent does next.
+enum Plan {
+    /// Refresh at this time (the next due time, or the next retry).
+    At(SystemTime, AgentState),
+    /// Nothing until auth.json changes.
+    UntilChange(AgentState),
+    /// Look again at once (the file changed under a refresh).
+    Again,
+}
+
+/// The refresher of one store, as a library: run it in a host application with
+/// [`Agent::run`], or use the `codex-store agent` command.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use codex_refresh::{Agent, AgentConfig, RefreshConfig};
+/// use codex_store::Store;
+///
+/// let agent = Agent::new(Store::open("/home/me/.codex")?, RefreshConfig::default(), AgentConfig::default())?;
+/// let stop = tokio::time::sleep(std::time::Duration::from_secs(3600)); // or a signal
+/// agent.run(stop, |event| eprintln!("{event}")).await?;
+/// # Ok(()) }
+/// ```
+pub struct Agent {
+    manager: AuthManager,
+    config: AgentConfig,
+    backoff: Backoff,
+    /// The generation the endpoint refused for good: not retried until the file changes.
+    refused: Option<codex_store::Generation>,
+    /// The reason of the last idle report, so that it is reported once.
+    idle: Option<&'static str>,
+    started: SystemTime,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("store", &self.manager.store().path())
+            .field("lead", &self.config.lead)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// An agent for `store`, refreshing through `refresh` (its `refresh_window` becomes the
+    /// lead; it always waits for another process's refresh rather than keep a valid token).
+    ///
+    /// # Errors
+    /// [`AgentError::LeadTooShort`] for a lead of 5 minutes or less; [`AgentError::Refresh`]
+    /// for a token URL that is not an absolute http(s) URL.
+    pub fn new(
+        store: Store,
+        refresh: RefreshConfig,
+        config: AgentConfig,
+    ) -> Result<Agent, AgentError> {
+        if config.lead <= CODEX_REFRESH_WINDOW {
+            return Err(AgentError::LeadTooShort { lead: config.lead });
+        }
+        let refresh = RefreshConfig {
+            refresh_window: config.lead,
+            while_refreshing: WhileRefreshing::Wait,
+            ..refresh
+        };
+        let manager = AuthManager::unloaded(store, refresh)?;
+        Ok(Agent {
+            manager,
+            backoff: Backoff::new(config.retry_initial, config.retry_max),
+            config,
+            refused: None,
+            idle: None,
+            started: SystemTime::now(),
+        })
+    }
+
+    /// Runs until `shutdown` resolves: claims the store (one agent per auth.json), then keeps
+    /// its credentials fresh, reporting each event to `on_event`. On shutdown a refresh in
+    /// flight is given [`AgentConfig::stop_grace`] to be saved; nothing is left locked.
+    ///
+    /// # Errors
+    /// [`AgentError::Store`] with [`StoreError::AgentRunning`] when another agent runs for this
+    /// store (with its pid); [`AgentError::Watch`] when the directory cannot be watched. Refresh
+    /// failures are events, not errors.
+    ///
+    /// # Security
+    /// Events and the published status carry fingerprints of tokens, never tokens.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        mut on_event: impl FnMut(&AgentEvent),
+    ) -> Result<(), AgentError> {
+        let store = self.manager.store().clone();
+        let claim = store.claim_agent(&AgentStatus::new(self.started, AgentState::Idle, None))?;
+        let mut watch = FileWatch::new(&watch::dir_of(store.path()), store.path())?;
+        on_event(&AgentEvent::now(AgentEventKind::Started {
+            pid: std::process::id(),
+            auth_json: store.path().to_path_buf(),
+            lead_seconds: self.config.lead.as_secs(),
+        }));
+        tokio::pin!(shutdown);
+        let grace = self.config.stop_grace;
+        let reason = loop {
+            // Changes signalled before this look are covered by it.
+            watch.clear();
+            let plan = {
+                let step = self.step(&claim, &mut on_event);
+                tokio::pin!(step);
+                tokio::select! {
+                    plan = &mut step => plan,
+                    () = &mut shutdown => {
+                        if tokio::time::timeout(grace, step).await.is_err() {
+                            break "asked to stop; a refresh still in flight was abandoned (its reservation is recovered by the next process)";
+                        }
+                        break "asked to stop";
+                    }
+                }
+            };
+            let (state, wake) = match plan {
+                Plan::Again => continue,
+                Plan::At(at, state) => (state, Some(at)),
+                Plan::UntilChange(state) => (state, None),
+            };
+            self.publish(&claim, state, wake);
+            tokio::select! {
+                () = sleep_until(wake) => {}
+                () = watch.changed() => {}
+                () = &mut shutdown => break "asked to stop",
+            }
+        };
+        on_event(&AgentEvent::now(AgentEventKind::Stopped {
+            reason: reason.to_owned(),
+        }));
+        drop(claim);
+        Ok(())
+    }
+
+    fn publish(&self, claim: &AgentClaim, state: AgentState, next: Option<SystemTime>) {
+        if let Err(e) = claim.publish(&AgentStatus::new(self.started, state, next)) {
+            tracing::warn!(error = %e, "could not publish the agent's status");
+        }
+    }
+
+    /// Reads auth.json, and refreshes when it is due.
+    async fn step(&mut self, claim: &AgentClaim, on_event: &mut impl FnMut(&AgentEvent)) -> Plan {
+        let before = self.manager.cached();
+        let current = match self.manager.reload() {
+            Ok(current) => current,
+            Err(e) => return self.failed(&e, on_event),
+        };
+        let Some(auth) = current else {
+            return self.go_idle(
+                "signed_out",
+                "no credentials in auth.json; sign in (`codex login`) and the agent takes over",
+                on_event,
+            );
+        };
+        if auth.mode() != Mode::Chatgpt {
+            return self.go_idle(
+                "api_key",
+                "API keys never need a refresh; nothing to do until a ChatGPT sign-in",
+                on_event,
+            );
+        }
+        self.idle = None;
+        if let Some(before) = before.filter(|b| b.generation() != auth.generation()) {
+            if before.refresh_fingerprint() != auth.refresh_fingerprint()
+                || before.bearer().fingerprint() != auth.bearer().fingerprint()
+            {
+                on_event(&self.adopted(&auth));
+            }
+        }
+        if self.refused == Some(auth.generation()) {
+            return Plan::UntilChange(AgentState::Refused);
+        }
+        self.refused = None;
+        let config = self.manager.config().clone();
+        let due = auth.due_at(&config).unwrap_or(SystemTime::UNIX_EPOCH);
+        if due > SystemTime::now() {
+            return Plan::At(due, AgentState::Waiting);
+        }
+        self.publish(claim, AgentState::Refreshing, None);
+        match self.manager.run(Urgency::IfDue).await {
+            Ok(outcome) => {
+                self.backoff.reset();
+                let Some(now) = self.manager.cached() else {
+                    return Plan::Again;
+                };
+                let next = self.next_due(&now);
+                match outcome {
+                    RefreshOutcome::Refreshed => {
+                        on_event(&AgentEvent::now(AgentEventKind::Refreshed {
+                            access: now.bearer().fingerprint(),
+                            refresh: now.refresh_fingerprint().map(str::to_owned),
+                            next_refresh: Some(rfc3339(next)),
+                        }))
+                    }
+                    RefreshOutcome::AdoptedFromDisk => on_event(&self.adopted(&now)),
+                    RefreshOutcome::NotNeeded => {}
+                }
+                Plan::At(next, AgentState::Waiting)
+            }
+            Err(RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. }) => {
+                Plan::Again
+            }
+            Err(e) => self.failed(&e, on_event),
+        }
+    }
+
+    /// When to refresh `auth` next: its due time, but not sooner than
+    /// [`MIN_REFRESH_INTERVAL`] from now.
+    fn next_due(&self, auth: &CodexAuth) -> SystemTime {
+        let due = auth
+            .due_at(self.manager.config())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        due.max(SystemTime::now() + MIN_REFRESH_INTERVAL)
+    }
+
+    fn adopted(&self, auth: &Arc<CodexAuth>) -> AgentEvent {
+        AgentEvent::now(AgentEventKind::Adopted {
+            access: auth.bearer().fingerprint(),
+            refresh: auth.refresh_fingerprint().map(str::to_owned),
+            next_refresh: auth.due_at(self.manager.config()).map(rfc3339),
+        })
+    }
+
+    fn go_idle(
+        &mut self,
+        reason: &'static str,
+        hint: &str,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        self.backoff.reset();
+        if self.idle != Some(reason) {
+            self.idle = Some(reason);
+            on_event(&AgentEvent::now(AgentEventKind::Idle {
+                reason: reason.to_owned(),
+                hint: hint.to_owned(),
+            }));
+        }
+        Plan::UntilChange(AgentState::Idle)
+    }
+
+    fn failed(&mut self, error: &RefreshError, on_event: &mut impl FnMut(&AgentEvent)) -> Plan {
+        let class = error.class();
+        if class == ErrorClass::UnsupportedMode {
+            return self.go_idle(
+                "unsupported_mode",
+                "auth.json holds credentials of a mode codex-store does not refresh; `codex` itself keeps them",
+                on_event,
+            );
+        }
+        if class == ErrorClass::SignInRequired {
+            self.refused = self.manager.cached().map(|a| a.generation());
+            on_event(&AgentEvent::now(AgentEventKind::Failed {
+                class: "sign_in_required".into(),
+                message: format!(
+                    "{error}; the agent will not send these credentials again: sign in again \
+                     (`codex login`), and it resumes by itself"
+                ),
+                next_attempt: None,
+            }));
+            return Plan::UntilChange(AgentState::Refused);
+        }
+        let delay = self.backoff.next_delay();
+        let at = SystemTime::now() + delay;
+        on_event(&AgentEvent::now(AgentEventKind::Failed {
+            class: class_name(class).into(),
+            message: error.to_string(),
+            next_attempt: Some(rfc3339(at)),
+        }));
+        Plan::At(at, AgentState::Retrying)
+    }
+}
+
+fn class_name(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::SignInRequired => "sign_in_required",
+        ErrorClass::Transient => "transient",
+        ErrorClass::LockTimeout => "lock_timeout",
+        ErrorClass::Corrupt => "corrupt",
+        ErrorClass::UnsupportedMode => "unsupported_mode",
+        ErrorClass::Other => "other",
+    }
+}
+
+async fn sleep_until(at: Option<SystemTime>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(wake_at(at).into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,184 @@
+//! One agent per auth.json: the claim an agent holds for its lifetime (`auth.json.agent.lock`)
+//! and the status it publishes beside it (`auth.json.agent`), which `inspect` reads.
+//!
+//! The claim is an exclusive `flock` held until the agent exits (a crash releases it with the
+//! process). The status file is only believed while the claim is held, so a stale one left by a
+//! killed agent is ignored and replaced by the next agent.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::lock::{self, LockGuard};
+use crate::store::Store;
+use crate::timestamp::Timestamp;
+
+/// The largest status file read back (it is a few hundred bytes).
+const STATUS_LIMIT: u64 = 16 * 1024;
+
+/// What an agent publishes about itself. Holds no secret: fingerprints at most.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The agent's process id.
+    pub pid: u32,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// What it is doing.
+    pub state: AgentState,
+    /// When it will next try to refresh (RFC 3339), if it knows.
+    pub next_refresh: Option<String>,
+}
+
+impl AgentStatus {
+    /// The status of this process, started at `started`, in `state`, next refreshing at `next`.
+    pub fn new(started: SystemTime, state: AgentState, next: Option<SystemTime>) -> Self {
+        AgentStatus {
+            pid: std::process::id(),
+            started: Timestamp::from_system_time(started).as_str().to_owned(),
+            state,
+            next_refresh: next.map(|t| Timestamp::from_system_time(t).as_str().to_owned()),
+        }
+    }
+
+    /// [`AgentStatus::next_refresh`] as a time, when it is set and readable.
+    pub fn next_refresh_time(&self) -> Option<SystemTime> {
+        let text = self.next_refresh.as_deref()?;
+        Timestamp::parse(text).ok().map(|t| t.time())
+    }
+}
+
+/// What an agent is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Waiting for the next refresh.
+    Waiting,
+    /// Refreshing now.
+    Refreshing,
+    /// A refresh failed for now; it tries again at the next refresh time.
+    Retrying,
+    /// The token endpoint refused these credentials for good: waiting for a new sign-in.
+    Refused,
+    /// No credentials that refresh (signed out, an API key, another mode): waiting for a sign-in.
+    Idle,
+}
+
+/// Whether an agent runs for a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentPresence {
+    /// No agent holds the claim.
+    NotRunning,
+    /// An agent holds the claim; its status when it could be read.
+    Running(Option<AgentStatus>),
+}
+
+/// An agent's claim on a store: while it lives, no other agent can claim the store. Dropping it
+/// removes the status file and releases the claim.
+#[derive(Debug)]
+pub struct AgentClaim {
+    _lock: LockGuard,
+    status_path: PathBuf,
+}
+
+impl Store {
+    /// The agent's claim file, `auth.json.agent.lock` beside auth.json (its target for a link).
+    pub fn agent_lock_path(&self) -> PathBuf {
+        lock::sibling(self.path(), ".agent.lock")
+    }
+
+    /// The agent's status file, `auth.json.agent` beside the claim.
+    pub fn agent_status_path(&self) -> PathBuf {
+        lock::sibling(self.path(), ".agent")
+    }
+
+    /// Claims the store for an agent, never waiting, and publishes `status`.
+    ///
+    /// # Errors
+    /// [`StoreError::AgentRunning`] (with the other agent's pid when it published one) when
+    /// another agent holds the claim; [`StoreError::Lock`], [`StoreError::NotARegularFile`] and
+    /// [`StoreError::Io`] for the claim or status file.
+    pub fn claim_agent(&self, status: &AgentStatus) -> Result<AgentClaim, StoreError> {
+        let lock_path = self.agent_lock_path();
+        let Some(guard) = lock::try_acquire(&lock_path)? else {
+            let pid = read_status(&self.agent_status_path()).map(|s| s.pid);
+            return Err(StoreError::AgentRunning {
+                path: lock_path,
+                pid,
+            });
+        };
+        let claim = AgentClaim {
+            _lock: guard,
+            status_path: self.agent_status_path(),
+        };
+        claim.publish(status)?;
+        Ok(claim)
+    }
+
+    /// Whether an agent runs for this store, and what it published. Never waits and creates
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Lock`], [`StoreError::NotARegularFile`] and [`StoreError::Io`] for the claim
+    /// file.
+    pub fn agent_presence(&self) -> Result<AgentPresence, StoreError> {
+        if !lock::is_held(&self.agent_lock_path())? {
+            return Ok(AgentPresence::NotRunning);
+        }
+        Ok(AgentPresence::Running(read_status(
+            &self.agent_status_path(),
+        )))
+    }
+}
+
+impl AgentClaim {
+    /// Replaces the published status (written beside it and renamed over it, so readers see
+    /// the old one or the new one).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] naming the file that could not be written or renamed.
+    pub fn publish(&self, status: &AgentStatus) -> Result<(), StoreError> {
+        let temp = self.status_path.with_extension("agent.tmp");
+        let bytes = serde_json::to_vec(status).unwrap_or_default();
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&temp)?;
+            file.write_all(&bytes)?;
+            Ok(())
+        };
+        write().map_err(|e| StoreError::io("write the agent status", &temp, e))?;
+        std::fs::rename(&temp, &self.status_path)
+            .map_err(|e| StoreError::io("rename the agent status over", &self.status_path, e))
+    }
+}
+
+impl Drop for AgentClaim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.status_path);
+        let _ = std::fs::remove_file(self.status_path.with_extension("agent.tmp"));
+    }
+}
+
+fn read_status(path: &Path) -> Option<AgentStatus> {
+    use std::io::Read;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(STATUS_LIMIT).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
