@@ -94,6 +94,8 @@ pub mod exit {
     pub const REFUSED: i32 = 22;
     /// A transient failure (5xx, 429, connection error, unusable answer): nothing changed.
     pub const TRANSIENT: i32 = 23;
+    /// `--live`: the span ended without a refusal it could not recover from.
+    pub const LIVED: i32 = 13;
 }
 
 /// What a `codex-sim` run ended with, from its exit status.

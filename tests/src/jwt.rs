@@ -50,6 +50,15 @@ pub fn access_token(exp_unix_secs: i64, marker: &str) -> String {
     make_jwt(&json!({"exp": exp_unix_secs, "jti": marker}))
 }
 
+/// The `exp` claim of a JWT built here (or any JWT), `None` when it has no readable one.
+pub fn exp_of(jwt: &str) -> Option<i64> {
+    let payload = URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1)?).ok()?;
+    serde_json::from_slice::<Value>(&payload)
+        .ok()?
+        .get("exp")?
+        .as_i64()
+}
+
 /// The current time in whole seconds since the Unix epoch.
 pub fn now_unix() -> i64 {
     let (secs, _) = now_secs_micros();

@@ -8,6 +8,7 @@
 
 mod kit;
 
+mod agent;
 mod codex_sim;
 mod coexistence;
 mod commands;

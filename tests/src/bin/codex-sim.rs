@@ -26,7 +26,7 @@ use codex_store_tests::cli_support::fingerprint;
 use codex_store_tests::codex_sim::{exit, STORE_LOCK_PATIENCE, STORE_LOCK_RETRY, TOKEN_URL_ENV};
 use codex_store_tests::jwt::rfc3339;
 
-const USAGE: &str = "usage: codex-sim [--force] [--old] [--no-wait]   \
+const USAGE: &str = "usage: codex-sim [--force] [--old] [--no-wait] [--live SECONDS]   \
      (CODEX_HOME and CODEX_REFRESH_TOKEN_URL_OVERRIDE=http://... must be set)";
 
 /// Codex's OAuth client id.
@@ -42,6 +42,8 @@ struct Options {
     force: bool,
     old: bool,
     no_wait: bool,
+    /// `--live SECONDS`: a long-lived process (an app server) instead of one refresh.
+    live: Option<Duration>,
     home: PathBuf,
     url: Url,
 }
@@ -125,12 +127,23 @@ fn parse_url(text: &str) -> Result<Url, Stop> {
 }
 
 fn parse_options() -> Result<Options, Stop> {
-    let (mut force, mut old, mut no_wait) = (false, false, false);
-    for arg in std::env::args().skip(1) {
+    let (mut force, mut old, mut no_wait, mut live) = (false, false, false, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--force" => force = true,
             "--old" => old = true,
             "--no-wait" => no_wait = true,
+            "--live" => {
+                let secs = args
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|v| v.is_finite() && *v > 0.0)
+                    .ok_or_else(|| {
+                        Stop::usage(format!("--live takes a number of seconds\n{USAGE}"))
+                    })?;
+                live = Some(Duration::from_secs_f64(secs));
+            }
             other => return Err(Stop::usage(format!("unknown argument {other:?}\n{USAGE}"))),
         }
     }
@@ -150,6 +163,7 @@ fn parse_options() -> Result<Options, Stop> {
         force,
         old,
         no_wait,
+        live,
         home,
         url: parse_url(&url)?,
     })
@@ -202,6 +216,23 @@ fn end(outcome: &str, tokens: &Tokens) -> Result<(), Stop> {
         fingerprint(&tokens.access_token),
         fingerprint(&tokens.refresh_token)
     ))
+}
+
+/// How a refresh attempt ended: the exit code, the outcome's name and the tokens held after it.
+struct Settled {
+    code: i32,
+    outcome: &'static str,
+    holding: Tokens,
+}
+
+impl Settled {
+    fn new(code: i32, outcome: &'static str, holding: &Tokens) -> Settled {
+        Settled {
+            code,
+            outcome,
+            holding: holding.clone(),
+        }
+    }
 }
 
 /// What the endpoint answered.
@@ -486,7 +517,7 @@ fn persist(
     access_token: &str,
     refresh_token: Option<&str>,
     id_token: Option<&str>,
-) -> Result<i32, Stop> {
+) -> Result<Settled, Stop> {
     let new = Tokens {
         access_token: access_token.to_owned(),
         refresh_token: refresh_token.map_or_else(|| read.tokens.refresh_token.clone(), Into::into),
@@ -502,8 +533,7 @@ fn persist(
             fingerprint(&new.refresh_token),
             fingerprint(&new.access_token)
         ))?;
-        end("saved", &new)?;
-        return Ok(exit::SAVED);
+        return Ok(Settled::new(exit::SAVED, "saved", &new));
     }
     let outer = open_lock(&options.home.join("auth.lock"), 0o644)?;
     let started = Instant::now();
@@ -528,8 +558,7 @@ fn persist(
                         fingerprint(&new.refresh_token),
                         started.elapsed().as_millis()
                     ))?;
-                    end("dropped", &read.tokens)?;
-                    return Ok(exit::DROPPED);
+                    return Ok(Settled::new(exit::DROPPED, "dropped", &read.tokens));
                 }
                 std::thread::sleep(STORE_LOCK_RETRY);
             }
@@ -553,13 +582,92 @@ fn persist(
         fingerprint(&new.refresh_token),
         fingerprint(&new.access_token)
     ))?;
-    end("saved", &new)?;
-    Ok(exit::SAVED)
+    Ok(Settled::new(exit::SAVED, "saved", &new))
+}
+
+/// How often a live process looks at its cached token (an app server answering requests).
+const LIVE_TICK: Duration = Duration::from_millis(50);
+
+/// `--live`: a long-lived Codex process. It keeps its tokens in memory and uses them; when they
+/// become due it re-reads auth.json (adopting a newer file without a request, as Codex does) and
+/// otherwise refreshes as the one-shot run does. A refusal it cannot recover from ends the run
+/// (`stuck`, `refused`); at the end of the span it prints `end outcome=lived` with the tokens it
+/// holds.
+fn live_run(options: &Options, path: &Path, span: Duration) -> Result<i32, Stop> {
+    let mut cached = read_auth(path)?;
+    event(format!(
+        "read rt={} at={} exp_in={}",
+        fingerprint(&cached.tokens.refresh_token),
+        fingerprint(&cached.tokens.access_token),
+        expires_in(&cached.tokens).map_or_else(|| "unknown".to_owned(), |s| s.to_string())
+    ))?;
+    wait_for_start(options)?;
+    let deadline = Instant::now() + span;
+    while Instant::now() < deadline {
+        if is_due(&cached.tokens) {
+            // A file caught half way by an in-place writer: look again at the next tick.
+            if let Ok(read) = read_auth(path) {
+                if read.bytes != cached.bytes && !is_due(&read.tokens) {
+                    event(format!(
+                        "adopted rt={} when=before-request",
+                        fingerprint(&read.tokens.refresh_token)
+                    ))?;
+                    cached = read;
+                    continue;
+                }
+                event("due reason=proactive_expiry".into())?;
+                let settled = redeem(options, path, &read, "proactive_expiry")?;
+                match settled.code {
+                    exit::SAVED | exit::ADOPTED_AFTER_REUSE | exit::DROPPED | exit::TRANSIENT => {
+                        // What it now holds is what the file holds (when the file is readable).
+                        cached = match read_auth(path) {
+                            Ok(now)
+                                if now.tokens.refresh_token == settled.holding.refresh_token =>
+                            {
+                                now
+                            }
+                            _ => Loaded {
+                                tokens: settled.holding,
+                                ..read
+                            },
+                        };
+                    }
+                    code => {
+                        end(settled.outcome, &settled.holding)?;
+                        return Ok(code);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(LIVE_TICK);
+    }
+    end("lived", &cached.tokens)?;
+    Ok(exit::LIVED)
+}
+
+/// Prints `ready` and waits for the start line on stdin, unless `--no-wait`.
+fn wait_for_start(options: &Options) -> Result<(), Stop> {
+    if options.no_wait {
+        return Ok(());
+    }
+    event("ready".into())?;
+    let mut line = String::new();
+    let n = io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Stop::usage(format!("cannot read the start line: {e}")))?;
+    if n == 0 {
+        return Err(Stop::usage("stdin closed before the start line"));
+    }
+    Ok(())
 }
 
 fn run() -> Result<i32, Stop> {
     let options = parse_options()?;
     let path = options.home.join("auth.json");
+    if let Some(span) = options.live {
+        return live_run(&options, &path, span);
+    }
     let first = read_auth(&path)?;
     event(format!(
         "read rt={} at={} exp_in={}",
@@ -577,17 +685,7 @@ fn run() -> Result<i32, Stop> {
         return Ok(exit::NOT_DUE);
     };
     event(format!("due reason={reason}"))?;
-    if !options.no_wait {
-        event("ready".into())?;
-        let mut line = String::new();
-        let n = io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Stop::usage(format!("cannot read the start line: {e}")))?;
-        if n == 0 {
-            return Err(Stop::usage("stdin closed before the start line"));
-        }
-    }
+    wait_for_start(&options)?;
 
     // Like Codex: re-read just before the request, and adopt a file another process refreshed.
     let read = read_auth(&path)?;
@@ -608,6 +706,13 @@ fn run() -> Result<i32, Stop> {
         }
     }
 
+    let settled = redeem(&options, &path, &read, reason)?;
+    end(settled.outcome, &settled.holding)?;
+    Ok(settled.code)
+}
+
+/// Sends the request with the refresh token of `read` and settles the answer like Codex.
+fn redeem(options: &Options, path: &Path, read: &Loaded, reason: &str) -> Result<Settled, Stop> {
     event(format!(
         "requesting rt={} reason={reason}",
         fingerprint(&read.tokens.refresh_token)
@@ -620,9 +725,9 @@ fn run() -> Result<i32, Stop> {
         } => {
             event("answer status=200".into())?;
             persist(
-                &options,
-                &path,
-                &read,
+                options,
+                path,
+                read,
                 &access_token,
                 refresh_token.as_deref(),
                 id_token.as_deref(),
@@ -638,16 +743,14 @@ fn run() -> Result<i32, Stop> {
             event(format!("answer status={status} code={shown}"))?;
             if !permanent {
                 event(format!("transient what={}", what.replace(' ', "_")))?;
-                end("transient", &read.tokens)?;
-                return Ok(exit::TRANSIENT);
+                return Ok(Settled::new(exit::TRANSIENT, "transient", &read.tokens));
             }
             event(format!("refused code={shown} status={status}"))?;
             if code.as_deref() != Some("refresh_token_reused") {
-                end("refused", &read.tokens)?;
-                return Ok(exit::REFUSED);
+                return Ok(Settled::new(exit::REFUSED, "refused", &read.tokens));
             }
             // Like Codex: look at the file once more, and adopt it if another process rotated.
-            let again = read_auth(&path).ok();
+            let again = read_auth(path).ok();
             match again {
                 Some(again) if again.tokens.refresh_token != read.tokens.refresh_token => {
                     event(format!(
@@ -658,14 +761,16 @@ fn run() -> Result<i32, Stop> {
                         "adopted rt={} when=after-reuse",
                         fingerprint(&again.tokens.refresh_token)
                     ))?;
-                    end("adopted-after-reuse", &again.tokens)?;
-                    Ok(exit::ADOPTED_AFTER_REUSE)
+                    Ok(Settled::new(
+                        exit::ADOPTED_AFTER_REUSE,
+                        "adopted-after-reuse",
+                        &again.tokens,
+                    ))
                 }
                 _ => {
                     event("reread unchanged".into())?;
                     event("stuck".into())?;
-                    end("stuck", &read.tokens)?;
-                    Ok(exit::STUCK)
+                    Ok(Settled::new(exit::STUCK, "stuck", &read.tokens))
                 }
             }
         }
