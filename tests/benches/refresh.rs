@@ -487,7 +487,8 @@ fn race_once(worker: &Path) -> Result<RaceResult, String> {
                     answered[i] = true;
                     first.get_or_insert(at);
                     last = last.max(at);
-                    match line.strip_prefix("done ") {
+                    // `done <fingerprint> <microseconds>`
+                    match line.strip_prefix("done ").and_then(|r| r.split(' ').next()) {
                         Some(fp) => fingerprints.push(fp.to_owned()),
                         None => errors.push(format!("worker {i}: {line}")),
                     }
