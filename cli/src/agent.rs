@@ -28,7 +28,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
         lead: args.lead,
         ..AgentConfig::default()
     };
-    let agent = Agent::new(ctx.store()?, ctx.refresh_config(), config).map_err(agent_failure)?;
+    let mut agent =
+        Agent::new(ctx.store()?, ctx.refresh_config(), config).map_err(agent_failure)?;
+    if let Some(fleet) = ctx.fleet_args().fleet()? {
+        agent = agent.with_fleet(fleet);
+    }
     let runtime = ctx.runtime()?;
     runtime.block_on(async move {
         let stop = stop_signal().map_err(|e| {

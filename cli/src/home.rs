@@ -14,6 +14,7 @@ pub struct Context {
     home: Option<PathBuf>,
     lock_timeout: Option<Duration>,
     reuse_wait: Option<Duration>,
+    fleet: crate::fleet::FleetArgs,
 }
 
 impl Context {
@@ -22,12 +23,19 @@ impl Context {
         home: Option<PathBuf>,
         lock_timeout: Option<Duration>,
         reuse_wait: Option<Duration>,
+        fleet: crate::fleet::FleetArgs,
     ) -> Self {
         Context {
             home,
             lock_timeout,
             reuse_wait,
+            fleet,
         }
+    }
+
+    /// The fleet options.
+    pub fn fleet_args(&self) -> &crate::fleet::FleetArgs {
+        &self.fleet
     }
 
     /// `--home`, else `$CODEX_HOME` (which must name an existing directory), else `~/.codex`.

@@ -91,6 +91,9 @@ struct InspectReport {
     fingerprints: Fingerprints,
     problems: Vec<String>,
     error: Option<String>,
+    /// The fleet's record, with `--fleet`: revision, account, last rotation and its machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<codex_refresh::fleet::FleetStatus>,
     /// The journal's records, oldest first (only with `--history`).
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<Vec<JournalRecord>>,
@@ -277,6 +280,28 @@ impl fmt::Display for InspectReport {
                 writeln!(f, "  - {}", escape(problem))?;
             }
         }
+        if let Some(fleet) = &self.fleet {
+            writeln!(f, "fleet:")?;
+            let last = fleet.last_rotation.as_ref();
+            let rows = [
+                ("record", fleet.key.clone()),
+                ("revision", show(&fleet.revision)),
+                ("sha256", show(&fleet.generation)),
+                ("account id", show(&fleet.account_id)),
+                ("refresh token sha256", show(&fleet.refresh_token)),
+                (
+                    "last rotation",
+                    last.map_or_else(
+                        || "-".to_owned(),
+                        |r| format!("{} by {} at {}", r.kind, r.machine, r.at),
+                    ),
+                ),
+                ("lock holder", show(&fleet.lock_holder)),
+            ];
+            for (key, value) in rows {
+                writeln!(f, "  {key:<21} {}", escape(&value))?;
+            }
+        }
         if let Some(history) = &self.history {
             writeln!(f, "history ({} records, oldest first):", history.len())?;
             for record in history {
@@ -338,6 +363,12 @@ impl fmt::Display for HistoryLine<'_> {
 
 /// Runs `inspect`: exits 0 whenever a report was produced.
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
-    let report = build(&ctx.home()?, args.history);
+    let mut report = build(&ctx.home()?, args.history);
+    if let Some(fleet) = ctx.fleet_args().fleet()? {
+        match ctx.runtime()?.block_on(fleet.status()) {
+            Ok(status) => report.fleet = Some(status),
+            Err(e) => report.problems.push(format!("the fleet: {e}")),
+        }
+    }
     crate::exit::print_report(&report, args.json)
 }

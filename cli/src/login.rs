@@ -68,7 +68,19 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     crate::exit::write_stdout(&format!(
         "Stored an API key in {} (generation {generation})\n",
         store.path().display()
-    ))
+    ))?;
+    // With --fleet, the key becomes every machine's login.
+    if let Some(fleet) = ctx.fleet_args().fleet()? {
+        let revision = ctx
+            .runtime()?
+            .block_on(fleet.seed(&doc, true))
+            .map_err(crate::fleet::fleet_failure)?;
+        crate::exit::write_stdout(&format!(
+            "Stored it as the fleet's login {} (revision {revision})\n",
+            fleet.record_key()
+        ))?;
+    }
+    Ok(())
 }
 
 /// The most stdin is read for an API key (real keys are about 200 bytes); longer input is an

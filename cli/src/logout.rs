@@ -9,8 +9,24 @@ use crate::home::Context;
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-/// Runs `logout`. Removing nothing is not an error.
+/// Runs `logout` (with `--fleet`, the fleet's login first: every machine is signed out).
+/// Removing nothing is not an error.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
+    if let Some(fleet) = ctx.fleet_args().fleet()? {
+        let removed = ctx
+            .runtime()?
+            .block_on(fleet.delete())
+            .map_err(crate::fleet::fleet_failure)?;
+        let what = if removed {
+            "Removed"
+        } else {
+            "No login to remove in"
+        };
+        crate::exit::write_stdout(&format!(
+            "{what} the fleet's login {}\n",
+            fleet.record_key()
+        ))?;
+    }
     let backend = FileBackend::from_store(ctx.store()?);
     let path = backend.store().path().display().to_string();
     let removed = match backend.delete() {

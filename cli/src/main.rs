@@ -2,6 +2,7 @@
 
 mod agent;
 mod exit;
+mod fleet;
 mod home;
 mod inspect;
 mod login;
@@ -48,6 +49,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     reuse_wait: Option<Duration>,
 
+    #[command(flatten)]
+    fleet: fleet::FleetArgs,
+
     /// Log what happens to stderr (RUST_LOG also works).
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -61,6 +65,8 @@ enum Command {
     /// Keep the credentials fresh in the foreground (for a terminal, a systemd user unit,
     /// launchd or a container), so that Codex processes never refresh; stop with SIGTERM/SIGINT.
     Agent(agent::Args),
+    /// Share one login across machines through etcd (`fleet seed`).
+    Fleet(fleet::Args),
     /// Show what is on disk (account, mode, expiry, permissions, lock) without any secret.
     Inspect(inspect::Args),
     /// Print the usable bearer token, refreshing it first when due.
@@ -96,9 +102,10 @@ fn init_tracing(verbose: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait);
+    let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait, cli.fleet);
     let result = match cli.command {
         Command::Agent(args) => agent::run(&ctx, args),
+        Command::Fleet(args) => fleet::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Token(args) => token::run(&ctx, args),
         Command::Refresh(args) => refresh::run(&ctx, args),

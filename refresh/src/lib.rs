@@ -115,6 +115,7 @@ mod config;
 mod due;
 mod error;
 mod external;
+pub mod fleet;
 mod host;
 mod manager;
 mod outcome;

@@ -48,6 +48,20 @@ pub enum AgentEventKind {
         /// When the agent will refresh next (RFC 3339).
         next_refresh: Option<String>,
     },
+    /// The fleet's login (a rotation another machine made) was written into auth.json.
+    Mirrored {
+        /// The fleet record's revision.
+        revision: i64,
+        /// The refresh token's fingerprint.
+        refresh: Option<String>,
+    },
+    /// A rotation a local process made (outside the agent) was uploaded to the fleet.
+    Uploaded {
+        /// The fleet record's new revision.
+        revision: i64,
+        /// The refresh token's fingerprint.
+        refresh: Option<String>,
+    },
     /// A refresh (or a read) failed.
     Failed {
         /// `transient` (retried), `sign_in_required` (not retried for these credentials),
@@ -122,6 +136,16 @@ impl fmt::Display for AgentEvent {
                 "adopted: another process wrote access {access}, refresh {}; next refresh {}",
                 or_dash(refresh),
                 or_dash(next_refresh)
+            ),
+            AgentEventKind::Mirrored { revision, refresh } => write!(
+                f,
+                "mirrored: the fleet's login (revision {revision}, refresh {}) written to auth.json",
+                or_dash(refresh)
+            ),
+            AgentEventKind::Uploaded { revision, refresh } => write!(
+                f,
+                "uploaded: a local rotation (refresh {}) is now the fleet's login (revision {revision})",
+                or_dash(refresh)
             ),
             AgentEventKind::Failed {
                 class,

@@ -13,6 +13,7 @@
 //! the sink (here: auth.json itself).
 
 mod event;
+mod fleet;
 mod schedule;
 mod watch;
 
@@ -141,6 +142,8 @@ pub struct Agent {
     /// The reason of the last idle report, so that it is reported once.
     idle: Option<&'static str>,
     started: SystemTime,
+    /// The fleet this machine belongs to, if any.
+    fleet: Option<fleet::FleetSync>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -180,7 +183,16 @@ impl Agent {
             refused: None,
             idle: None,
             started: SystemTime::now(),
+            fleet: None,
         })
+    }
+
+    /// The same agent for a machine of `fleet`: the login lives in etcd; this agent mirrors it
+    /// into the local auth.json, uploads rotations made locally, and refreshes for every
+    /// machine when it holds the fleet's lock (see [`crate::fleet`]).
+    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> Agent {
+        self.fleet = Some(fleet::FleetSync::new(fleet));
+        self
     }
 
     /// Runs until `shutdown` resolves: claims the store (one agent per auth.json), then keeps
@@ -231,9 +243,11 @@ impl Agent {
                 Plan::UntilChange(state) => (state, None),
             };
             self.publish(&claim, state, wake);
+            let remote = self.fleet.as_ref().map(|f| (Arc::clone(&f.fleet), f.seen));
             tokio::select! {
                 () = sleep_until(wake) => {}
                 () = watch.changed() => {}
+                () = fleet_changed(remote) => {}
                 () = &mut shutdown => break "asked to stop",
             }
         };
@@ -252,24 +266,36 @@ impl Agent {
 
     /// Reads auth.json, and refreshes when it is due.
     async fn step(&mut self, claim: &AgentClaim, on_event: &mut impl FnMut(&AgentEvent)) -> Plan {
+        if self.fleet.is_some() {
+            return self.step_fleet(claim, on_event).await;
+        }
+        if let Some(plan) = self.step_local_schedule(on_event) {
+            return plan;
+        }
+        self.refresh_local(claim, on_event).await
+    }
+
+    /// Reads auth.json: reports what changed, and says what to do unless a refresh is due now
+    /// (`None`).
+    fn step_local_schedule(&mut self, on_event: &mut impl FnMut(&AgentEvent)) -> Option<Plan> {
         let before = self.manager.cached();
         let current = match self.manager.reload() {
             Ok(current) => current,
-            Err(e) => return self.failed(&e, on_event),
+            Err(e) => return Some(self.failed(&e, on_event)),
         };
         let Some(auth) = current else {
-            return self.go_idle(
+            return Some(self.go_idle(
                 "signed_out",
                 "no credentials in auth.json; sign in (`codex login`) and the agent takes over",
                 on_event,
-            );
+            ));
         };
         if auth.mode() != Mode::Chatgpt {
-            return self.go_idle(
+            return Some(self.go_idle(
                 "api_key",
                 "API keys never need a refresh; nothing to do until a ChatGPT sign-in",
                 on_event,
-            );
+            ));
         }
         self.idle = None;
         if let Some(before) = before.filter(|b| b.generation() != auth.generation()) {
@@ -280,14 +306,23 @@ impl Agent {
             }
         }
         if self.refused == Some(auth.generation()) {
-            return Plan::UntilChange(AgentState::Refused);
+            return Some(Plan::UntilChange(AgentState::Refused));
         }
         self.refused = None;
         let config = self.manager.config().clone();
         let due = auth.due_at(&config).unwrap_or(SystemTime::UNIX_EPOCH);
         if due > SystemTime::now() {
-            return Plan::At(due, AgentState::Waiting);
+            return Some(Plan::At(due, AgentState::Waiting));
         }
+        None
+    }
+
+    /// Refreshes this machine's auth.json through the guarded protocol.
+    async fn refresh_local(
+        &mut self,
+        claim: &AgentClaim,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
         self.publish(claim, AgentState::Refreshing, None);
         match self.manager.run(Urgency::IfDue).await {
             Ok(outcome) => {
@@ -390,6 +425,18 @@ fn class_name(class: ErrorClass) -> &'static str {
         ErrorClass::Corrupt => "corrupt",
         ErrorClass::UnsupportedMode => "unsupported_mode",
         ErrorClass::Other => "other",
+    }
+}
+
+/// Resolves when the fleet record changes after `seen` (or the watch times out); never when
+/// there is no fleet or etcd cannot be reached (the plan's timer retries then).
+async fn fleet_changed(remote: Option<(Arc<crate::fleet::Fleet>, i64)>) {
+    let Some((fleet, seen)) = remote else {
+        return std::future::pending().await;
+    };
+    match fleet.wait_change(seen, schedule::MAX_SLEEP).await {
+        Ok(_) => {}
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,132 @@
+//! The fleet's refresh lock: `<prefix>/lock`, created only when absent and attached to a lease
+//! that a background task keeps alive. A crashed holder's lease expires and frees the lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::etcd::{Compare, Op};
+use super::{Fleet, FleetError};
+
+/// The fleet's refresh lock, held by this process. Dropping it stops the keep-alive; release it
+/// with [`FleetLock::release`] to free it at once (else it expires with its lease).
+pub struct FleetLock {
+    lease: i64,
+    /// The lock key's `create_revision`: what a fenced write compares.
+    pub(crate) revision: i64,
+    alive: Arc<AtomicBool>,
+    /// Until when the lease is known to live (from the last grant or keep-alive).
+    until: Arc<std::sync::Mutex<Instant>>,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FleetLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetLock")
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetLock {
+    /// Whether the lease is still known to be alive, with at least `margin` to go.
+    pub(crate) fn alive_for(&self, margin: std::time::Duration) -> bool {
+        self.alive.load(Ordering::Acquire)
+            && *self.until.lock().unwrap_or_else(|p| p.into_inner()) > Instant::now() + margin
+    }
+
+    /// Frees the lock now (revokes the lease).
+    pub(crate) async fn release(self, fleet: &Fleet) {
+        self.keepalive.abort();
+        if let Err(e) = fleet.etcd.revoke(self.lease).await {
+            tracing::warn!(error = %e, "could not revoke the fleet lock's lease; it expires by itself");
+        }
+    }
+}
+
+impl Drop for FleetLock {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+impl Fleet {
+    /// Takes the fleet's refresh lock if nobody holds it; `None` when another holder has it.
+    ///
+    /// # Errors
+    /// The etcd errors.
+    pub(crate) async fn try_lock(self: &Arc<Self>) -> Result<Option<FleetLock>, FleetError> {
+        let ttl = self.config.lock_ttl;
+        let lease = self.etcd.grant(ttl).await?;
+        let granted = Instant::now();
+        let key = self.key("lock");
+        let holder = format!("{} pid {}", self.config.machine, std::process::id());
+        let result = self
+            .etcd
+            .txn(
+                &[Compare::CreateRevision(key.clone(), 0)],
+                &[
+                    Op::Put {
+                        key: key.clone(),
+                        value: holder.into_bytes(),
+                        lease,
+                    },
+                    Op::Get(key.clone()),
+                ],
+                &[],
+            )
+            .await;
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                let _ = self.etcd.revoke(lease).await;
+                return Err(e);
+            }
+        };
+        if !result.succeeded {
+            let _ = self.etcd.revoke(lease).await;
+            return Ok(None);
+        }
+        let revision = result
+            .gets
+            .first()
+            .and_then(|kv| kv.as_ref())
+            .map_or(result.revision, |kv| kv.create_revision);
+        let alive = Arc::new(AtomicBool::new(true));
+        let until = Arc::new(std::sync::Mutex::new(granted + ttl));
+        let keepalive = {
+            let fleet = Arc::clone(self);
+            let alive = Arc::clone(&alive);
+            let until = Arc::clone(&until);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let sent = Instant::now();
+                    match fleet.etcd.keep_alive(lease).await {
+                        Ok(left) if left > 0 => {
+                            *until.lock().unwrap_or_else(|p| p.into_inner()) =
+                                sent + std::time::Duration::from_secs(left as u64);
+                        }
+                        Ok(_) => {
+                            alive.store(false, Ordering::Release);
+                            tracing::warn!("the fleet lock's lease expired");
+                            return;
+                        }
+                        Err(e) => {
+                            // The lease may still live (etcd unreachable for a moment): the
+                            // deadline in `until` says for how long.
+                            tracing::warn!(error = %e, "could not renew the fleet lock's lease");
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Some(FleetLock {
+            lease,
+            revision,
+            alive,
+            until,
+            keepalive,
+        }))
+    }
+}

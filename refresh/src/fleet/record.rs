@@ -1,0 +1,306 @@
+//! The fleet record: the login document under `<prefix>/auth.json`, the last rotation under
+//! `<prefix>/rotation`, a refusal remembered for the whole fleet under `<prefix>/refusal`.
+
+use std::time::Duration;
+
+use codex_store::{AuthDotJson, Generation, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::etcd::{Compare, Op};
+use super::{Fleet, FleetError};
+
+/// The login as the fleet holds it.
+#[derive(Clone)]
+pub struct FleetRecord {
+    /// The etcd revision of the record key (its `mod_revision`).
+    pub revision: i64,
+    /// The SHA-256 of its bytes: with the revision, the record's generation.
+    pub generation: Generation,
+    /// The document's bytes.
+    pub bytes: Vec<u8>,
+    /// The document.
+    pub document: AuthDotJson,
+}
+
+impl std::fmt::Debug for FleetRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetRecord")
+            .field("revision", &self.revision)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetRecord {
+    /// The refresh token's fingerprint, when the document holds ChatGPT tokens.
+    pub fn refresh_fingerprint(&self) -> Option<String> {
+        self.document
+            .tokens
+            .as_ref()
+            .map(|t| t.refresh_token.fingerprint())
+    }
+}
+
+/// Who made the record's last change, and how. No secret: a fingerprint at most.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationMeta {
+    /// The machine ([`super::FleetConfig::machine`]).
+    pub machine: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// `refreshed` (the fleet lock holder redeemed the token), `uploaded` (a local process's
+    /// rotation), `seeded`, `signed_in`.
+    pub kind: String,
+    /// The new refresh token's fingerprint.
+    pub refresh: Option<String>,
+}
+
+impl RotationMeta {
+    pub(crate) fn now(fleet: &Fleet, kind: &str, doc: &AuthDotJson) -> Self {
+        RotationMeta {
+            machine: fleet.config.machine.clone(),
+            at: Timestamp::now().as_str().to_owned(),
+            kind: kind.to_owned(),
+            refresh: doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint()),
+        }
+    }
+}
+
+/// A permanent refusal remembered for the whole fleet, so that no machine sends that refresh
+/// token again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Refusal {
+    pub(crate) refresh: String,
+    pub(crate) code: String,
+    pub(crate) machine: String,
+    pub(crate) at: String,
+}
+
+/// What `inspect` shows of a fleet. No secret.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetStatus {
+    /// The record key.
+    pub key: String,
+    /// Its revision, when it exists.
+    pub revision: Option<i64>,
+    /// The SHA-256 of its bytes.
+    pub generation: Option<String>,
+    /// The account of the login.
+    pub account_id: Option<String>,
+    /// The refresh token's fingerprint.
+    pub refresh_token: Option<String>,
+    /// The last change: who, when, how.
+    pub last_rotation: Option<RotationMeta>,
+    /// Who holds the fleet's refresh lock now (`machine pid N`).
+    pub lock_holder: Option<String>,
+}
+
+impl Fleet {
+    /// The record, `None` when the fleet holds no login.
+    ///
+    /// # Errors
+    /// [`FleetError::Unreachable`], [`FleetError::Etcd`]; [`FleetError::InvalidRecord`] when the
+    /// value is not an auth.json document.
+    pub async fn read(&self) -> Result<Option<FleetRecord>, FleetError> {
+        let (kv, _) = self.etcd.get(&self.record_key()).await?;
+        kv.map(|kv| self.parse(kv.value, kv.mod_revision))
+            .transpose()
+    }
+
+    fn parse(&self, bytes: Vec<u8>, revision: i64) -> Result<FleetRecord, FleetError> {
+        let document = AuthDotJson::from_json(&bytes).map_err(|e| FleetError::InvalidRecord {
+            key: self.record_key(),
+            reason: e.to_string(),
+        })?;
+        Ok(FleetRecord {
+            revision,
+            generation: Generation::of_bytes(&bytes),
+            bytes,
+            document,
+        })
+    }
+
+    /// Writes `doc` if the record is still at `expected` (0: absent), with `meta` as the last
+    /// rotation. `Ok(Ok(revision))` with the new revision, `Ok(Err(current))` when the record
+    /// moved on (nothing written).
+    ///
+    /// # Errors
+    /// [`FleetError::Unreachable`], [`FleetError::Etcd`], [`FleetError::InvalidRecord`].
+    pub async fn put_if(
+        &self,
+        expected: i64,
+        doc: &AuthDotJson,
+        meta: &RotationMeta,
+    ) -> Result<Result<i64, Option<FleetRecord>>, FleetError> {
+        self.put_fenced(expected, None, doc, meta).await
+    }
+
+    /// Like [`Fleet::put_if`], also requiring the lock key to be the one created at
+    /// `lock_revision` (held by this holder).
+    pub(crate) async fn put_fenced(
+        &self,
+        expected: i64,
+        lock_revision: Option<i64>,
+        doc: &AuthDotJson,
+        meta: &RotationMeta,
+    ) -> Result<Result<i64, Option<FleetRecord>>, FleetError> {
+        let key = self.record_key();
+        let mut compare = vec![Compare::ModRevision(key.clone(), expected)];
+        if let Some(rev) = lock_revision {
+            compare.push(Compare::CreateRevision(self.key("lock"), rev));
+        }
+        let meta_bytes = serde_json::to_vec(meta).unwrap_or_default();
+        let result = self
+            .etcd
+            .txn(
+                &compare,
+                &[
+                    Op::Put {
+                        key: key.clone(),
+                        value: doc.to_json(),
+                        lease: 0,
+                    },
+                    Op::Put {
+                        key: self.key("rotation"),
+                        value: meta_bytes,
+                        lease: 0,
+                    },
+                ],
+                &[Op::Get(key)],
+            )
+            .await?;
+        if result.succeeded {
+            return Ok(Ok(result.revision));
+        }
+        let current = result
+            .gets
+            .into_iter()
+            .next()
+            .flatten()
+            .map(|kv| self.parse(kv.value, kv.mod_revision))
+            .transpose()?;
+        Ok(Err(current))
+    }
+
+    /// Seeds the fleet with `doc` (a local auth.json): only when the fleet holds no login,
+    /// unless `force`. Returns the record's revision.
+    ///
+    /// # Errors
+    /// [`FleetError::AlreadySeeded`] when it holds one and `force` is false; the etcd errors.
+    pub async fn seed(&self, doc: &AuthDotJson, force: bool) -> Result<i64, FleetError> {
+        let meta = RotationMeta::now(self, "seeded", doc);
+        loop {
+            let current = self.read().await?;
+            let expected = match &current {
+                Some(record) if !force => {
+                    return Err(FleetError::AlreadySeeded {
+                        key: self.record_key(),
+                        revision: record.revision,
+                    })
+                }
+                Some(record) => record.revision,
+                None => 0,
+            };
+            if let Ok(revision) = self.put_if(expected, doc, &meta).await? {
+                self.clear_refusal().await?;
+                return Ok(revision);
+            }
+        }
+    }
+
+    /// Removes the login from the fleet (sign-out for every machine). Returns whether there was
+    /// one.
+    ///
+    /// # Errors
+    /// The etcd errors.
+    pub async fn delete(&self) -> Result<bool, FleetError> {
+        let existed = self.read().await.ok().flatten().is_some();
+        self.etcd
+            .txn(
+                &[],
+                &[
+                    Op::Delete(self.record_key()),
+                    Op::Delete(self.key("refusal")),
+                ],
+                &[],
+            )
+            .await?;
+        Ok(existed)
+    }
+
+    /// What `inspect` shows.
+    ///
+    /// # Errors
+    /// The etcd errors; an unreadable record is shown without its account.
+    pub async fn status(&self) -> Result<FleetStatus, FleetError> {
+        let record = self.read().await;
+        let (rotation, _) = self.etcd.get(&self.key("rotation")).await?;
+        let (lock, _) = self.etcd.get(&self.key("lock")).await?;
+        let record = record.ok().flatten();
+        Ok(FleetStatus {
+            key: self.record_key(),
+            revision: record.as_ref().map(|r| r.revision),
+            generation: record.as_ref().map(|r| r.generation.to_string()),
+            account_id: record
+                .as_ref()
+                .and_then(|r| r.document.tokens.as_ref())
+                .and_then(|t| t.account()),
+            refresh_token: record.as_ref().and_then(FleetRecord::refresh_fingerprint),
+            last_rotation: rotation.and_then(|kv| serde_json::from_slice(&kv.value).ok()),
+            lock_holder: lock.map(|kv| {
+                String::from_utf8_lossy(&kv.value)
+                    .escape_debug()
+                    .to_string()
+            }),
+        })
+    }
+
+    /// Waits until the record changes after `revision`, at most `timeout`; whether it did.
+    ///
+    /// # Errors
+    /// [`FleetError::Unreachable`] when no endpoint accepts a watch.
+    pub async fn wait_change(&self, revision: i64, timeout: Duration) -> Result<bool, FleetError> {
+        Ok(self
+            .etcd
+            .wait_change(&self.record_key(), revision, timeout)
+            .await?
+            .is_some())
+    }
+
+    pub(crate) async fn refusal(&self) -> Result<Option<Refusal>, FleetError> {
+        let (kv, _) = self.etcd.get(&self.key("refusal")).await?;
+        Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+
+    pub(crate) async fn remember_refusal(
+        &self,
+        refresh: &str,
+        code: &str,
+    ) -> Result<(), FleetError> {
+        let refusal = Refusal {
+            refresh: refresh.to_owned(),
+            code: code.chars().take(64).collect(),
+            machine: self.config.machine.clone(),
+            at: Timestamp::now().as_str().to_owned(),
+        };
+        self.etcd
+            .txn(
+                &[],
+                &[Op::Put {
+                    key: self.key("refusal"),
+                    value: serde_json::to_vec(&refusal).unwrap_or_default(),
+                    lease: 0,
+                }],
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_refusal(&self) -> Result<(), FleetError> {
+        self.etcd
+            .txn(&[], &[Op::Delete(self.key("refusal"))], &[])
+            .await?;
+        Ok(())
+    }
+}
