@@ -7,6 +7,7 @@
 pub mod cli_support;
 pub mod codex_sim;
 pub mod coexist;
+pub mod etcd;
 pub mod fake_idp;
 pub mod faults;
 pub mod jwt;
@@ -14,4 +15,5 @@ pub mod programs;
 pub mod real_codex;
 pub mod refresh_fixtures;
 pub mod store_fixtures;
+pub mod tcp_proxy;
 pub mod worker;

@@ -13,6 +13,7 @@ mod codex_sim;
 mod coexistence;
 mod commands;
 mod concurrency;
+mod fleet;
 mod inspect;
 mod lock;
 mod real_codex;

@@ -240,11 +240,12 @@ impl Agent {
                 return self.fleet_failed(&e, on_event);
             }
         };
-        // Losing the lease aborts the holder before it sends anything.
-        let http = self.manager.config().http_timeout;
-        if !lock.alive_for(http) {
+        // Losing the lease aborts the holder before it sends anything: the lease must be known
+        // alive for a third of its time to live (the keep-alive renews it every third).
+        let margin = (fleet.config().lock_ttl / 3).min(self.manager.config().http_timeout);
+        if !lock.alive_for(margin) {
             lock.release(fleet).await;
-            return Plan::Again;
+            return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
         }
         self.publish(claim, AgentState::Refreshing, None);
         let result = self.manager.run(Urgency::IfDue).await;

@@ -1,0 +1,219 @@
+//! Real etcd for the fleet tests: one or three members on loopback ports, each with a
+//! temporary data directory, started by the tests themselves.
+//!
+//! `etcd` must be on PATH (Debian: `apt-get install etcd-server`; `.ci/run` installs it). Without
+//! it the kit panics naming the package: a fleet test never skips.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a member may take to answer after it starts.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `etcd` binary on PATH. Panics, naming the package, when there is none.
+pub fn etcd_binary() -> PathBuf {
+    crate::programs::on_path("etcd").unwrap_or_else(|| {
+        panic!(
+            "etcd is not installed: the fleet tests run a real etcd; install Debian's \
+             etcd-server (`apt-get update && apt-get install -y etcd-server`), as .ci/run does"
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// One member of a test cluster.
+struct Member {
+    name: String,
+    client: String,
+    peer: String,
+    child: Option<Child>,
+}
+
+/// A cluster of real etcd members; dropping it kills them and removes their data.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    dir: TempDir,
+    bin: PathBuf,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members (1 or 3) and waits until the cluster has a leader.
+    pub fn start(n: usize) -> EtcdCluster {
+        let bin = etcd_binary();
+        let dir = tempfile::tempdir().expect("a temp dir for etcd's data");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: format!("http://127.0.0.1:{}", free_port()),
+                peer: format!("http://127.0.0.1:{}", free_port()),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            dir,
+            bin,
+        };
+        for i in 0..n {
+            cluster.spawn(i, "new");
+        }
+        cluster.wait_for_leader();
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let data = self.dir.path().join(&self.members[i].name);
+        let m = &self.members[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name)))
+            .expect("an etcd log file");
+        let child = Command::new(&self.bin)
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &m.client])
+            .args(["--advertise-client-urls", &m.client])
+            .args(["--listen-peer-urls", &m.peer])
+            .args(["--initial-advertise-peer-urls", &m.peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "codex-store-tests"])
+            // Quick elections, so that a killed leader is replaced within a second or two.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start etcd {}: {e}", self.bin.display()));
+        self.members[i].child = Some(child);
+    }
+
+    /// The client URLs of the members, comma-separated (for `--fleet`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.client.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].client.clone()
+    }
+
+    /// `POST /v3/maintenance/status` on `client` (plain HTTP/1.1 over a socket; no client
+    /// library needed).
+    fn status(client: &str) -> Option<Value> {
+        post_json(client, "/v3/maintenance/status", "{}")
+    }
+
+    /// `POST path` with a JSON `body` on member `i` (for a test that plays a crashed lock holder).
+    pub fn post(&self, i: usize, path: &str, body: &Value) -> Option<Value> {
+        post_json(&self.members[i].client, path, &body.to_string())
+    }
+
+    /// The index of the leader, as the running members report it.
+    pub fn leader(&self) -> Option<usize> {
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let Some(status) = Self::status(&m.client) else {
+                continue;
+            };
+            let leader = status.get("leader").and_then(Value::as_str)?.to_owned();
+            for (i, other) in self.members.iter().enumerate() {
+                if other.child.is_none() {
+                    continue;
+                }
+                let id = Self::status(&other.client).and_then(|s| {
+                    s.get("header")?
+                        .get("member_id")?
+                        .as_str()
+                        .map(str::to_owned)
+                });
+                if id.as_deref() == Some(leader.as_str()) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until the running members have a leader. Panics after [`START_TIMEOUT`], with the
+    /// members' logs.
+    pub fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(leader) = self.leader() {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the etcd cluster has no leader after {START_TIMEOUT:?}; logs in {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again (after [`EtcdCluster::kill`]), with its data.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, "existing");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `POST path` with a JSON body to `client` (plain HTTP/1.1 over a socket).
+fn post_json(client: &str, path: &str, body: &str) -> Option<Value> {
+    use std::io::{Read, Write};
+    let addr = client.strip_prefix("http://")?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
+     application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let start = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let answer = &answer[start..];
+    // The gateway may answer chunked: the JSON object is between the first `{` and the
+    // last `}`.
+    let open = answer.iter().position(|b| *b == b'{')?;
+    let close = answer.iter().rposition(|b| *b == b'}')?;
+    serde_json::from_slice(&answer[open..=close]).ok()
+}
