@@ -179,30 +179,62 @@ impl Case {
         );
     }
 
+    /// A plain `codex-store token` (`run` names it in messages, `why` says why it must
+    /// succeed) exits 0 and prints `access` (`None`: the access token the endpoint issued last,
+    /// after the run), the endpoint has read `requests` requests in all, and auth.json holds the
+    /// live refresh token. `what` begins every message.
+    #[track_caller]
+    fn assert_plain_run_installs(
+        &self,
+        run: &str,
+        why: &str,
+        access: Option<&str>,
+        requests: usize,
+        what: &str,
+    ) {
+        let next = self.token();
+        next.expect_code(
+            exit::OK,
+            &format!(
+                "{what}: {run} must succeed: {why} ({})",
+                self.describe_disk()
+            ),
+        );
+        let issued_last = self.issued().access_token;
+        next.expect_token(
+            access.unwrap_or(&issued_last),
+            &format!(
+                "{what}: {run} must print the access token {}",
+                if access.is_some() {
+                    "obtained before"
+                } else {
+                    "it obtained"
+                }
+            ),
+        );
+        self.idp.expect_requests(
+            requests,
+            &format!("{what}: {run} sent the wrong number of requests"),
+        );
+        assert_eq!(
+            self.refresh_token_on_disk(),
+            Some(self.idp.current_refresh_token()),
+            "{what}: after {run} auth.json must hold the live refresh token; {}",
+            self.describe_disk()
+        );
+    }
+
     /// Once the faults are gone, a plain run refreshes once and stores the live token: nothing
     /// the failed run left behind is in the way.
     #[track_caller]
     fn assert_store_still_works(&self, what: &str) {
         let requests = self.idp.requests();
-        let next = self.token();
-        next.expect_code(
-            exit::OK,
-            &format!("{what}: a plain run after the fault must refresh"),
-        );
-        next.expect_token(
-            &self.issued().access_token,
-            &format!("{what}: the plain run must print the token it obtained"),
-        );
-        assert_eq!(
-            self.idp.requests(),
+        self.assert_plain_run_installs(
+            "the plain run after the fault",
+            "it refreshes once, nothing the failed run left behind may be in the way",
+            None,
             requests + 1,
-            "{what}: the plain run must send exactly one request"
-        );
-        assert_eq!(
-            self.refresh_token_on_disk(),
-            Some(self.idp.current_refresh_token()),
-            "{what}: after the plain run auth.json must hold the live refresh token; {}",
-            self.describe_disk()
+            what,
         );
     }
 
@@ -242,30 +274,13 @@ impl Case {
             out.describe(),
             faults.describe()
         );
-        let next = self.token();
-        next.expect_code(
-            exit::OK,
-            &format!(
-                "{what}: the command failed after the token was redeemed, so the next plain run \
-                 must install the saved rotation ({})",
-                self.describe_disk()
-            ),
-        );
-        next.expect_token(
-            &issued.access_token,
-            &format!("{what}: the next run must print the access token obtained before"),
-        );
-        assert_eq!(
-            self.idp.requests(),
+        self.assert_plain_run_installs(
+            "the next plain run",
+            "the command failed after the token was redeemed, so it installs the saved rotation \
+             without another request",
+            Some(&issued.access_token),
             1,
-            "{what}: the next run must not send another request (presented: {:?})",
-            self.presented()
-        );
-        assert_eq!(
-            self.refresh_token_on_disk(),
-            Some(live),
-            "{what}: after the next run auth.json must hold the live refresh token; {}",
-            self.describe_disk()
+            what,
         );
         eprintln!(
             "{what}: exit {:?}, the next plain run installed the live refresh token",
@@ -798,23 +813,12 @@ fn a_saved_rotation_is_never_bypassed_when_auth_json_reads_as_half_written_durin
                 "{what}: a success must print the saved rotation's access token"
             );
         }
-        let next = case.token();
-        next.expect_code(exit::OK, &format!("{what}: a plain run afterwards"));
-        next.expect_token(
-            &issued.access_token,
-            &format!("{what}: a plain run afterwards prints the saved rotation's access token"),
-        );
-        assert_eq!(
-            case.idp.requests(),
+        case.assert_plain_run_installs(
+            "a plain run afterwards",
+            "it installs the saved rotation, prints its access token and sends no request",
+            Some(&issued.access_token),
             1,
-            "{what}: the plain run afterwards must not send a request (presented: {:?})",
-            case.presented()
-        );
-        assert_eq!(
-            case.refresh_token_on_disk(),
-            Some(case.idp.current_refresh_token()),
-            "{what}: auth.json must end with the live refresh token; {}",
-            case.describe_disk()
+            &what,
         );
     }
     assert!(
@@ -1060,16 +1064,11 @@ fn a_crash_half_way_through_an_in_place_install_is_finished_by_the_next_run_with
         0,
         "the crash did not leave auth.json cut short, so this test tests nothing"
     );
-    let next = case.token();
-    next.expect_code(exit::OK, "the run after the crash");
-    let issued = case.issued();
-    next.expect_token(&issued.access_token, "the run after the crash");
-    assert_eq!(
-        case.refresh_token_on_disk().as_deref(),
-        Some(issued.refresh_token.as_str()),
-        "the interrupted install was not finished: {}",
-        case.describe_disk()
+    case.assert_plain_run_installs(
+        "the run after the crash",
+        "it finishes the interrupted install without a request",
+        None,
+        1,
+        "KILL half way through an in-place install",
     );
-    case.idp
-        .expect_requests(1, "the run after the crash sent a request");
 }

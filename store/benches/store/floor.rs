@@ -94,6 +94,18 @@ fn floor_replace(p: &FloorPaths, bytes: &[u8], counter: &mut u64) {
 pub fn floor_transaction(p: &FloorPaths, bytes: &[u8], counter: &mut u64) -> (Duration, Duration) {
     let start = Instant::now();
     let lock = floor_lock(p);
+    read_replace_unlock(p, lock, bytes, counter, start)
+}
+
+/// The rest of a floor transaction begun at `start` and holding `lock`: read and hash, replace
+/// the file, unlock; returns the time to the end of the read+hash and the total.
+fn read_replace_unlock(
+    p: &FloorPaths,
+    lock: File,
+    bytes: &[u8],
+    counter: &mut u64,
+    start: Instant,
+) -> (Duration, Duration) {
     black_box(floor_read_hash(p));
     let opened = start.elapsed();
     floor_replace(p, bytes, counter);
@@ -220,12 +232,7 @@ pub fn variant_transaction(
         black_box(fs::symlink_metadata(&p.auth).expect("lstat"));
         black_box(Sha256::digest(doc.to_json()));
     }
-    black_box(floor_read_hash(p));
-    let opened = start.elapsed();
-    floor_replace(p, bytes, counter);
-    flock(&lock, libc::LOCK_UN);
-    drop(lock);
-    (opened, start.elapsed())
+    read_replace_unlock(p, lock, bytes, counter, start)
 }
 
 /// One store transaction; returns the time `transaction()` took and the total.
