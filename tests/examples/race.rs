@@ -16,10 +16,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use codex_store_tests::cli_support::{
-    codex_store_bin, fingerprint, redact, register_last_issued, sha256_hex, spawn, ChatgptCreds,
-    RUN_TIMEOUT,
-};
+use codex_store_tests::cli_support::{codex_store_bin, spawn, RUN_TIMEOUT};
+use codex_store_tests::fixtures::{sha256_hex, ChatgptCreds};
+use codex_store_tests::secrets::{fingerprint, redact, register_last_issued};
 
 const DEFAULT_PROCESSES: usize = 16;
 const ENDPOINT_DELAY: Duration = Duration::from_millis(100);

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::cli_support::{
-    self, fingerprint, register_last_issued, ChatgptCreds, CliOutput, Running, RUN_TIMEOUT,
-};
+use crate::cli_support::{self, CliOutput, Running, RUN_TIMEOUT};
 use crate::codex_sim::{refresh_token_on_disk, Sim, SimOptions, SimRun, TOKEN_URL_ENV};
 use crate::fake_idp::{Behavior, FakeIdp};
+use crate::fixtures::{temp_home, ChatgptCreds};
+use crate::secrets::{fingerprint, register_last_issued};
 
 /// The `codex-store` exit code for "sign-in required".
 pub const STORE_SIGN_IN_REQUIRED: i32 = cli_support::exit::SIGN_IN_REQUIRED;
@@ -237,7 +237,7 @@ impl RaceOutcome {
 /// it waits for does not come within [`RUN_TIMEOUT`].
 pub fn race(sim_bin: &Path, scenario: Scenario) -> RaceOutcome {
     let creds = ChatgptCreds::expired();
-    let home = cli_support::temp_home();
+    let home = temp_home();
     creds.write_to(home.path());
     let idp = creds.start_idp();
     scenario.endpoint.apply(&idp);

@@ -300,6 +300,22 @@ impl FakeIdp {
     pub fn presented_refresh_tokens(&self) -> Vec<String> {
         lock(&self.shared.state).presented.clone()
     }
+
+    /// Panics with `why` unless exactly `n` requests were read ([`requests`](Self::requests));
+    /// the message names the refresh tokens presented, by fingerprint.
+    #[track_caller]
+    pub fn expect_requests(&self, n: usize, why: &str) {
+        let requests = self.requests();
+        assert!(
+            requests == n,
+            "{why}: the endpoint read {requests} request(s), not {n} (refresh tokens presented, \
+             by fingerprint: {:?})",
+            self.presented_refresh_tokens()
+                .iter()
+                .map(|t| crate::secrets::fingerprint(t))
+                .collect::<Vec<_>>()
+        );
+    }
 }
 
 impl Drop for FakeIdp {

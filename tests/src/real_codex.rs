@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cli_support::redact;
 use crate::programs::on_path;
+use crate::secrets::redact;
 use crate::worker::{LineError, Worker};
 
 /// The npm package of the Codex CLI.

@@ -7,13 +7,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
 use crate::kit::coexist::{race, Endpoint, Scenario};
 use crate::kit::{
-    fingerprint, redact, register_last_issued, signed_in_home, ChatgptCreds, RUN_TIMEOUT,
+    assert_no_registered_secret, entries_starting_with, fingerprint, mode, register_last_issued,
+    signed_in_home, ChatgptCreds, RUN_TIMEOUT,
 };
 use codex_store_tests::codex_sim::{
     refresh_token_on_disk, Outcome, Sim, SimOptions, SimRun, STORE_LOCK_PATIENCE, TOKEN_URL_ENV,
@@ -53,22 +54,18 @@ fn hold_flock(home: &Path, name: &str) -> File {
 
 fn assert_no_token_printed(run: &SimRun) {
     for line in &run.lines {
-        assert_eq!(
-            &redact(line),
+        assert_no_registered_secret(
+            &format!(
+                "a line of codex-sim (it must print fingerprints, never a token)\n{}",
+                run.describe()
+            ),
             line,
-            "codex-sim printed a token instead of its fingerprint\n{}",
-            run.describe()
         );
     }
 }
 
 fn temp_files(home: &Path) -> Vec<String> {
-    fs::read_dir(home)
-        .expect("the home can be listed")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".auth-"))
-        .collect()
+    entries_starting_with(home, ".auth-")
 }
 
 #[test]
@@ -81,7 +78,7 @@ fn a_codex_sim_refreshes_due_tokens_and_leaves_the_file_codex_0_171_writes() {
     doc["unknown_future_key"] = serde_json::json!({"kept": false});
     crate::kit::write_file(
         &path,
-        &serde_json::to_string_pretty(&doc).expect("serializes"),
+        serde_json::to_string_pretty(&doc).expect("serializes"),
         0o600,
     );
 
@@ -152,11 +149,9 @@ fn a_codex_sim_refreshes_due_tokens_and_leaves_the_file_codex_0_171_writes() {
         Some(idp.current_refresh_token().as_str()),
         "auth.json must hold the rotated refresh token"
     );
-    let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "the renamed temp file must be 0600");
-    let outer = fs::metadata(home.path().join("auth.lock")).expect("auth.lock was created");
+    assert_eq!(mode(&path), 0o600, "the renamed temp file must be 0600");
     assert_eq!(
-        outer.permissions().mode() & 0o777,
+        mode(&home.path().join("auth.lock")),
         0o644,
         "Codex creates auth.lock 0644"
     );
@@ -184,11 +179,7 @@ fn a_codex_sim_refreshes_due_tokens_and_leaves_the_file_codex_0_171_writes() {
             &issued.access_token,
             "codex-store must print the access token codex-sim stored",
         );
-    assert_eq!(
-        idp.requests(),
-        1,
-        "codex-store refreshed tokens codex-sim had just stored"
-    );
+    idp.expect_requests(1, "codex-store refreshed tokens codex-sim had just stored");
 }
 
 #[test]
@@ -209,11 +200,7 @@ fn a_codex_sim_whose_tokens_are_not_due_sends_nothing_unless_forced() {
         "tokens valid for an hour are not due\n{}",
         run.describe()
     );
-    assert_eq!(
-        idp.requests(),
-        0,
-        "a codex-sim without a due token sent a request"
-    );
+    idp.expect_requests(0, "a codex-sim without a due token sent a request");
 
     let forced = run_sim(
         home.path(),
@@ -237,7 +224,7 @@ fn a_codex_sim_whose_tokens_are_not_due_sends_nothing_unless_forced() {
         "a forced refresh must say refresh_reason forced\n{}",
         forced.describe()
     );
-    assert_eq!(idp.requests(), 1, "--force must send exactly one request");
+    idp.expect_requests(1, "--force must send exactly one request");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::kit::coexist::{race, Endpoint, RaceOutcome, Scenario, Start};
-use crate::kit::{assert_no_secret_leaked, exit, redact};
+use crate::kit::{assert_no_secret_leaked, exit, shows_a_registered_secret};
 use codex_store_tests::codex_sim::Outcome;
 
 static SIM: std::sync::LazyLock<String> =
@@ -27,6 +27,22 @@ static SIM: std::sync::LazyLock<String> =
 /// Runs `scenario` with this package's `codex-sim`.
 fn run(scenario: Scenario) -> RaceOutcome {
     race(Path::new(SIM.as_str()), scenario)
+}
+
+/// Runs `scenario` and checks the coexistence guarantees ([`assert_coexisted`]); returns the
+/// outcome and its description, for the messages of further checks.
+#[track_caller]
+fn run_coexisting(scenario: Scenario) -> (RaceOutcome, String) {
+    let outcome = run(scenario);
+    assert_coexisted(&outcome);
+    let report = outcome.describe();
+    (outcome, report)
+}
+
+/// Panics with `why` and the race unless its one `codex-sim` saved its rotation.
+#[track_caller]
+fn assert_codex_saved(outcome: &RaceOutcome, why: &str, report: &str) {
+    assert_eq!(outcome.sims[0].outcome(), Outcome::Saved, "{why}\n{report}");
 }
 
 /// The coexistence guarantees for a race in which the endpoint rotates normally: no simulator
@@ -80,7 +96,7 @@ fn assert_coexisted(outcome: &RaceOutcome) {
         .sims
         .iter()
         .flat_map(|s| &s.lines)
-        .filter(|l| redact(l) != **l)
+        .filter(|l| shows_a_registered_secret(l))
         .count();
     if leaks > 0 {
         problems.push(format!(
@@ -98,8 +114,7 @@ fn assert_coexisted(outcome: &RaceOutcome) {
 #[test]
 fn codex_and_codex_store_started_at_once_lose_no_rotation_at_fast_and_two_second_endpoints() {
     for delay in [Duration::from_millis(100), Duration::from_secs(2)] {
-        let outcome = run(Scenario::new(2, 3, Endpoint::Delayed(delay)));
-        assert_coexisted(&outcome);
+        run_coexisting(Scenario::new(2, 3, Endpoint::Delayed(delay)));
     }
     assert_no_secret_leaked();
 }
@@ -110,16 +125,14 @@ fn a_codex_rotation_answered_after_six_seconds_is_kept_while_codex_store_process
     // processes redeem the same token meanwhile and are refused after 6 s too. Before issue 7,
     // codex-store held auth.json.lock across its own six-second request, Codex gave up on it
     // after 5 s and dropped the only live refresh token.
-    let outcome = run(
+    let (outcome, report) = run_coexisting(
         Scenario::new(1, 3, Endpoint::FirstReadWins(Duration::from_secs(6)))
             .starting(Start::SimsFirst),
     );
-    assert_coexisted(&outcome);
-    let report = outcome.describe();
-    assert_eq!(
-        outcome.sims[0].outcome(),
-        Outcome::Saved,
-        "Codex won the race at the endpoint and must have saved its rotation\n{report}"
+    assert_codex_saved(
+        &outcome,
+        "Codex won the race at the endpoint and must have saved its rotation",
+        &report,
     );
 }
 
@@ -127,16 +140,14 @@ fn a_codex_rotation_answered_after_six_seconds_is_kept_while_codex_store_process
 fn codex_store_processes_refused_before_a_late_codex_winner_is_answered_adopt_its_rotation() {
     // The endpoint rotates Codex's request on receipt but answers it only after 3 s; codex-store
     // requests sent meanwhile are refused as reused at once, with the good token not yet on disk.
-    let outcome = run(
+    let (outcome, report) = run_coexisting(
         Scenario::new(1, 3, Endpoint::LateWinner(Duration::from_secs(3)))
             .starting(Start::SimsFirst),
     );
-    assert_coexisted(&outcome);
-    let report = outcome.describe();
-    assert_eq!(
-        outcome.sims[0].outcome(),
-        Outcome::Saved,
-        "Codex was the late winner and must have saved its rotation\n{report}"
+    assert_codex_saved(
+        &outcome,
+        "Codex was the late winner and must have saved its rotation",
+        &report,
     );
     let store_requests = outcome.requests - outcome.sims.len();
     assert!(
@@ -152,12 +163,10 @@ fn a_late_codex_store_winner_keeps_its_rotation_while_codex_processes_are_refuse
     // Now codex-store's request is read first and rotated on receipt; Codex's requests are
     // refused before codex-store's answer arrives. Codex stays stuck (its own limitation), but
     // nothing may be dropped and the file must end with codex-store's rotation.
-    let outcome = run(
+    let (outcome, report) = run_coexisting(
         Scenario::new(2, 2, Endpoint::LateWinner(Duration::from_secs(3)))
             .starting(Start::StoresFirst),
     );
-    assert_coexisted(&outcome);
-    let report = outcome.describe();
     assert!(
         outcome.sims.iter().all(|s| s.outcome() != Outcome::Saved),
         "no codex-sim can have won: codex-store's request was rotated first\n{report}"

@@ -6,21 +6,14 @@ use std::fs;
 use std::path::Path;
 
 use crate::kit::{
-    api_key, api_key_json, assert_no_secret_leaked, exit, file_mode, fingerprint,
-    register_last_issued, run, run_without_home, sha256sum, signed_in_home, temp_home, write_file,
-    ChatgptCreds, CliOutput,
+    api_key, api_key_home, api_key_json, assert_no_secret_leaked, auth_path, exit, fingerprint,
+    home_with_auth, mode, read_json, register_issued, register_last_issued, run, run_without_home,
+    sha256sum, signed_in_home, temp_home, write_file, ChatgptCreds, CliOutput,
 };
 use codex_store_tests::fake_idp::{Behavior, FakeIdp};
 use serde_json::Value;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-
-fn read_doc(path: &Path) -> Value {
-    let text =
-        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON after the command: {e}", path.display()))
-}
 
 fn stored_token(doc: &Value, name: &str) -> String {
     doc["tokens"][name].as_str().unwrap_or_default().to_owned()
@@ -33,6 +26,34 @@ fn run_against(idp: &FakeIdp, home: &Path, args: &[&str]) -> CliOutput {
     out
 }
 
+/// `codex-store login --with-api-key` with `input` on stdin.
+fn login_with_api_key(home: &Path, input: &str) -> CliOutput {
+    run(home, &["login", "--with-api-key"], Some(input), &[])
+}
+
+/// `codex-store ARGS` in a home signed in with `creds` whose endpoint answers as `behavior`;
+/// panics with `unchanged` unless auth.json is byte for byte what it was afterwards (credentials
+/// are never changed or deleted because a refresh failed). Returns the run and the endpoint.
+#[track_caller]
+fn run_on_a_failing_endpoint(
+    creds: &ChatgptCreds,
+    behavior: Behavior,
+    args: &[&str],
+    unchanged: &str,
+) -> (CliOutput, FakeIdp) {
+    let (home, path, before, idp) = signed_in_home(creds);
+    idp.set_behavior(behavior);
+    let out = run_against(&idp, home.path(), args);
+    assert_eq!(sha256sum(&path), before, "{unchanged}\n{}", out.describe());
+    (out, idp)
+}
+
+/// Panics with `why` when `home` holds an auth.json.
+#[track_caller]
+fn assert_no_auth_json(home: &Path, why: &str) {
+    assert!(!auth_path(home).exists(), "{why}");
+}
+
 fn refresh_error_body(code: &str) -> String {
     serde_json::json!({"error": {"code": code}}).to_string()
 }
@@ -43,9 +64,8 @@ fn refresh_error_body(code: &str) -> String {
 
 #[test]
 fn token_prints_exactly_the_api_key_and_a_newline_and_nothing_on_stderr() {
-    let home = temp_home();
     let key = api_key();
-    write_file(&home.path().join("auth.json"), &api_key_json(&key), 0o600);
+    let (home, _) = api_key_home(&key);
     let out = run(home.path(), &["token"], None, &[]);
     out.expect_code(exit::OK, "token with an API key")
         .expect_token(&key, "token with an API key");
@@ -59,27 +79,19 @@ fn token_prints_exactly_the_api_key_and_a_newline_and_nothing_on_stderr() {
 
 #[test]
 fn token_prints_a_valid_access_token_without_contacting_the_endpoint() {
-    let home = temp_home();
     let creds = ChatgptCreds::fresh();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, _path, _before, idp) = signed_in_home(&creds);
     let out = run_against(&idp, home.path(), &["token"]);
     out.expect_code(exit::OK, "token with a valid access token")
         .expect_token(&creds.access_token, "token with a valid access token");
-    assert_eq!(
-        idp.requests(),
-        0,
-        "a token that is not due must not be refreshed"
-    );
+    idp.expect_requests(0, "a token that is not due must not be refreshed");
     assert_no_secret_leaked();
 }
 
 #[test]
 fn token_refreshes_an_expired_access_token_once_prints_the_new_one_and_stores_the_rotated_tokens() {
-    let home = temp_home();
     let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, path, _before, idp) = signed_in_home(&creds);
     let out = run_against(&idp, home.path(), &["token"]);
     let issued = idp
         .last_issued()
@@ -89,8 +101,8 @@ fn token_refreshes_an_expired_access_token_once_prints_the_new_one_and_stores_th
             &issued.access_token,
             "token must print the freshly issued access token",
         );
-    assert_eq!(idp.requests(), 1, "one token command must send one request");
-    let doc = read_doc(&path);
+    idp.expect_requests(1, "one token command must send one request");
+    let doc = read_json(&path);
     assert!(
         stored_token(&doc, "access_token") == issued.access_token
             && stored_token(&doc, "refresh_token") == issued.refresh_token,
@@ -101,8 +113,8 @@ fn token_refreshes_an_expired_access_token_once_prints_the_new_one_and_stores_th
         fingerprint(&issued.refresh_token)
     );
     assert_eq!(
-        file_mode(&path),
-        "0600",
+        mode(&path),
+        0o600,
         "the refreshed auth.json must stay private"
     );
     assert_no_secret_leaked();
@@ -123,13 +135,12 @@ fn token_without_credentials_exits_3_and_says_to_sign_in() {
 
 #[test]
 fn token_exits_3_when_the_endpoint_says_the_refresh_token_expired_and_keeps_the_credentials() {
-    let creds = ChatgptCreds::expired();
-    let (home, path, before, idp) = signed_in_home(&creds);
-    idp.set_behavior(Behavior::status(
-        401,
-        refresh_error_body("refresh_token_expired"),
-    ));
-    let out = run_against(&idp, home.path(), &["token"]);
+    let (out, idp) = run_on_a_failing_endpoint(
+        &ChatgptCreds::expired(),
+        Behavior::status(401, refresh_error_body("refresh_token_expired")),
+        &["token"],
+        "credentials must never be changed or deleted because a refresh failed",
+    );
     out.expect_code(
         exit::SIGN_IN_REQUIRED,
         "token when the refresh token expired",
@@ -139,35 +150,23 @@ fn token_exits_3_when_the_endpoint_says_the_refresh_token_expired_and_keeps_the_
         &["expired", "sign in"],
         "the message should say the refresh token expired and to sign in again",
     );
-    assert_eq!(
-        idp.requests(),
-        1,
-        "exactly one refresh attempt was expected"
-    );
-    assert_eq!(
-        sha256sum(&path),
-        before,
-        "credentials must never be changed or deleted because a refresh failed"
-    );
+    idp.expect_requests(1, "exactly one refresh attempt was expected");
     assert_no_secret_leaked();
 }
 
 #[test]
 fn token_exits_4_when_the_endpoint_fails_with_500_and_the_access_token_already_expired() {
-    let creds = ChatgptCreds::expired();
-    let (home, path, before, idp) = signed_in_home(&creds);
-    idp.set_behavior(Behavior::status(500, "{}"));
-    let out = run_against(&idp, home.path(), &["token"]);
+    let (out, _idp) = run_on_a_failing_endpoint(
+        &ChatgptCreds::expired(),
+        Behavior::status(500, "{}"),
+        &["token"],
+        "a transient failure must leave auth.json untouched",
+    );
     out.expect_code(exit::TRANSIENT, "token when the endpoint answers 500");
     out.expect_empty_stdout("a failed token command printed on stdout");
     out.expect_stderr_contains(
         &["500", "try again later"],
         "the message should name HTTP 500 and say to try again later",
-    );
-    assert_eq!(
-        sha256sum(&path),
-        before,
-        "a transient failure must leave auth.json untouched"
     );
     assert_no_secret_leaked();
 }
@@ -175,34 +174,25 @@ fn token_exits_4_when_the_endpoint_fails_with_500_and_the_access_token_already_e
 #[test]
 fn token_prints_the_still_valid_access_token_when_a_due_refresh_fails_transiently() {
     let creds = ChatgptCreds::due_but_valid();
-    let (home, path, before, idp) = signed_in_home(&creds);
-    idp.set_behavior(Behavior::status(503, "{}"));
-    let out = run_against(&idp, home.path(), &["token"]);
+    let (out, idp) = run_on_a_failing_endpoint(
+        &creds,
+        Behavior::status(503, "{}"),
+        &["token"],
+        "a 503 must leave auth.json untouched",
+    );
     out.expect_code(exit::OK, "token with a due but valid token and a 503")
         .expect_token(
             &creds.access_token,
             "a still valid token must be printed when the refresh fails for now",
         );
-    assert_eq!(
-        idp.requests(),
-        1,
-        "the due token should have been refreshed once"
-    );
-    assert_eq!(
-        sha256sum(&path),
-        before,
-        "a 503 must leave auth.json untouched"
-    );
+    idp.expect_requests(1, "the due token should have been refreshed once");
     assert_no_secret_leaked();
 }
 
 #[test]
 fn token_and_refresh_exit_6_on_a_cut_off_file_and_leave_it_untouched() {
-    let home = temp_home();
-    let creds = ChatgptCreds::fresh();
-    let text = creds.auth_json();
-    let path = home.path().join("auth.json");
-    write_file(&path, &text[..text.len() / 2], 0o600);
+    let text = ChatgptCreds::fresh().auth_json();
+    let (home, path) = home_with_auth(&text[..text.len() / 2], 0o600);
     let before = sha256sum(&path);
     for args in [&["token"][..], &["refresh"][..], &["refresh", "--json"][..]] {
         let out = run(home.path(), args, None, &[]);
@@ -264,10 +254,7 @@ fn an_unknown_flag_a_missing_subcommand_and_a_bad_duration_are_usage_errors_with
             out.describe()
         );
     }
-    assert!(
-        !home.path().join("auth.json").exists(),
-        "a usage error created auth.json"
-    );
+    assert_no_auth_json(home.path(), "a usage error created auth.json");
     assert_no_secret_leaked();
 }
 
@@ -281,10 +268,7 @@ fn login_without_with_api_key_is_a_usage_error_with_exit_2_and_stores_nothing() 
         &["--with-api-key"],
         "the usage error should name the missing --with-api-key",
     );
-    assert!(
-        !home.path().join("auth.json").exists(),
-        "login without --with-api-key stored something"
-    );
+    assert_no_auth_json(home.path(), "login without --with-api-key stored something");
     assert_no_secret_leaked();
 }
 
@@ -336,7 +320,7 @@ fn refresh_says_refreshed_with_the_generations_before_and_after_as_sha256sum_pri
         ],
         &format!("refresh should show the generations before ({before}) and after ({after})"),
     );
-    assert_eq!(idp.requests(), 1, "an explicit refresh sends one request");
+    idp.expect_requests(1, "an explicit refresh sends one request");
     assert_no_secret_leaked();
 }
 
@@ -370,9 +354,7 @@ fn refresh_json_reports_the_outcome_and_both_generations() {
 
 #[test]
 fn refresh_of_an_api_key_says_not_needed_and_leaves_the_file_alone() {
-    let home = temp_home();
-    let path = home.path().join("auth.json");
-    write_file(&path, &api_key_json(&api_key()), 0o600);
+    let (home, path) = api_key_home(&api_key());
     let before = sha256sum(&path);
     let out = run(home.path(), &["refresh"], None, &[]);
     out.expect_code(exit::OK, "refresh with an API key");
@@ -423,7 +405,7 @@ fn refresh_exits_4_on_a_500_and_3_on_a_reused_refresh_token_and_never_touches_th
 
     idp.set_behavior(Behavior::Normal);
     let elsewhere = idp.rotate_out_of_band();
-    crate::kit::register_issued(&elsewhere);
+    register_issued(&elsewhere);
     let out = run_against(&idp, home.path(), &["refresh"]);
     out.expect_code(
         exit::SIGN_IN_REQUIRED,
@@ -443,20 +425,19 @@ fn refresh_exits_4_on_a_500_and_3_on_a_reused_refresh_token_and_never_touches_th
 
 #[test]
 fn verbose_and_trace_logging_of_refresh_and_token_never_show_a_secret() {
-    let home = temp_home();
     let creds = ChatgptCreds::expired();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, _path, _before, idp) = signed_in_home(&creds);
     let out = run_against(&idp, home.path(), &["-v", "refresh"]);
     out.expect_code(exit::OK, "-v refresh");
     out.expect_stderr_contains(&["refresh"], "-v should log the refresh on stderr");
     // Make the access token due again so that `token` refreshes under trace logging too.
     let expired = creds.with_new_access_token(-3600);
-    let mut doc = read_doc(&home.path().join("auth.json"));
+    let path = auth_path(home.path());
+    let mut doc = read_json(&path);
     doc["tokens"]["access_token"] = Value::from(expired.access_token.as_str());
     write_file(
-        &home.path().join("auth.json"),
-        &serde_json::to_string_pretty(&doc).expect("serialize"),
+        &path,
+        serde_json::to_string_pretty(&doc).expect("serialize"),
         0o600,
     );
     let url = idp.url();
@@ -475,7 +456,7 @@ fn verbose_and_trace_logging_of_refresh_and_token_never_show_a_secret() {
             out.describe()
         );
     }
-    assert_eq!(idp.requests(), 3, "three refreshes were expected");
+    idp.expect_requests(3, "three refreshes were expected");
     assert_no_secret_leaked();
 }
 
@@ -487,26 +468,21 @@ fn verbose_and_trace_logging_of_refresh_and_token_never_show_a_secret() {
 fn login_with_api_key_reads_stdin_stores_apikey_mode_in_a_0600_file_and_token_prints_it() {
     let home = temp_home();
     let key = api_key();
-    let out = run(
-        home.path(),
-        &["login", "--with-api-key"],
-        Some(&format!("{key}\n")),
-        &[],
-    );
+    let out = login_with_api_key(home.path(), &format!("{key}\n"));
     out.expect_code(exit::OK, "login --with-api-key");
-    let path = home.path().join("auth.json");
+    let path = auth_path(home.path());
     out.expect_stdout_contains(
         &[&path.display().to_string()],
         "login should say where it stored the key",
     );
-    let doc = read_doc(&path);
+    let doc = read_json(&path);
     assert_eq!(doc["auth_mode"], "apikey", "login must store API-key mode");
     assert!(
         doc["OPENAI_API_KEY"].as_str() == Some(key.as_str()),
         "auth.json does not hold the key from stdin (want fingerprint {})",
         fingerprint(&key)
     );
-    assert_eq!(file_mode(&path), "0600", "a new auth.json must be private");
+    assert_eq!(mode(&path), 0o600, "a new auth.json must be private");
     let token = run(home.path(), &["token"], None, &[]);
     token
         .expect_code(exit::OK, "token after login")
@@ -520,9 +496,9 @@ fn login_with_api_key_replaces_chatgpt_credentials() {
     let creds = ChatgptCreds::fresh();
     let path = creds.write_to(home.path());
     let key = api_key();
-    let out = run(home.path(), &["login", "--with-api-key"], Some(&key), &[]);
+    let out = login_with_api_key(home.path(), &key);
     out.expect_code(exit::OK, "login over ChatGPT credentials");
-    let doc = read_doc(&path);
+    let doc = read_json(&path);
     assert!(
         doc["auth_mode"] == "apikey" && doc["OPENAI_API_KEY"].as_str() == Some(key.as_str()),
         "login did not replace the ChatGPT credentials with the key"
@@ -535,13 +511,10 @@ fn login_with_empty_or_two_keys_on_stdin_exits_1_and_stores_nothing() {
     let home = temp_home();
     let (a, b) = (api_key(), api_key());
     for input in [String::new(), "\n".to_owned(), format!("{a} {b}\n")] {
-        let out = run(home.path(), &["login", "--with-api-key"], Some(&input), &[]);
+        let out = login_with_api_key(home.path(), &input);
         out.expect_code(exit::OTHER, "login with no single key on stdin");
         out.expect_stderr_contains(&["hint:"], "a bad key on stdin should come with a hint");
-        assert!(
-            !home.path().join("auth.json").exists(),
-            "a refused login stored something"
-        );
+        assert_no_auth_json(home.path(), "a refused login stored something");
     }
     assert_no_secret_leaked();
 }
@@ -575,18 +548,13 @@ fn logout_without_a_file_exits_0_and_says_there_was_nothing_to_remove() {
         &["No credentials"],
         "logout without a file should say there was nothing to remove",
     );
-    assert!(
-        !home.path().join("auth.json").exists(),
-        "logout created auth.json"
-    );
+    assert_no_auth_json(home.path(), "logout created auth.json");
     assert_no_secret_leaked();
 }
 
 #[test]
 fn logout_removes_a_corrupt_file() {
-    let home = temp_home();
-    let path = home.path().join("auth.json");
-    write_file(&path, "{\"OPENAI_API_KEY\": \"sk-cut", 0o600);
+    let (home, path) = home_with_auth("{\"OPENAI_API_KEY\": \"sk-cut", 0o600);
     let out = run(home.path(), &["logout"], None, &[]);
     out.expect_code(exit::OK, "logout of a corrupt file");
     assert!(!path.exists(), "logout left the corrupt auth.json behind");
@@ -595,11 +563,8 @@ fn logout_removes_a_corrupt_file() {
 
 #[test]
 fn login_with_api_key_replaces_a_corrupt_file_as_the_corrupt_error_message_promises() {
-    let home = temp_home();
-    let path = home.path().join("auth.json");
-    let creds = ChatgptCreds::fresh();
-    let text = creds.auth_json();
-    write_file(&path, &text[..text.len() / 2], 0o600);
+    let text = ChatgptCreds::fresh().auth_json();
+    let (home, path) = home_with_auth(&text[..text.len() / 2], 0o600);
     // What `token` says about this file: "... it was left untouched: repair it, or sign in again
     // to replace it".
     let token = run(home.path(), &["token"], None, &[]);
@@ -609,12 +574,12 @@ fn login_with_api_key_replaces_a_corrupt_file_as_the_corrupt_error_message_promi
         "the corrupt-file message no longer promises that signing in replaces the file",
     );
     let key = api_key();
-    let out = run(home.path(), &["login", "--with-api-key"], Some(&key), &[]);
+    let out = login_with_api_key(home.path(), &key);
     out.expect_code(
         exit::OK,
         "signing in with an API key must replace a corrupt auth.json",
     );
-    let doc = read_doc(&path);
+    let doc = read_json(&path);
     assert!(
         doc["OPENAI_API_KEY"].as_str() == Some(key.as_str()),
         "after login auth.json should hold the new key (fingerprint {})",
@@ -626,18 +591,15 @@ fn login_with_api_key_replaces_a_corrupt_file_as_the_corrupt_error_message_promi
 #[test]
 fn token_exits_4_when_the_endpoint_answers_429_or_garbage_and_the_access_token_already_expired() {
     for behavior in [Behavior::status(429, "{}"), Behavior::Garbage] {
-        let creds = ChatgptCreds::expired();
-        let (home, path, before, idp) = signed_in_home(&creds);
-        idp.set_behavior(behavior.clone());
-        let out = run_against(&idp, home.path(), &["token"]);
+        let (out, _idp) = run_on_a_failing_endpoint(
+            &ChatgptCreds::expired(),
+            behavior.clone(),
+            &["token"],
+            &format!("a transient failure ({behavior:?}) changed auth.json"),
+        );
         out.expect_code(
             exit::TRANSIENT,
             &format!("token when the endpoint does {behavior:?}"),
-        );
-        assert_eq!(
-            sha256sum(&path),
-            before,
-            "a transient failure ({behavior:?}) changed auth.json"
         );
     }
     assert_no_secret_leaked();
@@ -645,10 +607,8 @@ fn token_exits_4_when_the_endpoint_answers_429_or_garbage_and_the_access_token_a
 
 #[test]
 fn a_refresh_answer_without_a_refresh_token_keeps_the_old_one_and_stores_the_new_access_token() {
-    let home = temp_home();
     let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, path, _before, idp) = signed_in_home(&creds);
     idp.set_behavior(Behavior::OmitRefreshToken);
     let out = run_against(&idp, home.path(), &["token"]);
     let issued = idp
@@ -659,7 +619,7 @@ fn a_refresh_answer_without_a_refresh_token_keeps_the_old_one_and_stores_the_new
             &issued.access_token,
             "token must print the new access token",
         );
-    let doc = read_doc(&path);
+    let doc = read_json(&path);
     assert!(
         stored_token(&doc, "refresh_token") == creds.refresh_token
             && stored_token(&doc, "access_token") == issued.access_token,
@@ -679,16 +639,16 @@ fn a_refresh_keeps_unknown_keys_and_tightens_a_0644_file_to_0600() {
     let mut doc: Value = serde_json::from_str(&creds.auth_json()).expect("fixture is JSON");
     doc["agent_identity"] = serde_json::json!({"name": "kept", "n": [1, 2, 3]});
     doc["tokens"]["future_field"] = Value::from("kept too");
-    let path = home.path().join("auth.json");
+    let path = auth_path(home.path());
     write_file(
         &path,
-        &serde_json::to_string_pretty(&doc).expect("serialize"),
+        serde_json::to_string_pretty(&doc).expect("serialize"),
         0o644,
     );
     let idp = creds.start_idp();
     run_against(&idp, home.path(), &["token"]).expect_code(exit::OK, "token refreshing");
-    assert_eq!(idp.requests(), 1, "one refresh was expected");
-    let after = read_doc(&path);
+    idp.expect_requests(1, "one refresh was expected");
+    let after = read_json(&path);
     assert_eq!(
         after["agent_identity"], doc["agent_identity"],
         "an unknown top-level key did not survive the refresh"
@@ -702,8 +662,8 @@ fn a_refresh_keeps_unknown_keys_and_tightens_a_0644_file_to_0600() {
         "last_refresh must be renewed by a refresh"
     );
     assert_eq!(
-        file_mode(&path),
-        "0600",
+        mode(&path),
+        0o600,
         "the rewrite should leave auth.json private (inspect promises the next write fixes 0644)"
     );
     assert_no_secret_leaked();
@@ -715,7 +675,7 @@ fn the_home_comes_from_codex_home_else_from_home_dot_codex_and_a_missing_codex_h
     let key = api_key();
     let codex_home = dir.path().join("codex-home");
     fs::create_dir(&codex_home).expect("create CODEX_HOME");
-    write_file(&codex_home.join("auth.json"), &api_key_json(&key), 0o600);
+    write_file(&auth_path(&codex_home), api_key_json(&key), 0o600);
     let codex_home_text = codex_home.display().to_string();
     run_without_home(
         &["token"],
@@ -767,7 +727,7 @@ fn token_exits_3_after_the_reuse_wait_and_the_next_token_run_sends_the_refused_t
     let creds = ChatgptCreds::expired();
     let (home, path, _before, idp) = signed_in_home(&creds);
     let winner = idp.rotate_out_of_band(); // another client redeemed it; no rotation will land
-    crate::kit::register_issued(&winner);
+    register_issued(&winner);
     let first = run_against(&idp, home.path(), &["--reuse-wait", "300ms", "token"]);
     first
         .expect_code(
@@ -785,7 +745,7 @@ fn token_exits_3_after_the_reuse_wait_and_the_next_token_run_sends_the_refused_t
         second.describe()
     );
     assert_eq!(
-        stored_token(&read_doc(&path), "refresh_token"),
+        stored_token(&read_json(&path), "refresh_token"),
         creds.refresh_token,
         "a failed refresh changed the stored credentials"
     );
@@ -832,10 +792,8 @@ fn run_with_closed_stdout(home: &Path, args: &[&str], stdin: &str) -> (Option<i3
 
 #[test]
 fn every_command_ends_quietly_with_exit_141_when_stdout_is_closed_and_what_it_did_stays_done() {
-    let home = temp_home();
     let key = api_key();
-    let path = home.path().join("auth.json");
-    write_file(&path, &api_key_json(&key), 0o600);
+    let (home, path) = api_key_home(&key);
     for args in [
         &["inspect"][..],
         &["inspect", "--json"],
@@ -888,14 +846,14 @@ fn every_command_ends_quietly_with_exit_141_when_stdout_is_closed_and_what_it_di
 #[test]
 fn login_refuses_an_over_long_key_and_control_characters_and_stores_nothing() {
     let home = temp_home();
-    let path = home.path().join("auth.json");
+    let path = auth_path(home.path());
     let long = format!("sk-{}\n", "a".repeat(70 * 1024));
     for (input, why) in [
         (long.as_str(), "longer than"),
         ("sk-abc\u{0}def\n", "control characters"),
         ("sk-abc\u{1b}[2Jdef\n", "control characters"),
     ] {
-        let out = run(home.path(), &["login", "--with-api-key"], Some(input), &[]);
+        let out = login_with_api_key(home.path(), input);
         out.expect_code(exit::OTHER, "login with a bad key")
             .expect_stderr_contains(&[why, "nothing was stored"], "the message should say why");
         assert!(!path.exists(), "a refused key was stored ({why})");

@@ -5,9 +5,11 @@ use std::fs;
 use std::os::unix::fs::symlink;
 
 use crate::kit::{
-    api_key, api_key_json, assert_no_secret_leaked, exit, fingerprint, hold_lock, register_secret,
-    run, sha256sum, temp_home, unique, write_file, ChatgptCreds, CliOutput,
+    api_key, api_key_home, assert_hides, assert_no_secret_leaked, auth_path, entries, exit,
+    fingerprint, hold_lock, home_with_auth, register_issued, register_secret, run, sha256sum,
+    signed_in_home, temp_home, unique, write_file, ChatgptCreds, CliOutput,
 };
+use codex_store_tests::jwt;
 use serde_json::Value;
 
 static WORKER: std::sync::LazyLock<String> =
@@ -86,9 +88,8 @@ fn problems(report: &Value) -> Vec<String> {
 
 #[test]
 fn inspect_json_reports_every_documented_key_for_valid_chatgpt_credentials() {
-    let home = temp_home();
     let creds = ChatgptCreds::fresh();
-    let path = creds.write_to(home.path());
+    let (home, path) = home_with_auth(creds.auth_json(), 0o600);
     let (report, out) = inspect_json(home.path());
     let expect = |key: &str, want: Value| {
         assert_eq!(
@@ -127,9 +128,7 @@ fn inspect_json_reports_every_documented_key_for_valid_chatgpt_credentials() {
 
 #[test]
 fn inspect_says_an_expired_access_token_is_due_for_refresh_without_refreshing_it() {
-    let home = temp_home();
-    let creds = ChatgptCreds::expired();
-    let path = creds.write_to(home.path());
+    let (home, path) = home_with_auth(ChatgptCreds::expired().auth_json(), 0o600);
     let before = sha256sum(&path);
     let (report, out) = inspect_json(home.path());
     assert_eq!(
@@ -144,12 +143,7 @@ fn inspect_says_an_expired_access_token_is_due_for_refresh_without_refreshing_it
 
 #[test]
 fn inspect_of_an_api_key_reports_apikey_mode_and_no_account() {
-    let home = temp_home();
-    write_file(
-        &home.path().join("auth.json"),
-        &api_key_json(&api_key()),
-        0o600,
-    );
+    let (home, _) = api_key_home(&api_key());
     let (report, out) = inspect_json(home.path());
     assert!(
         report["auth_mode"] == "apikey"
@@ -163,9 +157,8 @@ fn inspect_of_an_api_key_reports_apikey_mode_and_no_account() {
 
 #[test]
 fn inspect_shows_fingerprints_of_the_tokens_in_the_human_report_and_never_the_tokens() {
-    let home = temp_home();
     let creds = ChatgptCreds::fresh();
-    let path = creds.write_to(home.path());
+    let (home, path) = home_with_auth(creds.auth_json(), 0o600);
     let out = run(home.path(), &["inspect"], None, &[]);
     out.expect_code(exit::OK, "inspect");
     for (what, value) in [
@@ -210,8 +203,9 @@ fn inspect_of_a_missing_file_exits_0_and_says_it_does_not_exist_with_a_null_gene
             out.describe()
         );
     }
-    assert!(
-        !home.path().join("auth.json").exists() && !home.path().join("auth.json.lock").exists(),
+    assert_eq!(
+        entries(home.path()),
+        Vec::<String>::new(),
         "inspect created a file"
     );
     let human = run(home.path(), &["inspect"], None, &[]);
@@ -229,11 +223,8 @@ fn inspect_of_a_missing_file_exits_0_and_says_it_does_not_exist_with_a_null_gene
 
 #[test]
 fn inspect_of_a_cut_off_file_exits_0_with_the_error_set_and_the_generation_of_its_bytes() {
-    let home = temp_home();
-    let creds = ChatgptCreds::fresh();
-    let text = creds.auth_json();
-    let path = home.path().join("auth.json");
-    write_file(&path, &text[..text.len() * 2 / 3], 0o600);
+    let text = ChatgptCreds::fresh().auth_json();
+    let (home, path) = home_with_auth(&text[..text.len() * 2 / 3], 0o600);
     let (report, out) = inspect_json(home.path());
     assert!(
         report["error"]
@@ -265,8 +256,8 @@ fn inspect_of_a_symlinked_file_shows_the_link_and_its_target_and_reads_the_targe
     let home = temp_home();
     let elsewhere = home.path().join("real-auth.json");
     let creds = ChatgptCreds::fresh();
-    write_file(&elsewhere, &creds.auth_json(), 0o600);
-    symlink(&elsewhere, home.path().join("auth.json")).expect("create the symlink");
+    write_file(&elsewhere, creds.auth_json(), 0o600);
+    symlink(&elsewhere, auth_path(home.path())).expect("create the symlink");
     let (report, out) = inspect_json(home.path());
     assert_eq!(
         report["link_target"].as_str(),
@@ -301,10 +292,7 @@ fn inspect_of_a_symlinked_file_shows_the_link_and_its_target_and_reads_the_targe
 
 #[test]
 fn inspect_of_a_0644_file_names_the_mode_among_the_problems() {
-    let home = temp_home();
-    let creds = ChatgptCreds::fresh();
-    let path = home.path().join("auth.json");
-    write_file(&path, &creds.auth_json(), 0o644);
+    let (home, _) = home_with_auth(ChatgptCreds::fresh().auth_json(), 0o644);
     let (report, out) = inspect_json(home.path());
     assert_eq!(
         report["file_mode"],
@@ -330,17 +318,14 @@ fn inspect_of_a_0644_file_names_the_mode_among_the_problems() {
 
 #[test]
 fn inspect_lists_an_unknown_key_by_name_and_never_shows_its_value() {
-    let home = temp_home();
     let creds = ChatgptCreds::fresh();
     let value = format!("pat-{}", unique("unknown-value"));
     register_secret(&value);
     let mut doc: Value = serde_json::from_str(&creds.auth_json()).expect("fixture is JSON");
     doc["personal_access_token"] = Value::from(value.as_str());
     doc["tokens"]["future_token_field"] = Value::from(value.as_str());
-    let path = home.path().join("auth.json");
-    write_file(
-        &path,
-        &serde_json::to_string_pretty(&doc).expect("serialize"),
+    let (home, _) = home_with_auth(
+        serde_json::to_string_pretty(&doc).expect("serialize"),
         0o600,
     );
     let (report, out) = inspect_json(home.path());
@@ -360,11 +345,13 @@ fn inspect_lists_an_unknown_key_by_name_and_never_shows_its_value() {
         "the human report should name the unknown key",
     );
     for o in [&out, &human] {
-        assert!(
-            !o.stdout.contains(&value) && !o.stderr.contains(&value),
-            "inspect showed the value of an unknown key (fingerprint {})\n{}",
-            fingerprint(&value),
-            o.describe()
+        assert_hides(
+            &format!(
+                "the output of inspect (the value of an unknown key)\n{}",
+                o.describe()
+            ),
+            &format!("{}\n{}", o.stdout, o.stderr),
+            &[&value],
         );
     }
     assert_no_secret_leaked();
@@ -372,9 +359,7 @@ fn inspect_lists_an_unknown_key_by_name_and_never_shows_its_value() {
 
 #[test]
 fn inspect_reports_the_lock_held_while_another_process_holds_it_without_waiting() {
-    let home = temp_home();
-    let creds = ChatgptCreds::fresh();
-    creds.write_to(home.path());
+    let (home, _) = home_with_auth(ChatgptCreds::fresh().auth_json(), 0o600);
     let mut holder = hold_lock(&WORKER, home.path());
     let (report, out) = inspect_json(home.path());
     assert_eq!(
@@ -423,7 +408,6 @@ fn inspect_with_a_home_that_is_a_regular_file_exits_0_and_reports_the_error() {
 
 #[test]
 fn inspect_infers_bedrock_access_keys_like_codex_and_token_exits_7_naming_the_mode() {
-    let home = temp_home();
     let secret = unique("aws-secret");
     register_secret(&secret);
     let text = format!(
@@ -432,7 +416,7 @@ fn inspect_infers_bedrock_access_keys_like_codex_and_token_exits_7_naming_the_mo
   "bedrock_access_keys": {{"access_key_id": "AKIAEXAMPLE", "secret_access_key": "{secret}"}}
 }}"#
     );
-    write_file(&home.path().join("auth.json"), &text, 0o600);
+    let (home, _) = home_with_auth(&text, 0o600);
     let (report, _) = inspect_json(home.path());
     assert_eq!(
         report["auth_mode"], "bedrockAccessKeys",
@@ -450,12 +434,7 @@ fn inspect_infers_bedrock_access_keys_like_codex_and_token_exits_7_naming_the_mo
 
 #[test]
 fn inspect_reports_an_apikey_file_without_a_key_as_a_problem() {
-    let home = temp_home();
-    write_file(
-        &home.path().join("auth.json"),
-        r#"{"auth_mode": "apikey", "OPENAI_API_KEY": null}"#,
-        0o600,
-    );
+    let (home, _) = home_with_auth(r#"{"auth_mode": "apikey", "OPENAI_API_KEY": null}"#, 0o600);
     let (report, _) = inspect_json(home.path());
     assert!(
         problems(&report).iter().any(|p| p.contains("no API key")),
@@ -467,9 +446,7 @@ fn inspect_reports_an_apikey_file_without_a_key_as_a_problem() {
 #[test]
 fn inspect_history_shows_the_rotation_with_fingerprints_and_escapes_what_the_journal_holds() {
     let creds = ChatgptCreds::expired();
-    let home = temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, _path, _before, idp) = signed_in_home(&creds);
     let url = idp.url();
     run(
         home.path(),
@@ -479,9 +456,7 @@ fn inspect_history_shows_the_rotation_with_fingerprints_and_escapes_what_the_jou
     )
     .expect_code(exit::OK, "token on expired credentials");
     let issued = idp.last_issued().expect("the endpoint issued nothing");
-    register_secret(&issued.access_token);
-    register_secret(&issued.refresh_token);
-    register_secret(&issued.id_token);
+    register_issued(&issued);
 
     let out = run(home.path(), &["inspect", "--history", "--json"], None, &[]);
     out.expect_code(exit::OK, "inspect --history --json");
@@ -537,23 +512,20 @@ fn inspect_history_shows_the_rotation_with_fingerprints_and_escapes_what_the_jou
 
 #[test]
 fn inspect_escapes_control_characters_in_claims_and_key_names_so_nothing_forges_a_report_line() {
-    let home = temp_home();
     let forged_email = "me@example.com\nproblems              none\u{1b}[2J";
-    let id_token = codex_store_tests::jwt::make_jwt(&serde_json::json!({
+    let id_token = jwt::make_jwt(&serde_json::json!({
         "email": forged_email,
         "https://api.openai.com/auth": {
             "chatgpt_account_id": "acct-1\r\nerror                 -",
             "chatgpt_plan_type": "plus\u{7}"
         }
     }));
-    let access =
-        codex_store_tests::jwt::access_token(codex_store_tests::jwt::now_unix() + 3600, "at");
-    let mut text =
-        codex_store_tests::jwt::auth_json(&access, "rt_escape_test", &id_token, "acct-1");
+    let access = jwt::access_token(jwt::now_unix() + 3600, "at");
+    let mut text = jwt::auth_json(&access, "rt_escape_test", &id_token, "acct-1");
     text = text.replacen('{', "{\n  \"evil\\nproblems none\": 1,", 1);
     register_secret(&access);
     register_secret("rt_escape_test");
-    write_file(&home.path().join("auth.json"), &text, 0o600);
+    let (home, _) = home_with_auth(&text, 0o600);
     let out = run(home.path(), &["inspect"], None, &[]);
     out.expect_code(exit::OK, "inspect of a file with hostile claims");
     for c in ['\u{1b}', '\u{7}', '\r'] {

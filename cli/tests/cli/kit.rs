@@ -1,10 +1,13 @@
 //! The test kit of codex-store-tests with the `codex-store` binary cargo built for these tests:
-//! [`cli_support`](codex_store_tests::cli_support) re-exported, its functions that start the
-//! binary wrapped so that they start `env!("CARGO_BIN_EXE_codex-store")`.
+//! [`cli_support`](codex_store_tests::cli_support), the [`fixtures`](codex_store_tests::fixtures)
+//! and the secret scanner ([`secrets`](codex_store_tests::secrets)) re-exported, the functions
+//! that start the binary wrapped so that they start `env!("CARGO_BIN_EXE_codex-store")`.
 
 use std::path::{Path, PathBuf};
 
 pub use codex_store_tests::cli_support::*;
+pub use codex_store_tests::fixtures::*;
+pub use codex_store_tests::secrets::*;
 
 /// The `codex-store` binary cargo built for these tests.
 pub const CODEX_STORE: &str = env!("CARGO_BIN_EXE_codex-store");

@@ -6,10 +6,12 @@
 use std::path::Path;
 
 use crate::kit::{
-    api_key, api_key_json, assert_no_secret_leaked, exit, hold_lock, register_last_issued, run,
-    sha256sum, signed_in_home, spawn, temp_home, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT,
+    api_key, api_key_home, assert_no_secret_leaked, auth_path, exit, hold_lock,
+    register_last_issued, run, sha256sum, signed_in_home, spawn, temp_home, write_file,
+    ChatgptCreds, CliOutput, RUN_TIMEOUT,
 };
 use codex_store_tests::fake_idp::FakeIdp;
+use codex_store_tests::worker::Worker;
 
 static WORKER: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::kit::helper("store-worker"));
@@ -26,6 +28,23 @@ fn wait_lines(out: &CliOutput) -> usize {
     out.stderr.lines().filter(|l| l.contains(WAIT_LINE)).count()
 }
 
+/// Panics unless `out` printed the waiting line exactly once.
+#[track_caller]
+fn assert_waited_once(out: &CliOutput) {
+    assert_eq!(
+        wait_lines(out),
+        1,
+        "the waiting line must be printed exactly once\n{}",
+        out.describe()
+    );
+}
+
+/// Lets go of the lock `holder` holds and waits until it says so.
+fn release(mut holder: Worker) {
+    holder.close_stdin();
+    holder.expect_line("released");
+}
+
 #[test]
 fn token_says_once_that_it_waits_for_the_lock_then_refreshes_as_soon_as_the_holder_lets_go() {
     let Waited {
@@ -39,10 +58,9 @@ fn token_says_once_that_it_waits_for_the_lock_then_refreshes_as_soon_as_the_hold
             format!("{WAIT_LINE} {}", lock_path(home)),
             "the waiting line should name the lock file"
         );
-        assert_eq!(
-            idp.requests(),
+        idp.expect_requests(
             0,
-            "a refresh request was sent while another process held the lock"
+            "a refresh request was sent while another process held the lock",
         );
     });
     let issued = idp
@@ -50,24 +68,14 @@ fn token_says_once_that_it_waits_for_the_lock_then_refreshes_as_soon_as_the_hold
         .unwrap_or_else(|| panic!("the endpoint issued nothing\n{}", out.describe()));
     out.expect_code(exit::OK, "token after the holder let go")
         .expect_token(&issued.access_token, "token after waiting for the lock");
-    assert_eq!(
-        wait_lines(&out),
-        1,
-        "the waiting line must be printed exactly once\n{}",
-        out.describe()
-    );
-    assert_eq!(idp.requests(), 1, "one refresh request was expected");
+    assert_waited_once(&out);
+    idp.expect_requests(1, "one refresh request was expected");
     assert_no_secret_leaked();
 }
 
 #[test]
 fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
-    let home = temp_home();
-    write_file(
-        &home.path().join("auth.json"),
-        &api_key_json(&api_key()),
-        0o600,
-    );
+    let (home, _) = api_key_home(&api_key());
     for (args, stdin) in [
         (&["--lock-timeout", "60s", "refresh"][..], None),
         (
@@ -75,19 +83,13 @@ fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
             Some(api_key()),
         ),
     ] {
-        let mut holder = hold_lock(&WORKER, home.path());
+        let holder = hold_lock(&WORKER, home.path());
         let waiter = spawn(home.path(), args, stdin.as_deref(), &[]);
         waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
-        holder.close_stdin();
-        holder.expect_line("released");
+        release(holder);
         let out = waiter.finish(RUN_TIMEOUT);
         out.expect_code(exit::OK, "a command that waited for the lock");
-        assert_eq!(
-            wait_lines(&out),
-            1,
-            "the waiting line must be printed exactly once\n{}",
-            out.describe()
-        );
+        assert_waited_once(&out);
     }
     assert_no_secret_leaked();
 }
@@ -130,7 +132,7 @@ fn token_gives_up_after_the_lock_timeout_with_exit_5_naming_the_refresh_lock_and
             out.describe()
         );
     }
-    assert_eq!(idp.requests(), 0, "nothing may be sent without the lock");
+    idp.expect_requests(0, "nothing may be sent without the lock");
     assert_eq!(sha256sum(&path), before, "a lock timeout changed auth.json");
     assert_no_secret_leaked();
 }
@@ -159,15 +161,14 @@ fn refresh_and_logout_exit_5_on_a_lock_timeout_and_leave_the_file_in_place() {
         out.expect_stderr_contains(&[lock], "the message should name the lock waited for");
     }
     assert_eq!(sha256sum(&path), before, "a lock timeout changed auth.json");
-    assert_eq!(idp.requests(), 0, "nothing may be sent without the lock");
+    idp.expect_requests(0, "nothing may be sent without the lock");
     assert_no_secret_leaked();
 }
 
 #[test]
 fn token_with_a_valid_token_does_not_need_the_lock_at_all() {
-    let home = temp_home();
     let key = api_key();
-    write_file(&home.path().join("auth.json"), &api_key_json(&key), 0o600);
+    let (home, _) = api_key_home(&key);
     let _holder = hold_lock(&WORKER, home.path());
     let out = run(
         home.path(),
@@ -185,7 +186,7 @@ fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock(
     let creds = ChatgptCreds::fresh();
     let (home, path, before, idp) = signed_in_home(&creds);
     let url = idp.url();
-    let mut holder = hold_lock(&WORKER, home.path());
+    let holder = hold_lock(&WORKER, home.path());
 
     let waiter = spawn(
         home.path(),
@@ -197,10 +198,9 @@ fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock(
     // older Codex writing in place) stores tokens refreshed elsewhere for the same account.
     waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
     let newer = creds.with_new_access_token(3600);
-    write_file(&path, &newer.auth_json(), 0o600);
+    write_file(&path, newer.auth_json(), 0o600);
     let written = sha256sum(&path);
-    holder.close_stdin();
-    holder.expect_line("released");
+    release(holder);
 
     let out = waiter.finish(RUN_TIMEOUT);
     register_last_issued(&idp);
@@ -219,7 +219,7 @@ fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock(
             "refresh should show the generation it read ({before}) and the adopted one ({written})"
         ),
     );
-    assert_eq!(idp.requests(), 0, "adopting must not send a request");
+    idp.expect_requests(0, "adopting must not send a request");
     assert_eq!(
         sha256sum(&path),
         written,
@@ -250,12 +250,11 @@ fn while_waiting<T>(
     creds.write_to(home.path());
     let idp = creds.start_idp();
     let url = idp.url();
-    let mut holder = hold_lock(&WORKER, home.path());
+    let holder = hold_lock(&WORKER, home.path());
     let waiter = spawn(home.path(), args, None, &[(URL_ENV, url.as_str())]);
     let line = waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
     let meanwhile = meanwhile(home.path(), &idp, &line);
-    holder.close_stdin();
-    holder.expect_line("released");
+    release(holder);
     let out = waiter.finish(RUN_TIMEOUT);
     register_last_issued(&idp);
     Waited {
@@ -270,7 +269,7 @@ fn while_waiting<T>(
 fn token_exits_3_when_the_credentials_were_removed_while_it_waited_for_the_lock() {
     let Waited { out, idp, home, .. } =
         while_waiting(&["--lock-timeout", "60s", "token"], |home, _, _| {
-            std::fs::remove_file(home.join("auth.json")).expect("remove auth.json");
+            std::fs::remove_file(auth_path(home)).expect("remove auth.json");
         });
     out.expect_code(exit::SIGN_IN_REQUIRED, "token after a logout elsewhere");
     assert!(
@@ -278,9 +277,9 @@ fn token_exits_3_when_the_credentials_were_removed_while_it_waited_for_the_lock(
         "token should say it was signed out, and print no token\n{}",
         out.describe()
     );
-    assert_eq!(idp.requests(), 0, "a signed-out token must not refresh");
+    idp.expect_requests(0, "a signed-out token must not refresh");
     assert!(
-        !home.path().join("auth.json").exists(),
+        !auth_path(home.path()).exists(),
         "token recreated auth.json after a logout"
     );
     assert_no_secret_leaked();
@@ -311,13 +310,9 @@ fn token_and_refresh_exit_3_when_another_account_signed_in_while_they_waited_and
             ),
         );
         out.expect_empty_stdout("no token of either account may be printed");
+        idp.expect_requests(0, "the old account's token must not be refreshed");
         assert_eq!(
-            idp.requests(),
-            0,
-            "the old account's token must not be refreshed"
-        );
-        assert_eq!(
-            sha256sum(&home.path().join("auth.json")),
+            sha256sum(&auth_path(home.path())),
             written,
             "the other account's auth.json must be left as it was written"
         );
@@ -327,12 +322,7 @@ fn token_and_refresh_exit_3_when_another_account_signed_in_while_they_waited_and
 
 #[test]
 fn a_bad_lock_timeout_is_a_usage_error_from_the_flag_and_from_the_environment_alike() {
-    let home = temp_home();
-    write_file(
-        &home.path().join("auth.json"),
-        &api_key_json(&api_key()),
-        0o600,
-    );
+    let (home, path) = api_key_home(&api_key());
     let by_flag = run(
         home.path(),
         &["--lock-timeout", "soon", "logout"],
@@ -357,7 +347,7 @@ fn a_bad_lock_timeout_is_a_usage_error_from_the_flag_and_from_the_environment_al
         "the message should name the variable",
     );
     assert!(
-        home.path().join("auth.json").exists(),
+        path.exists(),
         "a command with a bad lock timeout went on and logged out"
     );
 }

@@ -38,8 +38,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::kit::{
-    assert_no_secret_leaked, codex_store_bin, exit, fingerprint, redact, register_last_issued, run,
-    sha256sum, signed_in_home, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT, SCRUBBED_ENV,
+    api_key, assert_no_registered_secret, assert_no_secret_leaked, auth_path, codex_store_bin,
+    exit, fingerprint, read, read_text, redact, register_last_issued, run, sha256sum,
+    signed_in_home, temp_home, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT, SCRUBBED_ENV,
 };
 use codex_store_tests::fake_idp::{FakeIdp, Issued};
 use codex_store_tests::faults::{Faults, ROTATION_PREFIX};
@@ -104,11 +105,15 @@ impl Case {
     /// `codex-store token` under `faults`.
     fn token_under(&self, faults: &Faults) -> CliOutput {
         let url = self.idp.url();
-        let mut env = faults.env();
-        env.push((URL_ENV.to_owned(), url));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let out = run(self.dir(), &["token"], None, &env);
+        let out = run_under(faults, self.dir(), &["token"], None, &[(URL_ENV, &url)]);
         register_last_issued(&self.idp);
+        out
+    }
+
+    /// `codex-store token` under `faults`, whose rule 1 must act (else the run tested nothing).
+    fn token_under_fired(&self, faults: &Faults, what: &str) -> CliOutput {
+        let out = self.token_under(faults);
+        assert_fired(faults, 1, &out, what);
         out
     }
 
@@ -174,30 +179,62 @@ impl Case {
         );
     }
 
+    /// A plain `codex-store token` (`run` names it in messages, `why` says why it must
+    /// succeed) exits 0 and prints `access` (`None`: the access token the endpoint issued last,
+    /// after the run), the endpoint has read `requests` requests in all, and auth.json holds the
+    /// live refresh token. `what` begins every message.
+    #[track_caller]
+    fn assert_plain_run_installs(
+        &self,
+        run: &str,
+        why: &str,
+        access: Option<&str>,
+        requests: usize,
+        what: &str,
+    ) {
+        let next = self.token();
+        next.expect_code(
+            exit::OK,
+            &format!(
+                "{what}: {run} must succeed: {why} ({})",
+                self.describe_disk()
+            ),
+        );
+        let issued_last = self.issued().access_token;
+        next.expect_token(
+            access.unwrap_or(&issued_last),
+            &format!(
+                "{what}: {run} must print the access token {}",
+                if access.is_some() {
+                    "obtained before"
+                } else {
+                    "it obtained"
+                }
+            ),
+        );
+        self.idp.expect_requests(
+            requests,
+            &format!("{what}: {run} sent the wrong number of requests"),
+        );
+        assert_eq!(
+            self.refresh_token_on_disk(),
+            Some(self.idp.current_refresh_token()),
+            "{what}: after {run} auth.json must hold the live refresh token; {}",
+            self.describe_disk()
+        );
+    }
+
     /// Once the faults are gone, a plain run refreshes once and stores the live token: nothing
     /// the failed run left behind is in the way.
     #[track_caller]
     fn assert_store_still_works(&self, what: &str) {
         let requests = self.idp.requests();
-        let next = self.token();
-        next.expect_code(
-            exit::OK,
-            &format!("{what}: a plain run after the fault must refresh"),
-        );
-        next.expect_token(
-            &self.issued().access_token,
-            &format!("{what}: the plain run must print the token it obtained"),
-        );
-        assert_eq!(
-            self.idp.requests(),
+        self.assert_plain_run_installs(
+            "the plain run after the fault",
+            "it refreshes once, nothing the failed run left behind may be in the way",
+            None,
             requests + 1,
-            "{what}: the plain run must send exactly one request"
-        );
-        assert_eq!(
-            self.refresh_token_on_disk(),
-            Some(self.idp.current_refresh_token()),
-            "{what}: after the plain run auth.json must hold the live refresh token; {}",
-            self.describe_disk()
+            what,
         );
     }
 
@@ -237,30 +274,13 @@ impl Case {
             out.describe(),
             faults.describe()
         );
-        let next = self.token();
-        next.expect_code(
-            exit::OK,
-            &format!(
-                "{what}: the command failed after the token was redeemed, so the next plain run \
-                 must install the saved rotation ({})",
-                self.describe_disk()
-            ),
-        );
-        next.expect_token(
-            &issued.access_token,
-            &format!("{what}: the next run must print the access token obtained before"),
-        );
-        assert_eq!(
-            self.idp.requests(),
+        self.assert_plain_run_installs(
+            "the next plain run",
+            "the command failed after the token was redeemed, so it installs the saved rotation \
+             without another request",
+            Some(&issued.access_token),
             1,
-            "{what}: the next run must not send another request (presented: {:?})",
-            self.presented()
-        );
-        assert_eq!(
-            self.refresh_token_on_disk(),
-            Some(live),
-            "{what}: after the next run auth.json must hold the live refresh token; {}",
-            self.describe_disk()
+            what,
         );
         eprintln!(
             "{what}: exit {:?}, the next plain run installed the live refresh token",
@@ -276,6 +296,56 @@ impl Case {
             .map(|t| fingerprint(t))
             .collect()
     }
+}
+
+/// `codex-store ARGS` in `home` with `stdin` under `faults`, with `env` added.
+fn run_under(
+    faults: &Faults,
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> CliOutput {
+    let fault_env = faults.env();
+    let mut all: Vec<(&str, &str)> = fault_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    all.extend_from_slice(env);
+    run(home, args, stdin, &all)
+}
+
+/// The whole check of a fault that makes the save impossible: `codex-store token` under
+/// `faults` (whose rule 1 must act) sends no request, leaves auth.json untouched, fails naming
+/// the store directory and saying that nothing was sent, and once the faults are gone a plain
+/// run works; nothing leaked.
+#[track_caller]
+fn assert_the_save_is_refused_before_sending(case: &Case, faults: &Faults, what: &str) {
+    let out = case.token_under_fired(faults, what);
+    case.assert_untouched(&out, faults, what);
+    assert_refused_before_sending(case, &out, what);
+    case.assert_store_still_works(what);
+    assert_no_secret_leaked();
+}
+
+/// The whole check of a fault after the answer arrived: `out`'s message does not pretend that
+/// nothing happened, the one redeemed token is not lost, and nothing leaked.
+#[track_caller]
+fn assert_the_redeemed_token_survives(case: &Case, out: &CliOutput, faults: &Faults, what: &str) {
+    assert_no_false_comfort(out, what);
+    case.assert_redeemed_token_kept(out, faults, what);
+    assert_no_secret_leaked();
+}
+
+/// Panics unless `out` was killed by SIGKILL `when` (a fault rule's KILL).
+#[track_caller]
+fn assert_killed(out: &CliOutput, what: &str, when: &str) {
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{what}: the command must have died {when}\n{}",
+        out.describe()
+    );
 }
 
 /// auth.json parsed, `None` when missing or not JSON.
@@ -360,22 +430,19 @@ fn an_unwritable_codex_home_sends_no_request_names_the_path_and_leaves_auth_json
     let case = Case::expired_with_lock_files();
     // What an unwritable directory refuses: creating a file in it, renaming within it.
     let faults = Faults::new().rule("create,rename", &case.in_home(), "EACCES", "");
-    let out = case.token_under(&faults);
-    let what = "EACCES on creating files in CODEX_HOME";
-    assert_fired(&faults, 1, &out, what);
-    case.assert_untouched(&out, &faults, what);
-    assert_refused_before_sending(&case, &out, what);
-    case.assert_store_still_works(what);
-    assert_no_secret_leaked();
+    assert_the_save_is_refused_before_sending(
+        &case,
+        &faults,
+        "EACCES on creating files in CODEX_HOME",
+    );
 }
 
 #[test]
 fn an_unwritable_codex_home_without_lock_files_sends_no_request_either() {
     let case = Case::expired();
     let faults = Faults::new().rule("create,rename", &case.in_home(), "EACCES", "");
-    let out = case.token_under(&faults);
     let what = "EACCES on creating files in a CODEX_HOME that has no lock files yet";
-    assert_fired(&faults, 1, &out, what);
+    let out = case.token_under_fired(&faults, what);
     assert!(
         out.code().is_some_and(|c| c != exit::OK),
         "{what}: the command must fail\n{}",
@@ -395,13 +462,11 @@ fn an_unwritable_codex_home_without_lock_files_sends_no_request_either() {
 fn no_space_for_the_rotation_file_sends_no_request_and_says_so() {
     let case = Case::expired();
     let faults = Faults::new().rule("write,fallocate", &rotation_files(), "ENOSPC", "");
-    let out = case.token_under(&faults);
-    let what = "ENOSPC on filling the rotation file";
-    assert_fired(&faults, 1, &out, what);
-    case.assert_untouched(&out, &faults, what);
-    assert_refused_before_sending(&case, &out, what);
-    case.assert_store_still_works(what);
-    assert_no_secret_leaked();
+    assert_the_save_is_refused_before_sending(
+        &case,
+        &faults,
+        "ENOSPC on filling the rotation file",
+    );
 }
 
 #[test]
@@ -409,13 +474,11 @@ fn a_full_disk_sends_no_request_and_says_so() {
     let case = Case::expired_with_lock_files();
     // Every write and preallocation of a file in CODEX_HOME fails, as on a full disk.
     let faults = Faults::new().rule("write,fallocate", &case.in_home(), "ENOSPC", "");
-    let out = case.token_under(&faults);
-    let what = "ENOSPC on every write in CODEX_HOME";
-    assert_fired(&faults, 1, &out, what);
-    case.assert_untouched(&out, &faults, what);
-    assert_refused_before_sending(&case, &out, what);
-    case.assert_store_still_works(what);
-    assert_no_secret_leaked();
+    assert_the_save_is_refused_before_sending(
+        &case,
+        &faults,
+        "ENOSPC on every write in CODEX_HOME",
+    );
 }
 
 #[test]
@@ -423,13 +486,11 @@ fn no_free_inode_sends_no_request_and_says_so() {
     let case = Case::expired_with_lock_files();
     // No inode: creating a new file fails with ENOSPC; existing files can still be opened.
     let faults = Faults::new().rule("create", &case.in_home(), "ENOSPC", "");
-    let out = case.token_under(&faults);
-    let what = "ENOSPC on creating files in CODEX_HOME";
-    assert_fired(&faults, 1, &out, what);
-    case.assert_untouched(&out, &faults, what);
-    assert_refused_before_sending(&case, &out, what);
-    case.assert_store_still_works(what);
-    assert_no_secret_leaked();
+    assert_the_save_is_refused_before_sending(
+        &case,
+        &faults,
+        "ENOSPC on creating files in CODEX_HOME",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,12 +503,9 @@ fn eio_on_the_first_fsync_after_the_answer_loses_no_redeemed_token() {
     // `doc`: the rotation file already holds the new document, i.e. the answer has arrived (the
     // reservation's fsync, of a file of spaces, does not count).
     let faults = Faults::new().rule("fsync", &rotation_files(), "EIO", "doc,nth=1");
-    let out = case.token_under(&faults);
     let what = "EIO on the first fsync of the filled rotation file";
-    assert_fired(&faults, 1, &out, what);
-    assert_no_false_comfort(&out, what);
-    case.assert_redeemed_token_kept(&out, &faults, what);
-    assert_no_secret_leaked();
+    let out = case.token_under_fired(&faults, what);
+    assert_the_redeemed_token_survives(&case, &out, &faults, what);
 }
 
 #[test]
@@ -456,19 +514,17 @@ fn eio_on_every_fsync_either_sends_nothing_or_keeps_the_redeemed_token_and_says_
     let faults = Faults::new()
         .rule("fsync", &case.in_home(), "EIO", "")
         .rule("fsync", &case.the_home(), "EIO", "");
-    let out = case.token_under(&faults);
     let what = "EIO on every fsync in CODEX_HOME";
-    assert_fired(&faults, 1, &out, what);
+    let out = case.token_under_fired(&faults, what);
     if case.idp.requests() == 0 {
         // The reservation could not be made durable: refusing to send is the right answer.
         case.assert_untouched(&out, &faults, what);
         assert_refused_before_sending(&case, &out, what);
         case.assert_store_still_works(what);
+        assert_no_secret_leaked();
     } else {
-        assert_no_false_comfort(&out, what);
-        case.assert_redeemed_token_kept(&out, &faults, what);
+        assert_the_redeemed_token_survives(&case, &out, &faults, what);
     }
-    assert_no_secret_leaked();
 }
 
 #[test]
@@ -481,10 +537,8 @@ fn eio_on_every_fsync_after_the_answer_keeps_the_redeemed_token_and_a_success_sa
         .rule("fsync", &rotation_files(), "EIO", "doc")
         .rule("fsync", &case.in_home(), "EIO", "armed")
         .rule("fsync", &case.the_home(), "EIO", "armed");
-    let out = case.token_under(&faults);
     let what = "EIO on every fsync after the answer";
-    assert_fired(&faults, 1, &out, what);
-    assert_no_false_comfort(&out, what);
+    let out = case.token_under_fired(&faults, what);
     if out.code() == Some(exit::OK) {
         // A success despite failed fsyncs must not be silent about them.
         let stderr = out.stderr.to_lowercase();
@@ -497,8 +551,7 @@ fn eio_on_every_fsync_after_the_answer_keeps_the_redeemed_token_and_a_success_sa
             out.describe()
         );
     }
-    case.assert_redeemed_token_kept(&out, &faults, what);
-    assert_no_secret_leaked();
+    assert_the_redeemed_token_survives(&case, &out, &faults, what);
 }
 
 #[test]
@@ -506,15 +559,9 @@ fn a_crash_at_the_rename_of_the_rotation_file_is_rolled_forward_by_the_next_run_
 {
     let case = Case::expired();
     let faults = Faults::new().rule("rename", &rotation_files(), "KILL", "nth=1");
-    let out = case.token_under(&faults);
     let what = "SIGKILL at the rename of the rotation file over auth.json";
-    assert_fired(&faults, 1, &out, what);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{what}: the command must have died at the rename\n{}",
-        out.describe()
-    );
+    let out = case.token_under_fired(&faults, what);
+    assert_killed(&out, what, "at the rename");
     assert_eq!(
         case.idp.requests(),
         1,
@@ -536,15 +583,9 @@ fn a_crash_right_after_the_rotation_file_is_synced_is_rolled_forward_by_the_next
     // `after`: the fsync of the filled rotation file completes, then the process dies, before it
     // takes any lock or renames anything.
     let faults = Faults::new().rule("fsync", &rotation_files(), "KILL", "doc,after,nth=1");
-    let out = case.token_under(&faults);
     let what = "SIGKILL right after the fsync of the filled rotation file";
-    assert_fired(&faults, 1, &out, what);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{what}: the command must have died after the fsync\n{}",
-        out.describe()
-    );
+    let out = case.token_under_fired(&faults, what);
+    assert_killed(&out, what, "after the fsync");
     case.assert_redeemed_token_kept(&out, &faults, what);
     assert_no_secret_leaked();
 }
@@ -618,11 +659,7 @@ fn an_in_place_write_between_the_rotation_files_fsync_and_the_rename_is_merged_w
     let (lines, status) = child.finish(RUN_TIMEOUT);
     let stderr = child.stderr();
     register_last_issued(&case.idp);
-    assert_eq!(
-        redact(&stderr),
-        stderr,
-        "{what}: a secret leaked into stderr (shown redacted)"
-    );
+    assert_no_registered_secret(&format!("{what}: stderr"), &stderr);
 
     assert!(
         status.success(),
@@ -749,28 +786,18 @@ fn a_saved_rotation_is_never_bypassed_when_auth_json_reads_as_half_written_durin
     for torn in 1..=MAX_TORN_READS {
         let case = Case::expired();
         let crash = Faults::new().rule("rename", &rotation_files(), "KILL", "nth=1");
-        let out = case.token_under(&crash);
         let what = format!(
             "a rotation saved by a crashed run, recovered while an in-place writer leaves \
              auth.json empty for {torn} read(s)"
         );
-        assert_fired(&crash, 1, &out, &what);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "{what}: the first run must have died at the rename\n{}",
-            out.describe()
-        );
+        let out = case.token_under_fired(&crash, &what);
+        assert_killed(&out, &what, "at the rename (the first run)");
         let issued = case.issued();
 
         let (status, lines, stderr, torn_reads) =
             run_with_torn_reads_after_rotation_reads(&case, torn, &what);
         torn_somewhere |= torn_reads > 0;
-        assert_eq!(
-            redact(&stderr),
-            stderr,
-            "{what}: a secret leaked into stderr (shown redacted)"
-        );
+        assert_no_registered_secret(&format!("{what}: stderr"), &stderr);
         assert_eq!(
             case.idp.requests(),
             1,
@@ -786,23 +813,12 @@ fn a_saved_rotation_is_never_bypassed_when_auth_json_reads_as_half_written_durin
                 "{what}: a success must print the saved rotation's access token"
             );
         }
-        let next = case.token();
-        next.expect_code(exit::OK, &format!("{what}: a plain run afterwards"));
-        next.expect_token(
-            &issued.access_token,
-            &format!("{what}: a plain run afterwards prints the saved rotation's access token"),
-        );
-        assert_eq!(
-            case.idp.requests(),
+        case.assert_plain_run_installs(
+            "a plain run afterwards",
+            "it installs the saved rotation, prints its access token and sends no request",
+            Some(&issued.access_token),
             1,
-            "{what}: the plain run afterwards must not send a request (presented: {:?})",
-            case.presented()
-        );
-        assert_eq!(
-            case.refresh_token_on_disk(),
-            Some(case.idp.current_refresh_token()),
-            "{what}: auth.json must end with the live refresh token; {}",
-            case.describe_disk()
+            &what,
         );
     }
     assert!(
@@ -956,17 +972,16 @@ fn forty_eight_refreshes_beside_a_writer_rewriting_in_place_every_millisecond_ne
 
 #[test]
 fn a_failed_directory_fsync_after_the_rename_is_a_warning_and_the_new_file_stays_in_place() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let key = crate::kit::api_key();
+    let home = temp_home();
+    let key = api_key();
     let anchored = format!("{}$", home.path().display());
     let faults = Faults::new().rule("fsync", &anchored, "EIO", "");
-    let env = faults.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let out = run(
+    let out = run_under(
+        &faults,
         home.path(),
         &["login", "--with-api-key"],
         Some(&format!("{key}\n")),
-        &env,
+        &[],
     );
     assert_fired(&faults, 1, &out, "EIO on the directory fsync");
     out.expect_code(0, "login whose directory fsync failed after the rename")
@@ -975,7 +990,7 @@ fn a_failed_directory_fsync_after_the_rename_is_a_warning_and_the_new_file_stays
             &["warning", "could not be fsynced"],
             "the missing durability should be a warning, not a failure",
         );
-    let text = fs::read_to_string(home.path().join("auth.json")).expect("auth.json");
+    let text = read_text(&auth_path(home.path()));
     assert!(text.contains(&key), "the new file is not in place");
 }
 
@@ -1003,20 +1018,17 @@ fn a_bind_mounted_auth_json_that_cannot_be_renamed_over_is_written_in_place_and_
     });
     let out = case.token_under(&faults);
     for n in 0..10 {
-        let env = faults.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let key = format!("sk-bind-mount-{n}");
-        run(
+        run_under(
+            &faults,
             case.dir(),
             &["login", "--with-api-key"],
             Some(&format!("{key}\n")),
-            &env,
+            &[],
         )
         .expect_code(exit::OK, "login on a bind-mounted auth.json");
         assert!(
-            fs::read_to_string(&case.path)
-                .expect("auth.json")
-                .contains(&key),
+            read_text(&case.path).contains(&key),
             "login {n} did not write the bind-mounted file"
         );
     }
@@ -1035,7 +1047,7 @@ fn a_bind_mounted_auth_json_that_cannot_be_renamed_over_is_written_in_place_and_
             .is_symlink(),
         "auth.json is no longer a regular file"
     );
-    assert_eq!(case.idp.requests(), 1, "more than one refresh request");
+    case.idp.expect_requests(1, "more than one refresh request");
 }
 
 #[test]
@@ -1048,23 +1060,15 @@ fn a_crash_half_way_through_an_in_place_install_is_finished_by_the_next_run_with
     let out = case.token_under(&faults);
     assert_fired(&faults, 2, &out, "KILL after truncating auth.json in place");
     assert_eq!(
-        fs::read(&case.path).expect("auth.json").len(),
+        read(&case.path).len(),
         0,
         "the crash did not leave auth.json cut short, so this test tests nothing"
     );
-    let next = case.token();
-    next.expect_code(exit::OK, "the run after the crash");
-    let issued = case.issued();
-    next.expect_token(&issued.access_token, "the run after the crash");
-    assert_eq!(
-        case.refresh_token_on_disk().as_deref(),
-        Some(issued.refresh_token.as_str()),
-        "the interrupted install was not finished: {}",
-        case.describe_disk()
-    );
-    assert_eq!(
-        case.idp.requests(),
+    case.assert_plain_run_installs(
+        "the run after the crash",
+        "it finishes the interrupted install without a request",
+        None,
         1,
-        "the run after the crash sent a request"
+        "KILL half way through an in-place install",
     );
 }

@@ -1,23 +1,25 @@
 //! `FileBackend`: the load / save / delete trio over a store.
 
-use crate::common;
-
 use std::fs;
 use std::os::unix::fs::symlink;
 
-use codex_store::{backend::FileBackend, AuthDotJson, Secret, Store, StoreError};
-use common::*;
-
-fn key_doc(key: &str) -> AuthDotJson {
-    AuthDotJson {
-        openai_api_key: Some(Secret::new(key)),
-        ..Default::default()
-    }
-}
+use codex_store::{backend::FileBackend, Secret, Store, StoreError};
+use codex_store_tests::fixtures::*;
 
 fn backend() -> (tempfile::TempDir, FileBackend) {
     let (dir, store) = temp_store();
     (dir, FileBackend::from_store(store))
+}
+
+/// Panics with `why` unless the backend loads a document holding the API key `key`.
+#[track_caller]
+fn assert_loads_key(backend: &FileBackend, key: &str, why: &str) {
+    let loaded = backend.load().expect("load failed").expect("nothing saved");
+    assert_eq!(
+        loaded.openai_api_key.as_ref().map(Secret::expose),
+        Some(key),
+        "{why}"
+    );
 }
 
 #[test]
@@ -32,13 +34,8 @@ fn load_with_no_file_is_none() {
 #[test]
 fn save_then_load_returns_the_document() {
     let (dir, backend) = backend();
-    backend.save(&key_doc("sk-saved")).expect("save failed");
-    let loaded = backend.load().expect("load failed").expect("nothing saved");
-    assert_eq!(
-        loaded.openai_api_key.as_ref().map(Secret::expose),
-        Some("sk-saved"),
-        "the saved key did not load back"
-    );
+    backend.save(&api_key_doc("sk-saved")).expect("save failed");
+    assert_loads_key(&backend, "sk-saved", "the saved key did not load back");
     assert_eq!(
         mode(&auth_path(dir.path())),
         0o600,
@@ -49,15 +46,16 @@ fn save_then_load_returns_the_document() {
 #[test]
 fn save_replaces_an_existing_document() {
     let (_dir, backend) = backend();
-    backend.save(&key_doc("sk-one")).expect("first save failed");
     backend
-        .save(&key_doc("sk-two"))
+        .save(&api_key_doc("sk-one"))
+        .expect("first save failed");
+    backend
+        .save(&api_key_doc("sk-two"))
         .expect("second save failed");
-    let loaded = backend.load().expect("load failed").expect("nothing saved");
-    assert_eq!(
-        loaded.openai_api_key.as_ref().map(Secret::expose),
-        Some("sk-two"),
-        "a second save did not replace the first"
+    assert_loads_key(
+        &backend,
+        "sk-two",
+        "a second save did not replace the first",
     );
 }
 
@@ -66,20 +64,19 @@ fn save_replaces_a_corrupt_file() {
     let (dir, backend) = backend();
     write_auth(dir.path(), "{\"cut");
     backend
-        .save(&key_doc("sk-fresh"))
+        .save(&api_key_doc("sk-fresh"))
         .expect("a sign-in could not replace a corrupt file");
-    let loaded = backend.load().expect("load failed").expect("nothing saved");
-    assert_eq!(
-        loaded.openai_api_key.as_ref().map(Secret::expose),
-        Some("sk-fresh"),
-        "save did not replace the corrupt file"
+    assert_loads_key(
+        &backend,
+        "sk-fresh",
+        "save did not replace the corrupt file",
     );
 }
 
 #[test]
 fn delete_removes_the_file_and_returns_true() {
     let (dir, backend) = backend();
-    backend.save(&key_doc("sk-one")).expect("save failed");
+    backend.save(&api_key_doc("sk-one")).expect("save failed");
     assert!(
         backend.delete().expect("delete failed"),
         "delete of an existing file returned false"
@@ -155,7 +152,7 @@ fn delete_refuses_a_symlink_and_keeps_its_target() {
         "the symlink's target was changed"
     );
     let err = backend
-        .save(&key_doc("sk-through-link"))
+        .save(&api_key_doc("sk-through-link"))
         .expect_err("save wrote through a symlink");
     assert!(
         matches!(err, StoreError::Symlink { .. }),
@@ -177,21 +174,17 @@ fn a_backend_opened_on_a_path_shares_the_files_of_a_store() {
         home.is_dir(),
         "FileBackend::new did not create the directory"
     );
-    backend.save(&key_doc("sk-shared")).expect("save failed");
+    backend
+        .save(&api_key_doc("sk-shared"))
+        .expect("save failed");
     let store = Store::open(&home).expect("open failed");
     assert_eq!(
         store.path(),
         backend.store().path(),
         "the backend and the store disagree on the file"
     );
-    let seen = store
-        .load()
-        .expect("load failed")
-        .into_auth()
-        .and_then(|a| a.openai_api_key)
-        .map(|k| k.expose().to_owned());
     assert_eq!(
-        seen.as_deref(),
+        stored_api_key(&store).as_deref(),
         Some("sk-shared"),
         "a store does not see what the backend saved"
     );

@@ -2,20 +2,20 @@
 //! generation and a reason naming the key, is left untouched, and is replaced only by a
 //! compare-and-swap naming its generation or `Expect::Any`.
 
-use crate::common;
-
 use std::path::Path;
 
 use codex_store::{AuthDotJson, Expect, Generation, Secret, Store, StoreError, MAX_FILE_SIZE};
-use common::*;
+use codex_store_tests::fixtures::*;
+use codex_store_tests::jwt;
+use codex_store_tests::secrets::assert_hides;
 
 /// The token values planted in the bad files; no error message may show them.
 fn planted_secrets() -> Vec<String> {
     vec![
         REFRESH_TOKEN.to_string(),
         API_KEY.to_string(),
-        id_token("leak@example.com", "acct-leak"),
-        access_token(4_000_000_000),
+        jwt::id_token("leak@example.com", "acct-leak", "plus"),
+        valid_access_token(),
     ]
 }
 
@@ -29,13 +29,11 @@ fn replacement() -> AuthDotJson {
 /// Asserts `err` is Corrupt for `path` at `generation` with a reason containing `key`, and that
 /// its Display shows none of the planted secrets.
 fn assert_corrupt(err: StoreError, path: &Path, generation: Generation, key: &str, from: &str) {
-    let shown = err.to_string();
-    for secret in planted_secrets() {
-        assert!(
-            !shown.contains(&secret),
-            "{from}: the error message shows a token value from the file: {shown}"
-        );
-    }
+    assert_hides(
+        &format!("{from}: the error message"),
+        &err.to_string(),
+        &planted_secrets(),
+    );
     match err {
         StoreError::Corrupt {
             path: p,
@@ -174,11 +172,14 @@ fn token_fields(id: &str, access: &str) -> String {
 }
 
 fn good_id() -> String {
-    format!("\"{}\"", id_token("leak@example.com", "acct-leak"))
+    format!(
+        "\"{}\"",
+        jwt::id_token("leak@example.com", "acct-leak", "plus")
+    )
 }
 
 fn good_access() -> String {
-    format!("\"{}\"", access_token(4_000_000_000))
+    format!("\"{}\"", valid_access_token())
 }
 
 #[test]
@@ -303,9 +304,10 @@ fn an_id_token_that_is_not_a_jwt_is_corrupt() {
     let (dir, store) = temp_store();
     write_auth(dir.path(), &bytes);
     let shown = store.load().expect_err("a bad id token loaded").to_string();
-    assert!(
-        !shown.contains("not-a-jwt-id-token-secret"),
-        "the error shows the id token: {shown}"
+    assert_hides(
+        "the error of a bad id token",
+        &shown,
+        &["not-a-jwt-id-token-secret"],
     );
 }
 
@@ -317,7 +319,7 @@ fn an_id_token_whose_payload_is_not_base64url_is_corrupt() {
 
 #[test]
 fn an_id_token_whose_payload_is_not_an_object_is_corrupt() {
-    let bad = format!("\"{}\"", jwt("[1,2,3]"));
+    let bad = format!("\"{}\"", jwt::make_jwt(&serde_json::json!([1, 2, 3])));
     let bytes = tokens_file(&token_fields(&bad, &good_access()));
     check_bad_file(bytes.as_bytes(), "tokens.id_token");
 }
@@ -418,9 +420,10 @@ fn writing_a_document_whose_id_token_is_not_a_jwt_is_refused_and_writes_nothing(
         matches!(err, StoreError::InvalidDocument { ref reason, .. } if reason.contains("tokens.id_token")),
         "expected InvalidDocument naming tokens.id_token, got {err}"
     );
-    assert!(
-        !err.to_string().contains("not-a-jwt"),
-        "the error quotes the bad value: {err}"
+    assert_hides(
+        "the refusal of the bad id token",
+        &err.to_string(),
+        &["not-a-jwt"],
     );
     assert_eq!(
         read(&path),

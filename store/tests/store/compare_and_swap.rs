@@ -1,39 +1,40 @@
 //! Compare-and-swap and transactions: Expect::Any / Absent / Generation, conflicts that write
 //! nothing, generations equal to the SHA-256 of the bytes, and the transaction lock.
 
-use crate::common;
-
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use codex_store::{AuthDotJson, Expect, Generation, Secret, Store, StoreError, StoreOptions};
-use common::*;
+use codex_store_tests::fixtures::*;
 use tempfile::TempDir;
 
-fn key_doc(key: &str) -> AuthDotJson {
-    AuthDotJson {
-        openai_api_key: Some(Secret::new(key)),
-        ..Default::default()
-    }
+/// Panics with `why` unless the store holds the API key `key`.
+#[track_caller]
+fn assert_stored_key(store: &Store, key: &str, why: &str) {
+    assert_eq!(stored_api_key(store).as_deref(), Some(key), "{why}");
 }
 
-fn stored_key(store: &Store) -> Option<String> {
-    store
-        .load()
-        .expect("load failed")
-        .into_auth()
-        .and_then(|a| a.openai_api_key)
-        .map(|k| k.expose().to_owned())
+/// A writer that ignores the lock (an older installation) writes auth.json in `dir` in place,
+/// behind the back of an open transaction; returns what it wrote and where.
+fn intrude(dir: &Path) -> (String, PathBuf) {
+    let intruder = api_key_file();
+    let path = write_auth(dir, &intruder);
+    (intruder, path)
+}
+
+/// Panics with `why` unless `path` holds exactly what [`intrude`] wrote.
+#[track_caller]
+fn assert_intruder_kept(path: &Path, intruder: &str, why: &str) {
+    assert_eq!(read(path), intruder.as_bytes(), "{why}");
 }
 
 /// A temp store holding the API key `sk-one`, written create-only; returns its generation too.
 fn store_holding_sk_one() -> (TempDir, Store, Generation) {
     let (dir, store) = temp_store();
     let g = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("sk-one")))
         .expect("write failed");
     (dir, store, g)
 }
@@ -68,7 +69,7 @@ fn assert_conflict_left_no_file(err: StoreError, dir: &Path, wrote: &str) {
 fn create_only_succeeds_when_there_is_no_file() {
     let (dir, store) = temp_store();
     let g = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("sk-one")))
         .expect("create-only refused with no file on disk");
     assert!(!g.is_absent(), "a created file reported generation absent");
     assert_eq!(
@@ -76,11 +77,7 @@ fn create_only_succeeds_when_there_is_no_file() {
         Generation::of_bytes(&read(&auth_path(dir.path()))),
         "the returned generation is not the hash of the bytes written"
     );
-    assert_eq!(
-        stored_key(&store).as_deref(),
-        Some("sk-one"),
-        "the created document does not read back"
-    );
+    assert_stored_key(&store, "sk-one", "the created document does not read back");
 }
 
 #[test]
@@ -89,7 +86,7 @@ fn create_only_conflicts_when_a_file_exists_and_writes_nothing() {
     let path = write_auth(dir.path(), api_key_file());
     let before = read(&path);
     let err = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-two")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("sk-two")))
         .expect_err("create-only overwrote an existing file");
     let (expected, actual) = conflict_of(err);
     assert_eq!(
@@ -109,15 +106,15 @@ fn create_only_conflicts_when_a_file_exists_and_writes_nothing() {
 fn a_stale_generation_conflicts_and_writes_nothing() {
     let (dir, store) = temp_store();
     let g1 = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-one")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("sk-one")))
         .expect("first write failed");
     let g2 = store
-        .compare_and_swap(Expect::Generation(g1), Some(&key_doc("sk-two")))
+        .compare_and_swap(Expect::Generation(g1), Some(&api_key_doc("sk-two")))
         .expect("a write naming the current generation failed");
     assert_ne!(g1, g2, "different documents got the same generation");
     let before = read(&auth_path(dir.path()));
     let err = store
-        .compare_and_swap(Expect::Generation(g1), Some(&key_doc("sk-three")))
+        .compare_and_swap(Expect::Generation(g1), Some(&api_key_doc("sk-three")))
         .expect_err("a stale generation was accepted");
     let (expected, actual) = conflict_of(err);
     assert_eq!(
@@ -133,11 +130,7 @@ fn a_stale_generation_conflicts_and_writes_nothing() {
     );
     assert_eq!(
         entries(dir.path()),
-        vec![
-            "auth.json".to_string(),
-            "auth.json.lock".to_string(),
-            "auth.lock".to_string()
-        ],
+        only_auth_json_and_locks(),
         "a failed write left extra files behind"
     );
 }
@@ -147,7 +140,7 @@ fn a_generation_expectation_against_no_file_conflicts() {
     let (dir, store) = temp_store();
     let g = Generation::of_bytes(b"{}");
     let err = store
-        .compare_and_swap(Expect::Generation(g), Some(&key_doc("sk-one")))
+        .compare_and_swap(Expect::Generation(g), Some(&api_key_doc("sk-one")))
         .expect_err("a generation was accepted while there is no file");
     assert_conflict_left_no_file(err, dir.path(), "a conflicting write created the file");
 }
@@ -158,14 +151,10 @@ fn expecting_the_absent_generation_creates_the_file() {
     store
         .compare_and_swap(
             Expect::Generation(Generation::Absent),
-            Some(&key_doc("sk-one")),
+            Some(&api_key_doc("sk-one")),
         )
         .expect("Expect::Generation(Absent) refused with no file");
-    assert_eq!(
-        stored_key(&store).as_deref(),
-        Some("sk-one"),
-        "document not written"
-    );
+    assert_stored_key(&store, "sk-one", "document not written");
 }
 
 #[test]
@@ -173,13 +162,9 @@ fn any_overwrites_whatever_is_there() {
     let (dir, store) = temp_store();
     write_auth(dir.path(), api_key_file());
     let g = store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-new")))
+        .compare_and_swap(Expect::Any, Some(&api_key_doc("sk-new")))
         .expect("Expect::Any refused to overwrite");
-    assert_eq!(
-        stored_key(&store).as_deref(),
-        Some("sk-new"),
-        "Any did not overwrite"
-    );
+    assert_stored_key(&store, "sk-new", "Any did not overwrite");
     assert_eq!(
         g,
         store.generation().expect("generation failed"),
@@ -209,7 +194,7 @@ fn none_deletes_the_file_and_returns_absent() {
 fn a_delete_with_a_stale_generation_keeps_the_file() {
     let (dir, store, g1) = store_holding_sk_one();
     store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-two")))
+        .compare_and_swap(Expect::Any, Some(&api_key_doc("sk-two")))
         .expect("overwrite failed");
     let before = read(&auth_path(dir.path()));
     let err = store
@@ -247,22 +232,12 @@ fn deleting_when_absent_with_any_is_fine() {
 fn generation_display_equals_sha256sum_of_the_file() {
     let (dir, store) = temp_store();
     let g = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-hash-me")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("sk-hash-me")))
         .expect("write failed");
     let path = auth_path(dir.path());
-    let out = Command::new("sha256sum")
-        .arg(&path)
-        .output()
-        .expect("cannot run sha256sum");
-    assert!(out.status.success(), "sha256sum failed: {out:?}");
-    let stdout = String::from_utf8(out.stdout).expect("sha256sum printed non-UTF-8");
-    let expected = stdout
-        .split_whitespace()
-        .next()
-        .expect("sha256sum printed nothing");
     assert_eq!(
         g.to_string(),
-        expected,
+        sha256sum(&path),
         "Generation Display differs from sha256sum"
     );
     assert_eq!(
@@ -320,11 +295,7 @@ fn a_transaction_snapshot_is_read_under_the_lock_and_commit_writes() {
         Generation::of_bytes(&read(&auth_path(dir.path()))),
         "commit returned a generation that is not the file's"
     );
-    assert_eq!(
-        stored_key(&store).as_deref(),
-        Some("sk-two"),
-        "commit did not write"
-    );
+    assert_stored_key(&store, "sk-two", "commit did not write");
     assert!(
         !store.lock_held().expect("lock_held failed"),
         "commit did not release the lock"
@@ -403,9 +374,7 @@ fn a_transaction_commit_conflicts_when_the_file_was_replaced_behind_its_back() {
     let snap_gen = tx.snapshot().generation();
     let mut doc = tx.snapshot().auth().cloned().expect("no document");
     doc.openai_api_key = Some(Secret::new("sk-from-tx"));
-    // A writer that ignores the lock (an older installation) writes in place.
-    let intruder = api_key_file();
-    let path = write_auth(dir.path(), &intruder);
+    let (intruder, path) = intrude(dir.path());
     let err = tx
         .commit(Some(&doc))
         .expect_err("commit overwrote a file changed behind its back");
@@ -420,18 +389,10 @@ fn a_transaction_commit_conflicts_when_the_file_was_replaced_behind_its_back() {
         Generation::of_bytes(intruder.as_bytes()),
         "conflict names the wrong actual generation"
     );
-    assert_eq!(
-        read(&path),
-        intruder.as_bytes(),
-        "the intruder's bytes were overwritten"
-    );
+    assert_intruder_kept(&path, &intruder, "the intruder's bytes were overwritten");
     assert_eq!(
         entries(dir.path()),
-        vec![
-            "auth.json".to_string(),
-            "auth.json.lock".to_string(),
-            "auth.lock".to_string()
-        ],
+        only_auth_json_and_locks(),
         "a conflicting commit left a temp file behind"
     );
 }
@@ -440,8 +401,7 @@ fn a_transaction_commit_conflicts_when_the_file_was_replaced_behind_its_back() {
 fn a_transaction_delete_conflicts_when_the_file_was_replaced_behind_its_back() {
     let (dir, store, _) = store_holding_sk_one();
     let tx = store.transaction().expect("transaction failed");
-    let intruder = api_key_file();
-    let path = write_auth(dir.path(), &intruder);
+    let (intruder, path) = intrude(dir.path());
     let err = tx
         .commit(None)
         .expect_err("a delete removed a file changed behind its back");
@@ -449,10 +409,10 @@ fn a_transaction_delete_conflicts_when_the_file_was_replaced_behind_its_back() {
         matches!(err, StoreError::Conflict { .. }),
         "expected Conflict, got {err:?}"
     );
-    assert_eq!(
-        read(&path),
-        intruder.as_bytes(),
-        "the intruder's file was removed or changed"
+    assert_intruder_kept(
+        &path,
+        &intruder,
+        "the intruder's file was removed or changed",
     );
 }
 
@@ -465,10 +425,9 @@ fn a_transaction_commit_conflicts_when_a_file_appeared_behind_its_back() {
         Generation::Absent,
         "empty store did not snapshot as absent"
     );
-    let intruder = api_key_file();
-    let path = write_auth(dir.path(), &intruder);
+    let (intruder, path) = intrude(dir.path());
     let err = tx
-        .commit(Some(&key_doc("sk-from-tx")))
+        .commit(Some(&api_key_doc("sk-from-tx")))
         .expect_err("commit overwrote a file created behind its back");
     assert!(
         matches!(
@@ -480,10 +439,10 @@ fn a_transaction_commit_conflicts_when_a_file_appeared_behind_its_back() {
         ),
         "expected Conflict expecting absent, got {err:?}"
     );
-    assert_eq!(
-        read(&path),
-        intruder.as_bytes(),
-        "the file created behind the transaction's back was overwritten"
+    assert_intruder_kept(
+        &path,
+        &intruder,
+        "the file created behind the transaction's back was overwritten",
     );
 }
 
@@ -491,8 +450,7 @@ fn a_transaction_commit_conflicts_when_a_file_appeared_behind_its_back() {
 fn a_transaction_delete_conflicts_when_a_file_appeared_behind_its_back() {
     let (dir, store) = temp_store();
     let tx = store.transaction().expect("transaction failed");
-    let intruder = api_key_file();
-    let path = write_auth(dir.path(), &intruder);
+    let (intruder, path) = intrude(dir.path());
     // The snapshot said "no file"; a delete must not report success (Generation::Absent)
     // while the file created behind its back is still on disk.
     let result = tx.commit(None);
@@ -502,10 +460,10 @@ fn a_transaction_delete_conflicts_when_a_file_appeared_behind_its_back() {
          behind its back (the file is still there: {})",
         path.exists()
     );
-    assert_eq!(
-        read(&path),
-        intruder.as_bytes(),
-        "the file created behind the transaction's back was changed"
+    assert_intruder_kept(
+        &path,
+        &intruder,
+        "the file created behind the transaction's back was changed",
     );
 }
 
@@ -515,7 +473,7 @@ fn a_transaction_commit_conflicts_when_the_file_was_deleted_behind_its_back() {
     let tx = store.transaction().expect("transaction failed");
     std::fs::remove_file(auth_path(dir.path())).expect("cannot remove auth.json");
     let err = tx
-        .commit(Some(&key_doc("sk-two")))
+        .commit(Some(&api_key_doc("sk-two")))
         .expect_err("commit recreated a file deleted behind its back");
     assert_conflict_left_no_file(err, dir.path(), "a conflicting commit wrote the file");
 }
@@ -528,7 +486,7 @@ fn clones_of_a_store_in_other_threads_serialize_their_updates() {
         ..Default::default()
     });
     store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("0")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("0")))
         .expect("write failed");
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -553,11 +511,7 @@ fn clones_of_a_store_in_other_threads_serialize_their_updates() {
     for t in threads {
         t.join().expect("a worker thread panicked");
     }
-    assert_eq!(
-        stored_key(&store).as_deref(),
-        Some("80"),
-        "updates were lost: 8 threads x 10 increments"
-    );
+    assert_stored_key(&store, "80", "updates were lost: 8 threads x 10 increments");
 }
 
 #[test]
@@ -606,7 +560,7 @@ fn the_public_types_can_move_between_threads() {
     send_sync::<codex_store::backend::FileBackend>();
     let (_dir, store) = temp_store();
     let tx = store.transaction().expect("transaction failed");
-    let g = std::thread::spawn(move || tx.commit(Some(&key_doc("sk-thread"))))
+    let g = std::thread::spawn(move || tx.commit(Some(&api_key_doc("sk-thread"))))
         .join()
         .expect("the committing thread panicked")
         .expect("commit from another thread failed");

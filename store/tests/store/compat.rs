@@ -1,10 +1,9 @@
 //! Compatibility with the files existing installations write: every shape loads, unknown keys
 //! survive in order, and an unchanged document is rewritten byte for byte.
 
-use crate::common;
-
 use codex_store::{AuthDotJson, AuthMode, Expect, Generation, Secret, Store, Timestamp, TokenData};
-use common::*;
+use codex_store_tests::fixtures::*;
+use codex_store_tests::jwt;
 
 /// Loads `text` from a real auth.json in a fresh store.
 fn load_text(text: &str) -> (tempfile::TempDir, Store, AuthDotJson) {
@@ -59,17 +58,17 @@ fn the_test_jwt_helper_encodes_base64url_like_rfc_4648() {
         ("foobar", "Zm9vYmFy"),
     ] {
         assert_eq!(
-            base64url(input.as_bytes()),
+            jwt::base64url(input.as_bytes()),
             expected,
             "base64url({input:?}) is wrong"
         );
     }
     assert_eq!(
-        base64url([0xfb, 0xff]),
+        jwt::base64url([0xfb, 0xff]),
         "-_8",
         "the URL-safe alphabet is not used"
     );
-    let claims = codex_store::IdTokenClaims::decode(&id_token("a@example.com", "acct-1"))
+    let claims = codex_store::IdTokenClaims::decode(&valid_id_token())
         .expect("the crate cannot decode the helper's JWT");
     assert_eq!(
         claims.email.as_deref(),
@@ -146,8 +145,8 @@ fn a_chatgpt_file_without_auth_mode_loads_as_chatgpt_and_round_trips() {
   }},
   "last_refresh": "2025-08-06T20:41:36.232376Z"
 }}"#,
-        id_token("a@example.com", "acct-1"),
-        access_token(4_000_000_000)
+        valid_id_token(),
+        valid_access_token()
     );
     let (_dir, _store, auth) = load_text(&text);
     assert_eq!(auth.auth_mode, None, "an absent auth_mode was invented");
@@ -230,8 +229,8 @@ fn a_file_with_both_tokens_and_a_key_and_no_auth_mode_resolves_to_api_key() {
   }},
   "last_refresh": "2025-08-06T20:41:36Z"
 }}"#,
-        id_token("a@example.com", "acct-1"),
-        access_token(4_000_000_000)
+        valid_id_token(),
+        valid_access_token()
     );
     let (_dir, _store, auth) = load_text(&text);
     assert_eq!(
@@ -341,8 +340,8 @@ fn file_with_unknown_keys() -> String {
   "last_refresh": "2025-08-06T20:41:36.232376Z",
   "mm_last": false
 }}"#,
-        id_token("a@example.com", "acct-1"),
-        access_token(4_000_000_000)
+        valid_id_token(),
+        valid_access_token()
     )
 }
 
@@ -378,8 +377,8 @@ fn a_file_in_non_canonical_key_order_stays_byte_identical() {
   "OPENAI_API_KEY": null,
   "auth_mode": "chatgpt"
 }}"#,
-        access_token(4_000_000_000),
-        id_token("a@example.com", "acct-1")
+        valid_access_token(),
+        valid_id_token()
     );
     assert_round_trips_byte_identical(&text);
 }
@@ -388,12 +387,12 @@ fn a_file_in_non_canonical_key_order_stays_byte_identical() {
 fn modifying_one_field_keeps_everything_else() {
     let text = file_with_unknown_keys();
     let (dir, store, _auth) = load_text(&text);
-    let new_access = access_token(4_100_000_000);
+    let new_access = access_token_expiring_at(4_100_000_000);
     let tx = store.transaction().expect("transaction failed");
     let mut doc = tx.snapshot().auth().cloned().expect("no document");
     doc.tokens.as_mut().expect("no tokens").access_token = Secret::new(new_access.clone());
     tx.commit(Some(&doc)).expect("commit failed");
-    let expected = text.replace(&access_token(4_000_000_000), &new_access);
+    let expected = text.replace(&valid_access_token(), &new_access);
     assert_ne!(
         expected, text,
         "the fixture did not contain the access token"
@@ -442,8 +441,8 @@ fn clearing_the_api_key_writes_null_where_it_stood() {
 #[test]
 fn a_new_document_is_written_like_existing_installations_write_it() {
     let (dir, store) = temp_store();
-    let id = id_token("a@example.com", "acct-1");
-    let access = access_token(4_000_000_000);
+    let id = valid_id_token();
+    let access = valid_access_token();
     let auth = AuthDotJson {
         auth_mode: Some(AuthMode::Chatgpt),
         openai_api_key: None,

@@ -1,29 +1,33 @@
 //! The files on disk: permissions, the lock file, symlink and hard-link policy, diagnostics,
 //! leftover temp files and the store directory.
 
-use crate::common;
-
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 
 use codex_store::{
     AuthDotJson, Expect, Problem, Secret, Store, StoreError, TokenData, TEMP_PREFIX,
 };
-use common::*;
+use codex_store_tests::fixtures::*;
+use codex_store_tests::secrets::assert_hides;
 
-fn key_doc(key: &str) -> AuthDotJson {
-    AuthDotJson {
-        openai_api_key: Some(Secret::new(key)),
-        ..Default::default()
-    }
+/// Writes a document holding the API key `key` through the store, expecting `expect`.
+fn write_key(store: &Store, expect: Expect, key: &str) {
+    store
+        .compare_and_swap(expect, Some(&api_key_doc(key)))
+        .expect("write failed");
+}
+
+/// Panics with `why` and what the store reports unless `diagnose` reports `problem`.
+#[track_caller]
+fn assert_diagnosed(store: &Store, problem: Problem, why: &str) {
+    let problems = store.diagnose().expect("diagnose failed");
+    assert!(problems.contains(&problem), "{why}: {problems:?}");
 }
 
 #[test]
 fn a_new_file_is_created_0600() {
     let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-1")))
-        .expect("write failed");
+    write_key(&store, Expect::Absent, "sk-1");
     assert_eq!(
         mode(&auth_path(dir.path())),
         0o600,
@@ -37,7 +41,7 @@ fn rewriting_a_0644_file_leaves_it_0600() {
     let path = write_auth(dir.path(), api_key_file());
     set_mode(&path, 0o644);
     store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-2")))
+        .compare_and_swap(Expect::Any, Some(&api_key_doc("sk-2")))
         .expect("compare_and_swap failed");
     assert_eq!(mode(&path), 0o600, "compare_and_swap left a 0644 file wide");
 
@@ -95,9 +99,7 @@ fn store_open_on_a_regular_file_is_not_a_directory() {
 #[test]
 fn the_lock_file_is_0600_and_never_removed() {
     let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-1")))
-        .expect("write failed");
+    write_key(&store, Expect::Absent, "sk-1");
     let lock = store.lock_path().to_path_buf();
     assert_eq!(
         lock,
@@ -151,7 +153,7 @@ fn a_symlinked_auth_json_is_read_locked_and_written_beside_its_target_and_the_li
     store
         .compare_and_swap(
             Expect::Generation(snap.generation()),
-            Some(&key_doc("sk-via-link")),
+            Some(&api_key_doc("sk-via-link")),
         )
         .expect("a write through the link failed");
     assert!(
@@ -170,11 +172,8 @@ fn a_symlinked_auth_json_is_read_locked_and_written_beside_its_target_and_the_li
         "no lock beside the target: another home linking to it would not meet this lock"
     );
     assert_eq!(
-        entries(elsewhere.path())
-            .into_iter()
-            .filter(|n| n.starts_with('.'))
-            .count(),
-        0,
+        entries_starting_with(elsewhere.path(), "."),
+        Vec::<String>::new(),
         "a temp file was left beside the target"
     );
 }
@@ -187,7 +186,7 @@ fn a_dangling_symlink_into_ones_own_directory_is_created_through() {
     symlink(&target, auth_path(dir.path())).expect("cannot create the symlink");
     let store = Store::open(dir.path()).expect("open over a dangling link");
     store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-created")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("sk-created")))
         .expect("creating through a dangling link failed");
     assert!(
         String::from_utf8_lossy(&read(&target)).contains("sk-created"),
@@ -235,12 +234,12 @@ fn diagnose_reports_a_symlink_with_its_target() {
     let target = dir.path().join("real.json");
     fs::write(&target, api_key_file()).expect("cannot write the target");
     symlink(&target, auth_path(dir.path())).expect("cannot create the symlink");
-    let problems = store.diagnose().expect("diagnose failed");
-    assert!(
-        problems.contains(&Problem::Symlink {
-            target: target.clone()
-        }),
-        "diagnose did not report the symlink: {problems:?}"
+    assert_diagnosed(
+        &store,
+        Problem::Symlink {
+            target: target.clone(),
+        },
+        "diagnose did not report the symlink",
     );
 }
 
@@ -252,7 +251,7 @@ fn a_hard_linked_auth_json_is_not_written() {
     fs::hard_link(&path, &other).expect("cannot create the hard link");
     let before = read(&path);
     let err = store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-new")))
+        .compare_and_swap(Expect::Any, Some(&api_key_doc("sk-new")))
         .expect_err("a hard-linked file was replaced");
     assert!(
         matches!(err, StoreError::HardLinked { links: 2, .. }),
@@ -296,10 +295,10 @@ fn diagnose_reports_hard_links() {
     let path = write_auth(dir.path(), api_key_file());
     set_mode(&path, 0o600);
     fs::hard_link(&path, dir.path().join("copy.json")).expect("cannot create the hard link");
-    let problems = store.diagnose().expect("diagnose failed");
-    assert!(
-        problems.contains(&Problem::HardLinks { links: 2 }),
-        "diagnose did not report the hard link: {problems:?}"
+    assert_diagnosed(
+        &store,
+        Problem::HardLinks { links: 2 },
+        "diagnose did not report the hard link",
     );
 }
 
@@ -308,19 +307,17 @@ fn diagnose_reports_wide_permissions() {
     let (dir, store) = temp_store();
     let path = write_auth(dir.path(), api_key_file());
     set_mode(&path, 0o644);
-    let problems = store.diagnose().expect("diagnose failed");
-    assert!(
-        problems.contains(&Problem::WidePermissions { mode: 0o644 }),
-        "diagnose did not report 0644: {problems:?}"
+    assert_diagnosed(
+        &store,
+        Problem::WidePermissions { mode: 0o644 },
+        "diagnose did not report 0644",
     );
 }
 
 #[test]
 fn diagnose_reports_nothing_for_a_healthy_store() {
     let (dir, store) = temp_store();
-    store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-1")))
-        .expect("write failed");
+    write_key(&store, Expect::Absent, "sk-1");
     set_mode(dir.path(), 0o700);
     let problems = store.diagnose().expect("diagnose failed");
     assert!(
@@ -340,12 +337,12 @@ fn diagnose_reports_leftover_temps() {
     let (dir, store) = temp_store();
     let name = format!("{TEMP_PREFIX}99999.0");
     fs::write(dir.path().join(&name), "half").expect("cannot write the temp");
-    let problems = store.diagnose().expect("diagnose failed");
-    assert!(
-        problems.contains(&Problem::LeftoverTemps {
-            names: vec![name.clone()]
-        }),
-        "diagnose did not report the leftover temp: {problems:?}"
+    assert_diagnosed(
+        &store,
+        Problem::LeftoverTemps {
+            names: vec![name.clone()],
+        },
+        "diagnose did not report the leftover temp",
     );
     assert!(
         dir.path().join(&name).exists(),
@@ -357,10 +354,10 @@ fn diagnose_reports_leftover_temps() {
 fn diagnose_reports_a_directory_writable_by_others() {
     let (dir, store) = temp_store();
     set_mode(dir.path(), 0o777);
-    let problems = store.diagnose().expect("diagnose failed");
-    assert!(
-        problems.contains(&Problem::DirectoryWritableByOthers { mode: 0o777 }),
-        "diagnose did not report a 0777 directory: {problems:?}"
+    assert_diagnosed(
+        &store,
+        Problem::DirectoryWritableByOthers { mode: 0o777 },
+        "diagnose did not report a 0777 directory",
     );
     set_mode(dir.path(), 0o1777);
     let problems = store.diagnose().expect("diagnose failed");
@@ -378,10 +375,7 @@ fn diagnose_reports_an_access_token_that_does_not_decode() {
     let (dir, store) = temp_store();
     let path = write_auth(
         dir.path(),
-        chatgpt_file(
-            &id_token("a@example.com", "acct-1"),
-            "opaque-access-token-secret",
-        ),
+        chatgpt_file(&valid_id_token(), "opaque-access-token-secret"),
     );
     set_mode(&path, 0o600);
     let problems = store.diagnose().expect("diagnose failed");
@@ -393,15 +387,9 @@ fn diagnose_reports_an_access_token_that_does_not_decode() {
         panic!("diagnose did not report the undecodable access token: {problems:?}")
     });
     assert_eq!(field, "tokens.access_token", "the wrong field was named");
-    assert!(
-        !reason.contains("opaque-access-token-secret"),
-        "the reason shows the token: {reason}"
-    );
+    assert_hides("the reason", &reason, &["opaque-access-token-secret"]);
     let shown: String = problems.iter().map(|p| format!("{p} {p:?}")).collect();
-    assert!(
-        !shown.contains("opaque-access-token-secret"),
-        "a problem shows the token: {shown}"
-    );
+    assert_hides("a problem", &shown, &["opaque-access-token-secret"]);
 }
 
 #[test]
@@ -433,9 +421,7 @@ fn leftover_temps_are_swept_by_the_next_compare_and_swap_and_look_alikes_are_kep
     for name in &look_alikes {
         fs::write(dir.path().join(name), "keep me").expect("cannot write a look-alike");
     }
-    store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-1")))
-        .expect("write failed");
+    write_key(&store, Expect::Any, "sk-1");
     assert!(
         !leftover.exists(),
         "compare_and_swap did not sweep a leftover temp"
@@ -456,7 +442,7 @@ fn a_conflicting_compare_and_swap_still_sweeps_leftover_temps() {
     let leftover = dir.path().join(format!("{TEMP_PREFIX}1.1"));
     fs::write(&leftover, "x").expect("cannot write the temp");
     let err = store
-        .compare_and_swap(Expect::Absent, Some(&key_doc("sk-1")))
+        .compare_and_swap(Expect::Absent, Some(&api_key_doc("sk-1")))
         .expect_err("create-only overwrote a file");
     assert!(
         matches!(err, StoreError::Conflict { .. }),
@@ -481,8 +467,8 @@ fn load_does_not_sweep_temps() {
 fn a_successful_write_leaves_only_auth_json_and_its_two_locks() {
     let (dir, store) = temp_store();
     let tokens = TokenData {
-        id_token: Secret::new(id_token("a@example.com", "acct-1")),
-        access_token: Secret::new(access_token(4_000_000_000)),
+        id_token: Secret::new(valid_id_token()),
+        access_token: Secret::new(valid_access_token()),
         refresh_token: Secret::new(REFRESH_TOKEN),
         account_id: Some("acct-1".into()),
         ..Default::default()
@@ -496,11 +482,7 @@ fn a_successful_write_leaves_only_auth_json_and_its_two_locks() {
         .expect("write failed");
     assert_eq!(
         entries(dir.path()),
-        vec![
-            "auth.json".to_string(),
-            "auth.json.lock".to_string(),
-            "auth.lock".to_string()
-        ],
+        only_auth_json_and_locks(),
         "a write left other files in the directory"
     );
 }
@@ -529,7 +511,7 @@ fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
     let missing = elsewhere.path().join("created-through-link");
     symlink(&missing, store.lock_path()).expect("cannot plant the dangling symlink");
     store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-1")))
+        .compare_and_swap(Expect::Any, Some(&api_key_doc("sk-1")))
         .expect_err("a compare-and-swap locked through a dangling symlink");
     assert!(
         !missing.exists(),
@@ -549,9 +531,7 @@ fn a_leftover_temp_that_is_a_symlink_is_removed_without_touching_its_target() {
     fs::write(&target, "precious").expect("cannot write the target");
     let link = dir.path().join(format!("{TEMP_PREFIX}4242.0"));
     symlink(&target, &link).expect("cannot plant the temp symlink");
-    store
-        .compare_and_swap(Expect::Any, Some(&key_doc("sk-1")))
-        .expect("write failed");
+    write_key(&store, Expect::Any, "sk-1");
     assert!(
         fs::symlink_metadata(&link).is_err(),
         "the planted temp symlink was not swept"

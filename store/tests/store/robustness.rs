@@ -1,11 +1,9 @@
 //! Odd files and odd options: nothing hangs, nothing panics.
 
-use crate::common;
-
 use std::time::Duration;
 
 use codex_store::{Store, StoreError, StoreOptions};
-use common::*;
+use codex_store_tests::fixtures::*;
 
 #[test]
 fn a_fifo_in_place_of_auth_json_is_refused_at_once_instead_of_blocking() {

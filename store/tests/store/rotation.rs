@@ -1,19 +1,17 @@
 //! Rotations: the reservation made before a refresh token is sent, the save after the answer,
 //! and the recovery of what a crashed refresh left behind.
 
-use crate::common;
-
 use std::fs;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use codex_store::{
     read_journal, AuthDotJson, Generation, JournalEvent, SaveOutcome, Secret, Store, StoreError,
     ROTATION_PREFIX,
 };
-use common::{
-    access_token, auth_path, chatgpt_file, entries, id_token, read, temp_store, valid_chatgpt_file,
-    write_auth, REFRESH_TOKEN,
-};
+use codex_store_tests::fixtures::*;
+use codex_store_tests::jwt;
+use tempfile::TempDir;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -22,15 +20,12 @@ fn rotated(doc: &AuthDotJson, refresh: &str) -> AuthDotJson {
     let mut doc = doc.clone();
     let tokens = doc.tokens.as_mut().expect("the fixture has tokens");
     tokens.refresh_token = Secret::new(refresh);
-    tokens.access_token = Secret::new(access_token(4_100_000_000));
+    tokens.access_token = Secret::new(access_token_expiring_at(4_100_000_000));
     doc
 }
 
 fn rotation_files(store: &Store) -> Vec<String> {
-    entries(store.dir())
-        .into_iter()
-        .filter(|n| n.starts_with(ROTATION_PREFIX))
-        .collect()
+    entries_starting_with(store.dir(), ROTATION_PREFIX)
 }
 
 /// What a refresh that crashed after making its answer durable leaves: a rotation file named
@@ -42,6 +37,31 @@ fn plant_crashed_rotation(store: &Store, base: Generation, doc: &AuthDotJson) ->
     );
     fs::write(store.dir().join(&name), doc.to_json()).expect("cannot plant the rotation file");
     name
+}
+
+/// A store holding [`valid_chatgpt_file`]; returns the path of its auth.json too.
+fn valid_store() -> (TempDir, Store, PathBuf) {
+    let (dir, store) = temp_store();
+    let path = write_auth(dir.path(), valid_chatgpt_file());
+    (dir, store, path)
+}
+
+/// A store holding [`valid_chatgpt_file`] beside what a refresh to the refresh token `refresh`
+/// left when it crashed after making its answer durable; returns the document that refresh
+/// would have stored and the name of its rotation file too.
+fn store_after_a_crashed_refresh(refresh: &str) -> (TempDir, Store, AuthDotJson, String) {
+    let (dir, store, _) = valid_store();
+    let snap = store.load().expect("load");
+    let new_doc = rotated(snap.auth().expect("doc"), refresh);
+    let name = plant_crashed_rotation(&store, snap.generation(), &new_doc);
+    (dir, store, new_doc, name)
+}
+
+/// Panics with `why` when a rotation file is left in the store's directory.
+#[track_caller]
+fn assert_no_rotation_files(store: &Store, why: &str) {
+    let left = rotation_files(store);
+    assert!(left.is_empty(), "{why}: {left:?}");
 }
 
 fn stored_refresh_token(store: &Store) -> String {
@@ -56,8 +76,7 @@ fn stored_refresh_token(store: &Store) -> String {
 
 #[test]
 fn a_reservation_exists_before_the_request_and_disappears_when_given_up() {
-    let (dir, store) = temp_store();
-    write_auth(dir.path(), valid_chatgpt_file());
+    let (dir, store, _) = valid_store();
     let rotation = store.begin_rotation(WAIT).expect("no rotation");
     let reserved = rotation
         .reserve(&Secret::new(REFRESH_TOKEN))
@@ -88,8 +107,7 @@ fn a_reservation_exists_before_the_request_and_disappears_when_given_up() {
 
 #[test]
 fn a_save_renames_the_rotation_file_over_auth_json_and_journals_it() {
-    let (dir, store) = temp_store();
-    write_auth(dir.path(), valid_chatgpt_file());
+    let (dir, store, _) = valid_store();
     let rotation = store.begin_rotation(WAIT).expect("no rotation");
     let doc = rotation.snapshot().auth().cloned().expect("no document");
     let reserved = rotation
@@ -114,10 +132,7 @@ fn a_save_renames_the_rotation_file_over_auth_json_and_journals_it() {
         "rt_after_save",
         "wrong token stored"
     );
-    assert!(
-        rotation_files(&store).is_empty(),
-        "rotation files were left behind"
-    );
+    assert_no_rotation_files(&store, "rotation files were left behind");
     let events: Vec<JournalEvent> = read_journal(store.journal_path())
         .expect("unreadable journal")
         .into_iter()
@@ -132,11 +147,7 @@ fn a_save_renames_the_rotation_file_over_auth_json_and_journals_it() {
 
 #[test]
 fn a_crashed_refresh_is_rolled_forward_by_the_next_transaction() {
-    let (dir, store) = temp_store();
-    write_auth(dir.path(), valid_chatgpt_file());
-    let snap = store.load().expect("load");
-    let new_doc = rotated(snap.auth().expect("doc"), "rt_rolled_forward");
-    plant_crashed_rotation(&store, snap.generation(), &new_doc);
+    let (dir, store, new_doc, _) = store_after_a_crashed_refresh("rt_rolled_forward");
     let tx = store.transaction().expect("the next transaction failed");
     assert_eq!(
         tx.snapshot()
@@ -153,10 +164,7 @@ fn a_crashed_refresh_is_rolled_forward_by_the_next_transaction() {
         new_doc.to_json(),
         "not rolled forward byte for byte"
     );
-    assert!(
-        rotation_files(&store).is_empty(),
-        "the rotation file stayed"
-    );
+    assert_no_rotation_files(&store, "the rotation file stayed");
     assert!(
         read_journal(store.journal_path())
             .expect("journal")
@@ -169,11 +177,7 @@ fn a_crashed_refresh_is_rolled_forward_by_the_next_transaction() {
 #[test]
 fn a_crashed_refresh_is_merged_when_a_writer_changed_the_file_but_it_still_holds_the_redeemed_token(
 ) {
-    let (dir, store) = temp_store();
-    write_auth(dir.path(), valid_chatgpt_file());
-    let snap = store.load().expect("load");
-    let new_doc = rotated(snap.auth().expect("doc"), "rt_merged");
-    plant_crashed_rotation(&store, snap.generation(), &new_doc);
+    let (dir, store, _, _) = store_after_a_crashed_refresh("rt_merged");
     // An older installation rewrote the file in place: same tokens, one more key.
     let rewritten = valid_chatgpt_file().replacen('{', "{\n  \"old_writer\": true,", 1);
     write_auth(dir.path(), &rewritten);
@@ -190,25 +194,15 @@ fn a_crashed_refresh_is_merged_when_a_writer_changed_the_file_but_it_still_holds
         String::from_utf8_lossy(&read(&auth_path(dir.path()))).contains("old_writer"),
         "the other writer's key was lost in the merge"
     );
-    assert!(
-        rotation_files(&store).is_empty(),
-        "the rotation file stayed"
-    );
+    assert_no_rotation_files(&store, "the rotation file stayed");
 }
 
 #[test]
 fn a_crashed_refresh_is_discarded_when_auth_json_holds_another_account() {
-    let (dir, store) = temp_store();
-    write_auth(dir.path(), valid_chatgpt_file());
-    let snap = store.load().expect("load");
-    plant_crashed_rotation(
-        &store,
-        snap.generation(),
-        &rotated(snap.auth().expect("doc"), "rt_discarded"),
-    );
+    let (dir, store, _, _) = store_after_a_crashed_refresh("rt_discarded");
     let other = chatgpt_file(
-        &id_token("b@example.com", "acct-2"),
-        &access_token(4_000_000_000),
+        &jwt::id_token("b@example.com", "acct-2", "plus"),
+        &valid_access_token(),
     )
     .replace("\"acct-1\"", "\"acct-2\"")
     .replace(REFRESH_TOKEN, "rt_other_account");
@@ -219,16 +213,12 @@ fn a_crashed_refresh_is_discarded_when_auth_json_holds_another_account() {
         other.as_bytes(),
         "another account's file was changed by the recovery"
     );
-    assert!(
-        rotation_files(&store).is_empty(),
-        "the rotation file stayed"
-    );
+    assert_no_rotation_files(&store, "the rotation file stayed");
 }
 
 #[test]
 fn an_unused_reservation_left_by_a_crash_is_removed_and_auth_json_untouched() {
-    let (dir, store) = temp_store();
-    let path = write_auth(dir.path(), valid_chatgpt_file());
+    let (dir, store, path) = valid_store();
     let before = read(&path);
     let generation = Generation::of_bytes(&before);
     let name = format!(
@@ -242,16 +232,12 @@ fn an_unused_reservation_left_by_a_crash_is_removed_and_auth_json_untouched() {
         before,
         "an unused reservation changed auth.json"
     );
-    assert!(
-        rotation_files(&store).is_empty(),
-        "the unused reservation stayed"
-    );
+    assert_no_rotation_files(&store, "the unused reservation stayed");
 }
 
 #[test]
 fn a_hard_linked_auth_json_fails_the_reservation_so_nothing_can_be_sent() {
-    let (dir, store) = temp_store();
-    let path = write_auth(dir.path(), valid_chatgpt_file());
+    let (dir, store, path) = valid_store();
     fs::hard_link(&path, dir.path().join("backup.json")).expect("hard link");
     let rotation = store.begin_rotation(WAIT).expect("a hard link is readable");
     let err = rotation
@@ -261,22 +247,12 @@ fn a_hard_linked_auth_json_fails_the_reservation_so_nothing_can_be_sent() {
         matches!(err, StoreError::HardLinked { .. }),
         "expected HardLinked, got {err}"
     );
-    assert!(
-        rotation_files(&store).is_empty(),
-        "a failed reservation left a file"
-    );
+    assert_no_rotation_files(&store, "a failed reservation left a file");
 }
 
 #[test]
 fn a_leftover_rotation_beside_a_corrupt_auth_json_blocks_refreshes_but_not_replacing_the_file() {
-    let (dir, store) = temp_store();
-    write_auth(dir.path(), valid_chatgpt_file());
-    let snap = store.load().expect("load");
-    let name = plant_crashed_rotation(
-        &store,
-        snap.generation(),
-        &rotated(snap.auth().expect("doc"), "rt_kept"),
-    );
+    let (dir, store, _, name) = store_after_a_crashed_refresh("rt_kept");
     let path = write_auth(dir.path(), "{\"tokens\": {\"id_tok");
     let err = store
         .begin_rotation(WAIT)

@@ -1,8 +1,6 @@
 //! Secrets never show: `Debug` of every public type that holds them, and the text of every error,
 //! contains none of the values from the file.
 
-use crate::common;
-
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::time::Duration;
@@ -11,17 +9,19 @@ use codex_store::{
     backend::FileBackend, AuthDotJson, Expect, Generation, Secret, StoreError, StoreOptions,
     TEMP_PREFIX,
 };
-use common::*;
+use codex_store_tests::fixtures::*;
+use codex_store_tests::jwt;
+use codex_store_tests::secrets::{assert_error_hides, assert_hides, debug_of};
 
 const PAT: &str = "pat_personal_secret_0123456789";
 const BEDROCK: &str = "bedrock_secret_0123456789";
 
 fn id() -> String {
-    id_token("secret-person@example.com", "acct-1")
+    jwt::id_token("secret-person@example.com", "acct-1", "plus")
 }
 
 fn access() -> String {
-    access_token(4_000_000_000)
+    valid_access_token()
 }
 
 /// Every token value planted in [`full_file`] (the known credential fields).
@@ -34,22 +34,11 @@ fn known_secrets() -> Vec<String> {
     ]
 }
 
-/// A file holding every known credential field.
+/// A file holding every known credential field: [`chatgpt_file`] with the API key set too.
 fn full_file() -> String {
-    format!(
-        r#"{{
-  "auth_mode": "chatgpt",
-  "OPENAI_API_KEY": "{API_KEY}",
-  "tokens": {{
-    "id_token": "{}",
-    "access_token": "{}",
-    "refresh_token": "{REFRESH_TOKEN}",
-    "account_id": "acct-1"
-  }},
-  "last_refresh": "2025-08-06T20:41:36.232376Z"
-}}"#,
-        id(),
-        access()
+    chatgpt_file(&id(), &access()).replace(
+        "\"OPENAI_API_KEY\": null",
+        &format!("\"OPENAI_API_KEY\": \"{API_KEY}\""),
     )
 }
 
@@ -58,20 +47,6 @@ fn file_with_other_credentials() -> String {
     format!(
         "{{\n  \"auth_mode\": \"personalAccessToken\",\n  \"OPENAI_API_KEY\": null,\n  \"personal_access_token\": \"{PAT}\",\n  \"bedrock_api_key\": \"{BEDROCK}\"\n}}"
     )
-}
-
-fn assert_hides(shown: &str, secrets: &[String], what: &str) {
-    for secret in secrets {
-        assert!(
-            !shown.contains(secret.as_str()),
-            "{what} shows a secret value from the file: {shown}"
-        );
-    }
-}
-
-/// Debug in both the compact and the pretty form.
-fn debug_of(value: &impl std::fmt::Debug) -> String {
-    format!("{value:?}\n{value:#?}")
 }
 
 #[test]
@@ -83,9 +58,9 @@ fn secret_debug_is_redacted() {
         "Secret Debug is not the redacted form"
     );
     assert_hides(
+        "Secret Debug",
         &debug_of(&s),
         &["sk-visible-nowhere".to_string()],
-        "Secret Debug",
     );
     assert_eq!(s.expose(), "sk-visible-nowhere", "expose lost the value");
     assert_eq!(
@@ -109,8 +84,8 @@ fn debug_of_token_data_and_auth_dot_json_hides_every_known_credential() {
         .into_auth()
         .expect("no document");
     let tokens = auth.tokens.clone().expect("no tokens");
-    assert_hides(&debug_of(&tokens), &known_secrets(), "TokenData Debug");
-    assert_hides(&debug_of(&auth), &known_secrets(), "AuthDotJson Debug");
+    assert_hides("TokenData Debug", &debug_of(&tokens), &known_secrets());
+    assert_hides("AuthDotJson Debug", &debug_of(&auth), &known_secrets());
 }
 
 #[test]
@@ -118,9 +93,9 @@ fn debug_of_snapshot_and_transaction_hides_every_known_credential() {
     let (dir, store) = temp_store();
     write_auth(dir.path(), full_file());
     let snap = store.load().expect("load failed");
-    assert_hides(&debug_of(&snap), &known_secrets(), "Snapshot Debug");
+    assert_hides("Snapshot Debug", &debug_of(&snap), &known_secrets());
     let tx = store.transaction().expect("transaction failed");
-    assert_hides(&debug_of(&tx), &known_secrets(), "Transaction Debug");
+    assert_hides("Transaction Debug", &debug_of(&tx), &known_secrets());
     drop(tx);
 }
 
@@ -130,12 +105,12 @@ fn debug_of_file_backend_and_store_hides_every_known_credential() {
     write_auth(dir.path(), full_file());
     let backend = FileBackend::new(dir.path()).expect("backend failed");
     let loaded = backend.load().expect("load failed").expect("no document");
-    assert_hides(&debug_of(&backend), &known_secrets(), "FileBackend Debug");
-    assert_hides(&debug_of(backend.store()), &known_secrets(), "Store Debug");
+    assert_hides("FileBackend Debug", &debug_of(&backend), &known_secrets());
+    assert_hides("Store Debug", &debug_of(backend.store()), &known_secrets());
     assert_hides(
+        "backend-loaded AuthDotJson Debug",
         &debug_of(&loaded),
         &known_secrets(),
-        "backend-loaded AuthDotJson Debug",
     );
 }
 
@@ -148,17 +123,11 @@ fn debug_of_auth_dot_json_hides_credentials_of_other_auth_modes() {
     let snap = store.load().expect("load failed");
     let auth = snap.auth().cloned().expect("no document");
     let secrets = [PAT.to_string(), BEDROCK.to_string()];
-    assert_hides(&debug_of(&auth), &secrets, "AuthDotJson Debug");
-    assert_hides(&debug_of(&snap), &secrets, "Snapshot Debug");
+    assert_hides("AuthDotJson Debug", &debug_of(&auth), &secrets);
+    assert_hides("Snapshot Debug", &debug_of(&snap), &secrets);
     let tx = store.transaction().expect("transaction failed");
-    assert_hides(&debug_of(&tx), &secrets, "Transaction Debug");
+    assert_hides("Transaction Debug", &debug_of(&tx), &secrets);
     drop(tx);
-}
-
-/// Display and Debug of an error, checked against `secrets`.
-fn assert_error_hides(err: &StoreError, secrets: &[String], what: &str) {
-    assert_hides(&err.to_string(), secrets, &format!("{what} Display"));
-    assert_hides(&debug_of(err), secrets, &format!("{what} Debug"));
 }
 
 #[test]
@@ -172,7 +141,7 @@ fn conflict_errors_show_no_secret() {
         matches!(err, StoreError::Conflict { .. }),
         "expected Conflict, got {err:?}"
     );
-    assert_error_hides(&err, &known_secrets(), "Conflict");
+    assert_error_hides("Conflict", &err, &known_secrets());
 }
 
 #[test]
@@ -191,7 +160,7 @@ fn lock_timeout_errors_show_no_secret() {
         matches!(err, StoreError::LockTimeout { .. }),
         "expected LockTimeout, got {err:?}"
     );
-    assert_error_hides(&err, &known_secrets(), "LockTimeout");
+    assert_error_hides("LockTimeout", &err, &known_secrets());
     drop(tx);
 }
 
@@ -206,7 +175,7 @@ fn symlink_hard_link_not_a_directory_and_io_errors_show_no_secret() {
         matches!(err, StoreError::Symlink { .. }),
         "expected Symlink, got {err:?}"
     );
-    assert_error_hides(&err, &known_secrets(), "Symlink");
+    assert_error_hides("Symlink", &err, &known_secrets());
 
     let (dir2, store2) = temp_store();
     let path = write_auth(dir2.path(), full_file());
@@ -218,14 +187,14 @@ fn symlink_hard_link_not_a_directory_and_io_errors_show_no_secret() {
         matches!(err, StoreError::HardLinked { .. }),
         "expected HardLinked, got {err:?}"
     );
-    assert_error_hides(&err, &known_secrets(), "HardLinked");
+    assert_error_hides("HardLinked", &err, &known_secrets());
 
     let err = codex_store::Store::open(&target).expect_err("a file was opened as a store");
     assert!(
         matches!(err, StoreError::NotADirectory { .. }),
         "expected NotADirectory, got {err:?}"
     );
-    assert_error_hides(&err, &known_secrets(), "NotADirectory");
+    assert_error_hides("NotADirectory", &err, &known_secrets());
 
     let err = codex_store::Store::open(target.join("below-a-file"))
         .expect_err("a store below a regular file was opened");
@@ -233,7 +202,7 @@ fn symlink_hard_link_not_a_directory_and_io_errors_show_no_secret() {
         matches!(err, StoreError::Io { .. }),
         "expected Io, got {err:?}"
     );
-    assert_error_hides(&err, &known_secrets(), "Io");
+    assert_error_hides("Io", &err, &known_secrets());
 }
 
 /// Loads `bytes` and returns the Corrupt error.
@@ -285,7 +254,7 @@ fn corrupt_errors_show_no_token_value_from_the_file() {
     for (what, bytes) in cases {
         assert_ne!(bytes, whole, "{what}: the fixture was not altered");
         let err = corrupt_error(&bytes);
-        assert_error_hides(&err, &secrets, &format!("Corrupt ({what})"));
+        assert_error_hides(&format!("Corrupt ({what})"), &err, &secrets);
     }
 }
 
@@ -300,7 +269,7 @@ fn a_corrupt_last_refresh_is_not_quoted_in_the_error() {
         shown.contains("last_refresh"),
         "the reason does not name last_refresh: {shown}"
     );
-    assert_error_hides(&err, &[value.to_string()], "Corrupt (last_refresh)");
+    assert_error_hides("Corrupt (last_refresh)", &err, &[value.to_string()]);
 }
 
 #[test]
@@ -308,7 +277,7 @@ fn a_corrupt_file_over_the_limit_shows_no_value() {
     let padding = "z".repeat(codex_store::MAX_FILE_SIZE as usize);
     let bytes = format!("{{\n  \"OPENAI_API_KEY\": \"{API_KEY}\",\n  \"pad\": \"{padding}\"\n}}");
     let err = corrupt_error(&bytes);
-    assert_error_hides(&err, &known_secrets(), "Corrupt (over the limit)");
+    assert_error_hides("Corrupt (over the limit)", &err, &known_secrets());
     let shown = err.to_string();
     assert!(
         !shown.contains("zzzzzzzz"),
@@ -324,7 +293,7 @@ fn a_leftover_temp_with_credentials_is_not_shown_by_diagnose() {
         .expect("cannot write the temp");
     let problems = store.diagnose().expect("diagnose failed");
     let shown: String = problems.iter().map(|p| format!("{p} {p:?}")).collect();
-    assert_hides(&shown, &known_secrets(), "diagnose");
+    assert_hides("diagnose", &shown, &known_secrets());
 }
 
 #[test]
@@ -336,7 +305,7 @@ fn generations_and_expectations_show_hashes_not_contents() {
         Expect::Generation(g),
         Expect::Generation(g)
     );
-    assert_hides(&shown, &known_secrets(), "Generation");
+    assert_hides("Generation", &shown, &known_secrets());
 }
 
 #[test]
@@ -352,5 +321,5 @@ fn a_fresh_document_debug_hides_its_credentials() {
         }),
         ..Default::default()
     };
-    assert_hides(&debug_of(&doc), &known_secrets(), "AuthDotJson Debug");
+    assert_hides("AuthDotJson Debug", &debug_of(&doc), &known_secrets());
 }

@@ -22,9 +22,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use codex_store_tests::cli_support::fingerprint;
 use codex_store_tests::codex_sim::{exit, STORE_LOCK_PATIENCE, STORE_LOCK_RETRY, TOKEN_URL_ENV};
 use codex_store_tests::jwt::rfc3339;
+use codex_store_tests::secrets::fingerprint;
 
 const USAGE: &str = "usage: codex-sim [--force] [--old] [--no-wait] [--live SECONDS]   \
      (CODEX_HOME and CODEX_REFRESH_TOKEN_URL_OVERRIDE=http://... must be set)";

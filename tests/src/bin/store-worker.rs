@@ -1,7 +1,7 @@
 //! A store client in its own process, for the multi-process store tests.
 //!
 //! Every subcommand works on the store in `DIR` (a `CODEX_HOME`); the counter is the top-level
-//! key `counter` of auth.json (see `codex_store_tests::store_fixtures`).
+//! key `counter` of auth.json (see `codex_store_tests::fixtures::counter`).
 //!
 //! - `increment-tx DIR N`: N times, read-modify-write the counter in a transaction. Prints
 //!   `done <last value written>`.
@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use codex_store::{Expect, Store, StoreError, StoreOptions};
-use codex_store_tests::store_fixtures::{snapshot_counter, with_counter};
+use codex_store_tests::fixtures::{snapshot_counter, with_counter};
 
 const USAGE: &str =
     "usage: store-worker increment-tx DIR N | increment-cas DIR N | write-loop DIR \

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use codex_store::AuthDotJson;
 use codex_store_tests::fake_idp::FakeIdp;
-use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
-use codex_store_tests::refresh_fixtures::{
-    auth_path, expect_ready, file_sha256, fingerprint, parse_token_line, presented_fingerprints,
-    spawn_refresh_worker, Reported,
+use codex_store_tests::fixtures::{
+    auth_path, expect_ready, parse_token_line, presented_fingerprints, read, sha256sum,
+    spawn_refresh_worker, write_auth, Reported,
 };
+use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
+use codex_store_tests::secrets::fingerprint;
 use codex_store_tests::worker::Worker;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_refresh-worker");
@@ -38,7 +39,7 @@ fn write_expired_credentials(home: &Path) {
         &id_token(EMAIL, ACCOUNT, PLAN),
         ACCOUNT,
     );
-    std::fs::write(auth_path(home), text).expect("write the initial auth.json");
+    write_auth(home, text);
 }
 
 #[test]
@@ -48,7 +49,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
     idp.set_delay(ENDPOINT_DELAY);
     let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
     write_expired_credentials(home.path());
-    let before = file_sha256(home.path());
+    let before = sha256sum(&auth_path(home.path()));
 
     let mut workers: Vec<Worker> = (0..PROCESSES)
         .map(|_| spawn_refresh_worker(WORKER, "race", home.path(), &idp.url()))
@@ -56,11 +57,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
     for worker in &workers {
         expect_ready(worker);
     }
-    assert_eq!(
-        idp.requests(),
-        0,
-        "a worker sent a request before the start signal"
-    );
+    idp.expect_requests(0, "a worker sent a request before the start signal");
     for worker in &mut workers {
         worker.start();
     }
@@ -95,7 +92,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
         );
     }
 
-    let after = file_sha256(home.path());
+    let after = sha256sum(&auth_path(home.path()));
     assert_ne!(
         after, before,
         "auth.json did not change although the tokens were refreshed"
@@ -109,7 +106,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
         "the workers must all report the one generation auth.json now has (its SHA-256)"
     );
 
-    let doc = AuthDotJson::from_json(&std::fs::read(auth_path(home.path())).expect("read"))
+    let doc = AuthDotJson::from_json(&read(&auth_path(home.path())))
         .unwrap_or_else(|e| panic!("auth.json does not parse after the race: {e}"));
     let tokens = doc.tokens.expect("auth.json lost its tokens in the race");
     assert_eq!(

@@ -10,13 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use codex_store::{AuthDotJson, Expect, Store};
-use codex_store_tests::cli_support::sha256_hex;
 use codex_store_tests::fake_idp::{Behavior, FakeIdp, Issued};
-use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
-use codex_store_tests::refresh_fixtures::{
-    auth_path, expect_ready, file_sha256, fingerprint, parse_token_line, presented_fingerprints,
-    spawn_refresh_worker, Reported, WORKER_EVENT_TIMEOUT,
+use codex_store_tests::fixtures::{
+    auth_path, expect_ready, parse_token_line, presented_fingerprints, sha256_hex, sha256sum,
+    spawn_refresh_worker, write_auth, Reported, WORKER_EVENT_TIMEOUT,
 };
+use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
+use codex_store_tests::secrets::fingerprint;
 use codex_store_tests::worker::Worker;
 use tempfile::TempDir;
 
@@ -56,7 +56,7 @@ fn signed_in(exp: i64) -> (FakeIdp, TempDir, String) {
     let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_REFRESH_TOKEN);
     let home = tempfile::tempdir().expect("create a temp CODEX_HOME");
     let text = credentials_text(exp);
-    std::fs::write(auth_path(home.path()), &text).expect("write the initial auth.json");
+    write_auth(home.path(), &text);
     (idp, home, text)
 }
 
@@ -101,7 +101,7 @@ fn refresh_in_another_process(home: &Path, idp: &FakeIdp) -> Reported {
 /// or not, B asks for its credentials.
 fn stale_cache_heals(exp: i64, endpoint_fails_before_b: bool) {
     let (idp, home, _) = signed_in(exp);
-    let initial = file_sha256(home.path());
+    let initial = sha256sum(&auth_path(home.path()));
 
     let (mut b, b_loaded) = start_stale(home.path(), &idp);
     assert_eq!(
@@ -109,14 +109,14 @@ fn stale_cache_heals(exp: i64, endpoint_fails_before_b: bool) {
         "B must cache the generation of the file it read (its SHA-256)"
     );
     let a = refresh_in_another_process(home.path(), &idp);
-    assert_eq!(idp.requests(), 1, "A must have refreshed with one request");
+    idp.expect_requests(1, "A must have refreshed with one request");
     let issued = idp.last_issued().expect("A's request issued no tokens");
     assert_eq!(
         a.fingerprint,
         fingerprint(&issued.access_token),
         "A must end with the issued token (fingerprints)"
     );
-    let refreshed = file_sha256(home.path());
+    let refreshed = sha256sum(&auth_path(home.path()));
     assert_eq!(
         a.generation, refreshed,
         "A must report the generation it stored"
@@ -132,17 +132,16 @@ fn stale_cache_heals(exp: i64, endpoint_fails_before_b: bool) {
     b.start();
     let b_report = parse_token_line(&b, &b.line("its token"));
     b.exit_successfully();
-    assert_eq!(
-        idp.requests(),
+    idp.expect_requests(
         1,
-        "B must adopt A's tokens instead of sending a request of its own"
+        "B must adopt A's tokens instead of sending a request of its own",
     );
     assert_eq!(
         b_report, a,
         "B must end with A's token and generation (fingerprints)"
     );
     assert_eq!(
-        file_sha256(home.path()),
+        sha256sum(&auth_path(home.path())),
         refreshed,
         "B must not rewrite auth.json when it adopts"
     );
@@ -201,13 +200,12 @@ fn a_process_caching_one_account_refuses_the_account_that_signed_in_since_withou
         line.contains(ACCOUNT) && line.contains(OTHER_ACCOUNT),
         "the message must name both accounts: {line:?}"
     );
-    assert_eq!(
-        idp.requests(),
+    idp.expect_requests(
         0,
-        "no refresh may be sent for an account that is no longer signed in"
+        "no refresh may be sent for an account that is no longer signed in",
     );
     assert_eq!(
-        file_sha256(home.path()),
+        sha256sum(&auth_path(home.path())),
         signed_in.to_string(),
         "the other account's credentials must stay untouched"
     );
@@ -227,7 +225,7 @@ fn a_process_caching_credentials_reports_a_logout_elsewhere_without_a_request() 
     b.start();
     let line = b.line("its answer");
     expect_error(&mut b, &line, "SignInRequired", "signed out");
-    assert_eq!(idp.requests(), 0, "no refresh may be sent after a logout");
+    idp.expect_requests(0, "no refresh may be sent after a logout");
     assert!(
         !auth_path(home.path()).exists(),
         "auth.json must stay deleted after the logout"
@@ -249,8 +247,8 @@ fn rotate_and_write_behind_the_lock(
     );
     let issued = idp.rotate_out_of_band();
     let text = write(&issued);
-    std::fs::write(auth_path(home), &text).expect("the lock-ignoring write");
-    let written = file_sha256(home);
+    write_auth(home, &text);
+    let written = sha256sum(&auth_path(home));
     (fingerprint(&issued.access_token), written)
 }
 
@@ -263,11 +261,7 @@ fn assert_reused_once(idp: &FakeIdp) {
         "the worker's request was answered before the out-of-band rotation: {IN_FLIGHT:?} in \
          flight was not enough on this machine"
     );
-    assert_eq!(
-        idp.requests(),
-        1,
-        "the worker must send exactly one request"
-    );
+    idp.expect_requests(1, "the worker must send exactly one request");
     assert_eq!(
         presented_fingerprints(idp),
         vec![fingerprint(INITIAL_REFRESH_TOKEN)],
@@ -298,7 +292,7 @@ fn assert_ended_with_the_out_of_band_token(
         "{why}"
     );
     assert_eq!(
-        file_sha256(home),
+        sha256sum(&auth_path(home)),
         written,
         "the worker must not overwrite the lock-ignoring writer's live tokens"
     );
@@ -401,7 +395,7 @@ fn a_reused_answer_is_an_error_when_a_rewrite_meanwhile_kept_the_dead_refresh_to
         "the refresh token was already used",
     );
     assert_eq!(
-        file_sha256(home.path()),
+        sha256sum(&auth_path(home.path())),
         written,
         "credentials are never deleted or rewritten because a refresh failed"
     );

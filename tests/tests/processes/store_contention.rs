@@ -5,7 +5,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use codex_store::Store;
-use codex_store_tests::store_fixtures::{snapshot_counter, with_counter};
+use codex_store_tests::fixtures::{snapshot_counter, with_counter};
 use codex_store_tests::worker::Worker;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");

@@ -1,13 +1,13 @@
 //! Crash safety: a writer SIGKILLed at random moments leaves auth.json as one of the committed
 //! documents, the lock free, and (after the next transaction) no temp files.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use codex_store::{AuthDotJson, Expect, Store, StoreOptions, TEMP_PREFIX};
-use codex_store_tests::store_fixtures::{
-    counter_of, parse_committed, snapshot_counter, with_counter, XorShift,
+use codex_store_tests::fixtures::{
+    counter_of, entries_starting_with, mode, parse_committed, snapshot_counter, with_counter,
+    XorShift,
 };
 use codex_store_tests::worker::{Worker, EVENT_TIMEOUT};
 
@@ -19,12 +19,7 @@ const MAX_COMMITS_BEFORE_KILL: u64 = 5;
 const MAX_JITTER_US: u64 = 2_000;
 
 fn temp_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .expect("list the store directory")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.starts_with(TEMP_PREFIX))
-        .collect()
+    entries_starting_with(dir, TEMP_PREFIX)
 }
 
 /// Checks a `committed <n>` line: a single writer commits the counter one past the last one.
@@ -115,11 +110,7 @@ fn a_writer_killed_at_random_moments_leaves_a_committed_document_a_free_lock_and
         if on_disk == known + 1 {
             landed_unreported += 1;
         }
-        let mode = std::fs::metadata(store.path())
-            .expect("stat auth.json")
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = mode(store.path());
         assert_eq!(mode, 0o600, "{seed_msg}: auth.json has mode {mode:o}");
 
         // The flock died with the process.

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use codex_store::{AuthDotJson, Expect, Generation, Store, StoreError};
-use codex_store_tests::store_fixtures::{counter_of, parse_committed, with_counter};
+use codex_store_tests::fixtures::{counter_of, parse_committed, with_counter};
 use codex_store_tests::worker::{Worker, EVENT_TIMEOUT};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");

@@ -11,10 +11,11 @@ use codex_refresh::{
 };
 use codex_store::Expect;
 use codex_store_tests::fake_idp::Behavior;
-use codex_store_tests::jwt;
-use codex_store_tests::refresh_fixtures::{
-    assert_no_secret, config, file_bytes, manager, write_json, Identity, Setup, EVENT_TIMEOUT,
+use codex_store_tests::fixtures::{
+    config, manager, read, write_json, Identity, Setup, EVENT_TIMEOUT,
 };
+use codex_store_tests::jwt;
+use codex_store_tests::secrets::{assert_error_hides, assert_hides};
 
 const ACCOUNT: &str = "acc-errors";
 const EMAIL: &str = "errors@example.com";
@@ -37,7 +38,7 @@ fn refused_url() -> String {
 /// do: the error has `class`, auth.json is byte-identical, and the message shows no token.
 async fn refresh_fails(setup: &Setup, config: RefreshConfig, class: ErrorClass) -> RefreshError {
     let manager = manager(&setup.store, config);
-    let before = file_bytes(&setup.store);
+    let before = read(setup.store.path());
     let error = match manager.refresh().await {
         Ok(outcome) => panic!("the refresh succeeded ({outcome:?}) against a failing endpoint"),
         Err(e) => e,
@@ -58,18 +59,13 @@ async fn refresh_fails(setup: &Setup, config: RefreshConfig, class: ErrorClass) 
         "is_transient() disagrees with class() for {error:?}"
     );
     assert!(
-        file_bytes(&setup.store) == before,
+        read(setup.store.path()) == before,
         "auth.json changed after a failed refresh ({error}):\nbefore: {}\nafter:  {}",
         String::from_utf8_lossy(&before),
-        String::from_utf8_lossy(&file_bytes(&setup.store))
+        String::from_utf8_lossy(&read(setup.store.path()))
     );
     let message = error.to_string();
-    assert_no_secret("the error message", &message, &[&setup.access, INITIAL_RT]);
-    assert_no_secret(
-        "the error's Debug",
-        &format!("{error:?}"),
-        &[&setup.access, INITIAL_RT],
-    );
+    assert_error_hides("the error", &error, &[setup.access.as_str(), INITIAL_RT]);
     if class == ErrorClass::SignInRequired {
         assert!(
             message.contains("sign in again"),
@@ -124,11 +120,9 @@ async fn a_refresh_token_expired_answer_requires_signing_in_again_and_leaves_aut
         PermanentReason::Expired,
         "refresh_token_expired was not reported as Permanent(Expired)",
     );
-    assert_eq!(
-        setup.fake.requests(),
-        1,
-        "the refresh sent the wrong number of requests"
-    );
+    setup
+        .fake
+        .expect_requests(1, "the refresh sent the wrong number of requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,10 +255,9 @@ async fn an_endpoint_that_never_answers_times_out_as_transient_and_leaves_auth_j
         "the 300 ms HTTP timeout took {:?} to fire",
         started.elapsed()
     );
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         1,
-        "the hanging endpoint did not receive exactly one request"
+        "the hanging endpoint did not receive exactly one request",
     );
 }
 
@@ -289,7 +282,7 @@ async fn auth_returns_the_cached_credentials_when_a_due_but_still_valid_token_ca
         ..config(setup.fake.url())
     };
     let manager = manager(&setup.store, config);
-    let before = file_bytes(&setup.store);
+    let before = read(setup.store.path());
 
     let auth = manager
         .auth()
@@ -300,10 +293,9 @@ async fn auth_returns_the_cached_credentials_when_a_due_but_still_valid_token_ca
         setup.access,
         "auth() did not return the cached access token"
     );
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         1,
-        "auth() with a due token did not try the refresh exactly once"
+        "auth() with a due token did not try the refresh exactly once",
     );
 
     // Within min_retry_interval (60 s here) the failing endpoint is not asked again.
@@ -316,13 +308,12 @@ async fn auth_returns_the_cached_credentials_when_a_due_but_still_valid_token_ca
         setup.access,
         "the second auth() did not return the cached access token"
     );
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         1,
-        "auth() retried a transiently failing endpoint within min_retry_interval"
+        "auth() retried a transiently failing endpoint within min_retry_interval",
     );
     assert!(
-        file_bytes(&setup.store) == before,
+        read(setup.store.path()) == before,
         "auth.json changed after a transient failure"
     );
 }
@@ -332,7 +323,7 @@ async fn auth_returns_the_transient_error_when_the_cached_token_has_already_expi
     let setup = Setup::new(IDENTITY, -60);
     setup.fake.set_behavior(Behavior::status(500, "{}"));
     let manager = manager(&setup.store, config(setup.fake.url()));
-    let before = file_bytes(&setup.store);
+    let before = read(setup.store.path());
 
     let error = manager
         .auth()
@@ -348,13 +339,13 @@ async fn auth_returns_the_transient_error_when_the_cached_token_has_already_expi
         TransientReason::Status(500),
         "auth() did not return the endpoint's 500 as Transient(Status(500))",
     );
-    assert_no_secret(
+    assert_hides(
         "the error message",
         &error.to_string(),
-        &[&setup.access, INITIAL_RT],
+        &[setup.access.as_str(), INITIAL_RT],
     );
     assert!(
-        file_bytes(&setup.store) == before,
+        read(setup.store.path()) == before,
         "auth.json changed after a transient failure"
     );
 }
@@ -378,11 +369,9 @@ async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_u
         ErrorClass::SignInRequired,
         "the first failure has the wrong class: {first:?}"
     );
-    assert_eq!(
-        setup.fake.requests(),
-        1,
-        "the first refresh sent no request"
-    );
+    setup
+        .fake
+        .expect_requests(1, "the first refresh sent no request");
 
     let second = manager
         .refresh()
@@ -407,11 +396,9 @@ async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_u
         ErrorClass::SignInRequired,
         "auth() after a permanent failure gave the wrong class: {from_auth:?}"
     );
-    assert_eq!(
-        setup.fake.requests(),
-        1,
-        "a refresh token known to be dead was sent again"
-    );
+    setup
+        .fake
+        .expect_requests(1, "a refresh token known to be dead was sent again");
 
     // Someone signs in again (new, still due tokens): the failure is forgotten.
     setup.fake.set_behavior(Behavior::Normal);
@@ -421,10 +408,9 @@ async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_u
         .auth()
         .await
         .expect("auth() after auth.json changed still failed");
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         2,
-        "no request was sent after auth.json changed (the failure was not forgotten)"
+        "no request was sent after auth.json changed (the failure was not forgotten)",
     );
     let issued = setup
         .fake
@@ -436,10 +422,10 @@ async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_u
         "auth() did not return the freshly issued access token"
     );
     for error in [&first, &second, &from_auth] {
-        assert_no_secret(
+        assert_hides(
             "a remembered-failure message",
             &error.to_string(),
-            &[&setup.access, &new_access, INITIAL_RT],
+            &[setup.access.as_str(), new_access.as_str(), INITIAL_RT],
         );
     }
 }
@@ -465,11 +451,9 @@ async fn a_transient_failure_is_not_remembered_and_the_next_refresh_succeeds() {
         RefreshOutcome::Refreshed,
         "the second refresh did not redeem the token"
     );
-    assert_eq!(
-        setup.fake.requests(),
-        2,
-        "the refresh after a transient failure sent no request"
-    );
+    setup
+        .fake
+        .expect_requests(2, "the refresh after a transient failure sent no request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +468,7 @@ async fn another_account_signing_in_elsewhere_is_reported_naming_both_accounts_w
         "acc-someone-else",
     );
     write_json(&setup.store, &text);
-    let before = file_bytes(&setup.store);
+    let before = read(setup.store.path());
 
     let error = manager
         .refresh()
@@ -506,18 +490,21 @@ async fn another_account_signing_in_elsewhere_is_reported_naming_both_accounts_w
         ErrorClass::SignInRequired,
         "an account change has the wrong class: {error:?}"
     );
-    assert_no_secret(
+    assert_hides(
         "the error message",
         &message,
-        &[&setup.access, &other_access, INITIAL_RT, "rt_other_account"],
+        &[
+            setup.access.as_str(),
+            other_access.as_str(),
+            INITIAL_RT,
+            "rt_other_account",
+        ],
     );
-    assert_eq!(
-        setup.fake.requests(),
-        0,
-        "a request was sent for another account"
-    );
+    setup
+        .fake
+        .expect_requests(0, "a request was sent for another account");
     assert!(
-        file_bytes(&setup.store) == before,
+        read(setup.store.path()) == before,
         "the other account's credentials were changed"
     );
 }
@@ -543,11 +530,9 @@ async fn a_logout_in_another_process_is_reported_as_signed_out_without_a_request
         error.to_string().contains("sign in again"),
         "the logout message does not say to sign in again: {error}"
     );
-    assert_eq!(
-        setup.fake.requests(),
-        0,
-        "a request was sent after a logout"
-    );
+    setup
+        .fake
+        .expect_requests(0, "a request was sent after a logout");
     assert!(
         !setup.store.path().exists(),
         "auth.json was recreated after a logout elsewhere"

@@ -11,13 +11,13 @@ use codex_refresh::{
     AuthManager, ErrorClass, HostRefreshFuture, HostRefreshRequest, HostRefresher, HostTokens,
     Mode, RecoveryStep, RefreshConfig, RefreshError, RefreshOutcome, UnauthorizedRecovery,
 };
-use codex_store::{Secret, Store};
+use codex_store::{Secret, Store, StoreOptions};
 use codex_store_tests::fake_idp::FakeIdp;
-use codex_store_tests::jwt;
-use codex_store_tests::refresh_fixtures::{
-    assert_no_secret_nor_payload, cached_bearer, concurrent_auth_calls, temp_store, write_tokens,
-    Identity, EVENT_TIMEOUT,
+use codex_store_tests::fixtures::{
+    cached_bearer, concurrent_auth_calls, temp_store_with, write_tokens, Identity, EVENT_TIMEOUT,
 };
+use codex_store_tests::jwt;
+use codex_store_tests::secrets::assert_hides;
 use serde_json::Value;
 
 const ACCOUNT: &str = "acc-modes";
@@ -31,7 +31,7 @@ const HOST_LIMIT: Duration = Duration::from_millis(200);
 fn config(token_url: String) -> RefreshConfig {
     RefreshConfig {
         host_refresh_timeout: HOST_LIMIT,
-        ..codex_store_tests::refresh_fixtures::config(token_url)
+        ..codex_store_tests::fixtures::config(token_url)
     }
 }
 
@@ -40,8 +40,8 @@ type Fixture = (tempfile::TempDir, Store, FakeIdp, AuthManager);
 
 /// A manager over an empty store (host tokens, API keys).
 fn empty() -> Fixture {
-    let (home, store) = temp_store();
-    let fake = IDENTITY.start_fake();
+    let (home, store) = temp_store_with(StoreOptions::default());
+    let fake = IDENTITY.start_idp();
     let manager = AuthManager::new(store.clone(), config(fake.url()))
         .expect("AuthManager::new failed on an empty store");
     (home, store, fake, manager)
@@ -50,8 +50,8 @@ fn empty() -> Fixture {
 /// A manager over ChatGPT credentials of [`ACCOUNT`] with `access`, [`INITIAL_RT`] and
 /// `id_token`.
 fn signed_in(access: &str, id_token: &str) -> Fixture {
-    let (home, store) = temp_store();
-    let fake = IDENTITY.start_fake();
+    let (home, store) = temp_store_with(StoreOptions::default());
+    let fake = IDENTITY.start_idp();
     write_tokens(&store, access, INITIAL_RT, id_token, ACCOUNT);
     let manager = AuthManager::new(store.clone(), config(fake.url()))
         .expect("AuthManager::new refused valid credentials");
@@ -81,11 +81,7 @@ fn assert_nothing_stored_nor_sent(store: &Store, fake: &FakeIdp) {
         "host tokens were written to disk: {} exists",
         store.path().display()
     );
-    assert_eq!(
-        fake.requests(),
-        0,
-        "host-token mode contacted the token endpoint"
-    );
+    fake.expect_requests(0, "host-token mode contacted the token endpoint");
 }
 
 /// Checks that an exhausted 401 recovery runs no other step and says to sign in again.
@@ -170,7 +166,7 @@ async fn a_host_refresher_that_never_answers_times_out_with_host_refresh_timeout
         1,
         "the host was not asked once"
     );
-    assert_no_secret_nor_payload("the error message", &error.to_string(), &[&expired]);
+    assert_hides("the error message", &error.to_string(), &[expired.as_str()]);
     assert_nothing_stored_nor_sent(&store, &fake);
 }
 
@@ -225,10 +221,10 @@ async fn a_working_host_refresher_supplies_the_new_token_in_memory_only() {
     );
     assert_nothing_stored_nor_sent(&store, &fake);
     let shown = format!("{manager:?} {auth:?} {auth:#?}");
-    assert_no_secret_nor_payload(
+    assert_hides(
         "Debug of host-mode credentials",
         &shown,
-        &[&expired, &fresh],
+        &[expired.as_str(), fresh.as_str()],
     );
 }
 
@@ -280,11 +276,7 @@ async fn the_401_recovery_for_host_tokens_has_exactly_one_step_asking_the_host()
         !store.path().exists(),
         "host tokens were written to disk during the recovery"
     );
-    assert_eq!(
-        fake.requests(),
-        0,
-        "host-mode recovery contacted the endpoint"
-    );
+    fake.expect_requests(0, "host-mode recovery contacted the endpoint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,11 +307,7 @@ async fn an_api_key_login_is_stored_as_apikey_and_never_contacts_the_token_endpo
         !manager.unauthorized_recovery().has_next(),
         "API-key mode offers a 401 recovery step"
     );
-    assert_eq!(
-        fake.requests(),
-        0,
-        "API-key mode contacted the token endpoint"
-    );
+    fake.expect_requests(0, "API-key mode contacted the token endpoint");
 
     let file: Value = serde_json::from_slice(
         &std::fs::read(store.path()).expect("auth.json was not written by the login"),
@@ -354,20 +342,16 @@ async fn an_api_key_login_is_stored_as_apikey_and_never_contacts_the_token_endpo
         RefreshOutcome::NotNeeded,
         "a re-read API key was refreshed"
     );
-    assert_eq!(
-        fake.requests(),
-        0,
-        "API-key mode contacted the token endpoint"
-    );
+    fake.expect_requests(0, "API-key mode contacted the token endpoint");
     let shown = format!("{manager:?} {reread:?} {auth:?} {auth:#?}");
-    assert_no_secret_nor_payload("Debug in API-key mode", &shown, &[key]);
+    assert_hides("Debug in API-key mode", &shown, &[key]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_of_a_workspace_that_is_not_allowed_are_refused_with_a_message_naming_both_workspaces(
 ) {
-    let (_home, store) = temp_store();
-    let fake = IDENTITY.start_fake();
+    let (_home, store) = temp_store_with(StoreOptions::default());
+    let fake = IDENTITY.start_idp();
     let access = access_expiring_in(3600, "ws_other");
     write_workspace_tokens(&store, &access, "ws-other");
     let restricted = RefreshConfig {
@@ -396,7 +380,7 @@ async fn credentials_of_a_workspace_that_is_not_allowed_are_refused_with_a_messa
         ErrorClass::SignInRequired,
         "a refused workspace does not require signing in: {error:?}"
     );
-    assert_no_secret_nor_payload("the refusal", &message, &[&access, INITIAL_RT]);
+    assert_hides("the refusal", &message, &[access.as_str(), INITIAL_RT]);
 
     // Credentials of the allowed workspace are accepted; switching to another one on disk is
     // refused again at reload.
@@ -435,11 +419,7 @@ async fn credentials_of_a_workspace_that_is_not_allowed_are_refused_with_a_messa
         matches!(host, RefreshError::WorkspaceNotAllowed { .. }),
         "host tokens of another workspace were not refused as WorkspaceNotAllowed: {host:?}"
     );
-    assert_eq!(
-        fake.requests(),
-        0,
-        "a refused workspace contacted the endpoint"
-    );
+    fake.expect_requests(0, "a refused workspace contacted the endpoint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,7 +447,7 @@ async fn the_first_401_recovery_step_adopts_a_newer_generation_written_by_anothe
         RecoveryStep::Reloaded,
         "step 1 did not adopt the newer generation on disk"
     );
-    assert_eq!(fake.requests(), 0, "step 1 sent a refresh request");
+    fake.expect_requests(0, "step 1 sent a refresh request");
     let cached = manager.cached().expect("the manager has no credentials");
     assert_eq!(
         cached.bearer().expose(),
@@ -484,11 +464,7 @@ async fn the_first_401_recovery_step_adopts_a_newer_generation_written_by_anothe
     assert!(recovery.has_next(), "no second step after a reload");
     let step = recovery.next().await.expect("recovery step 2 failed");
     assert_eq!(step, RecoveryStep::Refreshed, "step 2 did not refresh");
-    assert_eq!(
-        fake.requests(),
-        1,
-        "step 2 did not send exactly one request"
-    );
+    fake.expect_requests(1, "step 2 did not send exactly one request");
     assert_eq!(
         fake.presented_refresh_tokens(),
         vec![other.refresh_token.clone()],
@@ -511,11 +487,7 @@ async fn without_anything_newer_on_disk_the_401_recovery_refreshes_at_once_and_i
         RecoveryStep::Refreshed,
         "with nothing newer on disk, the first step did not go on to refresh"
     );
-    assert_eq!(
-        fake.requests(),
-        1,
-        "the refresh step did not send exactly one request"
-    );
+    fake.expect_requests(1, "the refresh step did not send exactly one request");
     assert!(
         !recovery.has_next(),
         "the recovery offers another step after refreshing"
@@ -527,7 +499,7 @@ async fn without_anything_newer_on_disk_the_401_recovery_refreshes_at_once_and_i
         "the manager does not use the refreshed access token"
     );
     assert_exhausted(&mut recovery).await;
-    assert_eq!(fake.requests(), 1, "an exhausted recovery sent a request");
+    fake.expect_requests(1, "an exhausted recovery sent a request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,22 +512,22 @@ async fn debug_of_the_manager_the_credentials_and_the_recovery_never_shows_a_tok
 
     let after = manager.auth().await.expect("the due refresh failed");
     let issued = fake.last_issued().expect("the endpoint issued no tokens");
-    assert_eq!(fake.requests(), 1, "the due auth() did not refresh once");
+    fake.expect_requests(1, "the due auth() did not refresh once");
     let recovery = manager.unauthorized_recovery();
     let shown = format!(
         "{before_shown} {manager:?} {manager:#?} {after:?} {after:#?} {recovery:?} {:?}",
         manager.config()
     );
-    assert_no_secret_nor_payload(
+    assert_hides(
         "Debug output",
         &shown,
         &[
-            &old_access,
+            old_access.as_str(),
             INITIAL_RT,
-            &id_token,
-            &issued.access_token,
-            &issued.refresh_token,
-            &issued.id_token,
+            id_token.as_str(),
+            issued.access_token.as_str(),
+            issued.refresh_token.as_str(),
+            issued.id_token.as_str(),
         ],
     );
     assert!(

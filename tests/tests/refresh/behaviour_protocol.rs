@@ -13,11 +13,11 @@ use codex_refresh::{
 };
 use codex_store::{Expect, Store, StoreOptions};
 use codex_store_tests::fake_idp::Behavior;
-use codex_store_tests::jwt;
-use codex_store_tests::refresh_fixtures::{
-    cached_bearer, concurrent_auth_calls, config, file_bytes, file_text, manager, write_json,
+use codex_store_tests::fixtures::{
+    cached_bearer, concurrent_auth_calls, config, manager, read, read_json, read_text, write_json,
     Identity, Setup, EVENT_TIMEOUT,
 };
+use codex_store_tests::jwt;
 use serde_json::{json, Value};
 
 const ACCOUNT: &str = "acc-protocol";
@@ -25,11 +25,6 @@ const EMAIL: &str = "protocol@example.com";
 const PLAN: &str = "pro";
 const INITIAL_RT: &str = "rt_initial_protocol";
 const IDENTITY: Identity = Identity::new(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
-
-/// auth.json as a JSON value (keys in file order).
-fn file_json(store: &Store) -> Value {
-    serde_json::from_slice(&file_bytes(store)).expect("auth.json is not JSON")
-}
 
 fn keys(value: &Value) -> Vec<String> {
     value
@@ -41,7 +36,7 @@ fn keys(value: &Value) -> Vec<String> {
 }
 
 fn stored_refresh_token(store: &Store) -> String {
-    let doc = file_json(store);
+    let doc = read_json(store.path());
     doc["tokens"]["refresh_token"]
         .as_str()
         .unwrap_or_else(|| panic!("auth.json has no tokens.refresh_token: {doc}"))
@@ -329,7 +324,7 @@ async fn unknown_top_level_and_tokens_keys_survive_a_refresh_intact_and_in_order
     let manager = manager(&setup.store, config(setup.fake.url()));
 
     manager.refresh().await.expect("the refresh failed");
-    let after = file_json(&setup.store);
+    let after = read_json(setup.store.path());
     assert_eq!(
         keys(&after),
         keys(&original),
@@ -446,10 +441,9 @@ async fn eight_concurrent_auth_calls_on_one_manager_share_a_single_request_and_t
         bearers.push(bearer);
     }
 
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         1,
-        "eight concurrent auth() calls on one manager sent more than one request"
+        "eight concurrent auth() calls on one manager sent more than one request",
     );
     let issued = setup
         .fake
@@ -547,7 +541,7 @@ async fn a_reused_answer_adopts_the_newer_tokens_that_a_lock_ignoring_writer_sto
         "the manager does not use the adopted access token"
     );
     assert_eq!(
-        file_text(&setup.store),
+        read_text(setup.store.path()),
         written,
         "auth.json was changed after the adoption"
     );
@@ -595,7 +589,7 @@ async fn a_due_cached_token_heals_by_adopting_what_another_process_stored_withou
         ACCOUNT,
     );
     write_json(&setup.store, &written);
-    let on_disk = file_bytes(&setup.store);
+    let on_disk = read(setup.store.path());
 
     let auth = manager
         .auth()
@@ -606,13 +600,12 @@ async fn a_due_cached_token_heals_by_adopting_what_another_process_stored_withou
         other.access_token,
         "auth() did not adopt the tokens the other process stored"
     );
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         0,
-        "auth() redeemed a token although fresh ones were on disk"
+        "auth() redeemed a token although fresh ones were on disk",
     );
     assert!(
-        file_bytes(&setup.store) == on_disk,
+        read(setup.store.path()) == on_disk,
         "adopting the other process's tokens rewrote auth.json"
     );
 }
@@ -663,7 +656,7 @@ async fn another_account_signed_in_by_a_lock_ignoring_writer_during_the_request_
         "the refresh did not report the account change: {result:?}"
     );
     assert_eq!(
-        file_text(&setup.store),
+        read_text(setup.store.path()),
         other,
         "the other account's credentials were overwritten with this account's tokens"
     );
@@ -685,7 +678,7 @@ async fn another_account_signed_in_during_the_request_keeps_its_credentials_even
     );
     let result = refresh_while_another_account_signs_in_without_the_lock(&setup, &other).await;
     assert_eq!(
-        file_text(&setup.store),
+        read_text(setup.store.path()),
         other,
         "account acc-b's credentials (account only in the id token) were overwritten with \
          {ACCOUNT}'s refreshed tokens; the refresh returned {result:?}"

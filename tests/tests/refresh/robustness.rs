@@ -4,8 +4,8 @@
 use codex_refresh::RefreshError;
 use codex_store::StoreError;
 use codex_store_tests::fake_idp::Behavior;
+use codex_store_tests::fixtures::{config, manager, read_text, Identity, Setup};
 use codex_store_tests::jwt;
-use codex_store_tests::refresh_fixtures::{config, file_text, manager, Identity, Setup};
 
 const IDENTITY: Identity = Identity::new(
     "acc-robust",
@@ -28,10 +28,9 @@ async fn a_hard_linked_auth_json_is_refused_before_the_refresh_token_is_redeemed
         matches!(err, RefreshError::Store(StoreError::HardLinked { .. })),
         "expected HardLinked, got {err}"
     );
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         0,
-        "the refresh token was redeemed although the new one could not have been stored"
+        "the refresh token was redeemed although the new one could not have been stored",
     );
     assert_eq!(
         setup.fake.current_refresh_token(),
@@ -82,7 +81,7 @@ async fn an_id_token_from_the_endpoint_that_does_not_decode_keeps_the_old_one_an
         "the undecodable id token replaced the old one"
     );
     assert!(
-        !file_text(&setup.store).contains("not-a-jwt"),
+        !read_text(setup.store.path()).contains("not-a-jwt"),
         "the undecodable id token reached the file"
     );
 }
@@ -158,5 +157,5 @@ async fn tokens_that_could_not_be_written_are_written_by_the_next_call_without_a
         setup.fake.current_refresh_token(),
         "the live refresh token was not written to auth.json"
     );
-    assert_eq!(setup.fake.requests(), 1, "a second request was sent");
+    setup.fake.expect_requests(1, "a second request was sent");
 }

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use codex_refresh::{AuthManager, PermanentReason, RefreshConfig, RefreshError, RefreshOutcome};
 use codex_store::{read_journal, JournalEvent, Store, ROTATION_PREFIX};
 use codex_store_tests::fake_idp::Behavior;
-use codex_store_tests::jwt;
-use codex_store_tests::refresh_fixtures::{
-    cached_bearer, config, file_text, manager, Identity, Setup, EVENT_TIMEOUT,
+use codex_store_tests::fixtures::{
+    cached_bearer, config, entries_starting_with, manager, read_text, Identity, Setup,
+    EVENT_TIMEOUT,
 };
+use codex_store_tests::jwt;
+use codex_store_tests::secrets::assert_hides;
 
 const IDENTITY: Identity = Identity::new(
     "acct-rotation",
@@ -84,11 +86,7 @@ fn try_flock(path: &Path) -> bool {
 }
 
 fn rotation_files(home: &Path) -> Vec<String> {
-    std::fs::read_dir(home)
-        .expect("cannot list the home")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(ROTATION_PREFIX))
-        .collect()
+    entries_starting_with(home, ROTATION_PREFIX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +119,7 @@ async fn while_the_request_is_in_flight_codex_can_take_both_write_locks_and_only
         .expect("the refresh failed");
     assert_eq!(outcome, RefreshOutcome::Refreshed, "unexpected outcome");
     assert!(
-        file_text(&setup.store).contains(&setup.fake.current_refresh_token()),
+        read_text(setup.store.path()).contains(&setup.fake.current_refresh_token()),
         "auth.json does not hold the live refresh token after the refresh"
     );
     assert!(
@@ -166,7 +164,9 @@ async fn a_reuse_refusal_waits_for_the_rotation_it_means_and_adopts_it_when_it_l
         winner.access_token,
         "the manager does not hold the winner's access token"
     );
-    assert_eq!(setup.fake.requests(), 1, "more than one request was sent");
+    setup
+        .fake
+        .expect_requests(1, "more than one request was sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,11 +201,9 @@ async fn a_reuse_refusal_with_no_rotation_in_time_is_reported_and_the_next_proce
         ),
         "the second process reported another error: {err}"
     );
-    assert_eq!(
-        setup.fake.requests(),
-        1,
-        "the second process sent the refused refresh token again"
-    );
+    setup
+        .fake
+        .expect_requests(1, "the second process sent the refused refresh token again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,10 +230,9 @@ async fn an_expired_refresh_token_refused_once_is_not_sent_again_by_other_proces
             "process {n} reported another error than the remembered refusal: {err}"
         );
     }
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         1,
-        "three processes on one refused token must make exactly one request"
+        "three processes on one refused token must make exactly one request",
     );
 
     // A new sign-in changes the file: the refusal no longer applies.
@@ -247,11 +244,9 @@ async fn an_expired_refresh_token_refused_once_is_not_sent_again_by_other_proces
         .auth()
         .await
         .expect("after a new sign-in the refresh was still refused from memory");
-    assert_eq!(
-        setup.fake.requests(),
-        2,
-        "the new sign-in's token was not sent"
-    );
+    setup
+        .fake
+        .expect_requests(2, "the new sign-in's token was not sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +258,7 @@ async fn a_writer_ignoring_the_locks_during_the_request_is_merged_with_and_the_n
     // An older installation rewrites the file in place, without any lock, adding a key.
     let path = setup.store.path().to_path_buf();
     let mut doc: serde_json::Value =
-        serde_json::from_str(&file_text(&setup.store)).expect("auth.json is not JSON");
+        serde_json::from_str(&read_text(setup.store.path())).expect("auth.json is not JSON");
     doc["written_by_old_codex"] = serde_json::json!("yes");
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).expect("encode"))
         .expect("the in-place write failed");
@@ -272,7 +267,7 @@ async fn a_writer_ignoring_the_locks_during_the_request_is_merged_with_and_the_n
         .expect("the refresh task panicked")
         .expect("the refresh failed");
     assert_eq!(outcome, RefreshOutcome::Refreshed, "unexpected outcome");
-    let text = file_text(&setup.store);
+    let text = read_text(setup.store.path());
     assert!(
         text.contains(&setup.fake.current_refresh_token()),
         "the redeemed rotation was lost: auth.json does not hold the live refresh token"
@@ -296,7 +291,7 @@ async fn another_account_signing_in_during_the_request_wins_and_nothing_is_left_
     let other = Identity::new("acct-other", "other@example.com", "plus", "rt_other");
     let other_access = jwt::access_token(jwt::now_unix() + 3600, "at_other");
     other.write_tokens(&setup.store, &other_access, "rt_other");
-    let before = file_text(&setup.store);
+    let before = read_text(setup.store.path());
     let err = caller
         .await
         .expect("the refresh task panicked")
@@ -306,7 +301,7 @@ async fn another_account_signing_in_during_the_request_wins_and_nothing_is_left_
         "expected AccountChanged, got {err}"
     );
     assert_eq!(
-        file_text(&setup.store),
+        read_text(setup.store.path()),
         before,
         "the other account's credentials were changed"
     );
@@ -329,7 +324,7 @@ async fn the_journal_records_the_rotation_with_fingerprints_and_never_a_token() 
         ("new refresh token", issued.refresh_token.as_str()),
         ("new access token", issued.access_token.as_str()),
     ] {
-        assert!(!journal.contains(secret), "the journal contains the {name}");
+        assert_hides(&format!("the journal (its {name})"), &journal, &[secret]);
     }
     let records = read_journal(setup.store.journal_path()).expect("unreadable journal");
     let saved = records

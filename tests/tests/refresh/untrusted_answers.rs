@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use codex_refresh::{AuthManager, PermanentReason, RefreshConfig, RefreshError, TransientReason};
 use codex_store_tests::fake_idp::Behavior;
+use codex_store_tests::fixtures::{config, manager, read, Identity, Setup, EVENT_TIMEOUT};
 use codex_store_tests::jwt;
-use codex_store_tests::refresh_fixtures::{
-    config, file_bytes, manager, Identity, Setup, EVENT_TIMEOUT,
-};
 
 const IDENTITY: Identity = Identity::new(
     "acct-untrusted",
@@ -26,14 +24,14 @@ const IDENTITY: Identity = Identity::new(
 async fn refused_200(body: &str) -> RefreshError {
     let setup = Setup::new(IDENTITY, -60);
     setup.fake.set_behavior(Behavior::status(200, body));
-    let before = file_bytes(&setup.store);
+    let before = read(setup.store.path());
     let manager = manager(&setup.store, config(setup.fake.url()));
     let err = manager
         .refresh()
         .await
         .expect_err(&format!("a 200 answer {body:?} counted as a refresh"));
     assert_eq!(
-        file_bytes(&setup.store),
+        read(setup.store.path()),
         before,
         "the answer {body:?} changed auth.json"
     );
@@ -137,7 +135,7 @@ async fn a_400_invalid_grant_is_a_permanent_refusal() {
 async fn a_redirect_from_the_token_endpoint_is_not_followed_and_the_token_never_reaches_the_other_origin(
 ) {
     let setup = Setup::new(IDENTITY, -60);
-    let before = file_bytes(&setup.store);
+    let before = read(setup.store.path());
     // The "other origin" is the fake endpoint, which would happily answer with tokens.
     let target = setup.fake.url();
     let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
@@ -170,13 +168,12 @@ async fn a_redirect_from_the_token_endpoint_is_not_followed_and_the_token_never_
         ),
         "a 307 gave another error: {err}"
     );
-    assert_eq!(
-        setup.fake.requests(),
+    setup.fake.expect_requests(
         0,
-        "the redirect was followed: the refresh token reached another origin"
+        "the redirect was followed: the refresh token reached another origin",
     );
     assert_eq!(
-        file_bytes(&setup.store),
+        read(setup.store.path()),
         before,
         "a redirect changed auth.json"
     );
