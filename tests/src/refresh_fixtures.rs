@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::cli_support::sha256_hex;
 use crate::fake_idp::FakeIdp;
 use crate::jwt;
-use crate::worker::Worker;
+use crate::process::Process;
 
 // ---------------------------------------------------------------------------------------------
 // In process
@@ -243,7 +243,7 @@ pub fn spawn_refresh_worker(
     subcommand: &str,
     home: &Path,
     token_url: &str,
-) -> Worker {
+) -> Process {
     static SERIAL: AtomicUsize = AtomicUsize::new(1);
     let name = format!(
         "refresh-worker {subcommand} #{}",
@@ -254,11 +254,11 @@ pub fn spawn_refresh_worker(
         .arg(subcommand)
         .arg(home)
         .env(TOKEN_URL_ENV, token_url);
-    Worker::spawn_command(name, command).with_event_timeout(WORKER_EVENT_TIMEOUT)
+    Process::spawn_command(name, command).with_event_timeout(WORKER_EVENT_TIMEOUT)
 }
 
 /// Waits for the `ready` line of a `race` worker; panics unless that is what it prints.
-pub fn expect_ready(worker: &Worker) {
+pub fn expect_ready(worker: &Process) {
     assert_eq!(
         worker.line("`ready`"),
         "ready",
@@ -278,7 +278,7 @@ pub struct Reported {
 
 /// Parses a `token <fingerprint> generation <generation>` line of `worker`; panics (naming the
 /// worker and its stderr) on any other line.
-pub fn parse_token_line(worker: &Worker, line: &str) -> Reported {
+pub fn parse_token_line(worker: &Process, line: &str) -> Reported {
     let parts: Vec<&str> = line.split(' ').collect();
     match parts.as_slice() {
         ["token", fingerprint, "generation", generation] => Reported {

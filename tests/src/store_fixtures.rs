@@ -1,6 +1,6 @@
 //! Shared pieces of the multi-process store tests (`tests/tests/store_*.rs`) and of the
 //! `store-worker` helper binary: the counter document and a tiny seeded random number generator.
-//! Their child processes are [`Worker`](crate::worker::Worker)s.
+//! Their child processes are [`Process`](crate::process::Process)es.
 //!
 //! The counter lives in the top-level key [`COUNTER_KEY`] of auth.json, an unknown key to the
 //! store, so it also exercises "unknown keys survive a rewrite". The API key is always set so

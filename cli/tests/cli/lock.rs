@@ -77,7 +77,7 @@ fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
     ] {
         let mut holder = hold_lock(&WORKER, home.path());
         let waiter = spawn(home.path(), args, stdin.as_deref(), &[]);
-        waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+        waiter.wait_for_stderr_line(WAIT_LINE);
         holder.close_stdin();
         holder.expect_line("released");
         let out = waiter.finish(RUN_TIMEOUT);
@@ -195,7 +195,7 @@ fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock(
     );
     // It has read the file and is blocked on the lock: now a writer that ignores the lock (an
     // older Codex writing in place) stores tokens refreshed elsewhere for the same account.
-    waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    waiter.wait_for_stderr_line(WAIT_LINE);
     let newer = creds.with_new_access_token(3600);
     write_file(&path, &newer.auth_json(), 0o600);
     let written = sha256sum(&path);
@@ -252,7 +252,7 @@ fn while_waiting<T>(
     let url = idp.url();
     let mut holder = hold_lock(&WORKER, home.path());
     let waiter = spawn(home.path(), args, None, &[(URL_ENV, url.as_str())]);
-    let line = waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    let line = waiter.wait_for_stderr_line(WAIT_LINE);
     let meanwhile = meanwhile(home.path(), &idp, &line);
     holder.close_stdin();
     holder.expect_line("released");

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use codex_store::AuthDotJson;
 use codex_store_tests::fake_idp::FakeIdp;
 use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
+use codex_store_tests::process::Process;
 use codex_store_tests::refresh_fixtures::{
     auth_path, expect_ready, file_sha256, fingerprint, parse_token_line, presented_fingerprints,
     spawn_refresh_worker, Reported,
 };
-use codex_store_tests::worker::Worker;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_refresh-worker");
 
@@ -50,7 +50,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
     write_expired_credentials(home.path());
     let before = file_sha256(home.path());
 
-    let mut workers: Vec<Worker> = (0..PROCESSES)
+    let mut workers: Vec<Process> = (0..PROCESSES)
         .map(|_| spawn_refresh_worker(WORKER, "race", home.path(), &idp.url()))
         .collect();
     for worker in &workers {
@@ -62,7 +62,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
         "a worker sent a request before the start signal"
     );
     for worker in &mut workers {
-        worker.start();
+        worker.go();
     }
     let reports: Vec<Reported> = workers
         .iter()
