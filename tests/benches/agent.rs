@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use codex_store_tests::fake_idp::FakeIdp;
 use codex_store_tests::jwt;
+use codex_store_tests::process::Process;
 use codex_store_tests::programs::built;
-use codex_store_tests::worker::Worker;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 const ACCOUNT: &str = "acc-bench-agent";
@@ -102,7 +102,7 @@ fn signed_in(expires_in: i64, lifetime: i64) -> (tempfile::TempDir, FakeIdp) {
     (home, idp)
 }
 
-fn spawn_agent(bins: &Bins, home: &Path, url: &str, lead: &str) -> Worker {
+fn spawn_agent(bins: &Bins, home: &Path, url: &str, lead: &str) -> Process {
     let mut command = Command::new(&bins.store);
     command
         .args(["--home"])
@@ -110,11 +110,11 @@ fn spawn_agent(bins: &Bins, home: &Path, url: &str, lead: &str) -> Worker {
         .args(["agent", "--lead", lead, "--json"])
         .env(URL_ENV, url)
         .env_remove("RUST_LOG");
-    Worker::spawn_command("codex-store agent", command)
+    Process::spawn_command("codex-store agent", command)
 }
 
 /// Waits for the agent's `started` event (on stderr, which the worker collects).
-fn wait_started(agent: &Worker) {
+fn wait_started(agent: &Process) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !agent.stderr().contains("\"started\"") {
         assert!(
@@ -126,13 +126,13 @@ fn wait_started(agent: &Worker) {
     }
 }
 
-fn stop(mut agent: Worker) -> String {
+fn stop(mut agent: Process) -> String {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(agent.id().to_string())
         .status();
-    let (_, status) = agent.finish(Duration::from_secs(10));
-    assert!(status.success(), "the agent exited {status}");
+    let out = agent.finish(Duration::from_secs(10));
+    assert!(out.status.success(), "the agent exited {}", out.status);
     agent.stderr()
 }
 
@@ -146,7 +146,7 @@ fn rotation_run(bins: &Bins, k: usize, with_agent: bool) -> (usize, usize, usize
     let (home, idp) = signed_in(CODEX_WINDOW + 2, 3600);
     idp.set_delay(Duration::from_millis(500));
     let url = idp.url();
-    let mut sims: Vec<Worker> = (0..k)
+    let mut sims: Vec<Process> = (0..k)
         .map(|i| {
             let mut command = Command::new(&bins.sim);
             command
@@ -154,7 +154,7 @@ fn rotation_run(bins: &Bins, k: usize, with_agent: bool) -> (usize, usize, usize
                 .env("CODEX_HOME", home.path())
                 .env(URL_ENV, &url)
                 .env_remove("RUST_LOG");
-            Worker::spawn_command(format!("codex-sim #{i}"), command)
+            Process::spawn_command(format!("codex-sim #{i}"), command)
         })
         .collect();
     for sim in &sims {
@@ -167,7 +167,10 @@ fn rotation_run(bins: &Bins, k: usize, with_agent: bool) -> (usize, usize, usize
     });
     let finished: Vec<(Vec<String>, ExitStatus)> = sims
         .iter_mut()
-        .map(|s| s.finish(Duration::from_secs(60)))
+        .map(|s| {
+            let out = s.finish(Duration::from_secs(60));
+            (out.lines(), out.status)
+        })
         .collect();
     if let Some(agent) = agent {
         stop(agent);
@@ -233,21 +236,21 @@ fn latency_round(bins: &Bins, readers: usize, wait: bool) -> Vec<Duration> {
             command.arg("wait");
         }
         command.env(URL_ENV, &url).env_remove("RUST_LOG");
-        let worker = Worker::spawn_command(name, command);
+        let worker = Process::spawn_command(name, command);
         worker.expect_line("ready");
         worker
     };
     let mut refresher = spawn("refresher".into());
-    let mut others: Vec<Worker> = (0..readers)
+    let mut others: Vec<Process> = (0..readers)
         .map(|i| spawn(format!("reader #{i}")))
         .collect();
-    refresher.start();
+    refresher.go();
     assert!(
         idp.wait_for_requests(1, Duration::from_secs(20)),
         "the refresher sent no request"
     );
     for other in &mut others {
-        other.start();
+        other.go();
     }
     let latencies = others
         .iter_mut()

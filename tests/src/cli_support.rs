@@ -5,18 +5,15 @@
 //! Messages never show a raw secret: [`redact`] replaces every registered secret by its
 //! [`fingerprint`]. Credentials to run it on come from [`crate::fixtures`].
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use crate::process::{Finished, Process};
 use crate::secrets::record;
 /// How the messages of a run name and hide secrets (the kit's one scanner, [`crate::secrets`]).
 pub use crate::secrets::{fingerprint, redact};
-use crate::worker::Worker;
 
 /// The bound on one run of the command. It only turns a hang into a failure; no test relies on
 /// it elapsing.
@@ -52,10 +49,6 @@ pub mod exit {
     pub const CORRUPT: i32 = 6;
     /// A mode codex-store does not serve.
     pub const UNSUPPORTED_MODE: i32 = 7;
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,12 +178,7 @@ impl CliOutput {
     }
 }
 
-fn build_command(
-    home: Option<&Path>,
-    args: &[&str],
-    envs: &[(&str, &str)],
-    stdin: bool,
-) -> Command {
+fn build_command(home: Option<&Path>, args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut command = Command::new(codex_store_bin());
     if let Some(home) = home {
         command.arg("--home").arg(home);
@@ -209,191 +197,91 @@ fn build_command(
         command.env(name, value);
     }
     command
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
 }
 
-/// Runs `codex-store --home HOME ARGS...` to the end with `stdin` (none: /dev/null) and `envs`
-/// added to an environment without [`SCRUBBED_ENV`] (the token URL defaults to
+/// Runs `codex-store --home HOME ARGS...` to the end with `stdin` (none: an empty stdin) and
+/// `envs` added to an environment without [`SCRUBBED_ENV`] (the token URL defaults to
 /// [`DEAD_TOKEN_URL`]). Records what it printed. Panics if it runs longer than [`RUN_TIMEOUT`].
 pub fn run(home: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> CliOutput {
     spawn(home, args, stdin, envs).finish(RUN_TIMEOUT)
 }
 
-/// A running `codex-store`. Its stderr lines arrive as events; dropping it kills and reaps the
-/// process and records what it printed.
-pub struct Running {
-    args: Vec<String>,
-    child: Child,
-    stdout: Receiver<String>,
-    stderr_lines: Receiver<String>,
-    stderr_all: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-    finished: bool,
-}
-
-/// Starts `codex-store --home HOME ARGS...` like [`run`], without waiting for it. `stdin` is
-/// written and closed at once; `None` leaves stdin at /dev/null.
-pub fn spawn(home: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Running {
-    spawn_command(
-        build_command(Some(home), args, envs, stdin.is_some()),
-        args,
-        stdin,
-    )
-}
-
 /// Runs `codex-store ARGS...` like [`run`] but without `--home`, so that the home comes from
 /// `CODEX_HOME` or `HOME` in `envs` (the inherited `CODEX_HOME` is removed all the same).
 pub fn run_without_home(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> CliOutput {
-    spawn_command(
-        build_command(None, args, envs, stdin.is_some()),
-        args,
-        stdin,
-    )
-    .finish(RUN_TIMEOUT)
+    Running::start(build_command(None, args, envs), args, stdin).finish(RUN_TIMEOUT)
 }
 
-fn spawn_command(mut command: Command, args: &[&str], stdin: Option<&str>) -> Running {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start codex-store {}: {e}", redact(&args.join(" "))));
-    let mut readers = Vec::new();
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let input = input.to_owned();
-        // A child that exits without reading makes the write fail; that is its business.
-        readers.push(std::thread::spawn(move || {
-            let _ = pipe.write_all(input.as_bytes());
-        }));
-    }
-    let mut out_pipe = child.stdout.take().expect("stdout was piped");
-    let (out_tx, stdout) = mpsc::channel();
-    readers.push(std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = out_pipe.read_to_end(&mut bytes);
-        let _ = out_tx.send(String::from_utf8_lossy(&bytes).into_owned());
-    }));
-    let err_pipe = child.stderr.take().expect("stderr was piped");
-    let (line_tx, stderr_lines) = mpsc::channel();
-    let stderr_all = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&stderr_all);
-    readers.push(std::thread::spawn(move || {
-        let mut reader = BufReader::new(err_pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    lock(&sink).push_str(&text);
-                    let _ = line_tx.send(text.trim_end_matches('\n').to_owned());
-                }
-            }
-        }
-    }));
-    Running {
-        args,
-        child,
-        stdout,
-        stderr_lines,
-        stderr_all,
-        readers,
-        finished: false,
-    }
+/// Starts `codex-store --home HOME ARGS...` like [`run`], without waiting for it. `stdin` is
+/// written and closed at once.
+pub fn spawn(home: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Running {
+    Running::start(build_command(Some(home), args, envs), args, stdin)
+}
+
+/// A running `codex-store`: a [`Process`] (waiting [`RUN_TIMEOUT`] for each line) whose output is
+/// recorded when it ends, finished or dropped (a drop kills it).
+pub struct Running {
+    process: Process,
+    args: Vec<String>,
+    recorded: bool,
 }
 
 impl Running {
+    fn start(command: Command, args: &[&str], stdin: Option<&str>) -> Running {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let name = format!("`codex-store {}`", redact(&args.join(" ")));
+        let mut process = Process::spawn_command(name, command).with_event_timeout(RUN_TIMEOUT);
+        process.feed_stdin(stdin.unwrap_or_default());
+        Running {
+            process,
+            args,
+            recorded: false,
+        }
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
-        self.child.id()
+        self.process.id()
     }
 
-    /// What it wrote to stderr so far, redacted.
-    pub fn stderr_so_far(&self) -> String {
-        redact(&lock(&self.stderr_all))
+    /// See [`Process::try_status`].
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.process.try_status()
     }
 
-    /// Waits for a stderr line containing `needle` and returns it; panics (with the stderr so
-    /// far, redacted) if the process closes stderr first or `timeout` passes.
-    pub fn wait_for_stderr_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "`codex-store {}` printed no stderr line containing {needle:?} within \
-                     {timeout:?}; stderr so far:\n{}",
-                    redact(&self.args.join(" ")),
-                    self.stderr_so_far()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "`codex-store {}` closed stderr without a line containing {needle:?}; \
-                     stderr:\n{}",
-                    redact(&self.args.join(" ")),
-                    self.stderr_so_far()
-                ),
-            }
-        }
+    /// What it wrote to stderr so far (not redacted).
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
     }
 
-    /// Waits for the process to close its output and exit, reaps it and records what it
-    /// printed. Kills it and panics if that takes longer than `timeout`.
+    /// See [`Process::wait_for_stderr_line`].
+    pub fn wait_for_stderr_line(&self, needle: &str) -> String {
+        self.process.wait_for_stderr_line(needle)
+    }
+
+    /// Waits for the process to end ([`Process::finish`]) and records what it printed.
     pub fn finish(mut self, timeout: Duration) -> CliOutput {
-        let deadline = Instant::now() + timeout;
-        let stdout = match self
-            .stdout
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            Ok(text) => text,
-            Err(_) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.finished = true;
-                self.join_and_record("");
-                panic!(
-                    "`codex-store {}` still ran after {timeout:?} and was killed; stderr:\n{}",
-                    redact(&self.args.join(" ")),
-                    self.stderr_so_far()
-                );
-            }
-        };
-        let status = self
-            .child
-            .wait()
-            .unwrap_or_else(|e| panic!("cannot reap codex-store: {e}"));
-        self.finished = true;
-        self.join_and_record(&stdout);
-        let stderr = lock(&self.stderr_all).clone();
+        let finished = self.process.finish(timeout);
+        self.record(finished)
+    }
+
+    fn record(&mut self, finished: Finished) -> CliOutput {
+        self.recorded = true;
+        record(&self.args, &finished.stdout, &finished.stderr);
         CliOutput {
             args: self.args.clone(),
-            status,
-            stdout,
-            stderr,
+            status: finished.status,
+            stdout: finished.stdout,
+            stderr: finished.stderr,
         }
-    }
-
-    fn join_and_record(&mut self, stdout: &str) {
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-        let stderr = lock(&self.stderr_all).clone();
-        record(&self.args, stdout, &stderr);
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if !self.finished {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.finished = true;
-            let stdout = self.stdout.try_recv().unwrap_or_default();
-            self.join_and_record(&stdout);
+        if !self.recorded {
+            let killed = self.process.kill();
+            self.record(killed);
         }
     }
 }
@@ -401,8 +289,8 @@ impl Drop for Running {
 /// A `store-worker hold-lock HOME` child (the `store-worker` binary of this package, whose path
 /// integration tests get from `env!("CARGO_BIN_EXE_store-worker")`) that has printed `locked`.
 /// Closing its stdin (or dropping it) releases the lock.
-pub fn hold_lock(store_worker: &str, home: &Path) -> Worker {
-    let holder = Worker::spawn(store_worker, ["hold-lock".as_ref(), home.as_os_str()]);
+pub fn hold_lock(store_worker: &str, home: &Path) -> Process {
+    let holder = Process::spawn(store_worker, ["hold-lock".as_ref(), home.as_os_str()]);
     holder.expect_line("locked");
     holder
 }

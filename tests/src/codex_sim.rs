@@ -11,7 +11,7 @@
 //! 1. reads auth.json; when the access token is not due (its `exp` more than 5 minutes away) and
 //!    `--force` is absent, prints `fresh` and exits [`exit::NOT_DUE`] without a request;
 //! 2. prints `due reason=...` and `ready`, then waits for one line on stdin (the start signal,
-//!    [`Sim::go`]), unless `--no-wait`;
+//!    [`Process::go`]), unless `--no-wait`;
 //! 3. re-reads auth.json and adopts it without a request when it changed to tokens that are not
 //!    due ([`exit::ADOPTED_BEFORE_REQUEST`]);
 //! 4. sends the refresh request (JSON: `client_id`, `grant_type`, `refresh_token`,
@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::worker::{LineError, Worker};
+use crate::process::{Finished, Process};
 
 /// The name of the binary (`env!("CARGO_BIN_EXE_codex-sim")` in integration tests).
 pub const BIN_NAME: &str = "codex-sim";
@@ -67,8 +67,8 @@ pub const STORE_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 /// How often it retries within [`STORE_LOCK_PATIENCE`].
 pub const STORE_LOCK_RETRY: Duration = Duration::from_millis(10);
 
-/// The bound on any single event of a simulator (and on its whole run in [`Sim::finish`] callers
-/// that use it). It only turns a hang into a failure; nothing waits for it to elapse.
+/// The bound on any single event of a simulator. It only turns a hang into a failure; nothing
+/// waits for it to elapse.
 pub const SIM_EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The exit codes of `codex-sim`, one per outcome.
@@ -174,12 +174,6 @@ pub struct SimOptions {
     pub old: bool,
 }
 
-/// A running `codex-sim`, with every line it printed so far kept for its report.
-pub struct Sim {
-    worker: Worker,
-    seen: Vec<String>,
-}
-
 /// A finished `codex-sim`.
 #[derive(Clone, Debug)]
 pub struct SimRun {
@@ -193,89 +187,35 @@ pub struct SimRun {
     pub stderr: String,
 }
 
-impl Sim {
-    /// Starts `program` (the `codex-sim` binary) on `home` with its token URL set to `token_url`,
-    /// named `codex-sim #N` in messages. It reads auth.json and, when a refresh is due, prints
-    /// `ready` and waits for [`go`](Sim::go).
-    pub fn spawn(program: &Path, home: &Path, token_url: &str, options: SimOptions) -> Sim {
-        static SERIAL: AtomicUsize = AtomicUsize::new(1);
-        let mut name = format!("codex-sim #{}", SERIAL.fetch_add(1, Ordering::Relaxed));
-        let mut command = Command::new(program);
-        if options.force {
-            command.arg("--force");
-            name.push_str(" --force");
-        }
-        if options.old {
-            command.arg("--old");
-            name.push_str(" --old");
-        }
-        command
-            .env("CODEX_HOME", home)
-            .env(TOKEN_URL_ENV, token_url)
-            .env_remove("RUST_LOG");
-        Sim {
-            worker: Worker::spawn_command(name, command).with_event_timeout(SIM_EVENT_TIMEOUT),
-            seen: Vec::new(),
-        }
+/// Starts `program` (the `codex-sim` binary) on `home` with its token URL set to `token_url`,
+/// named `codex-sim #N` in messages and waiting [`SIM_EVENT_TIMEOUT`] for each event. It reads
+/// auth.json and, when a refresh is due, prints `ready` and waits for [`Process::go`].
+pub fn spawn(program: &Path, home: &Path, token_url: &str, options: SimOptions) -> Process {
+    static SERIAL: AtomicUsize = AtomicUsize::new(1);
+    let mut name = format!("codex-sim #{}", SERIAL.fetch_add(1, Ordering::Relaxed));
+    let mut command = Command::new(program);
+    if options.force {
+        command.arg("--force");
+        name.push_str(" --force");
     }
-
-    /// Its name, for messages.
-    pub fn name(&self) -> &str {
-        self.worker.name()
+    if options.old {
+        command.arg("--old");
+        name.push_str(" --old");
     }
+    command
+        .env("CODEX_HOME", home)
+        .env(TOKEN_URL_ENV, token_url)
+        .env_remove("RUST_LOG");
+    Process::spawn_command(name, command).with_event_timeout(SIM_EVENT_TIMEOUT)
+}
 
-    /// The lines it printed so far (those read by [`wait_for`](Sim::wait_for)).
-    pub fn lines_so_far(&self) -> &[String] {
-        &self.seen
-    }
-
-    /// Waits for a line whose first word is `event` and returns it; every line is kept. Panics
-    /// (with every line so far and stderr) when the process exits or [`SIM_EVENT_TIMEOUT`]
-    /// passes first.
-    pub fn wait_for(&mut self, event: &str) -> String {
-        loop {
-            match self.worker.next_line(SIM_EVENT_TIMEOUT) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.split(' ').next() == Some(event) {
-                        return line;
-                    }
-                }
-                Err(e) => {
-                    let why = match e {
-                        LineError::Eof => "exited".to_owned(),
-                        LineError::TimedOut(t) => format!("printed nothing for {t:?}"),
-                    };
-                    panic!(
-                        "{} {why} before printing `{event}`; lines: {:?}; stderr: {}",
-                        self.worker.name(),
-                        self.seen,
-                        self.worker.stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    /// Waits until it has read auth.json, found a refresh due and printed `ready`.
-    pub fn wait_ready(&mut self) {
-        self.wait_for("ready");
-    }
-
-    /// Sends the start signal: it re-reads auth.json and sends its request at once.
-    pub fn go(&mut self) {
-        self.worker.start();
-    }
-
-    /// Waits until it exits (at most `timeout`) and returns everything it printed.
-    pub fn finish(mut self, timeout: Duration) -> SimRun {
-        let (rest, status) = self.worker.finish(timeout);
-        self.seen.extend(rest);
+impl From<Finished> for SimRun {
+    fn from(finished: Finished) -> SimRun {
         SimRun {
-            name: self.worker.name().to_owned(),
-            lines: self.seen,
-            status,
-            stderr: self.worker.stderr(),
+            lines: finished.lines(),
+            name: finished.name,
+            status: finished.status,
+            stderr: finished.stderr,
         }
     }
 }

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::cli_support::{self, CliOutput, Running, RUN_TIMEOUT};
-use crate::codex_sim::{refresh_token_on_disk, Sim, SimOptions, SimRun, TOKEN_URL_ENV};
+use crate::codex_sim::{self, refresh_token_on_disk, SimOptions, SimRun, TOKEN_URL_ENV};
 use crate::fake_idp::{Behavior, FakeIdp};
 use crate::fixtures::{temp_home, ChatgptCreds};
+use crate::process::Process;
 use crate::secrets::{fingerprint, register_last_issued};
 
 /// The `codex-store` exit code for "sign-in required".
@@ -243,11 +244,11 @@ pub fn race(sim_bin: &Path, scenario: Scenario) -> RaceOutcome {
     scenario.endpoint.apply(&idp);
     let url = idp.url();
 
-    let mut sims: Vec<Sim> = (0..scenario.sims)
-        .map(|_| Sim::spawn(sim_bin, home.path(), &url, scenario.sim_options))
+    let mut sims: Vec<Process> = (0..scenario.sims)
+        .map(|_| codex_sim::spawn(sim_bin, home.path(), &url, scenario.sim_options))
         .collect();
-    for sim in &mut sims {
-        sim.wait_ready();
+    for sim in &sims {
+        sim.wait_for_event("ready");
     }
     assert_eq!(
         idp.requests(),
@@ -301,7 +302,10 @@ pub fn race(sim_bin: &Path, scenario: Scenario) -> RaceOutcome {
             stores
         }
     };
-    let sims: Vec<SimRun> = sims.into_iter().map(|s| s.finish(RUN_TIMEOUT)).collect();
+    let sims: Vec<SimRun> = sims
+        .iter_mut()
+        .map(|s| SimRun::from(s.finish(RUN_TIMEOUT)))
+        .collect();
     let stores: Vec<CliOutput> = stores.into_iter().map(|r| r.finish(RUN_TIMEOUT)).collect();
     let elapsed = started.elapsed();
     register_last_issued(&idp);

@@ -17,6 +17,7 @@
 //! only the answer waits (the success and the refusals each after their own delay).
 
 use crate::jwt;
+use crate::lock;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
@@ -26,7 +27,7 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The path the token endpoint answers on.
@@ -158,10 +159,6 @@ struct Request {
     path: String,
     chunked: bool,
     body: Vec<u8>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl FakeIdp {

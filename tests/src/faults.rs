@@ -156,15 +156,16 @@ impl Faults {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::{Finished, Process, EVENT_TIMEOUT};
     use std::process::Command;
 
-    fn sh(faults: &Faults, script: &str) -> std::process::Output {
+    fn sh(faults: &Faults, script: &str) -> Finished {
         let mut command = Command::new("sh");
         command.arg("-c").arg(script);
         for (k, v) in faults.env() {
             command.env(k, v);
         }
-        command.output().expect("run sh")
+        Process::spawn_command(format!("sh -c {script:?}"), command).finish(EVENT_TIMEOUT)
     }
 
     #[test]
@@ -197,7 +198,7 @@ mod tests {
             "creating a new file must have failed: {out:?}"
         );
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            out.stderr.contains("Permission denied"),
             "the shell must report EACCES: {out:?}"
         );
         assert_eq!(
@@ -234,7 +235,7 @@ mod tests {
             "a bad rule must exit 86: {out:?}"
         );
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("unknown call class: fsink"),
+            out.stderr.contains("unknown call class: fsink"),
             "the message must name the bad part: {out:?}"
         );
     }

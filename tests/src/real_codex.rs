@@ -33,17 +33,18 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::lock;
+use crate::process::{Process, EVENT_TIMEOUT};
 use crate::programs::on_path;
-use crate::secrets::redact;
-use crate::worker::{LineError, Worker};
+use crate::secrets::{redact, register_secret};
 
 /// The npm package of the Codex CLI.
 pub const CODEX_NPM_PACKAGE: &str = "@openai/codex";
@@ -70,10 +71,6 @@ const STUB_MAX_HEAD: usize = 64 * 1024;
 
 /// Largest request body the backend stub reads (and discards).
 const STUB_MAX_BODY: usize = 1024 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 // ---------------------------------------------------------------------------------------------
 // The binary
@@ -164,19 +161,15 @@ fn installed_version(prefix: &Path) -> Option<String> {
 
 /// What `bin --version` prints (trimmed). Panics when it cannot be run or fails.
 pub fn codex_version(bin: &Path) -> String {
-    let out = Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the Codex binary {}: {e}", bin.display()));
+    let out = Process::spawn(bin, ["--version"]).finish(EVENT_TIMEOUT);
     assert!(
         out.status.success(),
         "`{} --version` failed ({}): {}",
         bin.display(),
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    out.stdout.trim().to_owned()
 }
 
 /// An exclusive `flock` on `path` (created when missing), held until the file is dropped.
@@ -229,43 +222,27 @@ pub fn install_with_npm(prefix: &Path) -> PathBuf {
     });
     fs::create_dir_all(prefix)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", prefix.display()));
-    let log_path = prefix.with_extension("install.log");
-    let log = File::create(&log_path)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-    let log_err = log
-        .try_clone()
-        .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log_path.display()));
     eprintln!(
-        "real_codex: npm install --prefix {} {spec} (log: {})",
-        prefix.display(),
-        log_path.display()
+        "real_codex: npm install --prefix {} {spec}",
+        prefix.display()
     );
-    let mut child = Command::new(&npm)
+    let mut command = Command::new(&npm);
+    command
         .arg("install")
         .arg("--prefix")
         .arg(prefix)
         .args(["--no-audit", "--no-fund", "--loglevel=error"])
         .arg(&spec)
-        .env("npm_config_update_notifier", "false")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {} to install {spec}: {e}", npm.display()));
-    let status = wait_bounded(&mut child, NPM_TIMEOUT).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "`npm install {spec}` still ran after {NPM_TIMEOUT:?} and was killed; its output:\n{}",
-            fs::read_to_string(&log_path).unwrap_or_default()
-        )
-    });
-    let output = fs::read_to_string(&log_path).unwrap_or_default();
+        .env("npm_config_update_notifier", "false");
+    let npm_run =
+        Process::spawn_command(format!("`npm install {spec}`"), command).finish(NPM_TIMEOUT);
+    let output = format!("{}{}", npm_run.stdout, npm_run.stderr);
     assert!(
-        status.success(),
-        "`npm install --prefix {} {spec}` failed ({status}); is the npm registry reachable? \
+        npm_run.status.success(),
+        "`npm install --prefix {} {spec}` failed ({}); is the npm registry reachable? \
          Its output:\n{output}",
-        prefix.display()
+        prefix.display(),
+        npm_run.status
     );
     let version = installed_version(prefix);
     assert_eq!(
@@ -288,19 +265,6 @@ pub fn install_with_npm(prefix: &Path) -> PathBuf {
         bin.display()
     );
     bin
-}
-
-/// Waits for `child` at most `timeout`; `None` when it still runs.
-fn wait_bounded(child: &mut std::process::Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() >= deadline => return None,
-            Ok(None) => thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("cannot wait for npm: {e}"),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,7 +543,7 @@ pub struct CodexSetup<'a> {
 /// A running `codex app-server --listen stdio://`, driven with JSON-RPC lines. Dropping it kills
 /// and reaps the process.
 pub struct AppServer {
-    worker: Worker,
+    process: Process,
     label: String,
     next_id: u64,
     initialized: bool,
@@ -626,11 +590,11 @@ impl AppServer {
         for name in ["NO_PROXY", "no_proxy"] {
             command.env(name, "127.0.0.1,localhost");
         }
-        let worker = Worker::spawn_command(format!("codex app-server ({label})"), command)
+        let process = Process::spawn_command(format!("codex app-server ({label})"), command)
             .with_event_timeout(RPC_TIMEOUT);
-        let label = format!("{label} (pid {})", worker.id());
+        let label = format!("{label} (pid {})", process.id());
         AppServer {
-            worker,
+            process,
             label,
             next_id: 0,
             initialized: false,
@@ -644,7 +608,7 @@ impl AppServer {
 
     /// What the process wrote to stderr so far, redacted.
     pub fn stderr(&self) -> String {
-        redact(&self.worker.stderr())
+        redact(&self.process.stderr())
     }
 
     /// Sends a request and waits for its answer, skipping notifications and requests from the
@@ -654,33 +618,17 @@ impl AppServer {
         self.next_id += 1;
         let id = self.next_id;
         let line = json!({"id": id, "method": method, "params": params}).to_string();
-        self.worker.send_line(&line);
-        let deadline = Instant::now() + RPC_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.worker.next_line(left) {
-                Ok(line) => line,
-                Err(LineError::Eof) => panic!(
-                    "{}: exited before answering {method}; stderr:\n{}",
-                    self.label,
-                    self.stderr()
-                ),
-                Err(LineError::TimedOut(_)) => panic!(
-                    "{}: no answer to {method} within {RPC_TIMEOUT:?}; stderr:\n{}",
-                    self.label,
-                    self.stderr()
-                ),
-            };
-            let Ok(message) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if message.get("method").is_some() || message.get("id") != Some(&json!(id)) {
-                continue;
-            }
-            if let Some(error) = message.get("error") {
-                return Err(error.clone());
-            }
-            return Ok(message.get("result").cloned().unwrap_or(Value::Null));
+        self.process.send_line(&line);
+        let answer = self
+            .process
+            .wait_for_line(&format!("an answer to {method}"), |line| {
+                serde_json::from_str::<Value>(line)
+                    .is_ok_and(|m| m.get("method").is_none() && m.get("id") == Some(&json!(id)))
+            });
+        let message: Value = serde_json::from_str(&answer).expect("the answer was parsed before");
+        match message.get("error") {
+            Some(error) => Err(error.clone()),
+            None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
         }
     }
 
@@ -699,7 +647,7 @@ impl AppServer {
                 self.stderr()
             );
         }
-        self.worker
+        self.process
             .send_line(&json!({"method": "initialized"}).to_string());
         self.initialized = true;
     }
@@ -718,7 +666,11 @@ impl AppServer {
             Ok(result) => result
                 .get("authToken")
                 .and_then(Value::as_str)
-                .map(str::to_owned),
+                .map(|token| {
+                    // It stands in the process's stdout, which failure messages show redacted.
+                    register_secret(token);
+                    token.to_owned()
+                }),
             Err(error) => panic!(
                 "{}: getAuthStatus failed: {}; stderr:\n{}",
                 self.label,

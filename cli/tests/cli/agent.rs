@@ -21,8 +21,6 @@ const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 /// expire a few seconds beyond it becomes due for the agent within the test.
 const LEAD: &str = "310";
 const LEAD_SECS: i64 = 310;
-/// The bound on any one agent event; it only turns a hang into a failure.
-const EVENT: Duration = Duration::from_secs(20);
 /// The bound on the agent's exit after SIGTERM or SIGINT ("within a second or two").
 const STOP: Duration = Duration::from_secs(3);
 
@@ -31,7 +29,7 @@ fn start_agent(home: &Path, url: &str, extra: &[&str]) -> Running {
     args.extend_from_slice(extra);
     let agent = spawn(home, &args, None, &[(URL_ENV, url)]);
     // `started:` in text, `"event":"started"` in JSON.
-    agent.wait_for_stderr_line("started", EVENT);
+    agent.wait_for_stderr_line("started");
     agent
 }
 
@@ -183,7 +181,7 @@ fn the_agent_refreshes_a_lead_time_before_expiry_and_reports_fingerprints_never_
         expires - LEAD_SECS
     );
 
-    let line = agent.wait_for_stderr_line("refreshed:", EVENT);
+    let line = agent.wait_for_stderr_line("refreshed:");
     assert_eq!(
         idp.requests(),
         1,
@@ -239,7 +237,7 @@ fn the_agent_adopts_what_another_process_writes_without_a_request_and_says_so_in
     );
     crate::kit::write_file(&home.path().join("auth.json"), &doc, 0o600);
 
-    let line = agent.wait_for_stderr_line("\"adopted\"", EVENT);
+    let line = agent.wait_for_stderr_line("\"adopted\"");
     let event: serde_json::Value = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("the --json line is not JSON ({e}): {}", redact(&line)));
     assert_eq!(event["event"], "adopted", "not an adopted event: {event}");
@@ -276,7 +274,7 @@ fn a_transient_failure_is_retried_with_backoff_until_the_endpoint_answers() {
     ));
     let agent = start_agent(home.path(), &idp.url(), &[]);
 
-    let failed = agent.wait_for_stderr_line("failed (transient)", EVENT);
+    let failed = agent.wait_for_stderr_line("failed (transient)");
     assert!(
         failed.contains("next attempt"),
         "a transient failure must say when the agent tries again: {failed}"
@@ -287,7 +285,7 @@ fn a_transient_failure_is_retried_with_backoff_until_the_endpoint_answers() {
         "the agent retried at once instead of backing off"
     );
     idp.set_behavior(Behavior::Normal);
-    agent.wait_for_stderr_line("refreshed:", EVENT);
+    agent.wait_for_stderr_line("refreshed:");
     assert_eq!(
         idp.requests(),
         2,
@@ -312,7 +310,7 @@ fn a_permanent_refusal_is_not_retried_and_a_new_sign_in_resumes_the_agent() {
     ));
     let agent = start_agent(home.path(), &idp.url(), &[]);
 
-    let failed = agent.wait_for_stderr_line("failed (sign_in_required)", EVENT);
+    let failed = agent.wait_for_stderr_line("failed (sign_in_required)");
     assert!(
         failed.contains("sign in again"),
         "a permanent refusal must tell the user to sign in again: {failed}"
@@ -336,7 +334,7 @@ fn a_permanent_refusal_is_not_retried_and_a_new_sign_in_resumes_the_agent() {
         &creds.account_id,
     );
     crate::kit::write_file(&home.path().join("auth.json"), &doc, 0o600);
-    agent.wait_for_stderr_line("refreshed:", EVENT);
+    agent.wait_for_stderr_line("refreshed:");
     assert_eq!(
         idp.requests(),
         2,
@@ -355,7 +353,7 @@ fn a_signed_out_agent_idles_and_takes_over_when_a_sign_in_appears() {
     let idp = creds.start_idp();
     idp.set_access_token_lifetime(3600);
     let agent = start_agent(home.path(), &idp.url(), &[]);
-    agent.wait_for_stderr_line("idle (signed_out)", EVENT);
+    agent.wait_for_stderr_line("idle (signed_out)");
     assert_eq!(
         inspect(home.path())["agent"]["state"],
         "idle",
@@ -363,7 +361,7 @@ fn a_signed_out_agent_idles_and_takes_over_when_a_sign_in_appears() {
     );
 
     creds.write_to(home.path());
-    agent.wait_for_stderr_line("refreshed:", EVENT);
+    agent.wait_for_stderr_line("refreshed:");
     assert_eq!(
         idp.requests(),
         1,
@@ -469,7 +467,7 @@ fn codex_processes_living_across_expiries_beside_the_agent_send_nothing_and_end_
     idp.set_access_token_lifetime(LIFETIME);
     let url = idp.url();
     // The Codex stand-ins start first and hold the initial token, like processes already running.
-    let mut sims: Vec<codex_store_tests::worker::Worker> = (0..K)
+    let mut sims: Vec<codex_store_tests::process::Process> = (0..K)
         .map(|i| {
             let mut command = Command::new(&sim);
             command
@@ -477,7 +475,7 @@ fn codex_processes_living_across_expiries_beside_the_agent_send_nothing_and_end_
                 .env("CODEX_HOME", home.path())
                 .env(URL_ENV, &url)
                 .env_remove("RUST_LOG");
-            codex_store_tests::worker::Worker::spawn_command(
+            codex_store_tests::process::Process::spawn_command(
                 format!("codex-sim --live #{i}"),
                 command,
             )
@@ -489,7 +487,10 @@ fn codex_processes_living_across_expiries_beside_the_agent_send_nothing_and_end_
     let agent = start_agent(home.path(), &url, &[]);
     let finished: Vec<(Vec<String>, std::process::ExitStatus)> = sims
         .iter_mut()
-        .map(|s| s.finish(Duration::from_secs(40)))
+        .map(|s| {
+            let out = s.finish(Duration::from_secs(40));
+            (out.lines(), out.status)
+        })
         .collect();
     signal(&agent, "TERM");
     let out = agent.finish(STOP);
@@ -593,7 +594,7 @@ fn real_codex_app_servers_living_across_an_expiry_beside_the_agent_send_nothing_
         );
     }
     let agent = start_agent(home.path(), &url, &[]);
-    agent.wait_for_stderr_line("refreshed:", EVENT);
+    agent.wait_for_stderr_line("refreshed:");
     // Past the initial token's due time for Codex: waiting for the clock, not for a race.
     let codex_due = jwt::exp_of(&creds.access_token).expect("an exp") - 300;
     while jwt::now_unix() <= codex_due {

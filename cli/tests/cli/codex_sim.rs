@@ -17,7 +17,7 @@ use crate::kit::{
     signed_in_home, ChatgptCreds, RUN_TIMEOUT,
 };
 use codex_store_tests::codex_sim::{
-    refresh_token_on_disk, Outcome, Sim, SimOptions, SimRun, STORE_LOCK_PATIENCE, TOKEN_URL_ENV,
+    self, refresh_token_on_disk, Outcome, SimOptions, SimRun, STORE_LOCK_PATIENCE, TOKEN_URL_ENV,
 };
 use codex_store_tests::fake_idp::FakeIdp;
 
@@ -26,10 +26,10 @@ static SIM: std::sync::LazyLock<String> =
 
 /// Starts one simulator on `home`, lets it go once it is ready, and returns its run.
 fn run_sim(home: &Path, idp: &FakeIdp, options: SimOptions) -> SimRun {
-    let mut sim = Sim::spawn(Path::new(SIM.as_str()), home, &idp.url(), options);
-    sim.wait_ready();
+    let mut sim = codex_sim::spawn(Path::new(SIM.as_str()), home, &idp.url(), options);
+    sim.wait_for_event("ready");
     sim.go();
-    let run = sim.finish(RUN_TIMEOUT);
+    let run = SimRun::from(sim.finish(RUN_TIMEOUT));
     register_last_issued(idp);
     run
 }
@@ -186,14 +186,14 @@ fn a_codex_sim_refreshes_due_tokens_and_leaves_the_file_codex_0_171_writes() {
 fn a_codex_sim_whose_tokens_are_not_due_sends_nothing_unless_forced() {
     let creds = ChatgptCreds::fresh();
     let (home, _path, _, idp) = signed_in_home(&creds);
-    let mut sim = Sim::spawn(
+    let mut sim = codex_sim::spawn(
         Path::new(SIM.as_str()),
         home.path(),
         &idp.url(),
         SimOptions::default(),
     );
-    sim.wait_for("fresh");
-    let run = sim.finish(RUN_TIMEOUT);
+    sim.wait_for_event("fresh");
+    let run = SimRun::from(sim.finish(RUN_TIMEOUT));
     assert_eq!(
         run.outcome(),
         Outcome::NotDue,

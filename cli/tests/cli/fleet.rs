@@ -112,7 +112,7 @@ impl Fleet {
             None,
             &[(URL_ENV, &url)],
         );
-        agent.wait_for_stderr_line("started", WAIT);
+        agent.wait_for_stderr_line("started");
         self.machines[i].agent = Some(agent);
     }
 
@@ -163,7 +163,7 @@ impl Fleet {
             .filter_map(|m| {
                 m.agent
                     .as_ref()
-                    .map(|a| format!("{}:\n{}", m.name, a.stderr_so_far()))
+                    .map(|a| format!("{}:\n{}", m.name, a.stderr()))
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -228,7 +228,7 @@ fn three_machines_with_codex_processes_make_one_request_per_rotation_and_all_hol
     fleet.wait_all_live();
     let sim = crate::kit::helper("codex-sim");
     let url = fleet.idp.url();
-    let mut sims: Vec<codex_store_tests::worker::Worker> = Vec::new();
+    let mut sims: Vec<codex_store_tests::process::Process> = Vec::new();
     for machine in &fleet.machines {
         for k in 0..2 {
             let mut command = Command::new(&sim);
@@ -237,7 +237,7 @@ fn three_machines_with_codex_processes_make_one_request_per_rotation_and_all_hol
                 .env("CODEX_HOME", machine.home.path())
                 .env(URL_ENV, &url)
                 .env_remove("RUST_LOG");
-            sims.push(codex_store_tests::worker::Worker::spawn_command(
+            sims.push(codex_store_tests::process::Process::spawn_command(
                 format!("codex-sim on {} #{k}", machine.name),
                 command,
             ));
@@ -248,7 +248,8 @@ fn three_machines_with_codex_processes_make_one_request_per_rotation_and_all_hol
     fleet.wait_rotations(4);
     delays.push(fleet.wait_all_live());
     for sim in &mut sims {
-        let (lines, status) = sim.finish(WAIT);
+        let out = sim.finish(WAIT);
+        let (lines, status) = (out.lines(), out.status);
         let requests = lines
             .iter()
             .filter(|l| l.starts_with("requesting "))
@@ -341,7 +342,7 @@ fn a_rotation_made_on_one_machine_outside_the_agent_is_uploaded_and_adopted_flee
         .agent
         .as_ref()
         .expect("machine 1's agent")
-        .wait_for_stderr_line("uploaded:", WAIT);
+        .wait_for_stderr_line("uploaded:");
     fleet.wait_all_live();
     for i in 0..fleet.machines.len() {
         fleet.stop_agent(i);

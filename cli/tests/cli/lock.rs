@@ -11,7 +11,7 @@ use crate::kit::{
     ChatgptCreds, CliOutput, RUN_TIMEOUT,
 };
 use codex_store_tests::fake_idp::FakeIdp;
-use codex_store_tests::worker::Worker;
+use codex_store_tests::process::Process;
 
 static WORKER: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::kit::helper("store-worker"));
@@ -40,7 +40,7 @@ fn assert_waited_once(out: &CliOutput) {
 }
 
 /// Lets go of the lock `holder` holds and waits until it says so.
-fn release(mut holder: Worker) {
+fn release(mut holder: Process) {
     holder.close_stdin();
     holder.expect_line("released");
 }
@@ -85,7 +85,7 @@ fn login_and_refresh_with_an_api_key_also_wait_for_the_lock_and_say_so_once() {
     ] {
         let holder = hold_lock(&WORKER, home.path());
         let waiter = spawn(home.path(), args, stdin.as_deref(), &[]);
-        waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+        waiter.wait_for_stderr_line(WAIT_LINE);
         release(holder);
         let out = waiter.finish(RUN_TIMEOUT);
         out.expect_code(exit::OK, "a command that waited for the lock");
@@ -196,7 +196,7 @@ fn refresh_adopts_the_tokens_another_writer_stored_while_it_waited_for_the_lock(
     );
     // It has read the file and is blocked on the lock: now a writer that ignores the lock (an
     // older Codex writing in place) stores tokens refreshed elsewhere for the same account.
-    waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    waiter.wait_for_stderr_line(WAIT_LINE);
     let newer = creds.with_new_access_token(3600);
     write_file(&path, newer.auth_json(), 0o600);
     let written = sha256sum(&path);
@@ -252,7 +252,7 @@ fn while_waiting<T>(
     let url = idp.url();
     let holder = hold_lock(&WORKER, home.path());
     let waiter = spawn(home.path(), args, None, &[(URL_ENV, url.as_str())]);
-    let line = waiter.wait_for_stderr_line(WAIT_LINE, RUN_TIMEOUT);
+    let line = waiter.wait_for_stderr_line(WAIT_LINE);
     let meanwhile = meanwhile(home.path(), &idp, &line);
     release(holder);
     let out = waiter.finish(RUN_TIMEOUT);

@@ -30,7 +30,6 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,13 +37,13 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::kit::{
-    api_key, assert_no_registered_secret, assert_no_secret_leaked, auth_path, codex_store_bin,
-    exit, fingerprint, read, read_text, redact, register_last_issued, run, sha256sum,
-    signed_in_home, temp_home, write_file, ChatgptCreds, CliOutput, RUN_TIMEOUT, SCRUBBED_ENV,
+    api_key, assert_no_registered_secret, assert_no_secret_leaked, auth_path, exit, fingerprint,
+    read, read_text, redact, register_last_issued, run, sha256sum, signed_in_home, spawn,
+    temp_home, write_file, ChatgptCreds, CliOutput, Running, RUN_TIMEOUT,
 };
 use codex_store_tests::fake_idp::{FakeIdp, Issued};
 use codex_store_tests::faults::{Faults, ROTATION_PREFIX};
-use codex_store_tests::worker::Worker;
+use codex_store_tests::process::Process;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 static WRITER: std::sync::LazyLock<String> =
@@ -104,10 +103,19 @@ impl Case {
 
     /// `codex-store token` under `faults`.
     fn token_under(&self, faults: &Faults) -> CliOutput {
-        let url = self.idp.url();
-        let out = run_under(faults, self.dir(), &["token"], None, &[(URL_ENV, &url)]);
+        let out = self.spawn_token(faults).finish(RUN_TIMEOUT);
         register_last_issued(&self.idp);
         out
+    }
+
+    /// `codex-store token` under `faults`, started and left running (the test can poll its exit
+    /// while it drives PAUSE rules).
+    fn spawn_token(&self, faults: &Faults) -> Running {
+        let url = self.idp.url();
+        let mut env = faults.env();
+        env.push((URL_ENV.to_owned(), url));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        spawn(self.dir(), &["token"], None, &env)
     }
 
     /// `codex-store token` under `faults`, whose rule 1 must act (else the run tested nothing).
@@ -611,21 +619,6 @@ fn write_in_place(path: &Path, doc: &Value) {
     write_in_place_bytes(path, &bytes);
 }
 
-/// `codex-store token` under `faults`, started and left running as a [`Worker`] (whose exit the
-/// test can poll while it drives PAUSE rules). Its stdout lines are the printed token.
-fn spawn_token(case: &Case, faults: &Faults) -> Worker {
-    let mut command = Command::new(codex_store_bin());
-    command.arg("--home").arg(case.dir()).arg("token");
-    for name in SCRUBBED_ENV {
-        command.env_remove(name);
-    }
-    command.env(URL_ENV, case.idp.url());
-    for (name, value) in faults.env() {
-        command.env(name, value);
-    }
-    Worker::spawn_command("codex-store token", command)
-}
-
 #[test]
 fn an_in_place_write_between_the_rotation_files_fsync_and_the_rename_is_merged_with_the_new_tokens()
 {
@@ -633,7 +626,7 @@ fn an_in_place_write_between_the_rotation_files_fsync_and_the_rename_is_merged_w
     // `after`: the fsync of the filled rotation file completes, then the process waits for the
     // test, before it takes any lock or re-reads auth.json.
     let faults = Faults::new().rule("fsync", &rotation_files(), "PAUSE", "doc,after,nth=1");
-    let mut child = spawn_token(&case, &faults);
+    let mut child = case.spawn_token(&faults);
     let what = "an in-place write while the save is paused after the rotation file's fsync";
     let paused = faults.wait_paused(1, 1, PAUSE_WAIT, || child.try_status().is_none());
     register_last_issued(&case.idp);
@@ -656,8 +649,12 @@ fn an_in_place_write_between_the_rotation_files_fsync_and_the_rename_is_merged_w
     doc["older_codex_setting"] = Value::from(note);
     write_in_place(&case.path, &doc);
     faults.release(1, 1);
-    let (lines, status) = child.finish(RUN_TIMEOUT);
-    let stderr = child.stderr();
+    let out = child.finish(RUN_TIMEOUT);
+    let (status, lines, stderr) = (
+        out.status,
+        out.stdout.lines().collect::<Vec<_>>(),
+        out.stderr,
+    );
     register_last_issued(&case.idp);
     assert_no_registered_secret(&format!("{what}: stderr"), &stderr);
 
@@ -668,7 +665,7 @@ fn an_in_place_write_between_the_rotation_files_fsync_and_the_rename_is_merged_w
     );
     let issued = case.issued();
     assert!(
-        lines == [issued.access_token.clone()],
+        lines == [issued.access_token.as_str()],
         "{what}: the command must print exactly the new access token ({}), printed {:?}",
         fingerprint(&issued.access_token),
         lines.iter().map(|l| fingerprint(l)).collect::<Vec<_>>()
@@ -725,19 +722,18 @@ impl StalledWriter {
 
 /// One run after a crash left a saved rotation: the first `torn` reads of auth.json after each
 /// read of a rotation file find it empty (an in-place writer stalled half way), the others find
-/// it whole. Returns the run's exit status, stdout lines and stderr, and how many reads were
-/// torn.
+/// it whole. Returns the run, and how many reads were torn.
 fn run_with_torn_reads_after_rotation_reads(
     case: &Case,
     torn: usize,
     what: &str,
-) -> (std::process::ExitStatus, Vec<String>, String, usize) {
+) -> (CliOutput, usize) {
     // Rule 1 only logs each open of a rotation file that holds a document (the recovery reading
     // it); rule 2 stops the process before each open of auth.json.
     let faults = Faults::new()
         .rule("open", &rotation_files(), "MARK", "doc")
         .rule("open", "/auth.json$", "PAUSE", "");
-    let mut child = spawn_token(case, &faults);
+    let mut child = case.spawn_token(&faults);
     let (mut reads, mut torn_reads, mut stalled) = (0usize, 0usize, None::<StalledWriter>);
     while faults.wait_paused(2, reads + 1, PAUSE_WAIT, || child.try_status().is_none()) {
         reads += 1;
@@ -768,12 +764,12 @@ fn run_with_torn_reads_after_rotation_reads(
         }
         faults.release(2, reads);
     }
-    let (lines, status) = child.finish(RUN_TIMEOUT);
+    let out = child.finish(RUN_TIMEOUT);
     if let Some(writer) = stalled.take() {
         writer.finish();
     }
     register_last_issued(&case.idp);
-    (status, lines, child.stderr(), torn_reads)
+    (out, torn_reads)
 }
 
 /// How many torn reads in a row the test below tries, one case each: enough to outlast any
@@ -794,8 +790,12 @@ fn a_saved_rotation_is_never_bypassed_when_auth_json_reads_as_half_written_durin
         assert_killed(&out, &what, "at the rename (the first run)");
         let issued = case.issued();
 
-        let (status, lines, stderr, torn_reads) =
-            run_with_torn_reads_after_rotation_reads(&case, torn, &what);
+        let (run, torn_reads) = run_with_torn_reads_after_rotation_reads(&case, torn, &what);
+        let (status, lines, stderr) = (
+            run.status,
+            run.stdout.lines().collect::<Vec<_>>(),
+            run.stderr,
+        );
         torn_somewhere |= torn_reads > 0;
         assert_no_registered_secret(&format!("{what}: stderr"), &stderr);
         assert_eq!(
@@ -809,7 +809,7 @@ fn a_saved_rotation_is_never_bypassed_when_auth_json_reads_as_half_written_durin
         );
         if status.success() {
             assert!(
-                lines == [issued.access_token.clone()],
+                lines == [issued.access_token.as_str()],
                 "{what}: a success must print the saved rotation's access token"
             );
         }
@@ -864,7 +864,7 @@ fn stress_beside_an_in_place_writer(period_us: u64, min_rotations: usize) {
     let case = Case::expired();
     case.idp.set_access_token_lifetime(-3600);
     let period = period_us.to_string();
-    let mut writer = Worker::spawn(
+    let mut writer = Process::spawn(
         WRITER.as_str(),
         [
             case.path.as_os_str(),

@@ -164,7 +164,7 @@ pub fn alternating_blocks(iters: usize, block: usize, mut run: impl FnMut(usize,
 /// The kind that runs `j`-th of `n` in round `round`: in order in even rounds, in reverse in odd
 /// ones (ABBA), so that drifting noise weighs on every kind alike.
 pub fn abba(round: usize, j: usize, n: usize) -> usize {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         j
     } else {
         n - 1 - j

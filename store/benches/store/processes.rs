@@ -4,12 +4,13 @@
 //! runs the same phases with the diagnostic variants.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codex_store::Store;
+use codex_store_tests::process::Process;
 
 use crate::docs::Docs;
 use crate::floor::{
@@ -22,12 +23,6 @@ const DIR_ENV: &str = "CODEX_STORE_BENCH_DIR";
 const DURATION_ENV: &str = "CODEX_STORE_BENCH_DURATION_MS";
 pub const PROCESSES: usize = 8;
 const THROUGHPUT_TARGET: f64 = 0.8;
-
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
 
 /// What the processes of one phase did together.
 pub struct PhaseResult {
@@ -58,43 +53,29 @@ fn children_cpu() -> Duration {
 fn run_phase(kind: &str, dir: &Path, duration: Duration) -> PhaseResult {
     let exe = std::env::current_exe().expect("current_exe");
     let cpu_before = children_cpu();
-    let mut workers: Vec<Worker> = (0..PROCESSES)
-        .map(|_| {
-            let mut child = Command::new(&exe)
+    let mut workers: Vec<Process> = (0..PROCESSES)
+        .map(|n| {
+            let mut command = Command::new(&exe);
+            command
                 .env(CHILD_ENV, kind)
                 .env(DIR_ENV, dir)
-                .env(DURATION_ENV, duration.as_millis().to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start a child process");
-            let stdin = child.stdin.take().expect("child stdin");
-            let stdout = BufReader::new(child.stdout.take().expect("child stdout"));
-            Worker {
-                child,
-                stdin,
-                stdout,
-            }
+                .env(DURATION_ENV, duration.as_millis().to_string());
+            Process::spawn_command(format!("{kind} child #{n}"), command)
         })
         .collect();
     // Start them together: every child has printed `ready` before any is told to go.
-    for w in &mut workers {
-        let mut line = String::new();
-        w.stdout.read_line(&mut line).expect("read ready");
-        assert_eq!(line.trim(), "ready", "a child did not start");
+    for w in &workers {
+        w.expect_line("ready");
     }
     for w in &mut workers {
-        w.stdin.write_all(b"go\n").expect("start a child");
-        w.stdin.flush().expect("start a child");
+        w.go();
     }
     let mut count = 0u64;
     let mut longest = Duration::ZERO;
     let mut worst_p99_us: f64 = 0.0;
     let mut rest_sum_us = 0.0;
     for mut w in workers {
-        let mut line = String::new();
-        w.stdout.read_line(&mut line).expect("read the count");
+        let line = w.line("its count");
         let fields: Vec<&str> = line.split_whitespace().collect();
         assert!(
             fields.len() == 5 && fields[0] == "count",
@@ -105,8 +86,7 @@ fn run_phase(kind: &str, dir: &Path, duration: Duration) -> PhaseResult {
         longest = longest.max(Duration::from_nanos(fields[2].parse().expect("elapsed")));
         worst_p99_us = worst_p99_us.max(fields[3].parse().expect("p99"));
         rest_sum_us += n as f64 * fields[4].parse::<f64>().expect("mean rest");
-        let status = w.child.wait().expect("wait for a child");
-        assert!(status.success(), "a child failed: {status}");
+        w.exit_successfully();
     }
     let seconds = longest.as_secs_f64();
     PhaseResult {

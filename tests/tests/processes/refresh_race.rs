@@ -15,8 +15,8 @@ use codex_store_tests::fixtures::{
     spawn_refresh_worker, write_auth, Reported,
 };
 use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
+use codex_store_tests::process::Process;
 use codex_store_tests::secrets::fingerprint;
-use codex_store_tests::worker::Worker;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_refresh-worker");
 
@@ -51,7 +51,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
     write_expired_credentials(home.path());
     let before = sha256sum(&auth_path(home.path()));
 
-    let mut workers: Vec<Worker> = (0..PROCESSES)
+    let mut workers: Vec<Process> = (0..PROCESSES)
         .map(|_| spawn_refresh_worker(WORKER, "race", home.path(), &idp.url()))
         .collect();
     for worker in &workers {
@@ -59,7 +59,7 @@ fn sixteen_processes_with_the_same_due_tokens_send_one_request_and_end_with_the_
     }
     idp.expect_requests(0, "a worker sent a request before the start signal");
     for worker in &mut workers {
-        worker.start();
+        worker.go();
     }
     let reports: Vec<Reported> = workers
         .iter()

@@ -16,8 +16,8 @@ use codex_store_tests::fixtures::{
     spawn_refresh_worker, write_auth, Reported, WORKER_EVENT_TIMEOUT,
 };
 use codex_store_tests::jwt::{access_token, auth_json, id_token, now_unix};
+use codex_store_tests::process::Process;
 use codex_store_tests::secrets::fingerprint;
-use codex_store_tests::worker::Worker;
 use tempfile::TempDir;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_refresh-worker");
@@ -72,7 +72,7 @@ fn expiring_soon() -> i64 {
 }
 
 /// Starts a `stale` worker and returns it with the generation it cached.
-fn start_stale(home: &Path, idp: &FakeIdp) -> (Worker, String) {
+fn start_stale(home: &Path, idp: &FakeIdp) -> (Process, String) {
     let worker = spawn_refresh_worker(WORKER, "stale", home, &idp.url());
     let line = worker.line("`loaded <generation>`");
     let generation = line
@@ -91,7 +91,7 @@ fn start_stale(home: &Path, idp: &FakeIdp) -> (Worker, String) {
 fn refresh_in_another_process(home: &Path, idp: &FakeIdp) -> Reported {
     let mut a = spawn_refresh_worker(WORKER, "race", home, &idp.url());
     expect_ready(&a);
-    a.start();
+    a.go();
     let report = parse_token_line(&a, &a.line("its token"));
     a.exit_successfully();
     report
@@ -129,7 +129,7 @@ fn stale_cache_heals(exp: i64, endpoint_fails_before_b: bool) {
             r#"{"error":{"code":"server_error"}}"#,
         ));
     }
-    b.start();
+    b.go();
     let b_report = parse_token_line(&b, &b.line("its token"));
     b.exit_successfully();
     idp.expect_requests(
@@ -158,7 +158,7 @@ fn a_stale_process_adopts_the_stored_token_without_a_request_even_while_the_endp
 }
 
 /// Checks an `error <class> <message>` line and the exit code 1.
-fn expect_error(worker: &mut Worker, line: &str, class: &str, message_start: &str) {
+fn expect_error(worker: &mut Process, line: &str, class: &str, message_start: &str) {
     let prefix = format!("error {class} {message_start}");
     assert!(
         line.starts_with(&prefix),
@@ -193,7 +193,7 @@ fn a_process_caching_one_account_refuses_the_account_that_signed_in_since_withou
         .compare_and_swap(Expect::Any, Some(&doc))
         .expect("sign the other account in");
 
-    b.start();
+    b.go();
     let line = b.line("its answer");
     expect_error(&mut b, &line, "SignInRequired", "another account signed in");
     assert!(
@@ -222,7 +222,7 @@ fn a_process_caching_credentials_reports_a_logout_elsewhere_without_a_request() 
         .compare_and_swap(Expect::Any, None)
         .expect("log out through the store");
 
-    b.start();
+    b.go();
     let line = b.line("its answer");
     expect_error(&mut b, &line, "SignInRequired", "signed out");
     idp.expect_requests(0, "no refresh may be sent after a logout");
@@ -273,7 +273,7 @@ fn assert_reused_once(idp: &FakeIdp) {
 /// exited successfully after [`assert_reused_once`], ended with the out-of-band token at the
 /// generation the writer wrote (`why` otherwise), and left that file alone.
 fn assert_ended_with_the_out_of_band_token(
-    worker: &mut Worker,
+    worker: &mut Process,
     idp: &FakeIdp,
     home: &Path,
     (oob_fp, written): (String, String),
@@ -318,7 +318,7 @@ fn a_refresh_answered_reused_adopts_the_token_a_lock_ignoring_writer_stored_mean
         "{}: unexpected first line {loaded:?}",
         worker.name()
     );
-    worker.start();
+    worker.go();
     let out_of_band = rotate_and_write_behind_the_lock(home.path(), &idp, out_of_band_file);
 
     let outcome = worker.line("its outcome");
@@ -345,7 +345,7 @@ fn auth_returns_the_lock_ignoring_writers_token_when_its_own_refresh_token_was_r
     idp.set_delay(IN_FLIGHT);
     let mut worker = spawn_refresh_worker(WORKER, "race", home.path(), &idp.url());
     expect_ready(&worker);
-    worker.start();
+    worker.go();
     let out_of_band = rotate_and_write_behind_the_lock(home.path(), &idp, out_of_band_file);
 
     assert_ended_with_the_out_of_band_token(
@@ -364,7 +364,7 @@ fn a_reused_answer_is_an_error_when_a_rewrite_meanwhile_kept_the_dead_refresh_to
     idp.set_delay(IN_FLIGHT);
     let mut worker = spawn_refresh_worker(WORKER, "race", home.path(), &idp.url());
     expect_ready(&worker);
-    worker.start();
+    worker.go();
     // Someone elsewhere redeems the token and keeps the new ones; meanwhile a lock-ignoring
     // writer rewrites auth.json with the same (now dead) tokens and a new last_refresh.
     let (_, written) = rotate_and_write_behind_the_lock(home.path(), &idp, |_| loop {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use codex_store::Store;
 use codex_store_tests::fixtures::{snapshot_counter, with_counter};
-use codex_store_tests::worker::Worker;
+use codex_store_tests::process::Process;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 const PROCESSES: u64 = 8;
@@ -26,13 +26,15 @@ fn counter_on_disk(store: &Store) -> u64 {
 }
 
 /// Waits for `worker` to exit 0 and returns what it printed.
-fn finish_successfully(worker: &mut Worker) -> Vec<String> {
-    let (lines, status) = worker.finish(FINISH_WITHIN);
+fn finish_successfully(worker: &mut Process) -> Vec<String> {
+    let out = worker.finish(FINISH_WITHIN);
+    let lines = out.lines();
     assert!(
-        status.success(),
-        "{} failed ({status}); stdout: {lines:?}; stderr: {}",
-        worker.name(),
-        worker.stderr()
+        out.status.success(),
+        "{} failed ({}); stdout: {lines:?}; stderr: {}",
+        out.name,
+        out.status,
+        out.stderr
     );
     lines
 }
@@ -43,9 +45,9 @@ fn run_processes(subcommand: &str) -> (u64, Vec<String>) {
     let store = Store::open(home.path()).expect("open the store");
     let started = Instant::now();
     let n = INCREMENTS.to_string();
-    let mut workers: Vec<Worker> = (0..PROCESSES)
+    let mut workers: Vec<Process> = (0..PROCESSES)
         .map(|_| {
-            Worker::spawn(
+            Process::spawn(
                 WORKER,
                 [subcommand.as_ref(), home.path().as_os_str(), n.as_ref()],
             )
@@ -154,10 +156,10 @@ fn processes_in_two_homes_whose_auth_json_links_to_one_file_lose_no_update() {
         })
         .collect();
     let n = INCREMENTS.to_string();
-    let mut workers: Vec<Worker> = (0..4)
+    let mut workers: Vec<Process> = (0..4)
         .map(|i| {
             let home = homes[i % 2].path();
-            Worker::spawn(
+            Process::spawn(
                 WORKER,
                 ["increment-tx".as_ref(), home.as_os_str(), n.as_ref()],
             )

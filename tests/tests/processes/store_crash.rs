@@ -9,7 +9,7 @@ use codex_store_tests::fixtures::{
     counter_of, entries_starting_with, mode, parse_committed, snapshot_counter, with_counter,
     XorShift,
 };
-use codex_store_tests::worker::{Worker, EVENT_TIMEOUT};
+use codex_store_tests::process::{Process, EVENT_TIMEOUT};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 const KILLS: u32 = 200;
@@ -59,7 +59,7 @@ fn a_writer_killed_at_random_moments_leaves_a_committed_document_a_free_lock_and
     let (mut right_after_ready, mut landed_unreported, mut temps_left) = (0u32, 0u32, 0u32);
     for round in 0..KILLS {
         let seed_msg = format!("round {round}, seed {}", rng.seed());
-        let mut writer = Worker::spawn(WORKER, ["write-loop".as_ref(), home.path().as_os_str()]);
+        let mut writer = Process::spawn(WORKER, ["write-loop".as_ref(), home.path().as_os_str()]);
         writer.expect_line("ready");
         let commits = rng.below(MAX_COMMITS_BEFORE_KILL);
         for _ in 0..commits {
@@ -85,7 +85,8 @@ fn a_writer_killed_at_random_moments_leaves_a_committed_document_a_free_lock_and
             right_after_ready += 1;
         }
         // After the kill the pipe is drained to EOF: these are all the commits it reported.
-        for line in writer.kill_and_drain() {
+        writer.kill();
+        for line in writer.unread_lines() {
             expect_next_commit(&line, &mut known, round);
         }
         let stderr = writer.stderr();

@@ -7,15 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use codex_store::{Store, StoreError, StoreOptions, LOCK_TIMEOUT_ENV};
-use codex_store_tests::worker::{Worker, EVENT_TIMEOUT};
+use codex_store_tests::process::{Process, EVENT_TIMEOUT};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 /// `store-worker try-lock` exits with this code on a lock timeout.
 const EXIT_LOCK_TIMEOUT: i32 = 5;
 
 /// A `hold-lock` child that has printed `locked`.
-fn hold_lock(home: &std::path::Path) -> Worker {
-    let holder = Worker::spawn(WORKER, ["hold-write-locks".as_ref(), home.as_os_str()]);
+fn hold_lock(home: &std::path::Path) -> Process {
+    let holder = Process::spawn(WORKER, ["hold-write-locks".as_ref(), home.as_os_str()]);
     holder.expect_line("locked");
     holder
 }
@@ -31,18 +31,19 @@ fn options(lock_timeout: Duration) -> StoreOptions {
 fn another_process_times_out_with_exit_5_and_a_message_naming_the_lock_and_how_to_wait_longer() {
     let home = tempfile::tempdir().expect("temp dir");
     let _holder = hold_lock(home.path());
-    let mut waiter = Worker::spawn(
+    let mut waiter = Process::spawn(
         WORKER,
         ["try-lock".as_ref(), home.path().as_os_str(), "300".as_ref()],
     );
-    let (lines, status) = waiter.finish(EVENT_TIMEOUT);
-    let message = lines.join("\n");
+    let out = waiter.finish(EVENT_TIMEOUT);
+    let message = out.lines().join("\n");
     assert_eq!(
-        status.code(),
+        out.status.code(),
         Some(EXIT_LOCK_TIMEOUT),
-        "try-lock against a held lock exited {status} (want {EXIT_LOCK_TIMEOUT}); stdout: \
+        "try-lock against a held lock exited {} (want {EXIT_LOCK_TIMEOUT}); stdout: \
          {message:?}; stderr: {}",
-        waiter.stderr()
+        out.status,
+        out.stderr
     );
     assert!(
         message.contains("auth.lock"),
@@ -156,11 +157,13 @@ fn lock_held_is_true_while_another_process_holds_the_lock_and_a_transaction_succ
         "lock_held is false while another process holds the lock"
     );
     holder.close_stdin();
-    let (lines, status) = holder.finish(EVENT_TIMEOUT);
+    let out = holder.finish(EVENT_TIMEOUT);
     assert!(
-        status.success() && lines == ["released"],
-        "the holder did not let go cleanly ({status}): {lines:?}; stderr: {}",
-        holder.stderr()
+        out.status.success() && out.lines() == ["locked", "released"],
+        "the holder did not let go cleanly ({}): {:?}; stderr: {}",
+        out.status,
+        out.lines(),
+        out.stderr
     );
     assert!(
         !store.lock_held().expect("probe the lock"),

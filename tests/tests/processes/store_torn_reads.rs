@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use codex_store::{AuthDotJson, Expect, Generation, Store, StoreError};
 use codex_store_tests::fixtures::{counter_of, parse_committed, with_counter};
-use codex_store_tests::worker::{Worker, EVENT_TIMEOUT};
+use codex_store_tests::process::Process;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
 const MIN_LOADS: u64 = 20_000;
@@ -15,14 +15,8 @@ const MIN_GENERATIONS: usize = 10;
 const READ_AT_MOST: Duration = Duration::from_secs(60);
 
 /// Waits for a writer's first `committed` line: from then on it is writing.
-fn wait_for_first_commit(writer: &Worker) {
-    let line = writer.next_line(EVENT_TIMEOUT).unwrap_or_else(|e| {
-        panic!(
-            "{} never committed ({e:?}); stderr: {}",
-            writer.name(),
-            writer.stderr()
-        )
-    });
+fn wait_for_first_commit(writer: &Process) {
+    let line = writer.line("its first `committed <n>`");
     assert!(
         parse_committed(&line).is_some(),
         "{} printed {line:?} instead of `committed <n>`",
@@ -39,8 +33,8 @@ fn a_reader_never_sees_a_torn_or_empty_auth_json_while_two_processes_commit_in_a
         .compare_and_swap(Expect::Absent, Some(&with_counter(None, 0)))
         .expect("seed auth.json");
 
-    let mut writers: Vec<Worker> = (0..2)
-        .map(|_| Worker::spawn(WORKER, ["write-loop".as_ref(), home.path().as_os_str()]))
+    let mut writers: Vec<Process> = (0..2)
+        .map(|_| Process::spawn(WORKER, ["write-loop".as_ref(), home.path().as_os_str()]))
         .collect();
     for writer in &writers {
         writer.expect_line("ready");
@@ -109,7 +103,8 @@ fn a_reader_never_sees_a_torn_or_empty_auth_json_while_two_processes_commit_in_a
     let committed: usize = writers
         .iter_mut()
         .map(|w| {
-            w.kill_and_drain()
+            w.kill();
+            w.unread_lines()
                 .iter()
                 .filter(|l| parse_committed(l).is_some())
                 .count()
