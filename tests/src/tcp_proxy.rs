@@ -1,9 +1,8 @@
 //! A TCP proxy on 127.0.0.1 whose link can be cut and restored: a machine going offline, for
 //! the fleet tests (each machine reaches etcd through one).
 
-use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -13,6 +12,7 @@ pub struct TcpProxy {
     cut: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
 }
 
 impl TcpProxy {
@@ -23,9 +23,11 @@ impl TcpProxy {
         let cut = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
         let upstream = upstream.to_owned();
         {
-            let (cut, open, stop) = (cut.clone(), open.clone(), stop.clone());
+            let (cut, open, stop, requests) =
+                (cut.clone(), open.clone(), stop.clone(), requests.clone());
             thread::spawn(move || {
                 for client in listener.incoming() {
                     if stop.load(Ordering::Acquire) {
@@ -46,8 +48,8 @@ impl TcpProxy {
                         }
                     }
                     drop(list);
-                    pump(&client, &server);
-                    pump(&server, &client);
+                    pump(&client, &server, Some(requests.clone()));
+                    pump(&server, &client, None);
                 }
             });
         }
@@ -56,6 +58,7 @@ impl TcpProxy {
             cut,
             open,
             stop,
+            requests,
         }
     }
 
@@ -73,18 +76,43 @@ impl TcpProxy {
         }
     }
 
+    /// How many HTTP `POST` requests went through so far (etcd's gateway takes only POSTs).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
     /// Restores the link.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::Release);
     }
 }
 
-fn pump(from: &TcpStream, to: &TcpStream) {
+/// Copies `from` to `to` until either ends; counts the HTTP requests in it when `count` is set.
+fn pump(from: &TcpStream, to: &TcpStream, count: Option<Arc<AtomicU64>>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
     thread::spawn(move || {
-        let _ = io::copy(&mut from, &mut to);
+        use std::io::{Read, Write};
+        let mut buf = [0u8; 16 * 1024];
+        // The tail of the previous read, so that a request line split across reads is seen.
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(count) = &count {
+                carry.extend_from_slice(&buf[..n]);
+                let found = carry.windows(5).filter(|w| *w == b"POST ").count();
+                count.fetch_add(found as u64, Ordering::AcqRel);
+                let keep = carry.len().saturating_sub(4);
+                carry.drain(..keep);
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(Shutdown::Write);
     });
 }
