@@ -29,7 +29,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
         ..AgentConfig::default()
     };
     let mut agent =
-        Agent::new(ctx.store()?, ctx.refresh_config(), config).map_err(agent_failure)?;
+        Agent::new(ctx.quiet_store()?, ctx.refresh_config(), config).map_err(agent_failure)?;
     if let Some(fleet) = ctx.fleet_args().fleet()? {
         agent = agent.with_fleet(fleet);
     }

@@ -76,20 +76,32 @@ impl Context {
 
     /// The store, telling stderr once when a lock wait lasts over a second.
     pub fn store(&self) -> Result<Store, Failure> {
+        self.store_with_notice(true)
+    }
+
+    /// The store, without the lock-wait notice (for `agent`, whose stderr carries its events
+    /// only, JSON lines with `--json`).
+    pub fn quiet_store(&self) -> Result<Store, Failure> {
+        self.store_with_notice(false)
+    }
+
+    fn store_with_notice(&self, notice: bool) -> Result<Store, Failure> {
         // The lock wait, resolved once: --lock-timeout, else CODEX_STORE_LOCK_TIMEOUT (a bad
         // value is a usage error), else the default.
         let from_env = StoreOptions::from_env().map_err(|e| Failure::usage(e.to_string()))?;
         let options = StoreOptions {
             lock_timeout: self.lock_timeout.unwrap_or(from_env.lock_timeout),
-            on_wait: Some(Arc::new(|path: &Path, _waited: Duration| {
-                use std::io::Write;
-                // A closed stderr loses the notice, never the command.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "codex-store: waiting for another process that holds the lock {}",
-                    path.display()
-                );
-            })),
+            on_wait: notice.then(|| -> codex_store::WaitNotice {
+                Arc::new(|path: &Path, _waited: Duration| {
+                    use std::io::Write;
+                    // A closed stderr loses the notice, never the command.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "codex-store: waiting for another process that holds the lock {}",
+                        path.display()
+                    );
+                })
+            }),
             ..from_env
         };
         Ok(Store::with_options(self.home()?, options)?)

@@ -196,7 +196,15 @@ pub(crate) fn error_code(body: &[u8]) -> Option<String> {
         _ => None,
     }
     .or_else(|| value.get("code").and_then(Value::as_str))?;
-    Some(code.to_ascii_lowercase())
+    // Server text goes into messages, the journal and event lines: only the characters an
+    // error code is made of, at most 64 of them (no newline, no escape sequence, and nothing
+    // long enough to carry a token).
+    let code: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .take(64)
+        .collect();
+    (!code.is_empty()).then(|| code.to_ascii_lowercase())
 }
 
 /// Classifies an error answer.

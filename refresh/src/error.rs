@@ -84,6 +84,8 @@ pub enum TransientReason {
     /// The endpoint answered with a redirect, which is never followed (it would send the refresh
     /// token to another origin).
     Redirect(u16),
+    /// The process is stopping ([`crate::Agent`] on SIGTERM): nothing was sent.
+    Stopping,
 }
 
 impl std::fmt::Display for TransientReason {
@@ -100,6 +102,9 @@ impl std::fmt::Display for TransientReason {
                 "the token endpoint's answer is not a usable refresh ({what}), so nothing of it \
                  was stored"
             ),
+            TransientReason::Stopping => {
+                f.write_str("the process is stopping, so no refresh request was sent")
+            }
             TransientReason::Redirect(status) => write!(
                 f,
                 "the token endpoint answered with a redirect (HTTP {status}), which is never \

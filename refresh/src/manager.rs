@@ -63,6 +63,14 @@ impl AuthManager {
         })
     }
 
+    /// From now on, sends no new refresh request (a request already sent is still awaited and
+    /// its answer saved). For a process that is stopping.
+    pub(crate) fn stop_new_requests(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store

@@ -142,6 +142,13 @@ pub(crate) async fn guarded_refresh(
     // is sent.
     let to_redeem = refresh_token.clone();
     let reserved: Reserved = blocking(move || rotation.reserve(&to_redeem)).await?;
+    if inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        // Stopping: nothing is sent (the reservation is removed with it).
+        drop(reserved.abandon());
+        return Err(RefreshError::Transient {
+            reason: TransientReason::Stopping,
+        });
+    }
     tracing::debug!(generation = %generation, "refreshing tokens (refresh lock held, write locks free)");
     match inner.client.refresh(&refresh_token).await {
         Ok(answer) => persist(&inner, &known, reserved, doc, answer).await,

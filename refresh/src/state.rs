@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     unsaved: Mutex<Option<(Generation, AuthDotJson)>>,
     /// Whether `unsaved` holds something: read on the fast path without a lock.
     has_unsaved: AtomicBool,
+    /// Set when the process stops: no new request is sent (one already sent is still saved).
+    pub(crate) stopping: AtomicBool,
 }
 
 impl Inner {
@@ -51,6 +53,7 @@ impl Inner {
             host: Mutex::new(None),
             unsaved: Mutex::new(None),
             has_unsaved: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 

@@ -104,8 +104,22 @@ impl Store {
     /// [`StoreError::Io`] for the claim or status file.
     pub fn claim_agent(&self, status: &AgentStatus) -> Result<AgentClaim, StoreError> {
         let lock_path = self.agent_lock_path();
-        let Some(guard) = lock::try_acquire(&lock_path)? else {
-            let pid = read_status(&self.agent_status_path()).map(|s| s.pid);
+        // `inspect` probes the claim with a shared lock for an instant: look a few times
+        // before calling it taken.
+        let mut guard = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            guard = lock::try_acquire(&lock_path)?;
+            if guard.is_some() {
+                break;
+            }
+        }
+        let Some(guard) = guard else {
+            let pid = read_status(&self.agent_status_path())
+                .map(|s| s.pid)
+                .filter(|pid| process_alive(*pid));
             return Err(StoreError::AgentRunning {
                 path: lock_path,
                 pid,
@@ -145,12 +159,19 @@ impl AgentClaim {
         let temp = self.status_path.with_extension("agent.tmp");
         let bytes = serde_json::to_vec(status).unwrap_or_default();
         let write = || -> io::Result<()> {
+            // Only the claim holder writes here; whatever is in the way (a leftover, or a FIFO
+            // or link someone planted) is removed, and the file is created anew, exclusively,
+            // without following a link: nothing here can block or write elsewhere.
+            match std::fs::remove_file(&temp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             let mut file = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
                 .open(&temp)?;
             file.write_all(&bytes)?;
             Ok(())
@@ -165,6 +186,21 @@ impl Drop for AgentClaim {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.status_path);
         let _ = std::fs::remove_file(self.status_path.with_extension("agent.tmp"));
+    }
+}
+
+/// Whether a process with this id exists (a stale status file may name a dead agent).
+fn process_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        // It exists, but belongs to someone else.
+        Err(e) => e == rustix::io::Errno::PERM,
     }
 }
 

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use crate::kit::{
-    assert_no_secret_leaked, exit, fingerprint, hold_lock, redact, register_issued, run, spawn,
-    ChatgptCreds, Running,
+    assert_no_secret_leaked, exit, fingerprint, hold_lock, redact, register_issued,
+    register_last_issued, run, spawn, ChatgptCreds, Running,
 };
 use codex_store_tests::fake_idp::Behavior;
 use codex_store_tests::jwt;
@@ -31,6 +31,23 @@ fn start_agent(home: &Path, url: &str, extra: &[&str]) -> Running {
     // `started:` in text, `"event":"started"` in JSON.
     agent.wait_for_stderr_line("started");
     agent
+}
+
+/// Waits until the agent has read auth.json and plans its next refresh (`inspect` shows it
+/// waiting), so that a change made after this is a change to it.
+fn wait_until_waiting(home: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = inspect(home);
+        if report["agent"]["state"] == "waiting" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not settle into waiting within 20 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn signal(agent: &Running, name: &str) {
@@ -159,7 +176,7 @@ fn the_agent_refreshes_a_lead_time_before_expiry_and_reports_fingerprints_never_
     let idp = creds.start_idp();
     idp.set_access_token_lifetime(3600);
     let agent = start_agent(home.path(), &idp.url(), &[]);
-
+    wait_until_waiting(home.path());
     let before = inspect(home.path());
     assert_eq!(
         idp.requests(),
@@ -225,6 +242,7 @@ fn the_agent_adopts_what_another_process_writes_without_a_request_and_says_so_in
     creds.write_to(home.path());
     let idp = creds.start_idp();
     let agent = start_agent(home.path(), &idp.url(), &["--json"]);
+    wait_until_waiting(home.path());
 
     // Another process rotates (out of band) and stores the result.
     let issued = idp.rotate_out_of_band();
@@ -272,12 +290,26 @@ fn a_transient_failure_is_retried_with_backoff_until_the_endpoint_answers() {
         503,
         r#"{"error":"temporarily_unavailable"}"#,
     ));
-    let agent = start_agent(home.path(), &idp.url(), &[]);
+    let agent = start_agent(home.path(), &idp.url(), &["--json"]);
 
-    let failed = agent.wait_for_stderr_line("failed (transient)");
+    let failed = agent.wait_for_stderr_line("\"failed\"");
+    let event: serde_json::Value = serde_json::from_str(&failed)
+        .unwrap_or_else(|e| panic!("the --json line is not JSON ({e}): {failed}"));
+    assert_eq!(
+        event["class"], "transient",
+        "not a transient failure: {event}"
+    );
+    let at = rfc3339_secs(event["at"].as_str().expect("an `at` time"));
+    let next = rfc3339_secs(
+        event["next_attempt"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a transient failure must say when it retries: {event}")),
+    );
+    // The first retry waits 2 s with jitter, drawn from [1 s, 2 s] (times to the second).
     assert!(
-        failed.contains("next attempt"),
-        "a transient failure must say when the agent tries again: {failed}"
+        (1..=3).contains(&(next - at)),
+        "the first retry is planned {} s after the failure, outside the backoff's band of 1-2 s",
+        next - at
     );
     assert_eq!(
         idp.requests(),
@@ -285,7 +317,7 @@ fn a_transient_failure_is_retried_with_backoff_until_the_endpoint_answers() {
         "the agent retried at once instead of backing off"
     );
     idp.set_behavior(Behavior::Normal);
-    agent.wait_for_stderr_line("refreshed:");
+    agent.wait_for_stderr_line("\"refreshed\"");
     assert_eq!(
         idp.requests(),
         2,
@@ -295,6 +327,94 @@ fn a_transient_failure_is_retried_with_backoff_until_the_endpoint_answers() {
     agent
         .finish(STOP)
         .expect_code(exit::OK, "the agent did not stop cleanly");
+}
+
+#[test]
+fn tokens_living_shorter_than_the_lead_are_refreshed_at_half_their_life_not_in_a_loop() {
+    // The endpoint issues tokens living 200 s, less than the lead of 310 s: every new token is
+    // due for the agent at once.
+    let creds = ChatgptCreds::expiring_in(200);
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    idp.set_access_token_lifetime(200);
+    let agent = start_agent(home.path(), &idp.url(), &[]);
+    agent.wait_for_stderr_line("refreshed:");
+    // Its own write has woken it by the time inspect answers; a loop would have sent more.
+    let report = inspect(home.path());
+    let next = rfc3339_secs(
+        report["agent"]["next_refresh"]
+            .as_str()
+            .unwrap_or_else(|| panic!("inspect shows no next refresh time: {report}")),
+    );
+    assert!(
+        next - jwt::now_unix() >= 90,
+        "with 200 s tokens the agent should refresh again at half their life (~100 s), but \
+         plans to in {} s",
+        next - jwt::now_unix()
+    );
+    assert_eq!(
+        idp.requests(),
+        1,
+        "the agent refreshed again at once: tokens living shorter than the lead made it loop"
+    );
+    signal(&agent, "TERM");
+    agent
+        .finish(STOP)
+        .expect_code(exit::OK, "the agent did not stop cleanly");
+}
+
+#[test]
+fn sigterm_during_a_slow_answer_saves_the_redeemed_token_before_exiting() {
+    let creds = ChatgptCreds::expiring_in(200);
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    idp.set_access_token_lifetime(3600);
+    idp.set_delay(Duration::from_secs(2));
+    let agent = start_agent(home.path(), &idp.url(), &[]);
+    assert!(
+        idp.wait_for_requests(1, Duration::from_secs(20)),
+        "the agent sent no request for its due token"
+    );
+    signal(&agent, "TERM");
+    let out = agent.finish(Duration::from_secs(15));
+    out.expect_code(exit::OK, "SIGTERM during a request must still exit 0");
+    register_last_issued(&idp);
+    assert_eq!(
+        codex_store_tests::codex_sim::refresh_token_on_disk(home.path()),
+        Some(idp.current_refresh_token()),
+        "the agent stopped without saving the token the endpoint had already rotated"
+    );
+    assert!(
+        leftovers(home.path()).is_empty(),
+        "the stopped agent left files behind: {:?}",
+        leftovers(home.path())
+    );
+}
+
+#[test]
+fn sigterm_while_another_process_holds_the_refresh_lock_stops_at_once() {
+    let store_worker = crate::kit::helper("store-worker");
+    let creds = ChatgptCreds::expiring_in(200);
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    let holder = hold_lock(&store_worker, home.path());
+    let agent = start_agent(home.path(), &idp.url(), &[]);
+    // An agent finding the refresh lock held waits for the holder's write.
+    wait_until_waiting(home.path());
+    signal(&agent, "TERM");
+    agent.finish(STOP).expect_code(
+        exit::OK,
+        "the agent must not wait behind another process's lock to stop",
+    );
+    assert_eq!(
+        idp.requests(),
+        0,
+        "a request was sent while another process held the lock"
+    );
+    drop(holder);
 }
 
 #[test]
@@ -327,6 +447,8 @@ fn a_permanent_refusal_is_not_retried_and_a_new_sign_in_resumes_the_agent() {
     idp.set_behavior(Behavior::Normal);
     let signed_in = idp.rotate_out_of_band();
     register_issued(&signed_in);
+    // The sign-in's token is due for the agent; what the agent obtains then lives long.
+    idp.set_access_token_lifetime(3600);
     let doc = jwt::auth_json(
         &signed_in.access_token,
         &signed_in.refresh_token,
@@ -642,5 +764,58 @@ fn real_codex_app_servers_living_across_an_expiry_beside_the_agent_send_nothing_
         "real Codex beside the agent:\n- {}\nagent stderr:\n{}",
         problems.join("\n- "),
         redact(&out.stderr)
+    );
+}
+
+#[test]
+fn a_fifo_planted_at_the_status_temp_file_neither_hangs_nor_stops_the_agent() {
+    let creds = ChatgptCreds::fresh();
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    let fifo = home.path().join("auth.json.agent.tmp");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("cannot run mkfifo");
+    assert!(made.success(), "mkfifo {} failed", fifo.display());
+    let agent = start_agent(home.path(), &idp.url(), &[]);
+    wait_until_waiting(home.path());
+    signal(&agent, "TERM");
+    agent
+        .finish(STOP)
+        .expect_code(exit::OK, "the agent did not stop cleanly");
+}
+
+#[test]
+fn an_error_code_from_the_endpoint_with_control_characters_is_printed_as_one_clean_line() {
+    let creds = ChatgptCreds::expired();
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    let evil = format!(
+        r#"{{"error":{{"code":"bad\nforged line\u001b[31m{}"}}}}"#,
+        "x".repeat(500)
+    );
+    idp.set_behavior(Behavior::status(401, evil));
+    let out = run(home.path(), &["refresh"], None, &[(URL_ENV, &idp.url())]);
+    out.expect_code(
+        exit::SIGN_IN_REQUIRED,
+        "a 401 is a sign-in-required refusal",
+    );
+    let error_line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("error:"))
+        .unwrap_or_else(|| panic!("no error line: {}", out.stderr));
+    assert!(
+        !out.stderr.contains('\u{1b}') && !out.stderr.contains("forged line"),
+        "the server's code reached stderr with its control characters: {:?}",
+        out.stderr
+    );
+    assert!(
+        error_line.len() < 400,
+        "the server's code was not bounded: {} characters",
+        error_line.len()
     );
 }

@@ -248,7 +248,7 @@ impl Agent {
             return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
         }
         self.publish(claim, AgentState::Refreshing, None);
-        let result = self.manager.run(Urgency::IfDue).await;
+        let result = self.manager.run(Urgency::IfDueUnlessBusy).await;
         let plan = match result {
             Ok(RefreshOutcome::Refreshed) => {
                 let Some(auth) = self.manager.cached() else {
@@ -291,12 +291,17 @@ impl Agent {
                 }
                 self.backoff.reset();
                 let next = self.next_due(&auth);
+                self.not_before = Some((auth.generation(), next));
                 on_event(&AgentEvent::now(AgentEventKind::Refreshed {
                     access: auth.bearer().fingerprint(),
                     refresh: auth.refresh_fingerprint().map(str::to_owned),
                     next_refresh: Some(rfc3339(next)),
                 }));
                 Plan::At(next, AgentState::Waiting)
+            }
+            // A local process holds the refresh lock: look again soon (its write wakes us).
+            Ok(RefreshOutcome::NotNeeded) if self.still_due() => {
+                Plan::At(SystemTime::now() + super::BUSY_RETRY, AgentState::Waiting)
             }
             Ok(_) => Plan::Again,
             Err(RefreshError::Permanent { reason }) => {

@@ -43,6 +43,10 @@ pub const CODEX_REFRESH_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// token is already within the lead time (a lead longer than the tokens' lifetime).
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// When another process holds the refresh lock, the agent looks again after this long (its
+/// write wakes the agent sooner).
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
 /// How the agent schedules its work.
 ///
 /// ```
@@ -62,9 +66,6 @@ pub struct AgentConfig {
     pub retry_initial: Duration,
     /// The longest retry delay. Default: 5 minutes.
     pub retry_max: Duration,
-    /// On shutdown, how long a refresh already in flight may take to be saved before the agent
-    /// stops anyway. Default: 5 s.
-    pub stop_grace: Duration,
 }
 
 impl Default for AgentConfig {
@@ -73,7 +74,6 @@ impl Default for AgentConfig {
             lead: Duration::from_secs(15 * 60),
             retry_initial: Duration::from_secs(2),
             retry_max: Duration::from_secs(5 * 60),
-            stop_grace: Duration::from_secs(5),
         }
     }
 }
@@ -144,6 +144,10 @@ pub struct Agent {
     started: SystemTime,
     /// The fleet this machine belongs to, if any.
     fleet: Option<fleet::FleetSync>,
+    /// After this agent's own refresh: the generation it wrote and the earliest time to
+    /// refresh it again (its own write wakes it; tokens living shorter than the lead must not
+    /// make it loop).
+    not_before: Option<(codex_store::Generation, SystemTime)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -184,6 +188,7 @@ impl Agent {
             idle: None,
             started: SystemTime::now(),
             fleet: None,
+            not_before: None,
         })
     }
 
@@ -196,8 +201,9 @@ impl Agent {
     }
 
     /// Runs until `shutdown` resolves: claims the store (one agent per auth.json), then keeps
-    /// its credentials fresh, reporting each event to `on_event`. On shutdown a refresh in
-    /// flight is given [`AgentConfig::stop_grace`] to be saved; nothing is left locked.
+    /// its credentials fresh, reporting each event to `on_event`. On shutdown no new request is
+    /// sent; a request already sent is awaited (at most the HTTP timeout) so that its answer is
+    /// saved, never lost. Nothing is left locked.
     ///
     /// # Errors
     /// [`AgentError::Store`] with [`StoreError::AgentRunning`] when another agent runs for this
@@ -220,29 +226,40 @@ impl Agent {
             lead_seconds: self.config.lead.as_secs(),
         }));
         tokio::pin!(shutdown);
-        let grace = self.config.stop_grace;
+        let manager = self.manager.clone();
+        let grace = self.manager.config().http_timeout + Duration::from_secs(5);
+        // Events are reported after the status is published, so that whoever reacts to an event
+        // finds the status (`inspect`) already telling the same.
+        let mut pending: Vec<AgentEvent> = Vec::new();
         let reason = loop {
             // Changes signalled before this look are covered by it.
             watch.clear();
             let plan = {
-                let step = self.step(&claim, &mut on_event);
+                let mut collect = |event: &AgentEvent| pending.push(event.clone());
+                let step = self.step(&claim, &mut collect);
                 tokio::pin!(step);
                 tokio::select! {
                     plan = &mut step => plan,
                     () = &mut shutdown => {
+                        // Nothing new is sent; an answer already on its way is saved first.
+                        manager.stop_new_requests();
                         if tokio::time::timeout(grace, step).await.is_err() {
-                            break "asked to stop; a refresh still in flight was abandoned (its reservation is recovered by the next process)";
+                            break "asked to stop; the token endpoint did not answer the request in flight within the HTTP timeout";
                         }
                         break "asked to stop";
                     }
                 }
             };
             let (state, wake) = match plan {
-                Plan::Again => continue,
+                Plan::Again => {
+                    pending.drain(..).for_each(|e| on_event(&e));
+                    continue;
+                }
                 Plan::At(at, state) => (state, Some(at)),
                 Plan::UntilChange(state) => (state, None),
             };
             self.publish(&claim, state, wake);
+            pending.drain(..).for_each(|e| on_event(&e));
             let remote = self.fleet.as_ref().map(|f| (Arc::clone(&f.fleet), f.seen));
             tokio::select! {
                 () = sleep_until(wake) => {}
@@ -251,6 +268,7 @@ impl Agent {
                 () = &mut shutdown => break "asked to stop",
             }
         };
+        pending.drain(..).for_each(|e| on_event(&e));
         on_event(&AgentEvent::now(AgentEventKind::Stopped {
             reason: reason.to_owned(),
         }));
@@ -310,7 +328,12 @@ impl Agent {
         }
         self.refused = None;
         let config = self.manager.config().clone();
-        let due = auth.due_at(&config).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut due = auth.due_at(&config).unwrap_or(SystemTime::UNIX_EPOCH);
+        if let Some((generation, not_before)) = self.not_before {
+            if generation == auth.generation() {
+                due = due.max(not_before);
+            }
+        }
         if due > SystemTime::now() {
             return Some(Plan::At(due, AgentState::Waiting));
         }
@@ -324,13 +347,21 @@ impl Agent {
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         self.publish(claim, AgentState::Refreshing, None);
-        match self.manager.run(Urgency::IfDue).await {
+        // Never waits for the refresh lock: if another process is refreshing, its write wakes
+        // the agent (and a stop never waits behind it).
+        match self.manager.run(Urgency::IfDueUnlessBusy).await {
+            Ok(RefreshOutcome::NotNeeded) if self.still_due() => {
+                Plan::At(SystemTime::now() + BUSY_RETRY, AgentState::Waiting)
+            }
             Ok(outcome) => {
                 self.backoff.reset();
                 let Some(now) = self.manager.cached() else {
                     return Plan::Again;
                 };
                 let next = self.next_due(&now);
+                if outcome == RefreshOutcome::Refreshed {
+                    self.not_before = Some((now.generation(), next));
+                }
                 match outcome {
                     RefreshOutcome::Refreshed => {
                         on_event(&AgentEvent::now(AgentEventKind::Refreshed {
@@ -351,13 +382,29 @@ impl Agent {
         }
     }
 
-    /// When to refresh `auth` next: its due time, but not sooner than
-    /// [`MIN_REFRESH_INTERVAL`] from now.
+    /// When to refresh `auth` (just obtained or adopted) next: its due time; when that has
+    /// passed already (the tokens live shorter than the lead, or the clock runs ahead), half
+    /// the time left, and never sooner than [`MIN_REFRESH_INTERVAL`].
     fn next_due(&self, auth: &CodexAuth) -> SystemTime {
+        let now = SystemTime::now();
         let due = auth
             .due_at(self.manager.config())
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        due.max(SystemTime::now() + MIN_REFRESH_INTERVAL)
+        if due > now {
+            return due;
+        }
+        let left = auth
+            .expires_at()
+            .and_then(|exp| exp.duration_since(now).ok())
+            .unwrap_or_default();
+        now + (left / 2).max(MIN_REFRESH_INTERVAL)
+    }
+
+    /// Whether the cached credentials are still due (a refresh found another under way).
+    fn still_due(&self) -> bool {
+        self.manager
+            .cached()
+            .is_some_and(|a| a.is_due(SystemTime::now(), self.manager.config()))
     }
 
     fn adopted(&self, auth: &Arc<CodexAuth>) -> AgentEvent {
