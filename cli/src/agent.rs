@@ -31,7 +31,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let mut agent =
         Agent::new(ctx.quiet_store()?, ctx.refresh_config(), config).map_err(agent_failure)?;
     if let Some(fleet) = ctx.fleet_args().fleet()? {
-        agent = agent.with_fleet(fleet);
+        agent = agent.with_fleet(fleet).map_err(agent_failure)?;
     }
     let runtime = ctx.runtime()?;
     runtime.block_on(async move {

@@ -384,3 +384,114 @@ fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+impl Fleet {
+    /// The machine whose agent holds the fleet lock now (from `inspect --fleet`).
+    fn lock_holder(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let args = self.args(0, &["inspect", "--json"]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run(self.machines[0].home.path(), &args, None, &[]);
+            let holder = out.json()["fleet"]["lock_holder"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_default();
+            if let Some(i) = self
+                .machines
+                .iter()
+                .position(|m| holder.starts_with(&format!("{} ", m.name)))
+            {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no machine holds the fleet lock while a request is in flight"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs machine `i`'s agent.
+    fn kill_agent(&mut self, i: usize) {
+        let agent = self.machines[i].agent.take().expect("a running agent");
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(agent.id().to_string())
+            .status();
+        let _ = agent.finish(WAIT);
+    }
+}
+
+#[test]
+fn the_lock_holder_killed_after_its_answer_is_saved_loses_nothing_its_restart_uploads_it() {
+    let mut fleet = Fleet::new(1, 2, 1);
+    fleet.idp.set_delay(Duration::from_secs(2));
+    for i in 0..fleet.machines.len() {
+        fleet.start_agent(i);
+    }
+    assert!(
+        fleet.idp.wait_for_requests(1, WAIT),
+        "no machine sent a refresh request"
+    );
+    let holder = fleet.lock_holder();
+    // Its machine loses etcd: the answer is saved locally, the upload cannot happen.
+    fleet.machines[holder].link.cut();
+    fleet.wait_rotations(1);
+    let live = fleet.idp.current_refresh_token();
+    let deadline = Instant::now() + WAIT;
+    while refresh_token_on_disk(fleet.machines[holder].home.path()).as_deref() != Some(&live) {
+        assert!(
+            Instant::now() < deadline,
+            "the holder did not save the new tokens locally"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fleet.kill_agent(holder);
+    fleet.machines[holder].link.restore();
+    fleet.start_agent(holder);
+    fleet.wait_all_live();
+    for i in 0..fleet.machines.len() {
+        fleet.stop_agent(i);
+    }
+    fleet.assert_one_request_per_rotation();
+}
+
+#[test]
+fn the_lock_holder_killed_during_its_request_costs_that_rotation_and_the_fleet_stops_cleanly() {
+    // The endpoint rotates the token and answers a process that is gone: no protocol can get
+    // that answer back. What the fleet must do: wait out the holder's reservation, send the
+    // token once more at most, remember the refusal for every machine, and ask for a sign-in.
+    let mut fleet = Fleet::new(1, 3, 1);
+    fleet.idp.set_delay(Duration::from_secs(2));
+    for i in 0..fleet.machines.len() {
+        fleet.start_agent(i);
+    }
+    assert!(
+        fleet.idp.wait_for_requests(1, WAIT),
+        "no machine sent a refresh request"
+    );
+    let holder = fleet.lock_holder();
+    fleet.kill_agent(holder);
+    fleet.wait_rotations(1);
+    fleet.idp.set_delay(Duration::ZERO);
+    for (i, machine) in fleet.machines.iter().enumerate() {
+        if i == holder {
+            continue;
+        }
+        machine
+            .agent
+            .as_ref()
+            .expect("a running agent")
+            .wait_for_stderr_line("failed (sign_in_required)");
+    }
+    assert_eq!(
+        fleet.idp.requests(),
+        2,
+        "after the lost rotation the fleet should send the dead token once, not {} times",
+        fleet.idp.requests() - 1
+    );
+    for i in 0..fleet.machines.len() {
+        fleet.stop_agent(i);
+    }
+}

@@ -11,7 +11,7 @@ use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snaps
 
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::{Agent, Plan};
-use crate::error::RefreshError;
+use crate::error::{PermanentReason, RefreshError};
 use crate::fleet::{Fleet, FleetError, FleetRecord, RotationMeta};
 use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
@@ -240,6 +240,42 @@ impl Agent {
                 return self.fleet_failed(&e, on_event);
             }
         };
+        // Reserve before redeem, fleet-wide. A previous holder that reserved this very token
+        // may have redeemed it and hold the answer on its machine (it crashed, or lost etcd,
+        // before the upload): wait for that upload up to the reuse wait from its reservation.
+        let Some(fp) = current.refresh_fingerprint() else {
+            lock.release(fleet).await;
+            return Plan::Again;
+        };
+        match fleet.redeeming().await {
+            Ok(Some(mark)) if mark.refresh == fp && mark.lock != lock.revision => {
+                let since = codex_store::Timestamp::parse(&mark.at)
+                    .map(|t| t.time())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let until = since + self.reuse_wait;
+                if until > SystemTime::now() {
+                    lock.release(fleet).await;
+                    tracing::info!(machine = %mark.machine, "a previous lock holder reserved this refresh token; waiting for its upload");
+                    return Plan::At(until, AgentState::Waiting);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                lock.release(fleet).await;
+                return self.fleet_failed(&e, on_event);
+            }
+        }
+        match fleet.reserve_redemption(&fp, lock.revision).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lock.release(fleet).await;
+                return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
+            }
+            Err(e) => {
+                lock.release(fleet).await;
+                return self.fleet_failed(&e, on_event);
+            }
+        }
         // Losing the lease aborts the holder before it sends anything: the lease must be known
         // alive for a third of its time to live (the keep-alive renews it every third).
         let margin = (fleet.config().lock_ttl / 3).min(self.manager.config().http_timeout);
@@ -304,6 +340,12 @@ impl Agent {
                 Plan::At(SystemTime::now() + super::BUSY_RETRY, AgentState::Waiting)
             }
             Ok(_) => Plan::Again,
+            Err(RefreshError::Permanent {
+                reason: PermanentReason::Reused,
+            }) if self.await_fleet_rotation(fleet, current.revision).await => {
+                // Another machine rotated (a local process's upload): adopt it.
+                Plan::Again
+            }
             Err(RefreshError::Permanent { reason }) => {
                 if let Some(fp) = current.refresh_fingerprint() {
                     if let Err(e) = fleet.remember_refusal(&fp, &reason.code()).await {
@@ -319,6 +361,14 @@ impl Agent {
         };
         lock.release(fleet).await;
         plan
+    }
+}
+
+impl Agent {
+    /// After `refresh_token_reused`: whether the fleet record changes within the reuse wait
+    /// (the rotation the refusal means, uploaded by another machine).
+    async fn await_fleet_rotation(&self, fleet: &Fleet, revision: i64) -> bool {
+        matches!(fleet.wait_change(revision, self.reuse_wait).await, Ok(true))
     }
 }
 

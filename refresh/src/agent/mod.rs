@@ -148,6 +148,8 @@ pub struct Agent {
     /// refresh it again (its own write wakes it; tokens living shorter than the lead must not
     /// make it loop).
     not_before: Option<(codex_store::Generation, SystemTime)>,
+    /// How long a `refresh_token_reused` answer waits for the rotation it means.
+    reuse_wait: Duration,
 }
 
 impl std::fmt::Debug for Agent {
@@ -174,6 +176,7 @@ impl Agent {
         if config.lead <= CODEX_REFRESH_WINDOW {
             return Err(AgentError::LeadTooShort { lead: config.lead });
         }
+        let manager_reuse_wait = refresh.reuse_wait;
         let refresh = RefreshConfig {
             refresh_window: config.lead,
             while_refreshing: WhileRefreshing::Wait,
@@ -189,15 +192,27 @@ impl Agent {
             started: SystemTime::now(),
             fleet: None,
             not_before: None,
+            reuse_wait: manager_reuse_wait,
         })
     }
 
     /// The same agent for a machine of `fleet`: the login lives in etcd; this agent mirrors it
     /// into the local auth.json, uploads rotations made locally, and refreshes for every
     /// machine when it holds the fleet's lock (see [`crate::fleet`]).
-    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> Agent {
+    ///
+    /// # Errors
+    /// [`AgentError::Refresh`] when the refresh set-up cannot be rebuilt (it was built once
+    /// already, so only in theory).
+    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> Result<Agent, AgentError> {
+        // With a fleet, the wait after `refresh_token_reused` watches the fleet record (where
+        // another machine's rotation arrives), not the local file.
+        let config = RefreshConfig {
+            reuse_wait: Duration::ZERO,
+            ..self.manager.config().clone()
+        };
+        self.manager = AuthManager::unloaded(self.manager.store().clone(), config)?;
         self.fleet = Some(fleet::FleetSync::new(fleet));
-        self
+        Ok(self)
     }
 
     /// Runs until `shutdown` resolves: claims the store (one agent per auth.json), then keeps

@@ -76,6 +76,18 @@ pub(crate) struct Refusal {
     pub(crate) at: String,
 }
 
+/// The fleet's reservation before a redemption: the lock holder records which refresh token it
+/// is about to send (by fingerprint), so that a later holder knows that token may already be
+/// redeemed, with its answer on a machine that has not uploaded it yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Redeeming {
+    pub(crate) refresh: String,
+    pub(crate) machine: String,
+    pub(crate) at: String,
+    /// The `create_revision` of the lock it was made under.
+    pub(crate) lock: i64,
+}
+
 /// What `inspect` shows of a fleet. No secret.
 #[derive(Clone, Debug, Serialize)]
 pub struct FleetStatus {
@@ -165,6 +177,8 @@ impl Fleet {
                         value: meta_bytes,
                         lease: 0,
                     },
+                    // The reservation is fulfilled (or void: a newer login).
+                    Op::Delete(self.key("redeeming")),
                 ],
                 &[Op::Get(key)],
             )
@@ -295,6 +309,39 @@ impl Fleet {
             )
             .await?;
         Ok(())
+    }
+
+    pub(crate) async fn redeeming(&self) -> Result<Option<Redeeming>, FleetError> {
+        let (kv, _) = self.etcd.get(&self.key("redeeming")).await?;
+        Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+
+    /// Records, while holding the lock created at `lock_revision`, that `refresh` is about to
+    /// be redeemed. `false` when the lock is no longer this holder's (nothing recorded).
+    pub(crate) async fn reserve_redemption(
+        &self,
+        refresh: &str,
+        lock_revision: i64,
+    ) -> Result<bool, FleetError> {
+        let mark = Redeeming {
+            refresh: refresh.to_owned(),
+            machine: self.config.machine.clone(),
+            at: Timestamp::now().as_str().to_owned(),
+            lock: lock_revision,
+        };
+        let result = self
+            .etcd
+            .txn(
+                &[Compare::CreateRevision(self.key("lock"), lock_revision)],
+                &[Op::Put {
+                    key: self.key("redeeming"),
+                    value: serde_json::to_vec(&mark).unwrap_or_default(),
+                    lease: 0,
+                }],
+                &[],
+            )
+            .await?;
+        Ok(result.succeeded)
     }
 
     async fn clear_refusal(&self) -> Result<(), FleetError> {
