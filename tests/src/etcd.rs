@@ -46,6 +46,7 @@ pub struct EtcdCluster {
     initial_cluster: String,
     dir: TempDir,
     bin: PathBuf,
+    tls: Option<crate::tls::TlsFiles>,
 }
 
 impl EtcdCluster {
@@ -71,6 +72,7 @@ impl EtcdCluster {
             initial_cluster,
             dir,
             bin,
+            tls: None,
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -79,12 +81,76 @@ impl EtcdCluster {
         cluster
     }
 
+    /// One member serving clients over https only, requiring a client certificate signed by the
+    /// test CA; the certificates are in [`EtcdCluster::tls`]. Waits until it serves.
+    pub fn start_tls() -> EtcdCluster {
+        let bin = etcd_binary();
+        let dir = tempfile::tempdir().expect("a temp dir for etcd's data");
+        let tls = crate::tls::TlsFiles::generate(dir.path());
+        let member = Member {
+            name: "m0".into(),
+            client: format!("https://127.0.0.1:{}", free_port()),
+            peer: format!("http://127.0.0.1:{}", free_port()),
+            child: None,
+        };
+        let initial_cluster = format!("m0={}", member.peer);
+        let mut cluster = EtcdCluster {
+            members: vec![member],
+            initial_cluster,
+            dir,
+            bin,
+            tls: Some(tls),
+        };
+        cluster.spawn(0, "new");
+        let log = cluster.dir.path().join("m0.log");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready to serve client requests")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "etcd with TLS did not start within {START_TIMEOUT:?}; its log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The log says so just before the listener serves: one more moment for it.
+        let port: u16 = cluster.members[0]
+            .client
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port");
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "etcd's TLS port does not accept");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster
+    }
+
+    /// The certificates of a cluster from [`EtcdCluster::start_tls`].
+    pub fn tls(&self) -> Option<&crate::tls::TlsFiles> {
+        self.tls.as_ref()
+    }
+
     fn spawn(&mut self, i: usize, state: &str) {
         let data = self.dir.path().join(&self.members[i].name);
         let m = &self.members[i];
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name)))
             .expect("an etcd log file");
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)

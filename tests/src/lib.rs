@@ -18,6 +18,7 @@ pub mod programs;
 pub mod real_codex;
 pub mod secrets;
 pub mod tcp_proxy;
+pub mod tls;
 
 /// Locks `m`, also when a thread panicked holding it (the data is plain and stays usable).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

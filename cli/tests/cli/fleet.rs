@@ -495,3 +495,172 @@ fn the_lock_holder_killed_during_its_request_costs_that_rotation_and_the_fleet_s
         fleet.stop_agent(i);
     }
 }
+
+/// The end of a prefix range in etcd: the prefix with its last byte incremented.
+fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    if let Some(last) = bytes.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8(bytes).expect("an ASCII prefix")
+}
+
+#[test]
+fn with_etcd_authentication_the_fleet_works_with_its_user_and_is_refused_without_or_outside_its_prefix(
+) {
+    let cluster = EtcdCluster::start(1);
+    let prefix = format!("/codex-store-tests/{}", crate::kit::unique("auth"));
+    let prefix_slash = format!("{prefix}/");
+    let calls = [
+        (
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": "root-pw"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+        ),
+        ("/v3/auth/role/add", json!({"name": "codex"})),
+        (
+            "/v3/auth/role/grant",
+            json!({"name": "codex", "perm": {
+                "permType": "READWRITE",
+                "key": base64_of(&prefix_slash),
+                "range_end": base64_of(&prefix_end(&prefix_slash)),
+            }}),
+        ),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "codex", "password": "codex-pw"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "codex", "role": "codex"}),
+        ),
+        ("/v3/auth/enable", json!({})),
+    ];
+    for (path, body) in calls {
+        let answer = cluster.post(0, path, &body);
+        assert!(
+            answer.as_ref().is_some_and(|a| a.get("error").is_none()),
+            "setting up etcd's authentication failed at {path}: {answer:?}"
+        );
+    }
+    let creds = ChatgptCreds::fresh();
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let endpoint = cluster.endpoint(0);
+    let seed = |user: Option<&str>, password: &str, prefix: &str| {
+        let mut args = vec![
+            "fleet",
+            "seed",
+            "--fleet",
+            &endpoint,
+            "--fleet-prefix",
+            prefix,
+        ];
+        if let Some(user) = user {
+            args.extend(["--fleet-user", user]);
+        }
+        run(
+            home.path(),
+            &args,
+            None,
+            &[("CODEX_STORE_FLEET_PASSWORD", password)],
+        )
+    };
+    let anonymous = seed(None, "", &prefix);
+    anonymous.expect_code(exit::OTHER, "without credentials etcd must refuse the seed");
+    anonymous.expect_stderr_contains(&["etcd refused the request"], "the refusal must say so");
+    let wrong = seed(Some("codex"), "not-the-password", &prefix);
+    wrong.expect_code(exit::OTHER, "a wrong password must be refused");
+    let outside = seed(Some("codex"), "codex-pw", "/codex-store-tests/someone-else");
+    outside.expect_code(
+        exit::OTHER,
+        "a prefix outside the user's role must be refused",
+    );
+    outside.expect_stderr_contains(&["permission denied"], "etcd's reason must be shown");
+    seed(Some("codex"), "codex-pw", &prefix)
+        .expect_code(exit::OK, "the fleet's user must be able to seed its prefix");
+    let args = [
+        "inspect",
+        "--json",
+        "--fleet",
+        &endpoint,
+        "--fleet-prefix",
+        &prefix,
+        "--fleet-user",
+        "codex",
+    ];
+    let report = run(
+        home.path(),
+        &args,
+        None,
+        &[("CODEX_STORE_FLEET_PASSWORD", "codex-pw")],
+    )
+    .json();
+    assert_eq!(
+        report["fleet"]["account_id"].as_str(),
+        Some(creds.account_id.as_str()),
+        "inspect --fleet does not show the seeded login: {report}"
+    );
+    crate::kit::assert_no_secret_leaked();
+}
+
+#[test]
+fn over_tls_the_fleet_needs_the_ca_and_a_client_certificate_and_then_works() {
+    let cluster = EtcdCluster::start_tls();
+    let tls = cluster.tls().expect("a TLS cluster");
+    let endpoint = cluster.endpoint(0);
+    let prefix = format!("/codex-store-tests/{}", crate::kit::unique("tls"));
+    let creds = ChatgptCreds::fresh();
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let ca = tls.ca.to_string_lossy().into_owned();
+    let cert = tls.client_cert.to_string_lossy().into_owned();
+    let key = tls.client_key.to_string_lossy().into_owned();
+    let base = [
+        "--fleet",
+        endpoint.as_str(),
+        "--fleet-prefix",
+        prefix.as_str(),
+    ];
+
+    let mut args = vec!["fleet", "seed"];
+    args.extend(base);
+    let untrusted = run(home.path(), &args, None, &[]);
+    untrusted.expect_code(
+        exit::OTHER,
+        "a server certificate of an unknown CA must be refused",
+    );
+    untrusted.expect_stderr_contains(&["no etcd endpoint of the fleet answered"], "the refusal");
+
+    args.extend(["--fleet-ca", ca.as_str()]);
+    let anonymous = run(home.path(), &args, None, &[]);
+    anonymous.expect_code(
+        exit::OTHER,
+        "without a client certificate, etcd (client-cert-auth) must refuse",
+    );
+
+    args.extend(["--fleet-cert", cert.as_str()]);
+    let half = run(home.path(), &args, None, &[]);
+    half.expect_code(
+        exit::USAGE,
+        "a client certificate without its key is a usage error",
+    );
+
+    args.extend(["--fleet-key", key.as_str()]);
+    run(home.path(), &args, None, &[]).expect_code(
+        exit::OK,
+        "with the CA and a client certificate the seed must work",
+    );
+
+    let mut inspect = vec!["inspect", "--json"];
+    inspect.extend(&args[2..]);
+    let report = run(home.path(), &inspect, None, &[]).json();
+    assert_eq!(
+        report["fleet"]["account_id"].as_str(),
+        Some(creds.account_id.as_str()),
+        "inspect --fleet over TLS does not show the seeded login: {report}"
+    );
+}
