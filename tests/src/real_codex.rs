@@ -31,7 +31,6 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +38,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use serde_json::{json, Value};
 
 use crate::lock;
@@ -183,13 +184,10 @@ fn flock_exclusive(path: &Path, timeout: Duration) -> File {
         .unwrap_or_else(|e| panic!("cannot open the install lock {}: {e}", path.display()));
     let deadline = Instant::now() + timeout;
     loop {
-        // SAFETY: flock on a file descriptor this function owns for the call's duration.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return file;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            panic!("cannot lock {}: {err}", path.display());
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return file,
+            Err(Errno::WOULDBLOCK) => {}
+            Err(err) => panic!("cannot lock {}: {err}", path.display()),
         }
         assert!(
             Instant::now() < deadline,

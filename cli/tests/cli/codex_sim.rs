@@ -6,7 +6,6 @@
 //! place through any lock.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +19,7 @@ use codex_store_tests::codex_sim::{
     self, refresh_token_on_disk, Outcome, SimOptions, SimRun, STORE_LOCK_PATIENCE, TOKEN_URL_ENV,
 };
 use codex_store_tests::fake_idp::FakeIdp;
+use rustix::fs::FlockOperation;
 
 static SIM: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::kit::helper("codex-sim"));
@@ -46,9 +46,8 @@ fn hold_flock(home: &Path, name: &str) -> File {
         .mode(0o600)
         .open(&path)
         .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    // SAFETY: flock on a descriptor this function owns.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    assert_eq!(locked, 0, "the test could not lock {}", path.display());
+    let locked = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive);
+    assert_eq!(locked, Ok(()), "the test could not lock {}", path.display());
     file
 }
 

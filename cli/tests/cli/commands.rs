@@ -756,14 +756,11 @@ fn token_exits_3_after_the_reuse_wait_and_the_next_token_run_sends_the_refused_t
 /// and `stdin` on stdin. Returns the exit code and stderr.
 fn run_with_closed_stdout(home: &Path, args: &[&str], stdin: &str) -> (Option<i32>, String) {
     use std::io::Write;
-    use std::os::fd::{FromRawFd, OwnedFd};
     use std::process::{Command, Stdio};
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two new descriptors into the array.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe() failed");
-    // SAFETY: both descriptors are new and owned by nobody else.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Close-on-exec, so that no other test's child inherits the writing end; the child's
+    // stdout (dup2 onto descriptor 1) is inherited all the same.
+    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .unwrap_or_else(|e| panic!("pipe() failed: {e}"));
     drop(read_end); // every write to stdout now fails with EPIPE
     let mut child = Command::new(crate::kit::codex_store_bin())
         .arg("--home")

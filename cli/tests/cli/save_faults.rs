@@ -350,7 +350,7 @@ fn assert_the_redeemed_token_survives(case: &Case, out: &CliOutput, faults: &Fau
 fn assert_killed(out: &CliOutput, what: &str, when: &str) {
     assert_eq!(
         out.status.signal(),
-        Some(libc::SIGKILL),
+        Some(rustix::process::Signal::KILL.as_raw()),
         "{what}: the command must have died {when}\n{}",
         out.describe()
     );

@@ -38,6 +38,9 @@ pub struct PhaseResult {
 }
 
 /// User + system CPU time of the waited-for children of this process so far.
+///
+/// `libc::getrusage` stays: rustix 1.1 has no `getrusage`, and `/proc/self/stat` gives the
+/// children's times in clock ticks (10 ms) instead of microseconds.
 fn children_cpu() -> Duration {
     // SAFETY: getrusage fills the struct we pass; zeroed is a valid rusage.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

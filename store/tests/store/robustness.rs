@@ -4,15 +4,13 @@ use std::time::Duration;
 
 use codex_store::{Store, StoreError, StoreOptions};
 use codex_store_tests::fixtures::*;
+use rustix::fs::{mkfifoat, Mode, CWD};
 
 #[test]
 fn a_fifo_in_place_of_auth_json_is_refused_at_once_instead_of_blocking() {
     let (_dir, store) = temp_store();
-    let path = std::ffi::CString::new(store.path().to_str().expect("temp path is UTF-8"))
-        .expect("temp path has no NUL");
-    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
-    let made = unsafe { libc::mkfifo(path.as_ptr(), 0o600) };
-    assert_eq!(made, 0, "could not create the FIFO for the test");
+    let made = mkfifoat(CWD, store.path(), Mode::RUSR | Mode::WUSR);
+    assert_eq!(made, Ok(()), "could not create the FIFO for the test");
     let err = store.load().expect_err("a FIFO was read as credentials");
     assert!(
         matches!(err, StoreError::NotARegularFile { .. }),
@@ -51,13 +49,11 @@ fn an_absurd_duration_is_capped_rather_than_overflowing() {
 }
 
 fn mkfifo(path: &std::path::Path) {
-    let c = std::ffi::CString::new(path.to_str().expect("temp path is UTF-8"))
-        .expect("temp path has no NUL");
-    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
     assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-        0,
-        "mkfifo failed"
+        mkfifoat(CWD, path, Mode::RUSR | Mode::WUSR),
+        Ok(()),
+        "mkfifo {} failed",
+        path.display()
     );
 }
 

@@ -12,7 +12,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use serde_json::{json, Map, Value};
 
 use codex_store_tests::codex_sim::{exit, STORE_LOCK_PATIENCE, STORE_LOCK_RETRY, TOKEN_URL_ENV};
@@ -365,15 +366,12 @@ fn refresh(url: &Url, refresh_token: &str, reason: &str) -> Answer {
 }
 
 /// `flock` with retries on EINTR.
-fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
+fn flock(file: &File, operation: FlockOperation) -> io::Result<()> {
     loop {
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::fs::flock(file, operation) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -537,7 +535,8 @@ fn persist(
     }
     let outer = open_lock(&options.home.join("auth.lock"), 0o644)?;
     let started = Instant::now();
-    flock(&outer, libc::LOCK_EX).map_err(|e| Stop::other(format!("flock(auth.lock): {e}")))?;
+    flock(&outer, FlockOperation::LockExclusive)
+        .map_err(|e| Stop::other(format!("flock(auth.lock): {e}")))?;
     event(format!(
         "locked auth.lock waited_ms={}",
         started.elapsed().as_millis()
@@ -547,7 +546,7 @@ fn persist(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match flock(&inner, libc::LOCK_EX | libc::LOCK_NB) {
+        match flock(&inner, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => break,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if started.elapsed() >= STORE_LOCK_PATIENCE {

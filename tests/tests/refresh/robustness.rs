@@ -6,6 +6,7 @@ use codex_store::StoreError;
 use codex_store_tests::fake_idp::Behavior;
 use codex_store_tests::fixtures::{config, manager, read_text, Identity, Setup};
 use codex_store_tests::jwt;
+use rustix::fs::{mkfifoat, Mode, CWD};
 
 const IDENTITY: Identity = Identity::new(
     "acc-robust",
@@ -107,12 +108,11 @@ async fn tokens_that_could_not_be_written_are_written_by_the_next_call_without_a
     });
     assert!(seen, "the refresh request never reached the endpoint");
     std::fs::rename(&path, &aside).expect("move auth.json aside");
-    let c_path = std::ffi::CString::new(path.to_str().expect("UTF-8 temp path")).expect("no NUL");
-    // SAFETY: a valid NUL-terminated path.
     assert_eq!(
-        unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) },
-        0,
-        "mkfifo failed"
+        mkfifoat(CWD, &path, Mode::RUSR | Mode::WUSR),
+        Ok(()),
+        "mkfifo {} failed",
+        path.display()
     );
 
     let err = refreshing

@@ -71,7 +71,6 @@ fn journal_has(store: &Store, event: JournalEvent) -> bool {
 /// Tries an exclusive, non-blocking flock on `path`, as Codex 0.171.0 polls `auth.json.lock`;
 /// releases it at once.
 fn try_flock(path: &Path) -> bool {
-    use std::os::unix::io::AsRawFd;
     let file: File = OpenOptions::new()
         .read(true)
         .write(true)
@@ -80,9 +79,8 @@ fn try_flock(path: &Path) -> bool {
         .mode(0o600)
         .open(path)
         .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    // SAFETY: flock on a descriptor owned by `file`; closing it releases the lock.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    rc == 0
+    // Dropping `file` closes it, which releases the lock.
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
 }
 
 fn rotation_files(home: &Path) -> Vec<String> {
