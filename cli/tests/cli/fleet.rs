@@ -323,20 +323,23 @@ fn a_rotation_made_on_one_machine_outside_the_agent_is_uploaded_and_adopted_flee
     for i in 0..fleet.machines.len() {
         fleet.start_agent(i);
     }
-    // A Codex process on machine 1 refreshes on its own (forced).
+    // Every machine holds the login before a Codex process on machine 1 refreshes on its own
+    // (forced).
+    fleet.wait_all_live();
     let sim = crate::kit::helper("codex-sim");
-    let status = Command::new(&sim)
+    let out = Command::new(&sim)
         .args(["--force", "--no-wait"])
         .env("CODEX_HOME", fleet.machines[1].home.path())
         .env(URL_ENV, fleet.idp.url())
         .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .status()
+        .output()
         .expect("run codex-sim");
     assert_eq!(
-        status.code(),
+        out.status.code(),
         Some(codex_store_tests::codex_sim::exit::SAVED),
-        "the Codex stand-in did not save its rotation"
+        "the Codex stand-in did not save its rotation: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     fleet.machines[1]
         .agent
