@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::kit::{
     assert_no_secret_leaked, exit, fingerprint, hold_lock, redact, register_issued,
-    register_last_issued, run, spawn, ChatgptCreds, Running,
+    register_last_issued, run, spawn, ChatgptCreds, CliOutput, Running,
 };
-use codex_store_tests::fake_idp::Behavior;
+use codex_store_tests::fake_idp::{Behavior, FakeIdp};
 use codex_store_tests::jwt;
+use tempfile::TempDir;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 /// The lead of the agents in these tests: just above Codex's 5 minutes, so that a token made to
@@ -23,6 +24,24 @@ const LEAD: &str = "310";
 const LEAD_SECS: i64 = 310;
 /// The bound on the agent's exit after SIGTERM or SIGINT ("within a second or two").
 const STOP: Duration = Duration::from_secs(3);
+
+/// A home signed in with `creds`, and the fake endpoint for them issuing access tokens that live
+/// `lifetime` seconds.
+fn signed_in(creds: &ChatgptCreds, lifetime: i64) -> (TempDir, FakeIdp) {
+    let home = crate::kit::temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    idp.set_access_token_lifetime(lifetime);
+    (home, idp)
+}
+
+/// SIGTERM, and the agent must exit 0 within [`STOP`].
+fn stop(agent: Running) -> CliOutput {
+    signal(&agent, "TERM");
+    let out = agent.finish(STOP);
+    out.expect_code(exit::OK, "the agent did not stop cleanly");
+    out
+}
 
 fn start_agent(home: &Path, url: &str, extra: &[&str]) -> Running {
     let mut args = vec!["agent", "--lead", LEAD];
@@ -102,9 +121,7 @@ fn rfc3339_secs(text: &str) -> i64 {
 #[test]
 fn a_second_agent_exits_at_once_non_zero_naming_the_pid_of_the_agent_that_runs() {
     let creds = ChatgptCreds::fresh();
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, idp) = signed_in(&creds, 3600);
     let first = start_agent(home.path(), &idp.url(), &[]);
 
     let second = run(
@@ -138,9 +155,7 @@ fn a_second_agent_exits_at_once_non_zero_naming_the_pid_of_the_agent_that_runs()
 fn sigterm_and_sigint_stop_the_agent_with_exit_0_leaving_nothing_locked_and_no_temp_file() {
     for name in ["TERM", "INT"] {
         let creds = ChatgptCreds::fresh();
-        let home = crate::kit::temp_home();
-        creds.write_to(home.path());
-        let idp = creds.start_idp();
+        let (home, idp) = signed_in(&creds, 3600);
         let agent = start_agent(home.path(), &idp.url(), &[]);
         signal(&agent, name);
         let out = agent.finish(STOP);
@@ -171,10 +186,7 @@ fn sigterm_and_sigint_stop_the_agent_with_exit_0_leaving_nothing_locked_and_no_t
 fn the_agent_refreshes_a_lead_time_before_expiry_and_reports_fingerprints_never_tokens() {
     // Due for the agent 3 s from now; for Codex (5 minutes) only 13 s from now.
     let creds = ChatgptCreds::expiring_in(LEAD_SECS + 3);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    idp.set_access_token_lifetime(3600);
+    let (home, idp) = signed_in(&creds, 3600);
     let agent = start_agent(home.path(), &idp.url(), &[]);
     wait_until_waiting(home.path());
     let before = inspect(home.path());
@@ -229,18 +241,14 @@ fn the_agent_refreshes_a_lead_time_before_expiry_and_reports_fingerprints_never_
         (next - (new_expiry - LEAD_SECS)).abs() <= 1,
         "after the refresh the agent plans {next}, not the lead time before the new expiry"
     );
-    signal(&agent, "TERM");
-    let out = agent.finish(STOP);
-    out.expect_code(exit::OK, "the agent did not stop cleanly");
+    stop(agent);
     assert_no_secret_leaked();
 }
 
 #[test]
 fn the_agent_adopts_what_another_process_writes_without_a_request_and_says_so_in_json() {
     let creds = ChatgptCreds::fresh();
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, idp) = signed_in(&creds, 3600);
     let agent = start_agent(home.path(), &idp.url(), &["--json"]);
     wait_until_waiting(home.path());
 
@@ -269,9 +277,7 @@ fn the_agent_adopts_what_another_process_writes_without_a_request_and_says_so_in
         0,
         "the agent sent a request although it could adopt"
     );
-    signal(&agent, "TERM");
-    let out = agent.finish(STOP);
-    out.expect_code(exit::OK, "the agent did not stop cleanly");
+    let out = stop(agent);
     for line in out.stderr.lines() {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("with --json, a stderr line is not JSON ({e}): {line}"));
@@ -282,10 +288,7 @@ fn the_agent_adopts_what_another_process_writes_without_a_request_and_says_so_in
 #[test]
 fn a_transient_failure_is_retried_with_backoff_until_the_endpoint_answers() {
     let creds = ChatgptCreds::expiring_in(200);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    idp.set_access_token_lifetime(3600);
+    let (home, idp) = signed_in(&creds, 3600);
     idp.set_behavior(Behavior::status(
         503,
         r#"{"error":"temporarily_unavailable"}"#,
@@ -323,10 +326,7 @@ fn a_transient_failure_is_retried_with_backoff_until_the_endpoint_answers() {
         2,
         "one failed attempt and one retry should make two requests"
     );
-    signal(&agent, "TERM");
-    agent
-        .finish(STOP)
-        .expect_code(exit::OK, "the agent did not stop cleanly");
+    stop(agent);
 }
 
 #[test]
@@ -334,10 +334,7 @@ fn tokens_living_shorter_than_the_lead_are_refreshed_at_half_their_life_not_in_a
     // The endpoint issues tokens living 200 s, less than the lead of 310 s: every new token is
     // due for the agent at once.
     let creds = ChatgptCreds::expiring_in(200);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    idp.set_access_token_lifetime(200);
+    let (home, idp) = signed_in(&creds, 200);
     let agent = start_agent(home.path(), &idp.url(), &[]);
     agent.wait_for_stderr_line("refreshed:");
     // Its own write has woken it by the time inspect answers; a loop would have sent more.
@@ -358,19 +355,13 @@ fn tokens_living_shorter_than_the_lead_are_refreshed_at_half_their_life_not_in_a
         1,
         "the agent refreshed again at once: tokens living shorter than the lead made it loop"
     );
-    signal(&agent, "TERM");
-    agent
-        .finish(STOP)
-        .expect_code(exit::OK, "the agent did not stop cleanly");
+    stop(agent);
 }
 
 #[test]
 fn sigterm_during_a_slow_answer_saves_the_redeemed_token_before_exiting() {
     let creds = ChatgptCreds::expiring_in(200);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    idp.set_access_token_lifetime(3600);
+    let (home, idp) = signed_in(&creds, 3600);
     idp.set_delay(Duration::from_secs(2));
     let agent = start_agent(home.path(), &idp.url(), &[]);
     assert!(
@@ -397,9 +388,7 @@ fn sigterm_during_a_slow_answer_saves_the_redeemed_token_before_exiting() {
 fn sigterm_while_another_process_holds_the_refresh_lock_stops_at_once() {
     let store_worker = crate::kit::helper("store-worker");
     let creds = ChatgptCreds::expiring_in(200);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, idp) = signed_in(&creds, 3600);
     let holder = hold_lock(&store_worker, home.path());
     let agent = start_agent(home.path(), &idp.url(), &[]);
     // An agent finding the refresh lock held waits for the holder's write.
@@ -420,10 +409,7 @@ fn sigterm_while_another_process_holds_the_refresh_lock_stops_at_once() {
 #[test]
 fn a_permanent_refusal_is_not_retried_and_a_new_sign_in_resumes_the_agent() {
     let creds = ChatgptCreds::expiring_in(200);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    idp.set_access_token_lifetime(200);
+    let (home, idp) = signed_in(&creds, 200);
     idp.set_behavior(Behavior::status(
         401,
         r#"{"error":{"code":"refresh_token_expired"}}"#,
@@ -462,10 +448,7 @@ fn a_permanent_refusal_is_not_retried_and_a_new_sign_in_resumes_the_agent() {
         2,
         "after the new sign-in the agent should have refreshed exactly once"
     );
-    signal(&agent, "TERM");
-    agent
-        .finish(STOP)
-        .expect_code(exit::OK, "the agent did not stop cleanly");
+    stop(agent);
 }
 
 #[test]
@@ -489,10 +472,7 @@ fn a_signed_out_agent_idles_and_takes_over_when_a_sign_in_appears() {
         1,
         "the agent should refresh the new sign-in once"
     );
-    signal(&agent, "TERM");
-    agent
-        .finish(STOP)
-        .expect_code(exit::OK, "the agent did not stop cleanly");
+    stop(agent);
 }
 
 #[test]
@@ -512,9 +492,7 @@ fn a_due_but_valid_token_is_returned_at_once_while_another_process_refreshes_and
     let store_worker = crate::kit::helper("store-worker");
     // Due (within 5 minutes) but valid for 2 more minutes.
     let creds = ChatgptCreds::due_but_valid();
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, idp) = signed_in(&creds, 3600);
     let holder = hold_lock(&store_worker, home.path());
     let out = run(
         home.path(),
@@ -573,6 +551,24 @@ fn agent_rotations(stderr: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What is wrong when the endpoint read requests other than the agent's `rotations` refreshes,
+/// or refused one as reused: every request must be the agent's, one per rotation.
+fn requests_not_the_agents(idp: &FakeIdp, rotations: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    if idp.requests() != rotations || idp.successes() != rotations {
+        problems.push(format!(
+            "the endpoint read {} request(s) and rotated {} time(s), but the agent refreshed \
+             {rotations} time(s): every request must be the agent's, one per rotation",
+            idp.requests(),
+            idp.successes(),
+        ));
+    }
+    if idp.reuse_refusals() != 0 {
+        problems.push(format!("{} reuse refusal(s)", idp.reuse_refusals()));
+    }
+    problems
+}
+
 /// Access tokens issued for `LIFETIME` seconds: the agent (lead 310 s) refreshes 3 s after each
 /// issue, a Codex process (5 minutes) would only 13 s after it.
 const LIFETIME: i64 = LEAD_SECS + 3;
@@ -583,10 +579,7 @@ fn codex_processes_living_across_expiries_beside_the_agent_send_nothing_and_end_
     let sim = crate::kit::helper("codex-sim");
     // Due for the agent 2 s from now; for Codex 12 s from now, within the processes' lives.
     let creds = ChatgptCreds::expiring_in(LEAD_SECS + 2);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    idp.set_access_token_lifetime(LIFETIME);
+    let (home, idp) = signed_in(&creds, LIFETIME);
     let url = idp.url();
     // The Codex stand-ins start first and hold the initial token, like processes already running.
     let mut sims: Vec<codex_store_tests::process::Process> = (0..K)
@@ -614,31 +607,17 @@ fn codex_processes_living_across_expiries_beside_the_agent_send_nothing_and_end_
             (out.lines(), out.status)
         })
         .collect();
-    signal(&agent, "TERM");
-    let out = agent.finish(STOP);
-    out.expect_code(exit::OK, "the agent did not stop cleanly");
+    let out = stop(agent);
     let rotations = agent_rotations(&out.stderr);
     let agent_refresh: Vec<&str> = rotations.iter().map(|(r, _)| r.as_str()).collect();
 
-    let mut problems = Vec::new();
-    if idp.requests() != rotations.len() || idp.successes() != rotations.len() {
-        problems.push(format!(
-            "the endpoint read {} request(s) and rotated {} time(s), but the agent refreshed {} \
-             time(s): every request must be the agent's, one per rotation",
-            idp.requests(),
-            idp.successes(),
-            rotations.len()
-        ));
-    }
+    let mut problems = requests_not_the_agents(&idp, rotations.len());
     if rotations.len() < 2 {
         problems.push(format!(
             "the agent rotated {} time(s) in 16 s; with tokens living {LIFETIME} s and a lead of \
              {LEAD_SECS} s it should have rotated every 3 s",
             rotations.len()
         ));
-    }
-    if idp.reuse_refusals() != 0 {
-        problems.push(format!("{} reuse refusal(s)", idp.reuse_refusals()));
     }
     for (i, (lines, status)) in finished.iter().enumerate() {
         let requested = lines
@@ -689,10 +668,7 @@ fn real_codex_app_servers_living_across_an_expiry_beside_the_agent_send_nothing_
     let bin = codex_binary();
     // Due for Codex (5 minutes) 16 s from now, for the agent 6 s from now.
     let creds = ChatgptCreds::expiring_in(300 + 16);
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
-    idp.set_access_token_lifetime(LIFETIME);
+    let (home, idp) = signed_in(&creds, LIFETIME);
     let url = idp.url();
     let backend = BackendStub::start(&creds.account_id, &creds.plan);
     let user_home = crate::kit::temp_home();
@@ -723,22 +699,11 @@ fn real_codex_app_servers_living_across_an_expiry_beside_the_agent_send_nothing_
         std::thread::sleep(Duration::from_millis(200));
     }
     let held: Vec<Option<String>> = codex.iter_mut().map(AppServer::access_token).collect();
-    signal(&agent, "TERM");
-    let out = agent.finish(STOP);
-    out.expect_code(exit::OK, "the agent did not stop cleanly");
+    let out = stop(agent);
     let rotations = agent_rotations(&out.stderr);
     let agent_access: Vec<&str> = rotations.iter().map(|(_, a)| a.as_str()).collect();
 
-    let mut problems = Vec::new();
-    if idp.requests() != rotations.len() || idp.successes() != rotations.len() {
-        problems.push(format!(
-            "the endpoint read {} request(s) and rotated {} time(s), but the agent refreshed {} \
-             time(s): every request must be the agent's, one per rotation",
-            idp.requests(),
-            idp.successes(),
-            rotations.len()
-        ));
-    }
+    let mut problems = requests_not_the_agents(&idp, rotations.len());
     for (server, token) in codex.iter().zip(&held) {
         match token {
             Some(token) if agent_access.contains(&fingerprint(token).as_str()) => {}
@@ -750,9 +715,6 @@ fn real_codex_app_servers_living_across_an_expiry_beside_the_agent_send_nothing_
                 server.stderr()
             )),
         }
-    }
-    if idp.reuse_refusals() != 0 {
-        problems.push(format!("{} reuse refusal(s)", idp.reuse_refusals()));
     }
     assert!(
         backend.escapes().is_empty(),
@@ -770,9 +732,7 @@ fn real_codex_app_servers_living_across_an_expiry_beside_the_agent_send_nothing_
 #[test]
 fn a_fifo_planted_at_the_status_temp_file_neither_hangs_nor_stops_the_agent() {
     let creds = ChatgptCreds::fresh();
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, idp) = signed_in(&creds, 3600);
     let fifo = home.path().join("auth.json.agent.tmp");
     let made = Command::new("mkfifo")
         .arg(&fifo)
@@ -781,18 +741,13 @@ fn a_fifo_planted_at_the_status_temp_file_neither_hangs_nor_stops_the_agent() {
     assert!(made.success(), "mkfifo {} failed", fifo.display());
     let agent = start_agent(home.path(), &idp.url(), &[]);
     wait_until_waiting(home.path());
-    signal(&agent, "TERM");
-    agent
-        .finish(STOP)
-        .expect_code(exit::OK, "the agent did not stop cleanly");
+    stop(agent);
 }
 
 #[test]
 fn an_error_code_from_the_endpoint_with_control_characters_is_printed_as_one_clean_line() {
     let creds = ChatgptCreds::expired();
-    let home = crate::kit::temp_home();
-    creds.write_to(home.path());
-    let idp = creds.start_idp();
+    let (home, idp) = signed_in(&creds, 3600);
     let evil = format!(
         r#"{{"error":{{"code":"bad\nforged line\u001b[31m{}"}}}}"#,
         "x".repeat(500)

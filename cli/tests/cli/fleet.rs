@@ -116,6 +116,18 @@ impl Fleet {
         self.machines[i].agent = Some(agent);
     }
 
+    fn start_all(&mut self) {
+        for i in 0..self.machines.len() {
+            self.start_agent(i);
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for i in 0..self.machines.len() {
+            self.stop_agent(i);
+        }
+    }
+
     fn stop_agent(&mut self, i: usize) -> String {
         let Some(agent) = self.machines[i].agent.take() else {
             return String::new();
@@ -221,9 +233,7 @@ impl Drop for Fleet {
 #[test]
 fn three_machines_with_codex_processes_make_one_request_per_rotation_and_all_hold_the_live_token() {
     let mut fleet = Fleet::new(1, 3, 2);
-    for i in 0..fleet.machines.len() {
-        fleet.start_agent(i);
-    }
+    fleet.start_all();
     // Every machine holds the login before its Codex processes start.
     fleet.wait_all_live();
     let sim = crate::kit::helper("codex-sim");
@@ -260,9 +270,7 @@ fn three_machines_with_codex_processes_make_one_request_per_rotation_and_all_hol
             sim.name()
         );
     }
-    for i in 0..fleet.machines.len() {
-        fleet.stop_agent(i);
-    }
+    fleet.stop_all();
     fleet.assert_one_request_per_rotation();
     eprintln!("propagation after a rotation: {delays:?}");
 }
@@ -284,23 +292,17 @@ fn a_crashed_lock_holder_frees_the_lock_when_its_lease_expires_and_another_machi
         &json!({"key": key, "value": base64_of("crashed pid 1"), "lease": lease}),
     );
     assert!(put.is_some(), "could not plant the crashed holder's lock");
-    for i in 0..fleet.machines.len() {
-        fleet.start_agent(i);
-    }
+    fleet.start_all();
     fleet.wait_rotations(1);
     fleet.wait_all_live();
-    for i in 0..fleet.machines.len() {
-        fleet.stop_agent(i);
-    }
+    fleet.stop_all();
     fleet.assert_one_request_per_rotation();
 }
 
 #[test]
 fn a_machine_offline_during_two_rotations_catches_up_and_sends_nothing_meanwhile() {
     let mut fleet = Fleet::new(1, 3, 2);
-    for i in 0..fleet.machines.len() {
-        fleet.start_agent(i);
-    }
+    fleet.start_all();
     fleet.wait_rotations(1);
     fleet.wait_all_live();
     fleet.machines[2].link.cut();
@@ -308,9 +310,7 @@ fn a_machine_offline_during_two_rotations_catches_up_and_sends_nothing_meanwhile
     fleet.wait_rotations(before + 2);
     fleet.machines[2].link.restore();
     let delay = fleet.wait_all_live();
-    for i in 0..fleet.machines.len() {
-        fleet.stop_agent(i);
-    }
+    fleet.stop_all();
     fleet.assert_one_request_per_rotation();
     eprintln!("the offline machine caught up {delay:?} after its link came back");
 }
@@ -320,9 +320,7 @@ fn a_rotation_made_on_one_machine_outside_the_agent_is_uploaded_and_adopted_flee
     // Tokens not due for a long while: only the out-of-band rotation happens.
     let mut fleet = Fleet::new(1, 3, 3600);
     fleet.idp.set_access_token_lifetime(3600 * 2);
-    for i in 0..fleet.machines.len() {
-        fleet.start_agent(i);
-    }
+    fleet.start_all();
     // Every machine holds the login before a Codex process on machine 1 refreshes on its own
     // (forced).
     fleet.wait_all_live();
@@ -347,9 +345,7 @@ fn a_rotation_made_on_one_machine_outside_the_agent_is_uploaded_and_adopted_flee
         .expect("machine 1's agent")
         .wait_for_stderr_line("uploaded:");
     fleet.wait_all_live();
-    for i in 0..fleet.machines.len() {
-        fleet.stop_agent(i);
-    }
+    fleet.stop_all();
     fleet.assert_one_request_per_rotation();
 }
 
@@ -361,9 +357,7 @@ fn one_etcd_member_stopped_and_the_leader_killed_mid_refresh_lose_no_token() {
     let stopped = (leader + 1) % 3;
     fleet.cluster.kill(stopped);
     fleet.idp.set_delay(Duration::from_secs(2));
-    for i in 0..fleet.machines.len() {
-        fleet.start_agent(i);
-    }
+    fleet.start_all();
     // The leader dies while the first refresh request is in flight.
     assert!(
         fleet.idp.wait_for_requests(1, WAIT),
@@ -377,9 +371,7 @@ fn one_etcd_member_stopped_and_the_leader_killed_mid_refresh_lose_no_token() {
     fleet.idp.set_delay(Duration::ZERO);
     fleet.wait_rotations(2);
     fleet.wait_all_live();
-    for i in 0..fleet.machines.len() {
-        fleet.stop_agent(i);
-    }
+    fleet.stop_all();
     fleet.assert_one_request_per_rotation();
 }
 
@@ -415,6 +407,20 @@ impl Fleet {
         }
     }
 
+    /// `m` machines whose login is due at once, against an endpoint answering after 2 s; returns
+    /// when the first refresh request is in flight, with the machine that holds the lock.
+    fn with_request_in_flight(m: usize) -> (Fleet, usize) {
+        let mut fleet = Fleet::new(1, m, 1);
+        fleet.idp.set_delay(Duration::from_secs(2));
+        fleet.start_all();
+        assert!(
+            fleet.idp.wait_for_requests(1, WAIT),
+            "no machine sent a refresh request"
+        );
+        let holder = fleet.lock_holder();
+        (fleet, holder)
+    }
+
     /// SIGKILLs machine `i`'s agent.
     fn kill_agent(&mut self, i: usize) {
         let agent = self.machines[i].agent.take().expect("a running agent");
@@ -428,16 +434,7 @@ impl Fleet {
 
 #[test]
 fn the_lock_holder_killed_after_its_answer_is_saved_loses_nothing_its_restart_uploads_it() {
-    let mut fleet = Fleet::new(1, 2, 1);
-    fleet.idp.set_delay(Duration::from_secs(2));
-    for i in 0..fleet.machines.len() {
-        fleet.start_agent(i);
-    }
-    assert!(
-        fleet.idp.wait_for_requests(1, WAIT),
-        "no machine sent a refresh request"
-    );
-    let holder = fleet.lock_holder();
+    let (mut fleet, holder) = Fleet::with_request_in_flight(2);
     // Its machine loses etcd: the answer is saved locally, the upload cannot happen.
     fleet.machines[holder].link.cut();
     fleet.wait_rotations(1);
@@ -454,9 +451,7 @@ fn the_lock_holder_killed_after_its_answer_is_saved_loses_nothing_its_restart_up
     fleet.machines[holder].link.restore();
     fleet.start_agent(holder);
     fleet.wait_all_live();
-    for i in 0..fleet.machines.len() {
-        fleet.stop_agent(i);
-    }
+    fleet.stop_all();
     fleet.assert_one_request_per_rotation();
 }
 
@@ -465,16 +460,7 @@ fn the_lock_holder_killed_during_its_request_costs_that_rotation_and_the_fleet_s
     // The endpoint rotates the token and answers a process that is gone: no protocol can get
     // that answer back. What the fleet must do: wait out the holder's reservation, send the
     // token once more at most, remember the refusal for every machine, and ask for a sign-in.
-    let mut fleet = Fleet::new(1, 3, 1);
-    fleet.idp.set_delay(Duration::from_secs(2));
-    for i in 0..fleet.machines.len() {
-        fleet.start_agent(i);
-    }
-    assert!(
-        fleet.idp.wait_for_requests(1, WAIT),
-        "no machine sent a refresh request"
-    );
-    let holder = fleet.lock_holder();
+    let (mut fleet, holder) = Fleet::with_request_in_flight(3);
     fleet.kill_agent(holder);
     fleet.wait_rotations(1);
     fleet.idp.set_delay(Duration::ZERO);
@@ -494,9 +480,7 @@ fn the_lock_holder_killed_during_its_request_costs_that_rotation_and_the_fleet_s
         "after the lost rotation the fleet should send the dead token once, not {} times",
         fleet.idp.requests() - 1
     );
-    for i in 0..fleet.machines.len() {
-        fleet.stop_agent(i);
-    }
+    fleet.stop_all();
 }
 
 /// The end of a prefix range in etcd: the prefix with its last byte incremented.
