@@ -265,9 +265,17 @@ async fn persist(
     answer: TokenAnswer,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
     let read_at = reserved.rotation().snapshot().generation();
+    let redeemed = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
     let mut refreshed = doc;
     if let Err(e) = apply(&mut refreshed, &answer) {
         tracing::error!(error = %e, "the token endpoint's answer was refused; nothing stored");
+        // The token was redeemed all the same: it is spent, and no process may send it again
+        // (the next one would be told "already used"). Recorded as refused.
+        let rotation = reserved.abandon();
+        let mut record = JournalRecord::new(JournalEvent::Refused, read_at);
+        record.refresh = redeemed;
+        record.code = Some("unusable_answer".into());
+        rotation.record(&record);
         return Err(e);
     }
     let attempt = refreshed.clone();

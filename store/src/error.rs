@@ -67,11 +67,12 @@ pub enum StoreError {
         reason: String,
     },
 
-    /// auth.json is a chain of symbolic links too long to follow (a loop), or became a symbolic
-    /// link after the store resolved it.
+    /// auth.json is a chain of symbolic links too long to follow (a loop), or its link changed
+    /// (appeared, was retargeted or removed) after the store resolved it.
     #[error(
-        "{path} is a symbolic link the store cannot follow (a loop, or a link that appeared \
-         after the store was opened); point it straight at a regular file and retry"
+        "{path} is a symbolic link the store cannot follow (a loop, or a link that appeared or \
+         changed after the store was opened); point it straight at a regular file, or open the \
+         store again, and retry"
     )]
     Symlink {
         /// auth.json.

@@ -197,9 +197,24 @@ pub fn read_journal(path: &Path) -> Result<Vec<JournalRecord>, StoreError> {
 }
 
 /// The refusal recorded for `generation`, if the last record about it is one.
-pub(crate) fn refusal_for(path: &Path, generation: Generation) -> Option<JournalRecord> {
+pub(crate) fn refusal_for(
+    path: &Path,
+    generation: Generation,
+    refresh: Option<&str>,
+) -> Option<JournalRecord> {
     let wanted = generation.to_string();
     let records = read_journal(path).ok()?;
+    // A refresh token refused once is dead, whatever file (generation) holds it now: a rewrite
+    // of the same token by another writer must not make it look new.
+    if let Some(fp) = refresh {
+        if let Some(refused) = records
+            .iter()
+            .rev()
+            .find(|r| r.event == JournalEvent::Refused && r.refresh.as_deref() == Some(fp))
+        {
+            return Some(refused.clone());
+        }
+    }
     let last = records
         .into_iter()
         .rev()

@@ -118,6 +118,7 @@ impl Store {
     }
 
     fn rotation_under(&self, flight: LockGuard) -> Result<Rotation, StoreError> {
+        self.check_link_unchanged()?;
         if !replace::rotation_files(self.dir()).is_empty() || replace::has_in_place(self.dir()) {
             let _locked = self.lock()?;
             replace::finish_in_place(self.dir(), self.path());
@@ -158,6 +159,21 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A refresh must save where every reader looks: if auth.json's symbolic link changed since
+    /// the store resolved it (retargeted, removed, or a link where there was none), the store
+    /// would write a file nobody reads. Refused before anything is sent.
+    fn check_link_unchanged(&self) -> Result<(), StoreError> {
+        let in_home = self.home().join(crate::store::AUTH_FILE);
+        let now = crate::link::resolve(&in_home)?;
+        let opened = self.link().map(|_| self.path().to_path_buf());
+        if now != opened {
+            return Err(StoreError::Symlink { path: in_home });
+        }
+        Ok(())
+    }
+}
+
 impl Rotation {
     /// What auth.json held when the lock was taken (or at the last [`Rotation::reread`]).
     pub fn snapshot(&self) -> &Snapshot {
@@ -178,10 +194,20 @@ impl Rotation {
         Ok(())
     }
 
-    /// The refusal the journal records for the snapshot's generation, if the last record about
-    /// that generation is one: another process was refused this very refresh token.
+    /// The refusal the journal records for the snapshot's refresh token (by fingerprint, in any
+    /// file), or for its generation if the last record about that generation is one: another
+    /// process was refused this very refresh token.
     pub fn refusal(&self) -> Option<JournalRecord> {
-        journal::refusal_for(self.store.journal_path(), self.snapshot.generation())
+        let refresh = self
+            .snapshot
+            .auth()
+            .and_then(|d| d.tokens.as_ref())
+            .map(|t| t.refresh_token.fingerprint());
+        journal::refusal_for(
+            self.store.journal_path(),
+            self.snapshot.generation(),
+            refresh.as_deref(),
+        )
     }
 
     /// Appends a record to the journal (best effort: the journal is advice, not state).

@@ -542,3 +542,31 @@ fn a_leftover_temp_that_is_a_symlink_is_removed_without_touching_its_target() {
         "sweeping a temp symlink changed its target"
     );
 }
+
+#[test]
+fn a_refresh_is_refused_when_the_symlink_was_retargeted_after_the_store_opened() {
+    let (dir, _) = temp_store();
+    let elsewhere = tempfile::TempDir::new().expect("cannot create a temp dir");
+    let first = elsewhere.path().join("first.json");
+    let second = elsewhere.path().join("second.json");
+    fs::write(&first, api_key_file()).expect("cannot write the first target");
+    fs::write(&second, api_key_file()).expect("cannot write the second target");
+    let link = auth_path(dir.path());
+    symlink(&first, &link).expect("cannot create the symlink");
+    let store = Store::open(dir.path()).expect("open over a symlinked auth.json");
+    // Someone points the link elsewhere; a refresh saving into `first` would be read by nobody.
+    fs::remove_file(&link).expect("cannot remove the link");
+    symlink(&second, &link).expect("cannot retarget the symlink");
+    let err = store
+        .begin_rotation(std::time::Duration::from_secs(1))
+        .expect_err("a refresh began on a retargeted link");
+    assert!(
+        matches!(err, StoreError::Symlink { .. }),
+        "a retargeted link gave another error: {err}"
+    );
+    // Opened again, the store follows the new link.
+    let again = Store::open(dir.path()).expect("open again");
+    again
+        .begin_rotation(std::time::Duration::from_secs(1))
+        .expect("a refresh on the store opened again failed");
+}

@@ -400,10 +400,11 @@ async fn a_permanent_failure_is_remembered_so_the_dead_token_is_not_sent_again_u
         .fake
         .expect_requests(1, "a refresh token known to be dead was sent again");
 
-    // Someone signs in again (new, still due tokens): the failure is forgotten.
+    // Someone signs in again (a new refresh token, still due tokens): the failure is forgotten.
     setup.fake.set_behavior(Behavior::Normal);
+    let signed_in = setup.fake.rotate_out_of_band();
     let new_access = jwt::access_token(jwt::now_unix() + 120, "at_after_sign_in");
-    IDENTITY.write_tokens(&setup.store, &new_access, INITIAL_RT);
+    IDENTITY.write_tokens(&setup.store, &new_access, &signed_in.refresh_token);
     let auth = manager
         .auth()
         .await

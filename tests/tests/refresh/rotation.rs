@@ -233,10 +233,28 @@ async fn an_expired_refresh_token_refused_once_is_not_sent_again_by_other_proces
         "three processes on one refused token must make exactly one request",
     );
 
-    // A new sign-in changes the file: the refusal no longer applies.
-    setup.fake.set_behavior(Behavior::Normal);
-    let access = jwt::access_token(jwt::now_unix() - 60, "at_relogin");
+    // The refused token written back in another file (a writer rewriting it) is still dead:
+    // nothing is sent.
+    let access = jwt::access_token(jwt::now_unix() - 60, "at_rewritten");
     IDENTITY.write_tokens(&setup.store, &access, &setup.fake.current_refresh_token());
+    let err = other_process(&setup, Duration::from_millis(300))
+        .auth()
+        .await
+        .expect_err("a refused refresh token in a rewritten file gave credentials");
+    assert!(
+        err.is_permanent(),
+        "a refused refresh token in a rewritten file gave another error than the refusal: {err}"
+    );
+    setup.fake.expect_requests(
+        1,
+        "a refused refresh token must not be sent again because another file holds it",
+    );
+
+    // A new sign-in (a new refresh token) changes the file: the refusal no longer applies.
+    setup.fake.set_behavior(Behavior::Normal);
+    let signed_in = setup.fake.rotate_out_of_band();
+    let access = jwt::access_token(jwt::now_unix() - 60, "at_relogin");
+    IDENTITY.write_tokens(&setup.store, &access, &signed_in.refresh_token);
     let process = other_process(&setup, Duration::from_millis(300));
     process
         .auth()

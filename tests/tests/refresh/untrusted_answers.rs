@@ -97,6 +97,36 @@ async fn an_id_token_of_another_account_in_the_answer_is_refused_and_nothing_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_redeemed_for_an_unusable_answer_is_recorded_as_spent_and_not_sent_again() {
+    let setup = Setup::new(IDENTITY, -60);
+    let access = jwt::access_token(jwt::now_unix() + 3600, "at_new");
+    let other = jwt::id_token("intruder@example.com", "acct-intruder", "plus");
+    setup.fake.set_behavior(Behavior::status(
+        200,
+        format!(
+            r#"{{"access_token": "{access}", "refresh_token": "rt_x", "id_token": "{other}"}}"#
+        ),
+    ));
+    manager(&setup.store, config(setup.fake.url()))
+        .refresh()
+        .await
+        .expect_err("an answer for another account counted as a refresh");
+    // Another process: the token was redeemed for that answer, so it is spent.
+    let err = manager(&setup.store, config(setup.fake.url()))
+        .refresh()
+        .await
+        .expect_err("a spent refresh token gave credentials");
+    assert!(
+        err.is_permanent(),
+        "the spent token was not reported as needing a sign-in: {err}"
+    );
+    setup.fake.expect_requests(
+        1,
+        "a refresh token redeemed for an unusable answer must not be sent again",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_larger_than_the_limit_is_refused_without_reading_it_all() {
     let huge = "a".repeat(1_100_000);
     let access = jwt::access_token(jwt::now_unix() + 3600, "at_new");
