@@ -566,7 +566,12 @@ fn a_refresh_is_refused_when_the_symlink_was_retargeted_after_the_store_opened()
     );
     // Opened again, the store follows the new link.
     let again = Store::open(dir.path()).expect("open again");
-    again
+    let rotation = again
         .begin_rotation(std::time::Duration::from_secs(1))
         .expect("a refresh on the store opened again failed");
+    assert_eq!(
+        rotation.store().path(),
+        second,
+        "the store opened again does not follow the new link"
+    );
 }
