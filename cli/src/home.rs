@@ -14,6 +14,7 @@ pub struct Context {
     home: Option<PathBuf>,
     lock_timeout: Option<Duration>,
     reuse_wait: Option<Duration>,
+    http_timeout: Option<Duration>,
     fleet: crate::fleet::FleetArgs,
 }
 
@@ -29,8 +30,15 @@ impl Context {
             home,
             lock_timeout,
             reuse_wait,
+            http_timeout: None,
             fleet,
         }
+    }
+
+    /// With `--http-timeout`.
+    pub fn with_http_timeout(mut self, http_timeout: Option<Duration>) -> Self {
+        self.http_timeout = http_timeout;
+        self
     }
 
     /// The fleet options.
@@ -70,6 +78,9 @@ impl Context {
         let mut config = RefreshConfig::default();
         if let Some(wait) = self.reuse_wait {
             config.reuse_wait = wait;
+        }
+        if let Some(timeout) = self.http_timeout {
+            config.http_timeout = timeout;
         }
         config
     }

@@ -52,6 +52,10 @@ struct Cli {
     #[command(flatten)]
     fleet: fleet::FleetArgs,
 
+    /// The longest a refresh request may take, like `30s` [default: 30s].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    http_timeout: Option<Duration>,
+
     /// Log what happens to stderr (RUST_LOG also works).
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -102,7 +106,8 @@ fn init_tracing(verbose: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait, cli.fleet);
+    let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait, cli.fleet)
+        .with_http_timeout(cli.http_timeout);
     let result = match cli.command {
         Command::Agent(args) => agent::run(&ctx, args),
         Command::Fleet(args) => fleet::run(&ctx, args),

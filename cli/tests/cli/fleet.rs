@@ -90,6 +90,11 @@ impl Fleet {
             self.machines[i].name.clone(),
             "--fleet-lock-ttl".to_owned(),
             LOCK_TTL.to_owned(),
+            // Short, so that a holder's reservation is waited out in seconds.
+            "--http-timeout".to_owned(),
+            "4s".to_owned(),
+            "--reuse-wait".to_owned(),
+            "3s".to_owned(),
         ]);
         args
     }

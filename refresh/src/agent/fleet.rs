@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snapshot, StoreError};
 
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
+use super::fleet_sync::{self, Reconcile, Synced};
 use super::{Agent, Plan};
 use crate::error::{PermanentReason, RefreshError};
 use crate::fleet::{Fleet, FleetError, FleetRecord, RotationMeta};
@@ -23,10 +24,11 @@ const LOCK_BUSY_RETRY: Duration = Duration::from_secs(5);
 /// The fleet side of an agent.
 pub(crate) struct FleetSync {
     pub(crate) fleet: Arc<Fleet>,
-    /// The record's revision and the local generation after the last mirror or upload: what
-    /// tells a local change from a remote one.
-    synced: Option<(i64, Generation)>,
-    /// The last record revision seen (the watch starts after it).
+    /// What was in sync last (loaded from `auth.json.fleet` on the first step): what tells a
+    /// local change from a remote one, across restarts.
+    synced: Option<Synced>,
+    loaded: bool,
+    /// etcd's revision at the last read of the record: the watch starts after it.
     pub(crate) seen: i64,
 }
 
@@ -35,31 +37,10 @@ impl FleetSync {
         FleetSync {
             fleet: Arc::new(fleet),
             synced: None,
+            loaded: false,
             seen: 0,
         }
     }
-}
-
-fn refresh_of(doc: Option<&AuthDotJson>) -> Option<String> {
-    doc.and_then(|d| d.tokens.as_ref())
-        .map(|t| t.refresh_token.expose().to_owned())
-}
-
-fn same_tokens(a: Option<&AuthDotJson>, b: Option<&AuthDotJson>) -> bool {
-    let tokens = |d: Option<&AuthDotJson>| {
-        d.and_then(|d| d.tokens.as_ref()).map(|t| {
-            (
-                t.refresh_token.expose().to_owned(),
-                t.access_token.expose().to_owned(),
-            )
-        })
-    };
-    tokens(a) == tokens(b)
-        && a.map(|d| d.openai_api_key.clone()) == b.map(|d| d.openai_api_key.clone())
-}
-
-fn last_refresh(doc: Option<&AuthDotJson>) -> Option<SystemTime> {
-    doc.and_then(|d| d.last_refresh.as_ref()).map(|t| t.time())
 }
 
 impl Agent {
@@ -85,24 +66,26 @@ impl Agent {
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         let fleet = self.fleet();
-        let record = match fleet.read().await {
-            Ok(Some(record)) => record,
-            Ok(None) => {
-                if let Some(sync) = self.fleet.as_mut() {
-                    sync.seen = sync.seen.max(1);
-                }
-                return self.go_idle(
-                    "fleet_empty",
-                    "the fleet holds no login: seed it from a signed-in machine with `codex-store fleet seed --fleet ENDPOINTS`",
-                    on_event,
-                );
+        let store = self.manager.store().clone();
+        let state_path = fleet_sync::state_path(&store);
+        {
+            let sync = self.fleet.as_mut().expect("fleet mode");
+            if !sync.loaded {
+                sync.synced = fleet_sync::load(&state_path, &fleet.config().prefix);
+                sync.loaded = true;
             }
+        }
+        let (record, revision) = match fleet.read_at().await {
+            Ok(read) => read,
             Err(e) => return self.fleet_failed(&e, on_event),
         };
-        if let Some(sync) = self.fleet.as_mut() {
-            sync.seen = record.revision;
-        }
-        let store = self.manager.store().clone();
+        // The watch starts after this read, whatever it found: never replaying old events.
+        self.fleet.as_mut().expect("fleet mode").seen = revision;
+        let record = match record {
+            Ok(Some(record)) => record,
+            Ok(None) => return self.fleet_signed_out(&store, on_event),
+            Err(e) => return self.fleet_failed(&e, on_event),
+        };
         let local = match store.load() {
             Ok(local) => local,
             Err(e) => return self.failed(&RefreshError::from(e), on_event),
@@ -120,8 +103,56 @@ impl Agent {
         due
     }
 
-    /// Mirrors the record into auth.json, or uploads a rotation made locally. `None` when they
-    /// already agree.
+    /// The fleet holds no login. If this machine had the fleet's login and nobody changed it
+    /// here since, the fleet was signed out (`logout --fleet`): so is this machine.
+    fn fleet_signed_out(
+        &mut self,
+        store: &codex_store::Store,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        let synced = self.fleet.as_ref().and_then(|s| s.synced.clone());
+        if let (Some(synced), Ok(local)) = (synced, store.load()) {
+            if local.auth().is_some() && synced.local_generation == local.generation().to_string() {
+                match store
+                    .compare_and_swap(Expect::Generation(local.generation()), None)
+                    .or_else(|e| e.accept_not_durable())
+                {
+                    Ok(_) => {
+                        let sync = self.fleet.as_mut().expect("fleet mode");
+                        sync.synced = None;
+                        let _ = std::fs::remove_file(fleet_sync::state_path(store));
+                        return self.go_idle(
+                            "fleet_signed_out",
+                            "the fleet's login was removed (logout --fleet): this machine is signed out too; seed the fleet again to resume",
+                            on_event,
+                        );
+                    }
+                    Err(e) => return self.failed(&RefreshError::from(e), on_event),
+                }
+            }
+        }
+        self.go_idle(
+            "fleet_empty",
+            "the fleet holds no login: seed it from a signed-in machine with `codex-store fleet seed --fleet ENDPOINTS`",
+            on_event,
+        )
+    }
+
+    fn remember_sync(&mut self, revision: i64, local: Generation) {
+        let sync = self.fleet.as_mut().expect("fleet mode");
+        let synced = Synced {
+            prefix: sync.fleet.config().prefix.clone(),
+            revision,
+            local_generation: local.to_string(),
+        };
+        if sync.synced.as_ref() != Some(&synced) {
+            fleet_sync::save(&fleet_sync::state_path(self.manager.store()), &synced);
+            self.fleet.as_mut().expect("fleet mode").synced = Some(synced);
+        }
+    }
+
+    /// Mirrors the record into auth.json, or uploads a rotation made locally, by causality (see
+    /// [`fleet_sync::decide`]). `None` when they already agree.
     async fn reconcile(
         &mut self,
         fleet: &Fleet,
@@ -129,63 +160,70 @@ impl Agent {
         local: &Snapshot,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Option<Plan> {
-        let sync = self.fleet.as_ref().expect("fleet mode");
-        if same_tokens(Some(&record.document), local.auth()) {
-            let synced = (record.revision, local.generation());
-            self.fleet.as_mut().expect("fleet mode").synced = Some(synced);
-            return None;
-        }
-        let local_changed = sync.synced.is_none_or(|(_, g)| g != local.generation());
-        let remote_changed = sync.synced.is_none_or(|(r, _)| r != record.revision);
-        let same_account = local
-            .auth()
-            .and_then(|d| d.tokens.as_ref())
-            .and_then(|t| t.account())
-            == record.document.tokens.as_ref().and_then(|t| t.account());
-        let local_newer = last_refresh(local.auth()) > last_refresh(Some(&record.document));
-        let upload = local.auth().is_some()
-            && same_account
-            && refresh_of(local.auth()).is_some()
-            && match (local_changed, remote_changed) {
-                (true, false) => true,
-                (false, _) => false,
-                (true, true) => local_newer,
-            };
-        if upload {
-            let doc = local.auth().cloned().unwrap_or_default();
-            let meta = RotationMeta::now(fleet, "uploaded", &doc);
-            return Some(match fleet.put_if(record.revision, &doc, &meta).await {
-                Ok(Ok(revision)) => {
-                    let sync = self.fleet.as_mut().expect("fleet mode");
-                    sync.synced = Some((revision, local.generation()));
-                    sync.seen = revision;
-                    on_event(&AgentEvent::now(AgentEventKind::Uploaded {
-                        revision,
-                        refresh: meta.refresh.clone(),
-                    }));
-                    Plan::Again
-                }
-                // The record moved meanwhile: look again.
-                Ok(Err(_)) => Plan::Again,
-                Err(e) => self.fleet_failed(&e, on_event),
-            });
-        }
-        // The fleet's login wins: mirror it (unless the local file is a newer rotation of the
-        // same account that could not be uploaded, which the next step uploads).
-        let written = store_mirror(&self.manager, local.generation(), &record.document);
-        Some(match written {
-            Ok(generation) => {
-                let sync = self.fleet.as_mut().expect("fleet mode");
-                sync.synced = Some((record.revision, generation));
-                on_event(&AgentEvent::now(AgentEventKind::Mirrored {
-                    revision: record.revision,
-                    refresh: record.refresh_fingerprint(),
-                }));
-                Plan::Again
+        let store = self.manager.store().clone();
+        let synced = self.fleet.as_ref().and_then(|s| s.synced.clone());
+        let descends = fleet_sync::descends_from(&store, local, record);
+        match fleet_sync::decide(record, local, synced.as_ref(), descends) {
+            Reconcile::InSync => {
+                self.remember_sync(record.revision, local.generation());
+                None
             }
-            Err(StoreError::Conflict { .. }) => Plan::Again,
-            Err(e) => self.failed(&RefreshError::from(e), on_event),
-        })
+            Reconcile::Upload => {
+                let doc = local.auth().cloned().unwrap_or_default();
+                let meta = RotationMeta::now(fleet, "uploaded", &doc);
+                Some(match fleet.put_if(record.revision, &doc, &meta).await {
+                    Ok(Ok(revision)) => {
+                        self.remember_sync(revision, local.generation());
+                        on_event(&AgentEvent::now(AgentEventKind::Uploaded {
+                            revision,
+                            refresh: meta.refresh.clone(),
+                        }));
+                        Plan::Again
+                    }
+                    // The record moved meanwhile: look again.
+                    Ok(Err(_)) => Plan::Again,
+                    Err(e) => self.fleet_failed(&e, on_event),
+                })
+            }
+            Reconcile::KeepLocal(reason) => Some(self.go_idle(
+                reason,
+                "this machine's auth.json holds another login than the fleet's (another account, or signed out here): it is left alone; `codex-store fleet seed --force` makes it the fleet's, `codex-store logout` lets the fleet's in",
+                on_event,
+            )),
+            decision @ (Reconcile::Mirror | Reconcile::MirrorKeepingCopy) => {
+                if decision == Reconcile::MirrorKeepingCopy {
+                    // Nothing says auth.json is newer: the fleet's login wins, and what auth.json
+                    // held is kept beside it, never lost.
+                    let kept = local.auth().and_then(|doc| fleet_sync::keep_copy(&store, doc));
+                    if local.auth().is_some() && kept.is_none() {
+                        return Some(self.fleet_failed(
+                            &FleetError::Setting {
+                                message: format!(
+                                    "auth.json differs from the fleet's login and a copy of it could not be kept beside it; it was left alone: check that {} is writable",
+                                    store.dir().display()
+                                ),
+                            },
+                            on_event,
+                        ));
+                    }
+                    if let Some(path) = kept {
+                        tracing::warn!(copy = %path.display(), "auth.json held other tokens than the fleet; kept a copy before writing the fleet's login");
+                    }
+                }
+                Some(match store_mirror(&self.manager, local.generation(), &record.document) {
+                    Ok(generation) => {
+                        self.remember_sync(record.revision, generation);
+                        on_event(&AgentEvent::now(AgentEventKind::Mirrored {
+                            revision: record.revision,
+                            refresh: record.refresh_fingerprint(),
+                        }));
+                        Plan::Again
+                    }
+                    Err(StoreError::Conflict { .. }) => Plan::Again,
+                    Err(e) => self.failed(&RefreshError::from(e), on_event),
+                })
+            }
+        }
     }
 
     /// Refreshes for the whole fleet, under its lock.
@@ -229,8 +267,10 @@ impl Agent {
             Err(e) => return self.fleet_failed(&e, on_event),
         };
         // Under the lock: the record must still be what was reconciled.
-        let current = match fleet.read().await {
-            Ok(Some(current)) if current.revision == record.revision => current,
+        let (current, read_revision) = match fleet.read_at().await {
+            Ok((Ok(Some(current)), revision)) if current.revision == record.revision => {
+                (current, revision)
+            }
             Ok(_) => {
                 lock.release(fleet).await;
                 return Plan::Again;
@@ -242,7 +282,8 @@ impl Agent {
         };
         // Reserve before redeem, fleet-wide. A previous holder that reserved this very token
         // may have redeemed it and hold the answer on its machine (it crashed, or lost etcd,
-        // before the upload): wait for that upload up to the reuse wait from its reservation.
+        // before the upload): wait for that upload, as long as its request may have taken plus
+        // the reuse wait, from its reservation (its lease may have expired long before).
         let Some(fp) = current.refresh_fingerprint() else {
             lock.release(fleet).await;
             return Plan::Again;
@@ -252,7 +293,7 @@ impl Agent {
                 let since = codex_store::Timestamp::parse(&mark.at)
                     .map(|t| t.time())
                     .unwrap_or(SystemTime::UNIX_EPOCH);
-                let until = since + self.reuse_wait;
+                let until = since + self.manager.config().http_timeout + self.reuse_wait;
                 if until > SystemTime::now() {
                     lock.release(fleet).await;
                     tracing::info!(machine = %mark.machine, "a previous lock holder reserved this refresh token; waiting for its upload");
@@ -309,23 +350,27 @@ impl Agent {
                 if matches!(put, Ok(Err(_))) {
                     put = fleet.put_if(current.revision, &doc, &meta).await;
                 }
+                let mut retry_upload = None;
                 match put {
                     Ok(Ok(revision)) => {
-                        let sync = self.fleet.as_mut().expect("fleet mode");
-                        sync.synced = Some((revision, local_generation));
-                        sync.seen = revision;
+                        self.remember_sync(revision, local_generation);
                     }
                     // The record moved on (a local rotation elsewhere, a new sign-in): the next
                     // step reconciles; the tokens stay durable in this machine's auth.json.
                     Ok(Err(_)) => {
-                        tracing::warn!("the fleet record changed during the refresh; reconciling")
+                        tracing::warn!("the fleet record changed during the refresh; reconciling");
+                        retry_upload = Some(Duration::ZERO);
                     }
-                    // etcd unreachable: the tokens are durable here and uploaded when it is back.
+                    // etcd unreachable: the tokens are durable here; the upload is retried with
+                    // backoff (the next step finds auth.json newer than the record).
                     Err(e) => {
-                        tracing::warn!(error = %e, "the new tokens could not be uploaded yet; they are kept in auth.json")
+                        tracing::warn!(error = %e, "the new tokens could not be uploaded yet; they are kept in auth.json");
+                        retry_upload = Some(self.backoff.next_delay());
                     }
                 }
-                self.backoff.reset();
+                if retry_upload.is_none() {
+                    self.backoff.reset();
+                }
                 let next = self.next_due(&auth);
                 self.not_before = Some((auth.generation(), next));
                 on_event(&AgentEvent::now(AgentEventKind::Refreshed {
@@ -333,7 +378,10 @@ impl Agent {
                     refresh: auth.refresh_fingerprint().map(str::to_owned),
                     next_refresh: Some(rfc3339(next)),
                 }));
-                Plan::At(next, AgentState::Waiting)
+                match retry_upload {
+                    Some(delay) => Plan::At(SystemTime::now() + delay, AgentState::Retrying),
+                    None => Plan::At(next, AgentState::Waiting),
+                }
             }
             // A local process holds the refresh lock: look again soon (its write wakes us).
             Ok(RefreshOutcome::NotNeeded) if self.still_due() => {
@@ -342,7 +390,7 @@ impl Agent {
             Ok(_) => Plan::Again,
             Err(RefreshError::Permanent {
                 reason: PermanentReason::Reused,
-            }) if self.await_fleet_rotation(fleet, current.revision).await => {
+            }) if self.await_fleet_rotation(fleet, read_revision).await => {
                 // Another machine rotated (a local process's upload): adopt it.
                 Plan::Again
             }

@@ -14,6 +14,7 @@
 
 mod event;
 mod fleet;
+mod fleet_sync;
 mod schedule;
 mod watch;
 

@@ -56,6 +56,17 @@ pub(crate) struct TxnResult {
     pub(crate) gets: Vec<Option<Kv>>,
 }
 
+/// How a watch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// The key changed, at this revision.
+    Changed(i64),
+    /// Nothing happened within the time.
+    TimedOut,
+    /// etcd canceled the watch (its start was compacted away): read again.
+    Canceled,
+}
+
 /// The etcd client.
 pub(crate) struct Etcd {
     http: reqwest::Client,
@@ -161,8 +172,10 @@ impl Etcd {
                 self.authenticate().await?;
             }
             match self.call_once(path, body).await {
-                Err(FleetError::Etcd { message, .. })
-                    if attempt == 0 && self.username.is_some() && message.contains("token") =>
+                Err(FleetError::Etcd { message, code })
+                    if attempt == 0
+                        && self.username.is_some()
+                        && (code == 16 || message.contains("token")) =>
                 {
                     // An expired or revoked auth token: authenticate again, once.
                     *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -220,7 +233,18 @@ impl Etcd {
                 }
             };
             let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if let Some(message) = value.get("error").and_then(Value::as_str) {
+            // etcd 3.4 answers errors as {"error","code","message"}, 3.6 as {"code","message"}
+            // with an HTTP error status.
+            let message = value
+                .get("error")
+                .or_else(|| value.get("message").filter(|_| !status.is_success()))
+                .and_then(Value::as_str);
+            let message = match message {
+                Some(m) => Some(m),
+                None if status == reqwest::StatusCode::UNAUTHORIZED => Some("invalid auth token"),
+                None => None,
+            };
+            if let Some(message) = message {
                 let code = value.get("code").and_then(Value::as_i64).unwrap_or(0);
                 // No leader, or this member is cut off: another member may answer.
                 if code == 14 || message.contains("leader") || message.contains("timed out") {
@@ -368,14 +392,14 @@ impl Etcd {
         }
     }
 
-    /// Waits until `key` changes after `revision` (or `timeout` passes); the revision of the
-    /// change, or `None` on timeout. One watch stream on the first endpoint that accepts it.
+    /// Waits until `key` changes after the store revision `revision` (or `timeout` passes).
+    /// One watch stream on the first endpoint that accepts it.
     pub(crate) async fn wait_change(
         &self,
         key: &str,
         revision: i64,
         timeout: Duration,
-    ) -> Result<Option<i64>, FleetError> {
+    ) -> Result<Watched, FleetError> {
         let body = json!({"create_request": {
             "key": b64(key.as_bytes()),
             "start_revision": (revision + 1).to_string(),
@@ -396,7 +420,7 @@ impl Etcd {
                     last = Some(format!("{endpoint}: HTTP {}", r.status()));
                     continue;
                 }
-                Err(e) if e.is_timeout() => return Ok(None),
+                Err(e) if e.is_timeout() => return Ok(Watched::TimedOut),
                 Err(e) => {
                     last = Some(format!("{endpoint}: {}", without_url(&e)));
                     continue;
@@ -424,17 +448,18 @@ impl Etcd {
                                     .map(|kv| kv.get("mod_revision").map_or(0, num))
                                     .max()
                                 {
-                                    return Ok(Some(rev));
+                                    return Ok(Watched::Changed(rev));
                                 }
                             }
                             if result.get("canceled").and_then(Value::as_bool) == Some(true) {
-                                // Compacted past `revision`: the caller re-reads.
-                                return Ok(Some(revision + 1));
+                                // Compacted past `revision`: not a change; the caller reads
+                                // again (and watches from the revision of that read).
+                                return Ok(Watched::Canceled);
                             }
                         }
                     }
                     Ok(None) => break,
-                    Err(e) if e.is_timeout() => return Ok(None),
+                    Err(e) if e.is_timeout() => return Ok(Watched::TimedOut),
                     Err(e) => {
                         last = Some(format!("{endpoint}: {}", without_url(&e)));
                         break;

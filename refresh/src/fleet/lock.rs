@@ -57,8 +57,9 @@ impl Fleet {
     /// The etcd errors.
     pub(crate) async fn try_lock(self: &Arc<Self>) -> Result<Option<FleetLock>, FleetError> {
         let ttl = self.config.lock_ttl;
-        let lease = self.etcd.grant(ttl).await?;
+        // Counted from before the grant: the lease may have started any time after this.
         let granted = Instant::now();
+        let lease = self.etcd.grant(ttl).await?;
         let key = self.key("lock");
         let holder = format!("{} pid {}", self.config.machine, std::process::id());
         let result = self

@@ -114,9 +114,19 @@ impl Fleet {
     /// [`FleetError::Unreachable`], [`FleetError::Etcd`]; [`FleetError::InvalidRecord`] when the
     /// value is not an auth.json document.
     pub async fn read(&self) -> Result<Option<FleetRecord>, FleetError> {
-        let (kv, _) = self.etcd.get(&self.record_key()).await?;
-        kv.map(|kv| self.parse(kv.value, kv.mod_revision))
-            .transpose()
+        self.read_at().await?.0
+    }
+
+    /// Like [`Fleet::read`], with etcd's revision at the time of the read (where a watch for the
+    /// next change starts), also when the record is absent or not a document.
+    pub(crate) async fn read_at(
+        &self,
+    ) -> Result<(Result<Option<FleetRecord>, FleetError>, i64), FleetError> {
+        let (kv, revision) = self.etcd.get(&self.record_key()).await?;
+        let record = kv
+            .map(|kv| self.parse(kv.value, kv.mod_revision))
+            .transpose();
+        Ok((record, revision))
     }
 
     fn parse(&self, bytes: Vec<u8>, revision: i64) -> Result<FleetRecord, FleetError> {
@@ -247,10 +257,9 @@ impl Fleet {
     /// # Errors
     /// The etcd errors; an unreadable record is shown without its account.
     pub async fn status(&self) -> Result<FleetStatus, FleetError> {
-        let record = self.read().await;
+        let record = self.read().await?;
         let (rotation, _) = self.etcd.get(&self.key("rotation")).await?;
         let (lock, _) = self.etcd.get(&self.key("lock")).await?;
-        let record = record.ok().flatten();
         Ok(FleetStatus {
             key: self.record_key(),
             revision: record.as_ref().map(|r| r.revision),
@@ -269,16 +278,19 @@ impl Fleet {
         })
     }
 
-    /// Waits until the record changes after `revision`, at most `timeout`; whether it did.
+    /// Waits until the record changes after etcd's revision `revision` (of a read), at most
+    /// `timeout`; whether it did. A watch etcd canceled (compaction) counts as a change, so
+    /// that the caller reads again; the next watch starts at the revision of that read.
     ///
     /// # Errors
     /// [`FleetError::Unreachable`] when no endpoint accepts a watch.
     pub async fn wait_change(&self, revision: i64, timeout: Duration) -> Result<bool, FleetError> {
-        Ok(self
-            .etcd
-            .wait_change(&self.record_key(), revision, timeout)
-            .await?
-            .is_some())
+        Ok(!matches!(
+            self.etcd
+                .wait_change(&self.record_key(), revision, timeout)
+                .await?,
+            super::etcd::Watched::TimedOut
+        ))
     }
 
     pub(crate) async fn refusal(&self) -> Result<Option<Refusal>, FleetError> {
