@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::kit::{exit, register_last_issued, run, spawn, ChatgptCreds, Running};
+use crate::kit::{exit, fingerprint, register_last_issued, run, spawn, ChatgptCreds, Running};
 use codex_store_tests::codex_sim::refresh_token_on_disk;
 use codex_store_tests::etcd::EtcdCluster;
 use codex_store_tests::fake_idp::FakeIdp;
@@ -654,5 +654,160 @@ fn over_tls_the_fleet_needs_the_ca_and_a_client_certificate_and_then_works() {
         report["fleet"]["account_id"].as_str(),
         Some(creds.account_id.as_str()),
         "inspect --fleet over TLS does not show the seeded login: {report}"
+    );
+}
+
+impl Fleet {
+    /// `codex-store ARGS... --fleet ...` on machine `i`, to the end.
+    fn run_on(&self, i: usize, rest: &[&str]) -> crate::kit::CliOutput {
+        let args = self.args(i, rest);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(self.machines[i].home.path(), &args, None, &[])
+    }
+
+    /// Waits until machine `i`'s agent reports `needle` on stderr.
+    fn expect_event(&self, i: usize, needle: &str) -> String {
+        self.machines[i]
+            .agent
+            .as_ref()
+            .expect("a running agent")
+            .wait_for_stderr_line(needle)
+    }
+}
+
+#[test]
+fn after_compaction_an_idle_agent_does_not_spin_on_canceled_watches() {
+    let mut fleet = Fleet::new(1, 1, 3600);
+    fleet.start_all();
+    fleet.wait_all_live();
+    // Other keys move etcd's revision past the record's, and a compaction removes the history
+    // in between: a watch started from the record's revision would be canceled at once.
+    let mut revision = String::new();
+    for n in 0..3 {
+        let put = fleet
+            .cluster
+            .post(
+                0,
+                "/v3/kv/put",
+                &json!({"key": base64_of("/elsewhere"), "value": base64_of(&n.to_string())}),
+            )
+            .expect("etcd answers");
+        revision = put["header"]["revision"]
+            .as_str()
+            .expect("a revision")
+            .to_owned();
+    }
+    fleet
+        .cluster
+        .post(
+            0,
+            "/v3/kv/compaction",
+            &json!({"revision": revision, "physical": true}),
+        )
+        .expect("compaction");
+    // Wake the agent (its file changes), so that it starts a new watch.
+    let path = fleet.machines[0].home.path().join("auth.json");
+    let bytes = std::fs::read(&path).expect("read auth.json");
+    std::fs::write(&path, bytes).expect("rewrite auth.json");
+    let before = fleet.machines[0].link.requests();
+    std::thread::sleep(Duration::from_secs(2));
+    let calls = fleet.machines[0].link.requests() - before;
+    assert!(
+        calls <= 4,
+        "an idle agent made {calls} etcd calls in 2 s after a compaction: it spins on \
+         canceled watches"
+    );
+    fleet.stop_all();
+}
+
+#[test]
+fn a_dead_token_with_a_later_last_refresh_is_not_uploaded_over_the_fleets_live_one() {
+    let mut fleet = Fleet::new(1, 2, 3600);
+    // Machine 1 holds an old copy whose refresh token is dead, written by a machine whose
+    // clock ran an hour ahead: no clock may decide which token is live.
+    let dead = format!("rt_dead_{}", crate::kit::unique("x").replace('-', "_"));
+    crate::kit::register_secret(&dead);
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&fleet.creds.auth_json()).expect("a JSON document");
+    doc["tokens"]["refresh_token"] = json!(dead);
+    doc["last_refresh"] = json!(codex_store_tests::jwt::rfc3339(
+        codex_store_tests::jwt::now_unix() + 3600
+    ));
+    crate::kit::write_file(
+        &fleet.machines[1].home.path().join("auth.json"),
+        &doc.to_string(),
+        0o600,
+    );
+    fleet.start_all();
+    fleet.expect_event(1, "mirrored:");
+    fleet.wait_all_live();
+    let copies: Vec<String> = std::fs::read_dir(fleet.machines[1].home.path())
+        .expect("list machine 1's home")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("auth.json.fleet-replaced."))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "the replaced auth.json must be kept beside it, once: {copies:?}"
+    );
+    fleet.stop_all();
+    let out = fleet.run_on(0, &["inspect", "--json"]);
+    assert_eq!(
+        out.json()["fleet"]["refresh_token"].as_str(),
+        Some(fingerprint(&fleet.creds.refresh_token).as_str()),
+        "the fleet's live token was replaced by an older one"
+    );
+}
+
+#[test]
+fn logout_on_the_fleet_signs_every_machine_out_and_another_account_here_is_left_alone() {
+    let mut fleet = Fleet::new(1, 3, 3600);
+    // Machine 2 has its own login of another account.
+    let other = ChatgptCreds::fresh();
+    other.write_to(fleet.machines[2].home.path());
+    fleet.start_all();
+    fleet.expect_event(1, "mirrored:");
+    fleet.expect_event(2, "another_account_here");
+    assert_eq!(
+        refresh_token_on_disk(fleet.machines[2].home.path()),
+        Some(other.refresh_token.clone()),
+        "the fleet's login replaced another account's login on machine 2"
+    );
+    fleet
+        .run_on(0, &["logout"])
+        .expect_code(exit::OK, "logout --fleet failed");
+    fleet.expect_event(1, "fleet_signed_out");
+    assert!(
+        !fleet.machines[1].home.path().join("auth.json").exists(),
+        "machine 1 still holds the fleet's login after logout --fleet"
+    );
+    assert_eq!(
+        refresh_token_on_disk(fleet.machines[2].home.path()),
+        Some(other.refresh_token.clone()),
+        "logout --fleet removed another account's login on machine 2"
+    );
+    fleet.stop_all();
+}
+
+#[test]
+fn inspect_reports_a_fleet_record_that_is_not_a_document_as_a_problem() {
+    let fleet = Fleet::new(1, 1, 3600);
+    let key = base64_of(&format!("{}/auth.json", fleet.prefix));
+    fleet
+        .cluster
+        .post(
+            0,
+            "/v3/kv/put",
+            &json!({"key": key, "value": base64_of("{not json")}),
+        )
+        .expect("put");
+    let out = fleet.run_on(0, &["inspect", "--json"]);
+    out.expect_code(exit::OK, "inspect must report, not fail");
+    let problems = out.json()["problems"].to_string();
+    assert!(
+        problems.contains("not a valid auth.json"),
+        "inspect does not report the unreadable record: {problems}"
     );
 }
