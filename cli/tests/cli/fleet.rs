@@ -735,7 +735,7 @@ fn a_dead_token_with_a_later_last_refresh_is_not_uploaded_over_the_fleets_live_o
     ));
     crate::kit::write_file(
         &fleet.machines[1].home.path().join("auth.json"),
-        &doc.to_string(),
+        doc.to_string(),
         0o600,
     );
     fleet.start_all();
