@@ -88,6 +88,14 @@ fn num(value: &Value) -> i64 {
     }
 }
 
+/// etcd's revision at the time of an answer (its header's).
+fn header_revision(answer: &Value) -> i64 {
+    answer
+        .get("header")
+        .and_then(|h| h.get("revision"))
+        .map_or(0, num)
+}
+
 fn kv_of(value: &Value) -> Option<Kv> {
     let data = value.get("value").and_then(Value::as_str).unwrap_or("");
     Some(Kv {
@@ -186,6 +194,15 @@ impl Etcd {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// A POST to `path` on `endpoint`, with the auth token when there is one.
+    fn post(&self, endpoint: &str, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.post(format!("{endpoint}{path}"));
+        match self.current_token() {
+            Some(token) => request.header("Authorization", token.expose()),
+            None => request,
+        }
+    }
+
     fn current_token(&self) -> Option<Secret> {
         self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -213,11 +230,7 @@ impl Etcd {
     async fn call_once(&self, path: &str, body: &Value) -> Result<Value, FleetError> {
         let mut last = None;
         for endpoint in &self.endpoints {
-            let mut request = self.http.post(format!("{endpoint}{path}")).json(body);
-            if let Some(token) = self.current_token() {
-                request = request.header("Authorization", token.expose());
-            }
-            let response = match request.send().await {
+            let response = match self.post(endpoint, path).json(body).send().await {
                 Ok(response) => response,
                 Err(e) => {
                     last = Some(format!("{endpoint}: {}", without_url(&e)));
@@ -273,10 +286,7 @@ impl Etcd {
         let answer = self
             .call("/v3/kv/range", &json!({"key": b64(key.as_bytes())}))
             .await?;
-        let revision = answer
-            .get("header")
-            .and_then(|h| h.get("revision"))
-            .map_or(0, num);
+        let revision = header_revision(&answer);
         let kv = answer
             .get("kvs")
             .and_then(Value::as_array)
@@ -324,10 +334,7 @@ impl Etcd {
             .get("succeeded")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let revision = answer
-            .get("header")
-            .and_then(|h| h.get("revision"))
-            .map_or(0, num);
+        let revision = header_revision(&answer);
         let gets = answer
             .get("responses")
             .and_then(Value::as_array)
@@ -406,14 +413,10 @@ impl Etcd {
         }});
         let mut last = None;
         for endpoint in &self.endpoints {
-            let mut request = self
-                .http
-                .post(format!("{endpoint}/v3/watch"))
+            let request = self
+                .post(endpoint, "/v3/watch")
                 .timeout(timeout)
                 .json(&body);
-            if let Some(token) = self.current_token() {
-                request = request.header("Authorization", token.expose());
-            }
             let mut response = match request.send().await {
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => {

@@ -293,9 +293,32 @@ impl Fleet {
         ))
     }
 
-    pub(crate) async fn refusal(&self) -> Result<Option<Refusal>, FleetError> {
-        let (kv, _) = self.etcd.get(&self.key("refusal")).await?;
+    /// The JSON value under `name` (`None`: missing or not that type).
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, FleetError> {
+        let (kv, _) = self.etcd.get(&self.key(name)).await?;
         Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+
+    /// Puts `value` as JSON under `name` if every comparison holds; whether it did.
+    async fn put_json<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        compare: &[Compare],
+    ) -> Result<bool, FleetError> {
+        let put = Op::Put {
+            key: self.key(name),
+            value: serde_json::to_vec(value).unwrap_or_default(),
+            lease: 0,
+        };
+        Ok(self.etcd.txn(compare, &[put], &[]).await?.succeeded)
+    }
+
+    pub(crate) async fn refusal(&self) -> Result<Option<Refusal>, FleetError> {
+        self.get_json("refusal").await
     }
 
     pub(crate) async fn remember_refusal(
@@ -309,23 +332,11 @@ impl Fleet {
             machine: self.config.machine.clone(),
             at: Timestamp::now().as_str().to_owned(),
         };
-        self.etcd
-            .txn(
-                &[],
-                &[Op::Put {
-                    key: self.key("refusal"),
-                    value: serde_json::to_vec(&refusal).unwrap_or_default(),
-                    lease: 0,
-                }],
-                &[],
-            )
-            .await?;
-        Ok(())
+        self.put_json("refusal", &refusal, &[]).await.map(|_| ())
     }
 
     pub(crate) async fn redeeming(&self) -> Result<Option<Redeeming>, FleetError> {
-        let (kv, _) = self.etcd.get(&self.key("redeeming")).await?;
-        Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+        self.get_json("redeeming").await
     }
 
     /// Records, while holding the lock created at `lock_revision`, that `refresh` is about to
@@ -341,19 +352,12 @@ impl Fleet {
             at: Timestamp::now().as_str().to_owned(),
             lock: lock_revision,
         };
-        let result = self
-            .etcd
-            .txn(
-                &[Compare::CreateRevision(self.key("lock"), lock_revision)],
-                &[Op::Put {
-                    key: self.key("redeeming"),
-                    value: serde_json::to_vec(&mark).unwrap_or_default(),
-                    lease: 0,
-                }],
-                &[],
-            )
-            .await?;
-        Ok(result.succeeded)
+        self.put_json(
+            "redeeming",
+            &mark,
+            &[Compare::CreateRevision(self.key("lock"), lock_revision)],
+        )
+        .await
     }
 
     async fn clear_refusal(&self) -> Result<(), FleetError> {
