@@ -183,7 +183,7 @@ impl Store {
                 }
             }
         }
-        let temps = leftover_temps(self.dir());
+        let temps = leftover_temps(self.path());
         if !temps.is_empty() {
             problems.push(Problem::LeftoverTemps { names: temps });
         }
@@ -195,7 +195,7 @@ impl Store {
         if let Some(file_system) = network_file_system(self.dir()) {
             problems.push(Problem::NetworkFileSystem { file_system });
         }
-        let rotations = crate::replace::rotation_files(self.dir());
+        let rotations = crate::replace::rotation_files(self.path());
         if !rotations.is_empty() && !crate::lock::is_held(self.refresh_lock_path())? {
             problems.push(Problem::PendingRotations { names: rotations });
         }

@@ -35,8 +35,8 @@ enum Verdict {
 
 /// Runs the recovery. The caller holds the refresh lock and the write locks.
 pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
-    for name in replace::rotation_files(store.dir()) {
-        let Some(parsed) = RotationName::parse(&name) else {
+    for name in replace::rotation_files(store.path()) {
+        let Some(parsed) = RotationName::parse(store.path(), &name) else {
             continue;
         };
         let path = store.dir().join(&name);

@@ -11,9 +11,28 @@ use crate::error::StoreError;
 use crate::generation::{Expect, Generation};
 use crate::read::current_generation;
 
-/// Every temp file the store creates starts with this name (followed by pid and a counter).
-/// Leftovers of a crashed writer are swept, under the lock, by this exact prefix.
+/// Every temp file the store creates beside auth.json starts with this name (followed by pid and
+/// a counter); beside a link's target named otherwise, with `.<name>.codex-store-tmp.` (see
+/// [`prefix_for`]). Leftovers of a crashed writer are swept, under the lock, by this exact prefix.
 pub const TEMP_PREFIX: &str = ".auth.json.codex-store-tmp.";
+
+/// The prefix of the store's own files of `kind` (`tmp`, `inplace`, `rotation`) beside `path`
+/// (auth.json, or the target of its link): `.<file name>.codex-store-<kind>.`. Named after the
+/// file, so that the stores of two files in one directory (two homes linking to `alice.json` and
+/// `bob.json`) never sweep, judge or install each other's files.
+pub(crate) fn prefix_for(path: &Path, kind: &str) -> String {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(crate::store::AUTH_FILE);
+    format!(".{name}.codex-store-{kind}.")
+}
+
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -31,10 +50,11 @@ impl Drop for TempFile {
     }
 }
 
-fn create_temp(dir: &Path) -> Result<(File, TempFile), StoreError> {
+fn create_temp(auth: &Path) -> Result<(File, TempFile), StoreError> {
+    let prefix = prefix_for(auth, "tmp");
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+        let path = dir_of(auth).join(format!("{prefix}{}.{n}", std::process::id()));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -90,8 +110,8 @@ pub(crate) fn replace(
     expected: Generation,
     bytes: &[u8],
 ) -> Result<Generation, StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let (mut file, mut temp) = create_temp(dir)?;
+    let dir = dir_of(path);
+    let (mut file, mut temp) = create_temp(path)?;
     let tpath = temp.path.clone();
     file.write_all(bytes)
         .map_err(|e| StoreError::io("write the temp file", &tpath, e))?;
@@ -113,6 +133,7 @@ pub(crate) fn replace(
 
 /// Leftovers of an in-place write (below) interrupted by a crash start with this; they are
 /// finished or removed under the lock, never swept blindly.
+/// (For auth.json; beside a link's target named otherwise, `.<name>.codex-store-inplace.`.)
 pub const IN_PLACE_PREFIX: &str = ".auth.json.codex-store-inplace.";
 
 /// Appended to a rotation file's name while it is being installed in place: only then may the
@@ -162,9 +183,12 @@ pub(crate) fn install(
                 fs::rename(from, &marked)?;
                 marked
             } else {
-                let dir = to.parent().unwrap_or(Path::new("."));
                 let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-                let keep = dir.join(format!("{IN_PLACE_PREFIX}{}.{n}", std::process::id()));
+                let keep = dir_of(to).join(format!(
+                    "{}{}.{n}",
+                    prefix_for(to, "inplace"),
+                    std::process::id()
+                ));
                 fs::rename(from, &keep)?;
                 keep
             };
@@ -209,18 +233,21 @@ pub(crate) fn interrupted_in_place(current: &[u8], document: &[u8]) -> bool {
     current.len() < document.len() && document.starts_with(current)
 }
 
-/// Whether leftovers of interrupted in-place writes are in `dir`.
-pub(crate) fn has_in_place(dir: &Path) -> bool {
-    dir_names(dir)
+/// Whether leftovers of interrupted in-place writes of `path` are beside it.
+pub(crate) fn has_in_place(path: &Path) -> bool {
+    let prefix = prefix_for(path, "inplace");
+    dir_names(dir_of(path))
         .iter()
-        .any(|name| name.starts_with(IN_PLACE_PREFIX))
+        .any(|name| name.starts_with(&prefix))
 }
 
 /// Finishes or removes the leftovers of interrupted in-place writes. The caller holds the write
 /// locks, under which every in-place write happens, so any leftover found is a crashed writer's.
-pub(crate) fn finish_in_place(dir: &Path, path: &Path) {
+pub(crate) fn finish_in_place(path: &Path) {
+    let dir = dir_of(path);
+    let prefix = prefix_for(path, "inplace");
     for name in dir_names(dir) {
-        if !name.starts_with(IN_PLACE_PREFIX) {
+        if !name.starts_with(&prefix) {
             continue;
         }
         let leftover = dir.join(&name);
@@ -263,11 +290,12 @@ fn synced(dir: &Path, path: &Path, generation: Generation) -> Result<(), StoreEr
         })
 }
 
-/// The names of leftover temp files in `dir`.
-pub(crate) fn leftover_temps(dir: &Path) -> Vec<String> {
-    dir_names(dir)
+/// The names of leftover temp files beside `path`.
+pub(crate) fn leftover_temps(path: &Path) -> Vec<String> {
+    let prefix = prefix_for(path, "tmp");
+    dir_names(dir_of(path))
         .into_iter()
-        .filter(|name| name.starts_with(TEMP_PREFIX))
+        .filter(|name| name.starts_with(&prefix))
         .collect()
 }
 
@@ -322,29 +350,36 @@ pub(crate) struct Leftovers {
 /// Removes leftover temp files. Only call under the lock: every live temp file is created under
 /// it, so any found then is a crashed writer's. Best effort: a file that cannot be removed is
 /// reported by diagnostics later. Rotation files are not temp files and are left alone.
-pub(crate) fn sweep_temps(dir: &Path, path: &Path) -> Leftovers {
+pub(crate) fn sweep_temps(path: &Path) -> Leftovers {
+    let dir = dir_of(path);
+    let (temp, rotation, inplace) = (
+        prefix_for(path, "tmp"),
+        prefix_for(path, "rotation"),
+        prefix_for(path, "inplace"),
+    );
     let mut rotations = false;
     let mut in_place = false;
     for name in dir_names(dir) {
-        if name.starts_with(TEMP_PREFIX) {
+        if name.starts_with(&temp) {
             let _ = fs::remove_file(dir.join(name));
-        } else if name.starts_with(crate::rotation::ROTATION_PREFIX) {
+        } else if name.starts_with(&rotation) {
             rotations = true;
-        } else if name.starts_with(IN_PLACE_PREFIX) {
+        } else if name.starts_with(&inplace) {
             in_place = true;
         }
     }
     if in_place {
-        finish_in_place(dir, path);
+        finish_in_place(path);
     }
     Leftovers { rotations }
 }
 
-/// The names of the rotation files in `dir`, oldest name first.
-pub(crate) fn rotation_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = dir_names(dir)
+/// The names of the rotation files of `path` (beside it), oldest name first.
+pub(crate) fn rotation_files(path: &Path) -> Vec<String> {
+    let prefix = prefix_for(path, "rotation");
+    let mut names: Vec<String> = dir_names(dir_of(path))
         .into_iter()
-        .filter(|name| name.starts_with(crate::rotation::ROTATION_PREFIX))
+        .filter(|name| name.starts_with(&prefix))
         .collect();
     names.sort();
     names

@@ -34,7 +34,9 @@ use crate::store::{Snapshot, Store};
 /// Every rotation file's name starts with this, followed by
 /// `<replaced generation>.<fingerprint of the redeemed refresh token>.<pid>.<n>`. Rotation files
 /// hold redeemed tokens: they are never swept as temp files, only installed or discarded by
-/// the recovery, under the refresh lock.
+/// the recovery, under the refresh lock. (For auth.json; beside a link's target named
+/// otherwise, `.<name>.codex-store-rotation.`, so that two stores in one directory never take
+/// each other's.)
 pub const ROTATION_PREFIX: &str = ".auth.json.codex-store-rotation.";
 
 /// How often a save re-reads and merges when auth.json keeps changing under it (writers that
@@ -56,16 +58,20 @@ pub(crate) struct RotationName {
 }
 
 impl RotationName {
-    fn format(base: Generation, redeemed: &str) -> String {
+    /// A new name for a rotation file of `auth`.
+    fn format(auth: &Path, base: Generation, redeemed: &str) -> String {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         format!(
-            "{ROTATION_PREFIX}{base}.{redeemed}.{}.{n}",
+            "{}{base}.{redeemed}.{}.{n}",
+            replace::prefix_for(auth, "rotation"),
             std::process::id()
         )
     }
 
-    pub(crate) fn parse(name: &str) -> Option<RotationName> {
-        let mut parts = name.strip_prefix(ROTATION_PREFIX)?.split('.');
+    /// The parts of `name`, a rotation file of `auth`.
+    pub(crate) fn parse(auth: &Path, name: &str) -> Option<RotationName> {
+        let prefix = replace::prefix_for(auth, "rotation");
+        let mut parts = name.strip_prefix(prefix.as_str())?.split('.');
         let base = parts.next()?;
         let redeemed = parts.next()?;
         let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -119,9 +125,9 @@ impl Store {
 
     fn rotation_under(&self, flight: LockGuard) -> Result<Rotation, StoreError> {
         self.check_link_unchanged()?;
-        if !replace::rotation_files(self.dir()).is_empty() || replace::has_in_place(self.dir()) {
+        if !replace::rotation_files(self.path()).is_empty() || replace::has_in_place(self.path()) {
             let _locked = self.lock()?;
-            replace::finish_in_place(self.dir(), self.path());
+            replace::finish_in_place(self.path());
             crate::recovery::recover_locked(self)?;
         }
         let snapshot = self.load()?;
@@ -138,8 +144,8 @@ impl Store {
     /// # Errors
     /// Errors of the write locks, of reading auth.json, or of the installation.
     pub fn recover(&self) -> Result<bool, StoreError> {
-        let rotations = !replace::rotation_files(self.dir()).is_empty();
-        let in_place = replace::has_in_place(self.dir());
+        let rotations = !replace::rotation_files(self.path()).is_empty();
+        let in_place = replace::has_in_place(self.path());
         if !rotations && !in_place {
             return Ok(true);
         }
@@ -151,7 +157,7 @@ impl Store {
             None
         };
         let _locked = self.lock()?;
-        replace::finish_in_place(self.dir(), self.path());
+        replace::finish_in_place(self.path());
         if flight.is_some() {
             crate::recovery::recover_locked(self)?;
         }
@@ -228,9 +234,10 @@ impl Rotation {
         let fingerprint = redeemed.fingerprint();
         // A rotation of this very token still waiting to be installed means it is spent: sending
         // it again would be refused, and might revoke the whole token family.
-        if let Some(pending) = replace::rotation_files(self.store.dir())
+        let auth = self.store.path().to_path_buf();
+        if let Some(pending) = replace::rotation_files(&auth)
             .into_iter()
-            .find(|n| RotationName::parse(n).is_some_and(|r| r.redeemed == fingerprint))
+            .find(|n| RotationName::parse(&auth, n).is_some_and(|r| r.redeemed == fingerprint))
         {
             return Err(StoreError::NotInstalled {
                 path: self.store.path().to_path_buf(),
@@ -242,7 +249,7 @@ impl Rotation {
         }
         let base = self.snapshot.generation();
         let room = (self.snapshot.len() * 2 + RESERVE_MARGIN).min(MAX_FILE_SIZE);
-        let (file, path) = create_filled(self.store.dir(), base, &fingerprint, room)?;
+        let (file, path) = create_filled(self.store.path(), base, &fingerprint, room)?;
         let mut record = JournalRecord::new(JournalEvent::Redeeming, base);
         record.account = self
             .snapshot
@@ -267,12 +274,12 @@ impl Rotation {
 /// Creates a rotation file and fills it with `room` spaces (JSON whitespace: a document later
 /// written over its start still parses), fsynced.
 fn create_filled(
-    dir: &Path,
+    auth: &Path,
     base: Generation,
     redeemed: &str,
     room: u64,
 ) -> Result<(File, PathBuf), StoreError> {
-    let path = dir.join(RotationName::format(base, redeemed));
+    let path = auth.with_file_name(RotationName::format(auth, base, redeemed));
     let reserve_error = |path: &Path, source| StoreError::Reserve {
         path: path.to_path_buf(),
         source,
@@ -355,17 +362,18 @@ impl Drop for PendingFile {
 /// Creates a fresh rotation file holding exactly `bytes`, fsynced with its directory; removes
 /// it again on failure.
 fn write_fresh(
-    dir: &Path,
+    auth: &Path,
     base: Generation,
     redeemed: &str,
     bytes: &[u8],
 ) -> Result<PendingFile, StoreError> {
-    let (file, path) = create_filled(dir, base, redeemed, 0)?;
+    let (file, path) = create_filled(auth, base, redeemed, 0)?;
     let mut pending = PendingFile {
         path,
         file: None,
         keep: false,
     };
+    let dir = auth.parent().unwrap_or(Path::new("."));
     fill(&file, bytes)
         .and_then(|()| replace::sync_dir(dir).map_err(io::Error::other))
         .map_err(|source| StoreError::Reserve {
@@ -462,7 +470,7 @@ impl Reserved {
                 // The new tokens merged into what is there now, durable before the old file goes.
                 let next_bytes = next.to_json();
                 match write_fresh(
-                    store.dir(),
+                    store.path(),
                     current.generation(),
                     &self.redeemed,
                     &next_bytes,
@@ -542,7 +550,8 @@ impl Reserved {
             }
             Err(e) => e,
         };
-        match write_fresh(&dir, self.base, &self.redeemed, bytes) {
+        let auth = self.rotation.store.path().to_path_buf();
+        match write_fresh(&auth, self.base, &self.redeemed, bytes) {
             Ok(fresh) => {
                 // The fresh file replaces the failed one (which is removed).
                 drop(std::mem::replace(&mut self.pending, fresh));

@@ -406,7 +406,7 @@ impl Store {
     /// refreshes when no refresh is running.
     fn lock_and_tidy(&self) -> Result<StoreLock, StoreError> {
         let lock = self.lock()?;
-        let leftovers = replace::sweep_temps(self.dir(), self.path());
+        let leftovers = replace::sweep_temps(self.path());
         if leftovers.rotations {
             // Non-blocking: a refresh running now owns its rotation file.
             if let Some(_flight) = lock::try_acquire(self.refresh_lock_path())? {

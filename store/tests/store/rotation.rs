@@ -270,3 +270,52 @@ fn a_leftover_rotation_beside_a_corrupt_auth_json_blocks_refreshes_but_not_repla
         "the rotation file, the only copy of the new tokens, was removed"
     );
 }
+
+#[test]
+fn two_homes_linking_to_different_files_in_one_directory_never_take_each_others_rotation_files() {
+    let shared = TempDir::new().expect("a shared directory");
+    let alice = shared.path().join("alice.json");
+    let bob = shared.path().join("bob.json");
+    fs::write(&alice, valid_chatgpt_file()).expect("write alice.json");
+    fs::write(&bob, valid_chatgpt_file()).expect("write bob.json");
+    let (home_a, home_b) = (TempDir::new().expect("home"), TempDir::new().expect("home"));
+    std::os::unix::fs::symlink(&alice, auth_path(home_a.path())).expect("link alice");
+    std::os::unix::fs::symlink(&bob, auth_path(home_b.path())).expect("link bob");
+    let store_a = Store::open(home_a.path()).expect("open alice's store");
+    let store_b = Store::open(home_b.path()).expect("open bob's store");
+
+    // Bob's refresh is in flight: its reservation sits in the shared directory.
+    let reserved = store_b
+        .begin_rotation(WAIT)
+        .expect("bob's rotation")
+        .reserve(&Secret::new(REFRESH_TOKEN))
+        .expect("bob's reservation");
+    let path = reserved.path().to_path_buf();
+    assert!(
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".bob.json.codex-store-rotation.")),
+        "bob's rotation file is not named after bob.json: {}",
+        path.display()
+    );
+    // Alice's store recovers, writes and sweeps meanwhile: none of it may touch bob's file.
+    store_a.recover().expect("alice's recovery");
+    drop(store_a.transaction().expect("alice's transaction"));
+    drop(store_a.begin_rotation(WAIT).expect("alice's rotation"));
+    assert!(
+        path.exists(),
+        "alice's store removed bob's reservation while bob's refresh was in flight"
+    );
+    let doc = rotated(
+        &AuthDotJson::from_json(valid_chatgpt_file().as_bytes()).expect("a document"),
+        "rt_bob_next",
+    );
+    match reserved.save(&doc).expect("bob's save") {
+        SaveOutcome::Installed { .. } => {}
+        SaveOutcome::Superseded { .. } => panic!("bob's save was superseded"),
+    }
+    assert!(
+        String::from_utf8_lossy(&fs::read(&bob).expect("read bob.json")).contains("rt_bob_next"),
+        "bob's rotation did not reach bob.json"
+    );
+}
