@@ -811,3 +811,29 @@ fn inspect_reports_a_fleet_record_that_is_not_a_document_as_a_problem() {
         "inspect does not report the unreadable record: {problems}"
     );
 }
+
+#[test]
+fn login_with_an_api_key_on_the_fleet_reaches_every_machine() {
+    let mut fleet = Fleet::new(1, 2, 3600);
+    fleet.start_all();
+    fleet.wait_all_live();
+    let key = crate::kit::api_key();
+    let args = fleet.args(0, &["login", "--with-api-key"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(fleet.machines[0].home.path(), &args, Some(&key), &[]);
+    out.expect_code(exit::OK, "login --with-api-key --fleet failed");
+    out.expect_stdout_contains(&["fleet's login"], "the login must say the fleet got it");
+    let path = fleet.machines[1].home.path().join("auth.json");
+    let deadline = Instant::now() + PROPAGATION;
+    while !std::fs::read_to_string(&path).is_ok_and(|text| text.contains(&key)) {
+        assert!(
+            Instant::now() < deadline,
+            "machine 1 did not receive the API key signed in on machine 0 within \
+             {PROPAGATION:?}; agents:\n{}",
+            fleet.agent_logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fleet.stop_all();
+    crate::kit::assert_no_secret_leaked();
+}
