@@ -131,6 +131,7 @@ mod recovery;
 mod replace;
 mod rotation;
 mod secret;
+pub mod side_file;
 mod store;
 mod timestamp;
 mod transaction;
