@@ -5,9 +5,7 @@
 //! process). The status file is only believed while the claim is held, so a stale one left by a
 //! killed agent is ignored and replaced by the next agent.
 
-use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -15,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::lock::{self, LockGuard};
+use crate::side_file::{self, SideBytes};
 use crate::store::Store;
 use crate::timestamp::Timestamp;
 
@@ -83,6 +82,7 @@ pub enum AgentPresence {
 pub struct AgentClaim {
     _lock: LockGuard,
     status_path: PathBuf,
+    temp_path: PathBuf,
 }
 
 impl Store {
@@ -94,6 +94,24 @@ impl Store {
     /// The agent's status file, `auth.json.agent` beside the claim.
     pub fn agent_status_path(&self) -> PathBuf {
         lock::sibling(self.path(), ".agent")
+    }
+
+    /// Where the agent writes its status before renaming it over
+    /// [`agent_status_path`](Store::agent_status_path): `auth.json.agent.tmp`.
+    pub fn agent_status_temp_path(&self) -> PathBuf {
+        lock::sibling(self.path(), ".agent.tmp")
+    }
+
+    /// A fleet agent's record of what was last in sync, `auth.json.fleet` beside auth.json (its
+    /// target for a link).
+    pub fn fleet_state_path(&self) -> PathBuf {
+        lock::sibling(self.path(), ".fleet")
+    }
+
+    /// Where a fleet agent writes its state before renaming it over
+    /// [`fleet_state_path`](Store::fleet_state_path): `auth.json.fleet.tmp`.
+    pub fn fleet_state_temp_path(&self) -> PathBuf {
+        lock::sibling(self.path(), ".fleet.tmp")
     }
 
     /// Claims the store for an agent, never waiting, and publishes `status`.
@@ -128,6 +146,7 @@ impl Store {
         let claim = AgentClaim {
             _lock: guard,
             status_path: self.agent_status_path(),
+            temp_path: self.agent_status_temp_path(),
         };
         claim.publish(status)?;
         Ok(claim)
@@ -156,36 +175,31 @@ impl AgentClaim {
     /// # Errors
     /// [`StoreError::Io`] naming the file that could not be written or renamed.
     pub fn publish(&self, status: &AgentStatus) -> Result<(), StoreError> {
-        let temp = self.status_path.with_extension("agent.tmp");
+        let temp = &self.temp_path;
         let bytes = serde_json::to_vec(status).unwrap_or_default();
         let write = || -> io::Result<()> {
             // Only the claim holder writes here; whatever is in the way (a leftover, or a FIFO
             // or link someone planted) is removed, and the file is created anew, exclusively,
-            // without following a link: nothing here can block or write elsewhere.
-            match std::fs::remove_file(&temp) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(&temp)?;
-            file.write_all(&bytes)?;
-            Ok(())
+            // without following a link and without blocking: nothing here can block or write
+            // elsewhere.
+            side_file::remove(temp)?;
+            let mut file = side_file::create_new(temp)?;
+            file.write_all(&bytes)
         };
-        write().map_err(|e| StoreError::io("write the agent status", &temp, e))?;
-        std::fs::rename(&temp, &self.status_path)
+        if let Err(e) = write() {
+            let _ = side_file::remove(temp);
+            return Err(StoreError::io("write the agent status", temp, e));
+        }
+        // The rename replaces whatever entry is at the status name without opening it.
+        std::fs::rename(temp, &self.status_path)
             .map_err(|e| StoreError::io("rename the agent status over", &self.status_path, e))
     }
 }
 
 impl Drop for AgentClaim {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.status_path);
-        let _ = std::fs::remove_file(self.status_path.with_extension("agent.tmp"));
+        let _ = side_file::remove(&self.status_path);
+        let _ = side_file::remove(&self.temp_path);
     }
 }
 
@@ -204,17 +218,11 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// The status at `path`, read as every side file is ([`side_file::read_bounded`]): a FIFO, a
+/// device or a link there, or a file over [`STATUS_LIMIT`], is no status.
 fn read_status(path: &Path) -> Option<AgentStatus> {
-    use std::io::Read;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
+    match side_file::read_bounded(path, STATUS_LIMIT).ok()? {
+        SideBytes::Bytes(bytes) => serde_json::from_slice(&bytes).ok(),
+        SideBytes::Missing | SideBytes::NotRegular | SideBytes::TooLarge => None,
     }
-    let mut bytes = Vec::new();
-    file.take(STATUS_LIMIT).read_to_end(&mut bytes).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::StoreError;
 use crate::replace::leftover_temps;
+use crate::side_file;
 use crate::store::Store;
 
 /// One thing wrong with the store on disk. `Display` is a sentence that says what to do.
@@ -68,6 +69,16 @@ pub enum Problem {
         /// Which one (`nfs`, `cifs`, `fuse`, ...).
         file_system: &'static str,
     },
+    /// An entry under one of the store's own file names (rotation, in-place, temp, journal,
+    /// agent status or claim, fleet state, lock files) is not a regular file: a FIFO, a device,
+    /// a symbolic link someone planted. The store never opens it for reading (nothing blocks
+    /// on it); a write removes or replaces it where the file is the store's to replace.
+    SideFileNotRegular {
+        /// Its name.
+        name: String,
+        /// What it is ("a FIFO", "a symbolic link", ...).
+        file_type: &'static str,
+    },
     /// `auth_mode` is `apikey` but there is no key (Codex 0.171.0 refuses such a file).
     ApiKeyMissing,
     /// A token in the file does not decode as a JWT.
@@ -124,6 +135,12 @@ impl fmt::Display for Problem {
             Problem::NetworkFileSystem { file_system } => write!(
                 f,
                 "the directory is on a {file_system} file system: its locks may bind only processes on this machine (or nothing), so processes on other machines can redeem the same refresh token and lose updates: keep CODEX_HOME on a local disk"
+            ),
+            Problem::SideFileNotRegular { name, file_type } => write!(
+                f,
+                "{name} is {file_type}, not a regular file, under a name where codex-store keeps \
+                 one of its own files: codex-store never opens it to read, and it holds nothing \
+                 of codex-store's; remove it (whoever can write the directory can plant one)"
             ),
             Problem::ApiKeyMissing => f.write_str(
                 "auth_mode is apikey but auth.json holds no API key (Codex refuses it: \"API key auth is missing a key\"): sign in again, e.g. `codex-store login --with-api-key`",
@@ -183,7 +200,14 @@ impl Store {
                 }
             }
         }
-        let temps = leftover_temps(self.path());
+        // Side files that are not regular files are reported as such, and not as leftovers or
+        // rotations: they hold nothing of ours.
+        problems.extend(self.side_files_not_regular());
+        let in_dir = |name: &String| side_file::is_regular(&self.dir().join(name));
+        let temps: Vec<String> = leftover_temps(self.path())
+            .into_iter()
+            .filter(in_dir)
+            .collect();
         if !temps.is_empty() {
             problems.push(Problem::LeftoverTemps { names: temps });
         }
@@ -195,8 +219,14 @@ impl Store {
         if let Some(file_system) = network_file_system(self.dir()) {
             problems.push(Problem::NetworkFileSystem { file_system });
         }
-        let rotations = crate::replace::rotation_files(self.path());
-        if !rotations.is_empty() && !crate::lock::is_held(self.refresh_lock_path())? {
+        let rotations: Vec<String> = crate::replace::rotation_files(self.path())
+            .into_iter()
+            .filter(in_dir)
+            .collect();
+        // A refresh lock that cannot be probed (not a regular file: reported above) is no
+        // refresh running.
+        if !rotations.is_empty() && !crate::lock::is_held(self.refresh_lock_path()).unwrap_or(false)
+        {
             problems.push(Problem::PendingRotations { names: rotations });
         }
         if let Ok(snapshot) = self.load() {
@@ -215,6 +245,55 @@ impl Store {
             }
         }
         Ok(problems)
+    }
+}
+
+impl Store {
+    /// The store's own files (lock files, journal, agent, fleet state, and the temp, in-place,
+    /// rotation and journal-compaction files by prefix) whose entries are not regular files,
+    /// told by `lstat` only.
+    fn side_files_not_regular(&self) -> Vec<Problem> {
+        let mut paths: Vec<PathBuf> = vec![
+            self.codex_lock_path().to_path_buf(),
+            self.lock_path().to_path_buf(),
+            self.refresh_lock_path().to_path_buf(),
+            self.journal_path().to_path_buf(),
+            self.agent_lock_path(),
+            self.agent_status_path(),
+            self.agent_status_temp_path(),
+            self.fleet_state_path(),
+            self.fleet_state_temp_path(),
+        ];
+        paths.sort();
+        paths.dedup();
+        let journal = self
+            .journal_path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| format!("{n}.compact."));
+        let prefixes: Vec<String> = ["tmp", "inplace", "rotation"]
+            .iter()
+            .map(|kind| crate::replace::prefix_for(self.path(), kind))
+            .chain(journal)
+            .collect();
+        if let Ok(entries) = fs::read_dir(self.dir()) {
+            let mut named: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| prefixes.iter().any(|p| name.starts_with(p.as_str())))
+                .map(|name| self.dir().join(name))
+                .collect();
+            named.sort();
+            paths.extend(named);
+        }
+        paths
+            .into_iter()
+            .filter_map(|path| {
+                let file_type = side_file::not_regular_kind(&path)?;
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                Some(Problem::SideFileNotRegular { name, file_type })
+            })
+            .collect()
     }
 }
 

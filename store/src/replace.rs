@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::StoreError;
 use crate::generation::{Expect, Generation};
-use crate::read::current_generation;
+use crate::read::{current_generation, read_raw, RawFile, MAX_FILE_SIZE};
+use crate::side_file::{self, SideBytes};
 
 /// Every temp file the store creates beside auth.json starts with this name (followed by pid and
 /// a counter); beside a link's target named otherwise, with `.<name>.codex-store-tmp.` (see
@@ -59,7 +60,7 @@ fn create_temp(auth: &Path) -> Result<(File, TempFile), StoreError> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
         {
             Ok(file) => return Ok((file, TempFile { path, armed: true })),
@@ -97,8 +98,16 @@ pub(crate) fn recheck(path: &Path, expected: Generation) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Opens the directory `dir` to fsync it: as a directory only (`O_DIRECTORY`), never blocking.
+fn open_dir(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(dir)
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
+    open_dir(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io("fsync the directory", dir, e))
 }
@@ -204,12 +213,13 @@ pub(crate) fn install(
 /// as written (a writer ignoring the locks may have written over it meanwhile).
 pub(crate) fn write_in_place_verified(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_in_place(path, bytes)?;
-    if fs::read(path)? != bytes {
-        return Err(io::Error::other(
+    // Read back as every read of auth.json is: no link followed, non-blocking, bounded.
+    match read_raw(path).map_err(io::Error::other)? {
+        Some(RawFile::Bytes(read)) if read == bytes => Ok(()),
+        _ => Err(io::Error::other(
             "auth.json did not read back as written (another writer?)",
-        ));
+        )),
     }
-    Ok(())
 }
 
 /// Truncates `path` and writes `bytes` into it in one call, then fsyncs it.
@@ -251,15 +261,33 @@ pub(crate) fn finish_in_place(path: &Path) {
             continue;
         }
         let leftover = dir.join(&name);
-        let (Ok(document), Ok(current)) = (fs::read(&leftover), fs::read(path)) else {
-            continue;
+        // Every leftover of ours is a regular file of at most MAX_FILE_SIZE bytes (a document
+        // that would not read back is never written). Anything else at the name (a FIFO, a
+        // device, a link someone planted, a huge file) holds no document of ours: it is removed
+        // unread (the check opens nothing blocking, follows no link, reads nothing unbounded;
+        // unlinking a link or a FIFO never touches its target or its other end).
+        let document = match side_file::read_bounded(&leftover, MAX_FILE_SIZE) {
+            Ok(SideBytes::Bytes(document)) => document,
+            Ok(SideBytes::NotRegular | SideBytes::TooLarge) => {
+                let _ = side_file::remove(&leftover);
+                continue;
+            }
+            Ok(SideBytes::Missing) | Err(_) => continue,
         };
-        if interrupted_in_place(&current, &document)
+        let current = match read_raw(path) {
+            Ok(Some(RawFile::Bytes(current))) => Some(current),
+            // Larger than any document: no prefix of one.
+            Ok(Some(RawFile::TooLarge(_))) => None,
+            // No auth.json (an in-place write never removes it), or one that cannot be read:
+            // keep the leftover for the next writer.
+            Ok(None) | Err(_) => continue,
+        };
+        if current.is_some_and(|current| interrupted_in_place(&current, &document))
             && write_in_place_verified(path, &document).is_err()
         {
             continue; // keep it for the next writer
         }
-        let _ = fs::remove_file(&leftover);
+        let _ = side_file::remove(&leftover);
     }
 }
 
@@ -281,7 +309,7 @@ pub(crate) fn remove(path: &Path, expected: Generation) -> Result<(), StoreError
 /// Fsyncs `dir` after a change of `path` that is already in place: a failure is
 /// [`StoreError::NotDurable`], not a failed write.
 fn synced(dir: &Path, path: &Path, generation: Generation) -> Result<(), StoreError> {
-    File::open(dir)
+    open_dir(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| StoreError::NotDurable {
             path: path.to_path_buf(),
@@ -383,4 +411,51 @@ pub(crate) fn rotation_files(path: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("a FIFO");
+    }
+
+    #[test]
+    fn in_place_leftovers_that_are_not_regular_files_are_removed_unread_and_a_real_one_is_finished()
+    {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let auth = dir.path().join("auth.json");
+        let document = br#"{"note":"the document of an in-place write"}"#;
+        // An in-place write cut short: auth.json holds a strict prefix of the kept document.
+        fs::write(&auth, &document[..5]).expect("write auth.json");
+        let real = dir.path().join(format!("{IN_PLACE_PREFIX}7.0"));
+        fs::write(&real, document).expect("write the leftover");
+        let (pipe, link) = (
+            dir.path().join(format!("{IN_PLACE_PREFIX}1.0")),
+            dir.path().join(format!("{IN_PLACE_PREFIX}1.1")),
+        );
+        fifo(&pipe);
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("a link");
+        finish_in_place(&auth);
+        assert_eq!(
+            fs::read(&auth).expect("auth.json"),
+            document,
+            "the real leftover was not finished"
+        );
+        for leftover in [&real, &pipe, &link] {
+            assert!(
+                fs::symlink_metadata(leftover).is_err(),
+                "{} was left behind",
+                leftover.display()
+            );
+        }
+    }
 }

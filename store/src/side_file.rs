@@ -6,7 +6,7 @@
 //! gigabytes must not exhaust memory).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -87,6 +87,97 @@ pub fn is_regular(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
 }
 
+/// What the entry at `path` is when it is there and is not a regular file ("a FIFO", "a symbolic
+/// link", ...), told from `lstat` alone: nothing is opened or followed. `None` for a regular
+/// file, for no entry, and when it cannot be told.
+pub fn not_regular_kind(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    Some(if kind.is_file() {
+        return None;
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    })
+}
+
+/// Creates the side file `path` for writing, mode 0600: exclusively (`O_EXCL`: whatever is at
+/// that name, a leftover, a FIFO or a link someone planted, makes it fail with `AlreadyExists`
+/// and is never opened), without following a link and without blocking.
+///
+/// # Errors
+/// Those of `open`.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Removes the entry at `path` whatever it is (unlinking a link or a FIFO never touches what it
+/// points to or who holds it open); no entry is not an error.
+///
+/// # Errors
+/// Those of `unlink` other than "not found".
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Durably replaces the side file `path` with `bytes`, through `temp` beside it: whatever is at
+/// `temp` is removed, the temp file is created anew ([`create_new`]), written, fsynced, renamed
+/// over `path` (which replaces whatever entry was there, a FIFO or a link included, without
+/// opening it), and the directory is fsynced. Never blocks on a planted file. On an error the temp
+/// file is removed.
+///
+/// # Errors
+/// Those of the steps.
+pub fn replace_durably(temp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    remove(temp)?;
+    let written = create_new(temp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(temp, path));
+    if let Err(e) = written {
+        let _ = remove(temp);
+        return Err(e);
+    }
+    sync_dir_of(path)
+}
+
+/// Fsyncs the directory that holds `path` (opened as a directory, never following a link).
+///
+/// # Errors
+/// Those of `open` and `fsync`.
+pub fn sync_dir_of(path: &Path) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?
+        .sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +211,58 @@ mod tests {
         assert!(
             matches!(open(&fifo).expect("no error"), SideFile::NotRegular),
             "a FIFO must be refused, not opened for reading"
+        );
+    }
+
+    fn fifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("a FIFO");
+    }
+
+    #[test]
+    fn a_durable_replace_goes_through_a_fifo_at_the_temp_name_and_replaces_one_at_the_file_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (temp, path) = (dir.path().join("side.tmp"), dir.path().join("side"));
+        fifo(&temp);
+        fifo(&path);
+        replace_durably(&temp, &path, b"{}").expect("the FIFOs are replaced, not opened");
+        assert!(
+            matches!(read_bounded(&path, 10).expect("no error"), SideBytes::Bytes(b) if b == b"{}"),
+            "the file does not hold what was written"
+        );
+        assert!(!temp.exists(), "the temp file was left behind");
+        let mode = std::fs::metadata(&path)
+            .expect("the file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the side file must be private");
+    }
+
+    #[test]
+    fn the_kind_of_an_entry_that_is_not_a_regular_file_is_told_without_opening_it() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (pipe, link, file) = (
+            dir.path().join("pipe"),
+            dir.path().join("link"),
+            dir.path().join("file"),
+        );
+        fifo(&pipe);
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("a link");
+        std::fs::write(&file, b"x").expect("write");
+        assert_eq!(not_regular_kind(&pipe), Some("a FIFO"), "a FIFO");
+        assert_eq!(not_regular_kind(&link), Some("a symbolic link"), "a link");
+        assert_eq!(not_regular_kind(&file), None, "a regular file");
+        assert_eq!(not_regular_kind(&dir.path().join("none")), None, "no entry");
+        assert!(
+            matches!(create_new(&pipe), Err(e) if e.kind() == io::ErrorKind::AlreadyExists),
+            "creating over a FIFO must fail at once"
         );
     }
 

@@ -3,9 +3,9 @@
 //! local journal (a rotation this machine made from the record's token).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use codex_store::side_file::{self, SideBytes};
 use codex_store::{read_journal, AuthDotJson, JournalEvent, Snapshot, Store};
 use serde::{Deserialize, Serialize};
 
@@ -20,40 +20,36 @@ pub(crate) struct Synced {
     pub(crate) local_generation: String,
 }
 
+/// The largest state file read back (it is a few hundred bytes).
+const STATE_LIMIT: u64 = 64 * 1024;
+
 /// `auth.json.fleet`, beside auth.json.
 pub(crate) fn state_path(store: &Store) -> PathBuf {
-    let mut name = store.path().file_name().unwrap_or_default().to_os_string();
-    name.push(".fleet");
-    store.path().with_file_name(name)
+    store.fleet_state_path()
 }
 
-/// The state saved by [`save`] for `prefix`, if any.
+/// The state saved by [`save`] for `prefix`, if any. Read as every side file is
+/// ([`side_file::read_bounded`]): a FIFO, a device or a link at that name, or a file over
+/// [`STATE_LIMIT`], is no state (nothing blocks, nothing is read without bound).
 pub(crate) fn load(path: &Path, prefix: &str) -> Option<Synced> {
-    let bytes = std::fs::read(path).ok()?;
+    let SideBytes::Bytes(bytes) = side_file::read_bounded(path, STATE_LIMIT).ok()? else {
+        return None;
+    };
     let synced: Synced = serde_json::from_slice(&bytes).ok()?;
     (synced.prefix == prefix).then_some(synced)
 }
 
-/// Saves the state (written beside and renamed over, so a reader sees old or new).
+/// Saves the state at `path` durably ([`side_file::replace_durably`]): written to `<path>.tmp`
+/// (`auth.json.fleet.tmp`, created anew, exclusively, never through a link, never blocking),
+/// fsynced, renamed over, and the directory fsynced, so that a reader sees the old state or the
+/// new one, also after a crash.
 pub(crate) fn save(path: &Path, synced: &Synced) {
-    let temp = path.with_extension("fleet.tmp");
-    let _ = std::fs::remove_file(&temp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc_flags())
-        .open(&temp)
-        .and_then(|mut f| f.write_all(&serde_json::to_vec(synced).unwrap_or_default()))
-        .and_then(|()| std::fs::rename(&temp, path));
-    if let Err(e) = written {
+    let mut temp = path.as_os_str().to_os_string();
+    temp.push(".tmp");
+    let bytes = serde_json::to_vec(synced).unwrap_or_default();
+    if let Err(e) = side_file::replace_durably(Path::new(&temp), path, &bytes) {
         tracing::warn!(path = %path.display(), error = %e, "could not save the fleet sync state");
     }
-}
-
-/// Never through a planted link, never blocking on a FIFO.
-fn libc_flags() -> i32 {
-    libc::O_NOFOLLOW | libc::O_NONBLOCK
 }
 
 /// What to do with a record and auth.json that differ.
@@ -155,13 +151,11 @@ pub(crate) fn keep_copy(store: &Store, local: &AuthDotJson) -> Option<PathBuf> {
     let mut name = store.path().file_name().unwrap_or_default().to_os_string();
     name.push(format!(".fleet-replaced.{stamp}.{}", std::process::id()));
     let path = store.path().with_file_name(name);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc_flags())
-        .open(&path)
-        .and_then(|mut f| f.write_all(&local.to_json()).and_then(|()| f.sync_all()));
+    // Created exclusively, never through a link, never blocking; fsynced, and so is the
+    // directory, before auth.json is replaced.
+    let written = side_file::create_new(&path)
+        .and_then(|mut f| f.write_all(&local.to_json()).and_then(|()| f.sync_all()))
+        .and_then(|()| side_file::sync_dir_of(&path));
     match written {
         Ok(()) => Some(path),
         Err(e) => {
