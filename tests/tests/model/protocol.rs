@@ -377,7 +377,21 @@ impl State {
         }
     }
 
-    /// The final recovery of a fresh codex-store process in a terminal state (no `flock` is held
+    /// Whether no process is in the middle of a refresh: every codex-store process has not
+    /// begun, is done or dead, and Codex is between refreshes, done, stuck or dead. P2 is checked
+    /// in these states (the terminal ones among them), so that a counterexample needs no process
+    /// to die only to end the run.
+    pub fn quiescent(&self) -> bool {
+        self.stores
+            .iter()
+            .all(|s| matches!(s.phase, Phase::Idle | Phase::Done | Phase::Dead))
+            && !matches!(
+                self.codex,
+                CodexPhase::Read { .. } | CodexPhase::Answered { .. }
+            )
+    }
+
+    /// The final recovery of a fresh codex-store process in a quiescent state (no `flock` is held
     /// any more), then P2.
     pub fn check_final(&self, fixes: Fixes) -> Option<Violation> {
         let mut end = *self;

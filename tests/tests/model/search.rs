@@ -44,7 +44,7 @@ pub struct Outcome {
     pub states: usize,
     /// Steps taken (edges, including those to states already seen).
     pub transitions: usize,
-    /// Terminal states reached (each checked for P2).
+    /// Quiescent states reached (no process in the middle of a refresh; each checked for P2).
     pub terminals: usize,
     pub elapsed: Duration,
     /// The first violation found, with its trace (a shortest one: the search is breadth first).
@@ -55,7 +55,7 @@ impl Outcome {
     /// One line for the test output.
     pub fn stats(&self) -> String {
         format!(
-            "{} states, {} transitions, {} terminal states, {:.2?}",
+            "{} states, {} transitions, {} quiescent states checked for P2, {:.2?}",
             self.states, self.transitions, self.terminals, self.elapsed
         )
     }
@@ -74,6 +74,11 @@ impl Properties {
     pub const BOTH: Properties = Properties {
         presented_twice: true,
         lost_rotation: true,
+    };
+    /// Only P1.
+    pub const PRESENTED_TWICE: Properties = Properties {
+        presented_twice: true,
+        lost_rotation: false,
     };
     /// Only P2 (to see whether a change also guards against lost rotations, whose traces are
     /// longer than those of a token presented twice).
@@ -105,7 +110,7 @@ pub fn explore(world: World, fixes: Fixes, properties: Properties) -> Outcome {
         next.clear();
         state.successors(&world, fixes, &mut next);
         transitions += next.len();
-        if state.terminal() {
+        if state.quiescent() {
             terminals += 1;
             if let Some(v) = state
                 .check_final(fixes)
@@ -114,7 +119,8 @@ pub fn explore(world: World, fixes: Fixes, properties: Properties) -> Outcome {
                 violation = Some((v, trace(&world, fixes, &parents, id, None)));
                 break 'search;
             }
-        } else if next.is_empty() {
+        }
+        if next.is_empty() && !state.terminal() {
             violation = Some((
                 Violation::Deadlock,
                 trace(&world, fixes, &parents, id, None),
