@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use codex_refresh::{ErrorClass, RefreshError};
+use codex_refresh::{ErrorClass, RefreshError, TOKEN_URL_ENV};
 use codex_store::StoreError;
 
 /// A failed command: what to print and the exit code.
@@ -23,7 +23,8 @@ impl Failure {
         }
     }
 
-    /// A usage error (exit 2): a bad flag or environment value.
+    /// A usage error (exit 2): a bad flag or environment value (also an unusable
+    /// CODEX_REFRESH_TOKEN_URL_OVERRIDE, see `From<RefreshError>`).
     pub fn usage(message: impl Into<String>) -> Self {
         Failure {
             message: message.into(),
@@ -91,6 +92,19 @@ fn class_code(class: ErrorClass) -> (u8, Option<&'static str>) {
 
 impl From<RefreshError> for Failure {
     fn from(e: RefreshError) -> Self {
+        if let RefreshError::TokenUrl { origin, .. } = &e {
+            // A configuration error, never "try again later": a bad environment value is a
+            // usage error (exit 2, like a bad CODEX_STORE_LOCK_TIMEOUT); the built-in URL (or a
+            // program's) answering as no token endpoint does is another error (exit 1).
+            let code = if *origin == TOKEN_URL_ENV { 2 } else { 1 };
+            return Failure {
+                message: e.to_string(),
+                hint: Some(
+                    "nothing was changed; trying again does not help until the token URL is fixed",
+                ),
+                code,
+            };
+        }
         let (code, hint) = class_code(e.class());
         Failure {
             message: e.to_string(),

@@ -46,22 +46,25 @@ impl Context {
         &self.fleet
     }
 
-    /// `--home`, else `$CODEX_HOME` (which must name an existing directory), else `~/.codex`.
+    /// `--home`, else `$CODEX_HOME`, else `~/.codex`. A home named by `--home` or `CODEX_HOME`
+    /// must be an existing directory: a typo is refused, never created (only the default
+    /// `~/.codex` is created when missing, by the commands that write).
     pub fn home(&self) -> Result<PathBuf, Failure> {
         if let Some(home) = &self.home {
+            check_named_home(
+                home,
+                "--home",
+                "create the directory, or pass the right --home",
+            )?;
             return Ok(home.clone());
         }
         if let Some(env) = std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()) {
             let path = PathBuf::from(env);
-            if !path.is_dir() {
-                return Err(Failure::other(
-                    format!(
-                        "CODEX_HOME is {}, which is not an existing directory",
-                        path.display()
-                    ),
-                    Some("create the directory, or unset CODEX_HOME to use ~/.codex"),
-                ));
-            }
+            check_named_home(
+                &path,
+                "CODEX_HOME",
+                "create the directory, or unset CODEX_HOME to use ~/.codex",
+            )?;
             return Ok(path);
         }
         match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
@@ -130,4 +133,23 @@ impl Context {
             .build()
             .map_err(|e| Failure::other(format!("cannot start the async runtime: {e}"), None))
     }
+}
+
+/// Refuses a home named by `setting` (`--home`, `CODEX_HOME`) that is not an existing directory
+/// (exit 1), so that nothing is created at a mistyped path. The path is shown quoted and
+/// escaped.
+fn check_named_home(path: &Path, setting: &str, hint: &'static str) -> Result<(), Failure> {
+    let problem = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => "which is not a directory".to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "which is not an existing directory".to_owned()
+        }
+        // ENOTDIR (a component is a file), EACCES, ...: not a directory this user can use.
+        Err(e) => format!("which is not an existing directory ({e})"),
+    };
+    Err(Failure::other(
+        format!("{setting} is {path:?}, {problem}; nothing was created"),
+        Some(hint),
+    ))
 }

@@ -19,8 +19,10 @@ use clap::{Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  any other error (I/O, permissions, ...)
-  2  usage error
+  1  any other error (I/O, permissions, a --home or CODEX_HOME that is not an existing
+     directory, ...)
+  2  usage error: a bad flag or environment value, also a CODEX_REFRESH_TOKEN_URL_OVERRIDE
+     that is empty, not an http(s) URL or not a token endpoint (it answered 404, 405, ...)
   3  sign-in required: no credentials, permanent refresh failure, account changed or logged out
   4  transient refresh failure: nothing was changed, try again later
   5  timed out waiting for the lock
@@ -34,7 +36,8 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "codex-store", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// The Codex home directory [default: $CODEX_HOME, else ~/.codex].
+    /// The Codex home directory, which must exist [default: $CODEX_HOME (which must exist),
+    /// else ~/.codex].
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
 
@@ -108,6 +111,12 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait, cli.fleet)
         .with_http_timeout(cli.http_timeout);
+    // Every subcommand works on the home: a --home or CODEX_HOME that names no directory is
+    // refused before anything is done (before `logout --fleet` signs the fleet out, before a
+    // store would create the mistyped path).
+    if let Err(failure) = ctx.home() {
+        return failure.report();
+    }
     let result = match cli.command {
         Command::Agent(args) => agent::run(&ctx, args),
         Command::Fleet(args) => fleet::run(&ctx, args),

@@ -6,7 +6,9 @@ use codex_store::Secret;
 use serde_json::Value;
 
 use crate::config::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
-use crate::error::{PermanentReason, RefreshError, TransientReason};
+use crate::error::{
+    PermanentReason, RefreshError, TransientReason, ORIGIN_BUILT_IN, ORIGIN_CONFIGURATION,
+};
 
 /// The largest answer body read from the token endpoint; reading stops there. Real answers are
 /// a few KiB.
@@ -29,13 +31,21 @@ pub(crate) struct TokenAnswer {
 pub(crate) struct TokenClient {
     http: reqwest::Client,
     url: String,
+    /// Where `url` came from ([`RefreshError::TokenUrl`]'s `origin`).
+    origin: &'static str,
     client_id: String,
 }
 
 impl TokenClient {
     /// A client for `url` with a whole-request `timeout`.
+    ///
+    /// # Errors
+    /// [`RefreshError::TokenUrl`] when `url` is not an absolute http(s) URL (or is the value of
+    /// a [`TOKEN_URL_ENV`] that is empty, blank or not UTF-8);
+    /// [`RefreshError::HttpSetup`] when the HTTP client cannot be built.
     pub(crate) fn new(url: &str, client_id: &str, timeout: Duration) -> Result<Self, RefreshError> {
-        check_url(url)?;
+        let origin = origin_of(url);
+        check_url(url, origin)?;
         let mut builder = reqwest::Client::builder()
             // A redirect would re-send the refresh token to another origin: never followed.
             .redirect(reqwest::redirect::Policy::none())
@@ -51,12 +61,14 @@ impl TokenClient {
         Ok(TokenClient {
             http,
             url: url.to_owned(),
+            origin,
             client_id: client_id.to_owned(),
         })
     }
 
     /// Redeems `refresh_token`. Errors are classified: permanent ones mean "sign in again",
-    /// transient ones mean "nothing changed, try later".
+    /// transient ones mean "nothing changed, try later", [`RefreshError::TokenUrl`] means the
+    /// URL answered as no token endpoint does (a configuration error; nothing changed).
     pub(crate) async fn refresh(
         &self,
         refresh_token: &Secret,
@@ -79,11 +91,73 @@ impl TokenClient {
                 reason: TransientReason::Redirect(status.as_u16()),
             });
         }
-        let bytes = read_bounded(response).await?;
+        let html = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.to_ascii_lowercase().contains("html"));
+        let bytes = match read_bounded(response).await {
+            Ok(bytes) => bytes,
+            // An error answer that large holds no OAuth error (those are a few bytes): its status
+            // alone classifies it.
+            Err(RefreshError::Transient {
+                reason: TransientReason::InvalidAnswer(_),
+            }) if !status.is_success() => Vec::new(),
+            Err(e) => return Err(e),
+        };
         if status.is_success() {
             return TokenAnswer::parse(&bytes);
         }
-        Err(classify(status.as_u16(), &bytes))
+        Err(classify(status.as_u16(), &bytes).unwrap_or_else(|| {
+            let what = if html {
+                "an HTML page"
+            } else {
+                "no OAuth error code"
+            };
+            self.not_an_endpoint(format!(
+                "is not a token endpoint: it answered HTTP {} with {what}, so the stored \
+                 credentials are unchanged and the refresh token is not spent",
+                status.as_u16()
+            ))
+        }))
+    }
+
+    /// [`RefreshError::TokenUrl`] for this client's URL.
+    fn not_an_endpoint(&self, problem: String) -> RefreshError {
+        token_url_error(&self.url, self.origin, problem)
+    }
+}
+
+/// Where `url` came from: [`TOKEN_URL_ENV`] when it is that variable's value, else the
+/// built-in default when it is [`DEFAULT_TOKEN_URL`], else the program's configuration.
+fn origin_of(url: &str) -> &'static str {
+    match std::env::var_os(TOKEN_URL_ENV) {
+        Some(value) if value.to_string_lossy() == url => TOKEN_URL_ENV,
+        _ if url == DEFAULT_TOKEN_URL => ORIGIN_BUILT_IN,
+        _ => ORIGIN_CONFIGURATION,
+    }
+}
+
+/// [`RefreshError::TokenUrl`]: `url` shown quoted and escaped (outside input: no control
+/// character, no escape sequence reaches a terminal or a log), with a password in it hidden.
+fn token_url_error(url: &str, origin: &'static str, problem: String) -> RefreshError {
+    let shown = match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    };
+    RefreshError::TokenUrl {
+        url: format!(
+            "\"{}\"",
+            shown
+                .chars()
+                .flat_map(char::escape_default)
+                .collect::<String>()
+        ),
+        origin,
+        problem,
     }
 }
 
@@ -110,24 +184,36 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Refres
     Ok(body)
 }
 
-/// Refuses a token URL that is not an absolute `http` or `https` URL, naming the setting.
-fn check_url(url: &str) -> Result<(), RefreshError> {
-    let problem = match reqwest::Url::parse(url) {
-        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
-            return Ok(())
+/// Refuses a token URL that is not an absolute `http` or `https` URL, and a [`TOKEN_URL_ENV`]
+/// that is set but empty, blank or not UTF-8 (never taken to mean the real endpoint), naming
+/// where it came from.
+fn check_url(url: &str, origin: &'static str) -> Result<(), RefreshError> {
+    let from_env = origin == TOKEN_URL_ENV;
+    let problem = if from_env
+        && matches!(
+            std::env::var(TOKEN_URL_ENV),
+            Err(std::env::VarError::NotUnicode(_))
+        ) {
+        "is not usable: it is not valid UTF-8".to_owned()
+    } else if url.trim().is_empty() {
+        if from_env {
+            format!("is not usable: {TOKEN_URL_ENV} is set but empty")
+        } else {
+            "is not usable: it is empty".to_owned()
         }
-        Ok(parsed) => format!("its scheme `{}` is not http or https", parsed.scheme()),
-        Err(e) => e.to_string(),
+    } else {
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
+                return Ok(())
+            }
+            Ok(parsed) => format!(
+                "is not usable: its scheme `{}` is not http or https",
+                parsed.scheme()
+            ),
+            Err(e) => format!("is not usable: {e}"),
+        }
     };
-    Err(RefreshError::HttpSetup {
-        message: format!(
-            "the token URL {:?} (from {TOKEN_URL_ENV} or the configuration) is not usable: \
-             {problem}; set it to an http(s) URL such as {DEFAULT_TOKEN_URL}",
-            url.chars()
-                .flat_map(char::escape_default)
-                .collect::<String>()
-        ),
-    })
+    Err(token_url_error(url, origin, problem))
 }
 
 impl TokenAnswer {
@@ -207,8 +293,28 @@ pub(crate) fn error_code(body: &[u8]) -> Option<String> {
     (!code.is_empty()).then(|| code.to_ascii_lowercase())
 }
 
-/// Classifies an error answer.
-pub(crate) fn classify(status: u16, body: &[u8]) -> RefreshError {
+/// The error codes a token endpoint answers with: OAuth 2.0's (RFC 6749, section 5.2, and the
+/// authorization server's general ones) and the real endpoint's refresh refusals.
+const OAUTH_ERROR_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "server_error",
+    "temporarily_unavailable",
+    "refresh_token_expired",
+    "refresh_token_reused",
+    "refresh_token_invalidated",
+];
+
+/// Classifies an error answer; `None` when it is no token endpoint's answer at all: a 4xx
+/// (other than 401, 408 and 429) without an OAuth error code, such as the 404 or 405 of a URL
+/// that names no token endpoint, or an HTML page. That is a configuration error
+/// ([`RefreshError::TokenUrl`]), never "try again later".
+pub(crate) fn classify(status: u16, body: &[u8]) -> Option<RefreshError> {
     let code = error_code(body);
     let reason = match code.as_deref() {
         Some("refresh_token_expired") => PermanentReason::Expired,
@@ -217,13 +323,23 @@ pub(crate) fn classify(status: u16, body: &[u8]) -> RefreshError {
         // The standard OAuth answer for a dead refresh token.
         Some("invalid_grant") if status == 400 => PermanentReason::Unauthorized { code },
         _ if status == 401 => PermanentReason::Unauthorized { code },
-        _ => {
-            return RefreshError::Transient {
+        // Request timeout, too many requests: the endpoint is there, try again later.
+        _ if matches!(status, 408 | 429) => {
+            return Some(RefreshError::Transient {
                 reason: TransientReason::Status(status),
-            }
+            })
+        }
+        Some(code) if (400..500).contains(&status) && !OAUTH_ERROR_CODES.contains(&code) => {
+            return None
+        }
+        None if (400..500).contains(&status) => return None,
+        _ => {
+            return Some(RefreshError::Transient {
+                reason: TransientReason::Status(status),
+            })
         }
     };
-    RefreshError::Permanent { reason }
+    Some(RefreshError::Permanent { reason })
 }
 
 #[cfg(test)]
@@ -255,36 +371,36 @@ mod tests {
         assert!(
             matches!(
                 classify(400, br#"{"error":"refresh_token_expired"}"#),
-                RefreshError::Permanent {
+                Some(RefreshError::Permanent {
                     reason: PermanentReason::Expired
-                }
+                })
             ),
             "expired"
         );
         assert!(
             matches!(
                 classify(401, b"{}"),
-                RefreshError::Permanent {
+                Some(RefreshError::Permanent {
                     reason: PermanentReason::Unauthorized { code: None }
-                }
+                })
             ),
             "bare 401"
         );
         assert!(
             matches!(
                 classify(500, b"{}"),
-                RefreshError::Transient {
+                Some(RefreshError::Transient {
                     reason: TransientReason::Status(500)
-                }
+                })
             ),
             "500"
         );
         assert!(
             matches!(
                 classify(429, br#"{"error":"slow_down"}"#),
-                RefreshError::Transient {
+                Some(RefreshError::Transient {
                     reason: TransientReason::Status(429)
-                }
+                })
             ),
             "429"
         );
@@ -293,6 +409,92 @@ mod tests {
                 && is_loopback("http://localhost/x")
                 && !is_loopback("https://auth.openai.com/oauth/token"),
             "loopback detection"
+        );
+    }
+
+    #[test]
+    fn a_4xx_without_an_oauth_error_code_is_no_token_endpoints_answer() {
+        for (status, body) in [
+            (404, &b"<html><body>Not Found</body></html>"[..]),
+            (404, br#"{"error":"not_found"}"#),
+            (405, b""),
+            (403, b"<html>Forbidden</html>"),
+            (400, b"Bad Request"),
+            (415, br#"{"message":"unsupported media type"}"#),
+        ] {
+            assert!(
+                classify(status, body).is_none(),
+                "HTTP {status} with {:?} was taken for a token endpoint's answer: {:?}",
+                String::from_utf8_lossy(body),
+                classify(status, body)
+            );
+        }
+    }
+
+    #[test]
+    fn an_oauth_error_408_429_and_5xx_stay_classified_as_before() {
+        for (status, body) in [
+            (408, &b""[..]),
+            (429, b"<html>slow down</html>"),
+            (500, b"<html>oops</html>"),
+            (503, b""),
+            (400, br#"{"error":"invalid_request"}"#),
+            (403, br#"{"error":{"code":"unauthorized_client"}}"#),
+        ] {
+            assert!(
+                matches!(
+                    classify(status, body),
+                    Some(RefreshError::Transient { reason: TransientReason::Status(s) }) if s == status
+                ),
+                "HTTP {status} with {:?} is no longer transient: {:?}",
+                String::from_utf8_lossy(body),
+                classify(status, body)
+            );
+        }
+        assert!(
+            matches!(
+                classify(404, br#"{"error":"refresh_token_reused"}"#),
+                Some(RefreshError::Permanent {
+                    reason: PermanentReason::Reused
+                })
+            ),
+            "a refusal code is a refusal whatever the status"
+        );
+        assert!(
+            matches!(
+                classify(401, b"<html>Unauthorized</html>"),
+                Some(RefreshError::Permanent { .. })
+            ),
+            "any 401 is permanent"
+        );
+    }
+
+    #[test]
+    fn a_token_url_in_an_error_is_escaped_and_its_password_hidden() {
+        let message = token_url_error(
+            "http://user:hunter2@127.0.0.1:9/x\u{1b}[31m",
+            ORIGIN_CONFIGURATION,
+            "is not a token endpoint".into(),
+        )
+        .to_string();
+        assert!(
+            !message.contains('\u{1b}'),
+            "an escape character reached the message: {message:?}"
+        );
+        assert!(
+            !message.contains("hunter2") && message.contains("***"),
+            "the URL's password is not hidden: {message:?}"
+        );
+        let raw = token_url_error(
+            "not a url\n\u{1b}[2J",
+            TOKEN_URL_ENV,
+            "is not usable".into(),
+        )
+        .to_string();
+        assert!(
+            !raw.contains('\n') && !raw.contains('\u{1b}') && raw.contains(TOKEN_URL_ENV),
+            "an unparseable URL reached the message unescaped, or the variable is not named: \
+             {raw:?}"
         );
     }
 }

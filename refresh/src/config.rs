@@ -19,7 +19,10 @@ pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
 /// ```
 #[derive(Clone, Debug)]
 pub struct RefreshConfig {
-    /// The token endpoint. Default: [`TOKEN_URL_ENV`] if set, else [`DEFAULT_TOKEN_URL`].
+    /// The token endpoint. Default: [`TOKEN_URL_ENV`] if set, else [`DEFAULT_TOKEN_URL`]. A
+    /// variable that is set but empty (or blank, or not UTF-8) is taken as it is, so that the
+    /// manager refuses it naming the variable ([`crate::RefreshError::TokenUrl`]): it never
+    /// silently means the real endpoint.
     pub token_url: String,
     /// The OAuth client id. Default: [`CLIENT_ID`].
     pub client_id: String,
@@ -62,10 +65,7 @@ impl Default for RefreshConfig {
     fn default() -> Self {
         let http_timeout = Duration::from_secs(30);
         RefreshConfig {
-            token_url: std::env::var(TOKEN_URL_ENV)
-                .ok()
-                .filter(|u| !u.trim().is_empty())
-                .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_owned()),
+            token_url: token_url_from_env(),
             client_id: CLIENT_ID.to_owned(),
             http_timeout,
             reuse_wait: Duration::from_secs(8),
@@ -76,5 +76,15 @@ impl Default for RefreshConfig {
             allowed_workspaces: Vec::new(),
             while_refreshing: WhileRefreshing::default(),
         }
+    }
+}
+
+/// The token URL of [`RefreshConfig::default`]: [`TOKEN_URL_ENV`] whenever it is set, whatever
+/// it holds (checked when the client is built, where a bad value is an error naming the
+/// variable), else [`DEFAULT_TOKEN_URL`].
+fn token_url_from_env() -> String {
+    match std::env::var_os(TOKEN_URL_ENV) {
+        Some(value) => value.to_string_lossy().into_owned(),
+        None => DEFAULT_TOKEN_URL.to_owned(),
     }
 }

@@ -70,7 +70,9 @@ impl PermanentReason {
 /// Why a refresh failed for now; the stored credentials were not touched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransientReason {
-    /// The endpoint answered with this status (5xx, 429, other non-401 errors).
+    /// The endpoint answered with this status (5xx, 429, 408, or a 4xx other than 401 with an
+    /// OAuth error code that is not permanent; a 4xx without one is
+    /// [`RefreshError::TokenUrl`]).
     Status(u16),
     /// No answer within the HTTP timeout.
     Timeout,
@@ -129,7 +131,7 @@ pub enum ErrorClass {
     /// The credentials are of a mode this crate does not serve (Bedrock, personal access
     /// tokens, ...): use the tool that wrote them.
     UnsupportedMode,
-    /// Anything else (I/O, permissions, configuration).
+    /// Anything else (I/O, permissions, configuration such as [`RefreshError::TokenUrl`]).
     Other,
 }
 
@@ -219,6 +221,24 @@ pub enum RefreshError {
         /// What happened.
         message: String,
     },
+    /// The token URL cannot be used: it is not an absolute http(s) URL, the override is set but
+    /// empty, or it answered as no token endpoint does (404, 405, another 4xx without an OAuth
+    /// error code, an HTML page). A configuration error, never "try again later": retrying
+    /// does not help until the URL is fixed. Nothing was changed, and the refresh token is not
+    /// spent (no token endpoint redeemed it).
+    #[error("{}", token_url_message(url, origin, problem))]
+    TokenUrl {
+        /// The URL as configured, quoted, with control and non-ASCII characters escaped and a
+        /// password in it replaced by `***` (it is outside input).
+        url: String,
+        /// Where it came from: [`crate::TOKEN_URL_ENV`] (the environment variable),
+        /// `"the built-in default"` ([`crate::DEFAULT_TOKEN_URL`]) or
+        /// `"RefreshConfig::token_url"` (set by the program).
+        origin: &'static str,
+        /// What is wrong with it, for example `is not a token endpoint: it answered HTTP 404
+        /// without an OAuth error code`.
+        problem: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot set up the HTTP client: {message}")]
     HttpSetup {
@@ -228,6 +248,36 @@ pub enum RefreshError {
     /// A store error (lock timeout, corrupt file, I/O).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// [`RefreshError::TokenUrl`]'s `origin` for the built-in [`crate::DEFAULT_TOKEN_URL`].
+pub(crate) const ORIGIN_BUILT_IN: &str = "the built-in default";
+/// [`RefreshError::TokenUrl`]'s `origin` for a URL the program set in
+/// [`crate::RefreshConfig::token_url`].
+pub(crate) const ORIGIN_CONFIGURATION: &str = "RefreshConfig::token_url";
+
+/// The message of [`RefreshError::TokenUrl`]: the URL, where it came from, what is wrong, and
+/// what to change.
+fn token_url_message(url: &str, origin: &str, problem: &str) -> String {
+    let env = crate::config::TOKEN_URL_ENV;
+    let default = crate::config::DEFAULT_TOKEN_URL;
+    let (from, fix) = if origin == env {
+        (
+            format!("from {env}"),
+            format!("set {env} to the token endpoint's http(s) URL, or unset it to use {default}"),
+        )
+    } else if origin == ORIGIN_BUILT_IN {
+        (
+            origin.to_owned(),
+            format!("the endpoint may have moved: set {env} to its URL, or update codex-store"),
+        )
+    } else {
+        (
+            format!("set in {origin}"),
+            format!("set it (or {env}) to the token endpoint's http(s) URL, such as {default}"),
+        )
+    };
+    format!("the token URL {url} ({from}) {problem}; a configuration error, not an outage: {fix}")
 }
 
 impl RefreshError {

@@ -82,6 +82,14 @@ pub enum Behavior {
     },
     /// Answer 200 with a body that is not JSON, rotating nothing.
     Garbage,
+    /// Answer this status with an HTML page (`text/html`) to every request and rotate nothing:
+    /// what a web server at a wrong URL, a proxy or a captive portal answers.
+    Page {
+        /// The HTTP status code.
+        status: u16,
+        /// The HTML.
+        body: String,
+    },
     /// Read the request and never answer: the connection is closed when the server is dropped
     /// or after 60 s, whichever comes first. Nothing is rotated.
     Hang,
@@ -105,6 +113,14 @@ impl Behavior {
     /// [`Behavior::Status`]: answer `status` with the raw `body`.
     pub fn status(status: u16, body: impl Into<String>) -> Behavior {
         Behavior::Status {
+            status,
+            body: body.into(),
+        }
+    }
+
+    /// [`Behavior::Page`]: answer `status` with the HTML page `body`.
+    pub fn page(status: u16, body: impl Into<String>) -> Behavior {
+        Behavior::Page {
             status,
             body: body.into(),
         }
@@ -592,6 +608,11 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
         // Answered above, before the delay.
         Behavior::LateWinner { .. } => None,
         Behavior::Status { status, body } => Some(Response::json(status, body)),
+        Behavior::Page { status, body } => Some(Response {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body,
+        }),
         Behavior::Garbage => Some(Response {
             status: 200,
             content_type: "text/html",

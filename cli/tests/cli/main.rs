@@ -17,5 +17,6 @@ mod fleet;
 mod hostile_files;
 mod inspect;
 mod lock;
+mod misconfiguration;
 mod real_codex;
 mod save_faults;

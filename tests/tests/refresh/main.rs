@@ -6,4 +6,5 @@ mod behaviour_modes;
 mod behaviour_protocol;
 mod robustness;
 mod rotation;
+mod token_url;
 mod untrusted_answers;
