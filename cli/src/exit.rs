@@ -33,6 +33,16 @@ impl Failure {
         }
     }
 
+    /// A stop signal (`name`, number `signo`) ended the command after any answer already on its
+    /// way was saved: exit 128 + `signo`, as a process killed by it would.
+    pub fn signalled(name: &str, signo: i32) -> Self {
+        Failure {
+            message: format!("stopped by {name}; nothing was left half done"),
+            hint: None,
+            code: u8::try_from(128 + signo).unwrap_or(1),
+        }
+    }
+
     /// Stdout was closed before the output could be written (`codex-store inspect | true`):
     /// exit [`CLOSED_STDOUT`] without a message, as a process killed by SIGPIPE would.
     pub fn closed_stdout() -> Self {

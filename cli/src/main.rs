@@ -8,6 +8,7 @@ mod inspect;
 mod login;
 mod logout;
 mod refresh;
+mod signals;
 mod token;
 
 use std::path::PathBuf;

@@ -48,7 +48,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             .map(|g| g.to_string())
     };
     let before = generation(&manager);
-    let outcome = ctx.runtime()?.block_on(manager.refresh())?;
+    let outcome = crate::signals::guarded(&ctx.runtime()?, &manager, manager.refresh())?;
     let report = RefreshReport {
         outcome: match outcome {
             RefreshOutcome::Refreshed => "refreshed",

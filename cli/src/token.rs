@@ -10,6 +10,6 @@ pub struct Args {}
 /// Prints the bearer and a newline, and nothing else, to stdout.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let manager = ctx.manager()?;
-    let auth = ctx.runtime()?.block_on(manager.auth())?;
+    let auth = crate::signals::guarded(&ctx.runtime()?, &manager, manager.auth())?;
     crate::exit::write_stdout(&format!("{}\n", auth.bearer().expose()))
 }

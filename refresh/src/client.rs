@@ -260,14 +260,16 @@ fn is_loopback(url: &str) -> bool {
 }
 
 fn transient_from(e: &reqwest::Error) -> RefreshError {
-    let reason = if e.is_timeout() {
-        TransientReason::Timeout
-    } else if e.is_connect() {
+    // A connection never made (refused, DNS, a connect timeout) carried no token; anything after
+    // it may have.
+    let reason = if e.is_connect() {
         TransientReason::Connect
+    } else if e.is_timeout() {
+        TransientReason::Timeout
     } else if e.is_decode() || e.is_body() {
         TransientReason::UnparseableAnswer
     } else {
-        TransientReason::Connect
+        TransientReason::Interrupted
     };
     RefreshError::Transient { reason }
 }

@@ -76,8 +76,11 @@ pub enum TransientReason {
     Status(u16),
     /// No answer within the HTTP timeout.
     Timeout,
-    /// The connection failed (refused, reset, DNS).
+    /// No connection could be made (refused, DNS, a connect timeout): nothing was sent.
     Connect,
+    /// The connection broke after the request may have been sent (reset, closed): whether the
+    /// endpoint redeemed the token is unknown.
+    Interrupted,
     /// The answer could not be understood.
     UnparseableAnswer,
     /// A 200 answer that is not a usable refresh (no access token, empty strings, wrong types,
@@ -96,6 +99,9 @@ impl std::fmt::Display for TransientReason {
             TransientReason::Status(s) => write!(f, "the token endpoint answered HTTP {s}"),
             TransientReason::Timeout => f.write_str("the token endpoint did not answer in time"),
             TransientReason::Connect => f.write_str("the token endpoint could not be reached"),
+            TransientReason::Interrupted => {
+                f.write_str("the connection to the token endpoint broke before its answer")
+            }
             TransientReason::UnparseableAnswer => {
                 f.write_str("the token endpoint's answer could not be understood")
             }
@@ -293,7 +299,11 @@ impl RefreshError {
             RefreshError::Transient { .. }
             | RefreshError::HostRefreshTimeout { .. }
             | RefreshError::HostRefreshFailed { .. } => ErrorClass::Transient,
-            RefreshError::Store(StoreError::LockTimeout { .. }) => ErrorClass::LockTimeout,
+            RefreshError::Store(StoreError::LockTimeout { .. })
+            | RefreshError::Store(StoreError::NotInstalled {
+                cause: codex_store::NotInstalledCause::LockTimeout,
+                ..
+            }) => ErrorClass::LockTimeout,
             RefreshError::Store(StoreError::Corrupt { .. }) => ErrorClass::Corrupt,
             RefreshError::UnsupportedMode { .. } => ErrorClass::UnsupportedMode,
             _ => ErrorClass::Other,

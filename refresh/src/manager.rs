@@ -63,12 +63,12 @@ impl AuthManager {
         })
     }
 
-    /// From now on, sends no new refresh request (a request already sent is still awaited and
-    /// its answer saved). For a process that is stopping.
-    pub(crate) fn stop_new_requests(&self) {
-        self.inner
-            .stopping
-            .store(true, std::sync::atomic::Ordering::Release);
+    /// From now on, sends no new refresh request, and resolves once every request already
+    /// sent has its answer durable (or failed). For a process that is stopping (a signal): its
+    /// refresh tasks keep running while this is awaited, and the process may exit when it
+    /// resolves without losing a redeemed token.
+    pub async fn stop(&self) {
+        self.inner.stop().await;
     }
 
     /// The store.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use codex_store::{
     AuthDotJson, Durability, JournalEvent, JournalRecord, Reserved, Rotation, SaveOutcome,
-    Snapshot, Timestamp,
+    Snapshot, StoreError, Timestamp, TokenFate,
 };
 
 use crate::auth::{CodexAuth, Mode};
@@ -78,16 +78,45 @@ impl Urgency {
     }
 }
 
-/// Runs the protocol once, with `urgency` saying whether tokens that are not due are refreshed.
+/// How many times a refresh starts again from the lock (auth.json changed between the read
+/// and the reservation, or a token sent without a known outcome was waited out) before the
+/// last reason is returned.
+const RESTARTS: u32 = 4;
+
+/// What one pass of the protocol ended with.
+enum Pass {
+    /// The refresh's result.
+    Done((RefreshOutcome, Arc<CodexAuth>)),
+    /// Start again from the lock, for this reason.
+    Again(RefreshError),
+}
+
+/// Runs the protocol, with `urgency` saying whether tokens that are not due are refreshed.
 ///
 /// Single flight across processes is the refresh lock ([`codex_store::Rotation`]), held across
 /// the request; the write locks (`auth.lock`, `auth.json.lock`, shared with Codex) are taken only
-/// by the save, for milliseconds, so that no Codex process waiting for them gives up.
+/// to check the reservation and by the save, for milliseconds, so that no Codex process waiting
+/// for them gives up.
 pub(crate) async fn guarded_refresh(
     inner: Arc<Inner>,
     known: Known,
     urgency: Urgency,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
+    let mut last = None;
+    for _ in 0..RESTARTS {
+        match pass(&inner, &known, urgency).await? {
+            Pass::Done(done) => return Ok(done),
+            Pass::Again(why) => last = Some(why),
+        }
+    }
+    Err(last.unwrap_or(RefreshError::Transient {
+        reason: TransientReason::Stopping,
+    }))
+}
+
+/// One pass: refresh lock -> recovery -> re-read -> checks -> reserve and check again -> send
+/// -> persist.
+async fn pass(inner: &Arc<Inner>, known: &Known, urgency: Urgency) -> Result<Pass, RefreshError> {
     let store = inner.store.clone();
     // The store's one lock-wait setting; another process may hold the refresh lock across its
     // request, so it should exceed `http_timeout` (the default does).
@@ -98,76 +127,156 @@ pub(crate) async fn guarded_refresh(
                 Some(rotation) => rotation,
                 // Another process is refreshing and ours are still valid: keep them, do not
                 // wait for its request.
-                None => return Ok((RefreshOutcome::NotNeeded, cached)),
+                None => return Ok(Pass::Done((RefreshOutcome::NotNeeded, cached))),
             }
         }
         _ => blocking(move || store.begin_rotation(wait)).await?,
     };
     // Under the refresh lock, after the recovery: tokens this process could not write before.
-    if let Some(saved) = save_unsaved(&inner).await? {
-        return Ok((RefreshOutcome::Refreshed, saved));
+    if let Some(saved) = save_unsaved(inner).await? {
+        return Ok(Pass::Done((RefreshOutcome::Refreshed, saved)));
     }
     let snap = rotation.snapshot().clone();
-    let disk = check_disk(&inner, &known, &snap)?;
+    let disk = check_disk(inner, known, &snap)?;
     let generation = snap.generation();
     let now = SystemTime::now();
+    let done = |outcome, auth| Ok(Pass::Done((outcome, Arc::new(auth))));
     if disk.mode() == Mode::ApiKey {
-        return Ok((RefreshOutcome::NotNeeded, Arc::new(disk)));
+        return done(RefreshOutcome::NotNeeded, disk);
     }
     let moved_on = known.generation() != Some(generation);
     if moved_on && !disk.is_due(now, &inner.config) {
-        return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(disk)));
+        return done(RefreshOutcome::AdoptedFromDisk, disk);
     }
     if urgency.only_if_due() && !disk.is_due(now, &inner.config) {
-        return Ok((RefreshOutcome::NotNeeded, Arc::new(disk)));
+        return done(RefreshOutcome::NotNeeded, disk);
     }
     if let Some(remembered) = inner.remembered_failure(generation) {
         return Err(remembered);
     }
-    // Another process was refused this very token: do not send it again.
-    if let Some(refusal) = rotation.refusal() {
-        drop(rotation);
-        let reason = PermanentReason::from_code(refusal.code.as_deref().unwrap_or(""));
-        tracing::info!(code = ?refusal.code, "another process was refused this refresh token; not sending it again");
-        if reason == PermanentReason::Reused {
-            return await_rotation(&inner, &known, &snap, refusal.time()).await;
+    // What the journal knows of this very token decides whether it may be sent.
+    match rotation.fate().cloned() {
+        Some(TokenFate::Refused(refusal)) => {
+            drop(rotation);
+            let reason = PermanentReason::from_code(refusal.code.as_deref().unwrap_or(""));
+            tracing::info!(code = ?refusal.code, "another process was refused this refresh token; not sending it again");
+            if reason == PermanentReason::Reused {
+                return await_rotation(inner, known, &snap, refusal.time())
+                    .await
+                    .map(Pass::Done);
+            }
+            return Err(inner.remember_failure(generation, RefreshError::Permanent { reason }));
         }
-        return Err(inner.remember_failure(generation, RefreshError::Permanent { reason }));
+        Some(TokenFate::Spent(spent)) => {
+            // Redeemed already (its answer installed elsewhere, or lost): the endpoint would
+            // refuse it. Wait for the rotation, as after a reuse refusal.
+            drop(rotation);
+            tracing::info!(event = ?spent.event, "this refresh token was already redeemed; not sending it again");
+            return await_rotation(inner, known, &snap, spent.time())
+                .await
+                .map(Pass::Done);
+        }
+        Some(TokenFate::Unanswered(sent)) if waited(sent.time()) < inner.config.reuse_wait => {
+            // Sent before without a known outcome: the answer may still land. Wait for it (the
+            // reuse wait from that send); only then is the token sent again, once.
+            drop(rotation);
+            tracing::info!("this refresh token was sent without a known outcome; waiting for its rotation before sending it again");
+            return Ok(
+                match wait_for_rotation(inner, known, &snap, sent.time()).await? {
+                    Some(found) => Pass::Done(found),
+                    None => Pass::Again(RefreshError::Transient {
+                        reason: TransientReason::Timeout,
+                    }),
+                },
+            );
+        }
+        _ => {}
     }
     let doc = snap.auth().cloned().unwrap_or_default();
     let Some(refresh_token) = doc.tokens.as_ref().map(|t| t.refresh_token.clone()) else {
-        return Err(signed_out(&inner, &known));
+        return Err(signed_out(inner, known));
     };
-    // Everything the save needs is reserved before the token is redeemed; if that fails, nothing
-    // is sent.
+    // Everything the save needs is reserved, and checked again under the write locks, before
+    // the token is redeemed; if that fails, nothing is sent.
     let to_redeem = refresh_token.clone();
-    let reserved: Reserved = blocking(move || rotation.reserve(&to_redeem)).await?;
-    if inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
-        // Stopping: nothing is sent (the reservation is removed with it).
+    let reserved: Reserved = match blocking(move || rotation.reserve(&to_redeem)).await {
+        Ok(reserved) => reserved,
+        // auth.json changed between the read and the reservation: look again.
+        Err(e @ RefreshError::Store(StoreError::Conflict { .. })) => return Ok(Pass::Again(e)),
+        // Another refresh (whose refresh lock is another file) has this token: wait for
+        // its rotation.
+        Err(RefreshError::Store(StoreError::AlreadyRedeemed { by, .. })) => {
+            tracing::warn!(%by, "another refresh has this refresh token; waiting for its rotation");
+            return await_rotation(inner, known, &snap, Some(SystemTime::now()))
+                .await
+                .map(Pass::Done);
+        }
+        Err(e) => return Err(e),
+    };
+    // From here until the answer is durable, a stopping process waits (see
+    // `AuthManager::stop`); once it is stopping, nothing new is sent.
+    let Some(_sending) = inner.begin_send() else {
         drop(reserved.abandon());
         return Err(RefreshError::Transient {
             reason: TransientReason::Stopping,
         });
-    }
+    };
     tracing::debug!(generation = %generation, "refreshing tokens (refresh lock held, write locks free)");
+    let fingerprint = refresh_token.fingerprint();
+    let journal = |reserved: &Reserved, event, code: String| {
+        let mut record = JournalRecord::new(event, generation);
+        record.account = disk.account_id().map(str::to_owned);
+        record.refresh = Some(fingerprint.clone());
+        // Bounded, so that the journal's line limit never hides it.
+        record.code = Some(code.chars().take(64).collect());
+        reserved.rotation().record(&record);
+    };
     match inner.client.refresh(&refresh_token).await {
-        Ok(answer) => persist(&inner, &known, reserved, doc, answer).await,
+        Ok(answer) => persist(inner, known, reserved, doc, answer)
+            .await
+            .map(Pass::Done),
         Err(RefreshError::Permanent { reason }) => {
-            let rotation = reserved.abandon();
-            let mut record = JournalRecord::new(JournalEvent::Refused, generation);
-            record.account = disk.account_id().map(str::to_owned);
-            record.refresh = Some(refresh_token.fingerprint());
-            // Bounded, so that the journal's line limit never hides a refusal.
-            record.code = Some(reason.code().chars().take(64).collect());
-            rotation.record(&record);
-            drop(rotation);
+            // Journaled before the reservation goes, so that no process that takes it for
+            // unused sends the token again.
+            journal(&reserved, JournalEvent::Refused, reason.code());
+            drop(reserved.abandon());
             if reason == PermanentReason::Reused {
-                return await_rotation(&inner, &known, &snap, Some(SystemTime::now())).await;
+                return await_rotation(inner, known, &snap, Some(SystemTime::now()))
+                    .await
+                    .map(Pass::Done);
             }
             Err(inner.remember_failure(generation, RefreshError::Permanent { reason }))
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            if may_be_spent(&e) {
+                journal(&reserved, JournalEvent::Unanswered, e.to_string());
+            }
+            drop(reserved.abandon());
+            Err(e)
+        }
     }
+}
+
+/// How long ago `since` was (zero when unknown or in the future).
+fn waited(since: Option<SystemTime>) -> Duration {
+    since
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default()
+}
+
+/// Whether a failed request may have reached the endpoint and redeemed the token: no answer in
+/// time, a connection cut after it was made, or a 200 that could not be used. (An error answer,
+/// a redirect or a connection never made redeemed nothing.)
+fn may_be_spent(e: &RefreshError) -> bool {
+    matches!(
+        e,
+        RefreshError::Transient {
+            reason: TransientReason::Timeout
+                | TransientReason::Interrupted
+                | TransientReason::UnparseableAnswer
+                | TransientReason::InvalidAnswer(_)
+        }
+    )
 }
 
 /// After `refresh_token_reused` (ours, or one the journal recorded at `since`): with every lock
@@ -180,14 +289,30 @@ async fn await_rotation(
     refused: &Snapshot,
     since: Option<SystemTime>,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
+    match wait_for_rotation(inner, known, refused, since).await? {
+        Some(found) => Ok(found),
+        None => Err(inner.remember_failure(
+            refused.generation(),
+            RefreshError::Permanent {
+                reason: PermanentReason::Reused,
+            },
+        )),
+    }
+}
+
+/// Watches auth.json until `since` + [`crate::RefreshConfig::reuse_wait`] for a refresh token of
+/// the same account other than `refused`'s, and adopts it; `None` when none came.
+async fn wait_for_rotation(
+    inner: &Arc<Inner>,
+    known: &Known,
+    refused: &Snapshot,
+    since: Option<SystemTime>,
+) -> Result<Option<(RefreshOutcome, Arc<CodexAuth>)>, RefreshError> {
     let dead = refused
         .auth()
         .and_then(|d| d.tokens.as_ref())
         .map(|t| t.refresh_token.clone());
-    let waited = since
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .unwrap_or_default();
-    let deadline = Instant::now() + inner.config.reuse_wait.saturating_sub(waited);
+    let deadline = Instant::now() + inner.config.reuse_wait.saturating_sub(waited(since));
     loop {
         let store = inner.store.clone();
         if let Ok(snap) = blocking(move || store.load()).await {
@@ -198,21 +323,15 @@ async fn await_rotation(
             if snap.generation() != refused.generation() && rotated {
                 let newer = check_disk(inner, known, &snap)?;
                 tracing::info!("the refresh token was rotated by another process; adopted it");
-                return Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(newer)));
+                return Ok(Some((RefreshOutcome::AdoptedFromDisk, Arc::new(newer))));
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break;
+            return Ok(None);
         }
         tokio::time::sleep(left.min(REUSE_POLL)).await;
     }
-    Err(inner.remember_failure(
-        refused.generation(),
-        RefreshError::Permanent {
-            reason: PermanentReason::Reused,
-        },
-    ))
 }
 
 /// How often auth.json is re-read while waiting for the rotation a reuse refusal means.
@@ -270,12 +389,12 @@ async fn persist(
     if let Err(e) = apply(&mut refreshed, &answer) {
         tracing::error!(error = %e, "the token endpoint's answer was refused; nothing stored");
         // The token was redeemed all the same: it is spent, and no process may send it again
-        // (the next one would be told "already used"). Recorded as refused.
-        let rotation = reserved.abandon();
-        let mut record = JournalRecord::new(JournalEvent::Refused, read_at);
+        // (the next one would be told "already used"). Journaled before the reservation goes.
+        let mut record = JournalRecord::new(JournalEvent::Spent, read_at);
         record.refresh = redeemed;
         record.code = Some("unusable_answer".into());
-        rotation.record(&record);
+        reserved.rotation().record(&record);
+        drop(reserved.abandon());
         return Err(e);
     }
     let attempt = refreshed.clone();
@@ -299,58 +418,73 @@ async fn persist(
             Ok((RefreshOutcome::Refreshed, Arc::new(auth)))
         }
         Ok(SaveOutcome::Superseded { current }) => {
-            // Another account signed in, or a logout, during the request: theirs wins.
-            check_disk(inner, known, &current)?;
-            Err(signed_out(inner, known))
+            // Another account signed in, a logout, or newer tokens of this account (another
+            // process rotated them) during the request: theirs win, and are adopted.
+            let theirs = check_disk(inner, known, &current)?;
+            tracing::warn!("auth.json changed during the refresh to other credentials; they win");
+            Ok((RefreshOutcome::AdoptedFromDisk, Arc::new(theirs)))
         }
         Err(e) => {
             // Also when they are safe in a rotation file (`NotInstalled`): the next attempt of
             // this process then does not stop at its cache, and installs them (the recovery, or
-            // this copy).
-            tracing::error!(error = %e, "new tokens could not be stored; keeping them in memory");
+            // this copy). The error itself is the caller's to report, once.
+            tracing::debug!(error = %e, "new tokens could not be installed; this process keeps a copy for its next attempt");
             if let Ok(Some(auth)) = CodexAuth::from_document(&refreshed, read_at) {
                 inner.set_cache(Some(Arc::new(auth)));
             }
-            inner.keep_unsaved(read_at, refreshed);
+            if let Some(redeemed) = redeemed {
+                inner.keep_unsaved(redeemed, refreshed);
+            }
             Err(e)
         }
     }
 }
 
-/// Writes credentials an earlier attempt obtained but could not write, if the file is still
-/// what they replace. If someone else wrote since, what is on disk wins and they are dropped.
+/// Writes credentials an earlier attempt obtained but could not write, if auth.json still
+/// holds the refresh token they were redeemed for (a rewrite of the same tokens, by a writer
+/// ignoring the locks, does not count as a change: the new tokens are merged into it). If
+/// auth.json holds other tokens (the rotation file installed them, or another process rotated),
+/// what is on disk wins and they are dropped.
 async fn save_unsaved(inner: &Inner) -> Result<Option<Arc<CodexAuth>>, RefreshError> {
-    let Some((base, doc)) = inner.take_unsaved() else {
+    let Some((redeemed, doc)) = inner.take_unsaved() else {
         return Ok(None);
     };
     let store = inner.store.clone();
     let attempt = doc.clone();
+    let wanted = redeemed.clone();
     let saved = blocking(move || {
         let tx = store.transaction()?;
-        if tx.snapshot().generation() != base {
+        let current = tx.snapshot().auth();
+        let holds_redeemed = current
+            .and_then(|d| d.tokens.as_ref())
+            .is_some_and(|t| t.refresh_token.fingerprint() == wanted);
+        let Some(merged) = current
+            .filter(|_| holds_redeemed)
+            .and_then(|c| codex_store::merge_rotated(c, &attempt))
+        else {
             return Ok(None);
-        }
-        tx.commit(Some(&attempt))
+        };
+        tx.commit(Some(&merged))
             .or_else(|e| {
                 warn_not_durable(&e);
                 e.accept_not_durable()
             })
-            .map(Some)
+            .map(|generation| Some((generation, merged)))
     })
     .await;
     match saved {
-        Ok(Some(generation)) => {
+        Ok(Some((generation, merged))) => {
             tracing::info!(generation = %generation, "stored the tokens an earlier write failed to store");
-            Ok(CodexAuth::from_document(&doc, generation)?.map(Arc::new))
+            Ok(CodexAuth::from_document(&merged, generation)?.map(Arc::new))
         }
         Ok(None) => {
-            tracing::warn!(
-                "auth.json changed since the failed write; the unsaved tokens are dropped"
+            tracing::info!(
+                "auth.json no longer holds the refresh token the unsaved tokens replace; what it holds wins"
             );
             Ok(None)
         }
         Err(e) => {
-            inner.keep_unsaved(base, doc);
+            inner.keep_unsaved(redeemed, doc);
             Err(e)
         }
     }

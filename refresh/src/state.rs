@@ -2,7 +2,7 @@
 //! knew when it started ([`Known`]). The modules that run the protocol (`protocol`, `external`)
 //! and the manager all build on this one; it imports none of them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -31,12 +31,17 @@ pub(crate) struct Inner {
     /// The host's refresh callback, while host-supplied tokens are in use.
     pub(crate) host: Mutex<Option<HostRefresher>>,
     /// New credentials the endpoint issued but that could not be written (disk full, I/O
-    /// error), with the generation they replace: written first by the next attempt.
-    unsaved: Mutex<Option<(Generation, AuthDotJson)>>,
+    /// error), with the fingerprint of the refresh token redeemed for them: written first by
+    /// the next attempt, if auth.json still holds that token.
+    unsaved: Mutex<Option<(String, AuthDotJson)>>,
     /// Whether `unsaved` holds something: read on the fast path without a lock.
     has_unsaved: AtomicBool,
     /// Set when the process stops: no new request is sent (one already sent is still saved).
-    pub(crate) stopping: AtomicBool,
+    stopping: AtomicBool,
+    /// Requests sent whose answers are not durable yet ([`Inner::begin_send`]).
+    in_flight: AtomicUsize,
+    /// Notified when `in_flight` drops to zero.
+    settled: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -54,6 +59,31 @@ impl Inner {
             unsaved: Mutex::new(None),
             has_unsaved: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A request is about to be sent: counted in flight until the guard is dropped (once its
+    /// answer is durable, or it failed). `None`, and nothing may be sent, once the process is
+    /// stopping. (Counted before the flag is read, and the flag set before the count is read
+    /// by [`Inner::stop`]: one of the two always sees the other.)
+    pub(crate) fn begin_send(&self) -> Option<Sending<'_>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let sending = Sending { inner: self };
+        (!self.stopping.load(Ordering::SeqCst)).then_some(sending)
+    }
+
+    /// Sends no new request from now on, and resolves once no request is in flight: every
+    /// answer already on its way is durable (or its request failed).
+    pub(crate) async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        loop {
+            let settled = self.settled.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            settled.await;
         }
     }
 
@@ -74,13 +104,13 @@ impl Inner {
     }
 
     /// Keeps credentials that could not be written, to be written by the next attempt.
-    pub(crate) fn keep_unsaved(&self, base: Generation, doc: AuthDotJson) {
-        *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some((base, doc));
+    pub(crate) fn keep_unsaved(&self, redeemed: String, doc: AuthDotJson) {
+        *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some((redeemed, doc));
         self.has_unsaved.store(true, Ordering::Release);
     }
 
     /// Takes the credentials that could not be written, if any.
-    pub(crate) fn take_unsaved(&self) -> Option<(Generation, AuthDotJson)> {
+    pub(crate) fn take_unsaved(&self) -> Option<(String, AuthDotJson)> {
         let taken = self
             .unsaved
             .lock()
@@ -138,6 +168,19 @@ impl Inner {
                 account_id: auth.account_id().map(str::to_owned),
                 generation: auth.generation(),
             },
+        }
+    }
+}
+
+/// A request in flight ([`Inner::begin_send`]); dropping it ends it.
+pub(crate) struct Sending<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if self.inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.settled.notify_waiters();
         }
     }
 }

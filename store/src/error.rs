@@ -176,6 +176,18 @@ pub enum StoreError {
         pending: PathBuf,
         /// Why, without any secret.
         reason: String,
+        /// What kind of failure it was.
+        cause: NotInstalledCause,
+    },
+
+    /// The refresh token is being redeemed, or already was, by another refresh: it is not sent
+    /// again.
+    #[error("the refresh token in {path} {by}; it is not sent again")]
+    AlreadyRedeemed {
+        /// auth.json.
+        path: PathBuf,
+        /// Who has it.
+        by: Redeemer,
     },
 
     /// The write happened (the new file is in place, or the old one removed) but the directory
@@ -252,5 +264,32 @@ impl StoreError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// Why new tokens safe in a rotation file could not be installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotInstalledCause {
+    /// The write locks stayed held past the lock timeout.
+    LockTimeout,
+    /// Anything else (auth.json unreadable or changing all the time, a failed rename).
+    Other,
+}
+
+/// Who redeemed a refresh token, for [`StoreError::AlreadyRedeemed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redeemer {
+    /// Another refresh reserved it and may be sending it now.
+    InFlight,
+    /// The journal recorded it redeemed, refused or sent since it was checked.
+    Journaled,
+}
+
+impl std::fmt::Display for Redeemer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Redeemer::InFlight => "is being redeemed by another refresh",
+            Redeemer::Journaled => "was redeemed by another refresh meanwhile",
+        })
     }
 }

@@ -44,6 +44,34 @@ pub enum JournalEvent {
     Discarded,
     /// After a refusal, a newer token of the same account was adopted from auth.json.
     Adopted,
+    /// The refresh token was redeemed but its answer is lost for good (`code` says how: a
+    /// rotation file cut short by a crash and discarded, an answer that could not be used). No
+    /// process sends it again: the endpoint would refuse it.
+    Spent,
+    /// The refresh token was sent and no usable answer came back (a timeout after sending, a
+    /// connection cut, a 200 whose body is cut off or unusable): it may be spent. The next
+    /// sender first waits for the rotation to appear, like after a reuse refusal.
+    Unanswered,
+}
+
+/// What the journal knows about one refresh token, strongest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenFate {
+    /// The endpoint refused it for good.
+    Refused(JournalRecord),
+    /// It was redeemed: a successor was saved or recovered, or the answer was lost ([`JournalEvent::Spent`]).
+    Spent(JournalRecord),
+    /// It was sent, and whether the endpoint redeemed it is unknown.
+    Unanswered(JournalRecord),
+}
+
+impl TokenFate {
+    /// The record that decided it.
+    pub fn record(&self) -> &JournalRecord {
+        match self {
+            TokenFate::Refused(r) | TokenFate::Spent(r) | TokenFate::Unanswered(r) => r,
+        }
+    }
 }
 
 /// One line of the journal. Every field but `at`, `pid` and `event` is optional.
@@ -131,12 +159,14 @@ pub(crate) fn append(path: &Path, record: &JournalRecord) -> Result<(), StoreErr
 fn compact(path: &Path) -> Result<(), StoreError> {
     let keep = tail_bytes(path, JOURNAL_LIMIT / 2)?;
     let tmp = crate::lock::sibling(path, &format!(".compact.{}", std::process::id()));
+    // Only the refresh lock's holder compacts: anything at this name is a leftover of a crash,
+    // or planted (a FIFO would hang an open for writing). Removed, then created exclusively.
+    let _ = fs::remove_file(&tmp);
     let written = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&tmp)
         .and_then(|mut f| f.write_all(&keep))
         .and_then(|()| fs::rename(&tmp, path));
@@ -196,28 +226,45 @@ pub fn read_journal(path: &Path) -> Result<Vec<JournalRecord>, StoreError> {
         .collect())
 }
 
-/// The refusal recorded for `generation`, if the last record about it is one.
-pub(crate) fn refusal_for(
+/// What the journal says of the refresh token whose fingerprint is `refresh` (in any file:
+/// a rewrite of the same token by another writer must not make it look new), or, for a
+/// refusal, of `generation` when the last record about that generation is one.
+pub(crate) fn fate_of(
     path: &Path,
     generation: Generation,
     refresh: Option<&str>,
-) -> Option<JournalRecord> {
-    let wanted = generation.to_string();
+) -> Option<TokenFate> {
     let records = read_journal(path).ok()?;
-    // A refresh token refused once is dead, whatever file (generation) holds it now: a rewrite
-    // of the same token by another writer must not make it look new.
-    if let Some(fp) = refresh {
-        if let Some(refused) = records
-            .iter()
-            .rev()
-            .find(|r| r.event == JournalEvent::Refused && r.refresh.as_deref() == Some(fp))
-        {
-            return Some(refused.clone());
-        }
-    }
-    let last = records
-        .into_iter()
+    let about = |r: &&JournalRecord| refresh.is_some() && r.refresh.as_deref() == refresh;
+    if let Some(refused) = records
+        .iter()
         .rev()
-        .find(|r| r.generation.as_deref() == Some(wanted.as_str()))?;
-    (last.event == JournalEvent::Refused).then_some(last)
+        .filter(about)
+        .find(|r| r.event == JournalEvent::Refused)
+    {
+        return Some(TokenFate::Refused(refused.clone()));
+    }
+    let wanted = generation.to_string();
+    if let Some(last) = records
+        .iter()
+        .rev()
+        .find(|r| r.generation.as_deref() == Some(wanted.as_str()))
+        .filter(|r| r.event == JournalEvent::Refused)
+    {
+        return Some(TokenFate::Refused(last.clone()));
+    }
+    if let Some(spent) = records.iter().rev().filter(about).find(|r| {
+        matches!(
+            r.event,
+            JournalEvent::Saved | JournalEvent::Recovered | JournalEvent::Spent
+        )
+    }) {
+        return Some(TokenFate::Spent(spent.clone()));
+    }
+    records
+        .iter()
+        .rev()
+        .filter(about)
+        .find(|r| r.event == JournalEvent::Unanswered)
+        .map(|r| TokenFate::Unanswered(r.clone()))
 }

@@ -139,14 +139,16 @@ mod transaction;
 pub use agent::{AgentClaim, AgentPresence, AgentState, AgentStatus};
 pub use auth_json::{AuthDotJson, AuthMode, FormatError, KeyOrder, TokenData};
 pub use diagnose::Problem;
-pub use error::StoreError;
+pub use error::{NotInstalledCause, Redeemer, StoreError};
 pub use generation::{Expect, Generation};
-pub use journal::{read_journal, JournalEvent, JournalRecord, JOURNAL_LIMIT};
+pub use journal::{read_journal, JournalEvent, JournalRecord, TokenFate, JOURNAL_LIMIT};
 pub use jwt::{token_expiry, IdTokenClaims, JwtError};
 pub use options::{StoreOptions, WaitNotice, DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV};
 pub use read::MAX_FILE_SIZE;
 pub use replace::{IN_PLACE_PREFIX, TEMP_PREFIX};
-pub use rotation::{Durability, Reserved, Rotation, SaveOutcome, ROTATION_PREFIX};
+pub use rotation::{
+    merge as merge_rotated, Durability, Reserved, Rotation, SaveOutcome, ROTATION_PREFIX,
+};
 pub use secret::Secret;
 pub use store::{
     Snapshot, Store, AUTH_FILE, CODEX_LOCK_FILE, JOURNAL_FILE, LOCK_FILE, REFRESH_LOCK_FILE,

@@ -1,18 +1,25 @@
 //! Recovery: installing the rotation files of refreshes that crashed after the answer.
 //!
 //! A rotation file that holds a document is the only copy of redeemed tokens. Under the refresh
-//! lock (so that no refresh of ours owns it) and the write locks, each is:
+//! lock and the write locks, each rotation file whose own lock (`flock`, taken by its owner from
+//! reserving until its save ends) is free is:
+//! - left alone while its lock is held: a refresh is under way and owns it (its refresh lock
+//!   may be another file than ours, if the lock file was deleted and re-created);
+//! - removed, when it is not a regular file (a FIFO, a device or a link planted at such a name
+//!   holds no tokens of ours, and is never opened blocking or followed);
 //! - removed, when it holds only its reserved spaces (the request was never answered);
 //! - renamed over auth.json, when auth.json is still the generation it replaces (roll forward);
 //! - merged into auth.json, when auth.json changed but still holds the redeemed refresh token
 //!   of the same account (a writer ignoring the locks rewrote it);
 //! - discarded, when auth.json holds another account, other tokens, or none: they win;
+//! - discarded and its token journaled as spent, when it is cut short by a crash before its
+//!   fsync: an answer existed, so that token must never be sent again;
 //! - left alone, when it cannot be read (`inspect` reports it); and when auth.json cannot be
 //!   read (a writer ignoring the locks, half way), the recovery fails with that error, so that
 //!   no refresh goes on to redeem the token the rotation already redeemed.
 
-use std::fs;
-use std::io::Read;
+use std::fs::{self, File};
+use std::io::{self, Read};
 
 use crate::auth_json::AuthDotJson;
 use crate::error::StoreError;
@@ -21,11 +28,14 @@ use crate::journal::{self, JournalEvent, JournalRecord};
 use crate::read::MAX_FILE_SIZE;
 use crate::replace;
 use crate::rotation::{merge, RotationName};
+use crate::side_file::{self, SideFile};
 use crate::store::Store;
 
 /// What to do with one rotation file.
 enum Verdict {
     RemoveUnused,
+    RemoveForeign,
+    Spent,
     RollForward(Generation),
     FinishInPlace(Vec<u8>),
     Merge(Box<AuthDotJson>, Generation),
@@ -40,7 +50,8 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
             continue;
         };
         let path = store.dir().join(&name);
-        let verdict = judge(store, &path, &parsed)?;
+        // The rotation file's lock, held until its verdict is carried out.
+        let (verdict, _owned) = judge(store, &path, &parsed)?;
         let base = parsed.base.clone();
         let record = |event, generation: Option<Generation>, code: Option<&str>| {
             let mut r = JournalRecord::new(event, Generation::Absent);
@@ -51,13 +62,21 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
             let _ = journal::append(store.journal_path(), &r);
         };
         match verdict {
-            Verdict::RemoveUnused => {
+            Verdict::RemoveUnused | Verdict::RemoveForeign => {
+                let _ = fs::remove_file(&path);
+            }
+            Verdict::Spent => {
+                // Journaled before the file goes: an answer existed, the token is spent.
+                record(JournalEvent::Spent, None, Some("unreadable rotation file"));
                 let _ = fs::remove_file(&path);
             }
             Verdict::RollForward(current) => {
                 replace::recheck(store.path(), current)?;
-                let document = fs::read(&path)
-                    .map_err(|e| StoreError::io("read the rotation file", &path, e))?;
+                let document = match side_file::read_bounded(&path, MAX_FILE_SIZE) {
+                    Ok(side_file::SideBytes::Bytes(bytes)) => bytes,
+                    Ok(_) => continue,
+                    Err(e) => return Err(StoreError::io("read the rotation file", &path, e)),
+                };
                 replace::install(&path, store.path(), &document, true).map_err(|e| {
                     StoreError::io("rename the rotation file over", store.path(), e)
                 })?;
@@ -92,24 +111,45 @@ fn judge(
     store: &Store,
     path: &std::path::Path,
     name: &RotationName,
-) -> Result<Verdict, StoreError> {
-    let Ok(file) = fs::File::open(path) else {
-        return Ok(Verdict::Leave);
+) -> Result<(Verdict, Option<File>), StoreError> {
+    let file = match side_file::open(path) {
+        Ok(SideFile::Regular(file)) => file,
+        Ok(SideFile::NotRegular) => return Ok((Verdict::RemoveForeign, None)),
+        Ok(SideFile::Missing) | Err(_) => return Ok((Verdict::Leave, None)),
     };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        // Its owner is reserving or saving: it is theirs.
+        Err(e) if io::Error::from(e).kind() == io::ErrorKind::WouldBlock => {
+            return Ok((Verdict::Leave, None))
+        }
+        Err(_) => return Ok((Verdict::Leave, None)),
+    }
     let mut bytes = Vec::new();
-    if file
+    if (&file)
         .take(MAX_FILE_SIZE + 1)
         .read_to_end(&mut bytes)
         .is_err()
     {
-        return Ok(Verdict::Leave);
+        return Ok((Verdict::Leave, None));
     }
+    let verdict = judge_bytes(store, path, name, bytes)?;
+    Ok((verdict, Some(file)))
+}
+
+fn judge_bytes(
+    store: &Store,
+    path: &std::path::Path,
+    name: &RotationName,
+    bytes: Vec<u8>,
+) -> Result<Verdict, StoreError> {
     if bytes.iter().all(|b| *b == b' ') {
         return Ok(Verdict::RemoveUnused);
     }
     let Ok(rotated) = AuthDotJson::from_json(&bytes) else {
-        // Cut off by a crash before its fsync: nothing in it can be used.
-        return Ok(Verdict::Discard("unreadable"));
+        // Cut off by a crash before its fsync: nothing in it can be used, but the token it
+        // redeemed is spent.
+        return Ok(Verdict::Spent);
     };
     // An in-place install of this very document (a single-file bind mount; the file is marked)
     // that a crash cut short: auth.json is empty or a strict prefix of it. Without the mark an
@@ -118,7 +158,11 @@ fn judge(
     let marked = path
         .to_str()
         .is_some_and(|p| p.ends_with(replace::IN_PLACE_SUFFIX));
-    if let Some(raw) = fs::read(store.path()).ok().filter(|_| marked) {
+    let current_bytes = || match crate::read::read_raw(store.path()) {
+        Ok(Some(crate::read::RawFile::Bytes(raw))) => Some(raw),
+        _ => None,
+    };
+    if let Some(raw) = Some(marked).filter(|m| *m).and_then(|_| current_bytes()) {
         if replace::interrupted_in_place(&raw, &bytes) {
             return Ok(Verdict::FinishInPlace(bytes));
         }

@@ -16,15 +16,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::auth_json::AuthDotJson;
-use crate::error::StoreError;
+use crate::error::{NotInstalledCause, Redeemer, StoreError};
 use crate::generation::Generation;
-use crate::journal::{self, JournalEvent, JournalRecord};
+use crate::journal::{self, JournalEvent, JournalRecord, TokenFate};
 use crate::lock::{self, LockGuard};
 use crate::read::MAX_FILE_SIZE;
 use crate::replace;
@@ -91,6 +91,8 @@ pub struct Rotation {
     store: Store,
     _flight: LockGuard,
     snapshot: Snapshot,
+    /// What the journal said of the snapshot's refresh token when it was read.
+    fate: Option<TokenFate>,
 }
 
 impl Store {
@@ -131,10 +133,12 @@ impl Store {
             crate::recovery::recover_locked(self)?;
         }
         let snapshot = self.load()?;
+        let fate = fate_in_journal(self, &snapshot);
         Ok(Rotation {
             store: self.clone(),
             _flight: flight,
             snapshot,
+            fate,
         })
     }
 
@@ -197,23 +201,15 @@ impl Rotation {
     /// As [`Store::load`]; the previous snapshot stays.
     pub fn reread(&mut self) -> Result<(), StoreError> {
         self.snapshot = self.store.load()?;
+        self.fate = fate_in_journal(&self.store, &self.snapshot);
         Ok(())
     }
 
-    /// The refusal the journal records for the snapshot's refresh token (by fingerprint, in any
-    /// file), or for its generation if the last record about that generation is one: another
-    /// process was refused this very refresh token.
-    pub fn refusal(&self) -> Option<JournalRecord> {
-        let refresh = self
-            .snapshot
-            .auth()
-            .and_then(|d| d.tokens.as_ref())
-            .map(|t| t.refresh_token.fingerprint());
-        journal::refusal_for(
-            self.store.journal_path(),
-            self.snapshot.generation(),
-            refresh.as_deref(),
-        )
+    /// What the journal said of the snapshot's refresh token when it was read (by
+    /// fingerprint, in any file; a refusal also by generation): refused, spent, or sent without
+    /// a known outcome. [`Rotation::reserve`] checks that it still says so.
+    pub fn fate(&self) -> Option<&TokenFate> {
+        self.fate.as_ref()
     }
 
     /// Appends a record to the journal (best effort: the journal is advice, not state).
@@ -222,29 +218,49 @@ impl Rotation {
     }
 
     /// Reserves everything the save of the answer to redeeming `redeemed` (the snapshot's
-    /// refresh token) needs, before it is sent: checks that auth.json can be replaced, creates
-    /// the rotation file in the store directory and fills it with room for the answer, fsynced.
+    /// refresh token) needs, before it is sent, and makes sure nobody else can be sending it:
+    /// 1. checks that auth.json can be replaced and that no rotation of this token waits;
+    /// 2. creates the rotation file in the store directory, locks it (`flock`, held until the
+    ///    save ends: no recovery touches a rotation file whose lock is held) and fills it with
+    ///    room for the answer, fsynced; journals `redeeming`;
+    /// 3. then, under the write locks (waiting for them within the lock timeout, so that a token
+    ///    is never redeemed whose answer could not be installed), checks again: auth.json still
+    ///    holds the token (rewritten or not), the journal's word on this token is still [`Rotation::fate`]
+    ///    (what the caller judged by), and no other rotation file redeems it. Two refreshes whose refresh locks
+    ///    are different files (the lock file was deleted and re-created under one of them) can
+    ///    both pass the checks made before either reserved; after reserving, at least one of
+    ///    them sees the other's reservation.
     ///
     /// # Errors
     /// [`StoreError::Symlink`], [`StoreError::HardLinked`] when auth.json cannot be replaced;
-    /// [`StoreError::Reserve`] when the file cannot be created, filled or synced (directory
-    /// not writable, no free inode, disk full). In every case nothing may be sent.
+    /// [`StoreError::Reserve`] when the file cannot be created, locked, filled or synced
+    /// (directory not writable, no free inode, disk full); [`StoreError::LockTimeout`] when the
+    /// write locks stay held past the lock timeout; [`StoreError::Conflict`] when auth.json
+    /// no longer holds that token, or does not read as a document (read it again); [`StoreError::AlreadyRedeemed`] when another
+    /// refresh reserved or redeemed this token meanwhile. In every case nothing may be sent,
+    /// and the reservation is gone.
     pub fn reserve(self, redeemed: &Secret) -> Result<Reserved, StoreError> {
         replace::check_replaceable(self.store.path())?;
         let fingerprint = redeemed.fingerprint();
         // A rotation of this very token still waiting to be installed means it is spent: sending
         // it again would be refused, and might revoke the whole token family.
-        let auth = self.store.path().to_path_buf();
-        if let Some(pending) = replace::rotation_files(&auth)
-            .into_iter()
-            .find(|n| RotationName::parse(&auth, n).is_some_and(|r| r.redeemed == fingerprint))
-        {
+        if let Some(pending) = self.rotations_of(&fingerprint, None).into_iter().next() {
+            let pending = self.store.dir().join(pending);
+            if owned(&pending) {
+                // A refresh under another refresh lock file (this one was deleted and
+                // re-created) is sending it now.
+                return Err(StoreError::AlreadyRedeemed {
+                    path: self.store.path().to_path_buf(),
+                    by: Redeemer::InFlight,
+                });
+            }
             return Err(StoreError::NotInstalled {
                 path: self.store.path().to_path_buf(),
-                pending: self.store.dir().join(pending),
+                pending,
                 reason: "this refresh token was already redeemed by an interrupted refresh whose \
                          tokens could not be installed yet; it is not sent again"
                     .into(),
+                cause: NotInstalledCause::Other,
             });
         }
         let base = self.snapshot.generation();
@@ -258,7 +274,7 @@ impl Rotation {
             .and_then(|t| t.account());
         record.refresh = Some(fingerprint.clone());
         self.record(&record);
-        Ok(Reserved {
+        let reserved = Reserved {
             rotation: self,
             pending: PendingFile {
                 path,
@@ -267,8 +283,95 @@ impl Rotation {
             },
             base,
             redeemed: fingerprint,
-        })
+        };
+        reserved.check_again()?;
+        Ok(reserved)
     }
+
+    /// The names of the rotation files that redeem the token of fingerprint `redeemed`, but
+    /// `except`.
+    fn rotations_of(&self, redeemed: &str, except: Option<&Path>) -> Vec<String> {
+        let auth = self.store.path();
+        replace::rotation_files(auth)
+            .into_iter()
+            .filter(|n| RotationName::parse(auth, n).is_some_and(|r| r.redeemed == redeemed))
+            .filter(|n| except.and_then(Path::file_name) != Some(std::ffi::OsStr::new(n)))
+            .collect()
+    }
+}
+
+impl Reserved {
+    /// Step 3 of [`Rotation::reserve`]: the checks made again, under the write locks, once the
+    /// reservation exists.
+    fn check_again(&self) -> Result<(), StoreError> {
+        let store = &self.rotation.store;
+        let path = store.path().to_path_buf();
+        let _locked = store.lock()?;
+        // auth.json must still hold the token about to be sent. A rewrite of the same tokens (a
+        // writer ignoring the locks) is no change: the save merges into it. Anything else (a
+        // successor installed by another refresh, Codex's rotation, a sign-in, a file half
+        // written) is read again from the start.
+        let changed = |actual| StoreError::Conflict {
+            path: path.clone(),
+            expected: crate::Expect::Generation(self.base),
+            actual,
+        };
+        let current = match store.load() {
+            Ok(current) => current,
+            Err(StoreError::Corrupt { generation, .. }) => return Err(changed(generation)),
+            Err(e) => return Err(e),
+        };
+        let holds_redeemed = current
+            .auth()
+            .and_then(|d| d.tokens.as_ref())
+            .is_some_and(|t| t.refresh_token.fingerprint() == self.redeemed);
+        if !holds_redeemed {
+            return Err(changed(current.generation()));
+        }
+        let now = journal::fate_of(store.journal_path(), self.base, Some(&self.redeemed));
+        if now.as_ref() != self.rotation.fate() {
+            return Err(StoreError::AlreadyRedeemed {
+                path,
+                by: Redeemer::Journaled,
+            });
+        }
+        if !self
+            .rotation
+            .rotations_of(&self.redeemed, Some(&self.pending.path))
+            .is_empty()
+        {
+            return Err(StoreError::AlreadyRedeemed {
+                path,
+                by: Redeemer::InFlight,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the journal says of `snapshot`'s refresh token.
+fn fate_in_journal(store: &Store, snapshot: &Snapshot) -> Option<TokenFate> {
+    let refresh = snapshot
+        .auth()
+        .and_then(|d| d.tokens.as_ref())
+        .map(|t| t.refresh_token.fingerprint());
+    journal::fate_of(
+        store.journal_path(),
+        snapshot.generation(),
+        refresh.as_deref(),
+    )
+}
+
+/// Whether the rotation file at `path` is owned: its lock is held by the refresh reserving or
+/// saving it.
+pub(crate) fn owned(path: &Path) -> bool {
+    let Ok(crate::side_file::SideFile::Regular(file)) = crate::side_file::open(path) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK
+    )
 }
 
 /// Creates a rotation file and fills it with `room` spaces (JSON whitespace: a document later
@@ -292,6 +395,25 @@ fn create_filled(
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| reserve_error(&path, e))?;
+    // Locked before anything else, and then still the file at that name: a recovery running
+    // under another refresh lock (the lock file was replaced) may have judged the empty file
+    // unused and removed it in the meantime.
+    let locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(io::Error::from)
+        .and_then(|()| {
+            let ours = file.metadata()?;
+            let named = fs::symlink_metadata(&path)?;
+            if (ours.dev(), ours.ino()) == (named.dev(), named.ino()) {
+                Ok(())
+            } else {
+                Err(io::Error::other(
+                    "the rotation file was replaced while it was created",
+                ))
+            }
+        });
+    if let Err(e) = locked {
+        return Err(reserve_error(&path, e));
+    }
     let spaces = vec![b' '; usize::try_from(room).unwrap_or(usize::MAX)];
     if let Err(e) = file.write_all(&spaces).and_then(|()| file.sync_all()) {
         drop(file);
@@ -335,7 +457,8 @@ pub enum SaveOutcome {
         /// Whether it was fsynced.
         durability: Durability,
     },
-    /// auth.json now holds another account, or no credentials: they win, and the new tokens
+    /// auth.json now holds another account, no credentials, or newer tokens than the ones
+    /// redeemed (another process rotated them, or a new sign-in): they win, and the new tokens
     /// were discarded.
     Superseded {
         /// What auth.json holds.
@@ -448,7 +571,13 @@ impl Reserved {
             }
             let locked = match store.lock() {
                 Ok(locked) => locked,
-                Err(e) => return Err(self.not_installed(e.to_string())),
+                Err(e) => {
+                    let cause = match e {
+                        StoreError::LockTimeout { .. } => NotInstalledCause::LockTimeout,
+                        _ => NotInstalledCause::Other,
+                    };
+                    return Err(self.not_installed_because(e.to_string(), cause));
+                }
             };
             let current = match store.load() {
                 Ok(current) => current,
@@ -463,8 +592,21 @@ impl Reserved {
                 Err(e) => return Err(self.not_installed(e.to_string())),
             };
             if current.generation() != self.base {
-                let Some(next) = current.auth().and_then(|cur| merge(cur, &doc)) else {
-                    self.discard("superseded");
+                // Merged only while auth.json still holds the token this rotation redeemed (a
+                // writer ignoring the locks rewrote it). Newer tokens there (Codex's own
+                // rotation, a new sign-in) or another account win: merging ours back over them
+                // would lose their rotation.
+                let cur = current.auth();
+                let holds_redeemed = cur
+                    .and_then(|d| d.tokens.as_ref())
+                    .is_some_and(|t| t.refresh_token.fingerprint() == self.redeemed);
+                let next = cur.filter(|_| holds_redeemed).and_then(|c| merge(c, &doc));
+                let Some(next) = next else {
+                    self.discard(if holds_redeemed || cur.is_none() {
+                        "superseded"
+                    } else {
+                        "auth.json holds newer tokens"
+                    });
                     return Ok(SaveOutcome::Superseded { current });
                 };
                 // The new tokens merged into what is there now, durable before the old file goes.
@@ -575,11 +717,16 @@ impl Reserved {
     }
 
     fn not_installed(&mut self, reason: String) -> StoreError {
+        self.not_installed_because(reason, NotInstalledCause::Other)
+    }
+
+    fn not_installed_because(&mut self, reason: String, cause: NotInstalledCause) -> StoreError {
         self.pending.keep = true; // it holds the only live tokens
         StoreError::NotInstalled {
             path: self.rotation.store.path().to_path_buf(),
             pending: self.pending.path.clone(),
             reason,
+            cause,
         }
     }
 
@@ -597,7 +744,7 @@ impl Reserved {
 /// The new tokens of `rotated` merged into `current`: when both hold tokens of the same account,
 /// `current` with the token fields and `last_refresh` of `rotated` (every other key of `current`
 /// kept); `None` when `current` holds another account or no tokens.
-pub(crate) fn merge(current: &AuthDotJson, rotated: &AuthDotJson) -> Option<AuthDotJson> {
+pub fn merge(current: &AuthDotJson, rotated: &AuthDotJson) -> Option<AuthDotJson> {
     let (cur, new) = (current.tokens.as_ref()?, rotated.tokens.as_ref()?);
     if cur.account() != new.account() {
         return None;

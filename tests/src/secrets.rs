@@ -242,7 +242,10 @@ pub fn subcommand_of(args: &[String]) -> Option<String> {
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--home" | "--lock-timeout" => {
+            // The global options that take a value (as a separate argument).
+            "--home" | "--lock-timeout" | "--reuse-wait" | "--http-timeout" | "--fleet"
+            | "--fleet-prefix" | "--fleet-user" | "--fleet-ca" | "--fleet-cert" | "--fleet-key"
+            | "--machine" | "--fleet-lock-ttl" => {
                 iter.next();
             }
             a if a.starts_with('-') => {}

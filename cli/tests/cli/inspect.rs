@@ -386,18 +386,16 @@ fn inspect_reports_the_lock_held_while_another_process_holds_it_without_waiting(
 }
 
 #[test]
-fn inspect_with_a_home_that_is_a_regular_file_exits_0_and_reports_the_error() {
+fn inspect_with_a_home_that_is_a_regular_file_is_refused_like_codex_home_and_leaves_it_alone() {
     let dir = temp_home();
     let file = dir.path().join("plain-file");
     write_file(&file, "x", 0o600);
-    let (report, out) = inspect_json(&file);
-    assert!(
-        report["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("not an existing directory")),
-        "the error should say the home is not a directory\n{}",
-        out.describe()
-    );
+    let out = run(&file, &["inspect", "--json"], None, &[]);
+    out.expect_code(exit::OTHER, "inspect with --home naming a regular file")
+        .expect_stderr_contains(
+            &["--home", "which is not a directory"],
+            "the error should say that the --home is not a directory",
+        );
     assert_eq!(
         fs::read_to_string(&file).unwrap_or_default(),
         "x",

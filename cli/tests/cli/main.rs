@@ -19,4 +19,5 @@ mod inspect;
 mod lock;
 mod misconfiguration;
 mod real_codex;
+mod redeeming;
 mod save_faults;
