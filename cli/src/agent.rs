@@ -22,7 +22,7 @@ pub struct Args {
     json: bool,
 }
 
-/// Runs `agent` until SIGTERM or SIGINT (exit 0).
+/// Runs `agent` until SIGTERM, SIGINT or SIGHUP (exit 0).
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let config = AgentConfig {
         lead: args.lead,
@@ -36,7 +36,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let runtime = ctx.runtime()?;
     runtime.block_on(async move {
         let stop = stop_signal().map_err(|e| {
-            Failure::other(format!("cannot listen for SIGTERM and SIGINT: {e}"), None)
+            Failure::other(
+                format!("cannot listen for SIGTERM, SIGINT and SIGHUP: {e}"),
+                None,
+            )
         })?;
         let json = args.json;
         agent
@@ -46,15 +49,18 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     })
 }
 
-/// Resolves at the first SIGTERM or SIGINT.
+/// Resolves at the first SIGTERM, SIGINT or SIGHUP (a closed terminal: the agent stops as
+/// cleanly as on SIGTERM, saving an answer already on its way).
 fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {}
         }
     })
 }

@@ -343,6 +343,17 @@ impl RefreshError {
             RefreshError::HostRefreshFailed { message } => Some(RefreshError::HostRefreshFailed {
                 message: message.clone(),
             }),
+            // Not transient, but no reason to ask again at once either: callers within the
+            // retry interval share it (every failure backs off).
+            RefreshError::TokenUrl {
+                url,
+                origin,
+                problem,
+            } => Some(RefreshError::TokenUrl {
+                url: url.clone(),
+                origin,
+                problem: problem.clone(),
+            }),
             _ => None,
         }
     }

@@ -40,8 +40,9 @@ impl AuthManager {
     /// running.
     ///
     /// # Errors
-    /// [`RefreshError::HttpSetup`] when the token URL is not an absolute http(s) URL or the HTTP
-    /// client cannot be built; the store's errors (for example
+    /// [`RefreshError::TokenUrl`] when the token URL is not an absolute http(s) URL (or its
+    /// override is set but empty), [`RefreshError::HttpSetup`] when the HTTP client cannot be
+    /// built; the store's errors (for example
     /// [`codex_store::StoreError::Corrupt`]) when auth.json cannot be read;
     /// [`RefreshError::WorkspaceNotAllowed`] for credentials of a workspace the configuration does
     /// not allow. A crashed refresh's rotation that cannot be installed yet is logged, not an

@@ -359,29 +359,36 @@ fn tokens_living_shorter_than_the_lead_are_refreshed_at_half_their_life_not_in_a
 }
 
 #[test]
-fn sigterm_during_a_slow_answer_saves_the_redeemed_token_before_exiting() {
-    let creds = ChatgptCreds::expiring_in(200);
-    let (home, idp) = signed_in(&creds, 3600);
-    idp.set_delay(Duration::from_secs(2));
-    let agent = start_agent(home.path(), &idp.url(), &[]);
-    assert!(
-        idp.wait_for_requests(1, Duration::from_secs(20)),
-        "the agent sent no request for its due token"
-    );
-    signal(&agent, "TERM");
-    let out = agent.finish(Duration::from_secs(15));
-    out.expect_code(exit::OK, "SIGTERM during a request must still exit 0");
-    register_last_issued(&idp);
-    assert_eq!(
-        codex_store_tests::codex_sim::refresh_token_on_disk(home.path()),
-        Some(idp.current_refresh_token()),
-        "the agent stopped without saving the token the endpoint had already rotated"
-    );
-    assert!(
-        leftovers(home.path()).is_empty(),
-        "the stopped agent left files behind: {:?}",
-        leftovers(home.path())
-    );
+fn sigterm_or_sighup_during_a_slow_answer_saves_the_redeemed_token_before_exiting() {
+    for name in ["TERM", "HUP"] {
+        let creds = ChatgptCreds::expiring_in(200);
+        let (home, idp) = signed_in(&creds, 3600);
+        idp.set_delay(Duration::from_secs(2));
+        let agent = start_agent(home.path(), &idp.url(), &[]);
+        assert!(
+            idp.wait_for_requests(1, Duration::from_secs(20)),
+            "the agent sent no request for its due token"
+        );
+        signal(&agent, name);
+        let out = agent.finish(Duration::from_secs(15));
+        out.expect_code(
+            exit::OK,
+            &format!("SIG{name} during a request must still exit 0"),
+        )
+        .expect_stderr_contains(&["stopped"], "the agent must say that it stopped");
+        register_last_issued(&idp);
+        assert_eq!(
+            codex_store_tests::codex_sim::refresh_token_on_disk(home.path()),
+            Some(idp.current_refresh_token()),
+            "SIG{name}: the agent stopped without saving the token the endpoint had already \
+             rotated"
+        );
+        assert!(
+            leftovers(home.path()).is_empty(),
+            "SIG{name}: the stopped agent left files behind: {:?}",
+            leftovers(home.path())
+        );
+    }
 }
 
 #[test]

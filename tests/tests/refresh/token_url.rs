@@ -85,3 +85,27 @@ async fn answers_of_no_token_endpoint_are_token_url_errors_that_change_and_spend
          it (fingerprints)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_url_error_is_shared_by_the_callers_within_the_retry_interval_not_asked_again() {
+    let setup = Setup::new(IDENTITY, -60);
+    setup
+        .fake
+        .set_behavior(Behavior::page(404, "<html><body>Not Found</body></html>"));
+    let manager = manager(&setup.store, config(setup.fake.url()));
+    for attempt in 1..=3 {
+        let error = manager
+            .auth()
+            .await
+            .expect_err("auth() with an expired token against no token endpoint succeeded");
+        assert!(
+            matches!(error, RefreshError::TokenUrl { .. }),
+            "attempt {attempt}: not a token URL error: {error}"
+        );
+    }
+    assert_eq!(
+        setup.fake.requests(),
+        1,
+        "every caller within the retry interval asked the wrong URL again: a failure must back off"
+    );
+}
