@@ -66,25 +66,27 @@ impl TokenClient {
         })
     }
 
-    /// Redeems `refresh_token`. Errors are classified: permanent ones mean "sign in again",
-    /// transient ones mean "nothing changed, try later", [`RefreshError::TokenUrl`] means the
-    /// URL answered as no token endpoint does (a configuration error; nothing changed).
+    /// Redeems `refresh_token`, the whole request cut off after `within` when it is given
+    /// (shorter than the client's own timeout: a fleet's send deadline). Errors are classified:
+    /// permanent ones mean "sign in again", transient ones mean "nothing changed, try later",
+    /// [`RefreshError::TokenUrl`] means the URL answered as no token endpoint does (a
+    /// configuration error; nothing changed).
     pub(crate) async fn refresh(
         &self,
         refresh_token: &Secret,
+        within: Option<Duration>,
     ) -> Result<TokenAnswer, RefreshError> {
         let body = serde_json::json!({
             "client_id": self.client_id,
             "grant_type": "refresh_token",
             "refresh_token": refresh_token.expose(),
         });
-        let response = self
-            .http
-            .post(&self.url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transient_from(&e))?;
+        let request = self.http.post(&self.url).json(&body);
+        let request = match within {
+            Some(within) => request.timeout(within),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| transient_from(&e))?;
         let status = response.status();
         if status.is_redirection() {
             return Err(RefreshError::Transient {

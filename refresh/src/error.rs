@@ -91,6 +91,10 @@ pub enum TransientReason {
     Redirect(u16),
     /// The process is stopping ([`crate::Agent`] on SIGTERM): nothing was sent.
     Stopping,
+    /// What coordinates refreshes beyond this machine (the fleet) no longer allows sending:
+    /// its lock's lease or the token's reservation is gone, or the send deadline passed.
+    /// Nothing was sent.
+    Fenced(String),
 }
 
 impl std::fmt::Display for TransientReason {
@@ -110,6 +114,9 @@ impl std::fmt::Display for TransientReason {
                 "the token endpoint's answer is not a usable refresh ({what}), so nothing of it \
                  was stored"
             ),
+            TransientReason::Fenced(why) => {
+                write!(f, "the fleet no longer allows sending the refresh token ({why}), so nothing was sent")
+            }
             TransientReason::Stopping => {
                 f.write_str("the process is stopping, so no refresh request was sent")
             }

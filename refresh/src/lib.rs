@@ -110,11 +110,13 @@
 
 mod agent;
 mod auth;
+mod boottime;
 mod client;
 mod config;
 mod due;
 mod error;
 mod external;
+mod fence;
 pub mod fleet;
 mod host;
 mod manager;

@@ -168,6 +168,16 @@ impl AuthManager {
     /// takes its result (new credentials, or, unless [`Urgency::Now`], its transient failure) instead of
     /// sending a request of its own.
     pub(crate) async fn run(&self, urgency: Urgency) -> Result<RefreshOutcome, RefreshError> {
+        self.run_fenced(urgency, None).await
+    }
+
+    /// [`AuthManager::run`], with `fence` checked immediately before a request is sent (the
+    /// fleet's lease and reservation).
+    pub(crate) async fn run_fenced(
+        &self,
+        urgency: Urgency,
+        fence: Option<Arc<dyn crate::fence::SendFence>>,
+    ) -> Result<RefreshOutcome, RefreshError> {
         let inner = self.inner.clone();
         let seen = inner.cached();
         let task = tokio::spawn(async move {
@@ -202,11 +212,13 @@ impl AuthManager {
                     .await
                     .map(|_| RefreshOutcome::Refreshed)
             } else {
-                let mut result = guarded_refresh(inner.clone(), inner.known(), urgency).await;
+                let mut result =
+                    guarded_refresh(inner.clone(), inner.known(), urgency, fence.clone()).await;
                 if matches!(result, Err(RefreshError::Store(StoreError::Unsaved { .. }))) {
                     // The new tokens are only in memory: one more try, through another file,
                     // before giving up (a one-shot command exits after this).
-                    result = guarded_refresh(inner.clone(), inner.known(), Urgency::IfDue).await;
+                    result =
+                        guarded_refresh(inner.clone(), inner.known(), Urgency::IfDue, fence).await;
                 }
                 result.map(|(outcome, auth)| {
                     inner.set_cache(Some(auth));

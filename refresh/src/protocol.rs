@@ -13,6 +13,7 @@ use codex_store::{
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenAnswer;
 use crate::error::{PermanentReason, RefreshError, TransientReason};
+use crate::fence::SendFence;
 use crate::outcome::RefreshOutcome;
 use crate::state::{blocking, warn_not_durable, Inner, Known};
 
@@ -97,14 +98,18 @@ enum Pass {
 /// the request; the write locks (`auth.lock`, `auth.json.lock`, shared with Codex) are taken only
 /// to check the reservation and by the save, for milliseconds, so that no Codex process waiting
 /// for them gives up.
+///
+/// `fence`, when given, is checked immediately before the request is sent (after the local
+/// reservation): it may forbid sending, and bounds the request's time.
 pub(crate) async fn guarded_refresh(
     inner: Arc<Inner>,
     known: Known,
     urgency: Urgency,
+    fence: Option<Arc<dyn SendFence>>,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
     let mut last = None;
     for _ in 0..RESTARTS {
-        match pass(&inner, &known, urgency).await? {
+        match pass(&inner, &known, urgency, fence.as_deref()).await? {
             Pass::Done(done) => return Ok(done),
             Pass::Again(why) => last = Some(why),
         }
@@ -116,7 +121,12 @@ pub(crate) async fn guarded_refresh(
 
 /// One pass: refresh lock -> recovery -> re-read -> checks -> reserve and check again -> send
 /// -> persist.
-async fn pass(inner: &Arc<Inner>, known: &Known, urgency: Urgency) -> Result<Pass, RefreshError> {
+async fn pass(
+    inner: &Arc<Inner>,
+    known: &Known,
+    urgency: Urgency,
+    fence: Option<&dyn SendFence>,
+) -> Result<Pass, RefreshError> {
     let store = inner.store.clone();
     // The store's one lock-wait setting; another process may hold the refresh lock across its
     // request, so it should exceed `http_timeout` (the default does).
@@ -221,6 +231,18 @@ async fn pass(inner: &Arc<Inner>, known: &Known, urgency: Urgency) -> Result<Pas
             reason: TransientReason::Stopping,
         });
     };
+    // The last check before the bytes leave: what coordinates beyond this machine (the
+    // fleet's lease and reservation) still allows it, and for how long.
+    let within = match fence {
+        Some(fence) => match fence.check().await {
+            Ok(left) => Some(left),
+            Err(e) => {
+                drop(reserved.abandon());
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     tracing::debug!(generation = %generation, "refreshing tokens (refresh lock held, write locks free)");
     let fingerprint = refresh_token.fingerprint();
     let journal = |reserved: &Reserved, event, code: String| {
@@ -231,7 +253,7 @@ async fn pass(inner: &Arc<Inner>, known: &Known, urgency: Urgency) -> Result<Pas
         record.code = Some(code.chars().take(64).collect());
         reserved.rotation().record(&record);
     };
-    match inner.client.refresh(&refresh_token).await {
+    match inner.client.refresh(&refresh_token, within).await {
         Ok(answer) => persist(inner, known, reserved, doc, answer)
             .await
             .map(Pass::Done),

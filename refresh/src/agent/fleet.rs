@@ -12,7 +12,7 @@ use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snaps
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::fleet_sync::{self, Reconcile, Synced};
 use super::{Agent, Plan};
-use crate::error::{PermanentReason, RefreshError};
+use crate::error::{PermanentReason, RefreshError, TransientReason};
 use crate::fleet::{Fleet, FleetError, FleetRecord, RotationMeta};
 use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
@@ -280,25 +280,20 @@ impl Agent {
                 return self.fleet_failed(&e, on_event);
             }
         };
-        // Reserve before redeem, fleet-wide. A previous holder that reserved this very token
-        // may have redeemed it and hold the answer on its machine (it crashed, or lost etcd,
-        // before the upload): wait for that upload, as long as its request may have taken plus
-        // the reuse wait, from its reservation (its lease may have expired long before).
+        // Reserve before redeem, fleet-wide. A previous holder's reservation of this very token
+        // lives on a lease of its own, for as long as its request may take plus the reuse wait:
+        // while it exists, the token may be in flight or its answer on its way to the record,
+        // so this holder sends nothing and looks again when the record changes or a little
+        // later. No clock of that machine, and none of this one's settings, says how long.
         let Some(fp) = current.refresh_fingerprint() else {
             lock.release(fleet).await;
             return Plan::Again;
         };
         match fleet.redeeming().await {
             Ok(Some(mark)) if mark.refresh == fp && mark.lock != lock.revision => {
-                let since = codex_store::Timestamp::parse(&mark.at)
-                    .map(|t| t.time())
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                let until = since + self.manager.config().http_timeout + self.reuse_wait;
-                if until > SystemTime::now() {
-                    lock.release(fleet).await;
-                    tracing::info!(machine = %mark.machine, "a previous lock holder reserved this refresh token; waiting for its upload");
-                    return Plan::At(until, AgentState::Waiting);
-                }
+                lock.release(fleet).await;
+                tracing::info!(machine = %mark.machine, "a previous lock holder's reservation of this refresh token still lives; waiting for its upload or its expiry");
+                return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
             }
             Ok(_) => {}
             Err(e) => {
@@ -306,9 +301,13 @@ impl Agent {
                 return self.fleet_failed(&e, on_event);
             }
         }
-        match fleet.reserve_redemption(&fp, lock.revision).await {
-            Ok(true) => {}
-            Ok(false) => {
+        let request = self.manager.config().http_timeout;
+        let reservation = match fleet
+            .reserve_redemption(&fp, lock.revision, request, self.reuse_wait)
+            .await
+        {
+            Ok(Some(reservation)) => Arc::new(reservation),
+            Ok(None) => {
                 lock.release(fleet).await;
                 return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
             }
@@ -316,16 +315,40 @@ impl Agent {
                 lock.release(fleet).await;
                 return self.fleet_failed(&e, on_event);
             }
-        }
-        // Losing the lease aborts the holder before it sends anything: the lease must be known
-        // alive for a third of its time to live (the keep-alive renews it every third).
-        let margin = (fleet.config().lock_ttl / 3).min(self.manager.config().http_timeout);
-        if !lock.alive_for(margin) {
-            lock.release(fleet).await;
-            return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
-        }
+        };
+        // Losing the lease aborts the holder before it sends anything: immediately before the
+        // request, the lease must be known alive for a third of its time to live (the keep-alive
+        // renews it every third), the lock and the reservation must stand, and the send deadline
+        // must not have passed.
+        let margin = (fleet.config().lock_ttl / 3).min(request);
+        let fence = crate::fleet::fence::FleetFence {
+            fleet: Arc::clone(fleet),
+            lock: lock.liveness(),
+            lock_revision: lock.revision,
+            reservation: Arc::clone(&reservation),
+            margin,
+        };
         self.publish(claim, AgentState::Refreshing, None);
-        let result = self.manager.run(Urgency::IfDueUnlessBusy).await;
+        let result = self
+            .manager
+            .run_fenced(Urgency::IfDueUnlessBusy, Some(Arc::new(fence)))
+            .await;
+        // Nothing was sent: the reservation is not needed, and must not hold the others back.
+        let unsent = matches!(
+            result,
+            Ok(RefreshOutcome::NotNeeded | RefreshOutcome::AdoptedFromDisk)
+                | Err(RefreshError::Transient {
+                    reason: TransientReason::Fenced(_) | TransientReason::Stopping,
+                })
+        );
+        // Once the request is over the fence is gone, and the reservation is this holder's
+        // alone again.
+        let mut reservation = Arc::try_unwrap(reservation).ok();
+        if unsent {
+            if let Some(reservation) = reservation.take() {
+                fleet.release_reservation(reservation).await;
+            }
+        }
         let plan = match result {
             Ok(RefreshOutcome::Refreshed) => {
                 let Some(auth) = self.manager.cached() else {
@@ -354,6 +377,10 @@ impl Agent {
                 match put {
                     Ok(Ok(revision)) => {
                         self.remember_sync(revision, local_generation);
+                        // The upload deleted the reservation's key; its lease goes too.
+                        if let Some(reservation) = reservation.take() {
+                            fleet.release_reservation(reservation).await;
+                        }
                     }
                     // The record moved on (a local rotation elsewhere, a new sign-in): the next
                     // step reconciles; the tokens stay durable in this machine's auth.json.

@@ -3,10 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::etcd::{Compare, Op};
 use super::{Fleet, FleetError};
+use crate::boottime::BootInstant;
 
 /// The fleet's refresh lock, held by this process. Dropping it stops the keep-alive; release it
 /// with [`FleetLock::release`] to free it at once (else it expires with its lease).
@@ -15,8 +15,9 @@ pub struct FleetLock {
     /// The lock key's `create_revision`: what a fenced write compares.
     pub(crate) revision: i64,
     alive: Arc<AtomicBool>,
-    /// Until when the lease is known to live (from the last grant or keep-alive).
-    until: Arc<std::sync::Mutex<Instant>>,
+    /// Until when the lease is known to live (from the last grant or keep-alive), on the
+    /// boot-time clock: a machine suspended past it does not take its lease for alive.
+    until: Arc<std::sync::Mutex<BootInstant>>,
     keepalive: tokio::task::JoinHandle<()>,
 }
 
@@ -28,11 +29,28 @@ impl std::fmt::Debug for FleetLock {
     }
 }
 
-impl FleetLock {
+/// What tells whether a [`FleetLock`]'s lease is alive, shareable with a task.
+#[derive(Clone, Debug)]
+pub(crate) struct Liveness {
+    alive: Arc<AtomicBool>,
+    until: Arc<std::sync::Mutex<BootInstant>>,
+}
+
+impl Liveness {
     /// Whether the lease is still known to be alive, with at least `margin` to go.
     pub(crate) fn alive_for(&self, margin: std::time::Duration) -> bool {
         self.alive.load(Ordering::Acquire)
-            && *self.until.lock().unwrap_or_else(|p| p.into_inner()) > Instant::now() + margin
+            && self.until.lock().unwrap_or_else(|p| p.into_inner()).left() > margin
+    }
+}
+
+impl FleetLock {
+    /// What tells whether the lease is alive, for a check made elsewhere.
+    pub(crate) fn liveness(&self) -> Liveness {
+        Liveness {
+            alive: Arc::clone(&self.alive),
+            until: Arc::clone(&self.until),
+        }
     }
 
     /// Frees the lock now (revokes the lease).
@@ -58,7 +76,7 @@ impl Fleet {
     pub(crate) async fn try_lock(self: &Arc<Self>) -> Result<Option<FleetLock>, FleetError> {
         let ttl = self.config.lock_ttl;
         // Counted from before the grant: the lease may have started any time after this.
-        let granted = Instant::now();
+        let granted = BootInstant::now();
         let lease = self.etcd.grant(ttl).await?;
         let key = self.key("lock");
         let holder = format!("{} pid {}", self.config.machine, std::process::id());
@@ -94,7 +112,7 @@ impl Fleet {
             .and_then(|kv| kv.as_ref())
             .map_or(result.revision, |kv| kv.create_revision);
         let alive = Arc::new(AtomicBool::new(true));
-        let until = Arc::new(std::sync::Mutex::new(granted + ttl));
+        let until = Arc::new(std::sync::Mutex::new(granted.after(ttl)));
         let keepalive = {
             let fleet = Arc::clone(self);
             let alive = Arc::clone(&alive);
@@ -102,11 +120,11 @@ impl Fleet {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
-                    let sent = Instant::now();
+                    let sent = BootInstant::now();
                     match fleet.etcd.keep_alive(lease).await {
                         Ok(left) if left > 0 => {
                             *until.lock().unwrap_or_else(|p| p.into_inner()) =
-                                sent + std::time::Duration::from_secs(left as u64);
+                                sent.after(std::time::Duration::from_secs(left as u64));
                         }
                         Ok(_) => {
                             alive.store(false, Ordering::Release);

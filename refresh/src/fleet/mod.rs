@@ -20,6 +20,7 @@
 //! read the data directory or a snapshot) can read the tokens. The record is never logged.
 
 mod etcd;
+pub(crate) mod fence;
 mod lock;
 mod record;
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::etcd::{Compare, Op};
 use super::{Fleet, FleetError};
+use crate::boottime::BootInstant;
 
 /// The login as the fleet holds it.
 #[derive(Clone)]
@@ -77,8 +78,11 @@ pub(crate) struct Refusal {
 }
 
 /// The fleet's reservation before a redemption: the lock holder records which refresh token it
-/// is about to send (by fingerprint), so that a later holder knows that token may already be
-/// redeemed, with its answer on a machine that has not uploaded it yet.
+/// is about to send (by fingerprint) under `<prefix>/redeeming`, on a lease of its own whose
+/// time to live covers the holder's whole request plus the reuse wait. The key exists exactly as
+/// long as the token may be in flight, or its answer on its way to the record: a later holder
+/// waits while it exists. No machine's clock and no other machine's setting decides how long
+/// (`at` is for people only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Redeeming {
     pub(crate) refresh: String,
@@ -87,6 +91,22 @@ pub(crate) struct Redeeming {
     /// The `create_revision` of the lock it was made under.
     pub(crate) lock: i64,
 }
+
+/// This holder's reservation of a redemption ([`Fleet::reserve_redemption`]).
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    /// The lease the key lives on.
+    lease: i64,
+    /// The key's `mod_revision`: what the check before sending compares.
+    revision: i64,
+    /// When the request must be over, on the boot-time clock (counted from before the lease
+    /// was granted, so it ends before the lease by at least the reuse wait).
+    pub(crate) deadline: BootInstant,
+}
+
+/// Added to a reservation's time to live beyond the request and the reuse wait (etcd counts
+/// leases in whole seconds).
+const RESERVATION_MARGIN: Duration = Duration::from_secs(2);
 
 /// What `inspect` shows of a fleet. No secret.
 #[derive(Clone, Debug, Serialize)]
@@ -335,29 +355,82 @@ impl Fleet {
         self.put_json("refusal", &refusal, &[]).await.map(|_| ())
     }
 
+    /// Another holder's live reservation, if any. A mark on no lease (an older version's, or
+    /// one written by hand) bounds no wait, and is ignored.
     pub(crate) async fn redeeming(&self) -> Result<Option<Redeeming>, FleetError> {
-        self.get_json("redeeming").await
+        let (kv, _) = self.etcd.get(&self.key("redeeming")).await?;
+        Ok(kv
+            .filter(|kv| kv.lease != 0)
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
     }
 
     /// Records, while holding the lock created at `lock_revision`, that `refresh` is about to
-    /// be redeemed. `false` when the lock is no longer this holder's (nothing recorded).
+    /// be redeemed by a request of at most `request`, on a lease of its own that outlives it by
+    /// `reuse_wait`. `None` when the lock is no longer this holder's (nothing recorded).
+    ///
+    /// # Errors
+    /// The etcd errors (nothing recorded).
     pub(crate) async fn reserve_redemption(
         &self,
         refresh: &str,
         lock_revision: i64,
-    ) -> Result<bool, FleetError> {
+        request: Duration,
+        reuse_wait: Duration,
+    ) -> Result<Option<Reservation>, FleetError> {
+        let started = BootInstant::now();
+        let ttl = request + reuse_wait + RESERVATION_MARGIN;
+        // Whole seconds, rounded up.
+        let lease = self
+            .etcd
+            .grant(Duration::from_secs(ttl.as_secs() + 1))
+            .await?;
         let mark = Redeeming {
             refresh: refresh.to_owned(),
             machine: self.config.machine.clone(),
             at: Timestamp::now().as_str().to_owned(),
             lock: lock_revision,
         };
-        self.put_json(
-            "redeeming",
-            &mark,
-            &[Compare::CreateRevision(self.key("lock"), lock_revision)],
-        )
-        .await
+        let put = Op::Put {
+            key: self.key("redeeming"),
+            value: serde_json::to_vec(&mark).unwrap_or_default(),
+            lease,
+        };
+        let lock = Compare::CreateRevision(self.key("lock"), lock_revision);
+        match self.etcd.txn(&[lock], &[put], &[]).await {
+            Ok(result) if result.succeeded => Ok(Some(Reservation {
+                lease,
+                revision: result.revision,
+                deadline: started.after(request),
+            })),
+            other => {
+                let _ = self.etcd.revoke(lease).await;
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Whether the lock created at `lock_revision` and `reservation` both still stand: the last
+    /// check before the token is sent (one round trip).
+    ///
+    /// # Errors
+    /// The etcd errors.
+    pub(crate) async fn reservation_stands(
+        &self,
+        reservation: &Reservation,
+        lock_revision: i64,
+    ) -> Result<bool, FleetError> {
+        let compare = [
+            Compare::CreateRevision(self.key("lock"), lock_revision),
+            Compare::ModRevision(self.key("redeeming"), reservation.revision),
+        ];
+        Ok(self.etcd.txn(&compare, &[], &[]).await?.succeeded)
+    }
+
+    /// Ends a reservation whose token was not sent (its key goes with its lease).
+    pub(crate) async fn release_reservation(&self, reservation: Reservation) {
+        if let Err(e) = self.etcd.revoke(reservation.lease).await {
+            tracing::warn!(error = %e, "could not revoke the reservation's lease; it expires by itself");
+        }
     }
 
     async fn clear_refusal(&self) -> Result<(), FleetError> {
