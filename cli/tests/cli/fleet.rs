@@ -34,6 +34,8 @@ struct Machine {
     home: TempDir,
     link: TcpProxy,
     agent: Option<Running>,
+    /// Its `--http-timeout` (the default of these tests: 4 s).
+    http_timeout: &'static str,
 }
 
 /// M machines on one fleet.
@@ -61,6 +63,7 @@ impl Fleet {
                 // Through the first member; a machine's agent fails over to the others.
                 link: TcpProxy::start(cluster.endpoint(0).trim_start_matches("http://")),
                 agent: None,
+                http_timeout: "4s",
             })
             .collect();
         let fleet = Fleet {
@@ -92,7 +95,7 @@ impl Fleet {
             LOCK_TTL.to_owned(),
             // Short, so that a holder's reservation is waited out in seconds.
             "--http-timeout".to_owned(),
-            "4s".to_owned(),
+            self.machines[i].http_timeout.to_owned(),
             "--reuse-wait".to_owned(),
             "3s".to_owned(),
         ]);
@@ -836,4 +839,224 @@ fn login_with_an_api_key_on_the_fleet_reaches_every_machine() {
     }
     fleet.stop_all();
     crate::kit::assert_no_secret_leaked();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fencing without clocks (issue 16): a holder's reservation lives exactly as long as its own
+// lease, whatever the clocks and settings of any machine; a holder checks its send deadline (on
+// the boot-time clock), its lease and its reservation immediately before it sends.
+// ---------------------------------------------------------------------------------------------
+
+impl Fleet {
+    /// The raw `<prefix>/redeeming` key: its JSON value and its lease, when it exists.
+    fn redeeming(&self) -> Option<(serde_json::Value, String)> {
+        let key = base64_of(&format!("{}/redeeming", self.prefix));
+        let answer = self
+            .cluster
+            .post(0, "/v3/kv/range", &json!({ "key": key }))?;
+        let kv = answer.get("kvs")?.as_array()?.first()?.clone();
+        let value = kv.get("value")?.as_str()?;
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .expect("etcd's value is base64");
+        let lease = kv.get("lease").and_then(|l| l.as_str()).unwrap_or("0");
+        Some((
+            serde_json::from_slice(&bytes).expect("the reservation is JSON"),
+            lease.to_owned(),
+        ))
+    }
+
+    /// Waits until the reservation exists; its value and lease.
+    fn wait_redeeming(&self) -> (serde_json::Value, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = self.redeeming() {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no machine reserved the redemption; agents:\n{}",
+                self.agent_logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Rewrites the reservation's `at` (what the reserving machine's clock said) to `at`,
+    /// keeping its lease: a machine whose clock is wrong.
+    fn date_redeeming(&self, at: std::time::SystemTime) {
+        let (mut mark, lease) = self.wait_redeeming();
+        mark["at"] = json!(humantime::format_rfc3339_seconds(at).to_string());
+        let put = self.cluster.post(
+            0,
+            "/v3/kv/put",
+            &json!({
+                "key": base64_of(&format!("{}/redeeming", self.prefix)),
+                "value": base64_of(&mark.to_string()),
+                "lease": lease,
+            }),
+        );
+        assert!(put.is_some(), "could not re-date the reservation");
+    }
+
+    /// No refresh token was presented twice.
+    #[track_caller]
+    fn assert_no_token_presented_twice(&self) {
+        let presented = self.idp.presented_refresh_tokens();
+        let mut seen = std::collections::HashSet::new();
+        let twice: Vec<String> = presented
+            .iter()
+            .filter(|t| !seen.insert(t.as_str()))
+            .map(|t| fingerprint(t))
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "refresh tokens presented twice (fingerprints) {twice:?}; agents:\n{}",
+            self.agent_logs()
+        );
+    }
+
+    /// Waits until machine `i` holds the endpoint's live refresh token.
+    fn wait_live_on(&self, i: usize) {
+        let deadline = Instant::now() + WAIT;
+        while refresh_token_on_disk(self.machines[i].home.path()).as_deref()
+            != Some(self.idp.current_refresh_token().as_str())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not save the live token; agents:\n{}",
+                self.machines[i].name,
+                self.agent_logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Machine 0 (with `--http-timeout holder_timeout`) sends the due token and its answer takes
+/// 12 s; its link to etcd is cut, so its lock expires while its request is in flight; `tamper`
+/// re-dates its reservation; then machine 1 (4 s) starts. Machine 1 must not send the token
+/// while machine 0's request may be in flight: the fleet ends on the live token with every
+/// token presented once.
+fn in_flight_holder_is_waited_for(holder_timeout: &'static str, tamper: Option<i64>) {
+    let mut fleet = Fleet::new(1, 2, 1);
+    fleet.machines[0].http_timeout = holder_timeout;
+    fleet
+        .idp
+        .set_behavior(codex_store_tests::fake_idp::Behavior::late_winner(
+            Duration::from_secs(12),
+        ));
+    fleet.start_agent(0);
+    assert!(
+        fleet.idp.wait_for_requests(1, WAIT),
+        "machine 0 sent no refresh request"
+    );
+    fleet.machines[0].link.cut();
+    if let Some(offset) = tamper {
+        let now = std::time::SystemTime::now();
+        let at = if offset < 0 {
+            now - Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now + Duration::from_secs(offset.unsigned_abs())
+        };
+        fleet.date_redeeming(at);
+    }
+    fleet.start_agent(1);
+    // Machine 0 gets its answer and saves it; once its link is back it uploads it.
+    fleet.wait_live_on(0);
+    fleet.machines[0].link.restore();
+    fleet.wait_all_live();
+    fleet.stop_all();
+    fleet.assert_no_token_presented_twice();
+    fleet.assert_one_request_per_rotation();
+}
+
+#[test]
+fn a_holder_whose_clock_runs_two_minutes_late_is_waited_for_while_its_request_is_in_flight() {
+    in_flight_holder_is_waited_for("20s", Some(-120));
+}
+
+#[test]
+fn a_holder_with_a_longer_http_timeout_than_the_next_is_waited_for_while_its_request_is_in_flight()
+{
+    in_flight_holder_is_waited_for("20s", None);
+}
+
+#[test]
+fn a_dead_holder_whose_clock_runs_an_hour_ahead_holds_the_fleet_back_only_while_its_lease_lives() {
+    let mut fleet = Fleet::new(1, 2, 1);
+    // Rotated on receipt, answered long after the holder is gone: the answer is lost.
+    fleet
+        .idp
+        .set_behavior(codex_store_tests::fake_idp::Behavior::late_winner(
+            Duration::from_secs(60),
+        ));
+    fleet.start_agent(0);
+    assert!(
+        fleet.idp.wait_for_requests(1, WAIT),
+        "machine 0 sent no refresh request"
+    );
+    fleet.date_redeeming(std::time::SystemTime::now() + Duration::from_secs(3600));
+    fleet.kill_agent(0);
+    fleet.start_agent(1);
+    // Its reservation lives 4 s + 3 s + a margin: machine 1 sends the token once more after
+    // that (the lost rotation costs a sign-in), not an hour later.
+    assert!(
+        fleet.idp.wait_for_requests(2, WAIT),
+        "machine 1 did not send once the dead holder's reservation expired: it waited on that \
+         machine's clock; agents:\n{}",
+        fleet.agent_logs()
+    );
+    fleet.machines[1]
+        .agent
+        .as_ref()
+        .expect("a running agent")
+        .wait_for_stderr_line("failed (sign_in_required)");
+    assert_eq!(
+        fleet.idp.requests(),
+        2,
+        "the dead token must be sent once more at most; agents:\n{}",
+        fleet.agent_logs()
+    );
+    fleet.stop_all();
+}
+
+#[test]
+fn a_holder_stopped_between_its_reservation_and_its_request_sends_nothing_when_it_resumes() {
+    let mut fleet = Fleet::new(1, 2, 1);
+    // Machine 0's write locks are held: its refresh reserves in the fleet, then waits for them
+    // before it may send (the local check after reserving).
+    let worker = crate::kit::helper("store-worker");
+    let mut holder = codex_store_tests::process::Process::spawn(
+        &worker,
+        [
+            "hold-write-locks".as_ref(),
+            fleet.machines[0].home.path().as_os_str(),
+        ],
+    );
+    holder.expect_line("locked");
+    fleet.start_agent(0);
+    fleet.wait_redeeming();
+    let pid = fleet.machines[0].agent.as_ref().expect("an agent").id();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    };
+    // Stopped (a suspended laptop, SIGSTOP): its lease and its reservation run out.
+    signal("STOP");
+    holder.close_stdin();
+    holder.expect_line("released");
+    fleet.start_agent(1);
+    fleet.wait_rotations(1);
+    fleet.wait_live_on(1);
+    signal("CONT");
+    fleet.wait_all_live();
+    fleet.stop_all();
+    fleet.assert_no_token_presented_twice();
+    fleet.assert_one_request_per_rotation();
 }
