@@ -33,13 +33,15 @@ impl Failure {
         }
     }
 
-    /// A stop signal (`name`, number `signo`) ended the command after any answer already on its
-    /// way was saved: exit 128 + `signo`, as a process killed by it would.
-    pub fn signalled(name: &str, signo: i32) -> Self {
+    /// The line a command stopped by the signal `name` prints last (it then exits 128 + the
+    /// signal's number, as a process killed by it would).
+    pub fn signalled(name: &str) -> Self {
         Failure {
-            message: format!("stopped by {name}; nothing was left half done"),
+            message: format!(
+                "stopped by {name}: nothing new was sent, and an answer already on its way was saved first"
+            ),
             hint: None,
-            code: u8::try_from(128 + signo).unwrap_or(1),
+            code: 1,
         }
     }
 

@@ -69,7 +69,20 @@ impl AuthManager {
     /// refresh tasks keep running while this is awaited, and the process may exit when it
     /// resolves without losing a redeemed token.
     pub async fn stop(&self) {
-        self.inner.stop().await;
+        self.stop_sending();
+        self.settled().await;
+    }
+
+    /// Sends no new refresh request from now on (one already sent is still awaited and its
+    /// answer saved).
+    pub fn stop_sending(&self) {
+        self.inner.stop_sending();
+    }
+
+    /// Resolves once no refresh request is in flight and no new tokens wait in memory for
+    /// another try at writing them.
+    pub async fn settled(&self) {
+        self.inner.settled().await;
     }
 
     /// The store.

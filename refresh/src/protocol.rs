@@ -215,11 +215,16 @@ async fn pass(
         Err(e @ RefreshError::Store(StoreError::Conflict { .. })) => return Ok(Pass::Again(e)),
         // Another refresh (whose refresh lock is another file) has this token: wait for
         // its rotation.
-        Err(RefreshError::Store(StoreError::AlreadyRedeemed { by, .. })) => {
-            tracing::warn!(%by, "another refresh has this refresh token; waiting for its rotation");
-            return await_rotation(inner, known, &snap, Some(SystemTime::now()))
-                .await
-                .map(Pass::Done);
+        Err(e @ RefreshError::Store(StoreError::AlreadyRedeemed { .. })) => {
+            // Its request may fail without redeeming anything: if no rotation comes, look
+            // again from the lock (the journal then says what became of the token).
+            tracing::warn!(error = %e, "waiting for the rotation of another refresh");
+            return Ok(
+                match wait_for_rotation(inner, known, &snap, Some(SystemTime::now())).await? {
+                    Some(found) => Pass::Done(found),
+                    None => Pass::Again(e),
+                },
+            );
         }
         Err(e) => return Err(e),
     };
@@ -245,13 +250,13 @@ async fn pass(
     };
     tracing::debug!(generation = %generation, "refreshing tokens (refresh lock held, write locks free)");
     let fingerprint = refresh_token.fingerprint();
-    let journal = |reserved: &Reserved, event, code: String| {
+    let outcome = |event, code: String| {
         let mut record = JournalRecord::new(event, generation);
         record.account = disk.account_id().map(str::to_owned);
         record.refresh = Some(fingerprint.clone());
         // Bounded, so that the journal's line limit never hides it.
         record.code = Some(code.chars().take(64).collect());
-        reserved.rotation().record(&record);
+        record
     };
     match inner.client.refresh(&refresh_token, within).await {
         Ok(answer) => persist(inner, known, reserved, doc, answer)
@@ -260,8 +265,7 @@ async fn pass(
         Err(RefreshError::Permanent { reason }) => {
             // Journaled before the reservation goes, so that no process that takes it for
             // unused sends the token again.
-            journal(&reserved, JournalEvent::Refused, reason.code());
-            drop(reserved.abandon());
+            drop(reserved.abandon_recorded(&outcome(JournalEvent::Refused, reason.code())));
             if reason == PermanentReason::Reused {
                 return await_rotation(inner, known, &snap, Some(SystemTime::now()))
                     .await
@@ -271,34 +275,40 @@ async fn pass(
         }
         Err(e) => {
             if may_be_spent(&e) {
-                journal(&reserved, JournalEvent::Unanswered, e.to_string());
+                drop(reserved.abandon_recorded(&outcome(JournalEvent::Unanswered, e.to_string())));
+            } else {
+                drop(reserved.abandon());
             }
-            drop(reserved.abandon());
             Err(e)
         }
     }
 }
 
-/// How long ago `since` was (zero when unknown or in the future).
+/// How long ago `since` (a journal record's time) was. A time that is missing, unreadable or
+/// in the future (a clock stepped back, a forged record) counts as long past: it never makes
+/// anyone wait.
 fn waited(since: Option<SystemTime>) -> Duration {
     since
         .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .unwrap_or_default()
+        .unwrap_or(Duration::MAX)
 }
 
 /// Whether a failed request may have reached the endpoint and redeemed the token: no answer in
-/// time, a connection cut after it was made, or a 200 that could not be used. (An error answer,
-/// a redirect or a connection never made redeemed nothing.)
+/// time, a connection cut after it was made, a 200 that could not be used, or a server error (a
+/// gateway's 502/504 may come after the token endpoint behind it rotated). (An OAuth error
+/// answer, a 429, a redirect or a connection never made redeemed nothing.)
 fn may_be_spent(e: &RefreshError) -> bool {
-    matches!(
-        e,
-        RefreshError::Transient {
-            reason: TransientReason::Timeout
-                | TransientReason::Interrupted
-                | TransientReason::UnparseableAnswer
-                | TransientReason::InvalidAnswer(_)
-        }
-    )
+    match e {
+        RefreshError::Transient { reason } => match reason {
+            TransientReason::Timeout
+            | TransientReason::Interrupted
+            | TransientReason::UnparseableAnswer
+            | TransientReason::InvalidAnswer(_) => true,
+            TransientReason::Status(status) => *status >= 500,
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// After `refresh_token_reused` (ours, or one the journal recorded at `since`): with every lock
@@ -415,8 +425,7 @@ async fn persist(
         let mut record = JournalRecord::new(JournalEvent::Spent, read_at);
         record.refresh = redeemed;
         record.code = Some("unusable_answer".into());
-        reserved.rotation().record(&record);
-        drop(reserved.abandon());
+        drop(reserved.abandon_recorded(&record));
         return Err(e);
     }
     let attempt = refreshed.clone();

@@ -74,13 +74,22 @@ impl Inner {
         (!self.stopping.load(Ordering::SeqCst)).then_some(sending)
     }
 
-    /// Sends no new request from now on, and resolves once no request is in flight: every
-    /// answer already on its way is durable (or its request failed).
-    pub(crate) async fn stop(&self) {
+    /// Sends no new request from now on (a request already sent is still awaited and its
+    /// answer saved).
+    pub(crate) fn stop_sending(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves once no request is in flight and no answer waits in memory to be written:
+    /// every answer already on its way is durable (or its request failed). While new tokens
+    /// that could not be written are kept for another try, it does not resolve: the caller
+    /// waits for that try instead.
+    pub(crate) async fn settled(&self) {
         loop {
             let settled = self.settled.notified();
-            if self.in_flight.load(Ordering::SeqCst) == 0 {
+            if self.in_flight.load(Ordering::SeqCst) == 0
+                && !self.has_unsaved.load(Ordering::SeqCst)
+            {
                 return;
             }
             settled.await;
@@ -106,7 +115,7 @@ impl Inner {
     /// Keeps credentials that could not be written, to be written by the next attempt.
     pub(crate) fn keep_unsaved(&self, redeemed: String, doc: AuthDotJson) {
         *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some((redeemed, doc));
-        self.has_unsaved.store(true, Ordering::Release);
+        self.has_unsaved.store(true, Ordering::SeqCst);
     }
 
     /// Takes the credentials that could not be written, if any.
@@ -116,7 +125,8 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        self.has_unsaved.store(false, Ordering::Release);
+        self.has_unsaved.store(false, Ordering::SeqCst);
+        self.settled.notify_waiters();
         taken
     }
 

@@ -126,14 +126,34 @@ impl JournalRecord {
 }
 
 /// Opens the journal for appending, never through a symlink, never blocking (on a FIFO), and
-/// only a regular file.
+/// only a regular file. Something else planted at its name (a FIFO, a link, a device) holds no
+/// record of ours: only the refresh lock's holder appends, so it removes it and starts a new
+/// journal rather than lose the record it is about to write.
 fn open_append(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)?;
+    let open = || {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+    };
+    match open() {
+        Ok(file) if file.metadata()?.is_file() => return Ok(file),
+        Ok(_) => {}
+        // A link (O_NOFOLLOW), a FIFO without a reader or a device without a driver.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ELOOP | libc::ENXIO | libc::ENODEV)
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    if crate::side_file::is_regular(path) {
+        return Err(io::Error::other("the journal changed while it was opened"));
+    }
+    fs::remove_file(path)?;
+    let file = open()?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::other("the journal is not a regular file"));
     }
@@ -234,6 +254,10 @@ pub(crate) fn fate_of(
     generation: Generation,
     refresh: Option<&str>,
 ) -> Option<TokenFate> {
+    // A journal that is not a regular file was planted: it holds none of our records (the next
+    // append replaces it). One that cannot be read is no reason to think a token unsent either,
+    // but the caller has no better knowledge: see `Rotation::reserve`, which keeps any rotation
+    // file that could not be journaled.
     let records = read_journal(path).ok()?;
     let about = |r: &&JournalRecord| refresh.is_some() && r.refresh.as_deref() == refresh;
     if let Some(refused) = records
@@ -253,12 +277,16 @@ pub(crate) fn fate_of(
     {
         return Some(TokenFate::Refused(last.clone()));
     }
-    if let Some(spent) = records.iter().rev().filter(about).find(|r| {
-        matches!(
-            r.event,
-            JournalEvent::Saved | JournalEvent::Recovered | JournalEvent::Spent
-        )
-    }) {
+    // Redeemed for another token (an answer that keeps the refresh token leaves it live), or
+    // its answer lost.
+    let rotated_away = |r: &&JournalRecord| match r.event {
+        JournalEvent::Saved | JournalEvent::Recovered => {
+            r.new_refresh.is_some() && r.new_refresh != r.refresh
+        }
+        JournalEvent::Spent => true,
+        _ => false,
+    };
+    if let Some(spent) = records.iter().rev().filter(about).find(rotated_away) {
         return Some(TokenFate::Spent(spent.clone()));
     }
     records

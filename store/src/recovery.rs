@@ -53,22 +53,30 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
         // The rotation file's lock, held until its verdict is carried out.
         let (verdict, _owned) = judge(store, &path, &parsed)?;
         let base = parsed.base.clone();
-        let record = |event, generation: Option<Generation>, code: Option<&str>| {
+        // The new refresh token's fingerprint goes with `recovered`: only a rotation to another
+        // token makes the redeemed one spent (an answer may keep it).
+        let record = |event, written: Option<&[u8]>, code: Option<&str>| {
             let mut r = JournalRecord::new(event, Generation::Absent);
             r.generation = Some(base.clone());
-            r.new_generation = generation.map(|g| g.to_string());
+            r.new_generation = written.map(|w| Generation::of_bytes(w).to_string());
             r.refresh = Some(parsed.redeemed.clone());
+            r.new_refresh = written
+                .and_then(|w| AuthDotJson::from_json(w).ok())
+                .and_then(|d| d.tokens.map(|t| t.refresh_token.fingerprint()));
             r.code = code.map(str::to_owned);
-            let _ = journal::append(store.journal_path(), &r);
+            journal::append(store.journal_path(), &r)
         };
         match verdict {
             Verdict::RemoveUnused | Verdict::RemoveForeign => {
                 let _ = fs::remove_file(&path);
             }
             Verdict::Spent => {
-                // Journaled before the file goes: an answer existed, the token is spent.
-                record(JournalEvent::Spent, None, Some("unreadable rotation file"));
-                let _ = fs::remove_file(&path);
+                // Journaled before the file goes: an answer existed, the token is spent. If the
+                // journal cannot say so, the file stays and says it (the next recovery tries
+                // again; meanwhile no refresh sends that token, see `Rotation::reserve`).
+                if record(JournalEvent::Spent, None, Some("unreadable rotation file")).is_ok() {
+                    let _ = fs::remove_file(&path);
+                }
             }
             Verdict::RollForward(current) => {
                 replace::recheck(store.path(), current)?;
@@ -81,25 +89,24 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
                     StoreError::io("rename the rotation file over", store.path(), e)
                 })?;
                 replace::sync_dir(store.dir())?;
-                let now = store.generation()?;
-                record(JournalEvent::Recovered, Some(now), None);
+                let _ = record(JournalEvent::Recovered, Some(&document), None);
             }
             Verdict::FinishInPlace(document) => {
                 replace::write_in_place_verified(store.path(), &document)
                     .map_err(|e| StoreError::io("finish the in-place write of", store.path(), e))?;
                 let _ = fs::remove_file(&path);
-                let written = Some(Generation::of_bytes(&document));
-                record(JournalEvent::Recovered, written, Some("in place"));
+                let _ = record(JournalEvent::Recovered, Some(&document), Some("in place"));
             }
             Verdict::Merge(doc, current) => {
-                let written = replace::replace(store.path(), current, &doc.to_json())
+                let bytes = doc.to_json();
+                replace::replace(store.path(), current, &bytes)
                     .or_else(StoreError::accept_not_durable)?;
                 let _ = fs::remove_file(&path);
-                record(JournalEvent::Recovered, Some(written), Some("merged"));
+                let _ = record(JournalEvent::Recovered, Some(&bytes), Some("merged"));
             }
             Verdict::Discard(why) => {
                 let _ = fs::remove_file(&path);
-                record(JournalEvent::Discarded, None, Some(why));
+                let _ = record(JournalEvent::Discarded, None, Some(why));
             }
             Verdict::Leave => {}
         }

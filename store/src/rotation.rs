@@ -49,6 +49,11 @@ const RESERVE_MARGIN: u64 = 16 * 1024;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// What a rotation file holds when its token was sent, its outcome could not be journaled, and
+/// no answer came to be kept: not a document, so the recovery takes the token for spent.
+const SENT_MARK: &[u8] =
+    b"codex-store: this refresh token was sent; its outcome could not be journaled\n";
+
 /// The parts of a rotation file's name.
 pub(crate) struct RotationName {
     /// The generation the rotation replaces, as hex.
@@ -530,6 +535,23 @@ impl Reserved {
         &self.pending.path
     }
 
+    /// Gives the reservation up after the token was sent without a usable answer, journaling
+    /// `record` (refused, unanswered, spent) before the reservation goes. If the journal cannot
+    /// take it, the rotation file stays, marked (not a document: the recovery journals its token
+    /// as spent when it can, and no refresh sends that token while it stays), so that no process
+    /// takes the token for one never sent.
+    pub fn abandon_recorded(mut self, record: &JournalRecord) -> Rotation {
+        if journal::append(self.rotation.store.journal_path(), record).is_err() {
+            let marked = self
+                .pending
+                .file
+                .as_ref()
+                .is_some_and(|file| fill(file, SENT_MARK).is_ok());
+            self.pending.keep = marked;
+        }
+        self.abandon()
+    }
+
     /// Gives the reservation up (no answer came): removes the rotation file and returns the
     /// rotation, whose lock is still held.
     pub fn abandon(self) -> Rotation {
@@ -641,6 +663,8 @@ impl Reserved {
                 return Err(self.not_installed(format!("cannot rename it over auth.json: {e}")));
             }
             self.pending.keep = true; // it is auth.json now
+                                      // Its lock now sits on auth.json's inode: let it go at once.
+            self.pending.file = None;
             if let Err(e) = replace::sync_dir(store.dir()) {
                 durability = Durability::NotDurable {
                     reason: e.to_string(),

@@ -1,6 +1,6 @@
 //! Driving `codex-sim` (tests/src/bin/codex-sim.rs), a stand-in for Codex 0.171.0 refreshing its
-//! ChatGPT tokens on the same `CODEX_HOME` as codex-store (see
-//! `shared/reference/auth-json.md`, "What Codex 0.171.0 does on disk").
+//! ChatGPT tokens on the same `CODEX_HOME` as codex-store (what Codex 0.171.0
+//! was measured to do on disk, with strace: the README's coexistence section).
 //!
 //! ## What the simulator does
 //!

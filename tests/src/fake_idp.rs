@@ -1,5 +1,6 @@
 //! A fake OAuth token endpoint: an HTTP/1.1 server (hyper) on 127.0.0.1 that rotates refresh
-//! tokens the way `https://auth.openai.com/oauth/token` does (see `shared/reference/auth-json.md`).
+//! tokens the way `https://auth.openai.com/oauth/token` does (its answers and error codes
+//! as the README's refresh section lists them).
 //!
 //! hyper serves each connection on a small tokio runtime of the server's own, one request per
 //! connection (`Connection: close`); the decision about a request runs on a blocking thread.
@@ -106,6 +107,13 @@ pub enum Behavior {
         success_after: Duration,
         /// How long a refused request waits for its 401 answer after it was read.
         refusal_after: Duration,
+    },
+    /// Like [`Behavior::LateWinner`] (the live refresh token is rotated on receipt), but the
+    /// answer, even the winner's, is this status with an empty JSON body: a gateway that timed
+    /// out (502, 504) after the token endpoint behind it redeemed the token.
+    RotateThenStatus {
+        /// The HTTP status code of every answer.
+        status: u16,
     },
 }
 
@@ -563,12 +571,17 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
         // A late winner is checked and rotated in the same step as it is counted: whoever has
         // seen the request counted (`wait_for_requests`) knows that it has been decided.
         let decided = match (&state.behavior, &parsed) {
-            (Behavior::LateWinner { .. }, Ok(rt)) => Some(state.redeem(rt, true)),
+            (Behavior::LateWinner { .. } | Behavior::RotateThenStatus { .. }, Ok(rt)) => {
+                Some(state.redeem(rt, true))
+            }
             _ => None,
         };
         shared.changed.notify_all();
         (state.behavior.clone(), state.delay, decided)
     };
+    if let Behavior::RotateThenStatus { status } = behavior {
+        return Some(Response::json(status, "{}".to_owned()));
+    }
     if let Behavior::LateWinner {
         success_after,
         refusal_after,
@@ -606,7 +619,7 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
             None
         }
         // Answered above, before the delay.
-        Behavior::LateWinner { .. } => None,
+        Behavior::LateWinner { .. } | Behavior::RotateThenStatus { .. } => None,
         Behavior::Status { status, body } => Some(Response::json(status, body)),
         Behavior::Page { status, body } => Some(Response {
             status,

@@ -1,5 +1,5 @@
 //! The Codex 0.171.0 stand-in, `codex-sim`, on its own: it must do what
-//! `shared/reference/auth-json.md` measured, or the coexistence tests prove nothing. It sends
+//! Codex 0.171.0 was measured to do (strace), or the coexistence tests prove nothing. It sends
 //! its request before any lock, takes `auth.lock` then `auth.json.lock`, writes through a renamed
 //! `.auth-XXXXXX` in Codex's format, drops its new tokens when `auth.json.lock` stays busy for
 //! 5 s, and, racing alone against a late winner, leaves every loser stuck. `--old` writes in

@@ -15,8 +15,8 @@
 //!
 //! The slow endpoint answers after 6 s, longer than the 5 s Codex 0.171.0 keeps trying for
 //! `auth.json.lock` after its refresh: a codex-store process that holds that lock across its own
-//! request makes Codex throw away the tokens it was just issued (see
-//! `shared/reference/auth-json.md`).
+//! request makes Codex throw away the tokens it was just issued (the README's coexistence
+//! section).
 //!
 //! The Codex binary is installed with npm into `<target>/codex-npm/` on first use, or taken from
 //! `CODEX_BIN` (`codex_store_tests::real_codex`). Without npm the check fails; it never skips.

@@ -193,3 +193,146 @@ fn write_locks_held_past_the_lock_timeout_send_nothing_and_exit_5_with_one_messa
     assert_eq!(sha256sum(&path), before, "auth.json must be untouched");
     assert_no_secret_leaked();
 }
+
+#[test]
+fn an_answer_that_keeps_the_refresh_token_leaves_it_live_for_the_next_refresh() {
+    let creds = ChatgptCreds::expired();
+    let (home, _path, _before, idp) = signed_in_home(&creds);
+    idp.set_behavior(Behavior::OmitRefreshToken);
+    let url = idp.url();
+    for run_no in 1..=2 {
+        let out = run(home.path(), &["refresh"], None, &[(URL_ENV, url.as_str())]);
+        out.expect_code(
+            exit::OK,
+            &format!("refresh {run_no}: the refresh token the endpoint kept is still live"),
+        );
+        assert_eq!(
+            idp.requests(),
+            run_no,
+            "refresh {run_no} must send its request (the kept token is not spent)"
+        );
+    }
+    register_last_issued(&idp);
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn a_gateway_error_after_the_endpoint_rotated_makes_the_next_process_wait_instead_of_sending() {
+    let creds = ChatgptCreds::expired();
+    let (home, _path, _before, idp) = signed_in_home(&creds);
+    idp.set_behavior(Behavior::RotateThenStatus { status: 504 });
+    let url = idp.url();
+    let env = [(URL_ENV, url.as_str())];
+    run(home.path(), &["token"], None, &env).expect_code(exit::TRANSIENT, "a 504");
+    assert_eq!(
+        journal_events(home.path(), "unanswered"),
+        1,
+        "a 5xx may come after the token was redeemed: it must be journaled as unanswered"
+    );
+    idp.set_behavior(Behavior::Normal);
+    let out = run(home.path(), &["--reuse-wait", "1s", "token"], None, &env);
+    register_last_issued(&idp);
+    // The token was spent by the first request: after waiting for a rotation that never comes,
+    // the next process sends it once more and is told so.
+    out.expect_code(exit::SIGN_IN_REQUIRED, "the token the 504 spent");
+    assert_eq!(
+        idp.requests(),
+        2,
+        "the dead token must be sent once more at most"
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn a_fifo_planted_as_the_journal_is_replaced_so_that_an_unanswered_request_is_still_recorded() {
+    let creds = ChatgptCreds::expired();
+    let (home, _path, _before, idp) = signed_in_home(&creds);
+    let journal = home.path().join("auth.json.journal");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &journal,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("a FIFO at the journal's name");
+    idp.set_behavior(Behavior::late_winner(Duration::from_secs(30)));
+    let url = idp.url();
+    let out = run(
+        home.path(),
+        &["--http-timeout", "1s", "token"],
+        None,
+        &[(URL_ENV, url.as_str())],
+    );
+    out.expect_code(exit::TRANSIENT, "a request that timed out");
+    assert!(
+        std::fs::symlink_metadata(&journal).is_ok_and(|m| m.is_file()),
+        "the planted FIFO must have been replaced by a journal"
+    );
+    assert_eq!(
+        journal_events(home.path(), "unanswered"),
+        1,
+        "the unanswered request must be journaled although a FIFO stood at the journal's name"
+    );
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn a_process_that_waited_for_another_ones_request_which_redeemed_nothing_is_not_told_to_sign_in() {
+    let creds = ChatgptCreds::expired();
+    let (home, _path, _before, idp) = signed_in_home(&creds);
+    // The first request is answered 503 after two seconds: nothing is redeemed.
+    idp.set_behavior(Behavior::status(503, "{}"));
+    idp.set_delay(Duration::from_secs(2));
+    let url = idp.url();
+    let env = [(URL_ENV, url.as_str())];
+    let first = spawn(home.path(), &["token"], None, &env);
+    waits_for_first_request(&idp);
+    std::fs::remove_file(home.path().join("auth.json.refresh.lock"))
+        .expect("the refresh lock file of the first command must exist");
+    let second = spawn(home.path(), &["--reuse-wait", "10s", "token"], None, &env);
+    first
+        .finish(RUN_TIMEOUT)
+        .expect_code(exit::TRANSIENT, "the first command, answered 503");
+    idp.set_delay(Duration::ZERO);
+    idp.set_behavior(Behavior::Normal);
+    let out = second.finish(RUN_TIMEOUT);
+    register_last_issued(&idp);
+    let issued = idp.last_issued().expect("the second command refreshed");
+    out.expect_code(
+        exit::OK,
+        "the token was never redeemed: the waiting process must refresh, not ask for a sign-in",
+    )
+    .expect_token(&issued.access_token, "the second command's token");
+    assert_eq!(idp.requests(), 2, "one request each");
+    assert_no_secret_leaked();
+}
+
+#[test]
+fn sigint_during_a_lock_wait_exits_at_once_without_waiting_for_the_lock() {
+    let creds = ChatgptCreds::expired();
+    let (home, path, before, idp) = signed_in_home(&creds);
+    let worker = crate::kit::helper("store-worker");
+    let mut holder = crate::kit::hold_lock(&worker, home.path());
+    let url = idp.url();
+    let waiting = spawn(
+        home.path(),
+        &["--lock-timeout", "10m", "token"],
+        None,
+        &[(URL_ENV, url.as_str())],
+    );
+    waiting.wait_for_stderr_line("waiting for another process that holds the lock");
+    let pid = rustix::process::Pid::from_raw(waiting.id() as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let out = waiting.finish(RUN_TIMEOUT);
+    out.expect_code(130, "SIGINT while waiting for the refresh lock");
+    assert!(
+        holder.try_status().is_none(),
+        "the lock holder must still be holding: the command must not have waited for it"
+    );
+    holder.close_stdin();
+    holder.expect_line("released");
+    idp.expect_requests(0, "a command stopped while waiting sent a request");
+    assert_eq!(sha256sum(&path), before, "auth.json must be untouched");
+    assert_no_secret_leaked();
+}

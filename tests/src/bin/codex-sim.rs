@@ -4,7 +4,7 @@
 //! Usage: `codex-sim [--force] [--old] [--no-wait]` with `CODEX_HOME` and
 //! `CODEX_REFRESH_TOKEN_URL_OVERRIDE` (an `http://` URL) set. What it does, what it prints and
 //! its exit codes are documented in `codex_store_tests::codex_sim`; in short it does what
-//! `shared/reference/auth-json.md` measured: the request goes out before any lock, then
+//! Codex 0.171.0 was measured (strace) to do: the request goes out before any lock, then
 //! `flock(auth.lock, LOCK_EX)` without a time limit, then `flock(auth.json.lock, LOCK_EX|LOCK_NB)`
 //! every 10 ms for 5 s, after which the new tokens are dropped; else re-read, temp `.auth-XXXXXX`,
 //! fsync, rename. No token is ever printed, only fingerprints.
