@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use codex_refresh::{ErrorClass, RefreshError, TOKEN_URL_ENV};
+use codex_refresh::{ErrorClass, RefreshError, UrlOrigin};
 use codex_store::StoreError;
 
 /// A failed command: what to print and the exit code.
@@ -108,7 +108,11 @@ impl From<RefreshError> for Failure {
             // A configuration error, never "try again later": a bad environment value is a
             // usage error (exit 2, like a bad CODEX_STORE_LOCK_TIMEOUT); the built-in URL (or a
             // program's) answering as no token endpoint does is another error (exit 1).
-            let code = if *origin == TOKEN_URL_ENV { 2 } else { 1 };
+            let code = if *origin == UrlOrigin::Environment {
+                2
+            } else {
+                1
+            };
             return Failure {
                 message: e.to_string(),
                 hint: Some(

@@ -127,7 +127,8 @@ enum FleetCommand {
     /// Upload this machine's auth.json as the fleet's login (refused when the fleet holds one,
     /// unless --force).
     Seed {
-        /// Replace the login the fleet holds.
+        /// Replace the login the fleet holds; if it changes between the seed's read and its
+        /// write (a machine uploaded a rotation), nothing is written and the seed fails.
         #[arg(long)]
         force: bool,
     },

@@ -6,9 +6,7 @@ use codex_store::Secret;
 use serde_json::Value;
 
 use crate::config::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
-use crate::error::{
-    PermanentReason, RefreshError, TransientReason, ORIGIN_BUILT_IN, ORIGIN_CONFIGURATION,
-};
+use crate::error::{PermanentReason, RefreshError, TransientReason, UrlOrigin};
 
 /// The largest answer body read from the token endpoint; reading stops there. Real answers are
 /// a few KiB.
@@ -32,7 +30,7 @@ pub(crate) struct TokenClient {
     http: reqwest::Client,
     url: String,
     /// Where `url` came from ([`RefreshError::TokenUrl`]'s `origin`).
-    origin: &'static str,
+    origin: UrlOrigin,
     client_id: String,
 }
 
@@ -132,17 +130,17 @@ impl TokenClient {
 
 /// Where `url` came from: [`TOKEN_URL_ENV`] when it is that variable's value, else the
 /// built-in default when it is [`DEFAULT_TOKEN_URL`], else the program's configuration.
-fn origin_of(url: &str) -> &'static str {
+fn origin_of(url: &str) -> UrlOrigin {
     match std::env::var_os(TOKEN_URL_ENV) {
-        Some(value) if value.to_string_lossy() == url => TOKEN_URL_ENV,
-        _ if url == DEFAULT_TOKEN_URL => ORIGIN_BUILT_IN,
-        _ => ORIGIN_CONFIGURATION,
+        Some(value) if value.to_string_lossy() == url => UrlOrigin::Environment,
+        _ if url == DEFAULT_TOKEN_URL => UrlOrigin::BuiltIn,
+        _ => UrlOrigin::Configuration,
     }
 }
 
 /// [`RefreshError::TokenUrl`]: `url` shown quoted and escaped (outside input: no control
 /// character, no escape sequence reaches a terminal or a log), with a password in it hidden.
-fn token_url_error(url: &str, origin: &'static str, problem: String) -> RefreshError {
+fn token_url_error(url: &str, origin: UrlOrigin, problem: String) -> RefreshError {
     let shown = match reqwest::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));
@@ -189,8 +187,8 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Refres
 /// Refuses a token URL that is not an absolute `http` or `https` URL, and a [`TOKEN_URL_ENV`]
 /// that is set but empty, blank or not UTF-8 (never taken to mean the real endpoint), naming
 /// where it came from.
-fn check_url(url: &str, origin: &'static str) -> Result<(), RefreshError> {
-    let from_env = origin == TOKEN_URL_ENV;
+fn check_url(url: &str, origin: UrlOrigin) -> Result<(), RefreshError> {
+    let from_env = origin == UrlOrigin::Environment;
     let problem = if from_env
         && matches!(
             std::env::var(TOKEN_URL_ENV),
@@ -477,7 +475,7 @@ mod tests {
     fn a_token_url_in_an_error_is_escaped_and_its_password_hidden() {
         let message = token_url_error(
             "http://user:hunter2@127.0.0.1:9/x\u{1b}[31m",
-            ORIGIN_CONFIGURATION,
+            UrlOrigin::Configuration,
             "is not a token endpoint".into(),
         )
         .to_string();
@@ -491,7 +489,7 @@ mod tests {
         );
         let raw = token_url_error(
             "not a url\n\u{1b}[2J",
-            TOKEN_URL_ENV,
+            UrlOrigin::Environment,
             "is not usable".into(),
         )
         .to_string();

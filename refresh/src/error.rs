@@ -239,15 +239,13 @@ pub enum RefreshError {
     /// error code, an HTML page). A configuration error, never "try again later": retrying
     /// does not help until the URL is fixed. Nothing was changed, and the refresh token is not
     /// spent (no token endpoint redeemed it).
-    #[error("{}", token_url_message(url, origin, problem))]
+    #[error("{}", token_url_message(url, *origin, problem))]
     TokenUrl {
         /// The URL as configured, quoted, with control and non-ASCII characters escaped and a
         /// password in it replaced by `***` (it is outside input).
         url: String,
-        /// Where it came from: [`crate::TOKEN_URL_ENV`] (the environment variable),
-        /// `"the built-in default"` ([`crate::DEFAULT_TOKEN_URL`]) or
-        /// `"RefreshConfig::token_url"` (set by the program).
-        origin: &'static str,
+        /// Where it came from.
+        origin: UrlOrigin,
         /// What is wrong with it, for example `is not a token endpoint: it answered HTTP 404
         /// without an OAuth error code`.
         problem: String,
@@ -263,34 +261,44 @@ pub enum RefreshError {
     Store(#[from] StoreError),
 }
 
-/// [`RefreshError::TokenUrl`]'s `origin` for the built-in [`crate::DEFAULT_TOKEN_URL`].
-pub(crate) const ORIGIN_BUILT_IN: &str = "the built-in default";
-/// [`RefreshError::TokenUrl`]'s `origin` for a URL the program set in
-/// [`crate::RefreshConfig::token_url`].
-pub(crate) const ORIGIN_CONFIGURATION: &str = "RefreshConfig::token_url";
+/// Where a token URL came from ([`RefreshError::TokenUrl`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UrlOrigin {
+    /// The environment variable [`crate::TOKEN_URL_ENV`].
+    Environment,
+    /// The built-in [`crate::DEFAULT_TOKEN_URL`].
+    BuiltIn,
+    /// [`crate::RefreshConfig::token_url`], set by the program.
+    Configuration,
+}
+
+impl std::fmt::Display for UrlOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlOrigin::Environment => write!(f, "from {}", crate::config::TOKEN_URL_ENV),
+            UrlOrigin::BuiltIn => f.write_str("the built-in default"),
+            UrlOrigin::Configuration => f.write_str("set in RefreshConfig::token_url"),
+        }
+    }
+}
 
 /// The message of [`RefreshError::TokenUrl`]: the URL, where it came from, what is wrong, and
 /// what to change.
-fn token_url_message(url: &str, origin: &str, problem: &str) -> String {
+fn token_url_message(url: &str, origin: UrlOrigin, problem: &str) -> String {
     let env = crate::config::TOKEN_URL_ENV;
     let default = crate::config::DEFAULT_TOKEN_URL;
-    let (from, fix) = if origin == env {
-        (
-            format!("from {env}"),
-            format!("set {env} to the token endpoint's http(s) URL, or unset it to use {default}"),
-        )
-    } else if origin == ORIGIN_BUILT_IN {
-        (
-            origin.to_owned(),
-            format!("the endpoint may have moved: set {env} to its URL, or update codex-store"),
-        )
-    } else {
-        (
-            format!("set in {origin}"),
-            format!("set it (or {env}) to the token endpoint's http(s) URL, such as {default}"),
-        )
+    let fix = match origin {
+        UrlOrigin::Environment => {
+            format!("set {env} to the token endpoint's http(s) URL, or unset it to use {default}")
+        }
+        UrlOrigin::BuiltIn => {
+            format!("the endpoint may have moved: set {env} to its URL, or update codex-store")
+        }
+        UrlOrigin::Configuration => {
+            format!("set it (or {env}) to the token endpoint's http(s) URL, such as {default}")
+        }
     };
-    format!("the token URL {url} ({from}) {problem}; a configuration error, not an outage: {fix}")
+    format!("the token URL {url} ({origin}) {problem}; a configuration error, not an outage: {fix}")
 }
 
 impl RefreshError {
@@ -358,7 +366,7 @@ impl RefreshError {
                 problem,
             } => Some(RefreshError::TokenUrl {
                 url: url.clone(),
-                origin,
+                origin: *origin,
                 problem: problem.clone(),
             }),
             _ => None,

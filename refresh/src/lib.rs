@@ -129,7 +129,7 @@ pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentEventKind, CODE
 pub use auth::{CodexAuth, Mode};
 pub use config::{RefreshConfig, WhileRefreshing, CLIENT_ID, DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 pub use due::refresh_due;
-pub use error::{ErrorClass, PermanentReason, RefreshError, TransientReason};
+pub use error::{ErrorClass, PermanentReason, RefreshError, TransientReason, UrlOrigin};
 pub use host::{HostRefreshFuture, HostRefreshRequest, HostRefresher, HostTokens};
 pub use manager::AuthManager;
 pub use outcome::RefreshOutcome;

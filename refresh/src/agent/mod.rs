@@ -247,6 +247,7 @@ impl Agent {
         // Events are reported after the status is published, so that whoever reacts to an event
         // finds the status (`inspect`) already telling the same.
         let mut pending: Vec<AgentEvent> = Vec::new();
+        let mut fleet_watch = WatchRetry::new();
         let reason = loop {
             // Changes signalled before this look are covered by it.
             watch.clear();
@@ -277,11 +278,21 @@ impl Agent {
             self.publish(&claim, state, wake);
             pending.drain(..).for_each(|e| on_event(&e));
             let remote = self.fleet.as_ref().map(|f| (Arc::clone(&f.fleet), f.seen));
-            tokio::select! {
-                () = sleep_until(wake) => {}
-                () = watch.changed() => {}
-                () = fleet_changed(remote) => {}
-                () = &mut shutdown => break "asked to stop",
+            // A failed watch of the fleet record is reported and retried after its backoff,
+            // in every state, without a new step: a machine never goes deaf to the fleet.
+            let stop = loop {
+                tokio::select! {
+                    () = sleep_until(wake) => break false,
+                    () = watch.changed() => break false,
+                    failure = fleet_changed(remote.clone(), &mut fleet_watch) => match failure {
+                        None => break false,
+                        Some(event) => on_event(&event),
+                    },
+                    () = &mut shutdown => break true,
+                }
+            };
+            if stop {
+                break "asked to stop";
             }
         };
         pending.drain(..).for_each(|e| on_event(&e));
@@ -491,15 +502,83 @@ fn class_name(class: ErrorClass) -> &'static str {
     }
 }
 
-/// Resolves when the fleet record changes after `seen` (or the watch times out); never when
-/// there is no fleet or etcd cannot be reached (the plan's timer retries then).
-async fn fleet_changed(remote: Option<(Arc<crate::fleet::Fleet>, i64)>) {
+/// The first delay before a failed watch of the fleet record is tried again; it doubles with
+/// each failure in a row, up to [`WATCH_RETRY_MAX`].
+const WATCH_RETRY_INITIAL: Duration = Duration::from_secs(1);
+
+/// The longest delay between two attempts to watch the fleet record.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The backoff of the fleet record's watch, kept across the agent's steps: a watch that fails
+/// at once (etcd refusing it, a connection refused) is tried again only when its delay passed,
+/// whatever woke the agent meanwhile.
+struct WatchRetry {
+    backoff: Backoff,
+    /// No new watch before this.
+    not_before: Option<tokio::time::Instant>,
+    /// What the last watch reported, for the read it started from: `(seen, revision)`. Until
+    /// the agent reads again (a step whose read failed retries on its own backoff), the next
+    /// watch starts after `revision`, so that one change never wakes the agent twice.
+    heard: Option<(i64, i64)>,
+}
+
+impl WatchRetry {
+    fn new() -> Self {
+        WatchRetry {
+            backoff: Backoff::new(WATCH_RETRY_INITIAL, WATCH_RETRY_MAX),
+            not_before: None,
+            heard: None,
+        }
+    }
+}
+
+/// Resolves with `None` when the fleet record changes after `seen`, when etcd compacted the
+/// history since (read again), or when the watch ran for [`schedule::MAX_SLEEP`]; with a
+/// `failed (fleet_watch)` event when the watch failed (etcd unreachable, the stream broken, a
+/// member without a leader, the watch refused): the next call watches again from `seen`, after
+/// the backoff, so that a change made meanwhile is still seen. Never resolves without a fleet.
+async fn fleet_changed(
+    remote: Option<(Arc<crate::fleet::Fleet>, i64)>,
+    retry: &mut WatchRetry,
+) -> Option<AgentEvent> {
     let Some((fleet, seen)) = remote else {
         return std::future::pending().await;
     };
-    match fleet.wait_change(seen, schedule::MAX_SLEEP).await {
-        Ok(_) => {}
-        Err(_) => std::future::pending().await,
+    if let Some(at) = retry.not_before {
+        tokio::time::sleep_until(at).await;
+    }
+    let after = match retry.heard {
+        Some((from, revision)) if from == seen => revision.max(seen),
+        _ => seen,
+    };
+    let started = tokio::time::Instant::now();
+    match fleet
+        .etcd
+        .wait_change(&fleet.record_key(), after, schedule::MAX_SLEEP)
+        .await
+    {
+        Ok(watched) => {
+            retry.backoff.reset();
+            retry.not_before = None;
+            if let Some(revision) = watched.heard() {
+                retry.heard = Some((seen, revision));
+            }
+            None
+        }
+        Err(e) => {
+            // A watch that stayed open for the longest delay was working: its end starts a new
+            // series of attempts.
+            if started.elapsed() >= WATCH_RETRY_MAX {
+                retry.backoff.reset();
+            }
+            let delay = retry.backoff.next_delay();
+            retry.not_before = Some(tokio::time::Instant::now() + delay);
+            Some(AgentEvent::now(AgentEventKind::Failed {
+                class: "fleet_watch".into(),
+                message: format!("cannot watch the fleet record for changes: {e}"),
+                next_attempt: Some(rfc3339(SystemTime::now() + delay)),
+            }))
+        }
     }
 }
 

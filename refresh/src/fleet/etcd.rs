@@ -63,8 +63,22 @@ pub(crate) enum Watched {
     Changed(i64),
     /// Nothing happened within the time.
     TimedOut,
-    /// etcd canceled the watch (its start was compacted away): read again.
-    Canceled,
+    /// etcd compacted the history past the watch's start (it canceled the watch saying so),
+    /// up to this revision (the oldest one a watch may start from): read again. A watch
+    /// canceled for any other reason is an error, never this.
+    Compacted(i64),
+}
+
+impl Watched {
+    /// The revision after which a new watch need not hear again what this one reported (`None`
+    /// when it reported nothing).
+    pub(crate) fn heard(self) -> Option<i64> {
+        match self {
+            Watched::Changed(revision) => Some(revision),
+            Watched::Compacted(oldest) => Some(oldest - 1),
+            Watched::TimedOut => None,
+        }
+    }
 }
 
 /// The etcd client.
@@ -400,8 +414,41 @@ impl Etcd {
     }
 
     /// Waits until `key` changes after the store revision `revision` (or `timeout` passes).
-    /// One watch stream on the first endpoint that accepts it.
+    /// One watch stream on the first endpoint that accepts it, authenticated like every call,
+    /// and sent with `Grpc-Metadata-hasleader: true` so that a member cut off from the quorum
+    /// ends the watch (etcd's "no leader") instead of keeping it silently open.
+    ///
+    /// # Errors
+    /// A watch etcd canceled for any other reason than compaction (permission denied, an
+    /// invalid auth token, an empty user name) is [`FleetError::Etcd`]; a stream that ends, or
+    /// no endpoint accepting the watch, is [`FleetError::Unreachable`]. Neither is a change:
+    /// the caller retries with backoff.
     pub(crate) async fn wait_change(
+        &self,
+        key: &str,
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<Watched, FleetError> {
+        for attempt in 0..2 {
+            if self.username.is_some() && self.current_token().is_none() {
+                self.authenticate().await?;
+            }
+            match self.watch_once(key, revision, timeout).await {
+                Err(FleetError::Etcd { message, code })
+                    if attempt == 0
+                        && self.username.is_some()
+                        && (code == 16 || message.contains("token")) =>
+                {
+                    // An expired or revoked auth token: authenticate again, once.
+                    *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn watch_once(
         &self,
         key: &str,
         revision: i64,
@@ -415,66 +462,168 @@ impl Etcd {
         for endpoint in &self.endpoints {
             let request = self
                 .post(endpoint, "/v3/watch")
+                .header("Grpc-Metadata-hasleader", "true")
                 .timeout(timeout)
                 .json(&body);
             let mut response = match request.send().await {
                 Ok(r) if r.status().is_success() => r,
+                // etcd 3.6 refuses an expired token before the stream starts.
+                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                    return Err(FleetError::Etcd {
+                        code: 16,
+                        message: "invalid auth token".into(),
+                    })
+                }
                 Ok(r) => {
                     last = Some(format!("{endpoint}: HTTP {}", r.status()));
                     continue;
                 }
-                Err(e) if e.is_timeout() => return Ok(Watched::TimedOut),
+                Err(e) if e.is_timeout() && !e.is_connect() => return Ok(Watched::TimedOut),
                 Err(e) => {
                     last = Some(format!("{endpoint}: {}", without_url(&e)));
                     continue;
                 }
             };
             let mut buffer = Vec::new();
-            loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => {
-                        buffer.extend_from_slice(&chunk);
-                        if buffer.len() > MAX_ANSWER {
-                            buffer.clear();
-                        }
-                        // The gateway sends one JSON object per line.
-                        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = buffer.drain(..=end).collect();
-                            let Ok(message) = serde_json::from_slice::<Value>(&line) else {
-                                continue;
-                            };
-                            let result = message.get("result").unwrap_or(&Value::Null);
-                            if let Some(events) = result.get("events").and_then(Value::as_array) {
-                                if let Some(rev) = events
-                                    .iter()
-                                    .filter_map(|e| e.get("kv"))
-                                    .map(|kv| kv.get("mod_revision").map_or(0, num))
-                                    .max()
-                                {
-                                    return Ok(Watched::Changed(rev));
-                                }
-                            }
-                            if result.get("canceled").and_then(Value::as_bool) == Some(true) {
-                                // Compacted past `revision`: not a change; the caller reads
-                                // again (and watches from the revision of that read).
-                                return Ok(Watched::Canceled);
-                            }
-                        }
-                    }
-                    Ok(None) => break,
+            let ended = loop {
+                let chunk = match response.chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    // etcd's last word (an error) may come without a newline.
+                    Ok(None) => match watch_message(&buffer) {
+                        WatchMessage::Done(result) => return result,
+                        WatchMessage::Unavailable(reason) => break reason,
+                        WatchMessage::Nothing => break "the watch ended".to_owned(),
+                    },
                     Err(e) if e.is_timeout() => return Ok(Watched::TimedOut),
-                    Err(e) => {
-                        last = Some(format!("{endpoint}: {}", without_url(&e)));
-                        break;
+                    Err(e) => break without_url(&e),
+                };
+                buffer.extend_from_slice(&chunk);
+                if buffer.len() > MAX_ANSWER {
+                    buffer.clear();
+                }
+                // The gateway sends one JSON object per line.
+                let mut unavailable = None;
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    match watch_message(&line) {
+                        WatchMessage::Nothing => {}
+                        WatchMessage::Done(result) => return result,
+                        WatchMessage::Unavailable(reason) => {
+                            unavailable = Some(reason);
+                            break;
+                        }
                     }
                 }
-            }
+                if let Some(reason) = unavailable {
+                    break reason;
+                }
+            };
+            // This member cannot serve the watch (no leader, or the stream broke): another may.
+            last = Some(format!("{endpoint}: {ended}"));
         }
         Err(FleetError::Unreachable {
             endpoints: self.endpoints.join(","),
             reason: last.unwrap_or_else(|| "the watch ended".into()),
         })
     }
+}
+
+/// What one message of a watch stream says.
+enum WatchMessage {
+    /// Nothing to act on (the `created` answer, a progress notice, an unreadable line).
+    Nothing,
+    /// The watch is over: a change, a compaction, or a refusal.
+    Done(Result<Watched, FleetError>),
+    /// This member cannot serve the watch (it has no leader): another member may.
+    Unavailable(String),
+}
+
+/// Reads one message of etcd 3.4's watch stream: `{"result": {...}}` with `events`, or with
+/// `canceled`, `compact_revision` and `cancel_reason`; or `{"error": {"grpc_code",
+/// "message"}}` when the stream fails (no leader, with `Grpc-Metadata-hasleader`).
+fn watch_message(line: &[u8]) -> WatchMessage {
+    let Ok(message) = serde_json::from_slice::<Value>(line) else {
+        return WatchMessage::Nothing;
+    };
+    if let Some(error) = message.get("error") {
+        let (code, text) = match error {
+            Value::String(text) => (message.get("code"), text.as_str()),
+            _ => (
+                error.get("grpc_code").or_else(|| error.get("code")),
+                error.get("message").and_then(Value::as_str).unwrap_or(""),
+            ),
+        };
+        let code = code.map_or(0, num);
+        let text = if text.is_empty() {
+            "etcd ended the watch with an error".to_owned()
+        } else {
+            text.to_owned()
+        };
+        if code == 14 || text.contains("leader") {
+            return WatchMessage::Unavailable(text);
+        }
+        return WatchMessage::Done(Err(FleetError::Etcd {
+            code,
+            message: text,
+        }));
+    }
+    let Some(result) = message.get("result") else {
+        return WatchMessage::Nothing;
+    };
+    if let Some(rev) = result
+        .get("events")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("kv"))
+        .map(|kv| kv.get("mod_revision").map_or(0, num))
+        .max()
+    {
+        return WatchMessage::Done(Ok(Watched::Changed(rev)));
+    }
+    if result.get("canceled").and_then(Value::as_bool) != Some(true) {
+        return WatchMessage::Nothing;
+    }
+    let compacted = result.get("compact_revision").map_or(0, num);
+    if compacted > 0 {
+        // Compacted past `revision`: the caller reads again (and watches from that read).
+        return WatchMessage::Done(Ok(Watched::Compacted(compacted)));
+    }
+    // Refused (permission denied, an invalid auth token, no user name): a failure, never a
+    // change, or a caller reading again at once would loop.
+    let reason = result
+        .get("cancel_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let (code, message) = grpc_status(reason);
+    WatchMessage::Done(Err(FleetError::Etcd {
+        code,
+        message: if message.is_empty() {
+            "etcd canceled the watch without a reason".to_owned()
+        } else {
+            format!("the watch was canceled: {message}")
+        },
+    }))
+}
+
+/// The gRPC status code and description of a cancel reason like `rpc error: code =
+/// PermissionDenied desc = etcdserver: permission denied`; a reason of another form is kept
+/// whole, with code 0.
+fn grpc_status(reason: &str) -> (i64, String) {
+    let Some(rest) = reason.strip_prefix("rpc error: code = ") else {
+        return (0, reason.to_owned());
+    };
+    let (name, desc) = rest.split_once(" desc = ").unwrap_or((rest, ""));
+    let code = match name {
+        "InvalidArgument" => 3,
+        "NotFound" => 5,
+        "PermissionDenied" => 7,
+        "FailedPrecondition" => 9,
+        "Unavailable" => 14,
+        "Unauthenticated" => 16,
+        _ => 0,
+    };
+    (code, desc.to_owned())
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FleetError> {
@@ -508,4 +657,77 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, String
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(line: &str) -> WatchMessage {
+        watch_message(line.as_bytes())
+    }
+
+    #[test]
+    fn a_watch_canceled_by_compaction_is_a_reason_to_read_again() {
+        let line =
+            r#"{"result":{"header":{"revision":"4"},"canceled":true,"compact_revision":"3"}}"#;
+        assert!(
+            matches!(outcome(line), WatchMessage::Done(Ok(Watched::Compacted(3)))),
+            "a cancel naming a compact revision must be read as a compaction"
+        );
+    }
+
+    #[test]
+    fn a_watch_canceled_for_a_refusal_is_an_error_with_etcds_reason() {
+        // etcd 3.4's answer to a watch of a prefix the user may not read.
+        let line = r#"{"result":{"header":{"revision":"4"},"watch_id":"-1","created":true,"canceled":true,"cancel_reason":"rpc error: code = PermissionDenied desc = etcdserver: permission denied"}}"#;
+        match outcome(line) {
+            WatchMessage::Done(Err(FleetError::Etcd { code, message })) => {
+                assert_eq!(code, 7, "PermissionDenied is gRPC code 7");
+                assert!(
+                    message.contains("permission denied"),
+                    "etcd's reason must be kept: {message}"
+                );
+            }
+            _ => panic!("a refused watch must be an error, never a change"),
+        }
+        let line = r#"{"result":{"watch_id":"-1","created":true,"canceled":true,"cancel_reason":"rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"}}"#;
+        assert!(
+            matches!(
+                outcome(line),
+                WatchMessage::Done(Err(FleetError::Etcd { code: 16, .. }))
+            ),
+            "an invalid auth token must be code 16, so that the client authenticates again"
+        );
+    }
+
+    #[test]
+    fn a_member_without_a_leader_passes_the_watch_to_another_member() {
+        // What etcd 3.4 sends, without a newline, on a watch with `Grpc-Metadata-hasleader`.
+        let line = r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service Unavailable"}}"#;
+        assert!(
+            matches!(outcome(line), WatchMessage::Unavailable(ref m) if m.contains("no leader")),
+            "no leader must make the client try another member"
+        );
+    }
+
+    #[test]
+    fn the_created_answer_and_unreadable_lines_are_not_the_end_of_a_watch() {
+        for line in [
+            r#"{"result":{"header":{"revision":"4"},"created":true}}"#,
+            "{}",
+            "<html>",
+            "",
+        ] {
+            assert!(
+                matches!(outcome(line), WatchMessage::Nothing),
+                "{line:?} must neither end the watch nor count as a change"
+            );
+        }
+        let line = r#"{"result":{"events":[{"kv":{"key":"YQ==","mod_revision":"9"}}]}}"#;
+        assert!(
+            matches!(outcome(line), WatchMessage::Done(Ok(Watched::Changed(9)))),
+            "an event is a change at its revision"
+        );
+    }
 }

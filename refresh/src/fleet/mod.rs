@@ -151,6 +151,32 @@ pub enum FleetError {
         /// Its revision.
         revision: i64,
     },
+    /// The record changed between the seed's read and its write (a machine uploaded or
+    /// refreshed the login meanwhile): nothing was written.
+    #[error(
+        "the fleet's login at {key} changed while seeding ({} when read, {} now): nothing was \
+         written, the newer login was kept; look at it (`codex-store inspect --fleet`) and run \
+         the seed again if it should still be replaced",
+        revision_of(*read),
+        revision_of(*found)
+    )]
+    SeedConflict {
+        /// The key.
+        key: String,
+        /// Its revision when the seed read it (0: absent).
+        read: i64,
+        /// Its revision when the seed tried to write (0: absent).
+        found: i64,
+    },
+}
+
+/// A record's revision in a message (0: no record).
+fn revision_of(revision: i64) -> String {
+    if revision == 0 {
+        "no login".to_owned()
+    } else {
+        format!("revision {revision}")
+    }
 }
 
 /// A fleet: the etcd client and the keys of one login.

@@ -227,29 +227,59 @@ impl Fleet {
     }
 
     /// Seeds the fleet with `doc` (a local auth.json): only when the fleet holds no login,
-    /// unless `force`. Returns the record's revision.
+    /// unless `force`. Reads the record once and writes only if it is still at the revision
+    /// read (a compare-and-swap), so that a login a machine uploaded or refreshed meanwhile is
+    /// never overwritten. The same transaction clears a refusal remembered for the fleet; it
+    /// leaves `<prefix>/redeeming` alone (the reservation of a holder whose request may still be
+    /// in flight; it names the old login's token, so it does not hold up the new one). Returns
+    /// the record's revision.
     ///
     /// # Errors
-    /// [`FleetError::AlreadySeeded`] when it holds one and `force` is false; the etcd errors.
+    /// [`FleetError::AlreadySeeded`] when it holds one and `force` is false;
+    /// [`FleetError::SeedConflict`] when the record changed between the read and the write
+    /// (nothing was written); the etcd errors.
     pub async fn seed(&self, doc: &AuthDotJson, force: bool) -> Result<i64, FleetError> {
-        let meta = RotationMeta::now(self, "seeded", doc);
-        loop {
-            let current = self.read().await?;
-            let expected = match &current {
-                Some(record) if !force => {
-                    return Err(FleetError::AlreadySeeded {
-                        key: self.record_key(),
-                        revision: record.revision,
-                    })
-                }
-                Some(record) => record.revision,
-                None => 0,
-            };
-            if let Ok(revision) = self.put_if(expected, doc, &meta).await? {
-                self.clear_refusal().await?;
-                return Ok(revision);
-            }
+        let key = self.record_key();
+        // The key's revision, also when its value is not a document (`--force` replaces it).
+        let (current, _) = self.etcd.get(&key).await?;
+        let read = current.map_or(0, |kv| kv.mod_revision);
+        if read != 0 && !force {
+            return Err(FleetError::AlreadySeeded {
+                key,
+                revision: read,
+            });
         }
+        let meta = RotationMeta::now(self, "seeded", doc);
+        let result = self
+            .etcd
+            .txn(
+                &[Compare::ModRevision(key.clone(), read)],
+                &[
+                    Op::Put {
+                        key: key.clone(),
+                        value: doc.to_json(),
+                        lease: 0,
+                    },
+                    Op::Put {
+                        key: self.key("rotation"),
+                        value: serde_json::to_vec(&meta).unwrap_or_default(),
+                        lease: 0,
+                    },
+                    Op::Delete(self.key("refusal")),
+                ],
+                &[Op::Get(key.clone())],
+            )
+            .await?;
+        if result.succeeded {
+            return Ok(result.revision);
+        }
+        let found = result
+            .gets
+            .into_iter()
+            .next()
+            .flatten()
+            .map_or(0, |kv| kv.mod_revision);
+        Err(FleetError::SeedConflict { key, read, found })
     }
 
     /// Removes the login from the fleet (sign-out for every machine). Returns whether there was
@@ -431,12 +461,5 @@ impl Fleet {
         if let Err(e) = self.etcd.revoke(reservation.lease).await {
             tracing::warn!(error = %e, "could not revoke the reservation's lease; it expires by itself");
         }
-    }
-
-    async fn clear_refusal(&self) -> Result<(), FleetError> {
-        self.etcd
-            .txn(&[], &[Op::Delete(self.key("refusal"))], &[])
-            .await?;
-        Ok(())
     }
 }

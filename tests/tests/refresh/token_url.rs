@@ -36,7 +36,8 @@ async fn answers_of_no_token_endpoint_are_token_url_errors_that_change_and_spend
             panic!("{behavior:?} is not a token URL error: {error} ({error:?})");
         };
         assert_eq!(
-            *origin, "RefreshConfig::token_url",
+            *origin,
+            codex_refresh::UrlOrigin::Configuration,
             "{behavior:?}: the URL set by the program is said to come from elsewhere: {error}"
         );
         assert_eq!(
