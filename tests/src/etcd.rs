@@ -25,6 +25,17 @@ pub fn etcd_binary() -> PathBuf {
     })
 }
 
+/// The `etcdctl` binary on PATH (installed with etcd; Debian's `etcd-client`). Panics, naming
+/// the package, when there is none.
+pub fn etcdctl_binary() -> PathBuf {
+    crate::programs::on_path("etcdctl").unwrap_or_else(|| {
+        panic!(
+            "etcdctl is not installed: the snapshot tests need it; install Debian's etcd-client \
+             (`apt-get update && apt-get install -y etcd-client`)"
+        )
+    })
+}
+
 fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
@@ -249,6 +260,62 @@ impl EtcdCluster {
     /// Starts member `i` again (after [`EtcdCluster::kill`]), with its data.
     pub fn restart(&mut self, i: usize) {
         self.spawn(i, "existing");
+    }
+
+    /// Saves a snapshot of member `i`'s data to `path` (`etcdctl snapshot save`): what an
+    /// operator's backup holds.
+    pub fn snapshot_save(&self, i: usize, path: &std::path::Path) {
+        let out = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.members[i].client])
+            .args(["snapshot", "save"])
+            .arg(path)
+            .output()
+            .expect("run etcdctl snapshot save");
+        assert!(
+            out.status.success(),
+            "etcdctl snapshot save failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Restores the single member of a one-member cluster from `snapshot`, as an operator
+    /// would: stops it, restores the snapshot into a new data directory (`etcdctl snapshot
+    /// restore`), puts that directory in place of the old one and starts the member again at the
+    /// same ports. Everything written after the snapshot is gone; its revisions go back to the
+    /// snapshot's. Waits until it has a leader.
+    pub fn restore_snapshot(&mut self, snapshot: &std::path::Path) {
+        assert_eq!(
+            self.members.len(),
+            1,
+            "restore_snapshot restores a one-member cluster"
+        );
+        self.kill(0);
+        let m = &self.members[0];
+        let data = self.dir.path().join(&m.name);
+        let restored = self.dir.path().join(format!("{}.restored", m.name));
+        let _ = std::fs::remove_dir_all(&restored);
+        let out = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&restored)
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "codex-store-tests"])
+            .args(["--initial-advertise-peer-urls", &m.peer])
+            .output()
+            .expect("run etcdctl snapshot restore");
+        assert!(
+            out.status.success(),
+            "etcdctl snapshot restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_dir_all(&data).expect("remove the member's old data directory");
+        std::fs::rename(&restored, &data).expect("put the restored data directory in place");
+        self.restart(0);
+        self.wait_for_leader();
     }
 }
 

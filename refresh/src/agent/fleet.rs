@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snapshot, StoreError};
 
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
-use super::fleet_sync::{self, Reconcile, Synced};
+use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
 use super::{Agent, Plan};
 use crate::error::{PermanentReason, RefreshError, TransientReason};
 use crate::fleet::{Fleet, FleetError, FleetRecord, RotationMeta};
@@ -83,7 +83,7 @@ impl Agent {
         self.fleet.as_mut().expect("fleet mode").seen = revision;
         let record = match record {
             Ok(Some(record)) => record,
-            Ok(None) => return self.fleet_signed_out(&store, on_event),
+            Ok(None) => return self.fleet_signed_out(&store, revision, on_event),
             Err(e) => return self.fleet_failed(&e, on_event),
         };
         let local = match store.load() {
@@ -103,15 +103,32 @@ impl Agent {
         due
     }
 
-    /// The fleet holds no login. If this machine had the fleet's login and nobody changed it
-    /// here since, the fleet was signed out (`logout --fleet`): so is this machine.
+    /// The fleet holds no login (etcd's revision `revision`). If this machine had the fleet's
+    /// login and nobody changed it here since, the fleet was signed out (`logout --fleet`): so is
+    /// this machine. Unless etcd itself went back before that sync (restored from a snapshot
+    /// older than the login, or its data lost): then auth.json is kept and it is reported.
     fn fleet_signed_out(
         &mut self,
         store: &codex_store::Store,
+        revision: i64,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         let synced = self.fleet.as_ref().and_then(|s| s.synced.clone());
         if let (Some(synced), Ok(local)) = (synced, store.load()) {
+            if local.auth().is_some() && synced.revision > revision {
+                let message = format!(
+                    "the fleet holds no login, and etcd (revision {revision}) is older than what \
+                     this machine last synced (revision {}, refresh {}): etcd was restored from a \
+                     backup, or lost its data. auth.json is kept; seed the fleet from the machine \
+                     that holds the live login (`codex-store fleet seed --fleet ENDPOINTS`)",
+                    synced.revision,
+                    synced.refresh.as_deref().unwrap_or("none")
+                );
+                if self.idle != Some("fleet_went_back") {
+                    tracing::warn!("{message}");
+                }
+                return self.go_idle("fleet_went_back", &message, on_event);
+            }
             if local.auth().is_some() && synced.local_generation == local.generation().to_string() {
                 match store
                     .compare_and_swap(Expect::Generation(local.generation()), None)
@@ -138,21 +155,27 @@ impl Agent {
         )
     }
 
+    /// Remembers that the record at `revision` and auth.json at `local` are in sync, the fleet's
+    /// login having moved on from the token in sync before, if another ([`Link::Superseded`]).
     fn remember_sync(&mut self, revision: i64, local: Generation) {
+        let store = self.manager.store().clone();
+        let refresh = fleet_sync::refresh_at(&store, &local);
         let sync = self.fleet.as_mut().expect("fleet mode");
-        let synced = Synced {
-            prefix: sync.fleet.config().prefix.clone(),
+        let next = Synced::after(
+            sync.synced.as_ref(),
+            &sync.fleet.config().prefix,
             revision,
-            local_generation: local.to_string(),
-        };
-        if sync.synced.as_ref() != Some(&synced) {
-            fleet_sync::save(&fleet_sync::state_path(self.manager.store()), &synced);
-            self.fleet.as_mut().expect("fleet mode").synced = Some(synced);
-        }
+            &local,
+            refresh,
+            Link::Superseded,
+        );
+        fleet_sync::remember(&mut sync.synced, &fleet_sync::state_path(&store), next);
     }
 
     /// Mirrors the record into auth.json, or uploads a rotation made locally, by causality (see
-    /// [`fleet_sync::decide`]). `None` when they already agree.
+    /// [`fleet_sync::decide`]): only a refresh token that descends from the record's is
+    /// uploaded, the record is never written over a newer token, and what no known rotation
+    /// relates is kept on both sides and reported. `None` when they already agree.
     async fn reconcile(
         &mut self,
         fleet: &Fleet,
@@ -161,69 +184,139 @@ impl Agent {
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Option<Plan> {
         let store = self.manager.store().clone();
+        let state_path = fleet_sync::state_path(&store);
         let synced = self.fleet.as_ref().and_then(|s| s.synced.clone());
-        let descends = fleet_sync::descends_from(&store, local, record);
-        match fleet_sync::decide(record, local, synced.as_ref(), descends) {
-            Reconcile::InSync => {
-                self.remember_sync(record.revision, local.generation());
-                None
-            }
-            Reconcile::Upload => {
-                let doc = local.auth().cloned().unwrap_or_default();
-                let meta = RotationMeta::now(fleet, "uploaded", &doc);
-                Some(match fleet.put_if(record.revision, &doc, &meta).await {
-                    Ok(Ok(revision)) => {
-                        self.remember_sync(revision, local.generation());
-                        on_event(&AgentEvent::now(AgentEventKind::Uploaded {
-                            revision,
-                            refresh: meta.refresh.clone(),
-                        }));
-                        Plan::Again
+        let lineage = fleet_sync::Lineage::gather(&store, synced.as_ref());
+        let (keep_copy, link, finding) =
+            match fleet_sync::decide(record, local, synced.as_ref(), &lineage) {
+                Reconcile::InSync => {
+                    self.remember_sync(record.revision, local.generation());
+                    return None;
+                }
+                Reconcile::Upload(why) => {
+                    let doc = local.auth().cloned().unwrap_or_default();
+                    let meta = RotationMeta::now(fleet, why.kind(), &doc);
+                    return Some(match fleet.put_if(record.revision, &doc, &meta).await {
+                        Ok(Ok(revision)) => {
+                            if let Upload::Repairs(finding) = &why {
+                                tracing::warn!("{}", finding.uploaded());
+                            }
+                            if why == Upload::NewHere {
+                                // Nothing known leads to it from the record's token: remembered
+                                // as unverified, no succession.
+                                let sync = self.fleet.as_mut().expect("fleet mode");
+                                let next = Synced::after(
+                                    sync.synced.as_ref(),
+                                    &sync.fleet.config().prefix,
+                                    revision,
+                                    &local.generation(),
+                                    meta.refresh.clone(),
+                                    Link::Unverified,
+                                );
+                                fleet_sync::remember(&mut sync.synced, &state_path, next);
+                            } else {
+                                self.remember_sync(revision, local.generation());
+                            }
+                            on_event(&AgentEvent::now(AgentEventKind::Uploaded {
+                                revision,
+                                refresh: meta.refresh.clone(),
+                            }));
+                            Plan::Again
+                        }
+                        // The record moved meanwhile: look again.
+                        Ok(Err(_)) => Plan::Again,
+                        Err(e) => self.fleet_failed(&e, on_event),
+                    });
+                }
+                Reconcile::KeepLocal(reason) => return Some(self.go_idle(
+                    reason,
+                    "this machine's auth.json holds another login than the fleet's (another account, or signed out here): it is left alone; `codex-store fleet seed --force` makes it the fleet's, `codex-store logout` lets the fleet's in",
+                    on_event,
+                )),
+                Reconcile::Conflict(finding) => {
+                    // Nothing can decide safely: both kept, reported once, looked at again on
+                    // any change of either.
+                    let (reason, message) = (finding.reason(), finding.conflict());
+                    if self.idle != Some(reason) {
+                        tracing::warn!("{message}");
                     }
-                    // The record moved meanwhile: look again.
-                    Ok(Err(_)) => Plan::Again,
-                    Err(e) => self.fleet_failed(&e, on_event),
-                })
-            }
-            Reconcile::KeepLocal(reason) => Some(self.go_idle(
-                reason,
-                "this machine's auth.json holds another login than the fleet's (another account, or signed out here): it is left alone; `codex-store fleet seed --force` makes it the fleet's, `codex-store logout` lets the fleet's in",
-                on_event,
-            )),
-            decision @ (Reconcile::Mirror | Reconcile::MirrorKeepingCopy) => {
-                if decision == Reconcile::MirrorKeepingCopy {
-                    // Nothing says auth.json is newer: the fleet's login wins, and what auth.json
-                    // held is kept beside it, never lost.
-                    let kept = local.auth().and_then(|doc| fleet_sync::keep_copy(&store, doc));
-                    if local.auth().is_some() && kept.is_none() {
-                        return Some(self.fleet_failed(
-                            &FleetError::Setting {
-                                message: format!(
-                                    "auth.json differs from the fleet's login and a copy of it could not be kept beside it; it was left alone: check that {} is writable",
-                                    store.dir().display()
-                                ),
-                            },
-                            on_event,
-                        ));
-                    }
-                    if let Some(path) = kept {
-                        tracing::warn!(copy = %path.display(), "auth.json held other tokens than the fleet; kept a copy before writing the fleet's login");
+                    return Some(self.go_idle(reason, &message, on_event));
+                }
+                Reconcile::Mirror => (false, Link::Superseded, None),
+                Reconcile::MirrorKeepingCopy(finding) => (true, Link::Superseded, finding),
+                Reconcile::MirrorMovedOn => {
+                    // Another machine's rotation; or a token another machine uploaded without a
+                    // known rotation to it (or a rotation this read does not describe): then
+                    // auth.json is kept beside it.
+                    let verified = match fleet.etcd.get(&fleet.key("rotation")).await {
+                        Ok((kv, _)) => kv
+                            .and_then(|kv| serde_json::from_slice::<RotationMeta>(&kv.value).ok())
+                            .is_some_and(|meta| {
+                                meta.kind != fleet_sync::UPLOADED_UNVERIFIED
+                                    && meta.refresh == record.refresh_fingerprint()
+                            }),
+                        Err(e) => return Some(self.fleet_failed(&e, on_event)),
+                    };
+                    if verified {
+                        (false, Link::Superseded, None)
+                    } else {
+                        (true, Link::Unverified, None)
                     }
                 }
-                Some(match store_mirror(&self.manager, local.generation(), &record.document) {
-                    Ok(generation) => {
-                        self.remember_sync(record.revision, generation);
-                        on_event(&AgentEvent::now(AgentEventKind::Mirrored {
-                            revision: record.revision,
-                            refresh: record.refresh_fingerprint(),
-                        }));
-                        Plan::Again
+            };
+        if keep_copy {
+            // Nothing says auth.json is newer: the fleet's login wins, and what auth.json held is
+            // kept beside it, never lost.
+            let kept = local
+                .auth()
+                .and_then(|doc| fleet_sync::keep_copy(&store, doc));
+            if local.auth().is_some() && kept.is_none() {
+                return Some(self.fleet_failed(
+                    &FleetError::Setting {
+                        message: format!(
+                            "auth.json differs from the fleet's login and a copy of it could not be kept beside it; it was left alone: check that {} is writable",
+                            store.dir().display()
+                        ),
+                    },
+                    on_event,
+                ));
+            }
+            if let Some(path) = kept {
+                match &finding {
+                    Some(finding) => tracing::warn!("{}", finding.mirrored(&path)),
+                    None => {
+                        tracing::warn!(copy = %path.display(), "auth.json held other tokens than the fleet; kept a copy before writing the fleet's login")
                     }
-                    Err(StoreError::Conflict { .. }) => Plan::Again,
-                    Err(e) => self.failed(&RefreshError::from(e), on_event),
-                })
+                }
             }
         }
+        Some(
+            match store_mirror(&self.manager, local.generation(), &record.document) {
+                Ok(generation) => {
+                    if link == Link::Unverified {
+                        let sync = self.fleet.as_mut().expect("fleet mode");
+                        let next = Synced::after(
+                            sync.synced.as_ref(),
+                            &sync.fleet.config().prefix,
+                            record.revision,
+                            &generation,
+                            record.refresh_fingerprint(),
+                            Link::Unverified,
+                        );
+                        fleet_sync::remember(&mut sync.synced, &state_path, next);
+                    } else {
+                        self.remember_sync(record.revision, generation);
+                    }
+                    on_event(&AgentEvent::now(AgentEventKind::Mirrored {
+                        revision: record.revision,
+                        refresh: record.refresh_fingerprint(),
+                    }));
+                    Plan::Again
+                }
+                Err(StoreError::Conflict { .. }) => Plan::Again,
+                Err(e) => self.failed(&RefreshError::from(e), on_event),
+            },
+        )
     }
 
     /// Refreshes for the whole fleet, under its lock.
