@@ -259,8 +259,8 @@ impl Agent {
                     plan = &mut step => plan,
                     () = &mut shutdown => {
                         // Nothing new is sent; an answer already on its way is saved first.
-                        let settled = async { tokio::join!(manager.stop(), step) };
-                        if tokio::time::timeout(grace, settled).await.is_err() {
+                        manager.stop_sending();
+                        if tokio::time::timeout(grace, step).await.is_err() {
                             break "asked to stop; the token endpoint did not answer the request in flight within the HTTP timeout";
                         }
                         break "asked to stop";
