@@ -1,5 +1,6 @@
 //! The state and the steps of the model: the token server, the files, codex-store processes, a
-//! Codex 0.171 process and the environment (deleting the refresh lock file).
+//! Codex 0.171 process and the environment (deleting the refresh lock file, rewriting auth.json
+//! with the same tokens, the reuse wait running out).
 //!
 //! Every step is atomic. A step "under the write locks" (`auth.lock` + `auth.json.lock`, shared
 //! with Codex) is one atomic step, so the write locks need no state of their own: no critical
@@ -12,23 +13,31 @@ use std::fmt::Write as _;
 /// [`World::stores`] never run).
 pub const MAX_STORES: usize = 3;
 
+/// The most `unanswered` records the journal may hold (the most requests of a world whose
+/// outcome is unknown).
+pub const MAX_UNANSWERED: usize = 2;
+
 /// The most tokens the server may issue (the token sets are bit masks).
 const MAX_TOKENS: u8 = 16;
 
 /// A refresh token: its index in the server's chain t0, t1, t2, ...
 pub type Token = u8;
-/// auth.json's generation: a counter bumped by every write (it stands for its bytes).
+/// auth.json's generation: a counter bumped by every write (it stands for its bytes: a rewrite
+/// of the same refresh token with another access token is another generation).
 pub type Gen = u8;
 
-/// The four changes of item 1 of issue 15, each of which can be switched off.
+/// The four changes of item 1 of issue 15, each of which can be switched off, and the wait for
+/// an `unanswered` record (item 2), which can be switched off too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fixes {
     /// A: the owner of a rotation file holds an `flock` on it from its reservation until its
     /// save ends, and the recovery leaves a rotation file whose `flock` is held.
     pub a: bool,
-    /// B: after reserving, the process checks again under the write locks (auth.json still the
-    /// generation it read, no refusal/spent/saved record for the token, no other rotation file
-    /// redeeming it) before it sends anything.
+    /// B: after reserving, the process checks again under the write locks (`Reserved::check_again`)
+    /// before it sends anything: auth.json still holds the refresh token it read (a rewrite of
+    /// the same token, another generation, is no change), the journal's word on the token is
+    /// still the one it judged by (no new `refused`/`spent`/`saved`/`unanswered` record), and no
+    /// other rotation file redeems it.
     pub b: bool,
     /// C: what a refusal or a half-written rotation teaches is journaled before the file that
     /// shows it goes (two halves, each of which can be switched off alone).
@@ -36,6 +45,10 @@ pub struct Fixes {
     /// D: the save merges its tokens into a changed auth.json only while auth.json still holds
     /// the refresh token it redeemed (else newer tokens are there, and they win).
     pub d: bool,
+    /// The next sender of a token journaled `unanswered` less than the reuse wait ago waits for
+    /// a rotation until the reuse wait ends, and only then starts again (and sends it once
+    /// more); without it, the record is ignored.
+    pub wait_unanswered: bool,
 }
 
 /// The two halves of change C.
@@ -44,7 +57,8 @@ pub struct JournalFirst {
     /// On a refusal, `refused(t)` is journaled, then the rotation file removed, in one step;
     /// without it the file is removed first and the refusal journaled in a later step.
     pub refusal: bool,
-    /// The recovery journals `spent(t)` for a half-written rotation file before discarding it;
+    /// The recovery journals `spent(t)` for an unreadable rotation file (half-written, or
+    /// marked "sent" by an owner that could not journal its outcome) before discarding it;
     /// without it the file is just discarded.
     pub spent: bool,
 }
@@ -61,19 +75,22 @@ impl JournalFirst {
 }
 
 impl Fixes {
-    /// All four changes.
+    /// All four changes, and the wait for `unanswered` records: what the code does.
     pub const ALL: Fixes = Fixes {
         a: true,
         b: true,
         c: JournalFirst::ON,
         d: true,
+        wait_unanswered: true,
     };
-    /// None of them.
+    /// None of the four changes (the wait for `unanswered` records stays: the worlds that use
+    /// this have no request whose outcome is unknown).
     pub const NONE: Fixes = Fixes {
         a: false,
         b: false,
         c: JournalFirst::OFF,
         d: false,
+        wait_unanswered: true,
     };
 }
 
@@ -91,6 +108,37 @@ pub struct World {
     /// How many times the user may sign in again (with Codex, under the write locks): a new
     /// refresh token of the same account, not derived from the chain's live one.
     pub sign_ins: u8,
+    /// Whether the server may answer a codex-store process's request without a new refresh
+    /// token (the presented one stays live, only the access token is new): chosen per answer.
+    pub keeps: bool,
+    /// How many times auth.json may be rewritten with the tokens it holds (another generation,
+    /// the same refresh token): Codex writing an answer that kept the refresh token, an older
+    /// Codex writing in place, a writer ignoring the locks.
+    pub rewrites: u8,
+    /// How many codex-store requests may end without a known outcome (a timeout or a 5xx,
+    /// after the server rotated, or before it saw the request), at most [`MAX_UNANSWERED`].
+    pub unknown_outcomes: u8,
+    /// How many journal appends may fail.
+    pub journal_failures: u8,
+    /// How many times a codex-store process may start its refresh again, after waiting out the
+    /// reuse wait of an `unanswered` record.
+    pub restarts: u8,
+}
+
+impl World {
+    /// No process, no fault: the base the worlds of the tests are built on.
+    pub const EMPTY: World = World {
+        stores: 0,
+        codex_refreshes: 0,
+        crashes: false,
+        lock_deletions: 0,
+        sign_ins: 0,
+        keeps: false,
+        rewrites: 0,
+        unknown_outcomes: 0,
+        journal_failures: 0,
+        restarts: 0,
+    };
 }
 
 /// What a rotation file holds.
@@ -100,9 +148,12 @@ pub enum Content {
     /// receiver).
     Spaces,
     /// An answer written but not fsynced, cut by a crash: unreadable, but it proves the token
-    /// was sent and answered.
+    /// was sent and answered (not whether the answer kept it).
     Half,
-    /// The answer, durable.
+    /// `SENT_MARK`: its owner sent the token and could not journal the outcome (refused, or
+    /// unknown). Unreadable as a document, like [`Content::Half`].
+    Marked,
+    /// The answer, durable (the same token as the one redeemed when the answer kept it).
     Doc(Token),
 }
 
@@ -118,6 +169,32 @@ pub struct Rotation {
     pub flocked: bool,
 }
 
+/// An `unanswered(t)` record of the journal (its place in the journal is its identity: what
+/// `Reserved::check_again` compares is the record itself, time and all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Unanswered {
+    pub token: Token,
+    /// Whether the reuse wait since it was written has passed.
+    pub expired: bool,
+}
+
+/// The journal's `unanswered` record a process judged by: its index, or none.
+pub type Fate = Option<u8>;
+
+/// What the files showed a sender of its token at its re-check (for P1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Informed {
+    /// Nothing against it.
+    Nothing,
+    /// Only that it was sent without a known outcome, more than the reuse wait ago: sending it
+    /// once more is what the protocol does (the first sender's answer was lost, like a death).
+    WaitedOut,
+    /// That it had been presented (a rotation file of it got an answer to another token, the
+    /// journal said refused/spent/saved, auth.json got a later token), or that it was sent
+    /// without a known outcome less than the reuse wait ago.
+    Knew,
+}
+
 /// Where a codex-store process is: the step it takes next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
@@ -129,17 +206,24 @@ pub enum Phase {
     Recovered,
     /// 4: the checks of the snapshot (journal, rotation files).
     Read { t: Token, g: Gen },
-    /// 5: reserve (rotation file, its `flock`, `redeeming(t)` in the journal).
-    Checked { t: Token, g: Gen },
+    /// 5: reserve (rotation file, its `flock`, `redeeming(t)` in the journal). `fate`: the
+    /// (expired) `unanswered` record of `t` it judged by.
+    Checked { t: Token, g: Gen, fate: Fate },
     /// 6: the re-check under the write locks (change B; without it a step that does nothing).
-    Reserved { t: Token, g: Gen },
-    /// 7: send `t`. `informed`: whether, at the re-check (the last moment before the request
-    /// under the write locks), the files already showed that `t` had been presented.
-    Committed { t: Token, g: Gen, informed: bool },
+    Reserved { t: Token, fate: Fate },
+    /// 7: send `t`. `informed`: what, at the re-check (the last moment before the request
+    /// under the write locks), the files already showed of `t`.
+    Committed { t: Token, informed: Informed },
     /// 8: refused: journal the refusal and remove the rotation file.
     Refused { t: Token },
     /// 8, second half without change C: the rotation file is gone, the refusal not journaled.
     RefusedRemoved { t: Token },
+    /// 8': no answer came (timeout, 5xx): journal `unanswered(t)`, then remove the rotation
+    /// file (`abandon_recorded`); if the journal fails, mark the file instead and keep it.
+    Unanswered { t: Token },
+    /// The refresh lock released, watching auth.json for a rotation of `t` until the reuse
+    /// wait since `unanswered` record `rec` ends; then the refresh starts again.
+    Waiting { t: Token, rec: u8 },
     /// 9: write the answer into the rotation file (not yet fsynced).
     Answered { t: Token, new: Token },
     /// 9: fsync it.
@@ -148,7 +232,7 @@ pub enum Phase {
     Durable { t: Token, new: Token },
     /// 10: journal `saved(t -> new)`, release the rotation's `flock` and the refresh lock.
     Installed { t: Token, new: Token },
-    /// Finished (sent nothing, or saved, or refused).
+    /// Finished (sent nothing, or saved, or refused, or gave up).
     Done,
     /// Died.
     Dead,
@@ -157,7 +241,10 @@ pub enum Phase {
 impl Phase {
     /// Whether the process holds the refresh lock (an `flock` on the inode it took).
     fn holds_refresh_lock(self) -> bool {
-        !matches!(self, Phase::Idle | Phase::Done | Phase::Dead)
+        !matches!(
+            self,
+            Phase::Idle | Phase::Done | Phase::Dead | Phase::Waiting { .. }
+        )
     }
 
     /// The token this live process has sent (and knows it sent), if any.
@@ -165,11 +252,28 @@ impl Phase {
         match self {
             Phase::Refused { t }
             | Phase::RefusedRemoved { t }
+            | Phase::Unanswered { t }
             | Phase::Answered { t, .. }
             | Phase::HalfWritten { t, .. }
             | Phase::Durable { t, .. }
             | Phase::Installed { t, .. } => Some(t),
             _ => None,
+        }
+    }
+
+    /// The token this live process knows may be spent by its own request: presented, and not
+    /// answered with the same refresh token (an answer that kept it says it is still live).
+    fn may_have_spent(self) -> Option<Token> {
+        match self {
+            Phase::Answered { t, new }
+            | Phase::HalfWritten { t, new }
+            | Phase::Durable { t, new }
+            | Phase::Installed { t, new }
+                if new == t =>
+            {
+                None
+            }
+            _ => self.presented(),
         }
     }
 
@@ -188,6 +292,8 @@ pub struct StoreProc {
     pub phase: Phase,
     /// The inode of the refresh lock file it locked (meaningful while it holds the lock).
     pub inode: u8,
+    /// How many times it started again.
+    pub restarts: u8,
 }
 
 /// Where the Codex process is. `left`: refreshes still to do after this one.
@@ -221,24 +327,31 @@ pub struct State {
     pub live: Token,
     /// The answer that issued `live` died with its receiver (before it was durable anywhere).
     pub live_lost: bool,
-    /// The tokens whose presentation the files have shown (sticky): a rotation file of it got an
-    /// answer written (even half), the journal got `refused`/`spent`/`saved` for it, or auth.json
-    /// was written with a later token.
+    /// The tokens whose presentation the files have shown (sticky): a rotation file of it got
+    /// an answer to another token written (even half), the journal got `refused`/`spent`/
+    /// `saved` (to another token) for it, or auth.json was written with a later token.
     pub traced: u16,
     /// auth.json: the token it holds and its generation.
     pub auth_token: Token,
     pub auth_gen: Gen,
-    /// The journal (`redeeming(t)` records are not modelled: nothing decides on them).
+    /// The journal: the tokens with a `refused`, a `spent`, or a `saved`/`recovered` record to
+    /// another token (a `saved(t -> t)` makes nothing spent and is not kept); the `unanswered`
+    /// records in order. (`redeeming(t)` records are not modelled: nothing decides on them.)
     pub refused: u16,
     pub spent: u16,
     pub saved: u16,
+    pub unanswered: [Option<Unanswered>; MAX_UNANSWERED],
     /// The rotation files, by owner.
     pub rotations: [Option<Rotation>; MAX_STORES],
     /// The refresh lock file's current inode, and how often it was deleted.
     pub lock_inode: u8,
     pub deletions: u8,
-    /// How many times the user signed in again.
+    /// How many times the user signed in again, auth.json was rewritten with the same tokens,
+    /// a request's outcome was unknown, a journal append failed.
     pub sign_ins: u8,
+    pub rewrites: u8,
+    pub unknowns: u8,
+    pub journal_failures: u8,
     pub stores: [StoreProc; MAX_STORES],
     pub codex: CodexPhase,
 }
@@ -267,9 +380,17 @@ pub enum Violation {
         by: u8,
         why: &'static str,
     },
+    /// Not a violation of P1 but what P1 allows: a codex-store process presented `token`
+    /// again, and dead, after the reuse wait of its `unanswered` record (reported only when a
+    /// search asks, to show that the allowance is used).
+    PresentedAgainAfterTheWait { token: Token, by: u8 },
     /// P2: in a terminal state, after one final recovery, auth.json does not hold the live
     /// token, and the answer that issued it did not die with its receiver.
     RotationLost { live: Token, auth: Token },
+    /// P3: the journal says the server's live token is refused or spent: no codex-store
+    /// process will ever send it (it waits for a rotation, then says "sign in again"), though
+    /// the login is fine.
+    LiveTokenJournaledDead { token: Token },
     /// A state that is not terminal and in which nobody can move (a deadlock of the model).
     Deadlock,
 }
@@ -282,13 +403,56 @@ fn below(t: Token) -> u16 {
     bit(t) - 1
 }
 
+/// What may happen to one journal append: it succeeds, or (within the world's budget) fails.
+fn appends(s: &State, world: &World) -> &'static [bool] {
+    if s.journal_failures < world.journal_failures {
+        &[true, false]
+    } else {
+        &[true]
+    }
+}
+
+/// A state packed into 256 bits, for the visited set: a debug build spends most of its time
+/// hashing and comparing the derived way otherwise. [`State::key`] is injective (every field
+/// has its own bits, each value checked to fit).
+pub type Key = [u64; 4];
+
+/// Writes fields into a [`Key`]. (Written for a debug build: primitive casts and no iterators,
+/// its functions inlined.)
+struct Packer {
+    key: Key,
+    at: u32,
+}
+
+impl Packer {
+    #[inline(always)]
+    fn put(&mut self, value: u64, width: u32) {
+        assert!(
+            value < 1 << width,
+            "a field does not fit its bits in the key"
+        );
+        let (word, shift) = ((self.at / 64) as usize, self.at % 64);
+        self.key[word] |= value << shift;
+        if shift + width > 64 {
+            self.key[word + 1] |= value >> (64 - shift);
+        }
+        self.at += width;
+    }
+}
+
 impl State {
     /// The initial state: auth.json holds t0, generation 0, every process at its start.
     pub fn initial(world: &World) -> State {
         assert!(world.stores <= MAX_STORES);
+        assert!(usize::from(world.unknown_outcomes) <= MAX_UNANSWERED);
+        // What the key's bits hold.
+        assert!(world.lock_deletions <= 3 && world.sign_ins <= 3 && world.rewrites <= 3);
+        assert!(world.journal_failures <= 3 && world.restarts <= 3);
+        assert!(world.codex_refreshes <= 4);
         let mut stores = [StoreProc {
             phase: Phase::Done,
             inode: 0,
+            restarts: 0,
         }; MAX_STORES];
         for s in stores.iter_mut().take(world.stores) {
             s.phase = Phase::Idle;
@@ -302,10 +466,14 @@ impl State {
             refused: 0,
             spent: 0,
             saved: 0,
+            unanswered: [None; MAX_UNANSWERED],
             rotations: [None; MAX_STORES],
             lock_inode: 0,
             deletions: 0,
             sign_ins: 0,
+            rewrites: 0,
+            unknowns: 0,
+            journal_failures: 0,
             stores,
             codex: if world.codex_refreshes > 0 {
                 CodexPhase::Start {
@@ -315,6 +483,108 @@ impl State {
                 CodexPhase::Done
             },
         }
+    }
+
+    /// The state packed for the visited set.
+    pub fn key(&self) -> Key {
+        let mut p = Packer { key: [0; 4], at: 0 };
+        p.put(self.live as u64, 4);
+        p.put(self.live_lost as u64, 1);
+        p.put(self.traced as u64, 16);
+        p.put(self.auth_token as u64, 4);
+        p.put(self.auth_gen as u64, 8);
+        p.put(self.refused as u64, 16);
+        p.put(self.spent as u64, 16);
+        p.put(self.saved as u64, 16);
+        let mut k = 0;
+        while k < MAX_UNANSWERED {
+            if let Some(u) = self.unanswered[k] {
+                p.put(1 | (u.token as u64) << 1 | (u.expired as u64) << 5, 6);
+            } else {
+                p.put(0, 6);
+            }
+            k += 1;
+        }
+        let mut o = 0;
+        while o < MAX_STORES {
+            if let Some(r) = self.rotations[o] {
+                let content = match r.content {
+                    Content::Spaces => 0,
+                    Content::Half => 1,
+                    Content::Marked => 2,
+                    Content::Doc(t) => 3 | (t as u64) << 2,
+                };
+                p.put(
+                    1 | (r.base as u64) << 1
+                        | (r.redeemed as u64) << 9
+                        | content << 13
+                        | (r.flocked as u64) << 19,
+                    20,
+                );
+            } else {
+                p.put(0, 20);
+            }
+            o += 1;
+        }
+        p.put(
+            self.lock_inode as u64
+                | (self.deletions as u64) << 2
+                | (self.sign_ins as u64) << 4
+                | (self.rewrites as u64) << 6
+                | (self.unknowns as u64) << 8
+                | (self.journal_failures as u64) << 10,
+            12,
+        );
+        let fate = |f: Fate| match f {
+            None => 0,
+            Some(k) => k + 1,
+        };
+        let mut i = 0;
+        while i < MAX_STORES {
+            let s = self.stores[i];
+            // The tag, then up to two tokens, a generation, and a fate or a flag.
+            let (tag, a, b, g, x): (u8, Token, Token, Gen, u8) = match s.phase {
+                Phase::Idle => (0, 0, 0, 0, 0),
+                Phase::Locked => (1, 0, 0, 0, 0),
+                Phase::Recovered => (2, 0, 0, 0, 0),
+                Phase::Read { t, g } => (3, t, 0, g, 0),
+                Phase::Checked { t, g, fate: f } => (4, t, 0, g, fate(f)),
+                Phase::Reserved { t, fate: f } => (5, t, 0, 0, fate(f)),
+                Phase::Committed { t, informed } => (6, t, 0, 0, informed as u8),
+                Phase::Refused { t } => (7, t, 0, 0, 0),
+                Phase::RefusedRemoved { t } => (8, t, 0, 0, 0),
+                Phase::Unanswered { t } => (9, t, 0, 0, 0),
+                Phase::Waiting { t, rec } => (10, t, 0, 0, rec),
+                Phase::Answered { t, new } => (11, t, new, 0, 0),
+                Phase::HalfWritten { t, new } => (12, t, new, 0, 0),
+                Phase::Durable { t, new } => (13, t, new, 0, 0),
+                Phase::Installed { t, new } => (14, t, new, 0, 0),
+                Phase::Done => (15, 0, 0, 0, 0),
+                Phase::Dead => (16, 0, 0, 0, 0),
+            };
+            p.put(
+                tag as u64
+                    | (a as u64) << 5
+                    | (b as u64) << 9
+                    | (g as u64) << 13
+                    | (x as u64) << 21
+                    | (s.inode as u64) << 23
+                    | (s.restarts as u64) << 25,
+                27,
+            );
+            i += 1;
+        }
+        let (tag, c, left) = match self.codex {
+            CodexPhase::Start { left } => (0u8, 0, left),
+            CodexPhase::Read { c, left } => (1, c, left),
+            CodexPhase::Answered { new, left } => (2, new, left),
+            CodexPhase::Done => (3, 0, 0),
+            CodexPhase::Stuck => (4, 0, 0),
+            CodexPhase::Dead => (5, 0, 0),
+        };
+        p.put(tag as u64 | (c as u64) << 3 | (left as u64) << 7, 9);
+        assert!(p.at <= 256, "the key is too small");
+        p.key
     }
 
     /// Whether every process is finished (done, refused, stuck or dead).
@@ -344,12 +614,43 @@ impl State {
         self.traced |= below(token);
     }
 
+    /// Whether the journal says `t` is refused or spent (`fate_of`'s `Refused` or `Spent`).
     fn journaled(&self, t: Token) -> bool {
         (self.refused | self.spent | self.saved) & bit(t) != 0
     }
 
+    /// The journal's newest `unanswered` record of `t` (what `fate_of` returns when the journal
+    /// says nothing stronger of it).
+    fn unanswered_of(&self, t: Token) -> Fate {
+        (0..MAX_UNANSWERED)
+            .rev()
+            .find(|&k| self.unanswered[k].is_some_and(|u| u.token == t))
+            .map(|k| k as u8)
+    }
+
+    /// Whether the journal says `t` was sent without a known outcome less than the reuse wait
+    /// ago.
+    fn unanswered_waiting(&self, t: Token) -> bool {
+        self.unanswered_of(t)
+            .is_some_and(|k| !self.unanswered[usize::from(k)].unwrap().expired)
+    }
+
+    fn journal_unanswered(&mut self, t: Token) {
+        let free = self
+            .unanswered
+            .iter_mut()
+            .find(|u| u.is_none())
+            .expect("no more unanswered records than unknown outcomes");
+        *free = Some(Unanswered {
+            token: t,
+            expired: false,
+        });
+    }
+
     /// The recovery (step 2), by a process that owns no rotation file, under the write locks.
-    fn recover(&mut self, fixes: Fixes) {
+    /// `journal_ok`: whether its journal appends succeed (an unreadable rotation file whose
+    /// `spent` cannot be journaled stays).
+    fn recover(&mut self, fixes: Fixes, journal_ok: bool) {
         for slot in 0..MAX_STORES {
             let Some(r) = self.rotations[slot] else {
                 continue;
@@ -359,15 +660,21 @@ impl State {
             }
             match r.content {
                 Content::Spaces => {}
-                Content::Half => {
+                Content::Half | Content::Marked => {
                     if fixes.c.spent {
+                        if !journal_ok {
+                            continue; // the file stays, and says it
+                        }
                         self.spent |= bit(r.redeemed);
                         self.traced |= bit(r.redeemed);
                     }
                 }
                 Content::Doc(new) => {
                     if self.auth_gen == r.base || self.auth_token == r.redeemed {
-                        // Roll forward, or merge into a rewrite of the redeemed token.
+                        // Roll forward, or merge into a rewrite of the redeemed token. (The
+                        // `recovered(t -> new)` record is not modelled: from now on auth.json
+                        // holds `new`, so nobody reads `t` any more, and a reader that read it
+                        // before fails its re-check on the token.)
                         self.write_auth(new);
                     }
                     // else: auth.json holds other tokens; they win (discarded).
@@ -375,6 +682,17 @@ impl State {
             }
             self.rotations[slot] = None;
         }
+    }
+
+    /// Whether the recovery would append to the journal (so that its append may fail).
+    fn recovery_appends(&self, fixes: Fixes) -> bool {
+        self.rotations.iter().flatten().any(|r| {
+            !(fixes.a && r.flocked)
+                && match r.content {
+                    Content::Half | Content::Marked => fixes.c.spent,
+                    Content::Doc(_) | Content::Spaces => false,
+                }
+        })
     }
 
     /// Whether no process is in the middle of a refresh: every codex-store process has not
@@ -392,10 +710,10 @@ impl State {
     }
 
     /// The final recovery of a fresh codex-store process in a quiescent state (no `flock` is held
-    /// any more), then P2.
+    /// any more, the journal works), then P2.
     pub fn check_final(&self, fixes: Fixes) -> Option<Violation> {
         let mut end = *self;
-        end.recover(fixes);
+        end.recover(fixes, true);
         if end.auth_token != end.live && !end.live_lost {
             return Some(Violation::RotationLost {
                 live: end.live,
@@ -403,6 +721,12 @@ impl State {
             });
         }
         None
+    }
+
+    /// P3: whether the journal says the server's live token is refused or spent.
+    pub fn check_live_token(&self) -> Option<Violation> {
+        self.journaled(self.live)
+            .then_some(Violation::LiveTokenJournaledDead { token: self.live })
     }
 
     /// Every step possible from this state, with the violation it commits, if any.
@@ -413,21 +737,22 @@ impl State {
         out: &mut Vec<(Step, State, Option<Violation>)>,
     ) {
         for i in 0..world.stores {
-            self.store_steps(i, fixes, world.crashes, out);
+            self.store_steps(i, world, fixes, out);
         }
         self.codex_steps(world.crashes, out);
         if self.terminal() {
             return;
         }
+        let env = |what| Step {
+            actor: Actor::Env,
+            what,
+        };
         if self.deletions < world.lock_deletions {
             let mut s = *self;
             s.lock_inode += 1;
             s.deletions += 1;
             out.push((
-                Step {
-                    actor: Actor::Env,
-                    what: "deletes the refresh lock file (a new one is a new inode)",
-                },
+                env("deletes the refresh lock file (a new one is a new inode)"),
                 s,
                 None,
             ));
@@ -441,21 +766,39 @@ impl State {
             s.write_auth(new);
             s.sign_ins += 1;
             out.push((
-                Step {
-                    actor: Actor::Env,
-                    what: "the user signs in again (same account, new tokens in auth.json)",
-                },
+                env("the user signs in again (same account, new tokens in auth.json)"),
                 s,
                 None,
             ));
+        }
+        if self.rewrites < world.rewrites {
+            let mut s = *self;
+            s.write_auth(self.auth_token);
+            s.rewrites += 1;
+            out.push((
+                env("rewrites auth.json with the same refresh token (another generation)"),
+                s,
+                None,
+            ));
+        }
+        for k in 0..MAX_UNANSWERED {
+            if let Some(u) = self.unanswered[k].filter(|u| !u.expired) {
+                let mut s = *self;
+                s.unanswered[k] = Some(Unanswered { expired: true, ..u });
+                out.push((
+                    env("the reuse wait since an unanswered record ends"),
+                    s,
+                    None,
+                ));
+            }
         }
     }
 
     fn store_steps(
         &self,
         i: usize,
+        world: &World,
         fixes: Fixes,
-        crashes: bool,
         out: &mut Vec<(Step, State, Option<Violation>)>,
     ) {
         let me = self.stores[i];
@@ -463,19 +806,20 @@ impl State {
             actor: Actor::Store(i as u8),
             what,
         };
-        if crashes && !matches!(me.phase, Phase::Idle | Phase::Done | Phase::Dead) {
+        if world.crashes && !matches!(me.phase, Phase::Idle | Phase::Done | Phase::Dead) {
             let mut s = *self;
             s.stores[i].phase = Phase::Dead;
             if let Some(r) = s.rotations[i].as_mut() {
                 r.flocked = false;
             }
-            if me.phase.answer_in_memory() == Some(self.live) {
+            if me.phase.answer_in_memory() == Some(self.live)
+                && me.phase.presented() != Some(self.live)
+            {
                 s.live_lost = true;
             }
             out.push((step("dies"), s, None));
         }
         let mut s = *self;
-        let mut violation = None;
         let what = match me.phase {
             Phase::Done | Phase::Dead => return,
             Phase::Idle => {
@@ -486,15 +830,33 @@ impl State {
                 if taken {
                     return; // waits
                 }
-                s.stores[i] = StoreProc {
-                    phase: Phase::Locked,
-                    inode: self.lock_inode,
-                };
+                s.stores[i].phase = Phase::Locked;
+                s.stores[i].inode = self.lock_inode;
                 "takes the refresh lock"
             }
             Phase::Locked => {
-                s.recover(fixes);
                 s.stores[i].phase = Phase::Recovered;
+                if self.recovery_appends(fixes) {
+                    for &ok in appends(self, world) {
+                        let mut s = s;
+                        s.recover(fixes, ok);
+                        if ok {
+                            out.push((step("runs the recovery under the write locks"), s, None));
+                        } else {
+                            s.journal_failures += 1;
+                            out.push((
+                                step(
+                                    "runs the recovery under the write locks: the journal \
+                                     append fails",
+                                ),
+                                s,
+                                None,
+                            ));
+                        }
+                    }
+                    return;
+                }
+                s.recover(fixes, true);
                 "runs the recovery under the write locks"
             }
             Phase::Recovered => {
@@ -507,29 +869,75 @@ impl State {
             Phase::Read { t, g } => {
                 if self.journaled(t) {
                     s.stores[i].phase = Phase::Done;
-                    "checks: the journal says its token is refused/spent/saved; stops"
+                    "checks: the journal says its token is refused/spent; stops"
                 } else if self.rotations.iter().flatten().any(|r| r.redeemed == t) {
                     s.stores[i].phase = Phase::Done;
                     "checks: a rotation file redeems its token; stops"
+                } else if fixes.wait_unanswered && self.unanswered_waiting(t) {
+                    let rec = self.unanswered_of(t).unwrap();
+                    s.stores[i].phase = Phase::Waiting { t, rec };
+                    "checks: its token was sent without a known outcome less than the reuse \
+                     wait ago; releases the refresh lock and waits for a rotation"
                 } else {
-                    s.stores[i].phase = Phase::Checked { t, g };
-                    "checks: nothing against its token"
+                    s.stores[i].phase = Phase::Checked {
+                        t,
+                        g,
+                        fate: self.unanswered_of(t),
+                    };
+                    if self.unanswered_waiting(t) {
+                        "checks: its token was sent without a known outcome less than the \
+                         reuse wait ago; does not wait"
+                    } else if self.unanswered_of(t).is_some() {
+                        "checks: its token was sent without a known outcome, the reuse wait \
+                         since has passed"
+                    } else {
+                        "checks: nothing against its token"
+                    }
                 }
             }
-            Phase::Checked { t, g } => {
+            Phase::Waiting { t, rec } => {
+                if self.auth_token != t {
+                    let mut s = *self;
+                    s.stores[i].phase = Phase::Done;
+                    out.push((
+                        step("waiting: auth.json holds another token; adopts it"),
+                        s,
+                        None,
+                    ));
+                }
+                if !self.unanswered[usize::from(rec)].unwrap().expired {
+                    return;
+                }
+                if me.restarts < world.restarts {
+                    s.stores[i].phase = Phase::Idle;
+                    s.stores[i].restarts += 1;
+                    "the reuse wait ended without a rotation: starts again"
+                } else {
+                    s.stores[i].phase = Phase::Done;
+                    "the reuse wait ended without a rotation: gives up (no more restarts)"
+                }
+            }
+            Phase::Checked { t, g, fate } => {
                 s.rotations[i] = Some(Rotation {
                     base: g,
                     redeemed: t,
                     content: Content::Spaces,
                     flocked: fixes.a,
                 });
-                s.stores[i].phase = Phase::Reserved { t, g };
+                s.stores[i].phase = Phase::Reserved { t, fate };
                 "reserves its rotation file (and journals redeeming)"
             }
-            Phase::Reserved { t, g } => {
-                let informed = self.traced & bit(t) != 0;
-                let ok = self.auth_gen == g
+            Phase::Reserved { t, fate } => {
+                let informed = if self.traced & bit(t) != 0 || self.unanswered_waiting(t) {
+                    Informed::Knew
+                } else if self.unanswered_of(t).is_some() {
+                    Informed::WaitedOut
+                } else {
+                    Informed::Nothing
+                };
+                let ok = self.auth_token == t
                     && !self.journaled(t)
+                    && self.unanswered_of(t) == fate
                     && !self
                         .rotations
                         .iter()
@@ -540,7 +948,7 @@ impl State {
                     s.stores[i].phase = Phase::Done;
                     "re-checks under the write locks: changed; removes its rotation file, stops"
                 } else {
-                    s.stores[i].phase = Phase::Committed { t, g, informed };
+                    s.stores[i].phase = Phase::Committed { t, informed };
                     if fixes.b {
                         "re-checks under the write locks: unchanged"
                     } else {
@@ -548,44 +956,30 @@ impl State {
                     }
                 }
             }
-            Phase::Committed { t, informed, .. } => {
-                if t != self.live {
-                    let other_knows = self
-                        .stores
-                        .iter()
-                        .enumerate()
-                        .any(|(o, p)| o != i && p.phase.presented() == Some(t));
-                    if informed || other_knows {
-                        violation = Some(Violation::TokenPresentedTwice {
-                            token: t,
-                            by: i as u8,
-                            why: if other_knows {
-                                "another live codex-store process had presented it"
-                            } else {
-                                "the files showed it was presented before the re-check"
-                            },
-                        });
-                    }
-                    s.stores[i].phase = Phase::Refused { t };
-                    "sends its token: refused (already used)"
-                } else {
-                    let new = s.issue();
-                    s.stores[i].phase = Phase::Answered { t, new };
-                    "sends its token: answered a new one"
-                }
+            Phase::Committed { t, informed } => {
+                self.send(i, t, informed, world, out);
+                return;
             }
             Phase::Refused { t } => {
                 if fixes.c.refusal {
-                    s.refused |= bit(t);
-                    s.traced |= bit(t);
-                    s.rotations[i] = None;
                     s.stores[i].phase = Phase::Done;
-                    "journals refused, then removes its rotation file"
-                } else {
-                    s.rotations[i] = None;
-                    s.stores[i].phase = Phase::RefusedRemoved { t };
-                    "removes its rotation file (refusal not yet journaled)"
+                    self.abandon_recorded(
+                        i,
+                        s,
+                        world,
+                        |s| {
+                            s.refused |= bit(t);
+                            s.traced |= bit(t);
+                        },
+                        "journals refused, then removes its rotation file",
+                        "journals refused: the append fails; marks its rotation file (sent)",
+                        out,
+                    );
+                    return;
                 }
+                s.rotations[i] = None;
+                s.stores[i].phase = Phase::RefusedRemoved { t };
+                "removes its rotation file (refusal not yet journaled)"
             }
             Phase::RefusedRemoved { t } => {
                 s.refused |= bit(t);
@@ -593,10 +987,25 @@ impl State {
                 s.stores[i].phase = Phase::Done;
                 "journals refused"
             }
+            Phase::Unanswered { t } => {
+                s.stores[i].phase = Phase::Done;
+                self.abandon_recorded(
+                    i,
+                    s,
+                    world,
+                    |s| s.journal_unanswered(t),
+                    "journals unanswered, then removes its rotation file",
+                    "journals unanswered: the append fails; marks its rotation file (sent)",
+                    out,
+                );
+                return;
+            }
             Phase::Answered { t, new } => {
                 if let Some(r) = s.rotations[i].as_mut() {
                     r.content = Content::Half;
-                    s.traced |= bit(t);
+                    if new != t {
+                        s.traced |= bit(t);
+                    }
                 }
                 s.stores[i].phase = Phase::HalfWritten { t, new };
                 "writes the answer into its rotation file (not fsynced)"
@@ -628,14 +1037,159 @@ impl State {
                     }
                 }
             }
-            Phase::Installed { t, .. } => {
-                s.saved |= bit(t);
-                s.traced |= bit(t);
+            Phase::Installed { t, new } => {
                 s.stores[i].phase = Phase::Done;
-                "journals saved; releases its locks"
+                if new == t {
+                    // `saved(t -> t)`: the token stays live, and the journal says nothing of it.
+                    "journals saved (the same refresh token); releases its locks"
+                } else {
+                    for &ok in appends(self, world) {
+                        let mut s = s;
+                        if ok {
+                            s.saved |= bit(t);
+                            s.traced |= bit(t);
+                            out.push((step("journals saved; releases its locks"), s, None));
+                        } else {
+                            s.journal_failures += 1;
+                            out.push((
+                                step("journals saved: the append fails; releases its locks"),
+                                s,
+                                None,
+                            ));
+                        }
+                    }
+                    return;
+                }
             }
         };
-        out.push((step(what), s, violation));
+        out.push((step(what), s, None));
+    }
+
+    /// Step 7: store `i` sends `t`, with every answer the server may give.
+    fn send(
+        &self,
+        i: usize,
+        t: Token,
+        informed: Informed,
+        world: &World,
+        out: &mut Vec<(Step, State, Option<Violation>)>,
+    ) {
+        let step = |what| Step {
+            actor: Actor::Store(i as u8),
+            what,
+        };
+        let unknown = self.unknowns < world.unknown_outcomes;
+        let mut violation = None;
+        if t != self.live {
+            let other_knows = self
+                .stores
+                .iter()
+                .enumerate()
+                .any(|(o, p)| o != i && p.phase.may_have_spent() == Some(t));
+            if informed == Informed::Knew || other_knows {
+                violation = Some(Violation::TokenPresentedTwice {
+                    token: t,
+                    by: i as u8,
+                    why: if other_knows {
+                        "another live codex-store process had presented it (and no answer \
+                         told it the token stays live)"
+                    } else {
+                        "the files showed it was presented (or sent without a known outcome \
+                         less than the reuse wait ago) before the re-check"
+                    },
+                });
+            } else if informed == Informed::WaitedOut {
+                violation = Some(Violation::PresentedAgainAfterTheWait {
+                    token: t,
+                    by: i as u8,
+                });
+            }
+            let mut s = *self;
+            s.stores[i].phase = Phase::Refused { t };
+            out.push((
+                step("sends its token: refused (already used)"),
+                s,
+                violation.clone(),
+            ));
+            if unknown {
+                let mut s = *self;
+                s.unknowns += 1;
+                s.stores[i].phase = Phase::Unanswered { t };
+                out.push((
+                    step("sends its token: no answer (the refusal is lost: timeout)"),
+                    s,
+                    violation,
+                ));
+            }
+            return;
+        }
+        let mut s = *self;
+        let new = s.issue();
+        s.stores[i].phase = Phase::Answered { t, new };
+        out.push((step("sends its token: answered a new one"), s, None));
+        if world.keeps {
+            let mut s = *self;
+            s.stores[i].phase = Phase::Answered { t, new: t };
+            out.push((
+                step("sends its token: answered without a new refresh token (it stays live)"),
+                s,
+                None,
+            ));
+        }
+        if unknown {
+            let mut s = *self;
+            s.unknowns += 1;
+            s.issue();
+            s.live_lost = true;
+            s.stores[i].phase = Phase::Unanswered { t };
+            out.push((
+                step("sends its token: the server rotates it, the answer is lost (timeout, 5xx)"),
+                s,
+                None,
+            ));
+            let mut s = *self;
+            s.unknowns += 1;
+            s.stores[i].phase = Phase::Unanswered { t };
+            out.push((
+                step("sends its token: no answer, the server never saw it (timeout)"),
+                s,
+                None,
+            ));
+        }
+    }
+
+    /// `Reserved::abandon_recorded`: `record` journaled, then the rotation file removed; or, if
+    /// the append fails, the file marked and kept (its `flock` released: the file is closed).
+    #[allow(clippy::too_many_arguments)]
+    fn abandon_recorded(
+        &self,
+        i: usize,
+        s: State,
+        world: &World,
+        record: impl Fn(&mut State),
+        ok: &'static str,
+        failed: &'static str,
+        out: &mut Vec<(Step, State, Option<Violation>)>,
+    ) {
+        let step = |what| Step {
+            actor: Actor::Store(i as u8),
+            what,
+        };
+        for &appended in appends(self, world) {
+            let mut s = s;
+            if appended {
+                record(&mut s);
+                s.rotations[i] = None;
+                out.push((step(ok), s, None));
+            } else {
+                s.journal_failures += 1;
+                if let Some(r) = s.rotations[i].as_mut() {
+                    r.content = Content::Marked;
+                    r.flocked = false;
+                }
+                out.push((step(failed), s, None));
+            }
+        }
     }
 
     fn codex_steps(&self, crashes: bool, out: &mut Vec<(Step, State, Option<Violation>)>) {
@@ -715,6 +1269,13 @@ impl State {
                 journal.push(format!("{name}{{{}}}", set(m)));
             }
         }
+        for u in self.unanswered.iter().flatten() {
+            journal.push(format!(
+                "unanswered(t{}{})",
+                u.token,
+                if u.expired { ", waited out" } else { "" }
+            ));
+        }
         if !journal.is_empty() {
             let _ = write!(out, " | journal {}", journal.join(" "));
         }
@@ -723,6 +1284,7 @@ impl State {
                 let content = match r.content {
                     Content::Spaces => "spaces".to_string(),
                     Content::Half => "half-written".to_string(),
+                    Content::Marked => "marked sent".to_string(),
                     Content::Doc(t) => format!("t{t}"),
                 };
                 let _ = write!(

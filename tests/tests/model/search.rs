@@ -5,16 +5,21 @@ use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Actor, Fixes, State, Violation, World};
+use crate::protocol::{Actor, Fixes, Key, State, Violation, World};
 
-/// A small multiplicative hasher (the states are a few dozen bytes; SipHash dominates a debug
-/// build's run time otherwise).
+/// A small multiplicative hasher (the keys are 32 bytes; SipHash dominates a debug build's run
+/// time otherwise).
 #[derive(Default)]
 pub struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
+        // Eight bytes at a time (a key's words are hashed as one slice of bytes).
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().unwrap()));
+        }
+        for b in chunks.remainder() {
             self.write_u64(u64::from(*b));
         }
     }
@@ -34,7 +39,13 @@ impl Hasher for FxHasher {
         self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
     fn finish(&self) -> u64 {
-        self.0
+        // The multiplications carry low bits up only: fold the high ones down (MurmurHash3's
+        // finalizer), since the table indexes by the low bits.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
     }
 }
 
@@ -68,23 +79,48 @@ pub struct Properties {
     pub presented_twice: bool,
     /// P2: no rotation lost.
     pub lost_rotation: bool,
+    /// P3: the live token never journaled refused or spent.
+    pub live_token: bool,
+    /// Not a property: report the first presentation that P1 allows after an `unanswered`
+    /// record's reuse wait (to show that the allowance is used).
+    pub resend_after_the_wait: bool,
 }
 
 impl Properties {
-    pub const BOTH: Properties = Properties {
+    pub const ALL: Properties = Properties {
         presented_twice: true,
         lost_rotation: true,
+        live_token: true,
+        resend_after_the_wait: false,
+    };
+    /// P1 and P2.
+    pub const SAFETY: Properties = Properties {
+        presented_twice: true,
+        lost_rotation: true,
+        live_token: false,
+        resend_after_the_wait: false,
     };
     /// Only P1.
     pub const PRESENTED_TWICE: Properties = Properties {
         presented_twice: true,
         lost_rotation: false,
+        live_token: false,
+        resend_after_the_wait: false,
     };
     /// Only P2 (to see whether a change also guards against lost rotations, whose traces are
     /// longer than those of a token presented twice).
     pub const LOST_ROTATION: Properties = Properties {
         presented_twice: false,
         lost_rotation: true,
+        live_token: false,
+        resend_after_the_wait: false,
+    };
+    /// Only P3.
+    pub const LIVE_TOKEN: Properties = Properties {
+        presented_twice: false,
+        lost_rotation: false,
+        live_token: true,
+        resend_after_the_wait: false,
     };
 }
 
@@ -97,8 +133,8 @@ impl Properties {
 pub fn explore(world: World, fixes: Fixes, properties: Properties) -> Outcome {
     let start = Instant::now();
     let initial = State::initial(&world);
-    let mut visited: HashSet<State, BuildHasherDefault<FxHasher>> = HashSet::default();
-    visited.insert(initial);
+    let mut visited: HashSet<Key, BuildHasherDefault<FxHasher>> = HashSet::default();
+    visited.insert(initial.key());
     // Per state number: its parent's number and the position of the step in its successors.
     let mut parents: Vec<(u32, u8)> = vec![(0, u8::MAX)];
     let mut queue: VecDeque<(State, u32)> = VecDeque::from([(initial, 0)]);
@@ -129,11 +165,19 @@ pub fn explore(world: World, fixes: Fixes, properties: Properties) -> Outcome {
         }
         for (pos, (_, succ, v)) in next.drain(..).enumerate() {
             let pos = u8::try_from(pos).expect("fewer than 255 successors");
-            if let Some(v) = v.filter(|_| properties.presented_twice) {
+            let v = v
+                .filter(|v| match v {
+                    Violation::PresentedAgainAfterTheWait { .. } => {
+                        properties.resend_after_the_wait
+                    }
+                    _ => properties.presented_twice,
+                })
+                .or_else(|| succ.check_live_token().filter(|_| properties.live_token));
+            if let Some(v) = v {
                 violation = Some((v, trace(&world, fixes, &parents, id, Some(pos))));
                 break 'search;
             }
-            if visited.insert(succ) {
+            if visited.insert(succ.key()) {
                 let succ_id = u32::try_from(parents.len()).expect("fewer than 2^32 states");
                 parents.push((id, pos));
                 queue.push_back((succ, succ_id));
