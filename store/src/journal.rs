@@ -54,6 +54,27 @@ pub enum JournalEvent {
     Unanswered,
 }
 
+impl JournalEvent {
+    /// Its name in the journal (`refused`, `unanswered`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            JournalEvent::Redeeming => "redeeming",
+            JournalEvent::Saved => "saved",
+            JournalEvent::Refused => "refused",
+            JournalEvent::Recovered => "recovered",
+            JournalEvent::Discarded => "discarded",
+            JournalEvent::Adopted => "adopted",
+            JournalEvent::Spent => "spent",
+            JournalEvent::Unanswered => "unanswered",
+        }
+    }
+
+    /// The event of that name.
+    pub fn from_name(name: &str) -> Option<JournalEvent> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+}
+
 /// What the journal knows about one refresh token, strongest first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenFate {

@@ -28,6 +28,7 @@ use crate::journal::{self, JournalEvent, JournalRecord};
 use crate::read::MAX_FILE_SIZE;
 use crate::replace;
 use crate::rotation::{merge, RotationName};
+use crate::secret::Secret;
 use crate::side_file::{self, SideFile};
 use crate::store::Store;
 
@@ -35,7 +36,8 @@ use crate::store::Store;
 enum Verdict {
     RemoveUnused,
     RemoveForeign,
-    Spent,
+    /// No answer to keep, but an outcome to journal before the file goes.
+    Outcome(JournalEvent, &'static str),
     RollForward(Generation),
     FinishInPlace(Vec<u8>),
     Merge(Box<AuthDotJson>, Generation),
@@ -70,11 +72,11 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
             Verdict::RemoveUnused | Verdict::RemoveForeign => {
                 let _ = fs::remove_file(&path);
             }
-            Verdict::Spent => {
-                // Journaled before the file goes: an answer existed, the token is spent. If the
-                // journal cannot say so, the file stays and says it (the next recovery tries
-                // again; meanwhile no refresh sends that token, see `Rotation::reserve`).
-                if record(JournalEvent::Spent, None, Some("unreadable rotation file")).is_ok() {
+            Verdict::Outcome(event, why) => {
+                // Journaled before the file goes. If the journal cannot say it, the file stays
+                // and says it (the next recovery tries again; meanwhile no refresh sends that
+                // token, see `Rotation::reserve`).
+                if record(event, None, Some(why)).is_ok() {
                     let _ = fs::remove_file(&path);
                 }
             }
@@ -153,10 +155,24 @@ fn judge_bytes(
     if bytes.iter().all(|b| *b == b' ') {
         return Ok(Verdict::RemoveUnused);
     }
+    if let Some(outcome) = bytes.strip_prefix(crate::rotation::SENT_MARK) {
+        // Sent, and its outcome could not be journaled then: journal it now.
+        let name = String::from_utf8_lossy(outcome);
+        let event = JournalEvent::from_name(name.trim()).unwrap_or(JournalEvent::Unanswered);
+        return Ok(Verdict::Outcome(event, "journaled late"));
+    }
     let Ok(rotated) = AuthDotJson::from_json(&bytes) else {
-        // Cut off by a crash before its fsync: nothing in it can be used, but the token it
-        // redeemed is spent.
-        return Ok(Verdict::Spent);
+        // Cut off by a crash before its fsync: nothing in it can be used. The token it
+        // redeemed is spent if what reached the disk names another refresh token; an answer
+        // may also have kept it (no new refresh token), so without that proof it is only
+        // "sent, outcome unknown": the next sender waits for a rotation, then sends it once.
+        let spent = partial_refresh_token(&bytes)
+            .is_some_and(|new| Secret::new(new).fingerprint() != name.redeemed);
+        return Ok(if spent {
+            Verdict::Outcome(JournalEvent::Spent, "cut off by a crash")
+        } else {
+            Verdict::Outcome(JournalEvent::Unanswered, "cut off by a crash")
+        });
     };
     // An in-place install of this very document (a single-file bind mount; the file is marked)
     // that a crash cut short: auth.json is empty or a strict prefix of it. Without the mark an
@@ -192,5 +208,47 @@ fn judge_bytes(
         Some(merged) if still_redeemed => Ok(Verdict::Merge(Box::new(merged), generation)),
         Some(_) => Ok(Verdict::Discard("auth.json holds newer tokens")),
         None => Ok(Verdict::Discard("auth.json holds another account")),
+    }
+}
+
+/// The value of the first `"refresh_token"` string that reached the disk whole in a document cut
+/// short (a crash before its fsync), if any.
+fn partial_refresh_token(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let key = "\"refresh_token\"";
+    let after = &text[text.find(key)? + key.len()..];
+    let value = after.trim_start().strip_prefix(':')?.trim_start();
+    if !value.starts_with('"') {
+        return None;
+    }
+    // The string with its quotes, read by the JSON parser (escapes included); a cut-off one
+    // does not parse.
+    let mut stream = serde_json::Deserializer::from_str(value).into_iter::<String>();
+    stream.next()?.ok().filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partial_refresh_token;
+
+    #[test]
+    fn a_refresh_token_is_read_from_a_cut_document_only_when_it_reached_the_disk_whole() {
+        let whole = br#"{"tokens": {"id_token": "x", "refresh_token": "rt_new\"q", "acc"#;
+        assert_eq!(
+            partial_refresh_token(whole).as_deref(),
+            Some("rt_new\"q"),
+            "a whole refresh token string should be read"
+        );
+        let cut = br#"{"tokens": {"id_token": "x", "refresh_token": "rt_ne"#;
+        assert_eq!(
+            partial_refresh_token(cut),
+            None,
+            "a cut-off string is no token"
+        );
+        assert_eq!(
+            partial_refresh_token(br#"{"tokens": {"id_tok"#),
+            None,
+            "no refresh token reached the disk"
+        );
     }
 }

@@ -49,10 +49,10 @@ const RESERVE_MARGIN: u64 = 16 * 1024;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// What a rotation file holds when its token was sent, its outcome could not be journaled, and
-/// no answer came to be kept: not a document, so the recovery takes the token for spent.
-const SENT_MARK: &[u8] =
-    b"codex-store: this refresh token was sent; its outcome could not be journaled\n";
+/// How a rotation file starts when its token was sent, its outcome (the journal event's name
+/// follows) could not be journaled, and no answer came to be kept: not a document, so the
+/// recovery journals that outcome when it can.
+pub(crate) const SENT_MARK: &[u8] = b"codex-store: sent; the journal could not take its outcome: ";
 
 /// The parts of a rotation file's name.
 pub(crate) struct RotationName {
@@ -542,11 +542,14 @@ impl Reserved {
     /// takes the token for one never sent.
     pub fn abandon_recorded(mut self, record: &JournalRecord) -> Rotation {
         if journal::append(self.rotation.store.journal_path(), record).is_err() {
+            let mut mark = SENT_MARK.to_vec();
+            mark.extend_from_slice(record.event.name().as_bytes());
+            mark.push(b'\n');
             let marked = self
                 .pending
                 .file
                 .as_ref()
-                .is_some_and(|file| fill(file, SENT_MARK).is_ok());
+                .is_some_and(|file| fill(file, &mark).is_ok());
             self.pending.keep = marked;
         }
         self.abandon()

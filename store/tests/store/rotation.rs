@@ -319,3 +319,69 @@ fn two_homes_linking_to_different_files_in_one_directory_never_take_each_others_
         "bob's rotation did not reach bob.json"
     );
 }
+
+/// The journal's last record about the token `REFRESH_TOKEN`.
+fn last_event_about_the_redeemed_token(store: &Store) -> Option<JournalEvent> {
+    let fp = Secret::new(REFRESH_TOKEN).fingerprint();
+    read_journal(store.journal_path())
+        .expect("unreadable journal")
+        .into_iter()
+        .rev()
+        .find(|r| r.refresh.as_deref() == Some(fp.as_str()))
+        .map(|r| r.event)
+}
+
+#[test]
+fn a_rotation_file_cut_short_by_a_crash_journals_its_token_spent_only_if_a_new_one_reached_the_disk(
+) {
+    for (written, want, why) in [
+        (
+            r#"{"tokens": {"id_token": "x", "refresh_token": "rt_new_one", "access_tok"#,
+            JournalEvent::Spent,
+            "a new refresh token reached the disk: the redeemed one is spent",
+        ),
+        (
+            r#"{"tokens": {"id_token": "x", "access_tok"#,
+            JournalEvent::Unanswered,
+            "no new refresh token reached the disk: the answer may have kept the redeemed one",
+        ),
+    ] {
+        let (_dir, store, _) = valid_store();
+        let base = store.generation().expect("generation");
+        let name = format!(
+            "{ROTATION_PREFIX}{base}.{}.4242.0",
+            Secret::new(REFRESH_TOKEN).fingerprint()
+        );
+        fs::write(store.dir().join(&name), written).expect("cannot plant the rotation file");
+        let rotation = store.begin_rotation(WAIT).expect("the recovery failed");
+        assert_no_rotation_files(&store, "the cut-off rotation file was kept");
+        assert_eq!(
+            last_event_about_the_redeemed_token(&store),
+            Some(want),
+            "{why}"
+        );
+        drop(rotation);
+    }
+}
+
+#[test]
+fn a_rotation_file_marked_sent_journals_the_outcome_it_names() {
+    for outcome in ["refused", "unanswered", "spent"] {
+        let (_dir, store, _) = valid_store();
+        let base = store.generation().expect("generation");
+        let name = format!(
+            "{ROTATION_PREFIX}{base}.{}.4242.0",
+            Secret::new(REFRESH_TOKEN).fingerprint()
+        );
+        let mark =
+            format!("codex-store: sent; the journal could not take its outcome: {outcome}\n");
+        fs::write(store.dir().join(&name), mark).expect("cannot plant the rotation file");
+        drop(store.begin_rotation(WAIT).expect("the recovery failed"));
+        assert_no_rotation_files(&store, "the marked rotation file was kept once journaled");
+        assert_eq!(
+            last_event_about_the_redeemed_token(&store).map(JournalEvent::name),
+            Some(outcome),
+            "the outcome named by the mark must be journaled"
+        );
+    }
+}
