@@ -13,9 +13,11 @@ use std::fmt::Write as _;
 /// [`World::stores`] never run).
 pub const MAX_STORES: usize = 3;
 
-/// The most `unanswered` records the journal may hold (the most requests of a world whose
-/// outcome is unknown).
-pub const MAX_UNANSWERED: usize = 2;
+/// The most `unanswered` records the journal may hold: one per codex-store process, since a
+/// process leaves at most one (journaled by itself after a request without a known outcome, or
+/// by a recovery for its half-written or marked rotation file), and a process that left one
+/// never starts again.
+pub const MAX_UNANSWERED: usize = MAX_STORES;
 
 /// The most tokens the server may issue (the token sets are bit masks).
 const MAX_TOKENS: u8 = 16;
@@ -39,8 +41,8 @@ pub struct Fixes {
     /// still the one it judged by (no new `refused`/`spent`/`saved`/`unanswered` record), and no
     /// other rotation file redeems it.
     pub b: bool,
-    /// C: what a refusal or a half-written rotation teaches is journaled before the file that
-    /// shows it goes (two halves, each of which can be switched off alone).
+    /// C: what a refusal or an unreadable rotation file teaches is journaled before the file
+    /// that shows it goes (two halves, each of which can be switched off alone).
     pub c: JournalFirst,
     /// D: the save merges its tokens into a changed auth.json only while auth.json still holds
     /// the refresh token it redeemed (else newer tokens are there, and they win).
@@ -57,20 +59,22 @@ pub struct JournalFirst {
     /// On a refusal, `refused(t)` is journaled, then the rotation file removed, in one step;
     /// without it the file is removed first and the refusal journaled in a later step.
     pub refusal: bool,
-    /// The recovery journals `spent(t)` for an unreadable rotation file (half-written, or
-    /// marked "sent" by an owner that could not journal its outcome) before discarding it;
-    /// without it the file is just discarded.
-    pub spent: bool,
+    /// The recovery journals what an unreadable rotation file teaches before discarding it
+    /// (`recovery.rs`, `judge_bytes`): `spent(t)` for a half-written answer whose new refresh
+    /// token reached the disk whole, `unanswered(t)` for any other half-written one, and for a
+    /// file marked "sent" the outcome its owner could not journal; without it the file is just
+    /// discarded.
+    pub unreadable: bool,
 }
 
 impl JournalFirst {
     pub const ON: JournalFirst = JournalFirst {
         refusal: true,
-        spent: true,
+        unreadable: true,
     };
     pub const OFF: JournalFirst = JournalFirst {
         refusal: false,
-        spent: false,
+        unreadable: false,
     };
 }
 
@@ -147,14 +151,25 @@ pub enum Content {
     /// The reserved spaces: no answer was written (maybe none came, maybe one died with its
     /// receiver).
     Spaces,
-    /// An answer written but not fsynced, cut by a crash: unreadable, but it proves the token
-    /// was sent and answered (not whether the answer kept it).
-    Half,
-    /// `SENT_MARK`: its owner sent the token and could not journal the outcome (refused, or
-    /// unknown). Unreadable as a document, like [`Content::Half`].
-    Marked,
+    /// An answer written but not fsynced, cut by a crash: unreadable as a document. `rotated`:
+    /// what reached the disk holds the answer's new refresh token whole, another than the
+    /// redeemed one (`partial_refresh_token`), which proves the redeemed token spent. Otherwise
+    /// (the cut came before the token, or the answer kept the redeemed one) it proves only that
+    /// the token was sent: the recovery journals it `unanswered`.
+    Half { rotated: bool },
+    /// `SENT_MARK` and the outcome its owner sent the token for and could not journal.
+    /// Unreadable as a document, like [`Content::Half`].
+    Marked(Mark),
     /// The answer, durable (the same token as the one redeemed when the answer kept it).
     Doc(Token),
+}
+
+/// The outcome a rotation file marked "sent" names (`unusable_answer`'s `spent` is not
+/// modelled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mark {
+    Refused,
+    Unanswered,
 }
 
 /// A rotation file (at most one per codex-store process: the array index is its owner).
@@ -186,12 +201,15 @@ pub type Fate = Option<u8>;
 pub enum Informed {
     /// Nothing against it.
     Nothing,
-    /// Only that it was sent without a known outcome, more than the reuse wait ago: sending it
-    /// once more is what the protocol does (the first sender's answer was lost, like a death).
+    /// Only that it was sent without a known outcome, more than the reuse wait ago (the
+    /// `unanswered` record of its sender, or of a recovery that found its answer cut off before
+    /// a new refresh token, or its rotation file marked with that outcome): sending it once
+    /// more is what the protocol does (the first sender's answer was lost, like a death).
     WaitedOut,
-    /// That it had been presented (a rotation file of it got an answer to another token, the
-    /// journal said refused/spent/saved, auth.json got a later token), or that it was sent
-    /// without a known outcome less than the reuse wait ago.
+    /// That it had been presented (a rotation file of it got an answer to another token, whole
+    /// or with that token whole, or was marked refused; the journal said refused/spent/saved;
+    /// auth.json got a later token), or that it was sent without a known outcome less than the
+    /// reuse wait ago.
     Knew,
 }
 
@@ -214,12 +232,14 @@ pub enum Phase {
     /// 7: send `t`. `informed`: what, at the re-check (the last moment before the request
     /// under the write locks), the files already showed of `t`.
     Committed { t: Token, informed: Informed },
-    /// 8: refused: journal the refusal and remove the rotation file.
+    /// 8: refused: journal the refusal and remove the rotation file; if the journal fails, mark
+    /// the file "sent: refused" instead and keep it (`abandon_recorded`).
     Refused { t: Token },
     /// 8, second half without change C: the rotation file is gone, the refusal not journaled.
     RefusedRemoved { t: Token },
     /// 8': no answer came (timeout, 5xx): journal `unanswered(t)`, then remove the rotation
-    /// file (`abandon_recorded`); if the journal fails, mark the file instead and keep it.
+    /// file (`abandon_recorded`); if the journal fails, mark the file "sent: unanswered"
+    /// instead and keep it.
     Unanswered { t: Token },
     /// The refresh lock released, watching auth.json for a rotation of `t` until the reuse
     /// wait since `unanswered` record `rec` ends; then the refresh starts again.
@@ -328,8 +348,9 @@ pub struct State {
     /// The answer that issued `live` died with its receiver (before it was durable anywhere).
     pub live_lost: bool,
     /// The tokens whose presentation the files have shown (sticky): a rotation file of it got
-    /// an answer to another token written (even half), the journal got `refused`/`spent`/
-    /// `saved` (to another token) for it, or auth.json was written with a later token.
+    /// an answer to another token written (whole, or half with the new token whole) or was
+    /// marked refused, the journal got `refused`/`spent`/`saved` (to another token) for it, or
+    /// auth.json was written with a later token.
     pub traced: u16,
     /// auth.json: the token it holds and its generation.
     pub auth_token: Token,
@@ -384,6 +405,11 @@ pub enum Violation {
     /// again, and dead, after the reuse wait of its `unanswered` record (reported only when a
     /// search asks, to show that the allowance is used).
     PresentedAgainAfterTheWait { token: Token, by: u8 },
+    /// Not a violation but what keeps P3: a recovery journaled the server's live token
+    /// `unanswered` (a half-written answer that kept it, or a rotation file marked "sent:
+    /// unanswered" for a request the server never saw), where it journaled it `spent` before
+    /// (reported only when a search asks, to show that these situations are reached).
+    LiveTokenJournaledUnanswered { token: Token },
     /// P2: in a terminal state, after one final recovery, auth.json does not hold the live
     /// token, and the answer that issued it did not die with its receiver.
     RotationLost { live: Token, auth: Token },
@@ -416,6 +442,10 @@ fn appends(s: &State, world: &World) -> &'static [bool] {
 /// hashing and comparing the derived way otherwise. [`State::key`] is injective (every field
 /// has its own bits, each value checked to fit).
 pub type Key = [u64; 4];
+
+/// The bits of a generation in the key (every world writes auth.json fewer than 64 times;
+/// [`Packer::put`] checks it).
+const GEN_BITS: u32 = 6;
 
 /// Writes fields into a [`Key`]. (Written for a debug build: primitive casts and no iterators,
 /// its functions inlined.)
@@ -492,7 +522,7 @@ impl State {
         p.put(self.live_lost as u64, 1);
         p.put(self.traced as u64, 16);
         p.put(self.auth_token as u64, 4);
-        p.put(self.auth_gen as u64, 8);
+        p.put(self.auth_gen as u64, GEN_BITS);
         p.put(self.refused as u64, 16);
         p.put(self.spent as u64, 16);
         p.put(self.saved as u64, 16);
@@ -510,19 +540,18 @@ impl State {
             if let Some(r) = self.rotations[o] {
                 let content = match r.content {
                     Content::Spaces => 0,
-                    Content::Half => 1,
-                    Content::Marked => 2,
-                    Content::Doc(t) => 3 | (t as u64) << 2,
+                    Content::Half { rotated } => 1 + rotated as u64,
+                    Content::Marked(Mark::Refused) => 3,
+                    Content::Marked(Mark::Unanswered) => 4,
+                    Content::Doc(t) => 16 | t as u64,
                 };
                 p.put(
-                    1 | (r.base as u64) << 1
-                        | (r.redeemed as u64) << 9
-                        | content << 13
-                        | (r.flocked as u64) << 19,
-                    20,
+                    1 | (r.redeemed as u64) << 1 | content << 5 | (r.flocked as u64) << 10,
+                    11,
                 );
+                p.put(r.base as u64, GEN_BITS);
             } else {
-                p.put(0, 20);
+                p.put(0, 11 + GEN_BITS);
             }
             o += 1;
         }
@@ -566,12 +595,12 @@ impl State {
                 tag as u64
                     | (a as u64) << 5
                     | (b as u64) << 9
-                    | (g as u64) << 13
-                    | (x as u64) << 21
-                    | (s.inode as u64) << 23
-                    | (s.restarts as u64) << 25,
-                27,
+                    | (x as u64) << 13
+                    | (s.inode as u64) << 15
+                    | (s.restarts as u64) << 17,
+                19,
             );
+            p.put(g as u64, GEN_BITS);
             i += 1;
         }
         let (tag, c, left) = match self.codex {
@@ -640,7 +669,7 @@ impl State {
             .unanswered
             .iter_mut()
             .find(|u| u.is_none())
-            .expect("no more unanswered records than unknown outcomes");
+            .expect("no more unanswered records than codex-store processes");
         *free = Some(Unanswered {
             token: t,
             expired: false,
@@ -649,7 +678,7 @@ impl State {
 
     /// The recovery (step 2), by a process that owns no rotation file, under the write locks.
     /// `journal_ok`: whether its journal appends succeed (an unreadable rotation file whose
-    /// `spent` cannot be journaled stays).
+    /// outcome cannot be journaled stays).
     fn recover(&mut self, fixes: Fixes, journal_ok: bool) {
         for slot in 0..MAX_STORES {
             let Some(r) = self.rotations[slot] else {
@@ -660,13 +689,26 @@ impl State {
             }
             match r.content {
                 Content::Spaces => {}
-                Content::Half | Content::Marked => {
-                    if fixes.c.spent {
+                Content::Half { .. } | Content::Marked(_) => {
+                    if fixes.c.unreadable {
                         if !journal_ok {
                             continue; // the file stays, and says it
                         }
-                        self.spent |= bit(r.redeemed);
-                        self.traced |= bit(r.redeemed);
+                        let t = r.redeemed;
+                        match r.content {
+                            // The new refresh token reached the disk: `t` was rotated away.
+                            Content::Half { rotated: true } => {
+                                self.spent |= bit(t);
+                                self.traced |= bit(t);
+                            }
+                            Content::Marked(Mark::Refused) => {
+                                self.refused |= bit(t);
+                                self.traced |= bit(t);
+                            }
+                            // Sent, outcome unknown: the next sender waits for a rotation, then
+                            // sends it once more.
+                            _ => self.journal_unanswered(t),
+                        }
                     }
                 }
                 Content::Doc(new) => {
@@ -689,7 +731,7 @@ impl State {
         self.rotations.iter().flatten().any(|r| {
             !(fixes.a && r.flocked)
                 && match r.content {
-                    Content::Half | Content::Marked => fixes.c.spent,
+                    Content::Half { .. } | Content::Marked(_) => fixes.c.unreadable,
                     Content::Doc(_) | Content::Spaces => false,
                 }
         })
@@ -841,7 +883,20 @@ impl State {
                         let mut s = s;
                         s.recover(fixes, ok);
                         if ok {
-                            out.push((step("runs the recovery under the write locks"), s, None));
+                            let live_unanswered = (0..MAX_UNANSWERED).any(|k| {
+                                self.unanswered[k].is_none()
+                                    && s.unanswered[k].is_some_and(|u| u.token == s.live)
+                            });
+                            out.push((
+                                step(
+                                    "runs the recovery under the write locks: journals what \
+                                     unreadable rotation files show",
+                                ),
+                                s,
+                                live_unanswered.then_some(
+                                    Violation::LiveTokenJournaledUnanswered { token: s.live },
+                                ),
+                            ));
                         } else {
                             s.journal_failures += 1;
                             out.push((
@@ -971,8 +1026,10 @@ impl State {
                             s.refused |= bit(t);
                             s.traced |= bit(t);
                         },
+                        Mark::Refused,
                         "journals refused, then removes its rotation file",
-                        "journals refused: the append fails; marks its rotation file (sent)",
+                        "journals refused: the append fails; marks its rotation file (sent: \
+                         refused)",
                         out,
                     );
                     return;
@@ -994,25 +1051,48 @@ impl State {
                     s,
                     world,
                     |s| s.journal_unanswered(t),
+                    Mark::Unanswered,
                     "journals unanswered, then removes its rotation file",
-                    "journals unanswered: the append fails; marks its rotation file (sent)",
+                    "journals unanswered: the append fails; marks its rotation file (sent: \
+                     unanswered)",
                     out,
                 );
                 return;
             }
             Phase::Answered { t, new } => {
-                if let Some(r) = s.rotations[i].as_mut() {
-                    r.content = Content::Half;
-                    if new != t {
-                        s.traced |= bit(t);
-                    }
-                }
                 s.stores[i].phase = Phase::HalfWritten { t, new };
-                "writes the answer into its rotation file (not fsynced)"
+                if s.rotations[i].is_none() {
+                    "writes the answer: its rotation file is gone"
+                } else if new == t {
+                    // What reached the disk can only name the redeemed token: no proof of a
+                    // rotation.
+                    s.rotations[i].as_mut().unwrap().content = Content::Half { rotated: false };
+                    "writes the answer into its rotation file (not fsynced)"
+                } else {
+                    // What a crash leaves of it: with the new refresh token whole, or cut
+                    // before it.
+                    let mut cut = s;
+                    cut.rotations[i].as_mut().unwrap().content = Content::Half { rotated: false };
+                    out.push((
+                        step(
+                            "writes the answer into its rotation file (not fsynced; the new \
+                             refresh token not yet on disk)",
+                        ),
+                        cut,
+                        None,
+                    ));
+                    s.rotations[i].as_mut().unwrap().content = Content::Half { rotated: true };
+                    s.traced |= bit(t);
+                    "writes the answer into its rotation file (not fsynced; the new refresh \
+                     token on disk)"
+                }
             }
             Phase::HalfWritten { t, new } => {
                 if let Some(r) = s.rotations[i].as_mut() {
                     r.content = Content::Doc(new);
+                    if new != t {
+                        s.traced |= bit(t);
+                    }
                 }
                 s.stores[i].phase = Phase::Durable { t, new };
                 "fsyncs its rotation file"
@@ -1159,7 +1239,8 @@ impl State {
     }
 
     /// `Reserved::abandon_recorded`: `record` journaled, then the rotation file removed; or, if
-    /// the append fails, the file marked and kept (its `flock` released: the file is closed).
+    /// the append fails, the file marked with `mark` (the outcome) and kept (its `flock`
+    /// released: the file is closed). A file marked refused shows that its token is dead.
     #[allow(clippy::too_many_arguments)]
     fn abandon_recorded(
         &self,
@@ -1167,6 +1248,7 @@ impl State {
         s: State,
         world: &World,
         record: impl Fn(&mut State),
+        mark: Mark,
         ok: &'static str,
         failed: &'static str,
         out: &mut Vec<(Step, State, Option<Violation>)>,
@@ -1184,8 +1266,11 @@ impl State {
             } else {
                 s.journal_failures += 1;
                 if let Some(r) = s.rotations[i].as_mut() {
-                    r.content = Content::Marked;
+                    r.content = Content::Marked(mark);
                     r.flocked = false;
+                    if mark == Mark::Refused {
+                        s.traced |= bit(r.redeemed);
+                    }
                 }
                 out.push((step(failed), s, None));
             }
@@ -1283,8 +1368,14 @@ impl State {
             if let Some(r) = r {
                 let content = match r.content {
                     Content::Spaces => "spaces".to_string(),
-                    Content::Half => "half-written".to_string(),
-                    Content::Marked => "marked sent".to_string(),
+                    Content::Half { rotated: true } => {
+                        "half-written (the new refresh token whole)".to_string()
+                    }
+                    Content::Half { rotated: false } => {
+                        "half-written (no new refresh token)".to_string()
+                    }
+                    Content::Marked(Mark::Refused) => "marked sent: refused".to_string(),
+                    Content::Marked(Mark::Unanswered) => "marked sent: unanswered".to_string(),
                     Content::Doc(t) => format!("t{t}"),
                 };
                 let _ = write!(

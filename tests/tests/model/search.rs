@@ -50,6 +50,7 @@ impl Hasher for FxHasher {
 }
 
 /// What a search found.
+#[derive(Clone)]
 pub struct Outcome {
     /// Distinct states reached.
     pub states: usize,
@@ -84,43 +85,43 @@ pub struct Properties {
     /// Not a property: report the first presentation that P1 allows after an `unanswered`
     /// record's reuse wait (to show that the allowance is used).
     pub resend_after_the_wait: bool,
+    /// Not a property: report the first recovery that journals the server's live token
+    /// `unanswered` (to show that the situations in which it used to journal it `spent` are
+    /// reached).
+    pub live_token_unanswered: bool,
 }
 
 impl Properties {
+    /// Nothing (the base of the others).
+    pub const NONE: Properties = Properties {
+        presented_twice: false,
+        lost_rotation: false,
+        live_token: false,
+        resend_after_the_wait: false,
+        live_token_unanswered: false,
+    };
     pub const ALL: Properties = Properties {
         presented_twice: true,
         lost_rotation: true,
         live_token: true,
-        resend_after_the_wait: false,
+        ..Properties::NONE
     };
     /// P1 and P2.
     pub const SAFETY: Properties = Properties {
         presented_twice: true,
         lost_rotation: true,
-        live_token: false,
-        resend_after_the_wait: false,
+        ..Properties::NONE
     };
     /// Only P1.
     pub const PRESENTED_TWICE: Properties = Properties {
         presented_twice: true,
-        lost_rotation: false,
-        live_token: false,
-        resend_after_the_wait: false,
+        ..Properties::NONE
     };
     /// Only P2 (to see whether a change also guards against lost rotations, whose traces are
     /// longer than those of a token presented twice).
     pub const LOST_ROTATION: Properties = Properties {
-        presented_twice: false,
         lost_rotation: true,
-        live_token: false,
-        resend_after_the_wait: false,
-    };
-    /// Only P3.
-    pub const LIVE_TOKEN: Properties = Properties {
-        presented_twice: false,
-        lost_rotation: false,
-        live_token: true,
-        resend_after_the_wait: false,
+        ..Properties::NONE
     };
 }
 
@@ -169,6 +170,9 @@ pub fn explore(world: World, fixes: Fixes, properties: Properties) -> Outcome {
                 .filter(|v| match v {
                     Violation::PresentedAgainAfterTheWait { .. } => {
                         properties.resend_after_the_wait
+                    }
+                    Violation::LiveTokenJournaledUnanswered { .. } => {
+                        properties.live_token_unanswered
                     }
                     _ => properties.presented_twice,
                 })
