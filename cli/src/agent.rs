@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use codex_refresh::{Agent, AgentConfig, AgentError, AgentEvent};
+use codex_store::StoreError;
 
 use crate::exit::Failure;
 use crate::home::Context;
@@ -22,7 +23,8 @@ pub struct Args {
     json: bool,
 }
 
-/// Runs `agent` until SIGTERM, SIGINT or SIGHUP (exit 0).
+/// Runs `agent` until SIGTERM, SIGINT or SIGHUP (exit 0). When another agent already runs for
+/// the home, exits [`crate::exit::AGENT_RUNNING`] at once, naming its pid.
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let config = AgentConfig {
         lead: args.lead,
@@ -78,6 +80,11 @@ fn print_event(event: &AgentEvent, json: bool) {
 fn agent_failure(e: AgentError) -> Failure {
     match e {
         AgentError::LeadTooShort { .. } => Failure::usage(e.to_string()),
+        // Its own exit code, which the service units do not restart: trying again every few
+        // seconds cannot help while the other agent runs.
+        AgentError::Store(e @ StoreError::AgentRunning { .. }) => {
+            Failure::agent_running(e.to_string())
+        }
         AgentError::Store(e) => Failure::from(e),
         AgentError::Refresh(e) => Failure::from(e),
         AgentError::Watch { .. } => Failure::other(e.to_string(), None),

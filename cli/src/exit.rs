@@ -33,6 +33,33 @@ impl Failure {
         }
     }
 
+    /// Another agent already runs for this home (exit [`AGENT_RUNNING`]): the service units do not
+    /// restart an agent that ends so (`RestartPreventExitStatus=8`).
+    pub fn agent_running(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: Some(
+                "`codex-store inspect` shows the agent that runs; stop it first to start another",
+            ),
+            code: AGENT_RUNNING,
+        }
+    }
+
+    /// A one-shot refresh (`refresh`, `token` with due tokens) on a fleet machine (exit
+    /// [`FLEET_REFRESHES`]): only the fleet's agents refresh, through the fleet lock and the
+    /// record; a local rotation would leave the fleet's refresh token spent.
+    pub fn fleet_refreshes(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: Some(
+                "check the fleet's agents with `codex-store inspect --fleet ...` (the record's \
+                 last rotation, its lock holder) and `codex-store inspect` (this machine's \
+                 agent); start `codex-store agent --fleet ...` if none runs here",
+            ),
+            code: FLEET_REFRESHES,
+        }
+    }
+
     /// The line a command stopped by the signal `name` prints last (it then exits 128 + the
     /// signal's number, as a process killed by it would).
     pub fn signalled(name: &str) -> Self {
@@ -68,6 +95,14 @@ impl Failure {
         ExitCode::from(self.code)
     }
 }
+
+/// The exit code of `agent` when another agent already runs for the home (the message names its
+/// pid). Not a failure to retry: the shipped systemd unit lists it in `RestartPreventExitStatus=`.
+pub const AGENT_RUNNING: u8 = 8;
+
+/// The exit code of `refresh`, and of `token` with due tokens, on a fleet machine (fleet options
+/// given as flags or in the environment): nothing was sent, the fleet's agents refresh.
+pub const FLEET_REFRESHES: u8 = 9;
 
 /// The exit code when stdout was closed before the output was written (128 + SIGPIPE, as shells
 /// report a process killed by it). What the command did before (a stored key) stays done.

@@ -18,7 +18,8 @@ pub const PASSWORD_ENV: &str = "CODEX_STORE_FLEET_PASSWORD";
 pub struct FleetArgs {
     /// etcd endpoints of the fleet, comma-separated (`http://10.0.0.5:2379,https://...`)
     /// [env: CODEX_STORE_FLEET]. With it, `agent` mirrors the fleet's login, `inspect` shows it,
-    /// `logout` signs every machine out.
+    /// `refresh` (and `token` with due tokens) refuse, leaving refreshing to the fleet's agents;
+    /// `logout --fleet ENDPOINTS` on the command line signs every machine out.
     #[arg(
         long,
         global = true,
@@ -64,12 +65,39 @@ pub struct FleetArgs {
     /// The time to live of the fleet lock's lease, like `60s` (longer than a refresh request).
     #[arg(long, global = true, value_name = "DURATION", value_parser = crate::parse_duration)]
     fleet_lock_ttl: Option<Duration>,
+
+    /// Whether `--fleet` itself was on the command line (not only CODEX_STORE_FLEET): set by
+    /// `main` from clap's value source.
+    #[arg(skip)]
+    fleet_on_command_line: bool,
 }
 
+/// The id clap gives `--fleet` (its field's name), for asking where its value came from.
+pub const FLEET_ARG_ID: &str = "fleet";
+
 impl FleetArgs {
+    /// Records whether `--fleet` was given on the command line (`true`) or, if at all, only by
+    /// CODEX_STORE_FLEET.
+    pub fn with_fleet_on_command_line(mut self, on_command_line: bool) -> Self {
+        self.fleet_on_command_line = on_command_line;
+        self
+    }
+
+    /// Whether this machine is on a fleet: `--fleet` or CODEX_STORE_FLEET names endpoints (the
+    /// same test as [`FleetArgs::fleet`], without building the client).
+    pub fn is_configured(&self) -> bool {
+        self.fleet.as_deref().is_some_and(|e| !e.trim().is_empty())
+    }
+
+    /// Whether the endpoints came from `--fleet` on the command line, not only from the
+    /// environment: what an action on every machine (`logout`) requires.
+    pub fn on_command_line(&self) -> bool {
+        self.fleet_on_command_line && self.is_configured()
+    }
+
     /// The fleet, when `--fleet` (or CODEX_STORE_FLEET) names one.
     pub fn fleet(&self) -> Result<Option<Fleet>, Failure> {
-        let Some(endpoints) = self.fleet.as_deref().filter(|e| !e.trim().is_empty()) else {
+        let Some(endpoints) = self.fleet.as_deref().filter(|_| self.is_configured()) else {
             return Ok(None);
         };
         let mut config = FleetConfig::new(
@@ -166,4 +194,21 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
 /// A fleet error as a command failure (exit 1, the message says what to do).
 pub fn fleet_failure(e: codex_refresh::fleet::FleetError) -> Failure {
     Failure::other(e.to_string(), None)
+}
+
+/// The refusal of a one-shot refresh (`refresh`, `token` with due tokens) on a fleet machine:
+/// only the fleet's agents refresh the fleet's login, under the fleet lock and against the record;
+/// a rotation made here alone would leave the record (and every other machine) with a spent
+/// refresh token. `what` opens the message (what was not done, or why a refresh was needed).
+pub fn refuse_one_shot_refresh(ctx: &Context, what: &str) -> Failure {
+    let source = if ctx.fleet_args().on_command_line() {
+        "--fleet"
+    } else {
+        "CODEX_STORE_FLEET"
+    };
+    Failure::fleet_refreshes(format!(
+        "{what}: this machine is on a fleet ({source} is set), whose login only the fleet's \
+         agents refresh (a refresh here would rotate it on this machine alone and leave the \
+         fleet's record with a spent refresh token); nothing was sent"
+    ))
 }

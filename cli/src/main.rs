@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -30,6 +31,10 @@ Exit codes:
   6  auth.json is corrupt (commands other than `inspect`)
   7  auth.json holds credentials of a mode codex-store does not serve (Bedrock, personal
      access token, ...): use `codex` itself
+  8  `agent`: another agent already runs for this home (the message names its pid); the
+     shipped service units do not restart an agent that exits 8
+  9  `refresh`, or `token` with due tokens, on a fleet machine (--fleet or CODEX_STORE_FLEET):
+     nothing was sent; the fleet's agents refresh (check them with `inspect --fleet`)
   141  stdout was closed before the output was written (what was done stays done)";
 
 /// Inspect and use Codex's auth.json safely: every access takes the store's lock, every write
@@ -108,10 +113,21 @@ fn init_tracing(verbose: bool) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
+    // `--fleet` typed on the command line, or only exported (CODEX_STORE_FLEET): a sign-out of
+    // every machine needs the former.
+    let fleet_on_command_line =
+        matches.value_source(fleet::FLEET_ARG_ID) == Some(ValueSource::CommandLine);
     init_tracing(cli.verbose);
-    let ctx = home::Context::new(cli.home, cli.lock_timeout, cli.reuse_wait, cli.fleet)
-        .with_http_timeout(cli.http_timeout);
+    let ctx = home::Context::new(
+        cli.home,
+        cli.lock_timeout,
+        cli.reuse_wait,
+        cli.fleet.with_fleet_on_command_line(fleet_on_command_line),
+    )
+    .with_http_timeout(cli.http_timeout);
     // Every subcommand works on the home: a --home or CODEX_HOME that names no directory is
     // refused before anything is done (before `logout --fleet` signs the fleet out, before a
     // store would create the mistyped path).

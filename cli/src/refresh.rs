@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use codex_refresh::RefreshOutcome;
+use codex_refresh::{Mode, RefreshError, RefreshOutcome};
 use serde::Serialize;
 
 use crate::exit::Failure;
@@ -38,7 +38,9 @@ impl fmt::Display for RefreshReport {
     }
 }
 
-/// Runs `refresh`.
+/// Runs `refresh`. On a fleet machine (`--fleet` or CODEX_STORE_FLEET) it sends nothing: an API
+/// key is reported as not needing a refresh, anything else is refused
+/// ([`crate::fleet::refuse_one_shot_refresh`]).
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let manager = ctx.manager()?;
     let generation = |m: &codex_refresh::AuthManager| {
@@ -48,6 +50,33 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             .map(|g| g.to_string())
     };
     let before = generation(&manager);
+    if ctx.fleet_args().is_configured() {
+        match manager.cached() {
+            None => {
+                return Err(Failure::from(RefreshError::NotSignedIn {
+                    path: manager.store().path().to_path_buf(),
+                }))
+            }
+            // A key is never sent anywhere: nothing to refresh, here or in the fleet.
+            Some(auth) if auth.mode() == Mode::ApiKey => {
+                let report = RefreshReport {
+                    outcome: "not_needed",
+                    generation_after: before.clone(),
+                    generation_before: before,
+                };
+                return crate::exit::print_report(&report, args.json);
+            }
+            Some(_) => {
+                return Err(crate::fleet::refuse_one_shot_refresh(
+                    ctx,
+                    &format!(
+                        "not refreshing the login in {}",
+                        manager.store().path().display()
+                    ),
+                ))
+            }
+        }
+    }
     let outcome = crate::signals::guarded(&ctx.runtime()?, &manager, manager.refresh())?;
     let report = RefreshReport {
         outcome: match outcome {

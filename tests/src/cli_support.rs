@@ -49,6 +49,10 @@ pub mod exit {
     pub const CORRUPT: i32 = 6;
     /// A mode codex-store does not serve.
     pub const UNSUPPORTED_MODE: i32 = 7;
+    /// `agent`: another agent already runs for the home.
+    pub const AGENT_RUNNING: i32 = 8;
+    /// `refresh`, or `token` with due tokens, on a fleet machine: the fleet's agents refresh.
+    pub const FLEET_REFRESHES: i32 = 9;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ mod coexistence;
 mod commands;
 mod concurrency;
 mod fleet;
+mod fleet_commands;
 mod fleet_history;
 mod fleet_watch;
 mod hostile_files;
