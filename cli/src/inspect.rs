@@ -296,7 +296,27 @@ impl fmt::Display for InspectReport {
                         |r| format!("{} by {} at {}", r.kind, r.machine, r.at),
                     ),
                 ),
-                ("lock holder", show(&fleet.lock_holder)),
+                ("lock holder", lock_line(fleet)),
+                (
+                    "refusal",
+                    fleet.refusal.as_ref().map_or_else(
+                        || "-".to_owned(),
+                        |r| {
+                            format!(
+                                "{} for refresh token {}, seen by {} at {}",
+                                r.code, r.refresh, r.machine, r.at
+                            )
+                        },
+                    ),
+                ),
+                (
+                    "redeeming",
+                    fleet.redeeming.as_ref().map_or_else(
+                        || "-".to_owned(),
+                        |r| format!("refresh token {} by {} at {}", r.refresh, r.machine, r.at),
+                    ),
+                ),
+                ("record problem", show(&fleet.record_problem)),
             ];
             for (key, value) in rows {
                 writeln!(f, "  {key:<21} {}", escape(&value))?;
@@ -310,6 +330,53 @@ impl fmt::Display for InspectReport {
         }
         Ok(())
     }
+}
+
+/// The fleet lock's holder, since which revision and how many revisions ago (etcd's count of
+/// writes, no machine's clock), and its lease.
+fn lock_line(fleet: &codex_refresh::fleet::FleetStatus) -> String {
+    let Some(holder) = &fleet.lock_holder else {
+        return "-".to_owned();
+    };
+    let mut line = holder.clone();
+    if let Some(since) = fleet.lock_since_revision {
+        line.push_str(&format!(
+            ", since revision {since} ({} revisions ago)",
+            (fleet.revision_now - since).max(0)
+        ));
+    }
+    match (fleet.lock_lease, fleet.lock_lease_ttl) {
+        (Some(0), _) => line.push_str(", on no lease: it never expires"),
+        (Some(_), Some(ttl)) => line.push_str(&format!(", lease {ttl} s left")),
+        (Some(_), None) => line.push_str(", its lease is gone"),
+        (None, _) => {}
+    }
+    line
+}
+
+/// The stuck states of the fleet, as problems of the report.
+fn fleet_problems(fleet: &codex_refresh::fleet::FleetStatus) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(problem) = &fleet.record_problem {
+        problems.push(format!("the fleet: {problem}"));
+    }
+    if let Some(r) = &fleet.refusal {
+        problems.push(format!(
+            "the fleet: the token endpoint refused the fleet's refresh token {} ({}, seen by {} \
+             at {}): no machine sends it again; sign in on one machine and run `codex-store \
+             fleet seed --force` there",
+            r.refresh, r.code, r.machine, r.at
+        ));
+    }
+    if fleet.lock_lease == Some(0) {
+        problems.push(format!(
+            "the fleet: the lock is held by {} on no lease: it never expires and no machine \
+             refreshes while it stands; remove it (`etcdctl del {}`)",
+            fleet.lock_holder.as_deref().unwrap_or("-"),
+            fleet.key.trim_end_matches("auth.json").to_owned() + "lock"
+        ));
+    }
+    problems
 }
 
 /// One journal record on one line. The journal is untrusted input: every field is escaped, so
@@ -366,7 +433,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let mut report = build(&ctx.home()?, args.history);
     if let Some(fleet) = ctx.fleet_args().fleet()? {
         match ctx.runtime()?.block_on(fleet.status()) {
-            Ok(status) => report.fleet = Some(status),
+            Ok(status) => {
+                report.problems.extend(fleet_problems(&status));
+                report.fleet = Some(status);
+            }
             Err(e) => report.problems.push(format!("the fleet: {e}")),
         }
     }

@@ -16,6 +16,7 @@ mod concurrency;
 mod fleet;
 mod fleet_commands;
 mod fleet_history;
+mod fleet_records;
 mod fleet_watch;
 mod hostile_files;
 mod inspect;

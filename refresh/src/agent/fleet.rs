@@ -12,14 +12,43 @@ use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snaps
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
 use super::{Agent, Plan};
+use crate::boottime::BootInstant;
 use crate::error::{PermanentReason, RefreshError, TransientReason};
-use crate::fleet::{Fleet, FleetError, FleetRecord, RotationMeta};
+use crate::fleet::{Fleet, FleetError, FleetRecord, LockHeld, RotationMeta};
 use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
 
 /// How long a machine that found the fleet lock held waits before it looks again (a change of
 /// the record wakes it sooner).
 const LOCK_BUSY_RETRY: Duration = Duration::from_secs(5);
+
+/// Another holder's reservation of the token due is honored for at most this many times the
+/// reservation this machine itself would make (its own request time and reuse wait): a longer
+/// one (a lease of a huge time to live, written by hand or by a hostile writer) holds nobody
+/// back for longer, measured here on the boot-time clock from when this agent first found it.
+const RESERVATION_WAIT_FACTOR: u32 = 4;
+
+/// A lock found held by another holder: which one, since when (here), what was said of it.
+struct LockBusy {
+    /// The lock key's `create_revision`.
+    created: i64,
+    /// When this agent first found it held, on the boot-time clock.
+    since: BootInstant,
+    /// Whether the stuck lock was reported.
+    reported: bool,
+    /// Whether the coming lapse of the login was reported.
+    lapse_reported: bool,
+}
+
+/// Another holder's reservation being waited for.
+struct ReservationWait {
+    /// The key's `mod_revision`.
+    revision: i64,
+    /// When this agent first found it, on the boot-time clock.
+    since: BootInstant,
+    /// Whether it was reported as held too long.
+    reported: bool,
+}
 
 /// The fleet side of an agent.
 pub(crate) struct FleetSync {
@@ -30,6 +59,15 @@ pub(crate) struct FleetSync {
     loaded: bool,
     /// etcd's revision at the last read of the record: the watch starts after it.
     pub(crate) seen: i64,
+    /// The lock another holder holds, while this agent finds it held.
+    lock_busy: Option<LockBusy>,
+    /// The reservation of another holder this agent waits for.
+    reservation_wait: Option<ReservationWait>,
+    /// The record's revision when a refusal stopped this agent: any change of the record (a
+    /// `fleet seed --force`, which also clears the refusal) makes it look again.
+    refused_at: Option<i64>,
+    /// The unusable record's revision last reported.
+    unusable_reported: Option<i64>,
 }
 
 impl FleetSync {
@@ -39,8 +77,24 @@ impl FleetSync {
             synced: None,
             loaded: false,
             seen: 0,
+            lock_busy: None,
+            reservation_wait: None,
+            refused_at: None,
+            unusable_reported: None,
         }
     }
+}
+
+/// How long ago `since` was, on the boot-time clock.
+fn elapsed(since: BootInstant) -> Duration {
+    // `left` counts down to a moment; a moment far enough after `since` tells the time passed.
+    const FAR: Duration = Duration::from_secs(1 << 40);
+    FAR.saturating_sub(since.after(FAR).left())
+}
+
+/// Text from the fleet (a holder's name, a machine's), escaped for a message.
+fn escaped(text: &str) -> String {
+    text.escape_debug().to_string()
 }
 
 impl Agent {
@@ -75,7 +129,7 @@ impl Agent {
                 sync.loaded = true;
             }
         }
-        let (record, revision) = match fleet.read_at().await {
+        let (record, rotation, revision) = match fleet.read_with_rotation().await {
             Ok(read) => read,
             Err(e) => return self.fleet_failed(&e, on_event),
         };
@@ -86,11 +140,27 @@ impl Agent {
             Ok(None) => return self.fleet_signed_out(&store, revision, on_event),
             Err(e) => return self.fleet_failed(&e, on_event),
         };
+        {
+            // A refusal stopped this agent at another revision of the record: the record changed
+            // since (a seed, which clears the refusal, or a rotation), so look again.
+            let sync = self.fleet.as_mut().expect("fleet mode");
+            if sync.refused_at.is_some_and(|at| at != record.revision) {
+                sync.refused_at = None;
+                self.refused = None;
+            }
+        }
+        if let Some(why) = record.unusable() {
+            return self.fleet_record_unusable(&fleet, &record, &why, on_event);
+        }
+        self.fleet.as_mut().expect("fleet mode").unusable_reported = None;
         let local = match store.load() {
             Ok(local) => local,
             Err(e) => return self.failed(&RefreshError::from(e), on_event),
         };
-        if let Some(plan) = self.reconcile(&fleet, &record, &local, on_event).await {
+        if let Some(plan) = self
+            .reconcile(&fleet, &record, rotation.as_ref(), &local, on_event)
+            .await
+        {
             return plan;
         }
         // Local and fleet agree: the usual schedule, on the fleet's tokens.
@@ -135,9 +205,7 @@ impl Agent {
                     .or_else(|e| e.accept_not_durable())
                 {
                     Ok(_) => {
-                        let sync = self.fleet.as_mut().expect("fleet mode");
-                        sync.synced = None;
-                        let _ = std::fs::remove_file(fleet_sync::state_path(store));
+                        self.remember_fleet_signed_out(store, revision);
                         return self.go_idle(
                             "fleet_signed_out",
                             "the fleet's login was removed (logout --fleet): this machine is signed out too; seed the fleet again to resume",
@@ -147,12 +215,71 @@ impl Agent {
                     Err(e) => return self.failed(&RefreshError::from(e), on_event),
                 }
             }
+            if local.auth().is_none() {
+                // Signed out here while the fleet is signed out too (`logout --fleet` removes
+                // the record, then this machine's auth.json, perhaps before this agent mirrors
+                // the sign-out): that is the fleet's sign-out, and the next fleet login is this
+                // machine's as well.
+                if synced.local_generation != local.generation().to_string() {
+                    self.remember_fleet_signed_out(store, revision);
+                }
+                return self.go_idle(
+                    "fleet_signed_out",
+                    "the fleet's login was removed (logout --fleet) and this machine is signed out; the next fleet login (`fleet seed`, `login --fleet`) reaches it",
+                    on_event,
+                );
+            }
         }
         self.go_idle(
             "fleet_empty",
             "the fleet holds no login: seed it from a signed-in machine with `codex-store fleet seed --fleet ENDPOINTS`",
             on_event,
         )
+    }
+
+    /// Remembers that the fleet was signed out (no record at etcd's revision `revision`) with
+    /// this machine: no auth.json in sync with no record, so that the next record is mirrored.
+    fn remember_fleet_signed_out(&mut self, store: &codex_store::Store, revision: i64) {
+        let sync = self.fleet.as_mut().expect("fleet mode");
+        let next = Synced::after(
+            sync.synced.as_ref(),
+            &sync.fleet.config().prefix,
+            revision,
+            &Generation::Absent,
+            None,
+            Link::Superseded,
+        );
+        fleet_sync::remember(&mut sync.synced, &fleet_sync::state_path(store), next);
+    }
+
+    /// The record holds no usable credentials (empty tokens; neither tokens nor a key): never
+    /// mirrored over auth.json nor sent; reported once per revision; the agent idles until the
+    /// record (or auth.json) changes.
+    fn fleet_record_unusable(
+        &mut self,
+        fleet: &Fleet,
+        record: &FleetRecord,
+        why: &str,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        let message = format!(
+            "the fleet's login ({} at revision {}) holds no usable credentials ({why}): it is not \
+             written to auth.json and nothing is sent; auth.json is left as it is. Seed the fleet \
+             from a signed-in machine (`codex-store fleet seed --force`), or sign the fleet out \
+             (`codex-store logout --fleet ENDPOINTS`)",
+            fleet.record_key(),
+            record.revision
+        );
+        let sync = self.fleet.as_mut().expect("fleet mode");
+        if sync.unusable_reported != Some(record.revision) {
+            sync.unusable_reported = Some(record.revision);
+            tracing::warn!("{message}");
+            // Reported again for every new revision, even if the idle reason stays.
+            if self.idle == Some("fleet_record_unusable") {
+                self.idle = None;
+            }
+        }
+        self.go_idle("fleet_record_unusable", &message, on_event)
     }
 
     /// Remembers that the record at `revision` and auth.json at `local` are in sync, the fleet's
@@ -180,13 +307,14 @@ impl Agent {
         &mut self,
         fleet: &Fleet,
         record: &FleetRecord,
+        rotation: Option<&RotationMeta>,
         local: &Snapshot,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Option<Plan> {
         let store = self.manager.store().clone();
         let state_path = fleet_sync::state_path(&store);
         let synced = self.fleet.as_ref().and_then(|s| s.synced.clone());
-        let lineage = fleet_sync::Lineage::gather(&store, synced.as_ref());
+        let lineage = fleet_sync::Lineage::gather(&store, synced.as_ref(), record, rotation);
         let (keep_copy, link, finding) =
             match fleet_sync::decide(record, local, synced.as_ref(), &lineage) {
                 Reconcile::InSync => {
@@ -195,7 +323,23 @@ impl Agent {
                 }
                 Reconcile::Upload(why) => {
                     let doc = local.auth().cloned().unwrap_or_default();
-                    let meta = RotationMeta::now(fleet, why.kind(), &doc);
+                    if let Some(reason) = crate::fleet::unusable(&doc) {
+                        // Never made the fleet's login (decide does not ask for it: a guard).
+                        return Some(self.fleet_failed(
+                            &FleetError::UnusableLogin {
+                                what: "auth.json".into(),
+                                reason,
+                            },
+                            on_event,
+                        ));
+                    }
+                    // A token that descends from the record's names it as its parent; one new
+                    // to this machine names none (nothing vouches for the succession).
+                    let parent = match why {
+                        Upload::NewHere => None,
+                        Upload::Descends | Upload::Repairs(_) => record.refresh_fingerprint(),
+                    };
+                    let meta = RotationMeta::now(fleet, why.kind(), &doc, parent);
                     return Some(match fleet.put_if(record.revision, &doc, &meta).await {
                         Ok(Ok(revision)) => {
                             if let Upload::Repairs(finding) = &why {
@@ -248,15 +392,10 @@ impl Agent {
                     // Another machine's rotation; or a token another machine uploaded without a
                     // known rotation to it (or a rotation this read does not describe): then
                     // auth.json is kept beside it.
-                    let verified = match fleet.etcd.get(&fleet.key("rotation")).await {
-                        Ok((kv, _)) => kv
-                            .and_then(|kv| serde_json::from_slice::<RotationMeta>(&kv.value).ok())
-                            .is_some_and(|meta| {
-                                meta.kind != fleet_sync::UPLOADED_UNVERIFIED
-                                    && meta.refresh == record.refresh_fingerprint()
-                            }),
-                        Err(e) => return Some(self.fleet_failed(&e, on_event)),
-                    };
+                    let verified = rotation.is_some_and(|meta| {
+                        meta.kind != fleet_sync::UPLOADED_UNVERIFIED
+                            && meta.refresh == record.refresh_fingerprint()
+                    });
                     if verified {
                         (false, Link::Superseded, None)
                     } else {
@@ -336,13 +475,16 @@ impl Agent {
                         .cached()
                         .map_or(Generation::Absent, |a| a.generation()),
                 );
+                self.fleet.as_mut().expect("fleet mode").refused_at = Some(record.revision);
                 on_event(&AgentEvent::now(AgentEventKind::Failed {
                     class: "sign_in_required".into(),
                     message: format!(
                         "the token endpoint refused the fleet's refresh token ({}, seen by {}); \
                          no machine sends it again: sign in on one machine and seed the fleet \
-                         (`codex-store fleet seed --force`)",
-                        refusal.code, refusal.machine
+                         (`codex-store fleet seed --force`); this agent resumes when the fleet's \
+                         login changes",
+                        escaped(&refusal.code),
+                        escaped(&refusal.machine)
                     ),
                     next_attempt: None,
                 }));
@@ -352,13 +494,15 @@ impl Agent {
             Err(e) => return self.fleet_failed(&e, on_event),
         }
         let lock = match fleet.try_lock().await {
-            Ok(Some(lock)) => lock,
-            Ok(None) => {
-                // Another machine refreshes; its upload wakes this one.
-                return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
+            Ok(Ok(lock)) => lock,
+            Ok(Err(held)) => {
+                // Another machine refreshes; its upload wakes this one. A lock held for longer
+                // than any holder needs is reported.
+                return self.fleet_lock_busy(fleet, &held, on_event);
             }
             Err(e) => return self.fleet_failed(&e, on_event),
         };
+        self.fleet.as_mut().expect("fleet mode").lock_busy = None;
         // Under the lock: the record must still be what was reconciled.
         let (current, read_revision) = match fleet.read_at().await {
             Ok((Ok(Some(current)), revision)) if current.revision == record.revision => {
@@ -382,11 +526,17 @@ impl Agent {
             lock.release(fleet).await;
             return Plan::Again;
         };
+        let request = self.manager.config().http_timeout;
         match fleet.redeeming().await {
-            Ok(Some(mark)) if mark.refresh == fp && mark.lock != lock.revision => {
-                lock.release(fleet).await;
-                tracing::info!(machine = %mark.machine, "a previous lock holder's reservation of this refresh token still lives; waiting for its upload or its expiry");
-                return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
+            Ok(Some(found)) if found.mark.refresh == fp && found.mark.lock != lock.revision => {
+                if self
+                    .wait_for_reservation(fleet, &found, request, on_event)
+                    .await
+                {
+                    lock.release(fleet).await;
+                    tracing::info!(machine = %escaped(&found.mark.machine), "a previous lock holder's reservation of this refresh token still lives; waiting for its upload or its expiry");
+                    return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -394,7 +544,7 @@ impl Agent {
                 return self.fleet_failed(&e, on_event);
             }
         }
-        let request = self.manager.config().http_timeout;
+        self.fleet.as_mut().expect("fleet mode").reservation_wait = None;
         let reservation = match fleet
             .reserve_redemption(&fp, lock.revision, request, self.reuse_wait)
             .await
@@ -457,7 +607,8 @@ impl Agent {
                     lock.release(fleet).await;
                     return Plan::Again;
                 };
-                let meta = RotationMeta::now(fleet, "refreshed", &doc);
+                let meta =
+                    RotationMeta::now(fleet, "refreshed", &doc, current.refresh_fingerprint());
                 // Fenced: only over the revision this holder read, and only while it holds the
                 // lock; if the lease was lost meanwhile, the revision alone still fences it.
                 let mut put = fleet
@@ -520,6 +671,7 @@ impl Agent {
                         tracing::warn!(error = %e, "could not record the refusal in the fleet");
                     }
                 }
+                self.fleet.as_mut().expect("fleet mode").refused_at = Some(current.revision);
                 self.failed(&RefreshError::Permanent { reason }, on_event)
             }
             Err(RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. }) => {
@@ -533,6 +685,166 @@ impl Agent {
 }
 
 impl Agent {
+    /// The fleet lock is held by another (`held`): look again in [`LOCK_BUSY_RETRY`] (the
+    /// holder's upload wakes this agent sooner). Once the same lock (same create revision) has
+    /// been held, as measured here on the boot-time clock from when this agent first found it,
+    /// for longer than its lease and a request allow (the lock TTL plus the etcd request
+    /// timeout), say so, naming the holder; and when the tokens are near expiry, that the login
+    /// will lapse.
+    fn fleet_lock_busy(
+        &mut self,
+        fleet: &Fleet,
+        held: &LockHeld,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        let next = SystemTime::now() + LOCK_BUSY_RETRY;
+        let expires = self.manager.cached().and_then(|a| a.expires_at());
+        let sync = self.fleet.as_mut().expect("fleet mode");
+        if held.created == 0 {
+            // Freed between the compare and the read: look again.
+            return Plan::At(next, AgentState::Waiting);
+        }
+        if sync
+            .lock_busy
+            .as_ref()
+            .is_none_or(|b| b.created != held.created)
+        {
+            sync.lock_busy = Some(LockBusy {
+                created: held.created,
+                since: BootInstant::now(),
+                reported: false,
+                lapse_reported: false,
+            });
+        }
+        let config = fleet.config();
+        let bound = config.lock_ttl + config.request_timeout;
+        let busy = sync.lock_busy.as_mut().expect("set above");
+        let held_for = elapsed(busy.since);
+        if held_for < bound {
+            return Plan::At(next, AgentState::Waiting);
+        }
+        let key = fleet.key("lock");
+        let lease = if held.lease == 0 {
+            "on no lease, so it never expires".to_owned()
+        } else {
+            format!("on lease {:x}", held.lease)
+        };
+        if !busy.reported {
+            busy.reported = true;
+            let message = format!(
+                "the fleet lock {key} is held by `{}` (taken at revision {}, {lease}) and has \
+                 been for {} s as seen here, longer than a holder needs (the lock's lease of {} \
+                 s plus an etcd request of {} s): no machine refreshes the fleet's login while \
+                 it stands. If that holder is hung or gone, remove the lock (`etcdctl del \
+                 {key}`); this agent keeps trying",
+                escaped(&held.holder),
+                held.created,
+                held_for.as_secs(),
+                config.lock_ttl.as_secs(),
+                config.request_timeout.as_secs()
+            );
+            tracing::warn!("{message}");
+            on_event(&AgentEvent::now(AgentEventKind::Failed {
+                class: "fleet_lock".into(),
+                message,
+                next_attempt: Some(rfc3339(next)),
+            }));
+        }
+        let near = expires.is_some_and(|exp| {
+            exp.duration_since(SystemTime::now())
+                .map_or(true, |left| left <= super::CODEX_REFRESH_WINDOW)
+        });
+        if near && !busy.lapse_reported {
+            busy.lapse_reported = true;
+            let at = expires.map(rfc3339).unwrap_or_default();
+            let message = format!(
+                "the fleet's login will lapse: its access token expires at {at} and the fleet \
+                 lock {key} is still held by `{}` (taken at revision {}), so no machine can \
+                 refresh it; remove the lock (`etcdctl del {key}`) or the login will have to be \
+                 signed in again",
+                escaped(&held.holder),
+                held.created
+            );
+            tracing::warn!("{message}");
+            on_event(&AgentEvent::now(AgentEventKind::Failed {
+                class: "fleet_lock".into(),
+                message,
+                next_attempt: Some(rfc3339(next)),
+            }));
+        }
+        Plan::At(next, AgentState::Waiting)
+    }
+
+    /// Whether to keep waiting for another holder's reservation `found` of the token due. It is
+    /// honored while its key lives on its lease, for at most [`RESERVATION_WAIT_FACTOR`] times
+    /// the reservation this machine would make (`request` plus the reuse wait), measured here on
+    /// the boot-time clock from when this agent first found it; past that it is reported and
+    /// no longer holds this machine back. A lease granted for longer than that is reported when
+    /// first found.
+    async fn wait_for_reservation(
+        &mut self,
+        fleet: &Fleet,
+        found: &crate::fleet::record::FoundReservation,
+        request: Duration,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> bool {
+        let bound = crate::fleet::record::reservation_ttl(request, self.reuse_wait)
+            * RESERVATION_WAIT_FACTOR;
+        let sync = self.fleet.as_mut().expect("fleet mode");
+        let first = sync
+            .reservation_wait
+            .as_ref()
+            .is_none_or(|w| w.revision != found.revision);
+        if first {
+            sync.reservation_wait = Some(ReservationWait {
+                revision: found.revision,
+                since: BootInstant::now(),
+                reported: false,
+            });
+            if let Ok(Some((_, granted))) = fleet.etcd.time_to_live(found.lease).await {
+                if u64::try_from(granted).unwrap_or(0) > bound.as_secs() {
+                    tracing::warn!(
+                        machine = %escaped(&found.mark.machine),
+                        granted_seconds = granted,
+                        longest_wait_seconds = bound.as_secs(),
+                        "a reservation of the fleet's refresh token lives on a lease far longer than any request needs; it is waited for only up to this machine's longest wait"
+                    );
+                }
+            }
+        }
+        let wait = self
+            .fleet
+            .as_mut()
+            .expect("fleet mode")
+            .reservation_wait
+            .as_mut()
+            .expect("set above");
+        let waited = elapsed(wait.since);
+        if waited < bound {
+            return true;
+        }
+        if !wait.reported {
+            wait.reported = true;
+            on_event(&AgentEvent::now(AgentEventKind::Failed {
+                class: "fleet_reservation".into(),
+                message: format!(
+                    "the reservation {} of the fleet's refresh token {} by `{}` (on lease {:x}) \
+                     has held this machine back for {} s as seen here, longer than the longest \
+                     reservation it waits for ({} s: {RESERVATION_WAIT_FACTOR} times its own); \
+                     it is no longer waited for, and the token is redeemed under the fleet lock",
+                    fleet.key("redeeming"),
+                    escaped(&found.mark.refresh),
+                    escaped(&found.mark.machine),
+                    found.lease,
+                    waited.as_secs(),
+                    bound.as_secs()
+                ),
+                next_attempt: None,
+            }));
+        }
+        false
+    }
+
     /// After `refresh_token_reused`: whether the fleet record changes within the reuse wait
     /// (the rotation the refusal means, uploaded by another machine).
     async fn await_fleet_rotation(&self, fleet: &Fleet, revision: i64) -> bool {

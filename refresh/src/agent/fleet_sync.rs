@@ -15,7 +15,7 @@ use codex_store::side_file::{self, SideBytes};
 use codex_store::{read_journal, AuthDotJson, Generation, JournalEvent, Snapshot, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::FleetRecord;
+use crate::fleet::{unusable, FleetRecord, RotationMeta};
 
 /// What was in sync last, for one fleet prefix: the record's revision and auth.json's generation
 /// after the last mirror or upload, the refresh token then in sync, and the rotations of the
@@ -160,8 +160,14 @@ pub(crate) struct Lineage {
 }
 
 impl Lineage {
-    /// What `store`'s journal and `synced` know.
-    pub(crate) fn gather(store: &Store, synced: Option<&Synced>) -> Lineage {
+    /// What `store`'s journal and `synced` know, and what the record's last rotation says of
+    /// its parent ([`Lineage::with_rotation`]).
+    pub(crate) fn gather(
+        store: &Store,
+        synced: Option<&Synced>,
+        record: &FleetRecord,
+        rotation: Option<&RotationMeta>,
+    ) -> Lineage {
         let mut lineage = Lineage {
             children: HashMap::new(),
             known: HashSet::new(),
@@ -183,7 +189,25 @@ impl Lineage {
                 lineage.add(older.clone(), newer.clone());
             }
         }
+        lineage.with_rotation(record, rotation);
         lineage
+    }
+
+    /// Adds the succession the record's last rotation names (`parent -> refresh`), when it
+    /// describes this very record (its token) and its writer vouched for it (not an unverified
+    /// upload): so a machine that never saw the record before still knows where it comes from.
+    fn with_rotation(&mut self, record: &FleetRecord, rotation: Option<&RotationMeta>) {
+        let Some(meta) = rotation else {
+            return;
+        };
+        if meta.kind == UPLOADED_UNVERIFIED || meta.refresh != record.refresh_fingerprint() {
+            return;
+        }
+        if let (Some(parent), Some(child)) = (&meta.parent, &meta.refresh) {
+            if parent != child {
+                self.add(parent.clone(), child.clone());
+            }
+        }
     }
 
     fn add(&mut self, parent: String, child: String) {
@@ -421,16 +445,30 @@ pub(crate) fn decide(
     let local_changed = synced.is_none_or(|s| s.local_generation != local.generation().to_string());
     let remote_changed = synced.is_none_or(|s| s.revision != record.revision);
     if local_doc.is_none() {
-        // Signed out here on purpose (after a sync), or a machine joining the fleet.
-        return if local_changed && synced.is_some() {
+        // Signed out here on purpose (after a sync), or a machine joining the fleet. A record
+        // created after the last sync means the fleet itself was signed out (its record deleted)
+        // and signed in again since: whatever sign-out happened here is the fleet's, and the
+        // new login is every machine's.
+        let signed_in_again = synced.is_some_and(|s| record.created > s.revision);
+        return if local_changed && synced.is_some() && !signed_in_again {
             Reconcile::KeepLocal("signed_out_here")
         } else {
             Reconcile::Mirror
         };
     }
+    if local_doc.is_some_and(|d| unusable(d).is_some()) {
+        // Nothing usable here (empty tokens): the fleet's login replaces it, a copy is kept.
+        return Reconcile::MirrorKeepingCopy(None);
+    }
     let (ours, theirs) = (account(local_doc), account(Some(&record.document)));
-    if ours.is_some() && theirs.is_some() && ours != theirs && local_changed {
-        return Reconcile::KeepLocal("another_account_here");
+    if ours.is_some() && theirs.is_some() && ours != theirs {
+        return if local_changed {
+            Reconcile::KeepLocal("another_account_here")
+        } else {
+            // The fleet switched accounts (`fleet seed --force`, a raw put): this machine
+            // follows, keeping the login it replaces beside auth.json.
+            Reconcile::MirrorKeepingCopy(None)
+        };
     }
     let (local_refresh, record_refresh) = (refresh_of(local_doc), record.refresh_fingerprint());
     let finding = |kind| Finding {
@@ -454,6 +492,8 @@ pub(crate) fn decide(
             return Reconcile::Conflict(finding(FindingKind::RecordWentBack));
         }
         return match (local_changed, remote_changed) {
+            // An API key replacing a ChatGPT login in sync: its refresh token is kept aside.
+            (false, _) if local_refresh.is_some() => Reconcile::MirrorKeepingCopy(None),
             (false, _) => Reconcile::Mirror,
             (true, false) if local_refresh.is_some() => Reconcile::Upload(Upload::NewHere),
             _ => Reconcile::MirrorKeepingCopy(None),

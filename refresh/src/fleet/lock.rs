@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::etcd::{Compare, Op};
-use super::{Fleet, FleetError};
+use super::{Fleet, FleetError, LockHeld};
 use crate::boottime::BootInstant;
 
 /// The fleet's refresh lock, held by this process. Dropping it stops the keep-alive; release it
@@ -69,11 +69,14 @@ impl Drop for FleetLock {
 }
 
 impl Fleet {
-    /// Takes the fleet's refresh lock if nobody holds it; `None` when another holder has it.
+    /// Takes the fleet's refresh lock if nobody holds it; who holds it ([`LockHeld`]) when
+    /// another holder has it.
     ///
     /// # Errors
     /// The etcd errors.
-    pub(crate) async fn try_lock(self: &Arc<Self>) -> Result<Option<FleetLock>, FleetError> {
+    pub(crate) async fn try_lock(
+        self: &Arc<Self>,
+    ) -> Result<Result<FleetLock, LockHeld>, FleetError> {
         let ttl = self.config.lock_ttl;
         // Counted from before the grant: the lease may have started any time after this.
         let granted = BootInstant::now();
@@ -92,7 +95,8 @@ impl Fleet {
                     },
                     Op::Get(key.clone()),
                 ],
-                &[],
+                // Who holds it, in the same answer.
+                &[Op::Get(key.clone())],
             )
             .await;
         let result = match result {
@@ -104,7 +108,21 @@ impl Fleet {
         };
         if !result.succeeded {
             let _ = self.etcd.revoke(lease).await;
-            return Ok(None);
+            // Gone between the compare and the read: held by nobody known, the next look finds
+            // it free or held anew.
+            let held = result.gets.into_iter().next().flatten().map_or(
+                LockHeld {
+                    holder: String::new(),
+                    created: 0,
+                    lease: 0,
+                },
+                |kv| LockHeld {
+                    holder: String::from_utf8_lossy(&kv.value).into_owned(),
+                    created: kv.create_revision,
+                    lease: kv.lease,
+                },
+            );
+            return Ok(Err(held));
         }
         let revision = result
             .gets
@@ -140,7 +158,7 @@ impl Fleet {
                 }
             })
         };
-        Ok(Some(FleetLock {
+        Ok(Ok(FleetLock {
             lease,
             revision,
             alive,

@@ -22,7 +22,7 @@
 mod etcd;
 pub(crate) mod fence;
 mod lock;
-mod record;
+pub(crate) mod record;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,7 +31,7 @@ use codex_store::Secret;
 
 pub(crate) use etcd::Etcd;
 pub use lock::FleetLock;
-pub use record::{FleetRecord, FleetStatus, RotationMeta};
+pub use record::{unusable, FleetRecord, FleetRefusal, FleetStatus, LockHeld, RotationMeta};
 
 /// The default key prefix of a fleet.
 pub const DEFAULT_PREFIX: &str = "/codex-store/default";
@@ -104,6 +104,19 @@ pub enum FleetError {
         /// The last failure.
         reason: String,
     },
+    /// An endpoint answered, but not as etcd's v3 gateway does (a 200 with `{}`, an HTML page, a
+    /// proxy's page): never read as "no login" or "not written".
+    #[error(
+        "the fleet's endpoints ({endpoints}) did not answer as etcd does: {answer}; check that \
+         --fleet names etcd's client URLs (etcd 3.4 or later, like http://host:2379), nothing \
+         was changed"
+    )]
+    NotEtcd {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What came instead (escaped, cut short).
+        answer: String,
+    },
     /// etcd refused the request.
     #[error("etcd refused the request: {message} (code {code}); check the fleet's user and its permissions on the prefix")]
     Etcd {
@@ -141,6 +154,19 @@ pub enum FleetError {
         /// The key.
         key: String,
         /// Why.
+        reason: String,
+    },
+    /// A login without usable credentials (empty tokens, neither tokens nor a key): never made
+    /// the fleet's.
+    #[error(
+        "{what} holds no usable credentials ({reason}): it was not made the fleet's login; sign \
+         in again (`codex login`), or sign the fleet out with `codex-store logout --fleet \
+         ENDPOINTS`"
+    )]
+    UnusableLogin {
+        /// Which login.
+        what: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// The fleet already holds a login (seeding refuses to replace it).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use codex_store::{AuthDotJson, Generation, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::etcd::{Compare, Op};
+use super::etcd::{Compare, Kv, Op};
 use super::{Fleet, FleetError};
 use crate::boottime::BootInstant;
 
@@ -15,6 +15,9 @@ use crate::boottime::BootInstant;
 pub struct FleetRecord {
     /// The etcd revision of the record key (its `mod_revision`).
     pub revision: i64,
+    /// The revision at which the record key was created (its `create_revision`): a record
+    /// created after a machine's last sync was signed out (deleted) and in again since.
+    pub created: i64,
     /// The SHA-256 of its bytes: with the revision, the record's generation.
     pub generation: Generation,
     /// The document's bytes.
@@ -40,6 +43,40 @@ impl FleetRecord {
             .as_ref()
             .map(|t| t.refresh_token.fingerprint())
     }
+
+    /// Why the record holds no usable credentials ([`unusable`]), if it does not.
+    pub fn unusable(&self) -> Option<String> {
+        unusable(&self.document)
+    }
+}
+
+/// Why `doc` holds no credentials a machine could use, if so: ChatGPT tokens whose access or
+/// refresh token is an empty string (a broken seed, a careless `etcdctl put`), an empty API key,
+/// or neither tokens nor a key. Such a login is never mirrored, uploaded, seeded or sent: the
+/// fleet's sign-out is `logout --fleet`, which deletes the record.
+pub fn unusable(doc: &AuthDotJson) -> Option<String> {
+    if let Some(tokens) = &doc.tokens {
+        let empty: Vec<&str> = [
+            ("access_token", &tokens.access_token),
+            ("refresh_token", &tokens.refresh_token),
+        ]
+        .into_iter()
+        .filter(|(_, token)| token.expose().trim().is_empty())
+        .map(|(name, _)| name)
+        .collect();
+        if !empty.is_empty() {
+            return Some(format!(
+                "its {} {} empty",
+                empty.join(" and "),
+                if empty.len() == 1 { "is" } else { "are" }
+            ));
+        }
+    }
+    match &doc.openai_api_key {
+        Some(key) if key.expose().trim().is_empty() => Some("its API key is empty".into()),
+        None if doc.tokens.is_none() => Some("it holds neither tokens nor an API key".into()),
+        _ => None,
+    }
 }
 
 /// Who made the record's last change, and how. No secret: a fingerprint at most.
@@ -54,15 +91,29 @@ pub struct RotationMeta {
     pub kind: String,
     /// The new refresh token's fingerprint.
     pub refresh: Option<String>,
+    /// The fingerprint of the refresh token the new one replaced in the fleet's login (the
+    /// record's before this change), when the writer knows the new one descends from it:
+    /// `refreshed`, `uploaded`, `repaired`, `seeded`. A machine that did not see the record
+    /// before still knows the succession. `None` for an unverified upload or a first login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl RotationMeta {
-    pub(crate) fn now(fleet: &Fleet, kind: &str, doc: &AuthDotJson) -> Self {
+    pub(crate) fn now(
+        fleet: &Fleet,
+        kind: &str,
+        doc: &AuthDotJson,
+        parent: Option<String>,
+    ) -> Self {
+        let refresh = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
         RotationMeta {
             machine: fleet.config.machine.clone(),
             at: Timestamp::now().as_str().to_owned(),
             kind: kind.to_owned(),
-            refresh: doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint()),
+            // A token is not its own parent.
+            parent: parent.filter(|p| Some(p) != refresh.as_ref()),
+            refresh,
         }
     }
 }
@@ -92,6 +143,16 @@ pub(crate) struct Redeeming {
     pub(crate) lock: i64,
 }
 
+/// Another holder's reservation as found ([`Fleet::redeeming`]).
+#[derive(Clone, Debug)]
+pub(crate) struct FoundReservation {
+    pub(crate) mark: Redeeming,
+    /// The key's `mod_revision`: the same reservation is the same revision.
+    pub(crate) revision: i64,
+    /// Its lease.
+    pub(crate) lease: i64,
+}
+
 /// This holder's reservation of a redemption ([`Fleet::reserve_redemption`]).
 #[derive(Debug)]
 pub(crate) struct Reservation {
@@ -108,6 +169,24 @@ pub(crate) struct Reservation {
 /// leases in whole seconds).
 const RESERVATION_MARGIN: Duration = Duration::from_secs(2);
 
+/// The time to live of the lease of a reservation for a request of at most `request` and a
+/// reuse wait of `reuse_wait`, in whole seconds (rounded up).
+pub(crate) fn reservation_ttl(request: Duration, reuse_wait: Duration) -> Duration {
+    let ttl = request + reuse_wait + RESERVATION_MARGIN;
+    Duration::from_secs(ttl.as_secs() + 1)
+}
+
+/// Whoever holds the fleet lock, as found by a machine that could not take it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockHeld {
+    /// What the holder wrote (`machine pid N`), unescaped: escape it to show it.
+    pub holder: String,
+    /// The lock key's `create_revision`: the same lock is the same revision.
+    pub created: i64,
+    /// Its lease (0: none, the key never expires).
+    pub lease: i64,
+}
+
 /// What `inspect` shows of a fleet. No secret.
 #[derive(Clone, Debug, Serialize)]
 pub struct FleetStatus {
@@ -123,8 +202,38 @@ pub struct FleetStatus {
     pub refresh_token: Option<String>,
     /// The last change: who, when, how.
     pub last_rotation: Option<RotationMeta>,
-    /// Who holds the fleet's refresh lock now (`machine pid N`).
+    /// Who holds the fleet's refresh lock now (`machine pid N`), as written in etcd: escape it
+    /// to show it.
     pub lock_holder: Option<String>,
+    /// The revision at which the lock was taken (its key's `create_revision`).
+    pub lock_since_revision: Option<i64>,
+    /// The lock's lease: `None` without a lock, 0 for a key on no lease (it never expires).
+    pub lock_lease: Option<i64>,
+    /// The lock lease's remaining time to live, in seconds (as etcd counts it).
+    pub lock_lease_ttl: Option<i64>,
+    /// etcd's revision at the time of this report: with `lock_since_revision`, how long the lock
+    /// has been held, in writes (no clock of any machine).
+    pub revision_now: i64,
+    /// Why the record holds no usable credentials (it is not mirrored anywhere), if so.
+    pub record_problem: Option<String>,
+    /// A permanent refusal remembered for the fleet: `code` for refresh token `refresh`, seen by
+    /// `machine` at `at`.
+    pub refusal: Option<FleetRefusal>,
+    /// A lock holder's reservation of a redemption: the token's fingerprint and the machine.
+    pub redeeming: Option<FleetRefusal>,
+}
+
+/// A refusal or a reservation as `inspect` shows it (values as written in etcd: escape them).
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetRefusal {
+    /// The refresh token's fingerprint.
+    pub refresh: String,
+    /// The token endpoint's code (a refusal), empty for a reservation.
+    pub code: String,
+    /// The machine.
+    pub machine: String,
+    /// When, by that machine's clock (for people only).
+    pub at: String,
 }
 
 impl Fleet {
@@ -143,19 +252,49 @@ impl Fleet {
         &self,
     ) -> Result<(Result<Option<FleetRecord>, FleetError>, i64), FleetError> {
         let (kv, revision) = self.etcd.get(&self.record_key()).await?;
-        let record = kv
-            .map(|kv| self.parse(kv.value, kv.mod_revision))
-            .transpose();
+        let record = kv.map(|kv| self.parse(kv)).transpose();
         Ok((record, revision))
     }
 
-    fn parse(&self, bytes: Vec<u8>, revision: i64) -> Result<FleetRecord, FleetError> {
+    /// Like [`Fleet::read_at`], with the last rotation's description (`<prefix>/rotation`) read
+    /// in the same transaction, so that it is the one of this very record when it names its
+    /// token.
+    pub(crate) async fn read_with_rotation(
+        &self,
+    ) -> Result<
+        (
+            Result<Option<FleetRecord>, FleetError>,
+            Option<RotationMeta>,
+            i64,
+        ),
+        FleetError,
+    > {
+        let result = self
+            .etcd
+            .txn(
+                &[],
+                &[Op::Get(self.record_key()), Op::Get(self.key("rotation"))],
+                &[],
+            )
+            .await?;
+        let mut gets = result.gets.into_iter();
+        let record = gets.next().flatten().map(|kv| self.parse(kv)).transpose();
+        let meta = gets
+            .next()
+            .flatten()
+            .and_then(|kv| serde_json::from_slice::<RotationMeta>(&kv.value).ok());
+        Ok((record, meta, result.revision))
+    }
+
+    fn parse(&self, kv: Kv) -> Result<FleetRecord, FleetError> {
+        let bytes = kv.value;
         let document = AuthDotJson::from_json(&bytes).map_err(|e| FleetError::InvalidRecord {
             key: self.record_key(),
             reason: e.to_string(),
         })?;
         Ok(FleetRecord {
-            revision,
+            revision: kv.mod_revision,
+            created: kv.create_revision,
             generation: Generation::of_bytes(&bytes),
             bytes,
             document,
@@ -221,7 +360,7 @@ impl Fleet {
             .into_iter()
             .next()
             .flatten()
-            .map(|kv| self.parse(kv.value, kv.mod_revision))
+            .map(|kv| self.parse(kv))
             .transpose()?;
         Ok(Err(current))
     }
@@ -240,16 +379,26 @@ impl Fleet {
     /// (nothing was written); the etcd errors.
     pub async fn seed(&self, doc: &AuthDotJson, force: bool) -> Result<i64, FleetError> {
         let key = self.record_key();
+        if let Some(reason) = unusable(doc) {
+            return Err(FleetError::UnusableLogin {
+                what: "this login".into(),
+                reason,
+            });
+        }
         // The key's revision, also when its value is not a document (`--force` replaces it).
         let (current, _) = self.etcd.get(&key).await?;
-        let read = current.map_or(0, |kv| kv.mod_revision);
+        let read = current.as_ref().map_or(0, |kv| kv.mod_revision);
         if read != 0 && !force {
             return Err(FleetError::AlreadySeeded {
                 key,
                 revision: read,
             });
         }
-        let meta = RotationMeta::now(self, "seeded", doc);
+        // The fleet's login moves on from the record's token to this one.
+        let parent = current
+            .and_then(|kv| AuthDotJson::from_json(&kv.value).ok())
+            .and_then(|d| d.tokens.map(|t| t.refresh_token.fingerprint()));
+        let meta = RotationMeta::now(self, "seeded", doc, parent);
         let result = self
             .etcd
             .txn(
@@ -288,8 +437,10 @@ impl Fleet {
     /// # Errors
     /// The etcd errors.
     pub async fn delete(&self) -> Result<bool, FleetError> {
-        let existed = self.read().await.ok().flatten().is_some();
-        self.etcd
+        // One transaction, whose answer says whether the record existed: an answer that is not
+        // etcd's is an error, never "there was no login".
+        let result = self
+            .etcd
             .txn(
                 &[],
                 &[
@@ -299,7 +450,7 @@ impl Fleet {
                 &[],
             )
             .await?;
-        Ok(existed)
+        Ok(result.deleted.first().is_some_and(|n| *n > 0))
     }
 
     /// What `inspect` shows.
@@ -307,24 +458,82 @@ impl Fleet {
     /// # Errors
     /// The etcd errors; an unreadable record is shown without its account.
     pub async fn status(&self) -> Result<FleetStatus, FleetError> {
-        let record = self.read().await?;
-        let (rotation, _) = self.etcd.get(&self.key("rotation")).await?;
-        let (lock, _) = self.etcd.get(&self.key("lock")).await?;
+        let names = ["auth.json", "rotation", "lock", "refusal", "redeeming"];
+        let result = self
+            .etcd
+            .txn(&[], &names.map(|name| Op::Get(self.key(name))), &[])
+            .await?;
+        let mut gets = result.gets.into_iter();
+        let mut next = || gets.next().flatten();
+        let (record, rotation, lock, refusal, redeeming) = (next(), next(), next(), next(), next());
+        let record_kv = record.clone();
+        let (record, mut record_problem) = match record.map(|kv| self.parse(kv)).transpose() {
+            Ok(record) => {
+                let problem = record.as_ref().and_then(FleetRecord::unusable).map(|why| {
+                    format!(
+                        "the fleet's login holds no usable credentials ({why}): no machine \
+                         mirrors or sends it; seed the fleet from a signed-in machine \
+                         (`codex-store fleet seed --force`), or sign the fleet out \
+                         (`codex-store logout --fleet ENDPOINTS`)"
+                    )
+                });
+                (record, problem)
+            }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        if record.is_none() && record_kv.is_some() && record_problem.is_none() {
+            record_problem = Some("the fleet's record cannot be read".into());
+        }
+        let lock_lease = lock.as_ref().map(|kv| kv.lease);
+        let lock_lease_ttl = match lock_lease {
+            Some(lease) if lease != 0 => self
+                .etcd
+                .time_to_live(lease)
+                .await
+                .ok()
+                .flatten()
+                .map(|(left, _)| left),
+            _ => None,
+        };
+        let refusal = refusal
+            .and_then(|kv| serde_json::from_slice::<Refusal>(&kv.value).ok())
+            .map(|r| FleetRefusal {
+                refresh: r.refresh,
+                code: r.code,
+                machine: r.machine,
+                at: r.at,
+            });
+        let redeeming = redeeming
+            .and_then(|kv| serde_json::from_slice::<Redeeming>(&kv.value).ok())
+            .map(|r| FleetRefusal {
+                refresh: r.refresh,
+                code: String::new(),
+                machine: r.machine,
+                at: r.at,
+            });
         Ok(FleetStatus {
             key: self.record_key(),
-            revision: record.as_ref().map(|r| r.revision),
-            generation: record.as_ref().map(|r| r.generation.to_string()),
+            revision: record_kv.as_ref().map(|kv| kv.mod_revision),
+            generation: record_kv
+                .as_ref()
+                .map(|kv| Generation::of_bytes(&kv.value).to_string()),
             account_id: record
                 .as_ref()
                 .and_then(|r| r.document.tokens.as_ref())
                 .and_then(|t| t.account()),
             refresh_token: record.as_ref().and_then(FleetRecord::refresh_fingerprint),
             last_rotation: rotation.and_then(|kv| serde_json::from_slice(&kv.value).ok()),
-            lock_holder: lock.map(|kv| {
-                String::from_utf8_lossy(&kv.value)
-                    .escape_debug()
-                    .to_string()
-            }),
+            // As written (escape it to show it: `inspect` does).
+            lock_holder: lock
+                .as_ref()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+            lock_since_revision: lock.as_ref().map(|kv| kv.create_revision),
+            lock_lease,
+            lock_lease_ttl,
+            revision_now: result.revision,
+            record_problem,
+            refusal,
+            redeeming,
         })
     }
 
@@ -387,11 +596,15 @@ impl Fleet {
 
     /// Another holder's live reservation, if any. A mark on no lease (an older version's, or
     /// one written by hand) bounds no wait, and is ignored.
-    pub(crate) async fn redeeming(&self) -> Result<Option<Redeeming>, FleetError> {
+    pub(crate) async fn redeeming(&self) -> Result<Option<FoundReservation>, FleetError> {
         let (kv, _) = self.etcd.get(&self.key("redeeming")).await?;
-        Ok(kv
-            .filter(|kv| kv.lease != 0)
-            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+        Ok(kv.filter(|kv| kv.lease != 0).and_then(|kv| {
+            Some(FoundReservation {
+                mark: serde_json::from_slice(&kv.value).ok()?,
+                revision: kv.mod_revision,
+                lease: kv.lease,
+            })
+        }))
     }
 
     /// Records, while holding the lock created at `lock_revision`, that `refresh` is about to
@@ -408,11 +621,9 @@ impl Fleet {
         reuse_wait: Duration,
     ) -> Result<Option<Reservation>, FleetError> {
         let started = BootInstant::now();
-        let ttl = request + reuse_wait + RESERVATION_MARGIN;
-        // Whole seconds, rounded up.
         let lease = self
             .etcd
-            .grant(Duration::from_secs(ttl.as_secs() + 1))
+            .grant(reservation_ttl(request, reuse_wait))
             .await?;
         let mark = Redeeming {
             refresh: refresh.to_owned(),
