@@ -17,4 +17,9 @@ pub(crate) trait SendFence: Send + Sync {
     /// `Ok(left)`: the request may be sent, and must be over within `left` (it is cut off
     /// then); an error: nothing may be sent.
     fn check(&self) -> FenceCheck<'_>;
+
+    /// The document the answer made (the redeemed document with the new tokens), as soon as it
+    /// exists and before it is saved: whatever happens to this machine's auth.json meanwhile (a
+    /// sign-out, another account), the tokens belong to what coordinates the refresh.
+    fn answered(&self, document: &codex_store::AuthDotJson);
 }

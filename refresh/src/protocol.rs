@@ -259,7 +259,7 @@ async fn pass(
         record
     };
     match inner.client.refresh(&refresh_token, within).await {
-        Ok(answer) => persist(inner, known, reserved, doc, answer)
+        Ok(answer) => persist(inner, known, reserved, doc, answer, fence)
             .await
             .map(Pass::Done),
         Err(RefreshError::Permanent { reason }) => {
@@ -414,6 +414,7 @@ async fn persist(
     reserved: Reserved,
     doc: AuthDotJson,
     answer: TokenAnswer,
+    fence: Option<&dyn SendFence>,
 ) -> Result<(RefreshOutcome, Arc<CodexAuth>), RefreshError> {
     let read_at = reserved.rotation().snapshot().generation();
     let redeemed = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
@@ -427,6 +428,9 @@ async fn persist(
         record.code = Some("unusable_answer".into());
         drop(reserved.abandon_recorded(&record));
         return Err(e);
+    }
+    if let Some(fence) = fence {
+        fence.answered(&refreshed);
     }
     let attempt = refreshed.clone();
     let saved = blocking(move || reserved.save(&attempt)).await;

@@ -867,6 +867,27 @@ impl Fleet {
         ))
     }
 
+    /// The fleet record's refresh token, read from etcd.
+    fn record_refresh_token(&self) -> Option<String> {
+        let key = base64_of(&format!("{}/auth.json", self.prefix));
+        let answer = self
+            .cluster
+            .post(0, "/v3/kv/range", &json!({ "key": key }))?;
+        let value = answer
+            .get("kvs")?
+            .as_array()?
+            .first()?
+            .get("value")?
+            .as_str()?
+            .to_owned();
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .expect("etcd's value is base64");
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        doc["tokens"]["refresh_token"].as_str().map(str::to_owned)
+    }
+
     /// Waits until the reservation exists; its value and lease.
     fn wait_redeeming(&self) -> (serde_json::Value, String) {
         let deadline = Instant::now() + WAIT;
@@ -1059,4 +1080,66 @@ fn a_holder_stopped_between_its_reservation_and_its_request_sends_nothing_when_i
     fleet.stop_all();
     fleet.assert_no_token_presented_twice();
     fleet.assert_one_request_per_rotation();
+}
+
+#[test]
+fn a_sign_out_on_the_lock_holder_during_its_request_still_gives_its_answer_to_the_fleet() {
+    let mut fleet = Fleet::new(1, 2, 1);
+    fleet
+        .idp
+        .set_behavior(codex_store_tests::fake_idp::Behavior::late_winner(
+            Duration::from_secs(3),
+        ));
+    fleet.start_all();
+    assert!(
+        fleet.idp.wait_for_requests(1, WAIT),
+        "no machine sent a refresh request"
+    );
+    let holder = fleet.lock_holder();
+    let other = 1 - holder;
+    // The user signs out on the holder while its request is in flight.
+    let out = run(fleet.machines[holder].home.path(), &["logout"], None, &[]);
+    out.expect_code(exit::OK, "logout on the lock holder");
+    // The answer is the fleet's only live token: it must reach the record, and so the other
+    // machine, although the holder's auth.json no longer takes it.
+    fleet.wait_live_on(other);
+    fleet.stop_all();
+    fleet.assert_no_token_presented_twice();
+    fleet.assert_one_request_per_rotation();
+}
+
+#[test]
+fn a_copy_of_an_older_login_with_a_token_this_machine_never_saw_is_not_uploaded() {
+    let mut fleet = Fleet::new(1, 2, 3600);
+    fleet.idp.set_access_token_lifetime(3600 * 2);
+    fleet.start_all();
+    fleet.wait_all_live();
+    let live = fleet.idp.current_refresh_token();
+    // An older login of the same account (its access token expires before the fleet's),
+    // holding a refresh token no machine saw: a copy from elsewhere, a backup.
+    let older = ChatgptCreds {
+        refresh_token: format!(
+            "rt_older_copy_{}",
+            crate::kit::unique("x").replace('-', "_")
+        ),
+        ..fleet.creds.with_new_access_token(1800)
+    };
+    codex_store_tests::secrets::register_secret(&older.refresh_token);
+    older.write_to(fleet.machines[0].home.path());
+    fleet.machines[0]
+        .agent
+        .as_ref()
+        .expect("a running agent")
+        .wait_for_stderr_line("idle (fleet_conflict)");
+    assert_eq!(
+        fleet.record_refresh_token().as_deref(),
+        Some(live.as_str()),
+        "the older copy was uploaded over the fleet's live token"
+    );
+    assert_eq!(
+        refresh_token_on_disk(fleet.machines[1].home.path()).as_deref(),
+        Some(live.as_str()),
+        "the other machine lost the live token"
+    );
+    fleet.stop_all();
 }

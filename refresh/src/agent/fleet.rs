@@ -13,7 +13,7 @@ use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
 use super::{Agent, Plan};
 use crate::boottime::BootInstant;
-use crate::error::{PermanentReason, RefreshError, TransientReason};
+use crate::error::{PermanentReason, RefreshError};
 use crate::fleet::{Fleet, FleetError, FleetRecord, LockHeld, RotationMeta};
 use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
@@ -546,7 +546,13 @@ impl Agent {
         }
         self.fleet.as_mut().expect("fleet mode").reservation_wait = None;
         let reservation = match fleet
-            .reserve_redemption(&fp, lock.revision, request, self.reuse_wait)
+            .reserve_redemption(
+                &fp,
+                lock.revision,
+                current.revision,
+                request,
+                self.reuse_wait,
+            )
             .await
         {
             Ok(Some(reservation)) => Arc::new(reservation),
@@ -564,33 +570,40 @@ impl Agent {
         // renews it every third), the lock and the reservation must stand, and the send deadline
         // must not have passed.
         let margin = (fleet.config().lock_ttl / 3).min(request);
-        let fence = crate::fleet::fence::FleetFence {
+        let fence = Arc::new(crate::fleet::fence::FleetFence {
             fleet: Arc::clone(fleet),
             lock: lock.liveness(),
             lock_revision: lock.revision,
             reservation: Arc::clone(&reservation),
             margin,
-        };
+            passed: Default::default(),
+            answer: Default::default(),
+        });
         self.publish(claim, AgentState::Refreshing, None);
         let result = self
             .manager
-            .run_fenced(Urgency::IfDueUnlessBusy, Some(Arc::new(fence)))
+            .run_fenced(Urgency::IfDueUnlessBusy, Some(Arc::clone(&fence) as _))
             .await;
-        // Nothing was sent: the reservation is not needed, and must not hold the others back.
-        let unsent = matches!(
-            result,
-            Ok(RefreshOutcome::NotNeeded | RefreshOutcome::AdoptedFromDisk)
-                | Err(RefreshError::Transient {
-                    reason: TransientReason::Fenced(_) | TransientReason::Stopping,
-                })
-        );
-        // Once the request is over the fence is gone, and the reservation is this holder's
-        // alone again.
+        // Once the request is over the fence is this holder's alone again, and so is the
+        // reservation. If no check ever let a request go, nothing was sent: the reservation is
+        // not needed, and must not hold the others back.
+        let (passed, answer) = (fence.passed(), fence.answer());
+        drop(fence);
         let mut reservation = Arc::try_unwrap(reservation).ok();
-        if unsent {
+        if !passed {
             if let Some(reservation) = reservation.take() {
                 fleet.release_reservation(reservation).await;
             }
+        }
+        // An answer this machine did not install (a sign-out or another account here during
+        // the request) is still the fleet's only live token: it goes to the record.
+        let installed = matches!(result, Ok(RefreshOutcome::Refreshed));
+        if let (false, Some(answer)) = (installed, answer) {
+            let plan = self
+                .upload_answer(fleet, &lock, &current, &answer, reservation, on_event)
+                .await;
+            lock.release(fleet).await;
+            return plan;
         }
         let plan = match result {
             Ok(RefreshOutcome::Refreshed) => {
@@ -681,6 +694,62 @@ impl Agent {
         };
         lock.release(fleet).await;
         plan
+    }
+}
+
+impl Agent {
+    /// Uploads `answer`, a refresh's answer this machine did not install (auth.json here was
+    /// signed out or switched to another account during the request), over `current`, fenced
+    /// by the lock and the revision. If etcd does not take it, a durable copy is kept beside
+    /// auth.json (`auth.json.fleet-replaced.*`) and reported: it holds the fleet's only live
+    /// refresh token (`fleet seed --force` from it restores the fleet).
+    async fn upload_answer(
+        &mut self,
+        fleet: &Arc<Fleet>,
+        lock: &crate::fleet::FleetLock,
+        current: &FleetRecord,
+        answer: &AuthDotJson,
+        reservation: Option<crate::fleet::record::Reservation>,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        let meta = RotationMeta::now(fleet, "refreshed", answer, current.refresh_fingerprint());
+        let mut put = fleet
+            .put_fenced(current.revision, Some(lock.revision), answer, &meta)
+            .await;
+        if matches!(put, Ok(Err(_))) {
+            put = fleet.put_if(current.revision, answer, &meta).await;
+        }
+        let why = match put {
+            Ok(Ok(revision)) => {
+                if let Some(reservation) = reservation {
+                    fleet.release_reservation(reservation).await;
+                }
+                tracing::warn!(revision, "auth.json here changed during the refresh; the new tokens went to the fleet only");
+                on_event(&AgentEvent::now(AgentEventKind::Uploaded {
+                    revision,
+                    refresh: meta.refresh.clone(),
+                }));
+                return Plan::Again;
+            }
+            Ok(Err(_)) => "the fleet's record moved on during the refresh".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let kept = fleet_sync::keep_copy(self.manager.store(), answer);
+        let at = SystemTime::now() + self.backoff.next_delay();
+        on_event(&AgentEvent::now(AgentEventKind::Failed {
+            class: "fleet".into(),
+            message: format!(
+                "the new tokens of the fleet's refresh could not be uploaded ({why}) and \
+                 auth.json here no longer takes them; they are kept in {}: run `codex-store \
+                 fleet seed --force` with that file as auth.json to give them to the fleet",
+                kept.map_or_else(
+                    || "no file (the copy failed too)".to_owned(),
+                    |p| p.display().to_string()
+                )
+            ),
+            next_attempt: Some(rfc3339(at)),
+        }));
+        Plan::At(at, AgentState::Retrying)
     }
 }
 

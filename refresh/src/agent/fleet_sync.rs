@@ -536,9 +536,29 @@ pub(crate) fn decide(
                 Reconcile::MirrorMovedOn
             }
         }
-        Some(_) if !remote_changed && !lineage.knows(ours) => Reconcile::Upload(Upload::NewHere),
+        // A token this machine never saw, over the record last in sync, is uploaded only when
+        // its issuer dated it later than the record's (the access token's `exp`, set by the
+        // token endpoint, not by any machine): a rotation or a sign-in made here, never a copy
+        // of an older login.
+        Some(_)
+            if !remote_changed
+                && !lineage.knows(ours)
+                && issued_later(local_doc, Some(&record.document)) =>
+        {
+            Reconcile::Upload(Upload::NewHere)
+        }
         Some(_) => Reconcile::Conflict(finding(FindingKind::Diverged)),
     }
+}
+
+/// Whether `newer`'s access token expires strictly later than `older`'s, by the `exp` claims
+/// the token endpoint wrote (unreadable or missing: not later).
+fn issued_later(newer: Option<&AuthDotJson>, older: Option<&AuthDotJson>) -> bool {
+    let exp = |doc: Option<&AuthDotJson>| {
+        doc.and_then(|d| d.tokens.as_ref())
+            .and_then(|t| codex_store::token_expiry(&t.access_token).ok().flatten())
+    };
+    matches!((exp(newer), exp(older)), (Some(a), Some(b)) if a > b)
 }
 
 /// Keeps a copy of `local` (0600, beside auth.json) before the fleet's login replaces it;

@@ -587,7 +587,8 @@ impl Etcd {
         let answer = self
             .call(
                 "/v3/lease/grant",
-                &json!({"TTL": ttl.as_secs().max(1).to_string()}),
+                // Whole seconds, rounded up: the lease lives at least `ttl`.
+                &json!({"TTL": (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1).to_string()}),
                 check_grant,
             )
             .await?;
@@ -716,7 +717,7 @@ impl Etcd {
                 let chunk = match response.chunk().await {
                     Ok(Some(chunk)) => chunk,
                     // etcd's last word (an error) may come without a newline.
-                    Ok(None) => match watch_message(&buffer) {
+                    Ok(None) => match watch_message(&buffer, revision) {
                         WatchMessage::Done(result) => return result,
                         WatchMessage::Unavailable(reason) => break reason,
                         WatchMessage::Foreign(answer) => {
@@ -736,7 +737,7 @@ impl Etcd {
                 let mut unavailable = None;
                 while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buffer.drain(..=end).collect();
-                    match watch_message(&line) {
+                    match watch_message(&line, revision) {
                         WatchMessage::Nothing => {}
                         WatchMessage::Done(result) => return result,
                         WatchMessage::Unavailable(reason) => {
@@ -785,7 +786,11 @@ enum WatchMessage {
 /// Reads one message of etcd 3.4's watch stream: `{"result": {...}}` with `events`, or with
 /// `canceled`, `compact_revision` and `cancel_reason`; or `{"error": {"grpc_code",
 /// "message"}}` when the stream fails (no leader, with `Grpc-Metadata-hasleader`).
-fn watch_message(line: &[u8]) -> WatchMessage {
+///
+/// `after` is the revision the watch starts after: a `created` answer whose header says etcd is
+/// at an older revision (etcd restored from a snapshot) is a change, so that the caller reads
+/// the record again rather than wait for revisions that may never come.
+fn watch_message(line: &[u8], after: i64) -> WatchMessage {
     if line.iter().all(u8::is_ascii_whitespace) {
         return WatchMessage::Nothing;
     }
@@ -833,6 +838,13 @@ fn watch_message(line: &[u8]) -> WatchMessage {
         return WatchMessage::Done(Ok(Watched::Changed(rev)));
     }
     if result.get("canceled").and_then(Value::as_bool) != Some(true) {
+        let now = result
+            .get("header")
+            .and_then(|h| h.get("revision"))
+            .map_or(0, num);
+        if result.get("created").and_then(Value::as_bool) == Some(true) && now > 0 && now < after {
+            return WatchMessage::Done(Ok(Watched::Changed(now)));
+        }
         return WatchMessage::Nothing;
     }
     let compacted = result.get("compact_revision").map_or(0, num);
@@ -1125,7 +1137,24 @@ mod tests {
     use super::*;
 
     fn outcome(line: &str) -> WatchMessage {
-        watch_message(line.as_bytes())
+        watch_message(line.as_bytes(), 0)
+    }
+
+    #[test]
+    fn a_watch_created_at_an_older_revision_than_was_read_is_a_reason_to_read_again() {
+        // etcd restored from a snapshot: it is at revision 2, the watch starts after 8.
+        let line = r#"{"result":{"header":{"revision":"2"},"created":true}}"#;
+        assert!(
+            matches!(
+                watch_message(line.as_bytes(), 8),
+                WatchMessage::Done(Ok(Watched::Changed(2)))
+            ),
+            "a watch of revisions that may never come must end at once"
+        );
+        assert!(
+            matches!(watch_message(line.as_bytes(), 2), WatchMessage::Nothing),
+            "a watch created at the revision read is no change"
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! lease, and, in one etcd round trip, that the lock and the token's reservation still stand.
 //! What remains unfenced is the moment between this check and the request's bytes on the wire.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use codex_store::AuthDotJson;
 
 use super::lock::Liveness;
 use super::record::Reservation;
@@ -23,6 +26,25 @@ pub(crate) struct FleetFence {
     pub(crate) reservation: Arc<Reservation>,
     /// How long the lock's lease must still be known to live.
     pub(crate) margin: Duration,
+    /// Set once a check allowed the request: from then on the token may be spent.
+    pub(crate) passed: AtomicBool,
+    /// The answer's document, once there is one.
+    pub(crate) answer: Mutex<Option<AuthDotJson>>,
+}
+
+impl FleetFence {
+    /// Whether a request may have been sent (a check allowed it).
+    pub(crate) fn passed(&self) -> bool {
+        self.passed.load(Ordering::SeqCst)
+    }
+
+    /// The answer's document, if an answer came.
+    pub(crate) fn answer(&self) -> Option<AuthDotJson> {
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 fn fenced(why: &str) -> RefreshError {
@@ -60,7 +82,12 @@ impl SendFence for FleetFence {
             if left < MIN_REQUEST {
                 return Err(fenced("the send deadline passed during the last check"));
             }
+            self.passed.store(true, Ordering::SeqCst);
             Ok(left)
         })
+    }
+
+    fn answered(&self, document: &AuthDotJson) {
+        *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(document.clone());
     }
 }

@@ -160,6 +160,9 @@ pub(crate) struct Reservation {
     lease: i64,
     /// The key's `mod_revision`: what the check before sending compares.
     revision: i64,
+    /// The record's revision it was made over: the check before sending compares it too (an
+    /// upload meanwhile may have replaced the token).
+    record_revision: i64,
     /// When the request must be over, on the boot-time clock (counted from before the lease
     /// was granted, so it ends before the lease by at least the reuse wait).
     pub(crate) deadline: BootInstant,
@@ -346,8 +349,8 @@ impl Fleet {
                         value: meta_bytes,
                         lease: 0,
                     },
-                    // The reservation is fulfilled (or void: a newer login).
-                    Op::Delete(self.key("redeeming")),
+                    // The reservation is left alone: it may be another holder's, of another
+                    // token; each holder ends its own (its lease) once its answer is uploaded.
                 ],
                 &[Op::Get(key)],
             )
@@ -617,6 +620,7 @@ impl Fleet {
         &self,
         refresh: &str,
         lock_revision: i64,
+        record_revision: i64,
         request: Duration,
         reuse_wait: Duration,
     ) -> Result<Option<Reservation>, FleetError> {
@@ -636,11 +640,15 @@ impl Fleet {
             value: serde_json::to_vec(&mark).unwrap_or_default(),
             lease,
         };
-        let lock = Compare::CreateRevision(self.key("lock"), lock_revision);
-        match self.etcd.txn(&[lock], &[put], &[]).await {
+        let compare = [
+            Compare::CreateRevision(self.key("lock"), lock_revision),
+            Compare::ModRevision(self.record_key(), record_revision),
+        ];
+        match self.etcd.txn(&compare, &[put], &[]).await {
             Ok(result) if result.succeeded => Ok(Some(Reservation {
                 lease,
                 revision: result.revision,
+                record_revision,
                 deadline: started.after(request),
             })),
             other => {
@@ -650,8 +658,8 @@ impl Fleet {
         }
     }
 
-    /// Whether the lock created at `lock_revision` and `reservation` both still stand: the last
-    /// check before the token is sent (one round trip).
+    /// Whether the lock created at `lock_revision`, `reservation` and the record it was made
+    /// over all still stand: the last check before the token is sent (one round trip).
     ///
     /// # Errors
     /// The etcd errors.
@@ -663,6 +671,7 @@ impl Fleet {
         let compare = [
             Compare::CreateRevision(self.key("lock"), lock_revision),
             Compare::ModRevision(self.key("redeeming"), reservation.revision),
+            Compare::ModRevision(self.record_key(), reservation.record_revision),
         ];
         Ok(self.etcd.txn(&compare, &[], &[]).await?.succeeded)
     }
