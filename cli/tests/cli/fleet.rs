@@ -4,237 +4,55 @@
 //!
 //! Each machine reaches etcd through a TCP proxy of its own, so that a test can take one machine
 //! offline. Orders are made by waiting for events (agent lines, requests the endpoint counted,
-//! files holding a token); every wait is bounded.
+//! files holding a token); every wait is bounded. The harness is [`crate::fleet_kit`].
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::kit::{exit, fingerprint, register_last_issued, run, spawn, ChatgptCreds, Running};
+use crate::fleet_kit::{base64_of, enable_auth, new_prefix, Fleet, URL_ENV, WAIT};
+use crate::kit::{exit, fingerprint, register_last_issued, run, ChatgptCreds};
 use codex_store_tests::codex_sim::refresh_token_on_disk;
 use codex_store_tests::etcd::EtcdCluster;
-use codex_store_tests::fake_idp::FakeIdp;
-use codex_store_tests::tcp_proxy::TcpProxy;
 use serde_json::json;
-use tempfile::TempDir;
 
-const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-const LEAD: i64 = 310;
-/// Tokens issued for this long: the agents (lead 310 s) rotate 3 s after each issue.
-const LIFETIME: i64 = LEAD + 3;
-/// The fleet lock's lease in these tests: a crashed holder frees it within this.
-const LOCK_TTL: &str = "3s";
-/// The bound on any one wait; it only turns a hang into a failure.
-const WAIT: Duration = Duration::from_secs(30);
 /// How soon every machine must hold the live token after a rotation.
 const PROPAGATION: Duration = Duration::from_secs(10);
 
-/// One simulated machine: its home, its link to etcd, its agent.
-struct Machine {
-    name: String,
-    home: TempDir,
-    link: TcpProxy,
-    agent: Option<Running>,
-    /// Its `--http-timeout` (the default of these tests: 4 s).
-    http_timeout: &'static str,
-}
-
-/// M machines on one fleet.
-struct Fleet {
-    machines: Vec<Machine>,
-    idp: FakeIdp,
-    creds: ChatgptCreds,
-    prefix: String,
-    cluster: EtcdCluster,
-}
-
 impl Fleet {
-    /// `m` machines on a cluster of `members`, the fleet seeded from machine 0 with a login due
-    /// for the agents in `due_in` seconds.
-    fn new(members: usize, m: usize, due_in: i64) -> Fleet {
-        let cluster = EtcdCluster::start(members);
-        let creds = ChatgptCreds::expiring_in(LEAD + due_in);
-        let idp = creds.start_idp();
-        idp.set_access_token_lifetime(LIFETIME);
-        let prefix = format!("/codex-store-tests/{}", crate::kit::unique("fleet"));
-        let machines = (0..m)
-            .map(|i| Machine {
-                name: format!("machine-{i}"),
-                home: crate::kit::temp_home(),
-                // Through the first member; a machine's agent fails over to the others.
-                link: TcpProxy::start(cluster.endpoint(0).trim_start_matches("http://")),
-                agent: None,
-                http_timeout: "4s",
-            })
-            .collect();
-        let fleet = Fleet {
-            machines,
-            idp,
-            creds,
-            prefix,
-            cluster,
-        };
-        fleet.creds.write_to(fleet.machines[0].home.path());
-        let args = fleet.args(0, &["fleet", "seed"]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = run(fleet.machines[0].home.path(), &args, None, &[]);
-        out.expect_code(exit::OK, "seeding the fleet failed");
-        fleet
-    }
-
-    /// `rest`, then the fleet options of machine `i`.
-    fn args(&self, i: usize, rest: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = rest.iter().map(|a| (*a).to_owned()).collect();
-        args.extend([
-            "--fleet".to_owned(),
-            self.endpoints(i),
-            "--fleet-prefix".to_owned(),
-            self.prefix.clone(),
-            "--machine".to_owned(),
-            self.machines[i].name.clone(),
-            "--fleet-lock-ttl".to_owned(),
-            LOCK_TTL.to_owned(),
-            // Short, so that a holder's reservation is waited out in seconds.
-            "--http-timeout".to_owned(),
-            self.machines[i].http_timeout.to_owned(),
-            "--reuse-wait".to_owned(),
-            "3s".to_owned(),
-        ]);
-        args
-    }
-
-    /// Machine `i`'s endpoints: its link first, then the other members directly.
-    fn endpoints(&self, i: usize) -> String {
-        let mut all = vec![self.machines[i].link.url()];
-        let members = self.cluster.endpoints();
-        all.extend(members.split(',').skip(1).map(str::to_owned));
-        all.join(",")
-    }
-
-    fn start_agent(&mut self, i: usize) {
-        let args = self.args(i, &["agent", "--lead", "310"]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let url = self.idp.url();
-        let agent = spawn(
-            self.machines[i].home.path(),
-            &args,
-            None,
-            &[(URL_ENV, &url)],
-        );
-        agent.wait_for_stderr_line("started");
-        self.machines[i].agent = Some(agent);
-    }
-
-    fn start_all(&mut self) {
-        for i in 0..self.machines.len() {
-            self.start_agent(i);
-        }
-    }
-
-    fn stop_all(&mut self) {
-        for i in 0..self.machines.len() {
-            self.stop_agent(i);
-        }
-    }
-
-    fn stop_agent(&mut self, i: usize) -> String {
-        let Some(agent) = self.machines[i].agent.take() else {
-            return String::new();
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(agent.id().to_string())
-            .status();
-        let out = agent.finish(Duration::from_secs(10));
-        out.expect_code(
-            exit::OK,
-            &format!("{}'s agent did not stop cleanly", self.machines[i].name),
-        );
-        out.stderr
-    }
-
     /// Waits until every machine's auth.json holds the endpoint's live refresh token; how long
     /// that took. Panics after [`PROPAGATION`], naming the machines that lag.
     fn wait_all_live(&self) -> Duration {
-        let started = Instant::now();
-        loop {
-            let live = self.idp.current_refresh_token();
-            let lagging: Vec<&str> = self
-                .machines
-                .iter()
-                .filter(|m| refresh_token_on_disk(m.home.path()).as_deref() != Some(live.as_str()))
-                .map(|m| m.name.as_str())
-                .collect();
-            if lagging.is_empty() {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < PROPAGATION,
+        self.wait_all_live_within(PROPAGATION, |lagging, _| {
+            format!(
                 "{lagging:?} do not hold the live token {PROPAGATION:?} after the rotation; \
                  agents:\n{}",
                 self.agent_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn agent_logs(&self) -> String {
-        self.machines
-            .iter()
-            .filter_map(|m| {
-                m.agent
-                    .as_ref()
-                    .map(|a| format!("{}:\n{}", m.name, a.stderr()))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits until the endpoint rotated `n` times in all.
-    fn wait_rotations(&self, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.idp.successes() < n {
-            assert!(
-                Instant::now() < deadline,
-                "the fleet rotated {} time(s) in {WAIT:?}, expected {n}; agents:\n{}",
-                self.idp.successes(),
-                self.agent_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     /// The guarantees after a run: one request per rotation, no reuse refusal.
     #[track_caller]
     fn assert_one_request_per_rotation(&self) {
         register_last_issued(&self.idp);
-        assert_eq!(
-            self.idp.requests(),
-            self.idp.successes(),
-            "the endpoint read {} requests for {} rotations: every rotation must take exactly \
-             one request fleet-wide; agents:\n{}",
-            self.idp.requests(),
-            self.idp.successes(),
-            self.agent_logs()
+        self.assert_requests_are_rotations(
+            ": every rotation must take exactly one request fleet-wide",
         );
-        assert_eq!(
-            self.idp.reuse_refusals(),
-            0,
-            "a machine redeemed a used refresh token; agents:\n{}",
-            self.agent_logs()
-        );
+        self.assert_no_reuse_refused("a machine redeemed a used refresh token");
     }
-}
 
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for machine in &mut self.machines {
-            if let Some(agent) = machine.agent.take() {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(agent.id().to_string())
-                    .status();
-            }
-        }
+    /// `m` machines whose login is due at once, against an endpoint answering after 2 s; returns
+    /// when the first refresh request is in flight, with the machine that holds the lock.
+    fn with_request_in_flight(m: usize) -> (Fleet, usize) {
+        let mut fleet = Fleet::new(1, m, 1);
+        fleet.idp.set_delay(Duration::from_secs(2));
+        fleet.start_all();
+        assert!(
+            fleet.idp.wait_for_requests(1, WAIT),
+            "no machine sent a refresh request"
+        );
+        let holder = fleet.lock_holder();
+        (fleet, holder)
     }
 }
 
@@ -293,7 +111,7 @@ fn a_crashed_lock_holder_frees_the_lock_when_its_lease_expires_and_another_machi
         .post(0, "/v3/lease/grant", &json!({"TTL": "3"}))
         .and_then(|v| v.get("ID").and_then(|id| id.as_str()).map(str::to_owned))
         .expect("a lease");
-    let key = base64_of(&format!("{}/lock", fleet.prefix));
+    let key = base64_of(format!("{}/lock", fleet.prefix));
     let put = fleet.cluster.post(
         0,
         "/v3/kv/put",
@@ -313,10 +131,10 @@ fn a_machine_offline_during_two_rotations_catches_up_and_sends_nothing_meanwhile
     fleet.start_all();
     fleet.wait_rotations(1);
     fleet.wait_all_live();
-    fleet.machines[2].link.cut();
+    fleet.machines[2].link().cut();
     let before = fleet.idp.successes();
     fleet.wait_rotations(before + 2);
-    fleet.machines[2].link.restore();
+    fleet.machines[2].link().restore();
     let delay = fleet.wait_all_live();
     fleet.stop_all();
     fleet.assert_one_request_per_rotation();
@@ -383,68 +201,11 @@ fn one_etcd_member_stopped_and_the_leader_killed_mid_refresh_lose_no_token() {
     fleet.assert_one_request_per_rotation();
 }
 
-fn base64_of(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-impl Fleet {
-    /// The machine whose agent holds the fleet lock now (from `inspect --fleet`).
-    fn lock_holder(&self) -> usize {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let args = self.args(0, &["inspect", "--json"]);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = run(self.machines[0].home.path(), &args, None, &[]);
-            let holder = out.json()["fleet"]["lock_holder"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_default();
-            if let Some(i) = self
-                .machines
-                .iter()
-                .position(|m| holder.starts_with(&format!("{} ", m.name)))
-            {
-                return i;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no machine holds the fleet lock while a request is in flight"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `m` machines whose login is due at once, against an endpoint answering after 2 s; returns
-    /// when the first refresh request is in flight, with the machine that holds the lock.
-    fn with_request_in_flight(m: usize) -> (Fleet, usize) {
-        let mut fleet = Fleet::new(1, m, 1);
-        fleet.idp.set_delay(Duration::from_secs(2));
-        fleet.start_all();
-        assert!(
-            fleet.idp.wait_for_requests(1, WAIT),
-            "no machine sent a refresh request"
-        );
-        let holder = fleet.lock_holder();
-        (fleet, holder)
-    }
-
-    /// SIGKILLs machine `i`'s agent.
-    fn kill_agent(&mut self, i: usize) {
-        let agent = self.machines[i].agent.take().expect("a running agent");
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(agent.id().to_string())
-            .status();
-        let _ = agent.finish(WAIT);
-    }
-}
-
 #[test]
 fn the_lock_holder_killed_after_its_answer_is_saved_loses_nothing_its_restart_uploads_it() {
     let (mut fleet, holder) = Fleet::with_request_in_flight(2);
     // Its machine loses etcd: the answer is saved locally, the upload cannot happen.
-    fleet.machines[holder].link.cut();
+    fleet.machines[holder].link().cut();
     fleet.wait_rotations(1);
     let live = fleet.idp.current_refresh_token();
     let deadline = Instant::now() + WAIT;
@@ -456,7 +217,7 @@ fn the_lock_holder_killed_after_its_answer_is_saved_loses_nothing_its_restart_up
         std::thread::sleep(Duration::from_millis(10));
     }
     fleet.kill_agent(holder);
-    fleet.machines[holder].link.restore();
+    fleet.machines[holder].link().restore();
     fleet.start_agent(holder);
     fleet.wait_all_live();
     fleet.stop_all();
@@ -491,56 +252,12 @@ fn the_lock_holder_killed_during_its_request_costs_that_rotation_and_the_fleet_s
     fleet.stop_all();
 }
 
-/// The end of a prefix range in etcd: the prefix with its last byte incremented.
-fn prefix_end(prefix: &str) -> String {
-    let mut bytes = prefix.as_bytes().to_vec();
-    if let Some(last) = bytes.last_mut() {
-        *last += 1;
-    }
-    String::from_utf8(bytes).expect("an ASCII prefix")
-}
-
 #[test]
 fn with_etcd_authentication_the_fleet_works_with_its_user_and_is_refused_without_or_outside_its_prefix(
 ) {
     let cluster = EtcdCluster::start(1);
-    let prefix = format!("/codex-store-tests/{}", crate::kit::unique("auth"));
-    let prefix_slash = format!("{prefix}/");
-    let calls = [
-        (
-            "/v3/auth/user/add",
-            json!({"name": "root", "password": "root-pw"}),
-        ),
-        (
-            "/v3/auth/user/grant",
-            json!({"user": "root", "role": "root"}),
-        ),
-        ("/v3/auth/role/add", json!({"name": "codex"})),
-        (
-            "/v3/auth/role/grant",
-            json!({"name": "codex", "perm": {
-                "permType": "READWRITE",
-                "key": base64_of(&prefix_slash),
-                "range_end": base64_of(&prefix_end(&prefix_slash)),
-            }}),
-        ),
-        (
-            "/v3/auth/user/add",
-            json!({"name": "codex", "password": "codex-pw"}),
-        ),
-        (
-            "/v3/auth/user/grant",
-            json!({"user": "codex", "role": "codex"}),
-        ),
-        ("/v3/auth/enable", json!({})),
-    ];
-    for (path, body) in calls {
-        let answer = cluster.post(0, path, &body);
-        assert!(
-            answer.as_ref().is_some_and(|a| a.get("error").is_none()),
-            "setting up etcd's authentication failed at {path}: {answer:?}"
-        );
-    }
+    let prefix = new_prefix("auth");
+    enable_auth(&cluster, &prefix);
     let creds = ChatgptCreds::fresh();
     let home = crate::kit::temp_home();
     creds.write_to(home.path());
@@ -607,7 +324,7 @@ fn over_tls_the_fleet_needs_the_ca_and_a_client_certificate_and_then_works() {
     let cluster = EtcdCluster::start_tls();
     let tls = cluster.tls().expect("a TLS cluster");
     let endpoint = cluster.endpoint(0);
-    let prefix = format!("/codex-store-tests/{}", crate::kit::unique("tls"));
+    let prefix = new_prefix("tls");
     let creds = ChatgptCreds::fresh();
     let home = crate::kit::temp_home();
     creds.write_to(home.path());
@@ -660,24 +377,6 @@ fn over_tls_the_fleet_needs_the_ca_and_a_client_certificate_and_then_works() {
     );
 }
 
-impl Fleet {
-    /// `codex-store ARGS... --fleet ...` on machine `i`, to the end.
-    fn run_on(&self, i: usize, rest: &[&str]) -> crate::kit::CliOutput {
-        let args = self.args(i, rest);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(self.machines[i].home.path(), &args, None, &[])
-    }
-
-    /// Waits until machine `i`'s agent reports `needle` on stderr.
-    fn expect_event(&self, i: usize, needle: &str) -> String {
-        self.machines[i]
-            .agent
-            .as_ref()
-            .expect("a running agent")
-            .wait_for_stderr_line(needle)
-    }
-}
-
 #[test]
 fn after_compaction_an_idle_agent_does_not_spin_on_canceled_watches() {
     let mut fleet = Fleet::new(1, 1, 3600);
@@ -692,7 +391,7 @@ fn after_compaction_an_idle_agent_does_not_spin_on_canceled_watches() {
             .post(
                 0,
                 "/v3/kv/put",
-                &json!({"key": base64_of("/elsewhere"), "value": base64_of(&n.to_string())}),
+                &json!({"key": base64_of("/elsewhere"), "value": base64_of(n.to_string())}),
             )
             .expect("etcd answers");
         revision = put["header"]["revision"]
@@ -712,9 +411,9 @@ fn after_compaction_an_idle_agent_does_not_spin_on_canceled_watches() {
     let path = fleet.machines[0].home.path().join("auth.json");
     let bytes = std::fs::read(&path).expect("read auth.json");
     std::fs::write(&path, bytes).expect("rewrite auth.json");
-    let before = fleet.machines[0].link.requests();
+    let before = fleet.machines[0].link().requests();
     std::thread::sleep(Duration::from_secs(2));
-    let calls = fleet.machines[0].link.requests() - before;
+    let calls = fleet.machines[0].link().requests() - before;
     assert!(
         calls <= 4,
         "an idle agent made {calls} etcd calls in 2 s after a compaction: it spins on \
@@ -797,7 +496,7 @@ fn logout_on_the_fleet_signs_every_machine_out_and_another_account_here_is_left_
 #[test]
 fn inspect_reports_a_fleet_record_that_is_not_a_document_as_a_problem() {
     let fleet = Fleet::new(1, 1, 3600);
-    let key = base64_of(&format!("{}/auth.json", fleet.prefix));
+    let key = base64_of(format!("{}/auth.json", fleet.prefix));
     fleet
         .cluster
         .post(
@@ -847,114 +546,6 @@ fn login_with_an_api_key_on_the_fleet_reaches_every_machine() {
 // the boot-time clock), its lease and its reservation immediately before it sends.
 // ---------------------------------------------------------------------------------------------
 
-impl Fleet {
-    /// The raw `<prefix>/redeeming` key: its JSON value and its lease, when it exists.
-    fn redeeming(&self) -> Option<(serde_json::Value, String)> {
-        let key = base64_of(&format!("{}/redeeming", self.prefix));
-        let answer = self
-            .cluster
-            .post(0, "/v3/kv/range", &json!({ "key": key }))?;
-        let kv = answer.get("kvs")?.as_array()?.first()?.clone();
-        let value = kv.get("value")?.as_str()?;
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(value)
-            .expect("etcd's value is base64");
-        let lease = kv.get("lease").and_then(|l| l.as_str()).unwrap_or("0");
-        Some((
-            serde_json::from_slice(&bytes).expect("the reservation is JSON"),
-            lease.to_owned(),
-        ))
-    }
-
-    /// The fleet record's refresh token, read from etcd.
-    fn record_refresh_token(&self) -> Option<String> {
-        let key = base64_of(&format!("{}/auth.json", self.prefix));
-        let answer = self
-            .cluster
-            .post(0, "/v3/kv/range", &json!({ "key": key }))?;
-        let value = answer
-            .get("kvs")?
-            .as_array()?
-            .first()?
-            .get("value")?
-            .as_str()?
-            .to_owned();
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(value)
-            .expect("etcd's value is base64");
-        let doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        doc["tokens"]["refresh_token"].as_str().map(str::to_owned)
-    }
-
-    /// Waits until the reservation exists; its value and lease.
-    fn wait_redeeming(&self) -> (serde_json::Value, String) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(found) = self.redeeming() {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no machine reserved the redemption; agents:\n{}",
-                self.agent_logs()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Rewrites the reservation's `at` (what the reserving machine's clock said) to `at`,
-    /// keeping its lease: a machine whose clock is wrong.
-    fn date_redeeming(&self, at: std::time::SystemTime) {
-        let (mut mark, lease) = self.wait_redeeming();
-        mark["at"] = json!(humantime::format_rfc3339_seconds(at).to_string());
-        let put = self.cluster.post(
-            0,
-            "/v3/kv/put",
-            &json!({
-                "key": base64_of(&format!("{}/redeeming", self.prefix)),
-                "value": base64_of(&mark.to_string()),
-                "lease": lease,
-            }),
-        );
-        assert!(put.is_some(), "could not re-date the reservation");
-    }
-
-    /// No refresh token was presented twice.
-    #[track_caller]
-    fn assert_no_token_presented_twice(&self) {
-        let presented = self.idp.presented_refresh_tokens();
-        let mut seen = std::collections::HashSet::new();
-        let twice: Vec<String> = presented
-            .iter()
-            .filter(|t| !seen.insert(t.as_str()))
-            .map(|t| fingerprint(t))
-            .collect();
-        assert!(
-            twice.is_empty(),
-            "refresh tokens presented twice (fingerprints) {twice:?}; agents:\n{}",
-            self.agent_logs()
-        );
-    }
-
-    /// Waits until machine `i` holds the endpoint's live refresh token.
-    fn wait_live_on(&self, i: usize) {
-        let deadline = Instant::now() + WAIT;
-        while refresh_token_on_disk(self.machines[i].home.path()).as_deref()
-            != Some(self.idp.current_refresh_token().as_str())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not save the live token; agents:\n{}",
-                self.machines[i].name,
-                self.agent_logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 /// Machine 0 (with `--http-timeout holder_timeout`) sends the due token and its answer takes
 /// 12 s; its link to etcd is cut, so its lock expires while its request is in flight; `tamper`
 /// re-dates its reservation; then machine 1 (4 s) starts. Machine 1 must not send the token
@@ -962,7 +553,7 @@ impl Fleet {
 /// token presented once.
 fn in_flight_holder_is_waited_for(holder_timeout: &'static str, tamper: Option<i64>) {
     let mut fleet = Fleet::new(1, 2, 1);
-    fleet.machines[0].http_timeout = holder_timeout;
+    fleet.machines[0].set_option("--http-timeout", holder_timeout);
     fleet
         .idp
         .set_behavior(codex_store_tests::fake_idp::Behavior::late_winner(
@@ -973,7 +564,7 @@ fn in_flight_holder_is_waited_for(holder_timeout: &'static str, tamper: Option<i
         fleet.idp.wait_for_requests(1, WAIT),
         "machine 0 sent no refresh request"
     );
-    fleet.machines[0].link.cut();
+    fleet.machines[0].link().cut();
     if let Some(offset) = tamper {
         let now = std::time::SystemTime::now();
         let at = if offset < 0 {
@@ -986,7 +577,7 @@ fn in_flight_holder_is_waited_for(holder_timeout: &'static str, tamper: Option<i
     fleet.start_agent(1);
     // Machine 0 gets its answer and saves it; once its link is back it uploads it.
     fleet.wait_live_on(0);
-    fleet.machines[0].link.restore();
+    fleet.machines[0].link().restore();
     fleet.wait_all_live();
     fleet.stop_all();
     fleet.assert_no_token_presented_twice();

@@ -9,20 +9,19 @@
 //! - A second agent on a home exits 8 (which the shipped systemd unit does not restart), naming
 //!   the pid of the agent that runs, which keeps running.
 //!
-//! Each fleet test starts a real etcd member; the record is read from etcd itself.
+//! Each fleet test starts a real etcd member; the record is read from etcd itself
+//! ([`crate::fleet_kit`]).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::kit::{exit, fingerprint, run, spawn, temp_home, unique, ChatgptCreds, CliOutput};
-use base64::Engine as _;
+use crate::fleet_kit::{etcd_get, new_prefix, URL_ENV};
+use crate::kit::{exit, fingerprint, run, spawn, temp_home, ChatgptCreds, CliOutput};
 use codex_store_tests::etcd::EtcdCluster;
 use codex_store_tests::fake_idp::FakeIdp;
-use serde_json::json;
 use tempfile::TempDir;
 
-const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 const FLEET_ENV: &str = "CODEX_STORE_FLEET";
 const PREFIX_ENV: &str = "CODEX_STORE_FLEET_PREFIX";
 
@@ -48,7 +47,7 @@ enum Named {
 impl FleetMachine {
     fn new(creds: ChatgptCreds) -> FleetMachine {
         let cluster = EtcdCluster::start(1);
-        let prefix = format!("/codex-store-tests/{}", unique("fleet-commands"));
+        let prefix = new_prefix("fleet-commands");
         let home = temp_home();
         creds.write_to(home.path());
         let idp = creds.start_idp();
@@ -92,17 +91,8 @@ impl FleetMachine {
 
     /// The fleet's login as etcd holds it (`<prefix>/auth.json`), when there is one.
     fn record(&self) -> Option<serde_json::Value> {
-        let engine = base64::engine::general_purpose::STANDARD;
-        let key = engine.encode(format!("{}/auth.json", self.prefix));
-        let answer = self
-            .cluster
-            .post(0, "/v3/kv/range", &json!({ "key": key }))
-            .expect("etcd answers a range request");
-        let kv = answer.get("kvs")?.as_array()?.first()?.clone();
-        let bytes = engine
-            .decode(kv["value"].as_str().expect("a value"))
-            .expect("etcd's value is base64");
-        Some(serde_json::from_slice(&bytes).expect("the record is JSON"))
+        let kv = etcd_get(&self.cluster, &format!("{}/auth.json", self.prefix))?;
+        Some(serde_json::from_slice(&kv.value).expect("the record is JSON"))
     }
 
     /// The fingerprint of the refresh token in the fleet's record.

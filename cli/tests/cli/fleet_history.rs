@@ -5,313 +5,65 @@
 //!
 //! Which token is live is decided by causality only (what each machine last synced, its journal,
 //! the revisions), never by clocks. Orders are made by waiting for events (agent lines, requests
-//! the endpoint counted, files holding a token); every wait is bounded.
+//! the endpoint counted, files holding a token); every wait is bounded. The harness is
+//! [`crate::fleet_kit`].
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use crate::fleet_kit::{Fleet, Setup, WAIT};
+use crate::kit::{fingerprint, register_last_issued};
 
-use crate::kit::{exit, fingerprint, register_last_issued, run, spawn, ChatgptCreds, Running};
-use codex_store_tests::codex_sim::refresh_token_on_disk;
-use codex_store_tests::etcd::EtcdCluster;
-use codex_store_tests::fake_idp::FakeIdp;
-use codex_store_tests::tcp_proxy::TcpProxy;
-use tempfile::TempDir;
-
-const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-const LEAD: i64 = 310;
-/// Tokens issued for this long: the agents (lead 310 s) rotate 3 s after each issue.
-const LIFETIME: i64 = LEAD + 3;
 /// Tokens issued for this long are not due again during a test.
 const LONG_LIFETIME: i64 = 2 * 3600;
-/// The bound on any one wait; it only turns a hang into a failure.
-const WAIT: Duration = Duration::from_secs(30);
 
-/// One simulated machine: its home, its link to etcd, its agent.
-struct Machine {
-    name: String,
-    home: TempDir,
-    link: TcpProxy,
-    agent: Option<Running>,
-}
-
-/// Machines on one fleet, on a one-member etcd.
-struct Fleet {
-    machines: Vec<Machine>,
-    idp: FakeIdp,
-    creds: ChatgptCreds,
-    prefix: String,
-    cluster: EtcdCluster,
+/// `m` machines on a one-member etcd, the fleet seeded from machine 0 with a login due for the
+/// agents in `due_in` seconds; no agent runs yet.
+fn new_fleet(m: usize, due_in: i64) -> Fleet {
+    Fleet::start(Setup {
+        tag: "history",
+        stop_within: WAIT,
+        ..Setup::rotating(1, m, due_in)
+    })
 }
 
 impl Fleet {
-    /// `m` machines, the fleet seeded from machine 0 with a login due for the agents in `due_in`
-    /// seconds; no agent runs yet.
-    fn new(m: usize, due_in: i64) -> Fleet {
-        let cluster = EtcdCluster::start(1);
-        let creds = ChatgptCreds::expiring_in(LEAD + due_in);
-        let idp = creds.start_idp();
-        idp.set_access_token_lifetime(LIFETIME);
-        let prefix = format!("/codex-store-tests/{}", crate::kit::unique("history"));
-        let machines = (0..m)
-            .map(|i| Machine {
-                name: format!("machine-{i}"),
-                home: crate::kit::temp_home(),
-                link: TcpProxy::start(cluster.endpoint(0).trim_start_matches("http://")),
-                agent: None,
-            })
-            .collect();
-        let fleet = Fleet {
-            machines,
-            idp,
-            creds,
-            prefix,
-            cluster,
-        };
-        fleet.creds.write_to(fleet.machines[0].home.path());
-        fleet
-            .run_on(0, &["fleet", "seed"])
-            .expect_code(exit::OK, "seeding the fleet failed");
-        fleet
-    }
-
-    /// `rest`, then the fleet options of machine `i`.
-    fn args(&self, i: usize, rest: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = rest.iter().map(|a| (*a).to_owned()).collect();
-        args.extend(
-            [
-                "--fleet",
-                &self.machines[i].link.url(),
-                "--fleet-prefix",
-                &self.prefix,
-                "--machine",
-                &self.machines[i].name,
-                "--fleet-lock-ttl",
-                "3s",
-                "--http-timeout",
-                "4s",
-                "--reuse-wait",
-                "3s",
-            ]
-            .map(str::to_owned),
-        );
-        args
-    }
-
-    /// `codex-store ARGS... --fleet ...` on machine `i`, to the end.
-    fn run_on(&self, i: usize, rest: &[&str]) -> crate::kit::CliOutput {
-        let args = self.args(i, rest);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(self.machines[i].home.path(), &args, None, &[])
-    }
-
-    fn start_all(&mut self) {
-        for i in 0..self.machines.len() {
-            let args = self.args(i, &["agent", "--lead", "310"]);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let url = self.idp.url();
-            let agent = spawn(
-                self.machines[i].home.path(),
-                &args,
-                None,
-                &[(URL_ENV, &url)],
-            );
-            agent.wait_for_stderr_line("started");
-            self.machines[i].agent = Some(agent);
-        }
-    }
-
-    fn stop_all(&mut self) {
-        for machine in &mut self.machines {
-            let Some(agent) = machine.agent.take() else {
-                continue;
-            };
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(agent.id().to_string())
-                .status();
-            agent.finish(WAIT).expect_code(
-                exit::OK,
-                &format!("{}'s agent did not stop cleanly", machine.name),
-            );
-        }
-    }
-
-    fn agent_logs(&self) -> String {
-        self.machines
-            .iter()
-            .filter_map(|m| {
-                m.agent
-                    .as_ref()
-                    .map(|a| format!("{}:\n{}", m.name, a.stderr()))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Machine `i`'s agent's stderr so far.
-    fn stderr(&self, i: usize) -> String {
-        self.machines[i]
-            .agent
-            .as_ref()
-            .map(Running::stderr)
-            .unwrap_or_default()
-    }
-
     /// Waits until every machine's auth.json holds the endpoint's live refresh token. Panics
     /// after [`WAIT`], naming the machines that lag.
-    fn wait_all_live(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let live = self.idp.current_refresh_token();
-            let lagging: Vec<&str> = self
-                .machines
-                .iter()
-                .filter(|m| refresh_token_on_disk(m.home.path()).as_deref() != Some(live.as_str()))
-                .map(|m| m.name.as_str())
-                .collect();
-            if lagging.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
+    fn wait_all_live_or_lost(&self) {
+        self.wait_all_live_within(WAIT, |lagging, live| {
+            format!(
                 "{lagging:?} do not hold the live token (refresh {}) {WAIT:?} after the \
                  rotation: it is lost there; agents:\n{}",
-                fingerprint(&live),
+                fingerprint(live),
                 self.agent_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until the endpoint rotated `n` times in all.
-    fn wait_rotations(&self, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.idp.successes() < n {
-            assert!(
-                Instant::now() < deadline,
-                "the fleet rotated {} time(s) in {WAIT:?}, expected {n}; agents:\n{}",
-                self.idp.successes(),
-                self.agent_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until one of the machines prints, after the first `since[i]` bytes of its stderr,
-    /// a line that `wanted` accepts (`expecting` says which, for the failure); returns the
-    /// machine and the line.
-    fn wait_for_line_after(
-        &self,
-        since: &[usize],
-        expecting: &str,
-        wanted: impl Fn(&str) -> bool,
-    ) -> (usize, String) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for (i, from) in since.iter().enumerate() {
-                let stderr = self.stderr(i);
-                let found = stderr
-                    .get(*from..)
-                    .unwrap_or_default()
-                    .lines()
-                    .find(|line| wanted(line))
-                    .map(str::to_owned);
-                if let Some(line) = found {
-                    return (i, line);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no machine printed {expecting} within {WAIT:?}; agents:\n{}",
-                self.agent_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The lengths of every machine's stderr now: where "after this" starts.
-    fn stderr_marks(&self) -> Vec<usize> {
-        (0..self.machines.len())
-            .map(|i| self.stderr(i).len())
-            .collect()
-    }
-
-    /// The fingerprint of the fleet record's refresh token (from `inspect --fleet`).
-    fn record_refresh(&self) -> Option<String> {
-        self.run_on(0, &["inspect", "--json"]).json()["fleet"]["refresh_token"]
-            .as_str()
-            .map(str::to_owned)
-    }
-
-    /// The copies of auth.json kept beside it on machine `i` before the fleet's login replaced
-    /// it.
-    fn replaced_copies(&self, i: usize) -> Vec<PathBuf> {
-        std::fs::read_dir(self.machines[i].home.path())
-            .expect("list a machine's home")
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("auth.json.fleet-replaced.")
-            })
-            .map(|e| e.path())
-            .collect()
-    }
-
-    fn auth_json(&self, i: usize) -> PathBuf {
-        self.machines[i].home.path().join("auth.json")
+            )
+        });
     }
 
     /// The guarantees after a run: one request per rotation, no refresh token presented twice.
     #[track_caller]
-    fn assert_one_request_per_rotation(&self) {
+    fn assert_no_dead_token_and_one_request_per_rotation(&self) {
         register_last_issued(&self.idp);
-        assert_eq!(
-            self.idp.reuse_refusals(),
-            0,
+        self.assert_no_reuse_refused(&format!(
             "a machine presented a used refresh token (the endpoint refused it {} time(s)): the \
-             fleet's login went back to a dead token; agents:\n{}",
-            self.idp.reuse_refusals(),
-            self.agent_logs()
-        );
-        assert_eq!(
-            self.idp.requests(),
-            self.idp.successes(),
-            "the endpoint read {} requests for {} rotations; agents:\n{}",
-            self.idp.requests(),
-            self.idp.successes(),
-            self.agent_logs()
-        );
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for machine in &mut self.machines {
-            if let Some(agent) = machine.agent.take() {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(agent.id().to_string())
-                    .status();
-            }
-        }
+             fleet's login went back to a dead token",
+            self.idp.reuse_refusals()
+        ));
+        self.assert_requests_are_rotations("");
     }
 }
 
 #[test]
 fn an_older_auth_json_restored_on_one_machine_is_kept_aside_and_never_replaces_the_live_token() {
-    let mut fleet = Fleet::new(3, 2);
+    let mut fleet = new_fleet(3, 2);
     fleet.start_all();
     fleet.wait_rotations(1);
     // The second rotation's token lives long: it is the last one of the test.
     fleet.idp.set_access_token_lifetime(LONG_LIFETIME);
-    fleet.wait_all_live();
+    fleet.wait_all_live_or_lost();
     // A backup of machine 1's auth.json, taken between the two rotations.
     let backup = std::fs::read(fleet.auth_json(1)).expect("read machine 1's auth.json");
     let old = fleet.idp.current_refresh_token();
     fleet.wait_rotations(2);
-    fleet.wait_all_live();
+    fleet.wait_all_live_or_lost();
     let live = fleet.idp.current_refresh_token();
     assert_ne!(
         fingerprint(&old),
@@ -349,7 +101,7 @@ fn an_older_auth_json_restored_on_one_machine_is_kept_aside_and_never_replaces_t
         fingerprint(&live),
         fleet.machines[reporter].name
     );
-    fleet.wait_all_live();
+    fleet.wait_all_live_or_lost();
     assert_eq!(
         fleet.record_refresh(),
         Some(fingerprint(&live)),
@@ -375,12 +127,12 @@ fn an_older_auth_json_restored_on_one_machine_is_kept_aside_and_never_replaces_t
         );
     }
     fleet.stop_all();
-    fleet.assert_one_request_per_rotation();
+    fleet.assert_no_dead_token_and_one_request_per_rotation();
 }
 
 #[test]
 fn an_etcd_restored_from_a_snapshot_before_two_rotations_is_repaired_with_the_live_token() {
-    let mut fleet = Fleet::new(3, 2);
+    let mut fleet = new_fleet(3, 2);
     // The operator's backup of etcd, taken when the fleet was seeded.
     let backup_dir = crate::kit::temp_home();
     let snapshot = backup_dir.path().join("etcd.snapshot");
@@ -391,7 +143,7 @@ fn an_etcd_restored_from_a_snapshot_before_two_rotations_is_repaired_with_the_li
     // The second rotation's token lives long: it is the last one of the test.
     fleet.idp.set_access_token_lifetime(LONG_LIFETIME);
     fleet.wait_rotations(2);
-    fleet.wait_all_live();
+    fleet.wait_all_live_or_lost();
     let live = fleet.idp.current_refresh_token();
 
     let marks = fleet.stderr_marks();
@@ -421,7 +173,7 @@ fn an_etcd_restored_from_a_snapshot_before_two_rotations_is_repaired_with_the_li
         fingerprint(&live),
         fleet.agent_logs()
     );
-    fleet.wait_all_live();
+    fleet.wait_all_live_or_lost();
     assert_eq!(
         fleet.record_refresh(),
         Some(fingerprint(&live)),
@@ -440,5 +192,5 @@ fn an_etcd_restored_from_a_snapshot_before_two_rotations_is_repaired_with_the_li
         );
     }
     fleet.stop_all();
-    fleet.assert_one_request_per_rotation();
+    fleet.assert_no_dead_token_and_one_request_per_rotation();
 }

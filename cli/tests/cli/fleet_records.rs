@@ -4,215 +4,42 @@
 //! server on loopback.
 //!
 //! Orders are made by waiting for events (agent lines on stderr, files, etcd's state, requests
-//! the endpoint counted); every wait is bounded, and only turns a hang into a failure.
+//! the endpoint counted); every wait is bounded, and only turns a hang into a failure. The
+//! harness is [`crate::fleet_kit`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::kit::{exit, fingerprint, run, spawn, unique, ChatgptCreds, CliOutput, Running};
+use crate::fleet_kit::{Fleet, Setup, LEAD, URL_ENV, WAIT};
+use crate::kit::{exit, fingerprint, run, spawn, ChatgptCreds};
 use codex_store_tests::codex_sim::refresh_token_on_disk;
-use codex_store_tests::etcd::EtcdCluster;
-use codex_store_tests::fake_idp::FakeIdp;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-/// The agents' lead, in seconds (just over Codex's 5 minutes).
-const LEAD: i64 = 310;
-/// The bound on any one wait; it only turns a hang into a failure.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// One simulated machine: its home and its agent.
-struct Machine {
-    name: String,
-    home: TempDir,
-    agent: Option<Running>,
+/// `m` machines on a one-member etcd, reaching it directly, seeded from machine 0; the login's
+/// access token expires in `expires_in` seconds, the endpoint's in two hours; `extra` options
+/// for every command of every machine.
+fn new_fleet(m: usize, expires_in: i64, extra: &[&str]) -> Fleet {
+    Fleet::start(Setup {
+        members: 1,
+        machines: m,
+        expires_in,
+        lifetime: 3600 * 2,
+        tag: "records",
+        links: false,
+        options: extra.iter().map(|e| (*e).to_owned()).collect(),
+        stop_within: WAIT,
+    })
 }
 
-/// Machines on one fleet of a one-member etcd, seeded from machine 0.
-struct Fleet {
-    cluster: EtcdCluster,
-    idp: FakeIdp,
-    creds: ChatgptCreds,
-    prefix: String,
-    machines: Vec<Machine>,
-    /// Options every command of every machine gets, after the fleet's.
-    extra: Vec<String>,
-}
-
-impl Fleet {
-    /// `m` machines; the login's access token expires in `expires_in` seconds; `extra` options.
-    fn new(m: usize, expires_in: i64, extra: &[&str]) -> Fleet {
-        let cluster = EtcdCluster::start(1);
-        let creds = ChatgptCreds::expiring_in(expires_in);
-        let idp = creds.start_idp();
-        idp.set_access_token_lifetime(3600 * 2);
-        let fleet = Fleet {
-            cluster,
-            idp,
-            creds,
-            prefix: format!("/codex-store-tests/{}", unique("records")),
-            machines: (0..m)
-                .map(|i| Machine {
-                    name: format!("machine-{i}"),
-                    home: crate::kit::temp_home(),
-                    agent: None,
-                })
-                .collect(),
-            extra: extra.iter().map(|e| (*e).to_owned()).collect(),
-        };
-        fleet.creds.write_to(fleet.home(0));
-        fleet
-            .run_on(0, &["fleet", "seed"], None)
-            .expect_code(exit::OK, "seeding the fleet failed");
-        fleet
-    }
-
-    fn home(&self, i: usize) -> &std::path::Path {
-        self.machines[i].home.path()
-    }
-
-    /// `rest`, then the fleet options of machine `i`.
-    fn args(&self, i: usize, rest: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = rest.iter().map(|a| (*a).to_owned()).collect();
-        args.extend([
-            "--fleet".to_owned(),
-            self.cluster.endpoint(0),
-            "--fleet-prefix".to_owned(),
-            self.prefix.clone(),
-            "--machine".to_owned(),
-            self.machines[i].name.clone(),
-        ]);
-        args.extend(self.extra.iter().cloned());
-        args
-    }
-
-    /// `codex-store ARGS... --fleet ...` on machine `i`, to the end.
-    fn run_on(&self, i: usize, rest: &[&str], stdin: Option<&str>) -> CliOutput {
-        let args = self.args(i, rest);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(self.home(i), &args, stdin, &[(URL_ENV, &self.idp.url())])
-    }
-
-    fn start_agent(&mut self, i: usize) {
-        let lead = format!("{LEAD}s");
-        let args = self.args(i, &["agent", "--lead", &lead]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = spawn(self.home(i), &args, None, &[(URL_ENV, &self.idp.url())]);
-        agent.wait_for_stderr_line("started");
-        self.machines[i].agent = Some(agent);
-    }
-
-    fn agent(&self, i: usize) -> &Running {
-        self.machines[i].agent.as_ref().expect("a running agent")
-    }
-
-    /// Waits for machine `i`'s agent's next stderr line containing `needle`.
-    fn expect_event(&self, i: usize, needle: &str) -> String {
-        self.agent(i).wait_for_stderr_line(needle)
-    }
-
-    fn stop_agent(&mut self, i: usize) -> String {
-        let Some(agent) = self.machines[i].agent.take() else {
-            return String::new();
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(agent.id().to_string())
-            .status();
-        let out = agent.finish(WAIT);
-        out.expect_code(
-            exit::OK,
-            &format!("{}'s agent did not stop cleanly", self.machines[i].name),
-        );
-        out.stderr
-    }
-
-    fn logs(&self) -> String {
-        self.machines
-            .iter()
-            .filter_map(|m| {
-                m.agent
-                    .as_ref()
-                    .map(|a| format!("{}:\n{}", m.name, a.stderr()))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits until `done` holds, at most [`WAIT`]; panics with `what` and the agents' logs.
-    #[track_caller]
-    fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} within {WAIT:?}; agents:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Writes `value` under `<prefix>/<name>` directly in etcd (on `lease`, if any).
-    fn put(&self, name: &str, value: &[u8], lease: Option<&str>) {
-        let mut body = json!({
-            "key": base64_of(format!("{}/{name}", self.prefix)),
-            "value": base64_of(value),
-        });
-        if let Some(lease) = lease {
-            body["lease"] = json!(lease);
-        }
-        let answer = self.cluster.post(0, "/v3/kv/put", &body);
-        assert!(
-            answer.as_ref().is_some_and(|a| a.get("error").is_none()),
-            "could not write {name} in etcd: {answer:?}"
-        );
-    }
-
-    /// A lease of `ttl` seconds that nobody renews; its id.
-    fn lease(&self, ttl: u64) -> String {
-        self.cluster
-            .post(0, "/v3/lease/grant", &json!({"TTL": ttl.to_string()}))
-            .and_then(|v| v.get("ID").and_then(Value::as_str).map(str::to_owned))
-            .expect("a lease from etcd")
-    }
-
-    /// `inspect --json --fleet` on machine `i`.
-    fn inspect(&self, i: usize) -> Value {
-        let out = self.run_on(i, &["inspect", "--json"], None);
-        out.expect_code(exit::OK, "inspect --fleet must report");
-        out.json()
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for machine in &mut self.machines {
-            if let Some(agent) = machine.agent.take() {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(agent.id().to_string())
-                    .status();
-            }
-        }
-    }
-}
-
-fn base64_of(bytes: impl AsRef<[u8]>) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// The copies `auth.json.fleet-replaced.*` in `home`, their contents.
-fn replaced_copies(home: &std::path::Path) -> Vec<String> {
-    crate::kit::entries_starting_with(home, "auth.json.fleet-replaced.")
+/// The copies `auth.json.fleet-replaced.*` on machine `i`, their contents.
+fn replaced_copies(fleet: &Fleet, i: usize) -> Vec<String> {
+    fleet
+        .replaced_copies(i)
         .iter()
-        .map(|name| std::fs::read_to_string(home.join(name)).unwrap_or_default())
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
         .collect()
 }
 
@@ -226,14 +53,14 @@ fn auth_text(home: &std::path::Path) -> Option<String> {
 
 #[test]
 fn after_logout_on_the_fleet_from_a_machine_whose_agent_runs_the_next_fleet_login_reaches_it_too() {
-    let mut fleet = Fleet::new(2, 3600, &[]);
+    let mut fleet = new_fleet(2, 3600, &[]);
     fleet.start_agent(0);
     fleet.start_agent(1);
     fleet.expect_event(1, "mirrored:");
     // Signed out from machine 1 itself: the command removes its auth.json right after the
     // record, before its agent can mirror the sign-out.
     fleet
-        .run_on(1, &["logout"], None)
+        .run_on(1, &["logout"])
         .expect_code(exit::OK, "logout --fleet failed");
     fleet.expect_event(1, "idle (fleet_");
     fleet.wait_until("machine 0 is not signed out by logout --fleet", || {
@@ -241,7 +68,7 @@ fn after_logout_on_the_fleet_from_a_machine_whose_agent_runs_the_next_fleet_logi
     });
     let key = crate::kit::api_key();
     fleet
-        .run_on(0, &["login", "--with-api-key"], Some(&key))
+        .run_with_input(0, &["login", "--with-api-key"], Some(&key))
         .expect_code(exit::OK, "login --with-api-key --fleet failed");
     fleet.wait_until(
         "machine 1, signed out with the fleet, did not take the fleet's next login",
@@ -255,16 +82,16 @@ fn after_logout_on_the_fleet_from_a_machine_whose_agent_runs_the_next_fleet_logi
 #[test]
 fn a_machine_whose_agent_was_stopped_through_logout_on_the_fleet_takes_the_next_fleet_login_when_it_restarts(
 ) {
-    let mut fleet = Fleet::new(2, 3600, &[]);
+    let mut fleet = new_fleet(2, 3600, &[]);
     fleet.start_agent(1);
     fleet.expect_event(1, "mirrored:");
     fleet.stop_agent(1);
     fleet
-        .run_on(1, &["logout"], None)
+        .run_on(1, &["logout"])
         .expect_code(exit::OK, "logout --fleet failed");
     let key = crate::kit::api_key();
     fleet
-        .run_on(0, &["login", "--with-api-key"], Some(&key))
+        .run_with_input(0, &["login", "--with-api-key"], Some(&key))
         .expect_code(exit::OK, "login --with-api-key --fleet failed");
     fleet.start_agent(1);
     fleet.wait_until(
@@ -426,7 +253,7 @@ fn an_endpoint_answering_200_with_what_is_not_etcds_is_an_error_for_every_comman
 
 #[test]
 fn a_synced_agent_restarted_behind_an_endpoint_that_is_not_etcd_keeps_auth_json_and_backs_off() {
-    let mut fleet = Fleet::new(1, 3600, &[]);
+    let mut fleet = new_fleet(1, 3600, &[]);
     fleet.start_agent(0);
     fleet.wait_until("machine 0 did not sync", || {
         fleet.home(0).join("auth.json.fleet").exists()
@@ -475,7 +302,7 @@ fn a_synced_agent_restarted_behind_an_endpoint_that_is_not_etcd_keeps_auth_json_
 #[test]
 fn a_record_without_usable_credentials_is_reported_never_mirrored_and_nothing_is_sent() {
     // Due for the agents: an empty refresh token would be sent at once if it were mirrored.
-    let mut fleet = Fleet::new(2, LEAD + 2, &[]);
+    let mut fleet = new_fleet(2, LEAD + 2, &[]);
     fleet.idp.set_delay(Duration::from_secs(3600));
     fleet.start_agent(1);
     fleet.expect_event(1, "mirrored:");
@@ -495,7 +322,7 @@ fn a_record_without_usable_credentials_is_reported_never_mirrored_and_nothing_is
             refresh_token_on_disk(fleet.home(1)),
             Some(live.clone()),
             "a record with {what} was written over machine 1's live login; its agent:\n{}",
-            fleet.logs()
+            fleet.agent_logs()
         );
         let report = fleet.inspect(0);
         let problem = report["fleet"]["record_problem"]
@@ -530,7 +357,7 @@ fn a_record_without_usable_credentials_is_reported_never_mirrored_and_nothing_is
 
 #[test]
 fn a_record_of_another_account_is_mirrored_keeping_the_login_it_replaces_beside_auth_json() {
-    let mut fleet = Fleet::new(2, 3600, &[]);
+    let mut fleet = new_fleet(2, 3600, &[]);
     fleet.start_agent(0);
     fleet.start_agent(1);
     fleet.expect_event(1, "mirrored:");
@@ -546,7 +373,7 @@ fn a_record_of_another_account_is_mirrored_keeping_the_login_it_replaces_beside_
             &format!("machine {i} did not take the fleet's new account"),
             || refresh_token_on_disk(fleet.home(i)) == Some(other.refresh_token.clone()),
         );
-        let copies = replaced_copies(fleet.home(i));
+        let copies = replaced_copies(&fleet, i);
         assert!(
             copies
                 .iter()
@@ -567,7 +394,7 @@ fn a_record_of_another_account_is_mirrored_keeping_the_login_it_replaces_beside_
 #[test]
 fn a_fleet_lock_held_by_a_hung_client_is_reported_naming_its_holder_and_the_coming_lapse() {
     // Due at once, and within Codex's own 5 minutes of expiry: near the lapse.
-    let mut fleet = Fleet::new(1, 290, &["--fleet-lock-ttl", "2s"]);
+    let mut fleet = new_fleet(1, 290, &["--fleet-lock-ttl", "2s"]);
     let lease = fleet.lease(3600);
     fleet.put("lock", b"hung-host pid 7\x1b[2J", Some(&lease));
     fleet.start_agent(0);
@@ -593,7 +420,7 @@ fn a_fleet_lock_held_by_a_hung_client_is_reported_naming_its_holder_and_the_comi
         since.is_some() && now >= since,
         "inspect --fleet must show since which revision the lock is held: {report}"
     );
-    let text = fleet.run_on(0, &["inspect"], None);
+    let text = fleet.run_on(0, &["inspect"]);
     text.expect_stdout_contains(
         &["since revision", "hung-host pid 7\\u{1b}"],
         "inspect --fleet must show the holder, escaped, and since when it holds the lock",
@@ -603,7 +430,7 @@ fn a_fleet_lock_held_by_a_hung_client_is_reported_naming_its_holder_and_the_comi
 
 #[test]
 fn inspect_reports_a_fleet_lock_on_no_lease_as_a_problem() {
-    let fleet = Fleet::new(1, 3600, &[]);
+    let fleet = new_fleet(1, 3600, &[]);
     fleet.put("lock", b"by hand", None);
     let report = fleet.inspect(0);
     let problems = report["problems"].to_string();
@@ -621,7 +448,7 @@ fn inspect_reports_a_fleet_lock_on_no_lease_as_a_problem() {
 fn a_reservation_on_a_lease_of_a_huge_ttl_holds_a_machine_back_only_up_to_its_own_maximum() {
     // This machine's own reservation: 2 s + 1 s + the margin, 6 s; it waits for another's at
     // most four times that.
-    let mut fleet = Fleet::new(1, LEAD + 1, &["--http-timeout", "2s", "--reuse-wait", "1s"]);
+    let mut fleet = new_fleet(1, LEAD + 1, &["--http-timeout", "2s", "--reuse-wait", "1s"]);
     let lease = fleet.lease(1_000_000);
     let mark = json!({
         "refresh": fingerprint(&fleet.creds.refresh_token),
@@ -636,7 +463,7 @@ fn a_reservation_on_a_lease_of_a_huge_ttl_holds_a_machine_back_only_up_to_its_ow
         fleet.idp.wait_for_requests(1, Duration::from_secs(60)),
         "the agent never sent its due token: a reservation on a lease of 1,000,000 s held it \
          back; its log:\n{}",
-        fleet.logs()
+        fleet.agent_logs()
     );
     let waited = started.elapsed();
     assert!(
@@ -657,7 +484,7 @@ fn a_reservation_on_a_lease_of_a_huge_ttl_holds_a_machine_back_only_up_to_its_ow
 
 #[test]
 fn agents_stopped_by_a_fleet_refusal_resume_when_fleet_seed_force_clears_it() {
-    let mut fleet = Fleet::new(2, LEAD + 1, &[]);
+    let mut fleet = new_fleet(2, LEAD + 1, &[]);
     // A refusal remembered for the fleet's live token (by a machine that met a misconfigured
     // endpoint, or written by hand): no machine sends it.
     let refusal = json!({
@@ -693,7 +520,7 @@ fn agents_stopped_by_a_fleet_refusal_resume_when_fleet_seed_force_clears_it() {
         fleet.idp.requests(),
         1,
         "after the seed the fleet must make one request; agents:\n{}",
-        fleet.logs()
+        fleet.agent_logs()
     );
     fleet.stop_agent(0);
     fleet.stop_agent(1);
@@ -706,7 +533,7 @@ fn agents_stopped_by_a_fleet_refusal_resume_when_fleet_seed_force_clears_it() {
 #[test]
 fn a_machine_that_missed_a_rotation_knows_from_its_parent_that_the_record_descends_from_its_token()
 {
-    let mut fleet = Fleet::new(2, LEAD + 3, &[]);
+    let mut fleet = new_fleet(2, LEAD + 3, &[]);
     fleet.start_agent(1);
     fleet.expect_event(1, "mirrored:");
     fleet.stop_agent(1);

@@ -4,156 +4,29 @@
 //! own that a test can cut, restore, or make hold a request.
 //!
 //! Orders are made by waiting for events (agent lines, the proxy holding a request, files
-//! holding a token); every wait is bounded, and only turns a hang into a failure.
+//! holding a token); every wait is bounded, and only turns a hang into a failure. The harness
+//! is [`crate::fleet_kit`].
 
 use std::time::{Duration, Instant};
 
-use crate::kit::{exit, fingerprint, run, spawn, unique, ChatgptCreds, CliOutput, Running};
-use codex_store_tests::codex_sim::refresh_token_on_disk;
+use crate::fleet_kit::{
+    enable_auth, etcd_get, etcd_put, new_prefix, record_refresh_token, Machine, WAIT,
+};
+use crate::kit::{exit, fingerprint, spawn, ChatgptCreds};
 use codex_store_tests::etcd::EtcdCluster;
-use codex_store_tests::tcp_proxy::TcpProxy;
-use serde_json::{json, Value};
-use tempfile::TempDir;
+use serde_json::json;
 
-/// The agents' lead (just over Codex's 5 minutes).
-const LEAD: &str = "310s";
-/// The bound on any one wait; it only turns a hang into a failure.
-const WAIT: Duration = Duration::from_secs(30);
 /// The agent's first retry delay after a failed step (`AgentConfig::default().retry_initial`).
 const STEP_RETRY_INITIAL: Duration = Duration::from_secs(2);
 /// The first delay before a failed watch of the fleet record is tried again (the agent's
 /// `WATCH_RETRY_INITIAL`).
 const WATCH_RETRY_INITIAL: Duration = Duration::from_secs(1);
 
-/// One machine: its home, its link to etcd, its agent.
-struct Machine {
-    name: String,
-    home: TempDir,
-    link: TcpProxy,
-    agent: Option<Running>,
-}
-
-impl Machine {
-    /// A machine whose link goes to `cluster`'s first member.
-    fn new(cluster: &EtcdCluster, name: &str) -> Machine {
-        Machine {
-            name: name.to_owned(),
-            home: crate::kit::temp_home(),
-            link: TcpProxy::start(cluster.endpoint(0).trim_start_matches("http://")),
-            agent: None,
-        }
-    }
-
-    /// `rest`, then the options of the fleet at `prefix` through this machine's link.
-    fn args(&self, prefix: &str, rest: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = rest.iter().map(|a| (*a).to_owned()).collect();
-        args.extend([
-            "--fleet".to_owned(),
-            self.link.url(),
-            "--fleet-prefix".to_owned(),
-            prefix.to_owned(),
-            "--machine".to_owned(),
-            self.name.clone(),
-        ]);
-        args
-    }
-
-    /// `codex-store ARGS... --fleet ...` on this machine, to the end.
-    fn run(&self, prefix: &str, rest: &[&str], envs: &[(&str, &str)]) -> CliOutput {
-        let args = self.args(prefix, rest);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(self.home.path(), &args, None, envs)
-    }
-
-    /// Starts this machine's agent on the fleet at `prefix` (with `extra` options and `envs`);
-    /// returns when it said `started`.
-    fn start_agent(&mut self, prefix: &str, extra: &[&str], envs: &[(&str, &str)]) {
-        let mut rest = vec!["agent", "--lead", LEAD];
-        rest.extend(extra);
-        let args = self.args(prefix, &rest);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = spawn(self.home.path(), &args, None, envs);
-        agent.wait_for_stderr_line("started");
-        self.agent = Some(agent);
-    }
-
-    fn agent(&self) -> &Running {
-        self.agent.as_ref().expect("a running agent")
-    }
-
-    /// Waits for the agent's next stderr line containing `needle`.
-    fn expect_event(&self, needle: &str) -> String {
-        self.agent().wait_for_stderr_line(needle)
-    }
-
-    /// Waits until auth.json holds `refresh`. Panics after [`WAIT`] with the agent's log.
-    fn wait_for_refresh_token(&self, refresh: &str, why: &str) {
-        let deadline = Instant::now() + WAIT;
-        while refresh_token_on_disk(self.home.path()).as_deref() != Some(refresh) {
-            assert!(
-                Instant::now() < deadline,
-                "{}: {why}: its auth.json does not hold the fleet's new login {WAIT:?} after the \
-                 seed; its agent:\n{}",
-                self.name,
-                self.agent().stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A prefix of its own for one test.
-fn new_prefix(tag: &str) -> String {
-    format!("/codex-store-tests/{}", unique(tag))
-}
-
-fn base64_of(bytes: impl AsRef<[u8]>) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn base64_decoded(text: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .expect("etcd answers base64")
-}
-
-/// The value and `mod_revision` of `key`, read from etcd directly (not through any link).
-fn etcd_get(cluster: &EtcdCluster, key: &str) -> Option<(Vec<u8>, i64)> {
-    let answer = cluster
-        .post(0, "/v3/kv/range", &json!({"key": base64_of(key)}))
-        .expect("etcd answers a range");
-    let kv = answer.get("kvs")?.as_array()?.first()?.clone();
-    let value = base64_decoded(kv["value"].as_str().unwrap_or(""));
-    let revision = kv["mod_revision"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .expect("a mod_revision");
-    Some((value, revision))
-}
-
-/// Puts `value` under `key` directly (a writer that is not the machine under test); etcd's
-/// revision after the put.
-fn etcd_put(cluster: &EtcdCluster, key: &str, value: impl AsRef<[u8]>) -> i64 {
-    let answer = cluster
-        .post(
-            0,
-            "/v3/kv/put",
-            &json!({"key": base64_of(key), "value": base64_of(value)}),
-        )
-        .expect("etcd answers a put");
-    answer["header"]["revision"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("a put answered without a revision: {answer}"))
-}
-
 /// Cuts `machine`'s link to etcd while its agent waits, until its agent reported that the watch
 /// failed and that a retry failed too (it keeps trying), then restores it.
 fn break_link_for_a_moment(machine: &Machine) {
     let before = machine.watch_failures();
-    machine.link.cut();
+    machine.link().cut();
     let deadline = Instant::now() + WAIT;
     while machine.watch_failures() < before + 2 {
         assert!(
@@ -166,18 +39,7 @@ fn break_link_for_a_moment(machine: &Machine) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    machine.link.restore();
-}
-
-impl Machine {
-    /// How many times the agent reported its watch of the fleet record failing so far.
-    fn watch_failures(&self) -> usize {
-        self.agent()
-            .stderr()
-            .lines()
-            .filter(|l| l.contains("failed (fleet_watch):") && l.contains("next attempt"))
-            .count()
-    }
+    machine.link().restore();
 }
 
 #[test]
@@ -193,7 +55,7 @@ fn an_idle_machine_whose_link_to_etcd_broke_for_a_moment_still_mirrors_a_later_s
         0o600,
     );
     seeder
-        .run(&prefix, &["fleet", "seed"], &[])
+        .run(&prefix, &["fleet", "seed"], None, &[])
         .expect_code(exit::OK, "seeding the fleet with an API key failed");
     let mut machine = Machine::new(&cluster, "machine-1");
     machine.start_agent(&prefix, &[], &[]);
@@ -205,7 +67,7 @@ fn an_idle_machine_whose_link_to_etcd_broke_for_a_moment_still_mirrors_a_later_s
     let creds = ChatgptCreds::fresh();
     creds.write_to(seeder.home.path());
     seeder
-        .run(&prefix, &["fleet", "seed", "--force"], &[])
+        .run(&prefix, &["fleet", "seed", "--force"], None, &[])
         .expect_code(exit::OK, "seeding the fleet with a new login failed");
     machine.wait_for_refresh_token(
         &creds.refresh_token,
@@ -224,7 +86,7 @@ fn a_refused_machine_whose_link_to_etcd_broke_for_a_moment_still_mirrors_a_later
     let seeder = Machine::new(&cluster, "seeder");
     refused.write_to(seeder.home.path());
     seeder
-        .run(&prefix, &["fleet", "seed"], &[])
+        .run(&prefix, &["fleet", "seed"], None, &[])
         .expect_code(exit::OK, "seeding the fleet failed");
     let refusal = json!({
         "refresh": fingerprint(&refused.refresh_token),
@@ -243,7 +105,7 @@ fn a_refused_machine_whose_link_to_etcd_broke_for_a_moment_still_mirrors_a_later
     let creds = ChatgptCreds::fresh();
     creds.write_to(seeder.home.path());
     seeder
-        .run(&prefix, &["fleet", "seed", "--force"], &[])
+        .run(&prefix, &["fleet", "seed", "--force"], None, &[])
         .expect_code(exit::OK, "seeding the fleet with a new login failed");
     machine.wait_for_refresh_token(
         &creds.refresh_token,
@@ -267,49 +129,6 @@ fn most_attempts(initial: Duration, window: Duration) -> u64 {
     attempts
 }
 
-/// Enables etcd's authentication with a root user and a user `codex` who may read and write
-/// `prefix/` only.
-fn enable_auth(cluster: &EtcdCluster, prefix: &str) {
-    let within = format!("{prefix}/");
-    let mut end = within.as_bytes().to_vec();
-    *end.last_mut().expect("a prefix") += 1;
-    let calls = [
-        (
-            "/v3/auth/user/add",
-            json!({"name": "root", "password": "root-pw"}),
-        ),
-        (
-            "/v3/auth/user/grant",
-            json!({"user": "root", "role": "root"}),
-        ),
-        ("/v3/auth/role/add", json!({"name": "codex"})),
-        (
-            "/v3/auth/role/grant",
-            json!({"name": "codex", "perm": {
-                "permType": "READWRITE",
-                "key": base64_of(&within),
-                "range_end": base64_of(&end),
-            }}),
-        ),
-        (
-            "/v3/auth/user/add",
-            json!({"name": "codex", "password": "codex-pw"}),
-        ),
-        (
-            "/v3/auth/user/grant",
-            json!({"user": "codex", "role": "codex"}),
-        ),
-        ("/v3/auth/enable", json!({})),
-    ];
-    for (path, body) in calls {
-        let answer: Option<Value> = cluster.post(0, path, &body);
-        assert!(
-            answer.as_ref().is_some_and(|a| a.get("error").is_none()),
-            "setting up etcd's authentication failed at {path}: {answer:?}"
-        );
-    }
-}
-
 #[test]
 fn an_agent_that_etcd_refuses_at_once_backs_off_instead_of_spinning() {
     let cluster = EtcdCluster::start(1);
@@ -318,7 +137,7 @@ fn an_agent_that_etcd_refuses_at_once_backs_off_instead_of_spinning() {
     let seeder = Machine::new(&cluster, "seeder");
     creds.write_to(seeder.home.path());
     seeder
-        .run(&prefix, &["fleet", "seed"], &[])
+        .run(&prefix, &["fleet", "seed"], None, &[])
         .expect_code(exit::OK, "seeding the fleet failed");
     enable_auth(&cluster, &prefix);
     // One agent with a wrong password (every attempt costs etcd a bcrypt check), one whose
@@ -347,7 +166,7 @@ fn an_agent_that_etcd_refuses_at_once_backs_off_instead_of_spinning() {
     for machine in [&wrong_password, &outside] {
         let log = machine.agent().stderr();
         let failures = log.lines().filter(|l| l.contains("failed (")).count() as u64;
-        let requests = machine.link.requests();
+        let requests = machine.link().requests();
         eprintln!(
             "{}: {failures} failures and {requests} etcd requests in {window:?} (at most {steps} \
              steps and {watches} watches)",
@@ -375,13 +194,6 @@ fn an_agent_that_etcd_refuses_at_once_backs_off_instead_of_spinning() {
     }
 }
 
-/// The record of `prefix`, parsed, from etcd directly.
-fn record_refresh_token(cluster: &EtcdCluster, prefix: &str) -> Option<String> {
-    let (value, _) = etcd_get(cluster, &format!("{prefix}/auth.json"))?;
-    let doc: Value = serde_json::from_slice(&value).ok()?;
-    doc["tokens"]["refresh_token"].as_str().map(str::to_owned)
-}
-
 #[test]
 fn a_forced_seed_racing_an_upload_keeps_the_upload_reports_the_conflict_and_leaves_a_reservation_alone(
 ) {
@@ -391,9 +203,11 @@ fn a_forced_seed_racing_an_upload_keeps_the_upload_reports_the_conflict_and_leav
     let machine = Machine::new(&cluster, "seeder");
     first.write_to(machine.home.path());
     machine
-        .run(&prefix, &["fleet", "seed"], &[])
+        .run(&prefix, &["fleet", "seed"], None, &[])
         .expect_code(exit::OK, "seeding the fleet failed");
-    let (_, read) = etcd_get(&cluster, &format!("{prefix}/auth.json")).expect("the record");
+    let read = etcd_get(&cluster, &format!("{prefix}/auth.json"))
+        .expect("the record")
+        .mod_revision;
     // A lock holder's reservation, its request in flight.
     let reservation_key = format!("{prefix}/redeeming");
     etcd_put(
@@ -407,12 +221,12 @@ fn a_forced_seed_racing_an_upload_keeps_the_upload_reports_the_conflict_and_leav
     // The seed of a new login reads the record, and its write is held on the way...
     let replacement = ChatgptCreds::fresh();
     replacement.write_to(machine.home.path());
-    machine.link.hold_request(machine.link.requests() + 2);
+    machine.link().hold_request(machine.link().requests() + 2);
     let args = machine.args(&prefix, &["fleet", "seed", "--force"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let seed = spawn(machine.home.path(), &args, None, &[]);
     assert!(
-        machine.link.wait_until_held(WAIT),
+        machine.link().wait_until_held(WAIT),
         "the seed never sent its second request (its write) within {WAIT:?}"
     );
     // ... while a machine uploads a rotation of the fleet's login.
@@ -422,7 +236,7 @@ fn a_forced_seed_racing_an_upload_keeps_the_upload_reports_the_conflict_and_leav
         &format!("{prefix}/auth.json"),
         uploaded.auth_json(),
     );
-    machine.link.release();
+    machine.link().release();
     let out = seed.finish(WAIT);
 
     out.expect_code(
@@ -450,7 +264,7 @@ fn a_forced_seed_racing_an_upload_keeps_the_upload_reports_the_conflict_and_leav
 
     // Run again, the seed replaces the login, and still leaves the reservation alone.
     machine
-        .run(&prefix, &["fleet", "seed", "--force"], &[])
+        .run(&prefix, &["fleet", "seed", "--force"], None, &[])
         .expect_code(exit::OK, "the seed run again failed");
     assert_eq!(
         record_refresh_token(&cluster, &prefix).as_deref(),

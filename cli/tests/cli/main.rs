@@ -6,6 +6,7 @@
 //! own package's binary paths, so they are taken from the same `target/<profile>/` directory as
 //! `codex-store` ([`kit::helper`]). `cargo test --workspace` builds them before any test runs.
 
+mod fleet_kit;
 mod kit;
 
 mod agent;
