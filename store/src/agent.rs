@@ -77,12 +77,18 @@ pub enum AgentPresence {
 }
 
 /// An agent's claim on a store: while it lives, no other agent can claim the store. Dropping it
-/// removes the status file and releases the claim.
+/// removes the status file (unless the claim file was removed or replaced meanwhile: then the
+/// status there is not this claim's) and releases the claim.
 #[derive(Debug)]
 pub struct AgentClaim {
     _lock: LockGuard,
+    lock_path: PathBuf,
+    /// The device and inode of the claim file this claim locked.
+    identity: Option<(u64, u64)>,
     status_path: PathBuf,
     temp_path: PathBuf,
+    /// Set by [`AgentClaim::abandon`]: release the lock, touch no file.
+    abandoned: bool,
 }
 
 impl Store {
@@ -143,10 +149,16 @@ impl Store {
                 pid,
             });
         };
+        // `try_acquire` checked that the path names the file it locked; what it names now is
+        // that file unless it was replaced in between (then the next `is_current` says so).
+        let identity = file_identity(&lock_path);
         let claim = AgentClaim {
             _lock: guard,
+            lock_path,
+            identity,
             status_path: self.agent_status_path(),
             temp_path: self.agent_status_temp_path(),
+            abandoned: false,
         };
         claim.publish(status)?;
         Ok(claim)
@@ -196,11 +208,38 @@ impl AgentClaim {
     }
 }
 
+impl AgentClaim {
+    /// Whether the claim file at its path is still the one this claim locked. It is not when the
+    /// file, or the whole directory, was removed or replaced while the agent ran (someone
+    /// re-created `CODEX_HOME`): then this claim keeps nobody out, `inspect` cannot see it, and
+    /// the agent must claim the store again ([`Store::claim_agent`]).
+    pub fn is_current(&self) -> bool {
+        self.identity.is_some() && file_identity(&self.lock_path) == self.identity
+    }
+
+    /// Releases a claim that is no longer current, leaving the files at its paths alone (they
+    /// may be another claim's now).
+    pub fn abandon(mut self) {
+        self.abandoned = true;
+    }
+}
+
 impl Drop for AgentClaim {
     fn drop(&mut self) {
+        if self.abandoned || !self.is_current() {
+            return;
+        }
         let _ = side_file::remove(&self.status_path);
         let _ = side_file::remove(&self.temp_path);
     }
+}
+
+/// The device and inode at `path` (not following a link), if there is a file.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// Whether a process with this id exists (a stale status file may name a dead agent).

@@ -10,6 +10,7 @@ mod fleet_kit;
 mod kit;
 
 mod agent;
+mod agent_hardening;
 mod codex_sim;
 mod coexistence;
 mod commands;

@@ -72,6 +72,28 @@ pub enum AgentEventKind {
         /// When the agent tries again (RFC 3339); `None`: not until the file changes.
         next_attempt: Option<String>,
     },
+    /// The agent left a state in which it sent nothing (idle, or refused): auth.json holds
+    /// credentials it keeps fresh again (a sign-in, or a new login after a refusal).
+    Resumed {
+        /// The state it left: `idle` or `refused`.
+        from: String,
+        /// Why it was idle (`signed_out`, `api_key`, ...); `None` after a refusal.
+        reason: Option<String>,
+        /// The access token's fingerprint.
+        access: String,
+        /// The refresh token's fingerprint.
+        refresh: Option<String>,
+        /// When the agent will refresh next (RFC 3339).
+        next_refresh: Option<String>,
+    },
+    /// The directory of auth.json, or the agent's claim file in it, was removed or replaced
+    /// while the agent ran: the agent claimed the store again and watches the new directory.
+    Reattached {
+        /// The file it keeps fresh.
+        auth_json: PathBuf,
+        /// What it found.
+        reason: String,
+    },
     /// Nothing to refresh until the file changes.
     Idle {
         /// Why: `signed_out`, `api_key`, `unsupported_mode`, `refused`.
@@ -100,13 +122,47 @@ pub(crate) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-fn or_dash(value: &Option<String>) -> &str {
-    value.as_deref().unwrap_or("-")
+/// `value`, or `-` for none, escaped ([`Escaped`]).
+fn or_dash(value: &Option<String>) -> Escaped<'_> {
+    Escaped(value.as_deref().unwrap_or("-"))
+}
+
+/// Text shown with every character that could end a line, move the cursor or drive a terminal
+/// (C0 and C1 controls, DEL, the Unicode line and paragraph separators, bidirectional
+/// overrides) written as a Rust escape (`\u{1b}`), so that a value from outside (a fleet
+/// record, an endpoint's answer, a path) can neither forge a log line nor send a terminal
+/// escape. The rest is shown as it is.
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
+
+impl Escaped<'_> {
+    fn needs_escape(c: char) -> bool {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    }
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(Self::needs_escape) {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            write!(f, "{}", c.escape_unicode())?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
 }
 
 impl fmt::Display for AgentEvent {
+    /// One line: every string field is shown [`Escaped`], whatever its origin (a message may
+    /// quote a fleet record, an endpoint's answer or a path).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ", self.at)?;
+        write!(f, "{} ", Escaped(&self.at))?;
         match &self.kind {
             AgentEventKind::Started {
                 pid,
@@ -115,7 +171,7 @@ impl fmt::Display for AgentEvent {
             } => write!(
                 f,
                 "started: pid {pid}, keeping {} fresh, refreshing {lead_seconds} s before expiry",
-                auth_json.display()
+                Escaped(&auth_json.to_string_lossy())
             ),
             AgentEventKind::Refreshed {
                 access,
@@ -123,7 +179,8 @@ impl fmt::Display for AgentEvent {
                 next_refresh,
             } => write!(
                 f,
-                "refreshed: access {access}, refresh {}, next refresh {}",
+                "refreshed: access {}, refresh {}, next refresh {}",
+                Escaped(access),
                 or_dash(refresh),
                 or_dash(next_refresh)
             ),
@@ -133,7 +190,8 @@ impl fmt::Display for AgentEvent {
                 next_refresh,
             } => write!(
                 f,
-                "adopted: another process wrote access {access}, refresh {}; next refresh {}",
+                "adopted: another process wrote access {}, refresh {}; next refresh {}",
+                Escaped(access),
                 or_dash(refresh),
                 or_dash(next_refresh)
             ),
@@ -151,15 +209,87 @@ impl fmt::Display for AgentEvent {
                 class,
                 message,
                 next_attempt,
-            } => match next_attempt {
-                Some(at) => write!(f, "failed ({class}): {message}; next attempt {at}"),
-                None => write!(
+            } => {
+                let (class, message) = (Escaped(class), Escaped(message));
+                match next_attempt {
+                    Some(at) => write!(
+                        f,
+                        "failed ({class}): {message}; next attempt {}",
+                        Escaped(at)
+                    ),
+                    None => write!(
+                        f,
+                        "failed ({class}): {message}; no further attempt until auth.json changes"
+                    ),
+                }
+            }
+            AgentEventKind::Resumed {
+                from,
+                reason,
+                access,
+                refresh,
+                next_refresh,
+            } => {
+                write!(f, "resumed: left {}", Escaped(from))?;
+                if let Some(reason) = reason {
+                    write!(f, " ({})", Escaped(reason))?;
+                }
+                write!(
                     f,
-                    "failed ({class}): {message}; no further attempt until auth.json changes"
-                ),
-            },
-            AgentEventKind::Idle { reason, hint } => write!(f, "idle ({reason}): {hint}"),
-            AgentEventKind::Stopped { reason } => write!(f, "stopped: {reason}"),
+                    ": auth.json holds credentials to keep fresh (access {}, refresh {}); next \
+                     refresh {}",
+                    Escaped(access),
+                    or_dash(refresh),
+                    or_dash(next_refresh)
+                )
+            }
+            AgentEventKind::Reattached { auth_json, reason } => write!(
+                f,
+                "reattached: {}; claimed again, keeping {} fresh",
+                Escaped(reason),
+                Escaped(&auth_json.to_string_lossy())
+            ),
+            AgentEventKind::Idle { reason, hint } => {
+                write!(f, "idle ({}): {}", Escaped(reason), Escaped(hint))
+            }
+            AgentEventKind::Stopped { reason } => write!(f, "stopped: {}", Escaped(reason)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_line_escapes_every_control_character_of_every_field() {
+        let event = AgentEvent {
+            at: "2026-01-01T00:00:00Z".into(),
+            kind: AgentEventKind::Failed {
+                class: "sign\u{7}_in".into(),
+                message: "x\u{1b}[2Jy\nFORGED line\r\u{85}\u{2028}\u{202e}".into(),
+                next_attempt: Some("soon\n".into()),
+            },
+        };
+        let line = event.to_string();
+        assert!(
+            !line.chars().any(Escaped::needs_escape),
+            "a control character reached the text line: {line:?}"
+        );
+        assert!(
+            line.contains("x\\u{1b}[2Jy\\u{a}FORGED line"),
+            "the escaped characters must stay visible: {line}"
+        );
+        let json = serde_json::to_string(&event).expect("an event serializes");
+        assert!(
+            !json.contains('\u{1b}') && !json.contains('\n'),
+            "JSON must carry the control characters escaped: {json}"
+        );
+    }
+
+    #[test]
+    fn ordinary_text_is_shown_as_it_is() {
+        let text = "the endpoint said \"no\" (`codex login`), é, \\path";
+        assert_eq!(Escaped(text).to_string(), text);
     }
 }

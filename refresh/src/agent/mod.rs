@@ -19,6 +19,7 @@ mod schedule;
 mod watch;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,8 +34,8 @@ use crate::protocol::Urgency;
 
 use event::rfc3339;
 pub use event::{AgentEvent, AgentEventKind};
-use schedule::{wake_at, Backoff};
-use watch::FileWatch;
+use schedule::{wake_at, Backoff, MAX_SLEEP};
+use watch::{Found, Home};
 
 /// Codex's own refresh window: it refreshes when the access token expires within 5 minutes.
 /// The agent's lead must exceed it.
@@ -47,6 +48,15 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// When another process holds the refresh lock, the agent looks again after this long (its
 /// write wakes the agent sooner).
 const BUSY_RETRY: Duration = Duration::from_secs(2);
+
+/// After a change of auth.json woke the agent, the next change wakes it this long after its last
+/// look at the earliest: a storm of changes (an editor, a sync tool) costs a few looks a second,
+/// and one change alone is looked at at once.
+const COALESCE: Duration = Duration::from_millis(100);
+
+/// When the directory of auth.json, or the agent's claim file, is missing: how long the agent
+/// waits (writing nothing) for a re-creation under way to finish before it decides.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// How the agent schedules its work.
 ///
@@ -111,6 +121,16 @@ pub enum AgentError {
     Refresh(#[from] RefreshError),
 }
 
+/// What [`Agent::keep_home`] found.
+enum Attachment {
+    /// The same directory, and the agent's claim in it.
+    Intact,
+    /// The store was claimed again, and its directory is watched anew: look at auth.json.
+    Reattached,
+    /// Asked to stop meanwhile.
+    Stop,
+}
+
 /// What the agent does next.
 enum Plan {
     /// Refresh at this time (the next due time, or the next retry).
@@ -151,6 +171,8 @@ pub struct Agent {
     not_before: Option<(codex_store::Generation, SystemTime)>,
     /// How long a `refresh_token_reused` answer waits for the rotation it means.
     reuse_wait: Duration,
+    /// The status last published: an unchanged status is not written again.
+    published: Option<AgentStatus>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -194,6 +216,7 @@ impl Agent {
             fleet: None,
             not_before: None,
             reuse_wait: manager_reuse_wait,
+            published: None,
         })
     }
 
@@ -221,10 +244,18 @@ impl Agent {
     /// sent; a request already sent is awaited (at most the HTTP timeout) so that its answer is
     /// saved, never lost. Nothing is left locked.
     ///
+    /// A storm of changes of auth.json costs the agent a few looks a second ([`COALESCE`]), and
+    /// a change that leaves the file as it was costs one read and nothing else. When the
+    /// directory of auth.json or the agent's claim file is removed or replaced while it runs
+    /// (checked on each wake, and at least every [`MAX_SLEEP`]), the agent claims the store
+    /// again and watches the new directory (a `reattached` event).
+    ///
     /// # Errors
     /// [`AgentError::Store`] with [`StoreError::AgentRunning`] when another agent runs for this
-    /// store (with its pid); [`AgentError::Watch`] when the directory cannot be watched. Refresh
-    /// failures are events, not errors.
+    /// store (with its pid), at the start or when the agent claims the store again;
+    /// [`AgentError::Watch`] when the directory cannot be watched, or was removed for good while
+    /// the agent ran. Refresh failures are events, not errors. A `stopped` event precedes every
+    /// return after `started`.
     ///
     /// # Security
     /// Events and the published status carry fingerprints of tokens, never tokens.
@@ -234,8 +265,10 @@ impl Agent {
         mut on_event: impl FnMut(&AgentEvent),
     ) -> Result<(), AgentError> {
         let store = self.manager.store().clone();
-        let claim = store.claim_agent(&AgentStatus::new(self.started, AgentState::Idle, None))?;
-        let mut watch = FileWatch::new(&watch::dir_of(store.path()), store.path())?;
+        let initial = AgentStatus::new(self.started, AgentState::Idle, None);
+        let mut claim = store.claim_agent(&initial)?;
+        self.published = Some(initial);
+        let mut home = Home::attach(store.path(), &store.agent_lock_path())?;
         on_event(&AgentEvent::now(AgentEventKind::Started {
             pid: std::process::id(),
             auth_json: store.path().to_path_buf(),
@@ -248,9 +281,30 @@ impl Agent {
         // finds the status (`inspect`) already telling the same.
         let mut pending: Vec<AgentEvent> = Vec::new();
         let mut fleet_watch = WatchRetry::new();
-        let reason = loop {
-            // Changes signalled before this look are covered by it.
-            watch.clear();
+        let ended: Result<&'static str, AgentError> = 'run: loop {
+            // Armed before every look, so that every change after the look began is signalled.
+            // A directory that cannot be watched any more was removed or replaced meanwhile.
+            if home.watch.arm().is_err() {
+                match self
+                    .keep_home(&mut claim, &mut home, &mut shutdown, &mut on_event)
+                    .await
+                {
+                    Err(e) => break Err(e),
+                    Ok(Attachment::Stop) => break Ok("asked to stop"),
+                    Ok(Attachment::Intact | Attachment::Reattached) => {}
+                }
+                if let Err(e) = home.watch.arm() {
+                    break Err(e);
+                }
+            }
+            // What this look starts from: a later wake finding the same generation looks no
+            // further.
+            let looked = store.generation().ok();
+            let mut last_look = tokio::time::Instant::now();
+            // Whether the fleet record's watch failed since this look: the agent may have missed
+            // a change of the record, so a change of auth.json, even to the same bytes, makes it
+            // look at the fleet again (once per failure, not at every touch).
+            let mut fleet_unsure = false;
             let plan = {
                 let mut collect = |event: &AgentEvent| pending.push(event.clone());
                 let step = self.step(&claim, &mut collect);
@@ -261,9 +315,9 @@ impl Agent {
                         // Nothing new is sent; an answer already on its way is saved first.
                         manager.stop_sending();
                         if tokio::time::timeout(grace, step).await.is_err() {
-                            break "asked to stop; the token endpoint did not answer the request in flight within the HTTP timeout";
+                            break 'run Ok("asked to stop; the token endpoint did not answer the request in flight within the HTTP timeout");
                         }
-                        break "asked to stop";
+                        break 'run Ok("asked to stop");
                     }
                 }
             };
@@ -278,34 +332,143 @@ impl Agent {
             self.publish(&claim, state, wake);
             pending.drain(..).for_each(|e| on_event(&e));
             let remote = self.fleet.as_ref().map(|f| (Arc::clone(&f.fleet), f.seen));
+            // The due time, or (with nothing due) the periodic check of the home.
+            let mut deadline = wake.map_or_else(|| std::time::Instant::now() + MAX_SLEEP, wake_at);
+            // While the watch is disarmed after a change: when to arm it and look again.
+            let mut rearm_at: Option<tokio::time::Instant> = None;
             // A failed watch of the fleet record is reported and retried after its backoff,
             // in every state, without a new step: a machine never goes deaf to the fleet.
-            let stop = loop {
+            loop {
                 tokio::select! {
-                    () = sleep_until(wake) => break false,
-                    () = watch.changed() => break false,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        match self.keep_home(&mut claim, &mut home, &mut shutdown, &mut on_event).await {
+                            Err(e) => break 'run Err(e),
+                            Ok(Attachment::Stop) => break 'run Ok("asked to stop"),
+                            Ok(Attachment::Reattached) => break,
+                            Ok(Attachment::Intact) if wake.is_some() => break,
+                            Ok(Attachment::Intact) => {
+                                deadline = std::time::Instant::now() + MAX_SLEEP;
+                                if rearm_at.is_none() {
+                                    if let Err(e) = home.watch.arm() {
+                                        break 'run Err(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    () = home.watch.changed() => {
+                        // Coalesced: nothing more is signalled (nor costs anything) until the
+                        // next look, at most every COALESCE.
+                        home.watch.disarm();
+                        rearm_at = Some(tokio::time::Instant::now().max(last_look + COALESCE));
+                    }
+                    () = sleep_until_some(rearm_at) => {
+                        rearm_at = None;
+                        match self.keep_home(&mut claim, &mut home, &mut shutdown, &mut on_event).await {
+                            Err(e) => break 'run Err(e),
+                            Ok(Attachment::Stop) => break 'run Ok("asked to stop"),
+                            Ok(Attachment::Reattached) => break,
+                            Ok(Attachment::Intact) => {}
+                        }
+                        if let Err(e) = home.watch.arm() {
+                            break 'run Err(e);
+                        }
+                        // The cheap check: an unchanged file (a touch, a rewrite of the same
+                        // bytes) costs this read and nothing else.
+                        last_look = tokio::time::Instant::now();
+                        if fleet_unsure || store.generation().ok() != looked {
+                            break;
+                        }
+                    }
                     failure = fleet_changed(remote.clone(), &mut fleet_watch) => match failure {
-                        None => break false,
-                        Some(event) => on_event(&event),
+                        None => break,
+                        Some(event) => {
+                            fleet_unsure = true;
+                            on_event(&event);
+                        }
                     },
-                    () = &mut shutdown => break true,
+                    () = &mut shutdown => break 'run Ok("asked to stop"),
                 }
-            };
-            if stop {
-                break "asked to stop";
             }
         };
         pending.drain(..).for_each(|e| on_event(&e));
-        on_event(&AgentEvent::now(AgentEventKind::Stopped {
-            reason: reason.to_owned(),
-        }));
+        let reason = match &ended {
+            Ok(reason) => (*reason).to_owned(),
+            Err(e) => e.to_string(),
+        };
+        on_event(&AgentEvent::now(AgentEventKind::Stopped { reason }));
+        // A claim that is no longer current removes nothing (the files are another's now).
         drop(claim);
-        Ok(())
+        ended.map(|_| ())
     }
 
-    fn publish(&self, claim: &AgentClaim, state: AgentState, next: Option<SystemTime>) {
-        if let Err(e) = claim.publish(&AgentStatus::new(self.started, state, next)) {
-            tracing::warn!(error = %e, "could not publish the agent's status");
+    /// Checks that the agent still watches, and holds the claim of, the directory of auth.json
+    /// ([`Home::check`]). A directory or claim file found missing may be in the middle of a
+    /// re-creation: the agent waits [`SETTLE`] (writing nothing) and looks again. A directory
+    /// replaced, or a claim file lost in the same directory: it claims the store again and
+    /// watches the directory now there.
+    ///
+    /// # Errors
+    /// [`AgentError::Watch`] when the directory is still gone after [`SETTLE`] or the new one
+    /// cannot be watched; [`AgentError::Store`] when the store cannot be claimed again, with
+    /// [`StoreError::AgentRunning`] when another agent claimed it meanwhile.
+    async fn keep_home<S: Future<Output = ()>>(
+        &mut self,
+        claim: &mut AgentClaim,
+        home: &mut Home,
+        shutdown: &mut Pin<&mut S>,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Result<Attachment, AgentError> {
+        let mut found = home.check(claim);
+        if matches!(found, Found::Gone | Found::ClaimLost) {
+            home.watch.disarm();
+            tokio::select! {
+                () = tokio::time::sleep(SETTLE) => {}
+                () = shutdown.as_mut() => return Ok(Attachment::Stop),
+            }
+            found = home.check(claim);
+        }
+        let reason = match found {
+            Found::Intact => return Ok(Attachment::Intact),
+            Found::Gone => {
+                return Err(AgentError::Watch {
+                    path: home.dir.clone(),
+                    reason: format!(
+                        "it was removed while the agent ran, and nothing replaced it within {} s \
+                         (start the agent again once it exists)",
+                        SETTLE.as_secs()
+                    ),
+                })
+            }
+            Found::Replaced => {
+                "the directory of auth.json was removed or replaced while the agent ran"
+            }
+            Found::ClaimLost => {
+                "the agent's claim file was removed or replaced while the agent ran"
+            }
+        };
+        let store = self.manager.store().clone();
+        let status = AgentStatus::new(self.started, AgentState::Idle, None);
+        let fresh = store.claim_agent(&status)?;
+        std::mem::replace(claim, fresh).abandon();
+        self.published = Some(status);
+        *home = Home::attach(store.path(), &store.agent_lock_path())?;
+        on_event(&AgentEvent::now(AgentEventKind::Reattached {
+            auth_json: store.path().to_path_buf(),
+            reason: reason.to_owned(),
+        }));
+        Ok(Attachment::Reattached)
+    }
+
+    /// Publishes the status, unless it is the one published last.
+    fn publish(&mut self, claim: &AgentClaim, state: AgentState, next: Option<SystemTime>) {
+        let status = AgentStatus::new(self.started, state, next);
+        if self.published.as_ref() == Some(&status) {
+            return;
+        }
+        match claim.publish(&status) {
+            Ok(()) => self.published = Some(status),
+            Err(e) => tracing::warn!(error = %e, "could not publish the agent's status"),
         }
     }
 
@@ -342,7 +505,7 @@ impl Agent {
                 on_event,
             ));
         }
-        self.idle = None;
+        let was_idle = self.idle.take();
         if let Some(before) = before.filter(|b| b.generation() != auth.generation()) {
             if before.refresh_fingerprint() != auth.refresh_fingerprint()
                 || before.bearer().fingerprint() != auth.bearer().fingerprint()
@@ -353,13 +516,24 @@ impl Agent {
         if self.refused == Some(auth.generation()) {
             return Some(Plan::UntilChange(AgentState::Refused));
         }
-        self.refused = None;
+        let was_refused = self.refused.take().is_some();
         let config = self.manager.config().clone();
         let mut due = auth.due_at(&config).unwrap_or(SystemTime::UNIX_EPOCH);
         if let Some((generation, not_before)) = self.not_before {
             if generation == auth.generation() {
                 due = due.max(not_before);
             }
+        }
+        // Leaving a state in which it sent nothing is an event of its own: the log's last word
+        // is never `idle` (or a refusal) while the agent works.
+        if was_idle.is_some() || was_refused {
+            on_event(&AgentEvent::now(AgentEventKind::Resumed {
+                from: if was_refused { "refused" } else { "idle" }.to_owned(),
+                reason: was_idle.filter(|_| !was_refused).map(str::to_owned),
+                access: auth.bearer().fingerprint(),
+                refresh: auth.refresh_fingerprint().map(str::to_owned),
+                next_refresh: Some(rfc3339(due.max(SystemTime::now()))),
+            }));
         }
         if due > SystemTime::now() {
             return Some(Plan::At(due, AgentState::Waiting));
@@ -582,9 +756,9 @@ async fn fleet_changed(
     }
 }
 
-async fn sleep_until(at: Option<SystemTime>) {
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(wake_at(at).into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
