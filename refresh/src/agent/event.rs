@@ -159,8 +159,8 @@ impl fmt::Display for Escaped<'_> {
 }
 
 impl fmt::Display for AgentEvent {
-    /// One line: every string field is shown [`Escaped`], whatever its origin (a message may
-    /// quote a fleet record, an endpoint's answer or a path).
+    /// One line: every string field is shown with its control characters escaped (`\u{1b}`),
+    /// whatever its origin (a message may quote a fleet record, an endpoint's answer or a path).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ", Escaped(&self.at))?;
         match &self.kind {

@@ -244,11 +244,11 @@ impl Agent {
     /// sent; a request already sent is awaited (at most the HTTP timeout) so that its answer is
     /// saved, never lost. Nothing is left locked.
     ///
-    /// A storm of changes of auth.json costs the agent a few looks a second ([`COALESCE`]), and
-    /// a change that leaves the file as it was costs one read and nothing else. When the
-    /// directory of auth.json or the agent's claim file is removed or replaced while it runs
-    /// (checked on each wake, and at least every [`MAX_SLEEP`]), the agent claims the store
-    /// again and watches the new directory (a `reattached` event).
+    /// A storm of changes of auth.json costs the agent a few looks a second (one per 100 ms at
+    /// most), and a change that leaves the file as it was costs one read and nothing else. When
+    /// the directory of auth.json or the agent's claim file is removed or replaced while it runs
+    /// (checked on each wake, and at least every 10 minutes), the agent claims the store again
+    /// and watches the new directory (a `reattached` event).
     ///
     /// # Errors
     /// [`AgentError::Store`] with [`StoreError::AgentRunning`] when another agent runs for this
