@@ -130,7 +130,10 @@ fn a_second_agent_exits_at_once_non_zero_naming_the_pid_of_the_agent_that_runs()
         None,
         &[(URL_ENV, &idp.url())],
     );
-    second.expect_code(exit::AGENT_RUNNING, "a second agent on one home must refuse to run");
+    second.expect_code(
+        exit::AGENT_RUNNING,
+        "a second agent on one home must refuse to run",
+    );
     second.expect_stderr_contains(
         &[
             "another codex-store agent already runs",
