@@ -417,16 +417,7 @@ pub(crate) fn rotation_files(path: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn fifo(path: &Path) {
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            path,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .expect("a FIFO");
-    }
+    use crate::side_file::make_fifo as fifo;
 
     #[test]
     fn in_place_leftovers_that_are_not_regular_files_are_removed_unread_and_a_real_one_is_finished()

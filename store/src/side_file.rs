@@ -178,6 +178,19 @@ pub fn sync_dir_of(path: &Path) -> io::Result<()> {
         .sync_all()
 }
 
+/// Makes a FIFO at `path`, for the tests of the store's side files.
+#[cfg(test)]
+pub(crate) fn make_fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("a FIFO");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,16 +227,7 @@ mod tests {
         );
     }
 
-    fn fifo(path: &Path) {
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            path,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .expect("a FIFO");
-    }
+    use super::make_fifo as fifo;
 
     #[test]
     fn a_durable_replace_goes_through_a_fifo_at_the_temp_name_and_replaces_one_at_the_file_name() {

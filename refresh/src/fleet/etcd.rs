@@ -368,26 +368,38 @@ impl Etcd {
         })
     }
 
-    /// POSTs `body` to `path` on the first endpoint that answers as etcd does (`check`);
-    /// authenticates first when credentials are configured.
-    async fn call(&self, path: &str, body: &Value, check: Check) -> Result<Value, FleetError> {
-        for attempt in 0..2 {
+    /// Runs `attempt` with an auth token when credentials are configured (authenticating first
+    /// when there is none), and once more after authenticating again when etcd says the token
+    /// expired or was revoked.
+    async fn authenticated<T, F>(&self, attempt: impl Fn() -> F) -> Result<T, FleetError>
+    where
+        F: std::future::Future<Output = Result<T, FleetError>>,
+    {
+        let mut retried = false;
+        loop {
             if self.username.is_some() && self.current_token().is_none() {
                 self.authenticate().await?;
             }
-            match self.call_once(path, body, check).await {
+            match attempt().await {
                 Err(FleetError::Etcd { message, code })
-                    if attempt == 0
+                    if !retried
                         && self.username.is_some()
                         && (code == 16 || message.contains("token")) =>
                 {
                     // An expired or revoked auth token: authenticate again, once.
                     *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    retried = true;
                 }
                 other => return other,
             }
         }
-        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers as etcd does (`check`);
+    /// authenticates first when credentials are configured.
+    async fn call(&self, path: &str, body: &Value, check: Check) -> Result<Value, FleetError> {
+        self.authenticated(|| self.call_once(path, body, check))
+            .await
     }
 
     /// A POST to `path` on `endpoint`, with the auth token when there is one.
@@ -656,23 +668,8 @@ impl Etcd {
         revision: i64,
         timeout: Duration,
     ) -> Result<Watched, FleetError> {
-        for attempt in 0..2 {
-            if self.username.is_some() && self.current_token().is_none() {
-                self.authenticate().await?;
-            }
-            match self.watch_once(key, revision, timeout).await {
-                Err(FleetError::Etcd { message, code })
-                    if attempt == 0
-                        && self.username.is_some()
-                        && (code == 16 || message.contains("token")) =>
-                {
-                    // An expired or revoked auth token: authenticate again, once.
-                    *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                }
-                other => return other,
-            }
-        }
-        unreachable!("the loop returns on its second attempt")
+        self.authenticated(|| self.watch_once(key, revision, timeout))
+            .await
     }
 
     async fn watch_once(
