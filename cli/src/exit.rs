@@ -87,13 +87,35 @@ impl Failure {
     pub fn report(self) -> ExitCode {
         if self.code != CLOSED_STDOUT {
             let mut err = io::stderr().lock();
-            let _ = writeln!(err, "codex-store: error: {}", self.message);
+            // Messages carry outside text (an etcd endpoint's error, a path): no control
+            // character reaches the terminal as such.
+            let _ = writeln!(
+                err,
+                "codex-store: error: {}",
+                escape_controls(&self.message)
+            );
             if let Some(hint) = self.hint {
                 let _ = writeln!(err, "hint: {hint}");
             }
         }
         ExitCode::from(self.code)
     }
+}
+
+/// `text` with its control characters (C0, DEL, C1) written as escapes (`\u{1b}`); everything
+/// else as it is.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = c.is_control();
+            let escaped: Vec<char> = if escape {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// The exit code of `agent` when another agent already runs for the home (the message names its

@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             .map(|g| g.to_string())
     };
     let before = generation(&manager);
-    if ctx.fleet_args().is_configured() {
+    if let Some(source) = crate::fleet::fleet_machine(ctx, manager.store()) {
         match manager.cached() {
             None => {
                 return Err(Failure::from(RefreshError::NotSignedIn {
@@ -68,7 +68,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             }
             Some(_) => {
                 return Err(crate::fleet::refuse_one_shot_refresh(
-                    ctx,
+                    &source,
                     &format!(
                         "not refreshing the login in {}",
                         manager.store().path().display()

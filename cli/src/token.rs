@@ -18,7 +18,7 @@ pub struct Args {}
 /// because a rotation made here alone would leave the fleet's record with a spent refresh token.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let manager = ctx.manager()?;
-    if ctx.fleet_args().is_configured() {
+    if let Some(source) = crate::fleet::fleet_machine(ctx, manager.store()) {
         // What `new` just read, without the refreshing path of `auth()`.
         let Some(auth) = manager.cached() else {
             return Err(Failure::from(RefreshError::NotSignedIn {
@@ -27,7 +27,7 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
         };
         if auth.is_due(SystemTime::now(), manager.config()) {
             return Err(crate::fleet::refuse_one_shot_refresh(
-                ctx,
+                &source,
                 &format!(
                     "the tokens in {} are due for a refresh",
                     manager.store().path().display()

@@ -330,3 +330,27 @@ fn the_shipped_systemd_unit_restarts_a_failed_agent_but_not_one_that_found_anoth
         "the launchd plist must restart the agent only when it fails, not after a clean stop"
     );
 }
+
+#[test]
+fn a_home_an_agent_synced_with_a_fleet_refuses_a_one_shot_refresh_even_with_no_fleet_option() {
+    // The fleet's options may live only in the agent's service unit: the home itself says it
+    // is on a fleet (`auth.json.fleet`, the agent's sync state).
+    let creds = ChatgptCreds::expired();
+    let home = temp_home();
+    creds.write_to(home.path());
+    std::fs::write(home.path().join("auth.json.fleet"), "{}").expect("write the sync state");
+    let idp = creds.start_idp();
+    let url = idp.url();
+    for args in [&["refresh"][..], &["token"][..]] {
+        let out = run(home.path(), args, None, &[(URL_ENV, url.as_str())]);
+        out.expect_code(
+            exit::FLEET_REFRESHES,
+            &format!("{args:?} on a home an agent synced with a fleet"),
+        )
+        .expect_stderr_contains(
+            &["auth.json.fleet"],
+            "the refusal must name the file that says this home is on a fleet",
+        );
+    }
+    idp.expect_requests(0, "a one-shot refresh on a fleet home sent a request");
+}

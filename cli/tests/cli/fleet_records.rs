@@ -614,3 +614,30 @@ fn a_fleet_ca_that_is_pem_but_no_certificate_is_named_with_what_is_wrong_with_it
         );
     }
 }
+
+#[test]
+fn an_endpoint_answering_with_control_characters_cannot_write_them_to_the_terminal() {
+    let body = r#"{"error":"etcdserver: \u001b]0;pwned\u0007 bad\nFORGED line","code":2,"message":"\u001b[2J\r\nFORGED too"}"#;
+    for content_type in ["application/json", "text/html"] {
+        let server = NotEtcd::start(content_type, body);
+        let creds = ChatgptCreds::fresh();
+        let home = crate::kit::temp_home();
+        creds.write_to(home.path());
+        for rest in [&["fleet", "seed"][..], &["logout"][..], &["inspect"][..]] {
+            let mut args = rest.to_vec();
+            args.extend(["--fleet", server.url.as_str()]);
+            let out = run(home.path(), &args, None, &[]);
+            let all = format!("{}{}", out.stdout, out.stderr);
+            assert!(
+                !all.contains('\u{1b}') && !all.contains('\u{7}') && !all.contains('\r'),
+                "{rest:?}: a control character from the endpoint reached the output\n{}",
+                out.describe()
+            );
+            assert!(
+                !all.lines().any(|l| l.starts_with("FORGED")),
+                "{rest:?}: the endpoint forged an output line\n{}",
+                out.describe()
+            );
+        }
+    }
+}

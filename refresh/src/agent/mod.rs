@@ -280,7 +280,7 @@ impl Agent {
         // Events are reported after the status is published, so that whoever reacts to an event
         // finds the status (`inspect`) already telling the same.
         let mut pending: Vec<AgentEvent> = Vec::new();
-        let mut fleet_watch = WatchRetry::new();
+        let fleet_watch = Arc::new(std::sync::Mutex::new(WatchRetry::new()));
         let ended: Result<&'static str, AgentError> = 'run: loop {
             // Armed before every look, so that every change after the look began is signalled.
             // A directory that cannot be watched any more was removed or replaced meanwhile.
@@ -337,7 +337,9 @@ impl Agent {
             // While the watch is disarmed after a change: when to arm it and look again.
             let mut rearm_at: Option<tokio::time::Instant> = None;
             // A failed watch of the fleet record is reported and retried after its backoff,
-            // in every state, without a new step: a machine never goes deaf to the fleet.
+            // in every state, without a new step: a machine never goes deaf to the fleet. One
+            // watch serves the whole wait (the other wakes of this loop do not open another).
+            let mut fleet_wait = Box::pin(fleet_changed(remote.clone(), Arc::clone(&fleet_watch)));
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline.into()) => {
@@ -380,11 +382,12 @@ impl Agent {
                             break;
                         }
                     }
-                    failure = fleet_changed(remote.clone(), &mut fleet_watch) => match failure {
+                    failure = &mut fleet_wait => match failure {
                         None => break,
                         Some(event) => {
                             fleet_unsure = true;
                             on_event(&event);
+                            fleet_wait = Box::pin(fleet_changed(remote.clone(), Arc::clone(&fleet_watch)));
                         }
                     },
                     () = &mut shutdown => break 'run Ok("asked to stop"),
@@ -713,24 +716,30 @@ impl WatchRetry {
 /// the backoff, so that a change made meanwhile is still seen. Never resolves without a fleet.
 async fn fleet_changed(
     remote: Option<(Arc<crate::fleet::Fleet>, i64)>,
-    retry: &mut WatchRetry,
+    retry: Arc<std::sync::Mutex<WatchRetry>>,
 ) -> Option<AgentEvent> {
     let Some((fleet, seen)) = remote else {
         return std::future::pending().await;
     };
-    if let Some(at) = retry.not_before {
+    let lock = || retry.lock().unwrap_or_else(|p| p.into_inner());
+    let (not_before, after) = {
+        let retry = lock();
+        let after = match retry.heard {
+            Some((from, revision)) if from == seen => revision.max(seen),
+            _ => seen,
+        };
+        (retry.not_before, after)
+    };
+    if let Some(at) = not_before {
         tokio::time::sleep_until(at).await;
     }
-    let after = match retry.heard {
-        Some((from, revision)) if from == seen => revision.max(seen),
-        _ => seen,
-    };
     let started = tokio::time::Instant::now();
-    match fleet
+    let watched = fleet
         .etcd
         .wait_change(&fleet.record_key(), after, schedule::MAX_SLEEP)
-        .await
-    {
+        .await;
+    let mut retry = lock();
+    match watched {
         Ok(watched) => {
             retry.backoff.reset();
             retry.not_before = None;

@@ -102,10 +102,11 @@ impl FileWatch {
     /// # Errors
     /// [`AgentError::Watch`] when the directory cannot be watched (it was removed).
     pub(crate) fn arm(&mut self) -> Result<(), AgentError> {
-        self.clear();
         if self.is_armed() {
+            // Armed already: a change it signalled is still to be looked at, never dropped.
             return Ok(());
         }
+        self.clear();
         self.watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(|e| watch_error(&self.dir, e))?;
