@@ -734,3 +734,55 @@ fn a_copy_of_an_older_login_with_a_token_this_machine_never_saw_is_not_uploaded(
     );
     fleet.stop_all();
 }
+
+#[test]
+fn a_storm_of_local_changes_opens_no_new_etcd_watches_on_a_fleet_machine() {
+    // Tokens not due for a long while: only the storm happens.
+    let mut fleet = Fleet::new(1, 1, 3600);
+    fleet.idp.set_access_token_lifetime(3600 * 2);
+    fleet.start_all();
+    fleet.wait_all_live();
+    let auth = fleet.home(0).join("auth.json");
+    // Let the agent settle into its wait (its first watch is open), then count.
+    let deadline = Instant::now() + WAIT;
+    while fleet.inspect(0)["agent"]["state"] != "waiting" {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never settled into waiting; agent:\n{}",
+            fleet.agent_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = fleet.machines[0].link().requests();
+    let started = Instant::now();
+    let mut touches = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &auth,
+            &rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_NOW,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_NOW,
+                },
+            },
+            rustix::fs::AtFlags::empty(),
+        )
+        .expect("touch auth.json");
+        touches += 1;
+    }
+    let during = fleet.machines[0].link().requests() - before;
+    // The agent looks at most every 100 ms: 20 looks in 2 s. Before, each look opened a new
+    // watch (a new etcd request, a new connection); now one watch serves the whole wait.
+    assert!(
+        during <= 4,
+        "{touches} touches of auth.json in 2 s made the agent send {during} etcd requests: a \
+         storm of local changes must not open new watches; agent:\n{}",
+        fleet.agent_logs()
+    );
+    fleet.stop_all();
+}
