@@ -31,6 +31,19 @@ impl Fleet {
         })
     }
 
+    /// Like [`Fleet::wait_all_live`], for a machine coming back from a fault (a cut link, a
+    /// stop): its next attempt waits out its backoff, so the bound is [`WAIT`], not the
+    /// propagation of a rotation between healthy machines.
+    fn wait_all_live_after_a_fault(&self) -> Duration {
+        self.wait_all_live_within(WAIT, |lagging, _| {
+            format!(
+                "{lagging:?} do not hold the live token {WAIT:?} after the fault ended; \
+                 agents:\n{}",
+                self.agent_logs()
+            )
+        })
+    }
+
     /// The guarantees after a run: one request per rotation, no reuse refusal.
     #[track_caller]
     fn assert_one_request_per_rotation(&self) {
@@ -578,7 +591,7 @@ fn in_flight_holder_is_waited_for(holder_timeout: &'static str, tamper: Option<i
     // Machine 0 gets its answer and saves it; once its link is back it uploads it.
     fleet.wait_live_on(0);
     fleet.machines[0].link().restore();
-    fleet.wait_all_live();
+    fleet.wait_all_live_after_a_fault();
     fleet.stop_all();
     fleet.assert_no_token_presented_twice();
     fleet.assert_one_request_per_rotation();
@@ -667,7 +680,7 @@ fn a_holder_stopped_between_its_reservation_and_its_request_sends_nothing_when_i
     fleet.wait_rotations(1);
     fleet.wait_live_on(1);
     signal("CONT");
-    fleet.wait_all_live();
+    fleet.wait_all_live_after_a_fault();
     fleet.stop_all();
     fleet.assert_no_token_presented_twice();
     fleet.assert_one_request_per_rotation();
