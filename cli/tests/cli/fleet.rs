@@ -19,6 +19,20 @@ use serde_json::json;
 const PROPAGATION: Duration = Duration::from_secs(10);
 
 impl Fleet {
+    /// Starts machine 0's agent alone against an endpoint that rotates the token on receipt and
+    /// answers after `answer_after`; returns once its request was read (it is in flight).
+    fn machine_0_in_flight(&mut self, answer_after: Duration) {
+        self.idp
+            .set_behavior(codex_store_tests::fake_idp::Behavior::late_winner(
+                answer_after,
+            ));
+        self.start_agent(0);
+        assert!(
+            self.idp.wait_for_requests(1, WAIT),
+            "machine 0 sent no refresh request"
+        );
+    }
+
     /// Waits until every machine's auth.json holds the endpoint's live refresh token; how long
     /// that took. Panics after [`PROPAGATION`], naming the machines that lag.
     fn wait_all_live(&self) -> Duration {
@@ -567,16 +581,7 @@ fn login_with_an_api_key_on_the_fleet_reaches_every_machine() {
 fn in_flight_holder_is_waited_for(holder_timeout: &'static str, tamper: Option<i64>) {
     let mut fleet = Fleet::new(1, 2, 1);
     fleet.machines[0].set_option("--http-timeout", holder_timeout);
-    fleet
-        .idp
-        .set_behavior(codex_store_tests::fake_idp::Behavior::late_winner(
-            Duration::from_secs(12),
-        ));
-    fleet.start_agent(0);
-    assert!(
-        fleet.idp.wait_for_requests(1, WAIT),
-        "machine 0 sent no refresh request"
-    );
+    fleet.machine_0_in_flight(Duration::from_secs(12));
     fleet.machines[0].link().cut();
     if let Some(offset) = tamper {
         let now = std::time::SystemTime::now();
@@ -612,16 +617,7 @@ fn a_holder_with_a_longer_http_timeout_than_the_next_is_waited_for_while_its_req
 fn a_dead_holder_whose_clock_runs_an_hour_ahead_holds_the_fleet_back_only_while_its_lease_lives() {
     let mut fleet = Fleet::new(1, 2, 1);
     // Rotated on receipt, answered long after the holder is gone: the answer is lost.
-    fleet
-        .idp
-        .set_behavior(codex_store_tests::fake_idp::Behavior::late_winner(
-            Duration::from_secs(60),
-        ));
-    fleet.start_agent(0);
-    assert!(
-        fleet.idp.wait_for_requests(1, WAIT),
-        "machine 0 sent no refresh request"
-    );
+    fleet.machine_0_in_flight(Duration::from_secs(60));
     fleet.date_redeeming(std::time::SystemTime::now() + Duration::from_secs(3600));
     fleet.kill_agent(0);
     fleet.start_agent(1);

@@ -42,6 +42,28 @@ fn break_link_for_a_moment(machine: &Machine) {
     machine.link().restore();
 }
 
+/// Breaks `machine`'s link for a moment ([`break_link_for_a_moment`]), then seeds the fleet
+/// with a new login from `seeder`: `machine`'s agent (`what`: idle, refused) must still hear it
+/// and mirror it.
+fn a_new_seed_after_a_broken_link_reaches(
+    machine: &Machine,
+    seeder: &Machine,
+    prefix: &str,
+    what: &str,
+) {
+    break_link_for_a_moment(machine);
+    let creds = ChatgptCreds::fresh();
+    creds.write_to(seeder.home.path());
+    seeder
+        .run(prefix, &["fleet", "seed", "--force"], None, &[])
+        .expect_code(exit::OK, "seeding the fleet with a new login failed");
+    machine.wait_for_refresh_token(
+        &creds.refresh_token,
+        &format!("{what} agent whose watch failed once never heard the new login"),
+    );
+    machine.expect_event("mirrored:");
+}
+
 #[test]
 fn an_idle_machine_whose_link_to_etcd_broke_for_a_moment_still_mirrors_a_later_seed() {
     let cluster = EtcdCluster::start(1);
@@ -62,18 +84,7 @@ fn an_idle_machine_whose_link_to_etcd_broke_for_a_moment_still_mirrors_a_later_s
     machine.expect_event("mirrored:");
     machine.expect_event("idle (api_key)");
 
-    break_link_for_a_moment(&machine);
-
-    let creds = ChatgptCreds::fresh();
-    creds.write_to(seeder.home.path());
-    seeder
-        .run(&prefix, &["fleet", "seed", "--force"], None, &[])
-        .expect_code(exit::OK, "seeding the fleet with a new login failed");
-    machine.wait_for_refresh_token(
-        &creds.refresh_token,
-        "an idle agent whose watch failed once never heard the new login",
-    );
-    machine.expect_event("mirrored:");
+    a_new_seed_after_a_broken_link_reaches(&machine, &seeder, &prefix, "an idle");
 }
 
 #[test]
@@ -100,18 +111,7 @@ fn a_refused_machine_whose_link_to_etcd_broke_for_a_moment_still_mirrors_a_later
     machine.expect_event("mirrored:");
     machine.expect_event("failed (sign_in_required)");
 
-    break_link_for_a_moment(&machine);
-
-    let creds = ChatgptCreds::fresh();
-    creds.write_to(seeder.home.path());
-    seeder
-        .run(&prefix, &["fleet", "seed", "--force"], None, &[])
-        .expect_code(exit::OK, "seeding the fleet with a new login failed");
-    machine.wait_for_refresh_token(
-        &creds.refresh_token,
-        "a refused agent whose watch failed once never heard the new login",
-    );
-    machine.expect_event("mirrored:");
+    a_new_seed_after_a_broken_link_reaches(&machine, &seeder, &prefix, "a refused");
 }
 
 /// The most attempts a retry schedule makes within `window` from its first: after the k-th

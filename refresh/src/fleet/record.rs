@@ -333,25 +333,13 @@ impl Fleet {
         if let Some(rev) = lock_revision {
             compare.push(Compare::CreateRevision(self.key("lock"), rev));
         }
-        let meta_bytes = serde_json::to_vec(meta).unwrap_or_default();
         let result = self
             .etcd
             .txn(
                 &compare,
-                &[
-                    Op::Put {
-                        key: key.clone(),
-                        value: doc.to_json(),
-                        lease: 0,
-                    },
-                    Op::Put {
-                        key: self.key("rotation"),
-                        value: meta_bytes,
-                        lease: 0,
-                    },
-                    // The reservation is left alone: it may be another holder's, of another
-                    // token; each holder ends its own (its lease) once its answer is uploaded.
-                ],
+                // The reservation is left alone: it may be another holder's, of another token;
+                // each holder ends its own (its lease) once its answer is uploaded.
+                &self.record_puts(doc, meta),
                 &[Op::Get(key)],
             )
             .await?;
@@ -366,6 +354,23 @@ impl Fleet {
             .map(|kv| self.parse(kv))
             .transpose()?;
         Ok(Err(current))
+    }
+
+    /// The puts of every write of the login: the document under the record key and who wrote
+    /// it, how, under `<prefix>/rotation`.
+    fn record_puts(&self, doc: &AuthDotJson, meta: &RotationMeta) -> [Op; 2] {
+        [
+            Op::Put {
+                key: self.record_key(),
+                value: doc.to_json(),
+                lease: 0,
+            },
+            Op::Put {
+                key: self.key("rotation"),
+                value: serde_json::to_vec(meta).unwrap_or_default(),
+                lease: 0,
+            },
+        ]
     }
 
     /// Seeds the fleet with `doc` (a local auth.json): only when the fleet holds no login,
@@ -406,19 +411,10 @@ impl Fleet {
             .etcd
             .txn(
                 &[Compare::ModRevision(key.clone(), read)],
-                &[
-                    Op::Put {
-                        key: key.clone(),
-                        value: doc.to_json(),
-                        lease: 0,
-                    },
-                    Op::Put {
-                        key: self.key("rotation"),
-                        value: serde_json::to_vec(&meta).unwrap_or_default(),
-                        lease: 0,
-                    },
-                    Op::Delete(self.key("refusal")),
-                ],
+                &{
+                    let [record, rotation] = self.record_puts(doc, &meta);
+                    [record, rotation, Op::Delete(self.key("refusal"))]
+                },
                 &[Op::Get(key.clone())],
             )
             .await?;
