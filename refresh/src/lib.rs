@@ -125,7 +125,10 @@ mod protocol;
 mod recovery;
 mod state;
 
-pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentEventKind, CODEX_REFRESH_WINDOW};
+pub use agent::{
+    Agent, AgentConfig, AgentError, AgentEvent, AgentEventKind, FailureClass, IdleReason,
+    ResumedFrom, CODEX_REFRESH_WINDOW,
+};
 pub use auth::{CodexAuth, Mode};
 pub use config::{RefreshConfig, WhileRefreshing, CLIENT_ID, DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 pub use due::refresh_due;

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::kinds::{FailureClass, IdleReason, ResumedFrom};
+
 /// One thing the agent did or saw. `Display` is the text line; `Serialize` is the JSON line.
 /// Tokens appear only as fingerprints ([`codex_store::Secret::fingerprint`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -64,9 +66,8 @@ pub enum AgentEventKind {
     },
     /// A refresh (or a read) failed.
     Failed {
-        /// `transient` (retried), `sign_in_required` (not retried for these credentials),
-        /// `lock_timeout`, `corrupt`, `other`.
-        class: String,
+        /// What kind of failure.
+        class: FailureClass,
         /// What went wrong and what to do (no secret).
         message: String,
         /// When the agent tries again (RFC 3339); `None`: not until the file changes.
@@ -75,10 +76,10 @@ pub enum AgentEventKind {
     /// The agent left a state in which it sent nothing (idle, or refused): auth.json holds
     /// credentials it keeps fresh again (a sign-in, or a new login after a refusal).
     Resumed {
-        /// The state it left: `idle` or `refused`.
-        from: String,
-        /// Why it was idle (`signed_out`, `api_key`, ...); `None` after a refusal.
-        reason: Option<String>,
+        /// The state it left.
+        from: ResumedFrom,
+        /// Why it was idle; `None` after a refusal.
+        reason: Option<IdleReason>,
         /// The access token's fingerprint.
         access: String,
         /// The refresh token's fingerprint.
@@ -96,8 +97,8 @@ pub enum AgentEventKind {
     },
     /// Nothing to refresh until the file changes.
     Idle {
-        /// Why: `signed_out`, `api_key`, `unsupported_mode`, `refused`.
-        reason: String,
+        /// Why.
+        reason: IdleReason,
         /// What the user can do.
         hint: String,
     },
@@ -210,7 +211,7 @@ impl fmt::Display for AgentEvent {
                 message,
                 next_attempt,
             } => {
-                let (class, message) = (Escaped(class), Escaped(message));
+                let message = Escaped(message);
                 match next_attempt {
                     Some(at) => write!(
                         f,
@@ -230,9 +231,9 @@ impl fmt::Display for AgentEvent {
                 refresh,
                 next_refresh,
             } => {
-                write!(f, "resumed: left {}", Escaped(from))?;
+                write!(f, "resumed: left {from}")?;
                 if let Some(reason) = reason {
-                    write!(f, " ({})", Escaped(reason))?;
+                    write!(f, " ({reason})")?;
                 }
                 write!(
                     f,
@@ -250,7 +251,7 @@ impl fmt::Display for AgentEvent {
                 Escaped(&auth_json.to_string_lossy())
             ),
             AgentEventKind::Idle { reason, hint } => {
-                write!(f, "idle ({}): {}", Escaped(reason), Escaped(hint))
+                write!(f, "idle ({reason}): {}", Escaped(hint))
             }
             AgentEventKind::Stopped { reason } => write!(f, "stopped: {}", Escaped(reason)),
         }
@@ -266,7 +267,7 @@ mod tests {
         let event = AgentEvent {
             at: "2026-01-01T00:00:00Z".into(),
             kind: AgentEventKind::Failed {
-                class: "sign\u{7}_in".into(),
+                class: FailureClass::SignInRequired,
                 message: "x\u{1b}[2Jy\nFORGED line\r\u{85}\u{2028}\u{202e}".into(),
                 next_attempt: Some("soon\n".into()),
             },

@@ -11,10 +11,11 @@ use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snaps
 
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
+use super::kinds::{FailureClass, IdleReason};
 use super::{Agent, Plan};
 use crate::boottime::BootInstant;
 use crate::error::{PermanentReason, RefreshError};
-use crate::fleet::{Fleet, FleetError, FleetRecord, LockHeld, RotationMeta};
+use crate::fleet::{Fleet, FleetError, FleetRecord, LockHeld, RotationKind, RotationMeta};
 use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
 
@@ -106,7 +107,7 @@ impl Agent {
         let delay = self.backoff.next_delay();
         let at = SystemTime::now() + delay;
         on_event(&AgentEvent::now(AgentEventKind::Failed {
-            class: "fleet".into(),
+            class: FailureClass::Fleet,
             message: error.to_string(),
             next_attempt: Some(rfc3339(at)),
         }));
@@ -194,10 +195,10 @@ impl Agent {
                     synced.revision,
                     synced.refresh.as_deref().unwrap_or("none")
                 );
-                if self.idle != Some("fleet_went_back") {
+                if self.idle != Some(IdleReason::FleetWentBack) {
                     tracing::warn!("{message}");
                 }
-                return self.go_idle("fleet_went_back", &message, on_event);
+                return self.go_idle(IdleReason::FleetWentBack, &message, on_event);
             }
             if local.auth().is_some() && synced.local_generation == local.generation().to_string() {
                 match store
@@ -206,8 +207,7 @@ impl Agent {
                 {
                     Ok(_) => {
                         self.remember_fleet_signed_out(store, revision);
-                        return self.go_idle(
-                            "fleet_signed_out",
+                        return self.go_idle(IdleReason::FleetSignedOut,
                             "the fleet's login was removed (logout --fleet): this machine is signed out too; seed the fleet again to resume",
                             on_event,
                         );
@@ -223,15 +223,13 @@ impl Agent {
                 if synced.local_generation != local.generation().to_string() {
                     self.remember_fleet_signed_out(store, revision);
                 }
-                return self.go_idle(
-                    "fleet_signed_out",
+                return self.go_idle(IdleReason::FleetSignedOut,
                     "the fleet's login was removed (logout --fleet) and this machine is signed out; the next fleet login (`fleet seed`, `login --fleet`) reaches it",
                     on_event,
                 );
             }
         }
-        self.go_idle(
-            "fleet_empty",
+        self.go_idle(IdleReason::FleetEmpty,
             "the fleet holds no login: seed it from a signed-in machine with `codex-store fleet seed --fleet ENDPOINTS`",
             on_event,
         )
@@ -275,11 +273,11 @@ impl Agent {
             sync.unusable_reported = Some(record.revision);
             tracing::warn!("{message}");
             // Reported again for every new revision, even if the idle reason stays.
-            if self.idle == Some("fleet_record_unusable") {
+            if self.idle == Some(IdleReason::FleetRecordUnusable) {
                 self.idle = None;
             }
         }
-        self.go_idle("fleet_record_unusable", &message, on_event)
+        self.go_idle(IdleReason::FleetRecordUnusable, &message, on_event)
     }
 
     /// Remembers that the record at `revision` and auth.json at `local` are in sync, the fleet's
@@ -393,7 +391,7 @@ impl Agent {
                     // known rotation to it (or a rotation this read does not describe): then
                     // auth.json is kept beside it.
                     let verified = rotation.is_some_and(|meta| {
-                        meta.kind != fleet_sync::UPLOADED_UNVERIFIED
+                        meta.kind != RotationKind::UploadedUnverified
                             && meta.refresh == record.refresh_fingerprint()
                     });
                     if verified {
@@ -477,7 +475,7 @@ impl Agent {
                 );
                 self.fleet.as_mut().expect("fleet mode").refused_at = Some(record.revision);
                 on_event(&AgentEvent::now(AgentEventKind::Failed {
-                    class: "sign_in_required".into(),
+                    class: FailureClass::SignInRequired,
                     message: format!(
                         "the token endpoint refused the fleet's refresh token ({}, seen by {}); \
                          no machine sends it again: sign in on one machine and seed the fleet \
@@ -620,8 +618,12 @@ impl Agent {
                     lock.release(fleet).await;
                     return Plan::Again;
                 };
-                let meta =
-                    RotationMeta::now(fleet, "refreshed", &doc, current.refresh_fingerprint());
+                let meta = RotationMeta::now(
+                    fleet,
+                    RotationKind::Refreshed,
+                    &doc,
+                    current.refresh_fingerprint(),
+                );
                 // Fenced: only over the revision this holder read, and only while it holds the
                 // lock; if the lease was lost meanwhile, the revision alone still fences it.
                 let mut put = fleet
@@ -712,7 +714,12 @@ impl Agent {
         reservation: Option<crate::fleet::record::Reservation>,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
-        let meta = RotationMeta::now(fleet, "refreshed", answer, current.refresh_fingerprint());
+        let meta = RotationMeta::now(
+            fleet,
+            RotationKind::Refreshed,
+            answer,
+            current.refresh_fingerprint(),
+        );
         let mut put = fleet
             .put_fenced(current.revision, Some(lock.revision), answer, &meta)
             .await;
@@ -737,7 +744,7 @@ impl Agent {
         let kept = fleet_sync::keep_copy(self.manager.store(), answer);
         let at = SystemTime::now() + self.backoff.next_delay();
         on_event(&AgentEvent::now(AgentEventKind::Failed {
-            class: "fleet".into(),
+            class: FailureClass::Fleet,
             message: format!(
                 "the new tokens of the fleet's refresh could not be uploaded ({why}) and \
                  auth.json here no longer takes them; they are kept in {}: run `codex-store \
@@ -814,7 +821,7 @@ impl Agent {
             );
             tracing::warn!("{message}");
             on_event(&AgentEvent::now(AgentEventKind::Failed {
-                class: "fleet_lock".into(),
+                class: FailureClass::FleetLock,
                 message,
                 next_attempt: Some(rfc3339(next)),
             }));
@@ -836,7 +843,7 @@ impl Agent {
             );
             tracing::warn!("{message}");
             on_event(&AgentEvent::now(AgentEventKind::Failed {
-                class: "fleet_lock".into(),
+                class: FailureClass::FleetLock,
                 message,
                 next_attempt: Some(rfc3339(next)),
             }));
@@ -895,7 +902,7 @@ impl Agent {
         if !wait.reported {
             wait.reported = true;
             on_event(&AgentEvent::now(AgentEventKind::Failed {
-                class: "fleet_reservation".into(),
+                class: FailureClass::FleetReservation,
                 message: format!(
                     "the reservation {} of the fleet's refresh token {} by `{}` (on lease {:x}) \
                      has held this machine back for {} s as seen here, longer than the longest \

@@ -7,6 +7,8 @@
 //! written into auth.json only over a token that is older than it (or what was last in sync);
 //! what no known rotation relates is kept on both sides and reported, never decided blindly.
 
+use super::kinds::IdleReason;
+use crate::fleet::RotationKind;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -200,7 +202,9 @@ impl Lineage {
         let Some(meta) = rotation else {
             return;
         };
-        if meta.kind == UPLOADED_UNVERIFIED || meta.refresh != record.refresh_fingerprint() {
+        if meta.kind == RotationKind::UploadedUnverified
+            || meta.refresh != record.refresh_fingerprint()
+        {
             return;
         }
         if let (Some(parent), Some(child)) = (&meta.parent, &meta.refresh) {
@@ -286,11 +290,11 @@ fn fp(value: &Option<String>) -> &str {
 
 impl Finding {
     /// The agent's idle reason when this finding stops it.
-    pub(crate) fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> IdleReason {
         match self.kind {
-            FindingKind::OlderHere => "fleet_older_here",
-            FindingKind::RecordWentBack => "fleet_went_back",
-            FindingKind::Diverged => "fleet_conflict",
+            FindingKind::OlderHere => IdleReason::FleetOlderHere,
+            FindingKind::RecordWentBack => IdleReason::FleetWentBack,
+            FindingKind::Diverged => IdleReason::FleetConflict,
         }
     }
 
@@ -379,17 +383,14 @@ pub(crate) enum Upload {
 
 impl Upload {
     /// The kind of the rotation written with it (`<prefix>/rotation`).
-    pub(crate) fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> RotationKind {
         match self {
-            Upload::Descends => "uploaded",
-            Upload::Repairs(_) => "repaired",
-            Upload::NewHere => UPLOADED_UNVERIFIED,
+            Upload::Descends => RotationKind::Uploaded,
+            Upload::Repairs(_) => RotationKind::Repaired,
+            Upload::NewHere => RotationKind::UploadedUnverified,
         }
     }
 }
-
-/// The rotation kind of an [`Upload::NewHere`].
-pub(crate) const UPLOADED_UNVERIFIED: &str = "uploaded_unverified";
 
 /// What to do with a record and auth.json that differ.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -408,7 +409,7 @@ pub(crate) enum Reconcile {
     /// auth.json holds a newer rotation of the record's login: upload it.
     Upload(Upload),
     /// Leave auth.json alone (it holds another account, or was signed out on purpose).
-    KeepLocal(&'static str),
+    KeepLocal(IdleReason),
     /// Keep both, report, and do nothing until one of them changes.
     Conflict(Finding),
 }
@@ -451,7 +452,7 @@ pub(crate) fn decide(
         // new login is every machine's.
         let signed_in_again = synced.is_some_and(|s| record.created > s.revision);
         return if local_changed && synced.is_some() && !signed_in_again {
-            Reconcile::KeepLocal("signed_out_here")
+            Reconcile::KeepLocal(IdleReason::SignedOutHere)
         } else {
             Reconcile::Mirror
         };
@@ -463,7 +464,7 @@ pub(crate) fn decide(
     let (ours, theirs) = (account(local_doc), account(Some(&record.document)));
     if ours.is_some() && theirs.is_some() && ours != theirs {
         return if local_changed {
-            Reconcile::KeepLocal("another_account_here")
+            Reconcile::KeepLocal(IdleReason::AnotherAccountHere)
         } else {
             // The fleet switched accounts (`fleet seed --force`, a raw put): this machine
             // follows, keeping the login it replaces beside auth.json.

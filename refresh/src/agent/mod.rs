@@ -15,6 +15,7 @@
 mod event;
 mod fleet;
 mod fleet_sync;
+mod kinds;
 mod schedule;
 mod watch;
 
@@ -34,6 +35,7 @@ use crate::protocol::Urgency;
 
 use event::rfc3339;
 pub use event::{AgentEvent, AgentEventKind};
+pub use kinds::{FailureClass, IdleReason, ResumedFrom};
 use schedule::{wake_at, Backoff, MAX_SLEEP};
 use watch::{Found, Home};
 
@@ -161,7 +163,7 @@ pub struct Agent {
     /// The generation the endpoint refused for good: not retried until the file changes.
     refused: Option<codex_store::Generation>,
     /// The reason of the last idle report, so that it is reported once.
-    idle: Option<&'static str>,
+    idle: Option<IdleReason>,
     started: SystemTime,
     /// The fleet this machine belongs to, if any.
     fleet: Option<fleet::FleetSync>,
@@ -496,14 +498,14 @@ impl Agent {
         };
         let Some(auth) = current else {
             return Some(self.go_idle(
-                "signed_out",
+                IdleReason::SignedOut,
                 "no credentials in auth.json; sign in (`codex login`) and the agent takes over",
                 on_event,
             ));
         };
         if auth.mode() != Mode::Chatgpt {
             return Some(self.go_idle(
-                "api_key",
+                IdleReason::ApiKey,
                 "API keys never need a refresh; nothing to do until a ChatGPT sign-in",
                 on_event,
             ));
@@ -531,8 +533,12 @@ impl Agent {
         // is never `idle` (or a refusal) while the agent works.
         if was_idle.is_some() || was_refused {
             on_event(&AgentEvent::now(AgentEventKind::Resumed {
-                from: if was_refused { "refused" } else { "idle" }.to_owned(),
-                reason: was_idle.filter(|_| !was_refused).map(str::to_owned),
+                from: if was_refused {
+                    ResumedFrom::Refused
+                } else {
+                    ResumedFrom::Idle
+                },
+                reason: was_idle.filter(|_| !was_refused),
                 access: auth.bearer().fingerprint(),
                 refresh: auth.refresh_fingerprint().map(str::to_owned),
                 next_refresh: Some(rfc3339(due.max(SystemTime::now()))),
@@ -621,7 +627,7 @@ impl Agent {
 
     fn go_idle(
         &mut self,
-        reason: &'static str,
+        reason: IdleReason,
         hint: &str,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
@@ -629,7 +635,7 @@ impl Agent {
         if self.idle != Some(reason) {
             self.idle = Some(reason);
             on_event(&AgentEvent::now(AgentEventKind::Idle {
-                reason: reason.to_owned(),
+                reason,
                 hint: hint.to_owned(),
             }));
         }
@@ -640,7 +646,7 @@ impl Agent {
         let class = error.class();
         if class == ErrorClass::UnsupportedMode {
             return self.go_idle(
-                "unsupported_mode",
+                IdleReason::UnsupportedMode,
                 "auth.json holds credentials of a mode codex-store does not refresh; `codex` itself keeps them",
                 on_event,
             );
@@ -648,7 +654,7 @@ impl Agent {
         if class == ErrorClass::SignInRequired {
             self.refused = self.manager.cached().map(|a| a.generation());
             on_event(&AgentEvent::now(AgentEventKind::Failed {
-                class: "sign_in_required".into(),
+                class: FailureClass::SignInRequired,
                 message: format!(
                     "{error}; the agent will not send these credentials again: sign in again \
                      (`codex login`), and it resumes by itself"
@@ -660,7 +666,7 @@ impl Agent {
         let delay = self.backoff.next_delay();
         let at = SystemTime::now() + delay;
         on_event(&AgentEvent::now(AgentEventKind::Failed {
-            class: class_name(class).into(),
+            class: FailureClass::from(class),
             message: error.to_string(),
             next_attempt: Some(rfc3339(at)),
         }));
@@ -668,14 +674,17 @@ impl Agent {
     }
 }
 
-fn class_name(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::SignInRequired => "sign_in_required",
-        ErrorClass::Transient => "transient",
-        ErrorClass::LockTimeout => "lock_timeout",
-        ErrorClass::Corrupt => "corrupt",
-        ErrorClass::UnsupportedMode => "unsupported_mode",
-        ErrorClass::Other => "other",
+impl From<ErrorClass> for FailureClass {
+    fn from(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::SignInRequired => FailureClass::SignInRequired,
+            ErrorClass::Transient => FailureClass::Transient,
+            ErrorClass::LockTimeout => FailureClass::LockTimeout,
+            ErrorClass::Corrupt => FailureClass::Corrupt,
+            // Reported as `idle (unsupported_mode)` before a class is named (see `failed`).
+            ErrorClass::UnsupportedMode => FailureClass::Other,
+            ErrorClass::Other => FailureClass::Other,
+        }
     }
 }
 
@@ -757,7 +766,7 @@ async fn fleet_changed(
             let delay = retry.backoff.next_delay();
             retry.not_before = Some(tokio::time::Instant::now() + delay);
             Some(AgentEvent::now(AgentEventKind::Failed {
-                class: "fleet_watch".into(),
+                class: FailureClass::FleetWatch,
                 message: format!("cannot watch the fleet record for changes: {e}"),
                 next_attempt: Some(rfc3339(SystemTime::now() + delay)),
             }))

@@ -31,7 +31,9 @@ use codex_store::Secret;
 
 pub(crate) use etcd::Etcd;
 pub use lock::FleetLock;
-pub use record::{unusable, FleetRecord, FleetRefusal, FleetStatus, LockHeld, RotationMeta};
+pub use record::{
+    unusable, FleetRecord, FleetRefusal, FleetStatus, LockHeld, RotationKind, RotationMeta,
+};
 
 /// The default key prefix of a fleet.
 pub const DEFAULT_PREFIX: &str = "/codex-store/default";

@@ -79,6 +79,34 @@ pub fn unusable(doc: &AuthDotJson) -> Option<String> {
     }
 }
 
+/// How a change of the fleet's record was made (`<prefix>/rotation`'s `kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationKind {
+    /// The fleet lock's holder redeemed the record's token.
+    Refreshed,
+    /// A local process's rotation, descending from the record's token, was uploaded.
+    Uploaded,
+    /// A token descending from the record's was uploaded over a record that went back (etcd
+    /// restored from a snapshot).
+    Repaired,
+    /// A token no known rotation leads to from the record's was uploaded (nothing vouches for
+    /// the succession).
+    UploadedUnverified,
+    /// `fleet seed`, or a sign-in with `--fleet`.
+    Seeded,
+    /// A kind this version does not know (written by another version, or by hand).
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for RotationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_value(self).ok();
+        f.write_str(json.as_ref().and_then(|v| v.as_str()).unwrap_or("unknown"))
+    }
+}
+
 /// Who made the record's last change, and how. No secret: a fingerprint at most.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationMeta {
@@ -86,9 +114,8 @@ pub struct RotationMeta {
     pub machine: String,
     /// When (RFC 3339).
     pub at: String,
-    /// `refreshed` (the fleet lock holder redeemed the token), `uploaded` (a local process's
-    /// rotation), `seeded`, `signed_in`.
-    pub kind: String,
+    /// How the change was made.
+    pub kind: RotationKind,
     /// The new refresh token's fingerprint.
     pub refresh: Option<String>,
     /// The fingerprint of the refresh token the new one replaced in the fleet's login (the
@@ -102,7 +129,7 @@ pub struct RotationMeta {
 impl RotationMeta {
     pub(crate) fn now(
         fleet: &Fleet,
-        kind: &str,
+        kind: RotationKind,
         doc: &AuthDotJson,
         parent: Option<String>,
     ) -> Self {
@@ -110,7 +137,7 @@ impl RotationMeta {
         RotationMeta {
             machine: fleet.config.machine.clone(),
             at: Timestamp::now().as_str().to_owned(),
-            kind: kind.to_owned(),
+            kind,
             // A token is not its own parent.
             parent: parent.filter(|p| Some(p) != refresh.as_ref()),
             refresh,
@@ -406,7 +433,7 @@ impl Fleet {
         let parent = current
             .and_then(|kv| AuthDotJson::from_json(&kv.value).ok())
             .and_then(|d| d.tokens.map(|t| t.refresh_token.fingerprint()));
-        let meta = RotationMeta::now(self, "seeded", doc, parent);
+        let meta = RotationMeta::now(self, RotationKind::Seeded, doc, parent);
         let result = self
             .etcd
             .txn(
