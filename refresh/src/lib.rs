@@ -106,7 +106,8 @@
 //! - Host-supplied tokens are never written to disk.
 //! - A proxy from the environment is not used for a loopback token URL.
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod agent;
 mod auth;

@@ -12,10 +12,13 @@ use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snaps
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
 use super::kinds::{FailureClass, IdleReason};
-use super::{Agent, Plan};
+use super::{Core, Plan};
 use crate::boottime::BootInstant;
 use crate::error::{PermanentReason, RefreshError};
-use crate::fleet::{Fleet, FleetError, FleetRecord, LockHeld, RotationKind, RotationMeta};
+use crate::fleet::{
+    Fleet, FleetError, FleetRecord, Found, LockAttempt, LockHeld, Put, RecordRead, RotationKind,
+    RotationMeta,
+};
 use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
 
@@ -98,13 +101,18 @@ fn escaped(text: &str) -> String {
     text.escape_debug().to_string()
 }
 
-impl Agent {
+impl FleetSync {
     fn fleet(&self) -> Arc<Fleet> {
-        Arc::clone(&self.fleet.as_ref().expect("fleet mode").fleet)
+        Arc::clone(&self.fleet)
     }
 
-    fn fleet_failed(&mut self, error: &FleetError, on_event: &mut impl FnMut(&AgentEvent)) -> Plan {
-        let delay = self.backoff.next_delay();
+    fn fleet_failed(
+        &mut self,
+        core: &mut Core,
+        error: &FleetError,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        let delay = core.backoff.next_delay();
         let at = SystemTime::now() + delay;
         on_event(&AgentEvent::now(AgentEventKind::Failed {
             class: FailureClass::Fleet,
@@ -115,60 +123,63 @@ impl Agent {
     }
 
     /// One step with a fleet.
-    pub(super) async fn step_fleet(
+    pub(super) async fn step(
         &mut self,
+        core: &mut Core,
         claim: &AgentClaim,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         let fleet = self.fleet();
-        let store = self.manager.store().clone();
+        let store = core.manager.store().clone();
         let state_path = fleet_sync::state_path(&store);
         {
-            let sync = self.fleet.as_mut().expect("fleet mode");
-            if !sync.loaded {
-                sync.synced = fleet_sync::load(&state_path, &fleet.config().prefix);
-                sync.loaded = true;
+            if !self.loaded {
+                self.synced = fleet_sync::load(&state_path, &fleet.config().prefix);
+                self.loaded = true;
             }
         }
-        let (record, rotation, revision) = match fleet.read_with_rotation().await {
+        let RecordRead {
+            record,
+            rotation,
+            revision,
+        } = match fleet.read_with_rotation().await {
             Ok(read) => read,
-            Err(e) => return self.fleet_failed(&e, on_event),
+            Err(e) => return self.fleet_failed(core, &e, on_event),
         };
         // The watch starts after this read, whatever it found: never replaying old events.
-        self.fleet.as_mut().expect("fleet mode").seen = revision;
+        self.seen = revision;
         let record = match record {
-            Ok(Some(record)) => record,
-            Ok(None) => return self.fleet_signed_out(&store, revision, on_event),
-            Err(e) => return self.fleet_failed(&e, on_event),
+            Found::Record(record) => record,
+            Found::Absent => return self.fleet_signed_out(core, &store, revision, on_event),
+            Found::Invalid(e) => return self.fleet_failed(core, &e, on_event),
         };
         {
             // A refusal stopped this agent at another revision of the record: the record changed
             // since (a seed, which clears the refusal, or a rotation), so look again.
-            let sync = self.fleet.as_mut().expect("fleet mode");
-            if sync.refused_at.is_some_and(|at| at != record.revision) {
-                sync.refused_at = None;
-                self.refused = None;
+            if self.refused_at.is_some_and(|at| at != record.revision) {
+                self.refused_at = None;
+                core.refused = None;
             }
         }
         if let Some(why) = record.unusable() {
-            return self.fleet_record_unusable(&fleet, &record, &why, on_event);
+            return self.fleet_record_unusable(core, &fleet, &record, &why, on_event);
         }
-        self.fleet.as_mut().expect("fleet mode").unusable_reported = None;
+        self.unusable_reported = None;
         let local = match store.load() {
             Ok(local) => local,
-            Err(e) => return self.failed(&RefreshError::from(e), on_event),
+            Err(e) => return core.failed(&RefreshError::from(e), on_event),
         };
         if let Some(plan) = self
-            .reconcile(&fleet, &record, rotation.as_ref(), &local, on_event)
+            .reconcile(core, &fleet, &record, rotation.as_ref(), &local, on_event)
             .await
         {
             return plan;
         }
         // Local and fleet agree: the usual schedule, on the fleet's tokens.
-        let plan = self.step_local_schedule(on_event);
+        let plan = core.step_local_schedule(on_event);
         let Some(due) = plan else {
             return self
-                .refresh_for_fleet(claim, &fleet, record, on_event)
+                .refresh_for_fleet(core, claim, &fleet, *record, on_event)
                 .await;
         };
         due
@@ -180,11 +191,12 @@ impl Agent {
     /// older than the login, or its data lost): then auth.json is kept and it is reported.
     fn fleet_signed_out(
         &mut self,
+        core: &mut Core,
         store: &codex_store::Store,
         revision: i64,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
-        let synced = self.fleet.as_ref().and_then(|s| s.synced.clone());
+        let synced = self.synced.clone();
         if let (Some(synced), Ok(local)) = (synced, store.load()) {
             if local.auth().is_some() && synced.revision > revision {
                 let message = format!(
@@ -195,10 +207,10 @@ impl Agent {
                     synced.revision,
                     synced.refresh.as_deref().unwrap_or("none")
                 );
-                if self.idle != Some(IdleReason::FleetWentBack) {
+                if core.idle != Some(IdleReason::FleetWentBack) {
                     tracing::warn!("{message}");
                 }
-                return self.go_idle(IdleReason::FleetWentBack, &message, on_event);
+                return core.go_idle(IdleReason::FleetWentBack, &message, on_event);
             }
             if local.auth().is_some() && synced.local_generation == local.generation().to_string() {
                 match store
@@ -207,12 +219,12 @@ impl Agent {
                 {
                     Ok(_) => {
                         self.remember_fleet_signed_out(store, revision);
-                        return self.go_idle(IdleReason::FleetSignedOut,
+                        return core.go_idle(IdleReason::FleetSignedOut,
                             "the fleet's login was removed (logout --fleet): this machine is signed out too; seed the fleet again to resume",
                             on_event,
                         );
                     }
-                    Err(e) => return self.failed(&RefreshError::from(e), on_event),
+                    Err(e) => return core.failed(&RefreshError::from(e), on_event),
                 }
             }
             if local.auth().is_none() {
@@ -223,13 +235,13 @@ impl Agent {
                 if synced.local_generation != local.generation().to_string() {
                     self.remember_fleet_signed_out(store, revision);
                 }
-                return self.go_idle(IdleReason::FleetSignedOut,
+                return core.go_idle(IdleReason::FleetSignedOut,
                     "the fleet's login was removed (logout --fleet) and this machine is signed out; the next fleet login (`fleet seed`, `login --fleet`) reaches it",
                     on_event,
                 );
             }
         }
-        self.go_idle(IdleReason::FleetEmpty,
+        core.go_idle(IdleReason::FleetEmpty,
             "the fleet holds no login: seed it from a signed-in machine with `codex-store fleet seed --fleet ENDPOINTS`",
             on_event,
         )
@@ -238,16 +250,15 @@ impl Agent {
     /// Remembers that the fleet was signed out (no record at etcd's revision `revision`) with
     /// this machine: no auth.json in sync with no record, so that the next record is mirrored.
     fn remember_fleet_signed_out(&mut self, store: &codex_store::Store, revision: i64) {
-        let sync = self.fleet.as_mut().expect("fleet mode");
         let next = Synced::after(
-            sync.synced.as_ref(),
-            &sync.fleet.config().prefix,
+            self.synced.as_ref(),
+            &self.fleet.config().prefix,
             revision,
             &Generation::Absent,
             None,
             Link::Superseded,
         );
-        fleet_sync::remember(&mut sync.synced, &fleet_sync::state_path(store), next);
+        fleet_sync::remember(&mut self.synced, &fleet_sync::state_path(store), next);
     }
 
     /// The record holds no usable credentials (empty tokens; neither tokens nor a key): never
@@ -255,6 +266,7 @@ impl Agent {
     /// record (or auth.json) changes.
     fn fleet_record_unusable(
         &mut self,
+        core: &mut Core,
         fleet: &Fleet,
         record: &FleetRecord,
         why: &str,
@@ -268,33 +280,31 @@ impl Agent {
             fleet.record_key(),
             record.revision
         );
-        let sync = self.fleet.as_mut().expect("fleet mode");
-        if sync.unusable_reported != Some(record.revision) {
-            sync.unusable_reported = Some(record.revision);
+        if self.unusable_reported != Some(record.revision) {
+            self.unusable_reported = Some(record.revision);
             tracing::warn!("{message}");
             // Reported again for every new revision, even if the idle reason stays.
-            if self.idle == Some(IdleReason::FleetRecordUnusable) {
-                self.idle = None;
+            if core.idle == Some(IdleReason::FleetRecordUnusable) {
+                core.idle = None;
             }
         }
-        self.go_idle(IdleReason::FleetRecordUnusable, &message, on_event)
+        core.go_idle(IdleReason::FleetRecordUnusable, &message, on_event)
     }
 
     /// Remembers that the record at `revision` and auth.json at `local` are in sync, the fleet's
     /// login having moved on from the token in sync before, if another ([`Link::Superseded`]).
-    fn remember_sync(&mut self, revision: i64, local: Generation) {
-        let store = self.manager.store().clone();
+    fn remember_sync(&mut self, core: &mut Core, revision: i64, local: Generation) {
+        let store = core.manager.store().clone();
         let refresh = fleet_sync::refresh_at(&store, &local);
-        let sync = self.fleet.as_mut().expect("fleet mode");
         let next = Synced::after(
-            sync.synced.as_ref(),
-            &sync.fleet.config().prefix,
+            self.synced.as_ref(),
+            &self.fleet.config().prefix,
             revision,
             &local,
             refresh,
             Link::Superseded,
         );
-        fleet_sync::remember(&mut sync.synced, &fleet_sync::state_path(&store), next);
+        fleet_sync::remember(&mut self.synced, &fleet_sync::state_path(&store), next);
     }
 
     /// Mirrors the record into auth.json, or uploads a rotation made locally, by causality (see
@@ -303,27 +313,28 @@ impl Agent {
     /// relates is kept on both sides and reported. `None` when they already agree.
     async fn reconcile(
         &mut self,
+        core: &mut Core,
         fleet: &Fleet,
         record: &FleetRecord,
         rotation: Option<&RotationMeta>,
         local: &Snapshot,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Option<Plan> {
-        let store = self.manager.store().clone();
+        let store = core.manager.store().clone();
         let state_path = fleet_sync::state_path(&store);
-        let synced = self.fleet.as_ref().and_then(|s| s.synced.clone());
+        let synced = self.synced.clone();
         let lineage = fleet_sync::Lineage::gather(&store, synced.as_ref(), record, rotation);
         let (keep_copy, link, finding) =
             match fleet_sync::decide(record, local, synced.as_ref(), &lineage) {
                 Reconcile::InSync => {
-                    self.remember_sync(record.revision, local.generation());
+                    self.remember_sync(core, record.revision, local.generation());
                     return None;
                 }
                 Reconcile::Upload(why) => {
                     let doc = local.auth().cloned().unwrap_or_default();
                     if let Some(reason) = crate::fleet::unusable(&doc) {
                         // Never made the fleet's login (decide does not ask for it: a guard).
-                        return Some(self.fleet_failed(
+                        return Some(self.fleet_failed(core,
                             &FleetError::UnusableLogin {
                                 what: "auth.json".into(),
                                 reason,
@@ -339,25 +350,24 @@ impl Agent {
                     };
                     let meta = RotationMeta::now(fleet, why.kind(), &doc, parent);
                     return Some(match fleet.put_if(record.revision, &doc, &meta).await {
-                        Ok(Ok(revision)) => {
+                        Ok(Put::Written { revision }) => {
                             if let Upload::Repairs(finding) = &why {
                                 tracing::warn!("{}", finding.uploaded());
                             }
                             if why == Upload::NewHere {
                                 // Nothing known leads to it from the record's token: remembered
                                 // as unverified, no succession.
-                                let sync = self.fleet.as_mut().expect("fleet mode");
                                 let next = Synced::after(
-                                    sync.synced.as_ref(),
-                                    &sync.fleet.config().prefix,
+                                    self.synced.as_ref(),
+                                    &self.fleet.config().prefix,
                                     revision,
                                     &local.generation(),
                                     meta.refresh.clone(),
                                     Link::Unverified,
                                 );
-                                fleet_sync::remember(&mut sync.synced, &state_path, next);
+                                fleet_sync::remember(&mut self.synced, &state_path, next);
                             } else {
-                                self.remember_sync(revision, local.generation());
+                                self.remember_sync(core, revision, local.generation());
                             }
                             on_event(&AgentEvent::now(AgentEventKind::Uploaded {
                                 revision,
@@ -366,11 +376,11 @@ impl Agent {
                             Plan::Again
                         }
                         // The record moved meanwhile: look again.
-                        Ok(Err(_)) => Plan::Again,
-                        Err(e) => self.fleet_failed(&e, on_event),
+                        Ok(Put::Moved { .. }) => Plan::Again,
+                        Err(e) => self.fleet_failed(core, &e, on_event),
                     });
                 }
-                Reconcile::KeepLocal(reason) => return Some(self.go_idle(
+                Reconcile::KeepLocal(reason) => return Some(core.go_idle(
                     reason,
                     "this machine's auth.json holds another login than the fleet's (another account, or signed out here): it is left alone; `codex-store fleet seed --force` makes it the fleet's, `codex-store logout` lets the fleet's in",
                     on_event,
@@ -379,10 +389,10 @@ impl Agent {
                     // Nothing can decide safely: both kept, reported once, looked at again on
                     // any change of either.
                     let (reason, message) = (finding.reason(), finding.conflict());
-                    if self.idle != Some(reason) {
+                    if core.idle != Some(reason) {
                         tracing::warn!("{message}");
                     }
-                    return Some(self.go_idle(reason, &message, on_event));
+                    return Some(core.go_idle(reason, &message, on_event));
                 }
                 Reconcile::Mirror => (false, Link::Superseded, None),
                 Reconcile::MirrorKeepingCopy(finding) => (true, Link::Superseded, finding),
@@ -408,7 +418,7 @@ impl Agent {
                 .auth()
                 .and_then(|doc| fleet_sync::keep_copy(&store, doc));
             if local.auth().is_some() && kept.is_none() {
-                return Some(self.fleet_failed(
+                return Some(self.fleet_failed(core,
                     &FleetError::Setting {
                         message: format!(
                             "auth.json differs from the fleet's login and a copy of it could not be kept beside it; it was left alone: check that {} is writable",
@@ -428,21 +438,20 @@ impl Agent {
             }
         }
         Some(
-            match store_mirror(&self.manager, local.generation(), &record.document) {
+            match store_mirror(&core.manager, local.generation(), &record.document) {
                 Ok(generation) => {
                     if link == Link::Unverified {
-                        let sync = self.fleet.as_mut().expect("fleet mode");
                         let next = Synced::after(
-                            sync.synced.as_ref(),
-                            &sync.fleet.config().prefix,
+                            self.synced.as_ref(),
+                            &self.fleet.config().prefix,
                             record.revision,
                             &generation,
                             record.refresh_fingerprint(),
                             Link::Unverified,
                         );
-                        fleet_sync::remember(&mut sync.synced, &state_path, next);
+                        fleet_sync::remember(&mut self.synced, &state_path, next);
                     } else {
-                        self.remember_sync(record.revision, generation);
+                        self.remember_sync(core, record.revision, generation);
                     }
                     on_event(&AgentEvent::now(AgentEventKind::Mirrored {
                         revision: record.revision,
@@ -451,7 +460,7 @@ impl Agent {
                     Plan::Again
                 }
                 Err(StoreError::Conflict { .. }) => Plan::Again,
-                Err(e) => self.failed(&RefreshError::from(e), on_event),
+                Err(e) => core.failed(&RefreshError::from(e), on_event),
             },
         )
     }
@@ -459,6 +468,7 @@ impl Agent {
     /// Refreshes for the whole fleet, under its lock.
     async fn refresh_for_fleet(
         &mut self,
+        core: &mut Core,
         claim: &AgentClaim,
         fleet: &Arc<Fleet>,
         record: FleetRecord,
@@ -468,12 +478,12 @@ impl Agent {
             Ok(Some(refusal))
                 if Some(&refusal.refresh) == record.refresh_fingerprint().as_ref() =>
             {
-                self.refused = Some(
-                    self.manager
+                core.refused = Some(
+                    core.manager
                         .cached()
                         .map_or(Generation::Absent, |a| a.generation()),
                 );
-                self.fleet.as_mut().expect("fleet mode").refused_at = Some(record.revision);
+                self.refused_at = Some(record.revision);
                 on_event(&AgentEvent::now(AgentEventKind::Failed {
                     class: FailureClass::SignInRequired,
                     message: format!(
@@ -489,30 +499,30 @@ impl Agent {
                 return Plan::UntilChange(AgentState::Refused);
             }
             Ok(_) => {}
-            Err(e) => return self.fleet_failed(&e, on_event),
+            Err(e) => return self.fleet_failed(core, &e, on_event),
         }
         let lock = match fleet.try_lock().await {
-            Ok(Ok(lock)) => lock,
-            Ok(Err(held)) => {
+            Ok(LockAttempt::Taken(lock)) => lock,
+            Ok(LockAttempt::Held(held)) => {
                 // Another machine refreshes; its upload wakes this one. A lock held for longer
                 // than any holder needs is reported.
-                return self.fleet_lock_busy(fleet, &held, on_event);
+                return self.fleet_lock_busy(core, fleet, &held, on_event);
             }
-            Err(e) => return self.fleet_failed(&e, on_event),
+            Err(e) => return self.fleet_failed(core, &e, on_event),
         };
-        self.fleet.as_mut().expect("fleet mode").lock_busy = None;
+        self.lock_busy = None;
         // Under the lock: the record must still be what was reconciled.
         let (current, read_revision) = match fleet.read_at().await {
-            Ok((Ok(Some(current)), revision)) if current.revision == record.revision => {
-                (current, revision)
-            }
+            Ok(RecordRead {
+                record: Found::Record(current),
+                revision,
+                ..
+            }) if current.revision == record.revision => (current, revision),
             Ok(_) => {
-                lock.release(fleet).await;
                 return Plan::Again;
             }
             Err(e) => {
-                lock.release(fleet).await;
-                return self.fleet_failed(&e, on_event);
+                return self.fleet_failed(core, &e, on_event);
             }
         };
         // Reserve before redeem, fleet-wide. A previous holder's reservation of this very token
@@ -521,46 +531,41 @@ impl Agent {
         // so this holder sends nothing and looks again when the record changes or a little
         // later. No clock of that machine, and none of this one's settings, says how long.
         let Some(fp) = current.refresh_fingerprint() else {
-            lock.release(fleet).await;
             return Plan::Again;
         };
-        let request = self.manager.config().http_timeout;
+        let request = core.manager.config().http_timeout;
         match fleet.redeeming().await {
             Ok(Some(found)) if found.mark.refresh == fp && found.mark.lock != lock.revision => {
                 if self
-                    .wait_for_reservation(fleet, &found, request, on_event)
+                    .wait_for_reservation(core, fleet, &found, request, on_event)
                     .await
                 {
-                    lock.release(fleet).await;
                     tracing::info!(machine = %escaped(&found.mark.machine), "a previous lock holder's reservation of this refresh token still lives; waiting for its upload or its expiry");
                     return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                lock.release(fleet).await;
-                return self.fleet_failed(&e, on_event);
+                return self.fleet_failed(core, &e, on_event);
             }
         }
-        self.fleet.as_mut().expect("fleet mode").reservation_wait = None;
+        self.reservation_wait = None;
         let reservation = match fleet
             .reserve_redemption(
                 &fp,
                 lock.revision,
                 current.revision,
                 request,
-                self.reuse_wait,
+                core.reuse_wait,
             )
             .await
         {
             Ok(Some(reservation)) => Arc::new(reservation),
             Ok(None) => {
-                lock.release(fleet).await;
                 return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
             }
             Err(e) => {
-                lock.release(fleet).await;
-                return self.fleet_failed(&e, on_event);
+                return self.fleet_failed(core, &e, on_event);
             }
         };
         // Losing the lease aborts the holder before it sends anything: immediately before the
@@ -577,8 +582,8 @@ impl Agent {
             passed: Default::default(),
             answer: Default::default(),
         });
-        self.publish(claim, AgentState::Refreshing, None);
-        let result = self
+        core.publish(claim, AgentState::Refreshing, None);
+        let result = core
             .manager
             .run_fenced(Urgency::IfDueUnlessBusy, Some(Arc::clone(&fence) as _))
             .await;
@@ -598,24 +603,21 @@ impl Agent {
         let installed = matches!(result, Ok(RefreshOutcome::Refreshed));
         if let (false, Some(answer)) = (installed, answer) {
             let plan = self
-                .upload_answer(fleet, &lock, &current, &answer, reservation, on_event)
+                .upload_answer(core, &lock, &current, &answer, reservation, on_event)
                 .await;
-            lock.release(fleet).await;
             return plan;
         }
         let plan = match result {
             Ok(RefreshOutcome::Refreshed) => {
-                let Some(auth) = self.manager.cached() else {
-                    lock.release(fleet).await;
+                let Some(auth) = core.manager.cached() else {
                     return Plan::Again;
                 };
-                let snapshot = self.manager.store().load();
+                let snapshot = core.manager.store().load();
                 let doc = snapshot.as_ref().ok().and_then(|s| s.auth().cloned());
                 let local_generation = snapshot
                     .map(|s| s.generation())
                     .unwrap_or(Generation::Absent);
                 let Some(doc) = doc else {
-                    lock.release(fleet).await;
                     return Plan::Again;
                 };
                 let meta = RotationMeta::now(
@@ -629,13 +631,13 @@ impl Agent {
                 let mut put = fleet
                     .put_fenced(current.revision, Some(lock.revision), &doc, &meta)
                     .await;
-                if matches!(put, Ok(Err(_))) {
+                if matches!(put, Ok(Put::Moved { .. })) {
                     put = fleet.put_if(current.revision, &doc, &meta).await;
                 }
                 let mut retry_upload = None;
                 match put {
-                    Ok(Ok(revision)) => {
-                        self.remember_sync(revision, local_generation);
+                    Ok(Put::Written { revision }) => {
+                        self.remember_sync(core, revision, local_generation);
                         // The upload deleted the reservation's key; its lease goes too.
                         if let Some(reservation) = reservation.take() {
                             fleet.release_reservation(reservation).await;
@@ -643,7 +645,7 @@ impl Agent {
                     }
                     // The record moved on (a local rotation elsewhere, a new sign-in): the next
                     // step reconciles; the tokens stay durable in this machine's auth.json.
-                    Ok(Err(_)) => {
+                    Ok(Put::Moved { .. }) => {
                         tracing::warn!("the fleet record changed during the refresh; reconciling");
                         retry_upload = Some(Duration::ZERO);
                     }
@@ -651,14 +653,14 @@ impl Agent {
                     // backoff (the next step finds auth.json newer than the record).
                     Err(e) => {
                         tracing::warn!(error = %e, "the new tokens could not be uploaded yet; they are kept in auth.json");
-                        retry_upload = Some(self.backoff.next_delay());
+                        retry_upload = Some(core.backoff.next_delay());
                     }
                 }
                 if retry_upload.is_none() {
-                    self.backoff.reset();
+                    core.backoff.reset();
                 }
-                let next = self.next_due(&auth);
-                self.not_before = Some((auth.generation(), next));
+                let next = core.next_due(&auth);
+                core.not_before = Some((auth.generation(), next));
                 on_event(&AgentEvent::now(AgentEventKind::Refreshed {
                     access: auth.bearer().fingerprint(),
                     refresh: auth.refresh_fingerprint().map(str::to_owned),
@@ -670,13 +672,13 @@ impl Agent {
                 }
             }
             // A local process holds the refresh lock: look again soon (its write wakes us).
-            Ok(RefreshOutcome::NotNeeded) if self.still_due() => {
+            Ok(RefreshOutcome::NotNeeded) if core.still_due() => {
                 Plan::At(SystemTime::now() + super::BUSY_RETRY, AgentState::Waiting)
             }
             Ok(_) => Plan::Again,
             Err(RefreshError::Permanent {
                 reason: PermanentReason::Reused,
-            }) if self.await_fleet_rotation(fleet, read_revision).await => {
+            }) if self.await_fleet_rotation(core, fleet, read_revision).await => {
                 // Another machine rotated (a local process's upload): adopt it.
                 Plan::Again
             }
@@ -686,20 +688,19 @@ impl Agent {
                         tracing::warn!(error = %e, "could not record the refusal in the fleet");
                     }
                 }
-                self.fleet.as_mut().expect("fleet mode").refused_at = Some(current.revision);
-                self.failed(&RefreshError::Permanent { reason }, on_event)
+                self.refused_at = Some(current.revision);
+                core.failed(&RefreshError::Permanent { reason }, on_event)
             }
             Err(RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. }) => {
                 Plan::Again
             }
-            Err(e) => self.failed(&e, on_event),
+            Err(e) => core.failed(&e, on_event),
         };
-        lock.release(fleet).await;
         plan
     }
 }
 
-impl Agent {
+impl FleetSync {
     /// Uploads `answer`, a refresh's answer this machine did not install (auth.json here was
     /// signed out or switched to another account during the request), over `current`, fenced
     /// by the lock and the revision. If etcd does not take it, a durable copy is kept beside
@@ -707,15 +708,16 @@ impl Agent {
     /// refresh token (`fleet seed --force` from it restores the fleet).
     async fn upload_answer(
         &mut self,
-        fleet: &Arc<Fleet>,
+        core: &mut Core,
         lock: &crate::fleet::FleetLock,
         current: &FleetRecord,
         answer: &AuthDotJson,
         reservation: Option<crate::fleet::record::Reservation>,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
+        let fleet = self.fleet();
         let meta = RotationMeta::now(
-            fleet,
+            &fleet,
             RotationKind::Refreshed,
             answer,
             current.refresh_fingerprint(),
@@ -723,11 +725,11 @@ impl Agent {
         let mut put = fleet
             .put_fenced(current.revision, Some(lock.revision), answer, &meta)
             .await;
-        if matches!(put, Ok(Err(_))) {
+        if matches!(put, Ok(Put::Moved { .. })) {
             put = fleet.put_if(current.revision, answer, &meta).await;
         }
         let why = match put {
-            Ok(Ok(revision)) => {
+            Ok(Put::Written { revision }) => {
                 if let Some(reservation) = reservation {
                     fleet.release_reservation(reservation).await;
                 }
@@ -738,11 +740,11 @@ impl Agent {
                 }));
                 return Plan::Again;
             }
-            Ok(Err(_)) => "the fleet's record moved on during the refresh".to_owned(),
+            Ok(Put::Moved { .. }) => "the fleet's record moved on during the refresh".to_owned(),
             Err(e) => e.to_string(),
         };
-        let kept = fleet_sync::keep_copy(self.manager.store(), answer);
-        let at = SystemTime::now() + self.backoff.next_delay();
+        let kept = fleet_sync::keep_copy(core.manager.store(), answer);
+        let at = SystemTime::now() + core.backoff.next_delay();
         on_event(&AgentEvent::now(AgentEventKind::Failed {
             class: FailureClass::Fleet,
             message: format!(
@@ -760,7 +762,7 @@ impl Agent {
     }
 }
 
-impl Agent {
+impl FleetSync {
     /// The fleet lock is held by another (`held`): look again in [`LOCK_BUSY_RETRY`] (the
     /// holder's upload wakes this agent sooner). Once the same lock (same create revision) has
     /// been held, as measured here on the boot-time clock from when this agent first found it,
@@ -769,23 +771,23 @@ impl Agent {
     /// will lapse.
     fn fleet_lock_busy(
         &mut self,
+        core: &mut Core,
         fleet: &Fleet,
         held: &LockHeld,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         let next = SystemTime::now() + LOCK_BUSY_RETRY;
-        let expires = self.manager.cached().and_then(|a| a.expires_at());
-        let sync = self.fleet.as_mut().expect("fleet mode");
+        let expires = core.manager.cached().and_then(|a| a.expires_at());
         if held.created == 0 {
             // Freed between the compare and the read: look again.
             return Plan::At(next, AgentState::Waiting);
         }
-        if sync
+        if self
             .lock_busy
             .as_ref()
             .is_none_or(|b| b.created != held.created)
         {
-            sync.lock_busy = Some(LockBusy {
+            self.lock_busy = Some(LockBusy {
                 created: held.created,
                 since: BootInstant::now(),
                 reported: false,
@@ -794,7 +796,7 @@ impl Agent {
         }
         let config = fleet.config();
         let bound = config.lock_ttl + config.request_timeout;
-        let busy = sync.lock_busy.as_mut().expect("set above");
+        let busy = self.lock_busy.as_mut().expect("set above");
         let held_for = elapsed(busy.since);
         if held_for < bound {
             return Plan::At(next, AgentState::Waiting);
@@ -859,20 +861,20 @@ impl Agent {
     /// first found.
     async fn wait_for_reservation(
         &mut self,
+        core: &mut Core,
         fleet: &Fleet,
         found: &crate::fleet::record::FoundReservation,
         request: Duration,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> bool {
-        let bound = crate::fleet::record::reservation_ttl(request, self.reuse_wait)
+        let bound = crate::fleet::record::reservation_ttl(request, core.reuse_wait)
             * RESERVATION_WAIT_FACTOR;
-        let sync = self.fleet.as_mut().expect("fleet mode");
-        let first = sync
+        let first = self
             .reservation_wait
             .as_ref()
             .is_none_or(|w| w.revision != found.revision);
         if first {
-            sync.reservation_wait = Some(ReservationWait {
+            self.reservation_wait = Some(ReservationWait {
                 revision: found.revision,
                 since: BootInstant::now(),
                 reported: false,
@@ -888,13 +890,7 @@ impl Agent {
                 }
             }
         }
-        let wait = self
-            .fleet
-            .as_mut()
-            .expect("fleet mode")
-            .reservation_wait
-            .as_mut()
-            .expect("set above");
+        let wait = self.reservation_wait.as_mut().expect("set above");
         let waited = elapsed(wait.since);
         if waited < bound {
             return true;
@@ -923,8 +919,8 @@ impl Agent {
 
     /// After `refresh_token_reused`: whether the fleet record changes within the reuse wait
     /// (the rotation the refusal means, uploaded by another machine).
-    async fn await_fleet_rotation(&self, fleet: &Fleet, revision: i64) -> bool {
-        matches!(fleet.wait_change(revision, self.reuse_wait).await, Ok(true))
+    async fn await_fleet_rotation(&self, core: &mut Core, fleet: &Fleet, revision: i64) -> bool {
+        matches!(fleet.wait_change(revision, core.reuse_wait).await, Ok(true))
     }
 }
 

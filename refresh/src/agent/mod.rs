@@ -157,6 +157,22 @@ enum Plan {
 /// # Ok(()) }
 /// ```
 pub struct Agent {
+    core: Core,
+    /// Where the login comes from.
+    source: Source,
+}
+
+/// Where an agent's login comes from: what it schedules is the same either way.
+enum Source {
+    /// This machine's auth.json alone.
+    Local,
+    /// A fleet's record in etcd, mirrored into auth.json ([`fleet::FleetSync`]).
+    Fleet(Box<fleet::FleetSync>),
+}
+
+/// What an agent schedules with, whatever its [`Source`]: the login's manager, the backoff, and
+/// what it reported last.
+pub(crate) struct Core {
     manager: AuthManager,
     config: AgentConfig,
     backoff: Backoff,
@@ -165,8 +181,6 @@ pub struct Agent {
     /// The reason of the last idle report, so that it is reported once.
     idle: Option<IdleReason>,
     started: SystemTime,
-    /// The fleet this machine belongs to, if any.
-    fleet: Option<fleet::FleetSync>,
     /// After this agent's own refresh: the generation it wrote and the earliest time to
     /// refresh it again (its own write wakes it; tokens living shorter than the lead must not
     /// make it loop).
@@ -180,8 +194,8 @@ pub struct Agent {
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
-            .field("store", &self.manager.store().path())
-            .field("lead", &self.config.lead)
+            .field("store", &self.core.manager.store().path())
+            .field("lead", &self.core.config.lead)
             .finish()
     }
 }
@@ -209,16 +223,18 @@ impl Agent {
         };
         let manager = AuthManager::unloaded(store, refresh)?;
         Ok(Agent {
-            manager,
-            backoff: Backoff::new(config.retry_initial, config.retry_max),
-            config,
-            refused: None,
-            idle: None,
-            started: SystemTime::now(),
-            fleet: None,
-            not_before: None,
-            reuse_wait: manager_reuse_wait,
-            published: None,
+            core: Core {
+                manager,
+                backoff: Backoff::new(config.retry_initial, config.retry_max),
+                config,
+                refused: None,
+                idle: None,
+                started: SystemTime::now(),
+                not_before: None,
+                reuse_wait: manager_reuse_wait,
+                published: None,
+            },
+            source: Source::Local,
         })
     }
 
@@ -234,10 +250,10 @@ impl Agent {
         // another machine's rotation arrives), not the local file.
         let config = RefreshConfig {
             reuse_wait: Duration::ZERO,
-            ..self.manager.config().clone()
+            ..self.core.manager.config().clone()
         };
-        self.manager = AuthManager::unloaded(self.manager.store().clone(), config)?;
-        self.fleet = Some(fleet::FleetSync::new(fleet));
+        self.core.manager = AuthManager::unloaded(self.core.manager.store().clone(), config)?;
+        self.source = Source::Fleet(Box::new(fleet::FleetSync::new(fleet)));
         Ok(self)
     }
 
@@ -266,19 +282,19 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
         mut on_event: impl FnMut(&AgentEvent),
     ) -> Result<(), AgentError> {
-        let store = self.manager.store().clone();
-        let initial = AgentStatus::new(self.started, AgentState::Idle, None);
+        let store = self.core.manager.store().clone();
+        let initial = AgentStatus::new(self.core.started, AgentState::Idle, None);
         let mut claim = store.claim_agent(&initial)?;
-        self.published = Some(initial);
+        self.core.published = Some(initial);
         let mut home = Home::attach(store.path(), &store.agent_lock_path())?;
         on_event(&AgentEvent::now(AgentEventKind::Started {
             pid: std::process::id(),
             auth_json: store.path().to_path_buf(),
-            lead_seconds: self.config.lead.as_secs(),
+            lead_seconds: self.core.config.lead.as_secs(),
         }));
         tokio::pin!(shutdown);
-        let manager = self.manager.clone();
-        let grace = self.manager.config().http_timeout + Duration::from_secs(5);
+        let manager = self.core.manager.clone();
+        let grace = self.core.manager.config().http_timeout + Duration::from_secs(5);
         // Events are reported after the status is published, so that whoever reacts to an event
         // finds the status (`inspect`) already telling the same.
         let mut pending: Vec<AgentEvent> = Vec::new();
@@ -331,9 +347,12 @@ impl Agent {
                 Plan::At(at, state) => (state, Some(at)),
                 Plan::UntilChange(state) => (state, None),
             };
-            self.publish(&claim, state, wake);
+            self.core.publish(&claim, state, wake);
             pending.drain(..).for_each(|e| on_event(&e));
-            let remote = self.fleet.as_ref().map(|f| (Arc::clone(&f.fleet), f.seen));
+            let remote = match &self.source {
+                Source::Fleet(sync) => Some((Arc::clone(&sync.fleet), sync.seen)),
+                Source::Local => None,
+            };
             // The due time, or (with nothing due) the periodic check of the home.
             let mut deadline = wake.map_or_else(|| std::time::Instant::now() + MAX_SLEEP, wake_at);
             // While the watch is disarmed after a change: when to arm it and look again.
@@ -452,11 +471,11 @@ impl Agent {
                 "the agent's claim file was removed or replaced while the agent ran"
             }
         };
-        let store = self.manager.store().clone();
-        let status = AgentStatus::new(self.started, AgentState::Idle, None);
+        let store = self.core.manager.store().clone();
+        let status = AgentStatus::new(self.core.started, AgentState::Idle, None);
         let fresh = store.claim_agent(&status)?;
         std::mem::replace(claim, fresh).abandon();
-        self.published = Some(status);
+        self.core.published = Some(status);
         *home = Home::attach(store.path(), &store.agent_lock_path())?;
         on_event(&AgentEvent::now(AgentEventKind::Reattached {
             auth_json: store.path().to_path_buf(),
@@ -465,6 +484,21 @@ impl Agent {
         Ok(Attachment::Reattached)
     }
 
+    /// Reads auth.json (and the fleet's record), and refreshes when it is due.
+    async fn step(&mut self, claim: &AgentClaim, on_event: &mut impl FnMut(&AgentEvent)) -> Plan {
+        match &mut self.source {
+            Source::Fleet(sync) => sync.step(&mut self.core, claim, on_event).await,
+            Source::Local => {
+                if let Some(plan) = self.core.step_local_schedule(on_event) {
+                    return plan;
+                }
+                self.core.refresh_local(claim, on_event).await
+            }
+        }
+    }
+}
+
+impl Core {
     /// Publishes the status, unless it is the one published last.
     fn publish(&mut self, claim: &AgentClaim, state: AgentState, next: Option<SystemTime>) {
         let status = AgentStatus::new(self.started, state, next);
@@ -475,17 +509,6 @@ impl Agent {
             Ok(()) => self.published = Some(status),
             Err(e) => tracing::warn!(error = %e, "could not publish the agent's status"),
         }
-    }
-
-    /// Reads auth.json, and refreshes when it is due.
-    async fn step(&mut self, claim: &AgentClaim, on_event: &mut impl FnMut(&AgentEvent)) -> Plan {
-        if self.fleet.is_some() {
-            return self.step_fleet(claim, on_event).await;
-        }
-        if let Some(plan) = self.step_local_schedule(on_event) {
-            return plan;
-        }
-        self.refresh_local(claim, on_event).await
     }
 
     /// Reads auth.json: reports what changed, and says what to do unless a refresh is due now

@@ -8,9 +8,11 @@ use super::etcd::{Compare, Op};
 use super::{Fleet, FleetError, LockHeld};
 use crate::boottime::BootInstant;
 
-/// The fleet's refresh lock, held by this process. Dropping it stops the keep-alive; release it
-/// with [`FleetLock::release`] to free it at once (else it expires with its lease).
+/// The fleet's refresh lock, held by this process: a guard. Dropping it stops the keep-alive and
+/// frees the lock (revokes its lease, in a task of the runtime); without a runtime to do that,
+/// the lock expires with its lease.
 pub struct FleetLock {
+    fleet: Arc<Fleet>,
     lease: i64,
     /// The lock key's `create_revision`: what a fenced write compares.
     pub(crate) revision: i64,
@@ -52,20 +54,30 @@ impl FleetLock {
             until: Arc::clone(&self.until),
         }
     }
-
-    /// Frees the lock now (revokes the lease).
-    pub(crate) async fn release(self, fleet: &Fleet) {
-        self.keepalive.abort();
-        if let Err(e) = fleet.etcd.revoke(self.lease).await {
-            tracing::warn!(error = %e, "could not revoke the fleet lock's lease; it expires by itself");
-        }
-    }
 }
 
 impl Drop for FleetLock {
     fn drop(&mut self) {
         self.keepalive.abort();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (fleet, lease) = (Arc::clone(&self.fleet), self.lease);
+        runtime.spawn(async move {
+            if let Err(e) = fleet.etcd.revoke(lease).await {
+                tracing::warn!(error = %e, "could not revoke the fleet lock's lease; it expires by itself");
+            }
+        });
     }
+}
+
+/// What an attempt to take the fleet lock found.
+#[derive(Debug)]
+pub(crate) enum LockAttempt {
+    /// Taken: this holder's until dropped.
+    Taken(FleetLock),
+    /// Another holder has it.
+    Held(LockHeld),
 }
 
 impl Fleet {
@@ -74,9 +86,7 @@ impl Fleet {
     ///
     /// # Errors
     /// The etcd errors.
-    pub(crate) async fn try_lock(
-        self: &Arc<Self>,
-    ) -> Result<Result<FleetLock, LockHeld>, FleetError> {
+    pub(crate) async fn try_lock(self: &Arc<Self>) -> Result<LockAttempt, FleetError> {
         let ttl = self.config.lock_ttl;
         // Counted from before the grant: the lease may have started any time after this.
         let granted = BootInstant::now();
@@ -122,7 +132,7 @@ impl Fleet {
                     lease: kv.lease,
                 },
             );
-            return Ok(Err(held));
+            return Ok(LockAttempt::Held(held));
         }
         let revision = result
             .gets
@@ -158,7 +168,8 @@ impl Fleet {
                 }
             })
         };
-        Ok(Ok(FleetLock {
+        Ok(LockAttempt::Taken(FleetLock {
+            fleet: Arc::clone(self),
             lease,
             revision,
             alive,

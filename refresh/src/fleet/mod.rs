@@ -31,9 +31,11 @@ use codex_store::Secret;
 
 pub(crate) use etcd::Etcd;
 pub use lock::FleetLock;
+pub(crate) use lock::LockAttempt;
 pub use record::{
-    unusable, FleetRecord, FleetRefusal, FleetStatus, LockHeld, RotationKind, RotationMeta,
+    unusable, FleetRecord, FleetRefusal, FleetStatus, LockHeld, Put, RotationKind, RotationMeta,
 };
+pub(crate) use record::{Found, RecordRead};
 
 /// The default key prefix of a fleet.
 pub const DEFAULT_PREFIX: &str = "/codex-store/default";

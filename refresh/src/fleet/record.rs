@@ -266,6 +266,54 @@ pub struct FleetRefusal {
     pub at: String,
 }
 
+/// What the record's key held at a read.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// No login.
+    Absent,
+    /// A document.
+    Record(Box<FleetRecord>),
+    /// Bytes that are not an auth.json document.
+    Invalid(FleetError),
+}
+
+impl Found {
+    fn into_result(self) -> Result<Option<FleetRecord>, FleetError> {
+        match self {
+            Found::Absent => Ok(None),
+            Found::Record(record) => Ok(Some(*record)),
+            Found::Invalid(e) => Err(e),
+        }
+    }
+}
+
+/// A read of the record, with etcd's revision at the read (where a watch for the next change
+/// starts).
+#[derive(Debug)]
+pub(crate) struct RecordRead {
+    /// What the record held.
+    pub(crate) record: Found,
+    /// The last rotation's description, when read with it.
+    pub(crate) rotation: Option<RotationMeta>,
+    /// etcd's revision at the read.
+    pub(crate) revision: i64,
+}
+
+/// What a conditional write of the record did.
+#[derive(Debug)]
+pub enum Put {
+    /// Written; the record's new revision.
+    Written {
+        /// etcd's revision of the write.
+        revision: i64,
+    },
+    /// The record moved on (or a fence no longer stood): nothing written.
+    Moved {
+        /// What the record holds now.
+        current: Option<Box<FleetRecord>>,
+    },
+}
+
 impl Fleet {
     /// The record, `None` when the fleet holds no login.
     ///
@@ -273,32 +321,33 @@ impl Fleet {
     /// [`FleetError::Unreachable`], [`FleetError::Etcd`]; [`FleetError::InvalidRecord`] when the
     /// value is not an auth.json document.
     pub async fn read(&self) -> Result<Option<FleetRecord>, FleetError> {
-        self.read_at().await?.0
+        self.read_at().await?.record.into_result()
     }
 
     /// Like [`Fleet::read`], with etcd's revision at the time of the read (where a watch for the
     /// next change starts), also when the record is absent or not a document.
-    pub(crate) async fn read_at(
-        &self,
-    ) -> Result<(Result<Option<FleetRecord>, FleetError>, i64), FleetError> {
+    pub(crate) async fn read_at(&self) -> Result<RecordRead, FleetError> {
         let (kv, revision) = self.etcd.get(&self.record_key()).await?;
-        let record = kv.map(|kv| self.parse(kv)).transpose();
-        Ok((record, revision))
+        Ok(RecordRead {
+            record: self.found(kv),
+            rotation: None,
+            revision,
+        })
+    }
+
+    /// What a key of the record held: absent, a document, or bytes that are none.
+    fn found(&self, kv: Option<Kv>) -> Found {
+        match kv.map(|kv| self.parse(kv)) {
+            None => Found::Absent,
+            Some(Ok(record)) => Found::Record(Box::new(record)),
+            Some(Err(e)) => Found::Invalid(e),
+        }
     }
 
     /// Like [`Fleet::read_at`], with the last rotation's description (`<prefix>/rotation`) read
     /// in the same transaction, so that it is the one of this very record when it names its
     /// token.
-    pub(crate) async fn read_with_rotation(
-        &self,
-    ) -> Result<
-        (
-            Result<Option<FleetRecord>, FleetError>,
-            Option<RotationMeta>,
-            i64,
-        ),
-        FleetError,
-    > {
+    pub(crate) async fn read_with_rotation(&self) -> Result<RecordRead, FleetError> {
         let result = self
             .etcd
             .txn(
@@ -308,12 +357,16 @@ impl Fleet {
             )
             .await?;
         let mut gets = result.gets.into_iter();
-        let record = gets.next().flatten().map(|kv| self.parse(kv)).transpose();
-        let meta = gets
+        let record = self.found(gets.next().flatten());
+        let rotation = gets
             .next()
             .flatten()
             .and_then(|kv| serde_json::from_slice::<RotationMeta>(&kv.value).ok());
-        Ok((record, meta, result.revision))
+        Ok(RecordRead {
+            record,
+            rotation,
+            revision: result.revision,
+        })
     }
 
     fn parse(&self, kv: Kv) -> Result<FleetRecord, FleetError> {
@@ -332,8 +385,8 @@ impl Fleet {
     }
 
     /// Writes `doc` if the record is still at `expected` (0: absent), with `meta` as the last
-    /// rotation. `Ok(Ok(revision))` with the new revision, `Ok(Err(current))` when the record
-    /// moved on (nothing written).
+    /// rotation: [`Put::Written`] with the new revision, [`Put::Moved`] with what the record holds
+    /// when it moved on (nothing written).
     ///
     /// # Errors
     /// [`FleetError::Unreachable`], [`FleetError::Etcd`], [`FleetError::InvalidRecord`].
@@ -342,7 +395,7 @@ impl Fleet {
         expected: i64,
         doc: &AuthDotJson,
         meta: &RotationMeta,
-    ) -> Result<Result<i64, Option<FleetRecord>>, FleetError> {
+    ) -> Result<Put, FleetError> {
         self.put_fenced(expected, None, doc, meta).await
     }
 
@@ -354,7 +407,7 @@ impl Fleet {
         lock_revision: Option<i64>,
         doc: &AuthDotJson,
         meta: &RotationMeta,
-    ) -> Result<Result<i64, Option<FleetRecord>>, FleetError> {
+    ) -> Result<Put, FleetError> {
         let key = self.record_key();
         let mut compare = vec![Compare::ModRevision(key.clone(), expected)];
         if let Some(rev) = lock_revision {
@@ -371,16 +424,18 @@ impl Fleet {
             )
             .await?;
         if result.succeeded {
-            return Ok(Ok(result.revision));
+            return Ok(Put::Written {
+                revision: result.revision,
+            });
         }
         let current = result
             .gets
             .into_iter()
             .next()
             .flatten()
-            .map(|kv| self.parse(kv))
+            .map(|kv| self.parse(kv).map(Box::new))
             .transpose()?;
-        Ok(Err(current))
+        Ok(Put::Moved { current })
     }
 
     /// The puts of every write of the login: the document under the record key and who wrote
