@@ -43,10 +43,6 @@ use watch::{Found, Home};
 /// The agent's lead must exceed it.
 pub const CODEX_REFRESH_WINDOW: Duration = Duration::from_secs(5 * 60);
 
-/// After a refresh, the agent does not refresh again for at least this long, even if the new
-/// token is already within the lead time (a lead longer than the tokens' lifetime).
-const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-
 /// When another process holds the refresh lock, the agent looks again after this long (its
 /// write wakes the agent sooner).
 const BUSY_RETRY: Duration = Duration::from_secs(2);
@@ -546,12 +542,11 @@ impl Core {
         }
         let was_refused = self.refused.take().is_some();
         let config = self.manager.config().clone();
-        let mut due = auth.due_at(&config).unwrap_or(SystemTime::UNIX_EPOCH);
-        if let Some((generation, not_before)) = self.not_before {
-            if generation == auth.generation() {
-                due = due.max(not_before);
-            }
-        }
+        let not_before = self
+            .not_before
+            .filter(|(generation, _)| *generation == auth.generation())
+            .map(|(_, at)| at);
+        let due = schedule::refresh_at(auth.due_at(&config), not_before);
         // Leaving a state in which it sent nothing is an event of its own: the log's last word
         // is never `idle` (or a refusal) while the agent works.
         if was_idle.is_some() || was_refused {
@@ -619,18 +614,11 @@ impl Core {
     /// passed already (the tokens live shorter than the lead, or the clock runs ahead), half
     /// the time left, and never sooner than [`MIN_REFRESH_INTERVAL`].
     fn next_due(&self, auth: &CodexAuth) -> SystemTime {
-        let now = SystemTime::now();
-        let due = auth
-            .due_at(self.manager.config())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        if due > now {
-            return due;
-        }
-        let left = auth
-            .expires_at()
-            .and_then(|exp| exp.duration_since(now).ok())
-            .unwrap_or_default();
-        now + (left / 2).max(MIN_REFRESH_INTERVAL)
+        schedule::next_after_refresh(
+            auth.due_at(self.manager.config()),
+            auth.expires_at(),
+            SystemTime::now(),
+        )
     }
 
     /// Whether the cached credentials are still due (a refresh found another under way).

@@ -9,6 +9,36 @@ use std::time::{Duration, Instant, SystemTime};
 /// so a laptop that slept through a due time wakes at most this late.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(10 * 60);
 
+/// After a refresh, the agent does not refresh again for at least this long, even if the new
+/// token is already within the lead time (a lead longer than the tokens' lifetime).
+pub(crate) const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// When to refresh credentials due at `due` (`None`: at once, their expiry unknown), never
+/// before `not_before` (set after this agent's own refresh of these very credentials).
+pub(crate) fn refresh_at(due: Option<SystemTime>, not_before: Option<SystemTime>) -> SystemTime {
+    let due = due.unwrap_or(SystemTime::UNIX_EPOCH);
+    not_before.map_or(due, |at| due.max(at))
+}
+
+/// When to refresh credentials just obtained or adopted at `now`, due at `due` and expiring at
+/// `expires`: their due time; when that has passed already (tokens living shorter than the
+/// lead, or a clock running ahead), half the time left, and never sooner than
+/// [`MIN_REFRESH_INTERVAL`].
+pub(crate) fn next_after_refresh(
+    due: Option<SystemTime>,
+    expires: Option<SystemTime>,
+    now: SystemTime,
+) -> SystemTime {
+    let due = due.unwrap_or(SystemTime::UNIX_EPOCH);
+    if due > now {
+        return due;
+    }
+    let left = expires
+        .and_then(|exp| exp.duration_since(now).ok())
+        .unwrap_or_default();
+    now + (left / 2).max(MIN_REFRESH_INTERVAL)
+}
+
 /// The monotonic instant of wall-clock `at` (now when it is past), capped at [`MAX_SLEEP`].
 pub(crate) fn wake_at(at: SystemTime) -> Instant {
     let wait = at
@@ -70,6 +100,55 @@ fn unit_random() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_refresh_time_is_the_due_time_held_back_only_by_the_agents_own_write() {
+        // (due, not before, expected)
+        let table = [
+            (Some(at(100)), None, at(100)),
+            (Some(at(100)), Some(at(50)), at(100)),
+            (Some(at(100)), Some(at(160)), at(160)),
+            (None, None, SystemTime::UNIX_EPOCH),
+            (None, Some(at(160)), at(160)),
+        ];
+        for (due, not_before, expected) in table {
+            assert_eq!(
+                refresh_at(due, not_before),
+                expected,
+                "due {due:?}, not before {not_before:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_refresh_the_next_is_the_due_time_or_half_the_life_left_but_never_within_a_minute() {
+        let now = at(10_000);
+        // (due, expires, expected)
+        let table = [
+            // Due later: then.
+            (Some(at(13_600)), Some(at(14_500)), at(13_600)),
+            // Already due (tokens living shorter than the lead): half the time left.
+            (Some(at(9_000)), Some(at(11_000)), at(10_500)),
+            // Half the time left is under a minute: a minute.
+            (Some(at(9_000)), Some(at(10_030)), at(10_060)),
+            // Expired, or expiry unknown: a minute.
+            (Some(at(9_000)), Some(at(9_500)), at(10_060)),
+            (None, None, at(10_060)),
+            // Due exactly now counts as passed.
+            (Some(now), Some(at(10_400)), at(10_200)),
+        ];
+        for (due, expires, expected) in table {
+            assert_eq!(
+                next_after_refresh(due, expires, now),
+                expected,
+                "due {due:?}, expires {expires:?}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_stays_within_the_jitter_band() {
