@@ -321,6 +321,15 @@ pub enum SaveOutcome {
     },
 }
 
+/// What a save does when auth.json changed since the rotation's base ([`Reserved::rebase`]).
+enum Rebase {
+    /// The new tokens merged into what auth.json holds now (the document and its bytes), durable
+    /// in the pending rotation file.
+    Merged(Box<AuthDotJson>, Vec<u8>),
+    /// auth.json holds newer tokens, another account or none: the new tokens were discarded.
+    Superseded,
+}
+
 /// A rotation whose save is prepared: the rotation file exists, filled with room for the answer.
 /// Dropping it before [`Reserved::save`] removes the file and releases the refresh lock.
 #[derive(Debug)]
@@ -423,43 +432,17 @@ impl Reserved {
             };
             let current = locked.snapshot();
             if current.generation() != self.base {
-                // Merged only while auth.json still holds the token this rotation redeemed (a
-                // writer ignoring the locks rewrote it). Newer tokens there (Codex's own
-                // rotation, a new sign-in) or another account win: merging ours back over them
-                // would lose their rotation.
-                let cur = current.auth();
-                let holds_redeemed = cur
-                    .and_then(|d| d.tokens.as_ref())
-                    .is_some_and(|t| t.refresh_token.fingerprint() == self.redeemed);
-                let next = cur.filter(|_| holds_redeemed).and_then(|c| merge(c, &doc));
-                let Some(next) = next else {
-                    self.discard(if holds_redeemed || cur.is_none() {
-                        "superseded"
-                    } else {
-                        "auth.json holds newer tokens"
-                    });
-                    return Ok(SaveOutcome::Superseded {
-                        current: locked.into_snapshot(),
-                    });
-                };
-                // The new tokens merged into what is there now, durable before the old file goes.
-                let next_bytes = next.to_json();
-                match rotation_file::write_fresh(
-                    store.path(),
-                    current.generation(),
-                    &self.redeemed,
-                    &next_bytes,
-                ) {
-                    Ok(fresh) => {
-                        let mut old = std::mem::replace(&mut self.pending, fresh);
-                        old.keep = false;
-                        drop(old);
-                        self.base = current.generation();
-                        doc = next;
+                match self.rebase(current, &doc)? {
+                    Rebase::Merged(next, next_bytes) => {
+                        doc = *next;
                         bytes = next_bytes;
                         merged = true;
                     }
-                    Err(e) => return Err(self.not_installed(e.to_string())),
+                    Rebase::Superseded => {
+                        return Ok(SaveOutcome::Superseded {
+                            current: locked.into_snapshot(),
+                        })
+                    }
                 }
             }
             // A writer ignoring the lock may have written since we read: never overwrite it.
@@ -483,12 +466,7 @@ impl Reserved {
             }
             drop(locked);
             let generation = Generation::of_bytes(&bytes);
-            let mut record = JournalRecord::new(JournalEvent::Saved, self.base);
-            record.new_generation = Some(generation.to_string());
-            record.account = doc.tokens.as_ref().and_then(|t| t.account());
-            record.refresh = Some(self.redeemed.clone());
-            record.new_refresh = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
-            self.rotation.record(&record);
+            self.journal_saved(generation, &doc);
             return Ok(SaveOutcome::Installed {
                 generation,
                 document: doc,
@@ -497,6 +475,58 @@ impl Reserved {
             });
         }
         Err(self.not_installed(last_problem))
+    }
+
+    /// Auth.json changed since the rotation's base (`current` is what it holds now, read under
+    /// the write locks): the new tokens of `doc` merged into it, durable in a fresh rotation file
+    /// that becomes the pending one, while it still holds the token this rotation redeemed (a
+    /// writer ignoring the locks rewrote it). Newer tokens there (Codex's own rotation, a new
+    /// sign-in), another account or none win: merging ours back over them would lose their
+    /// rotation, so ours are discarded.
+    ///
+    /// # Errors
+    /// [`StoreError::NotInstalled`] when the merged document cannot be made durable.
+    fn rebase(&mut self, current: &Snapshot, doc: &AuthDotJson) -> Result<Rebase, StoreError> {
+        let cur = current.auth();
+        let holds_redeemed = cur
+            .and_then(|d| d.tokens.as_ref())
+            .is_some_and(|t| t.refresh_token.fingerprint() == self.redeemed);
+        let next = cur.filter(|_| holds_redeemed).and_then(|c| merge(c, doc));
+        let Some(next) = next else {
+            self.discard(if holds_redeemed || cur.is_none() {
+                "superseded"
+            } else {
+                "auth.json holds newer tokens"
+            });
+            return Ok(Rebase::Superseded);
+        };
+        // The new tokens merged into what is there now, durable before the old file goes.
+        let next_bytes = next.to_json();
+        match rotation_file::write_fresh(
+            self.rotation.store().path(),
+            current.generation(),
+            &self.redeemed,
+            &next_bytes,
+        ) {
+            Ok(fresh) => {
+                let mut old = std::mem::replace(&mut self.pending, fresh);
+                old.keep = false;
+                drop(old);
+                self.base = current.generation();
+                Ok(Rebase::Merged(Box::new(next), next_bytes))
+            }
+            Err(e) => Err(self.not_installed(e.to_string())),
+        }
+    }
+
+    /// Journals that `doc`, of `generation`, was installed over the rotation's base.
+    fn journal_saved(&self, generation: Generation, doc: &AuthDotJson) {
+        let mut record = JournalRecord::new(JournalEvent::Saved, self.base);
+        record.new_generation = Some(generation.to_string());
+        record.account = doc.tokens.as_ref().and_then(|t| t.account());
+        record.refresh = Some(self.redeemed.clone());
+        record.new_refresh = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
+        self.rotation.record(&record);
     }
 
     /// Writes `bytes` into the rotation file durably; on failure, into a fresh one; and when
