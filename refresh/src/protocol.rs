@@ -128,9 +128,6 @@ async fn pass(
     fence: Option<&dyn SendFence>,
 ) -> Result<Pass, RefreshError> {
     let store = inner.store.clone();
-    // The store's one lock-wait setting; another process may hold the refresh lock across its
-    // request, so it should exceed `http_timeout` (the default does).
-    let wait = inner.store.options().lock_timeout;
     let rotation: Rotation = match (urgency, inner.cached()) {
         (Urgency::IfDueUnlessBusy, Some(cached)) => {
             match blocking(move || store.try_begin_rotation()).await? {
@@ -140,7 +137,9 @@ async fn pass(
                 None => return Ok(Pass::Done((RefreshOutcome::NotNeeded, cached))),
             }
         }
-        _ => blocking(move || store.begin_rotation(wait)).await?,
+        // Waits the store's one lock-wait setting; another process may hold the refresh lock
+        // across its request, so it should exceed `http_timeout` (the default does).
+        _ => blocking(move || store.begin_rotation()).await?,
     };
     // Under the refresh lock, after the recovery: tokens this process could not write before.
     if let Some(saved) = save_unsaved(inner).await? {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::lock::{self, LockGuard};
+use crate::names::Sidecar;
 use crate::side_file::{self, SideBytes};
 use crate::store::Store;
 use crate::timestamp::Timestamp;
@@ -94,30 +95,30 @@ pub struct AgentClaim {
 impl Store {
     /// The agent's claim file, `auth.json.agent.lock` beside auth.json (its target for a link).
     pub fn agent_lock_path(&self) -> PathBuf {
-        lock::sibling(self.path(), ".agent.lock")
+        Sidecar::AgentLock.beside(self.path())
     }
 
     /// The agent's status file, `auth.json.agent` beside the claim.
     pub fn agent_status_path(&self) -> PathBuf {
-        lock::sibling(self.path(), ".agent")
+        Sidecar::AgentStatus.beside(self.path())
     }
 
     /// Where the agent writes its status before renaming it over
     /// [`agent_status_path`](Store::agent_status_path): `auth.json.agent.tmp`.
     pub fn agent_status_temp_path(&self) -> PathBuf {
-        lock::sibling(self.path(), ".agent.tmp")
+        Sidecar::AgentStatusTemp.beside(self.path())
     }
 
     /// A fleet agent's record of what was last in sync, `auth.json.fleet` beside auth.json (its
     /// target for a link).
     pub fn fleet_state_path(&self) -> PathBuf {
-        lock::sibling(self.path(), ".fleet")
+        Sidecar::FleetState.beside(self.path())
     }
 
     /// Where a fleet agent writes its state before renaming it over
     /// [`fleet_state_path`](Store::fleet_state_path): `auth.json.fleet.tmp`.
     pub fn fleet_state_temp_path(&self) -> PathBuf {
-        lock::sibling(self.path(), ".fleet.tmp")
+        Sidecar::FleetStateTemp.beside(self.path())
     }
 
     /// Claims the store for an agent, never waiting, and publishes `status`.

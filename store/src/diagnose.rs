@@ -266,14 +266,10 @@ impl Store {
         ];
         paths.sort();
         paths.dedup();
-        let journal = self
-            .journal_path()
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(|n| format!("{n}.compact."));
-        let prefixes: Vec<String> = ["tmp", "inplace", "rotation"]
+        let journal = crate::names::journal_compact_prefix(self.journal_path());
+        let prefixes: Vec<String> = crate::names::Numbered::ALL
             .iter()
-            .map(|kind| crate::replace::prefix_for(self.path(), kind))
+            .map(|kind| kind.prefix(self.path()))
             .chain(journal)
             .collect();
         if let Ok(entries) = fs::read_dir(self.dir()) {

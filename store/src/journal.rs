@@ -14,10 +14,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::generation::Generation;
+use crate::names;
+use crate::side_file::{self, NO_FOLLOW};
 use crate::timestamp::Timestamp;
 
 /// The journal is compacted to about half of this when it grows past it, and no more than this
@@ -156,7 +159,7 @@ fn open_append(path: &Path) -> io::Result<File> {
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .custom_flags(side_file::custom(NO_FOLLOW))
             .open(path)
     };
     match open() {
@@ -165,12 +168,12 @@ fn open_append(path: &Path) -> io::Result<File> {
         // A link (O_NOFOLLOW), a FIFO without a reader or a device without a driver.
         Err(e)
             if matches!(
-                e.raw_os_error(),
-                Some(libc::ELOOP | libc::ENXIO | libc::ENODEV)
+                side_file::errno(&e),
+                Some(Errno::LOOP | Errno::NXIO | Errno::NODEV)
             ) => {}
         Err(e) => return Err(e),
     }
-    if crate::side_file::is_regular(path) {
+    if side_file::is_regular(path) {
         return Err(io::Error::other("the journal changed while it was opened"));
     }
     fs::remove_file(path)?;
@@ -199,7 +202,7 @@ pub(crate) fn append(path: &Path, record: &JournalRecord) -> Result<(), StoreErr
 /// Keeps the newest half of the journal, replacing it by an atomic rename.
 fn compact(path: &Path) -> Result<(), StoreError> {
     let keep = tail_bytes(path, JOURNAL_LIMIT / 2)?;
-    let tmp = crate::lock::sibling(path, &format!(".compact.{}", std::process::id()));
+    let tmp = names::journal_compact(path);
     // Only the refresh lock's holder compacts: anything at this name is a leftover of a crash,
     // or planted (a FIFO would hang an open for writing). Removed, then created exclusively.
     let _ = fs::remove_file(&tmp);
@@ -207,7 +210,7 @@ fn compact(path: &Path) -> Result<(), StoreError> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .custom_flags(side_file::custom(NO_FOLLOW))
         .open(&tmp)
         .and_then(|mut f| f.write_all(&keep))
         .and_then(|()| fs::rename(&tmp, path));
@@ -220,11 +223,7 @@ fn compact(path: &Path) -> Result<(), StoreError> {
 
 /// The last `limit` bytes of the file, starting at a line boundary.
 fn tail_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, StoreError> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path);
-    let mut file = match opened {
+    let mut file = match side_file::open_read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::io("open the journal", path, e)),

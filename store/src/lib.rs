@@ -113,11 +113,18 @@
 //!   links, leftover temps and a directory writable by others.
 //! - Secrets are not zeroed in memory when dropped.
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
+// The modules in layers, each using only those above it (and the leaves: `error`, `generation`,
+// `options`, `secret`, `timestamp`, `jwt`, `auth_json`):
+// names, side_file -> read -> snapshot -> replace, lock, link -> store (the handle) -> core
+// (locks + snapshot) -> rotation_file -> recovery -> transaction, rotation -> journal users
+// (agent, diagnose, backend).
 mod agent;
 mod auth_json;
 pub mod backend;
+mod core;
 mod diagnose;
 mod error;
 mod generation;
@@ -125,13 +132,16 @@ mod journal;
 mod jwt;
 mod link;
 mod lock;
+pub mod names;
 mod options;
 mod read;
 mod recovery;
 mod replace;
 mod rotation;
+mod rotation_file;
 mod secret;
 pub mod side_file;
+mod snapshot;
 mod store;
 mod timestamp;
 mod transaction;
@@ -143,15 +153,16 @@ pub use error::{NotInstalledCause, Redeemer, StoreError};
 pub use generation::{Expect, Generation};
 pub use journal::{read_journal, JournalEvent, JournalRecord, TokenFate, JOURNAL_LIMIT};
 pub use jwt::{token_expiry, IdTokenClaims, JwtError};
+pub use names::{
+    AUTH_FILE, CODEX_LOCK_FILE, IN_PLACE_PREFIX, JOURNAL_FILE, LOCK_FILE, REFRESH_LOCK_FILE,
+    ROTATION_PREFIX, TEMP_PREFIX,
+};
 pub use options::{StoreOptions, WaitNotice, DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV};
 pub use read::MAX_FILE_SIZE;
-pub use replace::{IN_PLACE_PREFIX, TEMP_PREFIX};
-pub use rotation::{
-    merge as merge_rotated, Durability, Reserved, Rotation, SaveOutcome, ROTATION_PREFIX,
-};
+pub use rotation::{Durability, Reserved, Rotation, SaveOutcome};
+pub use rotation_file::merge as merge_rotated;
 pub use secret::Secret;
-pub use store::{
-    Snapshot, Store, AUTH_FILE, CODEX_LOCK_FILE, JOURNAL_FILE, LOCK_FILE, REFRESH_LOCK_FILE,
-};
+pub use snapshot::Snapshot;
+pub use store::Store;
 pub use timestamp::Timestamp;
 pub use transaction::Transaction;

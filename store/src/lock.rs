@@ -17,6 +17,7 @@ use rustix::fs::{flock, FlockOperation};
 
 use crate::error::StoreError;
 use crate::options::StoreOptions;
+use crate::side_file::{self, NO_FOLLOW};
 
 /// `flock(fd, operation)`, as an `io::Error` (`WouldBlock` when a non-blocking attempt finds
 /// the lock held). The lock belongs to the open file description: it lasts until the
@@ -41,7 +42,7 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .custom_flags(side_file::custom(NO_FOLLOW))
         .open(path)
         .map_err(|e| StoreError::io("open the lock file", path, e))?;
     regular(file, path)
@@ -243,11 +244,7 @@ fn timeout(path: &Path, start: Instant) -> StoreError {
 /// It probes with a non-blocking shared `flock` on a read-only descriptor, released at once: a
 /// writer arriving in that instant waits for it in the kernel, nothing more.
 pub(crate) fn is_held(path: &Path) -> Result<bool, StoreError> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path);
-    let file = match opened {
+    let file = match side_file::open_read(path) {
         Ok(f) => regular(f, path)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(StoreError::io("open the lock file", path, e)),
@@ -262,11 +259,4 @@ pub(crate) fn is_held(path: &Path) -> Result<bool, StoreError> {
         Err(e) => return Err(lock_error(path, e)),
     };
     Ok(held)
-}
-
-/// A sibling of `auth_path` named after it with `suffix` appended (`auth.json.lock`).
-pub(crate) fn sibling(auth_path: &Path, suffix: &str) -> PathBuf {
-    let mut name = auth_path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    auth_path.with_file_name(name)
 }

@@ -1,8 +1,7 @@
 //! Reading auth.json: one whole snapshot, a size limit, and a brief retry on a half-written file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::auth_json::AuthDotJson;
 use crate::error::StoreError;
 use crate::generation::Generation;
+use crate::side_file;
 
 /// The largest auth.json the store reads (1 MiB). Real files are about 2 KiB.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
@@ -43,11 +43,7 @@ impl RawFile {
 /// Opens auth.json for reading: never through a symlink, never blocking on a FIFO or device
 /// (`O_NONBLOCK`, which changes nothing for a regular file), and only a regular file.
 fn open_no_follow(path: &Path) -> Result<Option<File>, StoreError> {
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
+    match side_file::open_read(path) {
         Ok(f) => match f.metadata() {
             Ok(meta) if meta.is_file() => Ok(Some(f)),
             Ok(_) => Err(StoreError::NotARegularFile {
@@ -56,9 +52,11 @@ fn open_no_follow(path: &Path) -> Result<Option<File>, StoreError> {
             Err(e) => Err(StoreError::io("inspect", path, e)),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(StoreError::Symlink {
-            path: path.to_path_buf(),
-        }),
+        Err(e) if side_file::errno(&e) == Some(rustix::io::Errno::LOOP) => {
+            Err(StoreError::Symlink {
+                path: path.to_path_buf(),
+            })
+        }
         Err(e) => Err(StoreError::io("open", path, e)),
     }
 }

@@ -25,9 +25,11 @@ use crate::auth_json::AuthDotJson;
 use crate::error::StoreError;
 use crate::generation::Generation;
 use crate::journal::{self, JournalEvent, JournalRecord};
-use crate::read::MAX_FILE_SIZE;
+use crate::lock::{self, StoreLock};
+use crate::names;
+use crate::read::{self, RawFile, MAX_FILE_SIZE};
 use crate::replace;
-use crate::rotation::{merge, RotationName};
+use crate::rotation_file::{merge, RotationName, SENT_MARK};
 use crate::secret::Secret;
 use crate::side_file::{self, SideFile};
 use crate::store::Store;
@@ -43,6 +45,51 @@ enum Verdict {
     Merge(Box<AuthDotJson>, Generation),
     Discard(&'static str),
     Leave,
+}
+
+impl Store {
+    /// Installs (or discards) the rotation files a crashed refresh left, if no refresh is
+    /// running now. Never waits for the refresh lock; returns whether it could look.
+    ///
+    /// # Errors
+    /// Errors of the write locks, of reading auth.json, or of the installation.
+    pub fn recover(&self) -> Result<bool, StoreError> {
+        let rotations = !replace::rotation_files(self.path()).is_empty();
+        let in_place = replace::has_in_place(self.path());
+        if !rotations && !in_place {
+            return Ok(true);
+        }
+        // An interrupted in-place write needs only the write locks; a rotation file also needs
+        // the refresh lock (a running refresh owns its own).
+        let flight = if rotations {
+            lock::try_acquire(self.refresh_lock_path())?
+        } else {
+            None
+        };
+        let _locked = self.lock()?;
+        replace::finish_in_place(self.path());
+        if flight.is_some() {
+            recover_locked(self)?;
+        }
+        Ok(!rotations || flight.is_some())
+    }
+
+    /// Takes the write locks, sweeps leftover temp files, and installs the rotations of crashed
+    /// refreshes when no refresh is running.
+    pub(crate) fn lock_and_tidy(&self) -> Result<StoreLock, StoreError> {
+        let lock = self.lock()?;
+        let leftovers = replace::sweep_temps(self.path());
+        if leftovers.rotations {
+            // Non-blocking: a refresh running now owns its rotation file.
+            if let Some(_flight) = lock::try_acquire(self.refresh_lock_path())? {
+                // A recovery that cannot finish (auth.json corrupt) must not block this write
+                // (the one way to replace a corrupt file): the rotation file stays, and no
+                // refresh goes on while it does (`Store::begin_rotation` fails).
+                let _ = recover_locked(self);
+            }
+        }
+        Ok(lock)
+    }
 }
 
 /// Runs the recovery. The caller holds the refresh lock and the write locks.
@@ -155,7 +202,7 @@ fn judge_bytes(
     if bytes.iter().all(|b| *b == b' ') {
         return Ok(Verdict::RemoveUnused);
     }
-    if let Some(outcome) = bytes.strip_prefix(crate::rotation::SENT_MARK) {
+    if let Some(outcome) = bytes.strip_prefix(SENT_MARK) {
         // Sent, and its outcome could not be journaled then: journal it now.
         let name = String::from_utf8_lossy(outcome);
         let event = JournalEvent::from_name(name.trim()).unwrap_or(JournalEvent::Unanswered);
@@ -178,11 +225,9 @@ fn judge_bytes(
     // that a crash cut short: auth.json is empty or a strict prefix of it. Without the mark an
     // empty auth.json may be a writer ignoring the locks, half way: never written over. Finish it; the rotation file goes
     // only once auth.json reads back as the document.
-    let marked = path
-        .to_str()
-        .is_some_and(|p| p.ends_with(replace::IN_PLACE_SUFFIX));
-    let current_bytes = || match crate::read::read_raw(store.path()) {
-        Ok(Some(crate::read::RawFile::Bytes(raw))) => Some(raw),
+    let marked = names::is_in_place_marked(path);
+    let current_bytes = || match read::read_raw(store.path()) {
+        Ok(Some(RawFile::Bytes(raw))) => Some(raw),
         _ => None,
     };
     if let Some(raw) = Some(marked).filter(|m| *m).and_then(|_| current_bytes()) {

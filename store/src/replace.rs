@@ -7,33 +7,14 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
 use crate::error::StoreError;
 use crate::generation::{Expect, Generation};
+use crate::names::{self, Numbered};
 use crate::read::{current_generation, read_raw, RawFile, MAX_FILE_SIZE};
-use crate::side_file::{self, SideBytes};
-
-/// Every temp file the store creates beside auth.json starts with this name (followed by pid and
-/// a counter); beside a link's target named otherwise, with `.<name>.codex-store-tmp.` (see
-/// [`prefix_for`]). Leftovers of a crashed writer are swept, under the lock, by this exact prefix.
-pub const TEMP_PREFIX: &str = ".auth.json.codex-store-tmp.";
-
-/// The prefix of the store's own files of `kind` (`tmp`, `inplace`, `rotation`) beside `path`
-/// (auth.json, or the target of its link): `.<file name>.codex-store-<kind>.`. Named after the
-/// file, so that the stores of two files in one directory (two homes linking to `alice.json` and
-/// `bob.json`) never sweep, judge or install each other's files.
-pub(crate) fn prefix_for(path: &Path, kind: &str) -> String {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or(crate::store::AUTH_FILE);
-    format!(".{name}.codex-store-{kind}.")
-}
-
-fn dir_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
+use crate::side_file::{self, dir_names, dir_of, open_dir, SideBytes, NO_FOLLOW};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -52,7 +33,7 @@ impl Drop for TempFile {
 }
 
 fn create_temp(auth: &Path) -> Result<(File, TempFile), StoreError> {
-    let prefix = prefix_for(auth, "tmp");
+    let prefix = Numbered::Temp.prefix(auth);
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir_of(auth).join(format!("{prefix}{}.{n}", std::process::id()));
@@ -60,7 +41,7 @@ fn create_temp(auth: &Path) -> Result<(File, TempFile), StoreError> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .custom_flags(side_file::custom(NO_FOLLOW))
             .open(&path)
         {
             Ok(file) => return Ok((file, TempFile { path, armed: true })),
@@ -98,16 +79,9 @@ pub(crate) fn recheck(path: &Path, expected: Generation) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Opens the directory `dir` to fsync it: as a directory only (`O_DIRECTORY`), never blocking.
-fn open_dir(dir: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(dir)
-}
-
+/// Fsyncs the directory `dir`, opened as a directory only (`O_DIRECTORY`), never blocking.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    open_dir(dir)
+    open_dir(dir, OFlags::NONBLOCK)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io("fsync the directory", dir, e))
 }
@@ -140,16 +114,6 @@ pub(crate) fn replace(
     Ok(generation)
 }
 
-/// Leftovers of an in-place write (below) interrupted by a crash start with this; they are
-/// finished or removed under the lock, never swept blindly.
-/// (For auth.json; beside a link's target named otherwise, `.<name>.codex-store-inplace.`.)
-pub const IN_PLACE_PREFIX: &str = ".auth.json.codex-store-inplace.";
-
-/// Appended to a rotation file's name while it is being installed in place: only then may the
-/// recovery take an empty or cut-short auth.json for that install's interrupted write (and not
-/// for a writer ignoring the locks, half way).
-pub(crate) const IN_PLACE_SUFFIX: &str = ".inplace";
-
 /// How a document was installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Installed {
@@ -168,11 +132,11 @@ pub(crate) enum Installed {
 /// state a reader can catch is empty or a strict prefix of the document, which never parses:
 /// readers of this store re-read until it is whole. (Readers that give up on an unparseable file
 /// at once, as Codex may, can see it empty for those microseconds: that cannot be avoided without
-/// a rename.) Until it is fsynced, the document stays in a file named [`IN_PLACE_PREFIX`]..., from
+/// a rename.) Until it is fsynced, the document stays in a file named [`crate::IN_PLACE_PREFIX`]..., from
 /// which an interrupted write is finished by the next writer.
 ///
 /// A rotation file (`keep_name`) stays a rotation file through the in-place write (marked with
-/// [`IN_PLACE_SUFFIX`]), so that the recovery, which knows the generation it replaces and the
+/// [`names::IN_PLACE_SUFFIX`]), so that the recovery, which knows the generation it replaces and the
 /// token it redeemed, finishes the write if a crash cuts it short; it is removed only once
 /// auth.json reads back as the document.
 pub(crate) fn install(
@@ -183,19 +147,17 @@ pub(crate) fn install(
 ) -> io::Result<Installed> {
     match fs::rename(from, to) {
         Ok(()) => Ok(Installed::Renamed),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) => {
+        Err(e) if matches!(side_file::errno(&e), Some(Errno::BUSY | Errno::XDEV)) => {
             let keep = if keep_name {
                 // Still a rotation file, marked: an in-place install of it is under way.
-                let mut marked = from.as_os_str().to_os_string();
-                marked.push(IN_PLACE_SUFFIX);
-                let marked = std::path::PathBuf::from(marked);
+                let marked = names::in_place_marked(from);
                 fs::rename(from, &marked)?;
                 marked
             } else {
                 let n = COUNTER.fetch_add(1, Ordering::Relaxed);
                 let keep = dir_of(to).join(format!(
                     "{}{}.{n}",
-                    prefix_for(to, "inplace"),
+                    Numbered::InPlace.prefix(to),
                     std::process::id()
                 ));
                 fs::rename(from, &keep)?;
@@ -227,7 +189,7 @@ pub(crate) fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .custom_flags(side_file::custom(NO_FOLLOW))
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::other("not a regular file"));
@@ -245,7 +207,7 @@ pub(crate) fn interrupted_in_place(current: &[u8], document: &[u8]) -> bool {
 
 /// Whether leftovers of interrupted in-place writes of `path` are beside it.
 pub(crate) fn has_in_place(path: &Path) -> bool {
-    let prefix = prefix_for(path, "inplace");
+    let prefix = Numbered::InPlace.prefix(path);
     dir_names(dir_of(path))
         .iter()
         .any(|name| name.starts_with(&prefix))
@@ -255,7 +217,7 @@ pub(crate) fn has_in_place(path: &Path) -> bool {
 /// locks, under which every in-place write happens, so any leftover found is a crashed writer's.
 pub(crate) fn finish_in_place(path: &Path) {
     let dir = dir_of(path);
-    let prefix = prefix_for(path, "inplace");
+    let prefix = Numbered::InPlace.prefix(path);
     for name in dir_names(dir) {
         if !name.starts_with(&prefix) {
             continue;
@@ -309,7 +271,7 @@ pub(crate) fn remove(path: &Path, expected: Generation) -> Result<(), StoreError
 /// Fsyncs `dir` after a change of `path` that is already in place: a failure is
 /// [`StoreError::NotDurable`], not a failed write.
 fn synced(dir: &Path, path: &Path, generation: Generation) -> Result<(), StoreError> {
-    open_dir(dir)
+    open_dir(dir, OFlags::NONBLOCK)
         .and_then(|d| d.sync_all())
         .map_err(|source| StoreError::NotDurable {
             path: path.to_path_buf(),
@@ -320,51 +282,10 @@ fn synced(dir: &Path, path: &Path, generation: Generation) -> Result<(), StoreEr
 
 /// The names of leftover temp files beside `path`.
 pub(crate) fn leftover_temps(path: &Path) -> Vec<String> {
-    let prefix = prefix_for(path, "tmp");
+    let prefix = Numbered::Temp.prefix(path);
     dir_names(dir_of(path))
         .into_iter()
         .filter(|name| name.starts_with(&prefix))
-        .collect()
-}
-
-/// The (UTF-8) names in `dir`. On Linux the directory is read with `O_NOATIME` where allowed:
-/// with `relatime`, a plain read after each rename rewrites the directory's access time, and the
-/// next fsync pays for it (measured: +56 us per commit).
-#[cfg(target_os = "linux")]
-fn dir_names(dir: &Path) -> Vec<String> {
-    let open = |flags| {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | flags)
-            .open(dir)
-    };
-    // O_NOATIME is refused (EPERM) on directories we do not own.
-    let Ok(file) = open(libc::O_NOATIME).or_else(|_| open(0)) else {
-        return Vec::new();
-    };
-    // `Dir::new` reads through this descriptor (std's `read_dir` would open the directory again,
-    // without O_NOATIME) and closes it when dropped.
-    let Ok(mut entries) = rustix::fs::Dir::new(file) else {
-        return Vec::new();
-    };
-    let mut names = Vec::new();
-    while let Some(Ok(entry)) = entries.read() {
-        if let Ok(name) = entry.file_name().to_str() {
-            names.push(name.to_owned());
-        }
-    }
-    names
-}
-
-/// The (UTF-8) names in `dir`.
-#[cfg(not(target_os = "linux"))]
-fn dir_names(dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
         .collect()
 }
 
@@ -381,9 +302,9 @@ pub(crate) struct Leftovers {
 pub(crate) fn sweep_temps(path: &Path) -> Leftovers {
     let dir = dir_of(path);
     let (temp, rotation, inplace) = (
-        prefix_for(path, "tmp"),
-        prefix_for(path, "rotation"),
-        prefix_for(path, "inplace"),
+        Numbered::Temp.prefix(path),
+        Numbered::Rotation.prefix(path),
+        Numbered::InPlace.prefix(path),
     );
     let mut rotations = false;
     let mut in_place = false;
@@ -404,7 +325,7 @@ pub(crate) fn sweep_temps(path: &Path) -> Leftovers {
 
 /// The names of the rotation files of `path` (beside it), oldest name first.
 pub(crate) fn rotation_files(path: &Path) -> Vec<String> {
-    let prefix = prefix_for(path, "rotation");
+    let prefix = Numbered::Rotation.prefix(path);
     let mut names: Vec<String> = dir_names(dir_of(path))
         .into_iter()
         .filter(|name| name.starts_with(&prefix))
@@ -417,6 +338,7 @@ pub(crate) fn rotation_files(path: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
+    use crate::names::IN_PLACE_PREFIX;
     use crate::side_file::make_fifo as fifo;
 
     #[test]

@@ -14,30 +14,24 @@
 //!    `auth.lock` and `auth.json.lock`, briefly, to rename the file over auth.json, merging into
 //!    whatever a writer ignoring the locks wrote meanwhile.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::auth_json::AuthDotJson;
+use crate::core::{Held, Locked};
 use crate::error::{NotInstalledCause, Redeemer, StoreError};
 use crate::generation::Generation;
 use crate::journal::{self, JournalEvent, JournalRecord, TokenFate};
 use crate::lock::{self, LockGuard};
 use crate::read::MAX_FILE_SIZE;
 use crate::replace;
+use crate::rotation_file::{self, merge, PendingFile, RotationName, SENT_MARK};
 use crate::secret::Secret;
-use crate::store::{Snapshot, Store};
-
-/// Every rotation file's name starts with this, followed by
-/// `<replaced generation>.<fingerprint of the redeemed refresh token>.<pid>.<n>`. Rotation files
-/// hold redeemed tokens: they are never swept as temp files, only installed or discarded by
-/// the recovery, under the refresh lock. (For auth.json; beside a link's target named
-/// otherwise, `.<name>.codex-store-rotation.`, so that two stores in one directory never take
-/// each other's.)
-pub const ROTATION_PREFIX: &str = ".auth.json.codex-store-rotation.";
+use crate::snapshot::Snapshot;
+use crate::store::Store;
 
 /// How often a save re-reads and merges when auth.json keeps changing under it (writers that
 /// ignore the locks) before it gives up, leaving the rotation file for the next process.
@@ -47,73 +41,27 @@ const INSTALL_ATTEMPTS: u32 = 8;
 /// replace.
 const RESERVE_MARGIN: u64 = 16 * 1024;
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// How a rotation file starts when its token was sent, its outcome (the journal event's name
-/// follows) could not be journaled, and no answer came to be kept: not a document, so the
-/// recovery journals that outcome when it can.
-pub(crate) const SENT_MARK: &[u8] = b"codex-store: sent; the journal could not take its outcome: ";
-
-/// The parts of a rotation file's name.
-pub(crate) struct RotationName {
-    /// The generation the rotation replaces, as hex.
-    pub(crate) base: String,
-    /// The fingerprint of the refresh token that was redeemed.
-    pub(crate) redeemed: String,
-}
-
-impl RotationName {
-    /// A new name for a rotation file of `auth`.
-    fn format(auth: &Path, base: Generation, redeemed: &str) -> String {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{}{base}.{redeemed}.{}.{n}",
-            replace::prefix_for(auth, "rotation"),
-            std::process::id()
-        )
-    }
-
-    /// The parts of `name`, a rotation file of `auth`.
-    pub(crate) fn parse(auth: &Path, name: &str) -> Option<RotationName> {
-        let prefix = replace::prefix_for(auth, "rotation");
-        let mut parts = name.strip_prefix(prefix.as_str())?.split('.');
-        let base = parts.next()?;
-        let redeemed = parts.next()?;
-        let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-        (hex(base, 64) && hex(redeemed, 12)).then(|| RotationName {
-            base: base.to_owned(),
-            redeemed: redeemed.to_owned(),
-        })
-    }
-}
-
 /// A refresh in progress: codex-store's single-flight lock is held, and
 /// [`Rotation::snapshot`] is what auth.json held once it was taken. Dropping it releases the
 /// lock.
 #[derive(Debug)]
 #[must_use = "dropping a rotation releases the refresh lock"]
 pub struct Rotation {
-    store: Store,
-    _flight: LockGuard,
-    snapshot: Snapshot,
+    held: Held<LockGuard>,
     /// What the journal said of the snapshot's refresh token when it was read.
     fate: Option<TokenFate>,
 }
 
 impl Store {
-    /// Takes the single-flight refresh lock (waiting up to `wait`, which should exceed the
-    /// longest refresh request), installs the rotation files of crashed refreshes, and reads
-    /// auth.json.
+    /// Takes the single-flight refresh lock (waiting up to the store's
+    /// [`crate::StoreOptions::lock_timeout`], which should exceed the longest refresh request),
+    /// installs the rotation files of crashed refreshes, and reads auth.json.
     ///
     /// # Errors
     /// [`StoreError::LockTimeout`] when another process holds the refresh lock for longer than
-    /// `wait`; any error of the recovery (which takes the write locks) or of the read.
-    pub fn begin_rotation(&self, wait: Duration) -> Result<Rotation, StoreError> {
-        let options = crate::StoreOptions {
-            lock_timeout: wait,
-            ..self.options().clone()
-        };
-        let flight = lock::acquire(self.refresh_lock_path(), &options)?;
+    /// the lock timeout; any error of the recovery (which takes the write locks) or of the read.
+    pub fn begin_rotation(&self) -> Result<Rotation, StoreError> {
+        let flight = lock::acquire(self.refresh_lock_path(), self.options())?;
         self.rotation_under(flight)
     }
 
@@ -137,40 +85,9 @@ impl Store {
             replace::finish_in_place(self.path());
             crate::recovery::recover_locked(self)?;
         }
-        let snapshot = self.load()?;
-        let fate = fate_in_journal(self, &snapshot);
-        Ok(Rotation {
-            store: self.clone(),
-            _flight: flight,
-            snapshot,
-            fate,
-        })
-    }
-
-    /// Installs (or discards) the rotation files a crashed refresh left, if no refresh is
-    /// running now. Never waits for the refresh lock; returns whether it could look.
-    ///
-    /// # Errors
-    /// Errors of the write locks, of reading auth.json, or of the installation.
-    pub fn recover(&self) -> Result<bool, StoreError> {
-        let rotations = !replace::rotation_files(self.path()).is_empty();
-        let in_place = replace::has_in_place(self.path());
-        if !rotations && !in_place {
-            return Ok(true);
-        }
-        // An interrupted in-place write needs only the write locks; a rotation file also needs
-        // the refresh lock (a running refresh owns its own).
-        let flight = if rotations {
-            lock::try_acquire(self.refresh_lock_path())?
-        } else {
-            None
-        };
-        let _locked = self.lock()?;
-        replace::finish_in_place(self.path());
-        if flight.is_some() {
-            crate::recovery::recover_locked(self)?;
-        }
-        Ok(!rotations || flight.is_some())
+        let held = Held::read(self, flight)?;
+        let fate = fate_in_journal(self, held.snapshot());
+        Ok(Rotation { held, fate })
     }
 }
 
@@ -179,7 +96,7 @@ impl Store {
     /// the store resolved it (retargeted, removed, or a link where there was none), the store
     /// would write a file nobody reads. Refused before anything is sent.
     fn check_link_unchanged(&self) -> Result<(), StoreError> {
-        let in_home = self.home().join(crate::store::AUTH_FILE);
+        let in_home = self.home().join(crate::names::AUTH_FILE);
         let now = crate::link::resolve(&in_home)?;
         let opened = self.link().map(|_| self.path().to_path_buf());
         if now != opened {
@@ -192,12 +109,12 @@ impl Store {
 impl Rotation {
     /// What auth.json held when the lock was taken (or at the last [`Rotation::reread`]).
     pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
+        self.held.snapshot()
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
-        &self.store
+        self.held.store()
     }
 
     /// Reads auth.json again.
@@ -205,8 +122,8 @@ impl Rotation {
     /// # Errors
     /// As [`Store::load`]; the previous snapshot stays.
     pub fn reread(&mut self) -> Result<(), StoreError> {
-        self.snapshot = self.store.load()?;
-        self.fate = fate_in_journal(&self.store, &self.snapshot);
+        self.held.reread()?;
+        self.fate = fate_in_journal(self.held.store(), self.held.snapshot());
         Ok(())
     }
 
@@ -219,7 +136,7 @@ impl Rotation {
 
     /// Appends a record to the journal (best effort: the journal is advice, not state).
     pub fn record(&self, record: &JournalRecord) {
-        let _ = journal::append(self.store.journal_path(), record);
+        let _ = journal::append(self.store().journal_path(), record);
     }
 
     /// Reserves everything the save of the answer to redeeming `redeemed` (the snapshot's
@@ -245,22 +162,22 @@ impl Rotation {
     /// refresh reserved or redeemed this token meanwhile. In every case nothing may be sent,
     /// and the reservation is gone.
     pub fn reserve(self, redeemed: &Secret) -> Result<Reserved, StoreError> {
-        replace::check_replaceable(self.store.path())?;
+        replace::check_replaceable(self.store().path())?;
         let fingerprint = redeemed.fingerprint();
         // A rotation of this very token still waiting to be installed means it is spent: sending
         // it again would be refused, and might revoke the whole token family.
         if let Some(pending) = self.rotations_of(&fingerprint, None).into_iter().next() {
-            let pending = self.store.dir().join(pending);
-            if owned(&pending) {
+            let pending = self.store().dir().join(pending);
+            if rotation_file::owned(&pending) {
                 // A refresh under another refresh lock file (this one was deleted and
                 // re-created) is sending it now.
                 return Err(StoreError::AlreadyRedeemed {
-                    path: self.store.path().to_path_buf(),
+                    path: self.store().path().to_path_buf(),
                     by: Redeemer::InFlight,
                 });
             }
             return Err(StoreError::NotInstalled {
-                path: self.store.path().to_path_buf(),
+                path: self.store().path().to_path_buf(),
                 pending,
                 reason: "this refresh token was already redeemed by an interrupted refresh whose \
                          tokens could not be installed yet; it is not sent again"
@@ -268,12 +185,13 @@ impl Rotation {
                 cause: NotInstalledCause::Other,
             });
         }
-        let base = self.snapshot.generation();
-        let room = (self.snapshot.len() * 2 + RESERVE_MARGIN).min(MAX_FILE_SIZE);
-        let (file, path) = create_filled(self.store.path(), base, &fingerprint, room)?;
+        let base = self.snapshot().generation();
+        let room = (self.snapshot().len() * 2 + RESERVE_MARGIN).min(MAX_FILE_SIZE);
+        let (file, path) =
+            rotation_file::create_filled(self.store().path(), base, &fingerprint, room)?;
         let mut record = JournalRecord::new(JournalEvent::Redeeming, base);
         record.account = self
-            .snapshot
+            .snapshot()
             .auth()
             .and_then(|d| d.tokens.as_ref())
             .and_then(|t| t.account());
@@ -296,7 +214,7 @@ impl Rotation {
     /// The names of the rotation files that redeem the token of fingerprint `redeemed`, but
     /// `except`.
     fn rotations_of(&self, redeemed: &str, except: Option<&Path>) -> Vec<String> {
-        let auth = self.store.path();
+        let auth = self.store().path();
         replace::rotation_files(auth)
             .into_iter()
             .filter(|n| RotationName::parse(auth, n).is_some_and(|r| r.redeemed == redeemed))
@@ -309,9 +227,8 @@ impl Reserved {
     /// Step 3 of [`Rotation::reserve`]: the checks made again, under the write locks, once the
     /// reservation exists.
     fn check_again(&self) -> Result<(), StoreError> {
-        let store = &self.rotation.store;
+        let store = self.rotation.store();
         let path = store.path().to_path_buf();
-        let _locked = store.lock()?;
         // auth.json must still hold the token about to be sent. A rewrite of the same tokens (a
         // writer ignoring the locks) is no change: the save merges into it. Anything else (a
         // successor installed by another refresh, Codex's rotation, a sign-in, a file half
@@ -321,11 +238,12 @@ impl Reserved {
             expected: crate::Expect::Generation(self.base),
             actual,
         };
-        let current = match store.load() {
-            Ok(current) => current,
+        let locked = match Locked::take(store) {
+            Ok(locked) => locked,
             Err(StoreError::Corrupt { generation, .. }) => return Err(changed(generation)),
             Err(e) => return Err(e),
         };
+        let current = locked.snapshot();
         let holds_redeemed = current
             .auth()
             .and_then(|d| d.tokens.as_ref())
@@ -367,74 +285,6 @@ fn fate_in_journal(store: &Store, snapshot: &Snapshot) -> Option<TokenFate> {
     )
 }
 
-/// Whether the rotation file at `path` is owned: its lock is held by the refresh reserving or
-/// saving it.
-pub(crate) fn owned(path: &Path) -> bool {
-    let Ok(crate::side_file::SideFile::Regular(file)) = crate::side_file::open(path) else {
-        return false;
-    };
-    matches!(
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK
-    )
-}
-
-/// Creates a rotation file and fills it with `room` spaces (JSON whitespace: a document later
-/// written over its start still parses), fsynced.
-fn create_filled(
-    auth: &Path,
-    base: Generation,
-    redeemed: &str,
-    room: u64,
-) -> Result<(File, PathBuf), StoreError> {
-    let path = auth.with_file_name(RotationName::format(auth, base, redeemed));
-    let reserve_error = |path: &Path, source| StoreError::Reserve {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| reserve_error(&path, e))?;
-    // Locked before anything else, and then still the file at that name: a recovery running
-    // under another refresh lock (the lock file was replaced) may have judged the empty file
-    // unused and removed it in the meantime.
-    let locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        .map_err(io::Error::from)
-        .and_then(|()| {
-            let ours = file.metadata()?;
-            let named = fs::symlink_metadata(&path)?;
-            if (ours.dev(), ours.ino()) == (named.dev(), named.ino()) {
-                Ok(())
-            } else {
-                Err(io::Error::other(
-                    "the rotation file was replaced while it was created",
-                ))
-            }
-        });
-    if let Err(e) = locked {
-        return Err(reserve_error(&path, e));
-    }
-    let spaces = vec![b' '; usize::try_from(room).unwrap_or(usize::MAX)];
-    if let Err(e) = file.write_all(&spaces).and_then(|()| file.sync_all()) {
-        drop(file);
-        let _ = fs::remove_file(&path);
-        return Err(reserve_error(&path, e));
-    }
-    Ok((file, path))
-}
-
-/// Writes `bytes` at the start of `file`, cuts it there and fsyncs it.
-fn fill(file: &File, bytes: &[u8]) -> io::Result<()> {
-    file.write_all_at(bytes, 0)?;
-    file.set_len(bytes.len() as u64)?;
-    file.sync_all()
-}
-
 /// How durable an installed document is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -471,46 +321,13 @@ pub enum SaveOutcome {
     },
 }
 
-/// A rotation file: removed when dropped unless it holds new tokens (`keep`).
-#[derive(Debug)]
-struct PendingFile {
-    path: PathBuf,
-    file: Option<File>,
-    keep: bool,
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Creates a fresh rotation file holding exactly `bytes`, fsynced with its directory; removes
-/// it again on failure.
-fn write_fresh(
-    auth: &Path,
-    base: Generation,
-    redeemed: &str,
-    bytes: &[u8],
-) -> Result<PendingFile, StoreError> {
-    let (file, path) = create_filled(auth, base, redeemed, 0)?;
-    let mut pending = PendingFile {
-        path,
-        file: None,
-        keep: false,
-    };
-    let dir = auth.parent().unwrap_or(Path::new("."));
-    fill(&file, bytes)
-        .and_then(|()| replace::sync_dir(dir).map_err(io::Error::other))
-        .map_err(|source| StoreError::Reserve {
-            path: pending.path.clone(),
-            source,
-        })?;
-    pending.file = Some(file);
-    pending.keep = true;
-    Ok(pending)
+/// What a save does when auth.json changed since the rotation's base ([`Reserved::rebase`]).
+enum Rebase {
+    /// The new tokens merged into what auth.json holds now (the document and its bytes), durable
+    /// in the pending rotation file.
+    Merged(Box<AuthDotJson>, Vec<u8>),
+    /// auth.json holds newer tokens, another account or none: the new tokens were discarded.
+    Superseded,
 }
 
 /// A rotation whose save is prepared: the rotation file exists, filled with room for the answer.
@@ -541,7 +358,7 @@ impl Reserved {
     /// as spent when it can, and no refresh sends that token while it stays), so that no process
     /// takes the token for one never sent.
     pub fn abandon_recorded(mut self, record: &JournalRecord) -> Rotation {
-        if journal::append(self.rotation.store.journal_path(), record).is_err() {
+        if journal::append(self.rotation.store().journal_path(), record).is_err() {
             let mut mark = SENT_MARK.to_vec();
             mark.extend_from_slice(record.event.name().as_bytes());
             mark.push(b'\n');
@@ -549,7 +366,7 @@ impl Reserved {
                 .pending
                 .file
                 .as_ref()
-                .is_some_and(|file| fill(file, &mark).is_ok());
+                .is_some_and(|file| rotation_file::fill(file, &mark).is_ok());
             self.pending.keep = marked;
         }
         self.abandon()
@@ -582,7 +399,7 @@ impl Reserved {
     /// # Security
     /// The rotation file is 0600, created exclusively without following symlinks.
     pub fn save(mut self, doc: &AuthDotJson) -> Result<SaveOutcome, StoreError> {
-        let store = self.rotation.store.clone();
+        let store = self.rotation.store().clone();
         let auth_path = store.path().to_path_buf();
         crate::store::validate(&auth_path, doc)?;
         let mut doc = doc.clone();
@@ -594,18 +411,9 @@ impl Reserved {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(2 << attempt.min(5)));
             }
-            let locked = match store.lock() {
+            // Only the locks time out; the read fails otherwise.
+            let locked = match Locked::take(&store) {
                 Ok(locked) => locked,
-                Err(e) => {
-                    let cause = match e {
-                        StoreError::LockTimeout { .. } => NotInstalledCause::LockTimeout,
-                        _ => NotInstalledCause::Other,
-                    };
-                    return Err(self.not_installed_because(e.to_string(), cause));
-                }
-            };
-            let current = match store.load() {
-                Ok(current) => current,
                 Err(StoreError::Corrupt { reason, .. }) => {
                     // Maybe a writer ignoring the lock, half way: try again.
                     last_problem = format!(
@@ -614,44 +422,27 @@ impl Reserved {
                     );
                     continue;
                 }
-                Err(e) => return Err(self.not_installed(e.to_string())),
+                Err(e) => {
+                    let cause = match e {
+                        StoreError::LockTimeout { .. } => NotInstalledCause::LockTimeout,
+                        _ => NotInstalledCause::Other,
+                    };
+                    return Err(self.not_installed_because(e.to_string(), cause));
+                }
             };
+            let current = locked.snapshot();
             if current.generation() != self.base {
-                // Merged only while auth.json still holds the token this rotation redeemed (a
-                // writer ignoring the locks rewrote it). Newer tokens there (Codex's own
-                // rotation, a new sign-in) or another account win: merging ours back over them
-                // would lose their rotation.
-                let cur = current.auth();
-                let holds_redeemed = cur
-                    .and_then(|d| d.tokens.as_ref())
-                    .is_some_and(|t| t.refresh_token.fingerprint() == self.redeemed);
-                let next = cur.filter(|_| holds_redeemed).and_then(|c| merge(c, &doc));
-                let Some(next) = next else {
-                    self.discard(if holds_redeemed || cur.is_none() {
-                        "superseded"
-                    } else {
-                        "auth.json holds newer tokens"
-                    });
-                    return Ok(SaveOutcome::Superseded { current });
-                };
-                // The new tokens merged into what is there now, durable before the old file goes.
-                let next_bytes = next.to_json();
-                match write_fresh(
-                    store.path(),
-                    current.generation(),
-                    &self.redeemed,
-                    &next_bytes,
-                ) {
-                    Ok(fresh) => {
-                        let mut old = std::mem::replace(&mut self.pending, fresh);
-                        old.keep = false;
-                        drop(old);
-                        self.base = current.generation();
-                        doc = next;
+                match self.rebase(current, &doc)? {
+                    Rebase::Merged(next, next_bytes) => {
+                        doc = *next;
                         bytes = next_bytes;
                         merged = true;
                     }
-                    Err(e) => return Err(self.not_installed(e.to_string())),
+                    Rebase::Superseded => {
+                        return Ok(SaveOutcome::Superseded {
+                            current: locked.into_snapshot(),
+                        })
+                    }
                 }
             }
             // A writer ignoring the lock may have written since we read: never overwrite it.
@@ -675,12 +466,7 @@ impl Reserved {
             }
             drop(locked);
             let generation = Generation::of_bytes(&bytes);
-            let mut record = JournalRecord::new(JournalEvent::Saved, self.base);
-            record.new_generation = Some(generation.to_string());
-            record.account = doc.tokens.as_ref().and_then(|t| t.account());
-            record.refresh = Some(self.redeemed.clone());
-            record.new_refresh = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
-            self.rotation.record(&record);
+            self.journal_saved(generation, &doc);
             return Ok(SaveOutcome::Installed {
                 generation,
                 document: doc,
@@ -689,6 +475,58 @@ impl Reserved {
             });
         }
         Err(self.not_installed(last_problem))
+    }
+
+    /// Auth.json changed since the rotation's base (`current` is what it holds now, read under
+    /// the write locks): the new tokens of `doc` merged into it, durable in a fresh rotation file
+    /// that becomes the pending one, while it still holds the token this rotation redeemed (a
+    /// writer ignoring the locks rewrote it). Newer tokens there (Codex's own rotation, a new
+    /// sign-in), another account or none win: merging ours back over them would lose their
+    /// rotation, so ours are discarded.
+    ///
+    /// # Errors
+    /// [`StoreError::NotInstalled`] when the merged document cannot be made durable.
+    fn rebase(&mut self, current: &Snapshot, doc: &AuthDotJson) -> Result<Rebase, StoreError> {
+        let cur = current.auth();
+        let holds_redeemed = cur
+            .and_then(|d| d.tokens.as_ref())
+            .is_some_and(|t| t.refresh_token.fingerprint() == self.redeemed);
+        let next = cur.filter(|_| holds_redeemed).and_then(|c| merge(c, doc));
+        let Some(next) = next else {
+            self.discard(if holds_redeemed || cur.is_none() {
+                "superseded"
+            } else {
+                "auth.json holds newer tokens"
+            });
+            return Ok(Rebase::Superseded);
+        };
+        // The new tokens merged into what is there now, durable before the old file goes.
+        let next_bytes = next.to_json();
+        match rotation_file::write_fresh(
+            self.rotation.store().path(),
+            current.generation(),
+            &self.redeemed,
+            &next_bytes,
+        ) {
+            Ok(fresh) => {
+                let mut old = std::mem::replace(&mut self.pending, fresh);
+                old.keep = false;
+                drop(old);
+                self.base = current.generation();
+                Ok(Rebase::Merged(Box::new(next), next_bytes))
+            }
+            Err(e) => Err(self.not_installed(e.to_string())),
+        }
+    }
+
+    /// Journals that `doc`, of `generation`, was installed over the rotation's base.
+    fn journal_saved(&self, generation: Generation, doc: &AuthDotJson) {
+        let mut record = JournalRecord::new(JournalEvent::Saved, self.base);
+        record.new_generation = Some(generation.to_string());
+        record.account = doc.tokens.as_ref().and_then(|t| t.account());
+        record.refresh = Some(self.redeemed.clone());
+        record.new_refresh = doc.tokens.as_ref().map(|t| t.refresh_token.fingerprint());
+        self.rotation.record(&record);
     }
 
     /// Writes `bytes` into the rotation file durably; on failure, into a fresh one; and when
@@ -706,7 +544,7 @@ impl Reserved {
             Some(file) => file.sync_all(),
             None => Ok(()),
         });
-        let dir = self.rotation.store.dir().to_path_buf();
+        let dir = self.rotation.store().dir().to_path_buf();
         let first_error = match synced {
             Ok(()) => {
                 self.pending.keep = true;
@@ -719,8 +557,8 @@ impl Reserved {
             }
             Err(e) => e,
         };
-        let auth = self.rotation.store.path().to_path_buf();
-        match write_fresh(&auth, self.base, &self.redeemed, bytes) {
+        let auth = self.rotation.store().path().to_path_buf();
+        match rotation_file::write_fresh(&auth, self.base, &self.redeemed, bytes) {
             Ok(fresh) => {
                 // The fresh file replaces the failed one (which is removed).
                 drop(std::mem::replace(&mut self.pending, fresh));
@@ -750,7 +588,7 @@ impl Reserved {
     fn not_installed_because(&mut self, reason: String, cause: NotInstalledCause) -> StoreError {
         self.pending.keep = true; // it holds the only live tokens
         StoreError::NotInstalled {
-            path: self.rotation.store.path().to_path_buf(),
+            path: self.rotation.store().path().to_path_buf(),
             pending: self.pending.path.clone(),
             reason,
             cause,
@@ -766,21 +604,4 @@ impl Reserved {
         record.code = Some(why.to_owned());
         self.rotation.record(&record);
     }
-}
-
-/// The new tokens of `rotated` merged into `current`: when both hold tokens of the same account,
-/// `current` with the token fields and `last_refresh` of `rotated` (every other key of `current`
-/// kept); `None` when `current` holds another account or no tokens.
-pub fn merge(current: &AuthDotJson, rotated: &AuthDotJson) -> Option<AuthDotJson> {
-    let (cur, new) = (current.tokens.as_ref()?, rotated.tokens.as_ref()?);
-    if cur.account() != new.account() {
-        return None;
-    }
-    let mut merged = current.clone();
-    let tokens = merged.tokens.as_mut()?;
-    tokens.id_token = new.id_token.clone();
-    tokens.access_token = new.access_token.clone();
-    tokens.refresh_token = new.refresh_token.clone();
-    merged.last_refresh = rotated.last_refresh.clone();
-    Some(merged)
 }

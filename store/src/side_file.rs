@@ -10,6 +10,56 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
+/// The flags of every open of a side file (and of auth.json): no link followed, no blocking (a
+/// FIFO would hang the open), closed on exec.
+pub(crate) const NO_FOLLOW: OFlags = OFlags::NOFOLLOW
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NONBLOCK);
+
+/// `flags` as [`OpenOptionsExt::custom_flags`] takes them.
+pub(crate) fn custom(flags: OFlags) -> i32 {
+    // The open flags all fit in the positive range of a C int.
+    i32::try_from(flags.bits()).unwrap_or_default()
+}
+
+/// The OS error of `e`, when it is one.
+pub(crate) fn errno(e: &io::Error) -> Option<Errno> {
+    Errno::from_io_error(e)
+}
+
+/// Opens `path` for reading with [`NO_FOLLOW`]; the caller checks what it opened.
+///
+/// # Errors
+/// Those of `open`: `ELOOP` for a link, `ENXIO`/`ENODEV` for some devices and FIFOs.
+pub(crate) fn open_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(custom(NO_FOLLOW))
+        .open(path)
+}
+
+/// Opens the directory `dir` (as a directory only, `O_DIRECTORY`, closed on exec) with `extra`
+/// flags, to read or fsync it.
+///
+/// # Errors
+/// Those of `open`.
+pub(crate) fn open_dir(dir: &Path, extra: OFlags) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(custom(OFlags::DIRECTORY | OFlags::CLOEXEC | extra))
+        .open(dir)
+}
+
+/// The directory that holds `path` (`.` for a bare name).
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// What a side file turned out to be.
 #[derive(Debug)]
 pub enum SideFile {
@@ -28,17 +78,12 @@ pub enum SideFile {
 /// # Errors
 /// Any error of `open` other than "not found" and "a link" (`ELOOP`), and of `fstat`.
 pub fn open(path: &Path) -> io::Result<SideFile> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path);
-    let file = match opened {
+    let file = match open_read(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SideFile::Missing),
-        // O_NOFOLLOW on a symbolic link.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(SideFile::NotRegular),
-        // O_NONBLOCK on a FIFO opened for writing with no reader, a device without a driver.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::ENODEV)) => {
+        // O_NOFOLLOW on a symbolic link; O_NONBLOCK on a FIFO opened for writing with no reader,
+        // a device without a driver.
+        Err(e) if matches!(errno(&e), Some(Errno::LOOP | Errno::NXIO | Errno::NODEV)) => {
             return Ok(SideFile::NotRegular)
         }
         Err(e) => return Err(e),
@@ -123,7 +168,7 @@ pub fn create_new(path: &Path) -> io::Result<File> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .custom_flags(custom(NO_FOLLOW))
         .open(path)
 }
 
@@ -167,15 +212,33 @@ pub fn replace_durably(temp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()>
 /// # Errors
 /// Those of `open` and `fsync`.
 pub fn sync_dir_of(path: &Path) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)?
-        .sync_all()
+    open_dir(dir_of(path), OFlags::empty())?.sync_all()
+}
+
+/// The (UTF-8) names in `dir`; none when it cannot be read. On Linux the directory is read with
+/// `O_NOATIME` where allowed: with `relatime`, a plain read after each rename rewrites the
+/// directory's access time, and the next fsync pays for it (measured: +56 us per commit).
+pub(crate) fn dir_names(dir: &Path) -> Vec<String> {
+    #[cfg(target_os = "linux")]
+    let no_atime = OFlags::NOATIME;
+    #[cfg(not(target_os = "linux"))]
+    let no_atime = OFlags::empty();
+    // O_NOATIME is refused (EPERM) on directories we do not own.
+    let Ok(file) = open_dir(dir, no_atime).or_else(|_| open_dir(dir, OFlags::empty())) else {
+        return Vec::new();
+    };
+    // `Dir::new` reads through this descriptor (std's `read_dir` would open the directory again,
+    // without O_NOATIME) and closes it when dropped.
+    let Ok(mut entries) = rustix::fs::Dir::new(file) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    while let Some(Ok(entry)) = entries.read() {
+        if let Ok(name) = entry.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    names
 }
 
 /// Makes a FIFO at `path`, for the tests of the store's side files.

@@ -123,10 +123,9 @@ pub(crate) fn load(path: &Path, prefix: &str) -> Option<Synced> {
 /// fsynced, renamed over, and the directory fsynced, so that a reader sees the old state or the
 /// new one, also after a crash.
 pub(crate) fn save(path: &Path, synced: &Synced) {
-    let mut temp = path.as_os_str().to_os_string();
-    temp.push(".tmp");
+    let temp = codex_store::names::temp_of(path);
     let bytes = serde_json::to_vec(synced).unwrap_or_default();
-    if let Err(e) = side_file::replace_durably(Path::new(&temp), path, &bytes) {
+    if let Err(e) = side_file::replace_durably(&temp, path, &bytes) {
         tracing::warn!(path = %path.display(), error = %e, "could not save the fleet sync state");
     }
 }
@@ -568,15 +567,7 @@ pub(crate) fn keep_copy(store: &Store, local: &AuthDotJson) -> Option<PathBuf> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let base = store.path().file_name().unwrap_or_default().to_os_string();
-    let name = |n: u32| {
-        let mut name = base.clone();
-        name.push(format!(".fleet-replaced.{stamp}.{}", std::process::id()));
-        if n > 0 {
-            name.push(format!(".{n}"));
-        }
-        store.path().with_file_name(name)
-    };
+    let name = |n: u32| codex_store::names::fleet_replaced_copy(store.path(), stamp, n);
     // Created exclusively (another copy of the same second gets the next number), never
     // through a link, never blocking; fsynced, and so is the directory, before auth.json is
     // replaced.

@@ -39,7 +39,7 @@ pub fn bench_breakdown(root: &Path, docs: &Docs, plan: &Plan) {
             "floor open lock file + flock + unlock + close",
             time_n(n, || {
                 let l = floor_lock(&floor);
-                flock(&l, libc::LOCK_UN);
+                flock(&l, rustix::fs::FlockOperation::Unlock);
             }),
         ),
         (

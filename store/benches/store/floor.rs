@@ -5,12 +5,12 @@ use std::fs::{self, File, OpenOptions};
 use std::hint::black_box;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use codex_store::{AuthDotJson, Store};
+use rustix::fs::{FlockOperation, OFlags};
 use sha2::{Digest, Sha256};
 
 /// The files of one floor directory.
@@ -30,10 +30,15 @@ impl FloorPaths {
     }
 }
 
-pub fn flock(file: &File, op: libc::c_int) {
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-    assert_eq!(rc, 0, "flock failed: {}", io::Error::last_os_error());
+pub fn flock(file: &File, op: FlockOperation) {
+    if let Err(e) = rustix::fs::flock(file, op) {
+        panic!("flock failed: {}", io::Error::from(e));
+    }
+}
+
+/// `O_CLOEXEC`, as `custom_flags` takes it.
+fn cloexec() -> i32 {
+    i32::try_from(OFlags::CLOEXEC.bits()).expect("O_CLOEXEC fits an int")
 }
 
 /// Open (or create) the sidecar lock file, as the store does.
@@ -43,7 +48,7 @@ fn open_lock_file(p: &FloorPaths) -> File {
         .write(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(cloexec())
         .open(&p.lock)
         .expect("open the lock file")
 }
@@ -51,7 +56,7 @@ fn open_lock_file(p: &FloorPaths) -> File {
 /// Open the sidecar lock file and take the exclusive lock.
 pub fn floor_lock(p: &FloorPaths) -> File {
     let lock = open_lock_file(p);
-    flock(&lock, libc::LOCK_EX);
+    flock(&lock, FlockOperation::LockExclusive);
     lock
 }
 
@@ -78,7 +83,7 @@ fn floor_replace(p: &FloorPaths, bytes: &[u8], counter: &mut u64) {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(cloexec())
         .open(&tmp)
         .expect("create the temp file");
     t.write_all(bytes).expect("write the temp file");
@@ -109,7 +114,7 @@ fn read_replace_unlock(
     black_box(floor_read_hash(p));
     let opened = start.elapsed();
     floor_replace(p, bytes, counter);
-    flock(&lock, libc::LOCK_UN);
+    flock(&lock, FlockOperation::Unlock);
     drop(lock);
     (opened, start.elapsed())
 }
@@ -118,13 +123,12 @@ fn read_replace_unlock(
 /// thread blocked in `flock(LOCK_EX)` that hands the descriptor back over a channel.
 fn helper_lock(p: &FloorPaths) -> File {
     let lock = open_lock_file(p);
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+    if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
         return lock;
     }
     let (tx, rx) = mpsc::sync_channel::<File>(1);
     std::thread::spawn(move || {
-        flock(&lock, libc::LOCK_EX);
+        flock(&lock, FlockOperation::LockExclusive);
         let _ = tx.send(lock);
     });
     rx.recv_timeout(Duration::from_secs(10))
@@ -181,29 +185,14 @@ fn read_dir_names(dir: &Path, noatime: bool) -> Vec<Vec<u8>> {
             .map(|e| e.file_name().as_bytes().to_vec())
             .collect();
     }
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("a path without NUL");
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOATIME;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOATIME;
+    let fd = rustix::fs::open(dir, flags, rustix::fs::Mode::empty())
+        .unwrap_or_else(|e| panic!("open the directory: {}", io::Error::from(e)));
+    let mut stream = rustix::fs::Dir::new(fd).expect("read the directory");
     let mut names = Vec::new();
-    // SAFETY: a NUL-terminated path; the DIR stream is used only here and closed once; each
-    // entry's name is a NUL-terminated string valid until the next readdir.
-    unsafe {
-        let fd = libc::open(path.as_ptr(), flags);
-        assert!(
-            fd >= 0,
-            "open the directory: {}",
-            io::Error::last_os_error()
-        );
-        let stream = libc::fdopendir(fd);
-        assert!(!stream.is_null(), "fdopendir failed");
-        loop {
-            let entry = libc::readdir(stream);
-            if entry.is_null() {
-                break;
-            }
-            let name = std::ffi::CStr::from_ptr((*entry).d_name.as_ptr());
-            names.push(name.to_bytes().to_vec());
-        }
-        libc::closedir(stream);
+    while let Some(entry) = stream.read() {
+        let entry = entry.expect("read a directory entry");
+        names.push(entry.file_name().to_bytes().to_vec());
     }
     names
 }

@@ -558,7 +558,7 @@ fn a_refresh_is_refused_when_the_symlink_was_retargeted_after_the_store_opened()
     fs::remove_file(&link).expect("cannot remove the link");
     symlink(&second, &link).expect("cannot retarget the symlink");
     let err = store
-        .begin_rotation(std::time::Duration::from_secs(1))
+        .begin_rotation()
         .expect_err("a refresh began on a retargeted link");
     assert!(
         matches!(err, StoreError::Symlink { .. }),
@@ -567,7 +567,7 @@ fn a_refresh_is_refused_when_the_symlink_was_retargeted_after_the_store_opened()
     // Opened again, the store follows the new link.
     let again = Store::open(dir.path()).expect("open again");
     let rotation = again
-        .begin_rotation(std::time::Duration::from_secs(1))
+        .begin_rotation()
         .expect("a refresh on the store opened again failed");
     assert_eq!(
         rotation.store().path(),

@@ -76,7 +76,7 @@ fn a_fifo_in_place_of_a_lock_file_or_the_journal_is_refused_at_once_and_probing_
             );
         }
         let err = match name {
-            "auth.json.refresh.lock" => store.begin_rotation(Duration::from_secs(1)).map(drop),
+            "auth.json.refresh.lock" => store.begin_rotation().map(drop),
             _ => store.transaction().map(drop),
         }
         .expect_err("a FIFO was accepted as a lock file");

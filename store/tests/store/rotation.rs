@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use codex_store::{
     read_journal, AuthDotJson, Generation, JournalEvent, SaveOutcome, Secret, Store, StoreError,
@@ -12,8 +11,6 @@ use codex_store::{
 use codex_store_tests::fixtures::*;
 use codex_store_tests::jwt;
 use tempfile::TempDir;
-
-const WAIT: Duration = Duration::from_secs(5);
 
 /// The document with new tokens, as a refresh would make it.
 fn rotated(doc: &AuthDotJson, refresh: &str) -> AuthDotJson {
@@ -77,7 +74,7 @@ fn stored_refresh_token(store: &Store) -> String {
 #[test]
 fn a_reservation_exists_before_the_request_and_disappears_when_given_up() {
     let (dir, store, _) = valid_store();
-    let rotation = store.begin_rotation(WAIT).expect("no rotation");
+    let rotation = store.begin_rotation().expect("no rotation");
     let reserved = rotation
         .reserve(&Secret::new(REFRESH_TOKEN))
         .expect("the reservation failed");
@@ -108,7 +105,7 @@ fn a_reservation_exists_before_the_request_and_disappears_when_given_up() {
 #[test]
 fn a_save_renames_the_rotation_file_over_auth_json_and_journals_it() {
     let (dir, store, _) = valid_store();
-    let rotation = store.begin_rotation(WAIT).expect("no rotation");
+    let rotation = store.begin_rotation().expect("no rotation");
     let doc = rotation.snapshot().auth().cloned().expect("no document");
     let reserved = rotation
         .reserve(&Secret::new(REFRESH_TOKEN))
@@ -226,7 +223,7 @@ fn an_unused_reservation_left_by_a_crash_is_removed_and_auth_json_untouched() {
         Secret::new(REFRESH_TOKEN).fingerprint()
     );
     fs::write(dir.path().join(&name), vec![b' '; 4096]).expect("plant");
-    drop(store.begin_rotation(WAIT).expect("no rotation"));
+    drop(store.begin_rotation().expect("no rotation"));
     assert_eq!(
         read(&path),
         before,
@@ -239,7 +236,7 @@ fn an_unused_reservation_left_by_a_crash_is_removed_and_auth_json_untouched() {
 fn a_hard_linked_auth_json_fails_the_reservation_so_nothing_can_be_sent() {
     let (dir, store, path) = valid_store();
     fs::hard_link(&path, dir.path().join("backup.json")).expect("hard link");
-    let rotation = store.begin_rotation(WAIT).expect("a hard link is readable");
+    let rotation = store.begin_rotation().expect("a hard link is readable");
     let err = rotation
         .reserve(&Secret::new(REFRESH_TOKEN))
         .expect_err("a reservation over a hard-linked auth.json succeeded");
@@ -255,7 +252,7 @@ fn a_leftover_rotation_beside_a_corrupt_auth_json_blocks_refreshes_but_not_repla
     let (dir, store, _, name) = store_after_a_crashed_refresh("rt_kept");
     let path = write_auth(dir.path(), "{\"tokens\": {\"id_tok");
     let err = store
-        .begin_rotation(WAIT)
+        .begin_rotation()
         .expect_err("a refresh began beside a rotation it could not install");
     assert!(
         matches!(err, StoreError::Corrupt { .. }),
@@ -286,7 +283,7 @@ fn two_homes_linking_to_different_files_in_one_directory_never_take_each_others_
 
     // Bob's refresh is in flight: its reservation sits in the shared directory.
     let reserved = store_b
-        .begin_rotation(WAIT)
+        .begin_rotation()
         .expect("bob's rotation")
         .reserve(&Secret::new(REFRESH_TOKEN))
         .expect("bob's reservation");
@@ -301,7 +298,7 @@ fn two_homes_linking_to_different_files_in_one_directory_never_take_each_others_
     // Alice's store recovers, writes and sweeps meanwhile: none of it may touch bob's file.
     store_a.recover().expect("alice's recovery");
     drop(store_a.transaction().expect("alice's transaction"));
-    drop(store_a.begin_rotation(WAIT).expect("alice's rotation"));
+    drop(store_a.begin_rotation().expect("alice's rotation"));
     assert!(
         path.exists(),
         "alice's store removed bob's reservation while bob's refresh was in flight"
@@ -353,7 +350,7 @@ fn a_rotation_file_cut_short_by_a_crash_journals_its_token_spent_only_if_a_new_o
             Secret::new(REFRESH_TOKEN).fingerprint()
         );
         fs::write(store.dir().join(&name), written).expect("cannot plant the rotation file");
-        let rotation = store.begin_rotation(WAIT).expect("the recovery failed");
+        let rotation = store.begin_rotation().expect("the recovery failed");
         assert_no_rotation_files(&store, "the cut-off rotation file was kept");
         assert_eq!(
             last_event_about_the_redeemed_token(&store),
@@ -376,7 +373,7 @@ fn a_rotation_file_marked_sent_journals_the_outcome_it_names() {
         let mark =
             format!("codex-store: sent; the journal could not take its outcome: {outcome}\n");
         fs::write(store.dir().join(&name), mark).expect("cannot plant the rotation file");
-        drop(store.begin_rotation(WAIT).expect("the recovery failed"));
+        drop(store.begin_rotation().expect("the recovery failed"));
         assert_no_rotation_files(&store, "the marked rotation file was kept once journaled");
         assert_eq!(
             last_event_about_the_redeemed_token(&store).map(JournalEvent::name),

@@ -123,7 +123,7 @@ fn hold_lock(dir: &str, refresh_lock_too: bool) -> Result<(), Failure> {
     // Every lock, in the protocol's order: the refresh lock (as a refresh holds it across its
     // request), then the write locks (as a transaction holds them).
     let rotation = if refresh_lock_too {
-        Some(store.begin_rotation(WORKER_LOCK_TIMEOUT)?)
+        Some(store.begin_rotation()?)
     } else {
         None
     };

@@ -393,7 +393,7 @@ async fn a_refresh_whose_caller_was_cancelled_after_the_request_was_sent_still_p
         },
     )
     .expect("cannot open a second handle on the store");
-    let snap = tokio::task::block_in_place(|| observer.begin_rotation(EVENT_TIMEOUT))
+    let snap = tokio::task::block_in_place(|| observer.begin_rotation())
         .expect("the in-flight refresh never released the refresh lock")
         .snapshot()
         .clone();
