@@ -25,6 +25,12 @@ impl Timestamp {
         Timestamp { text, time }
     }
 
+    /// RFC 3339 text of `time` to the second (`2026-11-24T10:00:00Z`), for messages and
+    /// events.
+    pub fn to_seconds(time: SystemTime) -> String {
+        humantime::format_rfc3339_seconds(time).to_string()
+    }
+
     /// Parses RFC 3339 text (`...Z` or `...+HH:MM`). The message names what is wrong.
     ///
     /// # Errors

@@ -120,7 +120,7 @@ impl AgentEvent {
 
 /// RFC 3339 text of `time`, to the second.
 pub(crate) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
+    codex_store::Timestamp::to_seconds(time)
 }
 
 /// `value`, or `-` for none, escaped ([`Escaped`]).
