@@ -28,24 +28,20 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
         openai_api_key: Some(key),
         ..Default::default()
     };
-    match ctx.runtime()?.block_on(login.sign_in(&doc)) {
-        Ok(SignedIn { local, fleet }) => {
-            report_stored(&local)?;
-            if let Some(seeded) = fleet {
-                write_stdout(&format!(
-                    "Stored it as the fleet's login {} (revision {})\n",
-                    seeded.key, seeded.revision
-                ))?;
-            }
-            Ok(())
-        }
-        Err(SignInError::Local(e)) => Err(Failure::from(e)),
-        // Stored here (and said so), not made the fleet's.
-        Err(SignInError::Fleet { stored, source }) => {
-            report_stored(&stored)?;
-            Err(Failure::from(source))
-        }
+    // What was stored here is said first, also when the fleet then did not take it.
+    let (stored, fleet) = match ctx.runtime()?.block_on(login.sign_in(&doc)) {
+        Ok(SignedIn { local, fleet }) => (local, Ok(fleet)),
+        Err(SignInError::Local(e)) => return Err(Failure::from(e)),
+        Err(SignInError::Fleet { stored, source }) => (stored, Err(source)),
+    };
+    report_stored(&stored)?;
+    if let Some(seeded) = fleet? {
+        write_stdout(&format!(
+            "Stored it as the fleet's login {} (revision {})\n",
+            seeded.key, seeded.revision
+        ))?;
     }
+    Ok(())
 }
 
 fn report_stored(stored: &Stored) -> Result<(), Failure> {

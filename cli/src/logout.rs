@@ -22,23 +22,17 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
         None
     };
     let login = Login::new(ctx.store()?, fleet);
-    match ctx.runtime()?.block_on(login.sign_out()) {
-        Ok(SignedOut { fleet, local }) => {
-            if let Some(fleet) = fleet {
-                report_fleet(&fleet)?;
-            }
-            report_local(&local)?;
-        }
+    // The fleet's removal is said first, also when this machine's then failed.
+    let (fleet, local) = match ctx.runtime()?.block_on(login.sign_out()) {
+        Ok(SignedOut { fleet, local }) => (fleet, Ok(local)),
         // Nothing was removed anywhere.
         Err(SignOutError::Fleet(e)) => return Err(Failure::from(e)),
-        // The fleet's login is gone (and said so), this machine's is not.
-        Err(SignOutError::Local { fleet, source, .. }) => {
-            if let Some(fleet) = fleet {
-                report_fleet(&fleet)?;
-            }
-            return Err(Failure::from(source));
-        }
+        Err(SignOutError::Local { fleet, source, .. }) => (fleet, Err(source)),
+    };
+    if let Some(fleet) = fleet {
+        report_fleet(&fleet)?;
     }
+    report_local(&local?)?;
     if fleet_args.is_configured() && !fleet_args.on_command_line() {
         write_stdout(
             "Signed out this machine only: the fleet's login and the other machines are \
