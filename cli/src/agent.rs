@@ -15,7 +15,7 @@ use crate::home::Context;
 pub struct Args {
     /// Refresh this long before the access token expires, like `15m`. Must exceed Codex's own
     /// 5 minutes, so that Codex processes find fresh tokens and never refresh themselves.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = crate::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = crate::options::parse_duration)]
     lead: Duration,
 
     /// One JSON object per line on stderr instead of text.

@@ -3,7 +3,8 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use codex_refresh::{ErrorClass, RefreshError, UrlOrigin};
+use codex_refresh::fleet::FleetError;
+use codex_refresh::{Durability, ErrorClass, RefreshError, UrlOrigin};
 use codex_store::StoreError;
 
 /// A failed command: what to print and the exit code.
@@ -193,6 +194,13 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// A fleet error (exit 1): its message says what to do.
+impl From<FleetError> for Failure {
+    fn from(e: FleetError) -> Self {
+        Failure::other(e.to_string(), None)
+    }
+}
+
 /// Prints a report: JSON for `--json`, else its `Display` for people.
 pub fn print_report<T: serde::Serialize + std::fmt::Display>(
     report: &T,
@@ -207,13 +215,10 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
     }
 }
 
-/// A write that happened but whose directory could not be fsynced: a warning on stderr, and the
-/// command goes on as successful. Every other error stays an error.
-pub fn warn_not_durable(
-    e: codex_store::StoreError,
-) -> Result<codex_store::Generation, codex_store::StoreError> {
-    if matches!(e, codex_store::StoreError::NotDurable { .. }) {
+/// A change that happened but whose directory could not be fsynced: a warning on stderr (the
+/// command goes on as successful).
+pub fn warn_not_durable(durability: &Durability) {
+    if let Durability::NotDurable(e) = durability {
         let _ = writeln!(io::stderr(), "codex-store: warning: {e}");
     }
-    e.accept_not_durable()
 }

@@ -15,7 +15,7 @@ pub struct Context {
     lock_timeout: Option<Duration>,
     reuse_wait: Option<Duration>,
     http_timeout: Option<Duration>,
-    fleet: crate::fleet::FleetArgs,
+    fleet: crate::options::FleetArgs,
 }
 
 impl Context {
@@ -24,7 +24,7 @@ impl Context {
         home: Option<PathBuf>,
         lock_timeout: Option<Duration>,
         reuse_wait: Option<Duration>,
-        fleet: crate::fleet::FleetArgs,
+        fleet: crate::options::FleetArgs,
     ) -> Self {
         Context {
             home,
@@ -42,7 +42,7 @@ impl Context {
     }
 
     /// The fleet options.
-    pub fn fleet_args(&self) -> &crate::fleet::FleetArgs {
+    pub fn fleet_args(&self) -> &crate::options::FleetArgs {
         &self.fleet
     }
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use codex_refresh::{CodexAuth, RefreshConfig};
 use codex_store::{
     read_journal, AgentPresence, AuthDotJson, Generation, JournalRecord, Secret, Store, StoreError,
-    StoreOptions,
+    StoreOptions, Timestamp,
 };
 use serde::Serialize;
 
@@ -99,8 +99,16 @@ struct InspectReport {
     history: Option<Vec<JournalRecord>>,
 }
 
+/// `t` in RFC 3339 UTC to the second (`2026-11-24T10:00:00Z`), cut (never rounded) like the
+/// store's [`Timestamp`] writes it to the microsecond.
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    let written = Timestamp::from_system_time(t);
+    let text = written.as_str();
+    // `...T10:00:00.123456Z`: the fraction dropped.
+    match text.split_once('.') {
+        Some((seconds, _)) => format!("{seconds}Z"),
+        None => text.to_owned(),
+    }
 }
 
 fn fingerprint(s: &Secret) -> Option<String> {
@@ -441,4 +449,26 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
         }
     }
     crate::exit::print_report(&report, args.json)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::rfc3339;
+
+    #[test]
+    fn an_expiry_is_shown_to_the_second_in_utc_and_its_fraction_is_cut_not_rounded() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_999);
+        assert_eq!(
+            rfc3339(t),
+            "2023-11-14T22:13:20Z",
+            "the expiry is not RFC 3339 to the second with the fraction cut"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH),
+            "1970-01-01T00:00:00Z",
+            "a whole second is not shown as itself"
+        );
+    }
 }

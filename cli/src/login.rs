@@ -1,10 +1,12 @@
-//! `codex-store login --with-api-key`: store an API key read from stdin.
+//! `codex-store login --with-api-key`: store an API key read from stdin (with `--fleet`, also as
+//! the fleet's login).
 
 use std::io::Read;
 
-use codex_store::{AuthDotJson, AuthMode, Expect, Secret};
+use codex_refresh::{Login, SignInError, SignedIn, Stored};
+use codex_store::{AuthDotJson, AuthMode, Secret};
 
-use crate::exit::Failure;
+use crate::exit::{warn_not_durable, write_stdout, Failure};
 use crate::home::Context;
 
 /// Options of `login`.
@@ -15,8 +17,44 @@ pub struct Args {
     with_api_key: bool,
 }
 
-/// Runs `login --with-api-key`.
+/// Runs `login --with-api-key`. Signing in replaces whatever is there, a corrupt file included
+/// (the old file is not loaded first). With `--fleet` (or CODEX_STORE_FLEET) the key becomes
+/// every machine's login, after it was stored here.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
+    let key = read_key()?;
+    let login = Login::new(ctx.store()?, ctx.fleet_args().fleet()?);
+    let doc = AuthDotJson {
+        auth_mode: Some(AuthMode::ApiKey),
+        openai_api_key: Some(key),
+        ..Default::default()
+    };
+    // What was stored here is said first, also when the fleet then did not take it.
+    let (stored, fleet) = match ctx.runtime()?.block_on(login.sign_in(&doc)) {
+        Ok(SignedIn { local, fleet }) => (local, Ok(fleet)),
+        Err(SignInError::Local(e)) => return Err(Failure::from(e)),
+        Err(SignInError::Fleet { stored, source }) => (stored, Err(source)),
+    };
+    report_stored(&stored)?;
+    if let Some(seeded) = fleet? {
+        write_stdout(&format!(
+            "Stored it as the fleet's login {} (revision {})\n",
+            seeded.key, seeded.revision
+        ))?;
+    }
+    Ok(())
+}
+
+fn report_stored(stored: &Stored) -> Result<(), Failure> {
+    warn_not_durable(&stored.durability);
+    write_stdout(&format!(
+        "Stored an API key in {} (generation {})\n",
+        stored.path.display(),
+        stored.generation
+    ))
+}
+
+/// The API key on stdin: one key, on one line (surrounding white space is dropped).
+fn read_key() -> Result<Secret, Failure> {
     let mut input = Vec::new();
     std::io::stdin()
         .take(MAX_KEY_INPUT + 1)
@@ -54,33 +92,7 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
             Some("give exactly one key, on one line"),
         ));
     }
-    // Signing in replaces whatever is there, a corrupt file included, so the old file is not
-    // loaded first: the write goes straight through the store, under the lock.
-    let store = ctx.store()?;
-    let doc = AuthDotJson {
-        auth_mode: Some(AuthMode::ApiKey),
-        openai_api_key: Some(Secret::new(key)),
-        ..Default::default()
-    };
-    let generation = store
-        .compare_and_swap(Expect::Any, Some(&doc))
-        .or_else(crate::exit::warn_not_durable)?;
-    crate::exit::write_stdout(&format!(
-        "Stored an API key in {} (generation {generation})\n",
-        store.path().display()
-    ))?;
-    // With --fleet, the key becomes every machine's login.
-    if let Some(fleet) = ctx.fleet_args().fleet()? {
-        let revision = ctx
-            .runtime()?
-            .block_on(fleet.seed(&doc, true))
-            .map_err(crate::fleet::fleet_failure)?;
-        crate::exit::write_stdout(&format!(
-            "Stored it as the fleet's login {} (revision {revision})\n",
-            fleet.record_key()
-        ))?;
-    }
-    Ok(())
+    Ok(Secret::new(key))
 }
 
 /// The most stdin is read for an API key (real keys are about 200 bytes); longer input is an

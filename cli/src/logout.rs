@@ -1,8 +1,9 @@
-//! `codex-store logout`: remove the stored credentials, under the lock.
+//! `codex-store logout`: remove the stored credentials, under the lock (with `--fleet ENDPOINTS`
+//! on the command line, the fleet's login first).
 
-use codex_store::backend::FileBackend;
+use codex_refresh::{FleetRemoval, LocalRemoval, Login, Removal, SignOutError, SignedOut};
 
-use crate::exit::Failure;
+use crate::exit::{warn_not_durable, write_stdout, Failure};
 use crate::home::Context;
 
 /// Options of `logout` (none).
@@ -15,40 +16,46 @@ pub struct Args {}
 /// Removing nothing is not an error.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let fleet_args = ctx.fleet_args();
-    if fleet_args.on_command_line() {
-        if let Some(fleet) = fleet_args.fleet()? {
-            let removed = ctx
-                .runtime()?
-                .block_on(fleet.delete())
-                .map_err(crate::fleet::fleet_failure)?;
-            let what = if removed {
-                "Removed"
-            } else {
-                "No login to remove in"
-            };
-            crate::exit::write_stdout(&format!(
-                "{what} the fleet's login {}\n",
-                fleet.record_key()
-            ))?;
-        }
-    }
-    let backend = FileBackend::from_store(ctx.store()?);
-    let path = backend.store().path().display().to_string();
-    let removed = match backend.delete() {
-        Ok(removed) => removed,
-        Err(e) => crate::exit::warn_not_durable(e).map(|_| true)?,
-    };
-    if removed {
-        crate::exit::write_stdout(&format!("Removed the credentials in {path}\n"))?;
+    let fleet = if fleet_args.on_command_line() {
+        fleet_args.fleet()?
     } else {
-        crate::exit::write_stdout(&format!("No credentials to remove in {path}\n"))?;
+        None
+    };
+    let login = Login::new(ctx.store()?, fleet);
+    // The fleet's removal is said first, also when this machine's then failed.
+    let (fleet, local) = match ctx.runtime()?.block_on(login.sign_out()) {
+        Ok(SignedOut { fleet, local }) => (fleet, Ok(local)),
+        // Nothing was removed anywhere.
+        Err(SignOutError::Fleet(e)) => return Err(Failure::from(e)),
+        Err(SignOutError::Local { fleet, source, .. }) => (fleet, Err(source)),
+    };
+    if let Some(fleet) = fleet {
+        report_fleet(&fleet)?;
     }
+    report_local(&local?)?;
     if fleet_args.is_configured() && !fleet_args.on_command_line() {
-        crate::exit::write_stdout(
+        write_stdout(
             "Signed out this machine only: the fleet's login and the other machines are \
              untouched (CODEX_STORE_FLEET alone does not sign the fleet out; \
              `codex-store logout --fleet ENDPOINTS` does)\n",
         )?;
     }
     Ok(())
+}
+
+fn report_fleet(fleet: &FleetRemoval) -> Result<(), Failure> {
+    let what = match fleet.removal {
+        Removal::Removed => "Removed",
+        Removal::NothingThere => "No login to remove in",
+    };
+    write_stdout(&format!("{what} the fleet's login {}\n", fleet.key))
+}
+
+fn report_local(local: &LocalRemoval) -> Result<(), Failure> {
+    warn_not_durable(&local.durability);
+    let what = match local.removal {
+        Removal::Removed => "Removed the credentials in",
+        Removal::NothingThere => "No credentials to remove in",
+    };
+    write_stdout(&format!("{what} {}\n", local.path.display()))
 }

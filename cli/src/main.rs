@@ -1,12 +1,16 @@
 //! `codex-store`: inspect, use and repair Codex's auth.json through the transactional store.
 
+#![forbid(unsafe_code)]
+
 mod agent;
 mod exit;
 mod fleet;
+mod fleet_machine;
 mod home;
 mod inspect;
 mod login;
 mod logout;
+mod options;
 mod refresh;
 mod signals;
 mod token;
@@ -17,6 +21,8 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::options::parse_duration;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -59,7 +65,7 @@ struct Cli {
     reuse_wait: Option<Duration>,
 
     #[command(flatten)]
-    fleet: fleet::FleetArgs,
+    fleet: options::FleetArgs,
 
     /// The longest a refresh request may take, like `30s` [default: 30s].
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
@@ -92,11 +98,6 @@ enum Command {
     Logout(logout::Args),
 }
 
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    codex_store::StoreOptions::parse_duration(text)
-        .ok_or_else(|| format!("`{text}` is not a duration; write it like 2s, 500ms or 1m"))
-}
-
 fn init_tracing(verbose: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
@@ -119,7 +120,7 @@ fn main() -> ExitCode {
     // `--fleet` typed on the command line, or only exported (CODEX_STORE_FLEET): a sign-out of
     // every machine needs the former.
     let fleet_on_command_line =
-        matches.value_source(fleet::FLEET_ARG_ID) == Some(ValueSource::CommandLine);
+        matches.value_source(options::FLEET_ARG_ID) == Some(ValueSource::CommandLine);
     init_tracing(cli.verbose);
     let ctx = home::Context::new(
         cli.home,

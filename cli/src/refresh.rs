@@ -40,7 +40,7 @@ impl fmt::Display for RefreshReport {
 
 /// Runs `refresh`. On a fleet machine (`--fleet` or CODEX_STORE_FLEET) it sends nothing: an API
 /// key is reported as not needing a refresh, anything else is refused
-/// ([`crate::fleet::refuse_one_shot_refresh`]).
+/// ([`crate::fleet_machine::refuse_one_shot_refresh`]).
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let manager = ctx.manager()?;
     let generation = |m: &codex_refresh::AuthManager| {
@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             .map(|g| g.to_string())
     };
     let before = generation(&manager);
-    if let Some(source) = crate::fleet::fleet_machine(ctx, manager.store()) {
+    if let Some(source) = crate::fleet_machine::fleet_machine(ctx, manager.store()) {
         match manager.cached() {
             None => {
                 return Err(Failure::from(RefreshError::NotSignedIn {
@@ -67,7 +67,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
                 return crate::exit::print_report(&report, args.json);
             }
             Some(_) => {
-                return Err(crate::fleet::refuse_one_shot_refresh(
+                return Err(crate::fleet_machine::refuse_one_shot_refresh(
                     &source,
                     &format!(
                         "not refreshing the login in {}",

@@ -14,11 +14,11 @@ pub struct Args {}
 /// Prints the bearer and a newline, and nothing else, to stdout.
 ///
 /// On a fleet machine (`--fleet` or CODEX_STORE_FLEET) nothing is ever sent from here: tokens
-/// that are not due are printed, due ones are refused ([`crate::fleet::refuse_one_shot_refresh`]),
+/// that are not due are printed, due ones are refused ([`crate::fleet_machine::refuse_one_shot_refresh`]),
 /// because a rotation made here alone would leave the fleet's record with a spent refresh token.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let manager = ctx.manager()?;
-    if let Some(source) = crate::fleet::fleet_machine(ctx, manager.store()) {
+    if let Some(source) = crate::fleet_machine::fleet_machine(ctx, manager.store()) {
         // What `new` just read, without the refreshing path of `auth()`.
         let Some(auth) = manager.cached() else {
             return Err(Failure::from(RefreshError::NotSignedIn {
@@ -26,7 +26,7 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
             }));
         };
         if auth.is_due(SystemTime::now(), manager.config()) {
-            return Err(crate::fleet::refuse_one_shot_refresh(
+            return Err(crate::fleet_machine::refuse_one_shot_refresh(
                 &source,
                 &format!(
                     "the tokens in {} are due for a refresh",

@@ -120,6 +120,7 @@ mod external;
 mod fence;
 pub mod fleet;
 mod host;
+mod login;
 mod manager;
 mod outcome;
 mod protocol;
@@ -135,6 +136,10 @@ pub use config::{RefreshConfig, WhileRefreshing, CLIENT_ID, DEFAULT_TOKEN_URL, T
 pub use due::refresh_due;
 pub use error::{ErrorClass, PermanentReason, RefreshError, TransientReason, UrlOrigin};
 pub use host::{HostRefreshFuture, HostRefreshRequest, HostRefresher, HostTokens};
+pub use login::{
+    Durability, FleetLogin, FleetRemoval, LocalRemoval, Login, Removal, SeedError, Seeded,
+    SignInError, SignOutError, SignedIn, SignedOut, Stored,
+};
 pub use manager::AuthManager;
 pub use outcome::RefreshOutcome;
 pub use recovery::{RecoveryStep, UnauthorizedRecovery};

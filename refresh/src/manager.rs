@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use codex_store::backend::FileBackend;
-use codex_store::{AuthDotJson, AuthMode, Expect, Secret, Store, StoreError};
+use codex_store::{AuthDotJson, AuthMode, Secret, Store, StoreError};
 
 use crate::auth::{CodexAuth, Mode};
 use crate::client::TokenClient;
@@ -12,6 +11,7 @@ use crate::config::{RefreshConfig, WhileRefreshing};
 use crate::error::RefreshError;
 use crate::external::host_auth;
 use crate::host::{HostRefresher, HostTokens};
+use crate::login::{Durability, Removal};
 use crate::outcome::RefreshOutcome;
 use crate::protocol::{auth_from_snapshot, check_disk, guarded_refresh, Urgency};
 use crate::state::{blocking, warn_not_durable, Inner};
@@ -274,17 +274,13 @@ impl AuthManager {
     /// The store's errors (a lock timeout, an I/O error); a deletion that is in place but not known
     /// to be durable is logged, not an error.
     pub async fn logout(&self) -> Result<bool, RefreshError> {
-        let backend = FileBackend::from_store(self.inner.store.clone());
-        let existed = blocking(move || {
-            backend.delete().or_else(|e| {
-                warn_not_durable(&e);
-                e.accept_not_durable().map(|_| true)
-            })
-        })
-        .await?;
+        let removed = crate::login::remove_here(&self.inner.store).await?;
+        if let Durability::NotDurable(e) = &removed.durability {
+            warn_not_durable(e);
+        }
         *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.set_cache(None);
-        Ok(existed)
+        Ok(removed.removal == Removal::Removed)
     }
 
     /// Stores an API key (API-key mode), replacing whatever was stored.
@@ -298,18 +294,11 @@ impl AuthManager {
             openai_api_key: Some(key),
             ..Default::default()
         };
-        let store = self.inner.store.clone();
-        let to_write = doc.clone();
-        let generation = blocking(move || {
-            store
-                .compare_and_swap(Expect::Any, Some(&to_write))
-                .or_else(|e| {
-                    warn_not_durable(&e);
-                    e.accept_not_durable()
-                })
-        })
-        .await?;
-        let auth = CodexAuth::from_document(&doc, generation)?.map(Arc::new);
+        let stored = crate::login::store_here(&self.inner.store, &doc).await?;
+        if let Durability::NotDurable(e) = &stored.durability {
+            warn_not_durable(e);
+        }
+        let auth = CodexAuth::from_document(&doc, stored.generation)?.map(Arc::new);
         *self.inner.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.set_cache(auth.clone());
         auth.ok_or_else(|| RefreshError::NotSignedIn {

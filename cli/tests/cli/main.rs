@@ -27,3 +27,4 @@ mod misconfiguration;
 mod real_codex;
 mod redeeming;
 mod save_faults;
+mod sign_in_out;

@@ -1,0 +1,149 @@
+//! The global options every subcommand shares: the durations' syntax and where the fleet is
+//! (`--fleet ENDPOINTS`, ...).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use codex_refresh::fleet::{Fleet, FleetConfig};
+use codex_store::Secret;
+
+use crate::exit::Failure;
+
+/// Parses a duration option (`2s`, `500ms`, `1m`) as the store does its environment values.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    codex_store::StoreOptions::parse_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration; write it like 2s, 500ms or 1m"))
+}
+
+/// The environment variable holding the etcd user's password (never a flag: flags show in `ps`).
+pub const PASSWORD_ENV: &str = "CODEX_STORE_FLEET_PASSWORD";
+
+/// Where the fleet is (global options).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FleetArgs {
+    /// etcd endpoints of the fleet, comma-separated (`http://10.0.0.5:2379,https://...`)
+    /// [env: CODEX_STORE_FLEET]. With it, `agent` mirrors the fleet's login, `inspect` shows it,
+    /// `refresh` (and `token` with due tokens) refuse, leaving refreshing to the fleet's agents;
+    /// `logout --fleet ENDPOINTS` on the command line signs every machine out.
+    #[arg(
+        long,
+        global = true,
+        value_name = "ENDPOINTS",
+        env = "CODEX_STORE_FLEET"
+    )]
+    fleet: Option<String>,
+
+    /// The fleet's key prefix: one per login [default: /codex-store/default].
+    #[arg(
+        long,
+        global = true,
+        value_name = "PREFIX",
+        env = "CODEX_STORE_FLEET_PREFIX"
+    )]
+    fleet_prefix: Option<String>,
+
+    /// The etcd user (its password comes from CODEX_STORE_FLEET_PASSWORD).
+    #[arg(
+        long,
+        global = true,
+        value_name = "USER",
+        env = "CODEX_STORE_FLEET_USER"
+    )]
+    fleet_user: Option<String>,
+
+    /// A CA certificate (PEM) for https:// endpoints.
+    #[arg(long, global = true, value_name = "FILE")]
+    fleet_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for etcd.
+    #[arg(long, global = true, value_name = "FILE")]
+    fleet_cert: Option<PathBuf>,
+
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    fleet_key: Option<PathBuf>,
+
+    /// This machine's name in the fleet's history [default: the host name].
+    #[arg(long, global = true, value_name = "NAME")]
+    machine: Option<String>,
+
+    /// The time to live of the fleet lock's lease, like `60s` (longer than a refresh request).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    fleet_lock_ttl: Option<Duration>,
+
+    /// Whether `--fleet` itself was on the command line (not only CODEX_STORE_FLEET): set by
+    /// `main` from clap's value source.
+    #[arg(skip)]
+    fleet_on_command_line: bool,
+}
+
+/// The id clap gives `--fleet` (its field's name), for asking where its value came from.
+pub const FLEET_ARG_ID: &str = "fleet";
+
+impl FleetArgs {
+    /// Records whether `--fleet` was given on the command line (`true`) or, if at all, only by
+    /// CODEX_STORE_FLEET.
+    pub fn with_fleet_on_command_line(mut self, on_command_line: bool) -> Self {
+        self.fleet_on_command_line = on_command_line;
+        self
+    }
+
+    /// Whether this machine is on a fleet: `--fleet` or CODEX_STORE_FLEET names endpoints (the
+    /// same test as [`FleetArgs::fleet`], without building the client).
+    pub fn is_configured(&self) -> bool {
+        self.fleet.as_deref().is_some_and(|e| !e.trim().is_empty())
+    }
+
+    /// Whether the endpoints came from `--fleet` on the command line, not only from the
+    /// environment: what an action on every machine (`logout`) requires.
+    pub fn on_command_line(&self) -> bool {
+        self.fleet_on_command_line && self.is_configured()
+    }
+
+    /// The fleet, when `--fleet` (or CODEX_STORE_FLEET) names one.
+    pub fn fleet(&self) -> Result<Option<Fleet>, Failure> {
+        let Some(endpoints) = self.fleet.as_deref().filter(|_| self.is_configured()) else {
+            return Ok(None);
+        };
+        let mut config = FleetConfig::new(
+            endpoints
+                .split(',')
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect(),
+        );
+        if let Some(prefix) = &self.fleet_prefix {
+            config.prefix = prefix.clone();
+        }
+        if let Some(user) = &self.fleet_user {
+            config.username = Some(user.clone());
+            config.password = std::env::var(PASSWORD_ENV).ok().map(Secret::new);
+            if config.password.is_none() {
+                return Err(Failure::usage(format!(
+                    "--fleet-user needs the password in {PASSWORD_ENV}"
+                )));
+            }
+        }
+        config.ca_file = self.fleet_ca.clone();
+        config.cert_file = self.fleet_cert.clone();
+        config.key_file = self.fleet_key.clone();
+        if let Some(machine) = &self.machine {
+            config.machine = machine.clone();
+        }
+        if let Some(ttl) = self.fleet_lock_ttl {
+            config.lock_ttl = ttl;
+        }
+        Fleet::new(config)
+            .map(Some)
+            .map_err(|e| Failure::usage(e.to_string()))
+    }
+
+    /// The fleet, required.
+    pub fn required(&self) -> Result<Fleet, Failure> {
+        self.fleet()?.ok_or_else(|| {
+            Failure::usage(
+                "this needs the fleet: pass --fleet ENDPOINTS (or set CODEX_STORE_FLEET)",
+            )
+        })
+    }
+}
