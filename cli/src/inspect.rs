@@ -99,16 +99,9 @@ struct InspectReport {
     history: Option<Vec<JournalRecord>>,
 }
 
-/// `t` in RFC 3339 UTC to the second (`2026-11-24T10:00:00Z`), cut (never rounded) like the
-/// store's [`Timestamp`] writes it to the microsecond.
+/// `t` in RFC 3339 UTC to the second (`2026-11-24T10:00:00Z`).
 fn rfc3339(t: SystemTime) -> String {
-    let written = Timestamp::from_system_time(t);
-    let text = written.as_str();
-    // `...T10:00:00.123456Z`: the fraction dropped.
-    match text.split_once('.') {
-        Some((seconds, _)) => format!("{seconds}Z"),
-        None => text.to_owned(),
-    }
+    Timestamp::to_seconds(t)
 }
 
 fn fingerprint(s: &Secret) -> Option<String> {
