@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use codex_store_tests::jwt;
 use codex_store_tests::programs::on_path;
+use codex_store_tests::stats::Summary;
 use serde_json::{json, Value};
 
 const FILE_SIZE: usize = 2048;
@@ -76,10 +77,10 @@ fn main() {
     }
 
     let stats: Vec<(&str, f64, f64)> = commands
-        .iter_mut()
+        .iter()
         .map(|(name, _, samples)| {
-            samples.sort_by(f64::total_cmp);
-            (*name, percentile(samples, 0.5), percentile(samples, 0.99))
+            let summary = Summary::of(samples);
+            (*name, summary.p50, summary.p99)
         })
         .collect();
     let (_, cat_med, cat_p99) = stats[0];
@@ -105,11 +106,6 @@ fn main() {
         "inspect median {ins_med:.2} ms (target under {TARGET_MS:.0} ms) {}",
         if ins_med < TARGET_MS { "PASS" } else { "FAIL" }
     );
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 /// Spawns, waits, and discards the output; the wall time of the whole process.

@@ -22,6 +22,7 @@ use codex_store_tests::fake_idp::FakeIdp;
 use codex_store_tests::jwt;
 use codex_store_tests::process::Process;
 use codex_store_tests::programs::built;
+use codex_store_tests::stats::Summary;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 const ACCOUNT: &str = "acc-bench-agent";
@@ -268,11 +269,6 @@ fn latency_round(bins: &Bins, readers: usize, wait: bool) -> Vec<Duration> {
     latencies
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn auth_latency(bins: &Bins, plan: &Plan) -> bool {
     println!(
         "\n2. auth() in {} other processes while one refreshes (endpoint 2 s), token due but valid",
@@ -283,22 +279,20 @@ fn auth_latency(bins: &Bins, plan: &Plan) -> bool {
         ("before (wait for the refresh)", true),
         ("after (keep the valid token)", false),
     ] {
-        let mut all: Vec<Duration> = (0..plan.latency_rounds)
+        let all: Vec<f64> = (0..plan.latency_rounds)
             .flat_map(|_| latency_round(bins, plan.readers, wait))
+            .map(|latency| latency.as_secs_f64() * 1e3)
             .collect();
-        all.sort();
-        let (p50, p99) = (percentile(&all, 0.5), percentile(&all, 0.99));
-        medians.push(p50);
+        let summary = Summary::of(&all);
+        medians.push(summary.p50);
         println!(
             "{label:<32} samples {:>3} | p50 {:>10.3} ms | p99 {:>10.3} ms",
-            all.len(),
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            summary.count, summary.p50, summary.p99
         );
     }
     println!(
         "ratio before/after (p50): {:.0}x",
-        medians[0].as_secs_f64() / medians[1].as_secs_f64().max(1e-9)
+        medians[0] / medians[1].max(1e-6)
     );
     false
 }

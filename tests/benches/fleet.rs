@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 use codex_store_tests::codex_sim::refresh_token_on_disk;
 use codex_store_tests::etcd::EtcdCluster;
 use codex_store_tests::fake_idp::FakeIdp;
+use codex_store_tests::http::{Client, Post};
 use codex_store_tests::jwt;
 use codex_store_tests::process::Process;
 use codex_store_tests::programs::built;
+use codex_store_tests::stats::Summary;
 use codex_store_tests::tcp_proxy::TcpProxy;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
@@ -44,15 +46,20 @@ fn main() {
     // machines'.
     let floor = {
         let proxy = TcpProxy::start(member.trim_start_matches("http://"));
-        let mut samples: Vec<Duration> = (0..50)
+        let client = Client::new();
+        let samples: Vec<f64> = (0..50)
             .map(|_| {
                 let started = Instant::now();
-                let _ = cluster_post(&proxy.url(), "/v3/kv/range", r#"{"key":"Zmxvb3I="}"#);
-                started.elapsed()
+                let _ = cluster_post(
+                    &client,
+                    &proxy.url(),
+                    "/v3/kv/range",
+                    r#"{"key":"Zmxvb3I="}"#,
+                );
+                started.elapsed().as_secs_f64() * 1e3
             })
             .collect();
-        samples.sort();
-        samples[samples.len() / 2]
+        Summary::of(&samples).p50
     };
 
     let home_creds = {
@@ -130,7 +137,7 @@ fn main() {
                 .iter()
                 .all(|h| refresh_token_on_disk(h.path()).as_deref() == Some(live.as_str()));
             if done {
-                delays.push(rotated.elapsed());
+                delays.push(rotated.elapsed().as_secs_f64() * 1e3);
                 break;
             }
             if rotated.elapsed() > Duration::from_secs(10) {
@@ -176,14 +183,13 @@ fn main() {
         eprintln!("FAIL: every rotation must take exactly one request and none may be refused");
         failed = true;
     }
-    delays.sort();
-    let pct = |p: f64| delays[((delays.len() as f64 - 1.0) * p).round() as usize];
+    let propagation = Summary::of(&delays);
     println!(
         "propagation to every machine: p50 {:.1} ms | p99 {:.1} ms | floor (one etcd round trip) {:.2} ms | ratio p50/floor {:.0}",
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        floor.as_secs_f64() * 1e3,
-        pct(0.5).as_secs_f64() / floor.as_secs_f64().max(1e-9)
+        propagation.p50,
+        propagation.p99,
+        floor,
+        propagation.p50 / floor.max(1e-6)
     );
     let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
     println!(
@@ -197,18 +203,15 @@ fn main() {
     }
 }
 
-/// One POST to etcd's gateway; the answer's body.
-fn cluster_post(base: &str, path: &str, body: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr = base.strip_prefix("http://")?;
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    Some(answer)
+/// One POST to etcd's gateway at `base` (`http://host:port`); the answer's body.
+fn cluster_post(client: &Client, base: &str, path: &str, body: &str) -> Option<Vec<u8>> {
+    let answer = client.post(&Post {
+        authority: base.strip_prefix("http://")?,
+        path,
+        headers: &[],
+        body,
+        timeout: Duration::from_secs(10),
+        max_answer: 1024 * 1024,
+    });
+    answer.ok().map(|a| a.body)
 }

@@ -12,8 +12,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::http::{Client, Post};
+
 /// How long a member may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one request to a member's gateway may take (the bound a raw socket had: 2 s to
+/// connect, then 2 s for the answer).
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The largest gateway answer read.
+const MAX_GATEWAY_ANSWER: usize = 16 * 1024 * 1024;
 
 /// The `etcd` binary on PATH. Panics, naming the package, when there is none.
 pub fn etcd_binary() -> PathBuf {
@@ -58,6 +67,7 @@ pub struct EtcdCluster {
     dir: TempDir,
     bin: PathBuf,
     tls: Option<crate::tls::TlsFiles>,
+    client: Client,
 }
 
 impl EtcdCluster {
@@ -84,6 +94,7 @@ impl EtcdCluster {
             dir,
             bin,
             tls: None,
+            client: Client::new(),
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -111,6 +122,7 @@ impl EtcdCluster {
             dir,
             bin,
             tls: Some(tls),
+            client: Client::new(),
         };
         cluster.spawn(0, "new");
         let log = cluster.dir.path().join("m0.log");
@@ -196,21 +208,27 @@ impl EtcdCluster {
         self.members[i].client.clone()
     }
 
-    /// `POST /v3/maintenance/status` on `client` (plain HTTP/1.1 over a socket; no client
-    /// library needed).
-    fn status(client: &str) -> Option<Value> {
-        post_json(client, "/v3/maintenance/status", "{}")
+    /// `POST /v3/maintenance/status` on the member at `client`.
+    fn status(&self, client: &str) -> Option<Value> {
+        post_json(&self.client, client, "/v3/maintenance/status", "{}")
     }
 
-    /// `POST path` with a JSON `body` on member `i` (for a test that plays a crashed lock holder).
+    /// `POST path` with a JSON `body` on member `i` (for a test that plays a crashed lock holder):
+    /// the answer's JSON, whatever its status; `None` when there is none (a member down, an
+    /// `https` member).
     pub fn post(&self, i: usize, path: &str, body: &Value) -> Option<Value> {
-        post_json(&self.members[i].client, path, &body.to_string())
+        post_json(
+            &self.client,
+            &self.members[i].client,
+            path,
+            &body.to_string(),
+        )
     }
 
     /// The index of the leader, as the running members report it.
     pub fn leader(&self) -> Option<usize> {
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            let Some(status) = Self::status(&m.client) else {
+            let Some(status) = self.status(&m.client) else {
                 continue;
             };
             let leader = status.get("leader").and_then(Value::as_str)?.to_owned();
@@ -218,7 +236,7 @@ impl EtcdCluster {
                 if other.child.is_none() {
                     continue;
                 }
-                let id = Self::status(&other.client).and_then(|s| {
+                let id = self.status(&other.client).and_then(|s| {
                     s.get("header")?
                         .get("member_id")?
                         .as_str()
@@ -327,26 +345,18 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// `POST path` with a JSON body to `client` (plain HTTP/1.1 over a socket).
-fn post_json(client: &str, path: &str, body: &str) -> Option<Value> {
-    use std::io::{Read, Write};
-    let addr = client.strip_prefix("http://")?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
-     application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).ok()?;
-    let start = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let answer = &answer[start..];
-    // The gateway may answer chunked: the JSON object is between the first `{` and the
-    // last `}`.
-    let open = answer.iter().position(|b| *b == b'{')?;
-    let close = answer.iter().rposition(|b| *b == b'}')?;
-    serde_json::from_slice(&answer[open..=close]).ok()
+/// `POST path` with a JSON body to the plain-HTTP member at `member` (`http://host:port`): the
+/// answer's JSON, whatever its status.
+fn post_json(client: &Client, member: &str, path: &str, body: &str) -> Option<Value> {
+    let answer = client
+        .post(&Post {
+            authority: member.strip_prefix("http://")?,
+            path,
+            headers: &[],
+            body,
+            timeout: GATEWAY_TIMEOUT,
+            max_answer: MAX_GATEWAY_ANSWER,
+        })
+        .ok()?;
+    serde_json::from_slice(&answer.body).ok()
 }

@@ -2,8 +2,9 @@
 //! tokens the way `https://auth.openai.com/oauth/token` does (its answers and error codes
 //! as the README's refresh section lists them).
 //!
-//! hyper serves each connection on a small tokio runtime of the server's own, one request per
-//! connection (`Connection: close`); the decision about a request runs on a blocking thread.
+//! The kit's [`Server`](crate::http::Server) serves it: hyper on a small tokio runtime of the
+//! server's own, one request per connection (`Connection: close`); the decision about a request
+//! runs on a blocking thread.
 //! Every wait is bounded, and dropping the [`FakeIdp`] stops the server, wakes whatever is
 //! delayed or hanging, and shuts the runtime down, closing every connection.
 //!
@@ -17,13 +18,9 @@
 //! the losers' refusals": the token is checked and rotated the moment the request is read, and
 //! only the answer waits (the success and the refusals each after their own delay).
 
+use crate::http::{Request, Response, Server, ServerOptions};
 use crate::jwt;
 use crate::lock;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -49,7 +46,8 @@ static NEXT_MARKER: AtomicU64 = AtomicU64::new(1);
 pub struct FakeIdp {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Dropped after [`FakeIdp::drop`] woke every waiting request.
+    _server: Server,
 }
 
 /// A set of tokens the server handed out.
@@ -170,21 +168,6 @@ struct State {
     access_lifetime: i64,
 }
 
-/// One HTTP response to write.
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-}
-
-/// One parsed HTTP request.
-struct Request {
-    method: String,
-    path: String,
-    chunked: bool,
-    body: Vec<u8>,
-}
-
 impl FakeIdp {
     /// Starts a server on an ephemeral port of 127.0.0.1 for this account, whose one live refresh
     /// token is `initial_refresh_token`, answering with [`Behavior::Normal`] and no delay.
@@ -196,14 +179,6 @@ impl FakeIdp {
         plan: &str,
         initial_refresh_token: &str,
     ) -> FakeIdp {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .expect("fake IdP: cannot bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("fake IdP: bound listener has no address");
-        listener
-            .set_nonblocking(true)
-            .expect("fake IdP: cannot make the listener non-blocking");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 stopping: false,
@@ -224,17 +199,17 @@ impl FakeIdp {
             }),
             changed: Condvar::new(),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("fake-idp")
-            .enable_all()
-            .build()
-            .expect("fake IdP: cannot start its runtime");
-        runtime.spawn(serve(Arc::clone(&shared), listener));
+        let options = ServerOptions {
+            name: "fake-idp",
+            keep_alive: false,
+            max_body: MAX_BODY,
+        };
+        let handler = Arc::clone(&shared);
+        let server = Server::start(options, move |request| respond(&handler, &request));
         FakeIdp {
             shared,
-            addr,
-            runtime: Some(runtime),
+            addr: server.addr(),
+            _server: server,
         }
     }
 
@@ -341,16 +316,9 @@ impl FakeIdp {
 
 impl Drop for FakeIdp {
     fn drop(&mut self) {
+        // Wakes whatever is delayed or hanging; the server shuts down after this.
         lock(&self.shared.state).stopping = true;
         self.shared.changed.notify_all();
-        // Waiting for a runtime is not allowed inside another one (an async test).
-        if let Some(runtime) = self.runtime.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                runtime.shutdown_background();
-            } else {
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            }
-        }
     }
 }
 
@@ -435,102 +403,14 @@ impl Shared {
     }
 }
 
-impl Response {
-    fn json(status: u16, body: String) -> Response {
-        Response {
-            status,
-            content_type: "application/json",
-            body,
-        }
-    }
-
-    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
-        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
-        *response.status_mut() =
-            hyper::StatusCode::from_u16(self.status).unwrap_or(hyper::StatusCode::OK);
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        response
-    }
-}
-
-/// Accepts connections until the runtime shuts down, each served by hyper on a task of its own.
-async fn serve(shared: Arc<Shared>, listener: std::net::TcpListener) {
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .expect("fake IdP: cannot register the listener");
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            // E.g. out of file descriptors: back off briefly instead of spinning.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| handle(Arc::clone(&shared), request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// The service's error: the connection is closed unanswered (hyper writes nothing then).
-#[derive(Debug)]
-struct Unanswered;
-
-impl std::fmt::Display for Unanswered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("closed unanswered")
-    }
-}
-
-impl std::error::Error for Unanswered {}
-
-/// Reads the body of one request (at most [`MAX_BODY`]) and answers it with [`respond`], on a
-/// blocking thread since that may wait.
-async fn handle(
-    shared: Arc<Shared>,
-    request: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Unanswered> {
-    let header = |name| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-    };
-    let chunked = header(TRANSFER_ENCODING).is_some_and(|v| v.contains("chunked"));
-    let length = header(CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
-    if length.is_some_and(|n| n > MAX_BODY) {
-        let body = json!({"error": "invalid_request"}).to_string();
-        return Ok(Response::json(413, body).into_hyper());
-    }
-    let method = request.method().as_str().to_owned();
-    let path = request.uri().path().to_owned();
-    let body = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| Unanswered)?
-        .to_bytes()
-        .to_vec();
-    let request = Request {
-        method,
-        path,
-        chunked,
-        body,
-    };
-    tokio::task::spawn_blocking(move || respond(&shared, &request))
-        .await
-        .ok()
-        .flatten()
-        .map(Response::into_hyper)
-        .ok_or(Unanswered)
-}
-
 /// Decides the answer to one request; `None` closes the connection without answering.
 fn respond(shared: &Shared, request: &Request) -> Option<Response> {
+    let Some(body) = request.body.as_deref() else {
+        return Some(Response::json(
+            413,
+            json!({"error": "invalid_request"}).to_string(),
+        ));
+    };
     if request.method != "POST" || request.path != TOKEN_PATH {
         return Some(Response::json(
             404,
@@ -541,7 +421,7 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
     let parsed: Result<String, ()> = if request.chunked {
         Err(())
     } else {
-        serde_json::from_slice::<Value>(&request.body)
+        serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|body| {
                 let grant_ok =
@@ -554,13 +434,11 @@ fn respond(shared: &Shared, request: &Request) -> Option<Response> {
             })
             .ok_or(())
     };
-    let presented = serde_json::from_slice::<Value>(&request.body)
-        .ok()
-        .and_then(|body| {
-            body.get("refresh_token")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
+    let presented = serde_json::from_slice::<Value>(body).ok().and_then(|body| {
+        body.get("refresh_token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
 
     let (behavior, delay, decided) = {
         let mut state = lock(&shared.state);

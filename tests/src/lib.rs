@@ -3,7 +3,8 @@
 //! and process tests), the one JWT builder ([`jwt`]), the one secret scanner ([`secrets`]),
 //! the one harness of every child process ([`process`]), running the `codex-store` command, a Codex 0.171.0 stand-in
 //! (`codex-sim`) with the mixed races it runs in, the fault injector of the save tests, and the
-//! real Codex CLI (npm install, backend stub, `codex app-server`).
+//! real Codex CLI (npm install, backend stub, `codex app-server`). Its HTTP goes through one
+//! library ([`http`]); its benches take percentiles one way ([`stats`]).
 
 pub mod cli_support;
 pub mod codex_sim;
@@ -12,11 +13,13 @@ pub mod etcd;
 pub mod fake_idp;
 pub mod faults;
 pub mod fixtures;
+pub mod http;
 pub mod jwt;
 pub mod process;
 pub mod programs;
 pub mod real_codex;
 pub mod secrets;
+pub mod stats;
 pub mod tcp_proxy;
 pub mod tls;
 

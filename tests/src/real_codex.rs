@@ -29,19 +29,18 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 use serde_json::{json, Value};
 
+use crate::http::{Request, Response, Server, ServerOptions};
 use crate::lock;
 use crate::process::{Process, EVENT_TIMEOUT};
 use crate::programs::on_path;
@@ -63,12 +62,6 @@ const NPM_TIMEOUT: Duration = Duration::from_secs(600);
 /// for a refresh in flight, which against a slow endpoint, with Codex's 5 s lock window and a
 /// second attempt, can take 20 s.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Read and write timeout on every connection the backend stub accepts.
-const STUB_IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest request head the backend stub reads.
-const STUB_MAX_HEAD: usize = 64 * 1024;
 
 /// Largest request body the backend stub reads (and discards).
 const STUB_MAX_BODY: usize = 1024 * 1024;
@@ -287,7 +280,8 @@ impl Seen {
 }
 
 /// A local stand-in for Codex's ChatGPT backend (`chatgpt_base_url`, `openai_base_url`) and the
-/// HTTP(S) proxy of the Codex processes: real HTTP/1.1 on 127.0.0.1, one request per connection.
+/// HTTP(S) proxy of the Codex processes: HTTP/1.1 on 127.0.0.1 (the kit's [`Server`]), one
+/// request per connection.
 ///
 /// It answers what Codex 0.171.0 asks at start-up with the smallest answers it accepts quietly:
 /// - `GET /v1/models...`: `{"models": []}`
@@ -298,47 +292,40 @@ impl Seen {
 /// - a proxy request for another host (CONNECT, or an absolute URL): 403, recorded as an
 ///   escape.
 ///
-/// Dropping it stops the server and joins its threads.
+/// Dropping it stops the server, closing every connection.
 pub struct BackendStub {
-    shared: Arc<StubShared>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     addr: SocketAddr,
-    accept: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
-struct StubShared {
-    stopping: AtomicBool,
-    seen: Mutex<Vec<Seen>>,
-    conns: Mutex<Vec<(u64, TcpStream)>>,
-    next_conn: AtomicU64,
-    account_id: String,
+/// Who the stub answers for.
+struct Account {
+    id: String,
     plan: String,
 }
 
 impl BackendStub {
     /// Starts the stub on an ephemeral port of 127.0.0.1 for this account and plan.
     pub fn start(account_id: &str, plan: &str) -> BackendStub {
-        let listener =
-            TcpListener::bind(("127.0.0.1", 0)).expect("backend stub: cannot bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("backend stub: bound listener has no address");
-        let shared = Arc::new(StubShared {
-            stopping: AtomicBool::new(false),
-            seen: Mutex::new(Vec::new()),
-            conns: Mutex::new(Vec::new()),
-            next_conn: AtomicU64::new(0),
-            account_id: account_id.to_owned(),
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let account = Account {
+            id: account_id.to_owned(),
             plan: plan.to_owned(),
+        };
+        let options = ServerOptions {
+            name: "backend-stub",
+            keep_alive: false,
+            max_body: STUB_MAX_BODY,
+        };
+        let record = Arc::clone(&seen);
+        let server = Server::start(options, move |request| {
+            Some(stub_answer(&account, &record, &request))
         });
-        let loop_shared = Arc::clone(&shared);
-        let accept = thread::Builder::new()
-            .name("backend-stub-accept".into())
-            .spawn(move || stub_accept_loop(&loop_shared, listener))
-            .expect("backend stub: cannot spawn the accept thread");
         BackendStub {
-            shared,
-            addr,
-            accept: Some(accept),
+            seen,
+            addr: server.addr(),
+            _server: server,
         }
     }
 
@@ -359,7 +346,7 @@ impl BackendStub {
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Seen> {
-        lock(&self.shared.seen).clone()
+        lock(&self.seen).clone()
     }
 
     /// The requests meant for another host (they reached the stub as the proxy and were
@@ -372,63 +359,16 @@ impl BackendStub {
     }
 }
 
-impl Drop for BackendStub {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        let woke = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok();
-        if let Some(accept) = self.accept.take() {
-            if woke {
-                let _ = accept.join();
-            }
-        }
-    }
-}
-
-fn stub_accept_loop(shared: &Arc<StubShared>, listener: TcpListener) {
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    for incoming in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = incoming else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        workers.retain(|w| !w.is_finished());
-        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = stream.try_clone() {
-            lock(&shared.conns).push((id, clone));
-        }
-        let conn_shared = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name("backend-stub-conn".into())
-            .spawn(move || {
-                stub_serve(&conn_shared, stream);
-                lock(&conn_shared.conns).retain(|(i, _)| *i != id);
-            });
-        match spawned {
-            Ok(worker) => workers.push(worker),
-            Err(_) => lock(&shared.conns).retain(|(i, _)| *i != id),
-        }
-    }
-    for (_, conn) in lock(&shared.conns).iter() {
-        let _ = conn.shutdown(Shutdown::Both);
-    }
-    for worker in workers {
-        let _ = worker.join();
-    }
-}
-
-fn stub_serve(shared: &StubShared, mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(STUB_IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(STUB_IO_TIMEOUT));
-    let Ok(Some(seen)) = stub_read_request(&mut stream) else {
-        let _ = stream.shutdown(Shutdown::Both);
-        return;
+/// Records `request` and answers it (see [`BackendStub`]).
+fn stub_answer(account: &Account, seen: &Mutex<Vec<Seen>>, request: &Request) -> Response {
+    let seen_now = Seen {
+        method: request.method.clone(),
+        target: request.target.clone(),
     };
-    lock(&shared.seen).push(seen.clone());
-    let path = seen.target.split('?').next().unwrap_or("");
-    let (status, body) = if seen.is_escape() {
+    let escape = seen_now.is_escape();
+    lock(seen).push(seen_now);
+    let path = request.path.as_str();
+    let (status, body) = if escape {
         (
             403,
             json!({"error": "this test forbids requests that leave 127.0.0.1"}),
@@ -441,7 +381,7 @@ fn stub_serve(shared: &StubShared, mut stream: TcpStream) {
             json!({"plugins": [], "pagination": {"next_page_token": null}}),
         )
     } else if path == "/backend-api/wham/accounts/check" {
-        let id = shared.account_id.as_str();
+        let id = account.id.as_str();
         (
             200,
             json!({
@@ -449,7 +389,7 @@ fn stub_serve(shared: &StubShared, mut stream: TcpStream) {
                     "id": id,
                     "account_id": id,
                     "structure": "personal",
-                    "plan_type": shared.plan,
+                    "plan_type": account.plan,
                     "workspace_backend_origin": "NO_CONSTRAINT",
                     "account_routing_override": "NO_CONSTRAINT",
                     "can_access_with_session": true,
@@ -461,63 +401,7 @@ fn stub_serve(shared: &StubShared, mut stream: TcpStream) {
     } else {
         (404, json!({"error": "not_found"}))
     };
-    let body = body.to_string();
-    let reason = match status {
-        200 => "OK",
-        403 => "Forbidden",
-        _ => "Not Found",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body.as_bytes()))
-        .and_then(|()| stream.flush());
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-/// Reads one request head (and discards its body); `None` for a connection closed first or a
-/// malformed head.
-fn stub_read_request(stream: &mut TcpStream) -> io::Result<Option<Seen>> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > STUB_MAX_HEAD {
-            return Ok(None);
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or("").split_whitespace();
-    let (Some(method), Some(target)) = (request_line.next(), request_line.next()) else {
-        return Ok(None);
-    };
-    let length = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
-        .unwrap_or(0)
-        .min(STUB_MAX_BODY);
-    let already = buf.len() - (head_end + 4);
-    if length > already {
-        let mut rest = vec![0u8; length - already];
-        stream.read_exact(&mut rest)?;
-    }
-    Ok(Some(Seen {
-        method: method.to_owned(),
-        target: target.to_owned(),
-    }))
+    Response::json(status, body.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,6 +578,8 @@ impl AppServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     /// Sends `raw` to the stub and returns the status code and the body of its answer.
     fn exchange(stub: &BackendStub, raw: &str) -> (u16, Value) {

@@ -7,8 +7,6 @@
 //! the endpoint counted); every wait is bounded, and only turns a hang into a failure. The
 //! harness is [`crate::fleet_kit`].
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::fleet_kit::{Fleet, Setup, LEAD, URL_ENV, WAIT};
 use crate::kit::{exit, fingerprint, run, spawn, ChatgptCreds};
 use codex_store_tests::codex_sim::refresh_token_on_disk;
+use codex_store_tests::http::{Response, Server, ServerOptions};
 use serde_json::{json, Value};
 
 /// `m` machines on a one-member etcd, reaching it directly, seeded from machine 0; the login's
@@ -106,71 +105,40 @@ fn a_machine_whose_agent_was_stopped_through_logout_on_the_fleet_takes_the_next_
 // Item 7: an endpoint that answers 200 with something that is not etcd's.
 // ---------------------------------------------------------------------------------------------
 
-/// An HTTP server on 127.0.0.1 answering every request with 200 and `body`, counting them.
+/// An HTTP server on 127.0.0.1 (keep-alive) answering every request with 200 and `body`,
+/// counting them.
 struct NotEtcd {
     url: String,
     requests: Arc<AtomicUsize>,
+    _server: Server,
 }
 
 impl NotEtcd {
     fn start(content_type: &'static str, body: &'static str) -> NotEtcd {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("an address"));
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&requests);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let counter = Arc::clone(&counter);
-                std::thread::spawn(move || serve(stream, &counter, content_type, body));
-            }
+        let options = ServerOptions {
+            name: "not-etcd",
+            keep_alive: true,
+            max_body: 1024 * 1024,
+        };
+        let server = Server::start(options, move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Some(Response {
+                status: 200,
+                content_type,
+                body: body.to_owned(),
+            })
         });
-        NotEtcd { url, requests }
+        NotEtcd {
+            url: format!("http://{}", server.addr()),
+            requests,
+            _server: server,
+        }
     }
 
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
-    }
-}
-
-/// Answers the requests of one connection (keep-alive) until it closes.
-fn serve(stream: std::net::TcpStream, counter: &AtomicUsize, content_type: &str, body: &str) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-    let mut writer = stream;
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        if reader.read_line(&mut line).map_or(true, |n| n == 0) {
-            return;
-        }
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).map_or(true, |n| n == 0) {
-                return;
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut request_body = vec![0; length];
-        if reader.read_exact(&mut request_body).is_err() {
-            return;
-        }
-        counter.fetch_add(1, Ordering::SeqCst);
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if writer.write_all(answer.as_bytes()).is_err() {
-            return;
-        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! What the measurements share: the plan, the credentials they run on, the median and the
-//! verdict.
+//! What the measurements share: the plan, the credentials they run on and the verdict (their
+//! medians are `codex_store_tests::stats`').
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -55,16 +55,6 @@ pub fn current_thread_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("cannot build a tokio runtime")
-}
-
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 pub fn pass(ok: bool) -> &'static str {

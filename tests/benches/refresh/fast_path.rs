@@ -5,7 +5,9 @@ use std::hint::black_box;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
-use crate::common::{cached_manager, current_thread_runtime, home_with_tokens, median, pass, Plan};
+use codex_store_tests::stats::Summary;
+
+use crate::common::{cached_manager, current_thread_runtime, home_with_tokens, pass, Plan};
 
 pub fn fast_path(plan: &Plan) {
     let home = home_with_tokens(3600);
@@ -39,7 +41,7 @@ pub fn fast_path(plan: &Plan) {
     for _ in 0..n / 10 {
         floor_once();
     }
-    let mut floor_batches: Vec<f64> = (0..plan.batches)
+    let floor_batches: Vec<f64> = (0..plan.batches)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..n {
@@ -49,14 +51,9 @@ pub fn fast_path(plan: &Plan) {
         })
         .collect();
 
-    let mut auth_batches = auth_batches;
-    let (lo, hi) = {
-        let mut sorted = auth_batches.clone();
-        sorted.sort_by(f64::total_cmp);
-        (sorted[0], sorted[sorted.len() - 1])
-    };
-    let auth_ns = median(&mut auth_batches);
-    let floor_ns = median(&mut floor_batches);
+    let auth = Summary::of(&auth_batches);
+    let (lo, hi, auth_ns) = (auth.min, auth.max, auth.p50);
+    let floor_ns = Summary::of(&floor_batches).p50;
     println!(
         "auth() fast path: {auth_ns:.1} ns/call | floor (RwLock read + Arc clone + SystemTime::now) {floor_ns:.1} ns/call | ratio {:.2} | target < 1 us {}",
         auth_ns / floor_ns,

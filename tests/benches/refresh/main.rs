@@ -13,7 +13,8 @@
 //! more than one token); missed timing targets are only printed as FAIL.
 //!
 //! One module per measurement ([`fast_path`], [`syscalls`], [`races`]); what they share (the
-//! plan, the credentials, the median and the verdict) is in [`common`].
+//! plan, the credentials and the verdict) is in [`common`]; their medians are
+//! `codex_store_tests::stats`'.
 
 mod common;
 mod fast_path;

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use codex_refresh::TOKEN_URL_ENV;
 use codex_store::Secret;
 use codex_store_tests::fake_idp::FakeIdp;
+use codex_store_tests::stats::Summary;
 
-use crate::common::{home_with_tokens, median, pass, Plan, ACCOUNT, EMAIL, INITIAL_RT, PLAN};
+use crate::common::{home_with_tokens, pass, Plan, ACCOUNT, EMAIL, INITIAL_RT, PLAN};
 
 const WORKERS: usize = 32;
 const IDP_DELAY: Duration = Duration::from_millis(100);
@@ -214,7 +215,7 @@ pub fn races(plan: &Plan) -> bool {
         }
     }
     if !walls.is_empty() {
-        let m = median(&mut walls);
+        let m = Summary::of(&walls).p50;
         println!(
             "race median of {}: all {WORKERS} hold the new token {m:.1} ms after the start signal | {:.2}x the {delay_ms:.0} ms delay (target < 1.5x) {}",
             walls.len(),

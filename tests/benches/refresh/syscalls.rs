@@ -16,7 +16,8 @@ const TRACED_CALLS: usize = 100_000;
 
 /// Runs in the copy of this binary started under strace: prints `tid <main thread id>`, then
 /// makes the marker system call getppid, [`TRACED_CALLS`] fast-path calls, and the marker
-/// system call getpid (both through `syscall(2)`, never a vDSO or a cache), on the main thread.
+/// system call getpid (both made by rustix as system calls, never a vDSO or a cache), on the
+/// main thread.
 pub fn strace_child(dir: &Path) {
     let manager = cached_manager(dir);
     let runtime = current_thread_runtime();
@@ -25,8 +26,7 @@ pub fn strace_child(dir: &Path) {
             black_box(manager.auth().await.expect("auth() failed"));
         }
     });
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
+    let tid = rustix::thread::gettid().as_raw_nonzero();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "tid {tid}").expect("cannot write to stdout");
@@ -34,15 +34,13 @@ pub fn strace_child(dir: &Path) {
     }
     let failures = runtime.block_on(async {
         let mut failures = 0usize;
-        // SAFETY: getppid takes no arguments and cannot fail.
-        unsafe { libc::syscall(libc::SYS_getppid) };
+        black_box(rustix::process::getppid());
         for _ in 0..TRACED_CALLS {
             if black_box(manager.auth().await).is_err() {
                 failures += 1;
             }
         }
-        // SAFETY: getpid takes no arguments and cannot fail.
-        unsafe { libc::syscall(libc::SYS_getpid) };
+        black_box(rustix::process::getpid());
         failures
     });
     println!("failures {failures}");

@@ -10,8 +10,7 @@
 //! fsync, rename. No token is ever printed, only fingerprints.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{self, BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +23,7 @@ use rustix::io::Errno;
 use serde_json::{json, Map, Value};
 
 use codex_store_tests::codex_sim::{exit, STORE_LOCK_PATIENCE, STORE_LOCK_RETRY, TOKEN_URL_ENV};
+use codex_store_tests::http::{Client, Post};
 use codex_store_tests::jwt::rfc3339;
 use codex_store_tests::secrets::fingerprint;
 
@@ -34,10 +34,10 @@ const USAGE: &str = "usage: codex-sim [--force] [--old] [--no-wait] [--live SECO
 const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
 /// A refresh is due when the access token expires within this many seconds.
 const REFRESH_WINDOW_SECS: i64 = 5 * 60;
-/// Connect, read and write timeout of the refresh request.
+/// The longest the refresh request may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer read.
-const MAX_ANSWER: u64 = 1024 * 1024;
+const MAX_ANSWER: usize = 1024 * 1024;
 
 struct Options {
     force: bool,
@@ -254,46 +254,19 @@ enum Answer {
 }
 
 fn post_json(url: &Url, body: &str) -> io::Result<(u16, Vec<u8>)> {
-    let addr = (url.host.as_str(), url.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::other("the host has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
-         Accept: application/json\r\nUser-Agent: codex-sim/0.171.0\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        url.path,
-        url.host,
-        url.port,
-        body.len()
-    );
-    stream.write_all(request.as_bytes())?;
-    stream.flush()?;
-    let mut raw = Vec::new();
-    stream.take(MAX_ANSWER).read_to_end(&mut raw)?;
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io::Error::other("the answer has no complete head"))?;
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other("the answer has no status line"))?;
-    let mut body = raw.split_off(head_end + 4);
-    if let Some(length) = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())?
-    }) {
-        body.truncate(length);
-    }
-    Ok((status, body))
+    let authority = format!("{}:{}", url.host, url.port);
+    let answer = Client::new().post(&Post {
+        authority: &authority,
+        path: &url.path,
+        headers: &[
+            ("accept", "application/json"),
+            ("user-agent", "codex-sim/0.171.0"),
+        ],
+        body,
+        timeout: HTTP_TIMEOUT,
+        max_answer: MAX_ANSWER,
+    })?;
+    Ok((answer.status, answer.body))
 }
 
 /// The error code of an error answer: `{"error":{"code":..}}`, `{"error":".."}` or `{"code":..}`.
@@ -383,7 +356,7 @@ fn open_lock(path: &Path, mode: u32) -> Result<File, Stop> {
         .create(true)
         .truncate(false)
         .mode(mode)
-        .custom_flags(libc::O_CLOEXEC)
+        // O_CLOEXEC, as Codex opens it: std opens every file so.
         .open(path)
         .map_err(|e| Stop::other(format!("cannot open {}: {e}", path.display())))
 }
@@ -458,7 +431,7 @@ fn replace(dir: &Path, path: &Path, text: &str) -> Result<(), Stop> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
+            // O_CLOEXEC, as Codex opens it: std opens every file so.
             .open(&candidate)
         {
             Ok(file) => break (candidate, file),
