@@ -119,6 +119,7 @@ mod external;
 mod fence;
 pub mod fleet;
 mod host;
+mod http_body;
 mod manager;
 mod outcome;
 mod protocol;
