@@ -99,6 +99,15 @@ where
     deserializer.deserialize_map(ObjectVisitor(PhantomData))
 }
 
+/// An optional message, a JSON object when present (see [`object`]); with `#[serde(default)]`.
+pub(super) fn some_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    object(deserializer).map(Some)
+}
+
 /// A list of messages, each a JSON object (see [`object`]).
 pub(super) fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
