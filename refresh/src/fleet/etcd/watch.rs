@@ -313,4 +313,37 @@ mod tests {
             "an event is a change at its revision"
         );
     }
+
+    #[test]
+    fn a_stream_error_is_classified_by_its_grpc_code_in_every_shape_etcd_writes() {
+        for line in [
+            // etcd 3.6's stream error, and a text error with its code beside it.
+            r#"{"error":{"code":14,"message":"etcdserver: no leader","details":[]}}"#,
+            r#"{"error":"etcdserver: leader changed","code":14}"#,
+        ] {
+            assert!(
+                matches!(outcome(line), WatchMessage::Unavailable(_)),
+                "{line} is Unavailable: another member must be tried"
+            );
+        }
+        let line = r#"{"error":{"code":7,"message":"etcdserver: permission denied"}}"#;
+        assert!(
+            matches!(
+                outcome(line),
+                WatchMessage::Refused(Refusal {
+                    code: GrpcCode::PermissionDenied,
+                    ..
+                })
+            ),
+            "a refusal in a stream error must keep its code"
+        );
+        let line = r#"{"error":{"grpc_code":"x"}}"#;
+        match outcome(line) {
+            WatchMessage::Refused(Refusal { code, message }) => assert!(
+                code == GrpcCode::Ok && message.contains("ended the watch with an error"),
+                "an error without code or message must still end the watch: {code:?} {message}"
+            ),
+            _ => panic!("an error without code or message must end the watch as an error"),
+        }
+    }
 }
