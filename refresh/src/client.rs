@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::config::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 use crate::error::{PermanentReason, RefreshError, TransientReason, UrlOrigin};
+use crate::http_body::{read_bounded, BodyError};
 
 /// The largest answer body read from the token endpoint; reading stops there. Real answers are
 /// a few KiB.
@@ -96,7 +97,7 @@ impl TokenClient {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.to_ascii_lowercase().contains("html"));
-        let bytes = match read_bounded(response).await {
+        let bytes = match read_body(response).await {
             Ok(bytes) => bytes,
             // An error answer that large holds no OAuth error (those are a few bytes): its status
             // alone classifies it.
@@ -162,26 +163,17 @@ fn token_url_error(url: &str, origin: UrlOrigin, problem: String) -> RefreshErro
 }
 
 /// Reads the body, stopping at [`MAX_ANSWER_SIZE`].
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, RefreshError> {
-    let too_large = || RefreshError::Transient {
-        reason: TransientReason::InvalidAnswer(format!(
-            "it is larger than {MAX_ANSWER_SIZE} bytes"
-        )),
-    };
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER_SIZE as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| transient_from(&e))? {
-        if body.len() + chunk.len() > MAX_ANSWER_SIZE {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, RefreshError> {
+    read_bounded(response, MAX_ANSWER_SIZE)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => RefreshError::Transient {
+                reason: TransientReason::InvalidAnswer(format!("it is larger than {limit} bytes")),
+            },
+            BodyError::TimedOut { source } | BodyError::Broken { source } => {
+                transient_from(&source)
+            }
+        })
 }
 
 /// Refuses a token URL that is not an absolute `http` or `https` URL, and a [`TOKEN_URL_ENV`]

@@ -120,6 +120,7 @@ mod external;
 mod fence;
 pub mod fleet;
 mod host;
+mod http_body;
 mod login;
 mod manager;
 mod outcome;
