@@ -130,7 +130,7 @@ mod state;
 
 pub use agent::{
     Agent, AgentConfig, AgentError, AgentEvent, AgentEventKind, FailureClass, IdleReason,
-    ResumedFrom, CODEX_REFRESH_WINDOW,
+    ReattachReason, ResumedFrom, StopReason, CODEX_REFRESH_WINDOW,
 };
 pub use auth::{CodexAuth, Mode};
 pub use config::{RefreshConfig, WhileRefreshing, CLIENT_ID, DEFAULT_TOKEN_URL, TOKEN_URL_ENV};

@@ -584,6 +584,41 @@ fn a_fleet_ca_that_is_pem_but_no_certificate_is_named_with_what_is_wrong_with_it
 }
 
 #[test]
+fn a_fifo_or_a_device_given_as_a_fleet_tls_file_is_refused_at_once_naming_it() {
+    let home = crate::kit::temp_home();
+    ChatgptCreds::fresh().write_to(home.path());
+    let fifo = home.path().join("ca.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("make a FIFO");
+    let fifo = fifo.to_string_lossy().into_owned();
+    for (flag, file) in [
+        ("--fleet-ca", fifo.as_str()),
+        ("--fleet-ca", "/dev/zero"),
+        ("--fleet-cert", fifo.as_str()),
+    ] {
+        let mut args = vec!["inspect", "--fleet", "https://127.0.0.1:9", flag, file];
+        if flag == "--fleet-cert" {
+            args.extend(["--fleet-key", file]);
+        }
+        // `run` fails the test if the command does not end within its timeout: a FIFO waited
+        // on, or /dev/zero read without a bound, would hang it.
+        let out = run(home.path(), &args, None, &[]);
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            !out.status.success() && said.contains(file) && said.contains("not a regular file"),
+            "{flag} {file} must be refused at once, naming it: {}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
 fn an_endpoint_answering_with_control_characters_cannot_write_them_to_the_terminal() {
     let body = r#"{"error":"etcdserver: \u001b]0;pwned\u0007 bad\nFORGED line","code":2,"message":"\u001b[2J\r\nFORGED too"}"#;
     for content_type in ["application/json", "text/html"] {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::kinds::{FailureClass, IdleReason, ResumedFrom};
+use super::kinds::{FailureClass, IdleReason, ReattachReason, ResumedFrom, StopReason};
 
 /// One thing the agent did or saw. `Display` is the text line; `Serialize` is the JSON line.
 /// Tokens appear only as fingerprints ([`codex_store::Secret::fingerprint`]).
@@ -93,7 +93,7 @@ pub enum AgentEventKind {
         /// The file it keeps fresh.
         auth_json: PathBuf,
         /// What it found.
-        reason: String,
+        reason: ReattachReason,
     },
     /// Nothing to refresh until the file changes.
     Idle {
@@ -105,7 +105,9 @@ pub enum AgentEventKind {
     /// The agent stopped; nothing is left locked.
     Stopped {
         /// Why.
-        reason: String,
+        reason: StopReason,
+        /// What stopped it, in words (the error, for [`StopReason::Failed`]).
+        message: String,
     },
 }
 
@@ -247,13 +249,13 @@ impl fmt::Display for AgentEvent {
             AgentEventKind::Reattached { auth_json, reason } => write!(
                 f,
                 "reattached: {}; claimed again, keeping {} fresh",
-                Escaped(reason),
+                reason.describe(),
                 Escaped(&auth_json.to_string_lossy())
             ),
             AgentEventKind::Idle { reason, hint } => {
                 write!(f, "idle ({reason}): {}", Escaped(hint))
             }
-            AgentEventKind::Stopped { reason } => write!(f, "stopped: {}", Escaped(reason)),
+            AgentEventKind::Stopped { message, .. } => write!(f, "stopped: {}", Escaped(message)),
         }
     }
 }

@@ -97,6 +97,43 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// Why the agent claimed its store again (a `reattached` event).
+    pub enum ReattachReason {
+        /// The directory of auth.json was removed or replaced.
+        HomeReplaced = "home_replaced",
+        /// The agent's claim file was removed or replaced in the same directory.
+        ClaimLost = "claim_lost",
+    }
+}
+
+impl ReattachReason {
+    /// What happened, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReattachReason::HomeReplaced => {
+                "the directory of auth.json was removed or replaced while the agent ran"
+            }
+            ReattachReason::ClaimLost => {
+                "the agent's claim file was removed or replaced while the agent ran"
+            }
+        }
+    }
+}
+
+named_enum! {
+    /// Why the agent stopped (a `stopped` event).
+    pub enum StopReason {
+        /// Asked to (a signal, or the host's shutdown future).
+        Asked = "asked",
+        /// Asked to, and the token endpoint did not answer the request in flight within the
+        /// HTTP timeout.
+        AskedRequestUnanswered = "asked_request_unanswered",
+        /// An error it cannot go on after (another agent claimed the store, the home is gone).
+        Failed = "failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +152,16 @@ mod tests {
                 ResumedFrom::ALL
                     .iter()
                     .map(|r| (serde_json::to_string(r), r.as_str())),
+            )
+            .chain(
+                ReattachReason::ALL
+                    .iter()
+                    .map(|r| (serde_json::to_string(r), r.as_str())),
+            )
+            .chain(
+                StopReason::ALL
+                    .iter()
+                    .map(|r| (serde_json::to_string(r), r.as_str())),
             );
         for (json, name) in names {
             let json = json.expect("a state serializes");
@@ -131,12 +178,14 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_documents_every_idle_reason_and_failure_class() {
+    fn the_readme_documents_every_state_an_event_names() {
         let readme = include_str!("../../../README.md");
         let states = FailureClass::ALL
             .iter()
             .map(|c| c.as_str())
-            .chain(IdleReason::ALL.iter().map(|r| r.as_str()));
+            .chain(IdleReason::ALL.iter().map(|r| r.as_str()))
+            .chain(ReattachReason::ALL.iter().map(|r| r.as_str()))
+            .chain(StopReason::ALL.iter().map(|r| r.as_str()));
         for name in states {
             assert!(
                 readme.contains(&format!("`{name}`")),

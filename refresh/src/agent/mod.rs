@@ -35,7 +35,7 @@ use crate::protocol::Urgency;
 
 use event::rfc3339;
 pub use event::{AgentEvent, AgentEventKind};
-pub use kinds::{FailureClass, IdleReason, ResumedFrom};
+pub use kinds::{FailureClass, IdleReason, ReattachReason, ResumedFrom, StopReason};
 use schedule::{wake_at, Backoff, MAX_SLEEP};
 use watch::{Found, Home};
 
@@ -295,7 +295,7 @@ impl Agent {
         // finds the status (`inspect`) already telling the same.
         let mut pending: Vec<AgentEvent> = Vec::new();
         let fleet_watch = Arc::new(std::sync::Mutex::new(WatchRetry::new()));
-        let ended: Result<&'static str, AgentError> = 'run: loop {
+        let ended: Result<StopReason, AgentError> = 'run: loop {
             // Armed before every look, so that every change after the look began is signalled.
             // A directory that cannot be watched any more was removed or replaced meanwhile.
             if home.watch.arm().is_err() {
@@ -304,7 +304,7 @@ impl Agent {
                     .await
                 {
                     Err(e) => break Err(e),
-                    Ok(Attachment::Stop) => break Ok("asked to stop"),
+                    Ok(Attachment::Stop) => break Ok(StopReason::Asked),
                     Ok(Attachment::Intact | Attachment::Reattached) => {}
                 }
                 if let Err(e) = home.watch.arm() {
@@ -329,9 +329,9 @@ impl Agent {
                         // Nothing new is sent; an answer already on its way is saved first.
                         manager.stop_sending();
                         if tokio::time::timeout(grace, step).await.is_err() {
-                            break 'run Ok("asked to stop; the token endpoint did not answer the request in flight within the HTTP timeout");
+                            break 'run Ok(StopReason::AskedRequestUnanswered);
                         }
-                        break 'run Ok("asked to stop");
+                        break 'run Ok(StopReason::Asked);
                     }
                 }
             };
@@ -362,7 +362,7 @@ impl Agent {
                     () = tokio::time::sleep_until(deadline.into()) => {
                         match self.keep_home(&mut claim, &mut home, &mut shutdown, &mut on_event).await {
                             Err(e) => break 'run Err(e),
-                            Ok(Attachment::Stop) => break 'run Ok("asked to stop"),
+                            Ok(Attachment::Stop) => break 'run Ok(StopReason::Asked),
                             Ok(Attachment::Reattached) => break,
                             Ok(Attachment::Intact) if wake.is_some() => break,
                             Ok(Attachment::Intact) => {
@@ -385,7 +385,7 @@ impl Agent {
                         rearm_at = None;
                         match self.keep_home(&mut claim, &mut home, &mut shutdown, &mut on_event).await {
                             Err(e) => break 'run Err(e),
-                            Ok(Attachment::Stop) => break 'run Ok("asked to stop"),
+                            Ok(Attachment::Stop) => break 'run Ok(StopReason::Asked),
                             Ok(Attachment::Reattached) => break,
                             Ok(Attachment::Intact) => {}
                         }
@@ -407,16 +407,23 @@ impl Agent {
                             fleet_wait = Box::pin(fleet_changed(remote.clone(), Arc::clone(&fleet_watch)));
                         }
                     },
-                    () = &mut shutdown => break 'run Ok("asked to stop"),
+                    () = &mut shutdown => break 'run Ok(StopReason::Asked),
                 }
             }
         };
         pending.drain(..).for_each(|e| on_event(&e));
-        let reason = match &ended {
-            Ok(reason) => (*reason).to_owned(),
-            Err(e) => e.to_string(),
+        let (reason, message) = match &ended {
+            Ok(StopReason::AskedRequestUnanswered) => (
+                StopReason::AskedRequestUnanswered,
+                "asked to stop; the token endpoint did not answer the request in flight within the HTTP timeout".to_owned(),
+            ),
+            Ok(reason) => (*reason, "asked to stop".to_owned()),
+            Err(e) => (StopReason::Failed, e.to_string()),
         };
-        on_event(&AgentEvent::now(AgentEventKind::Stopped { reason }));
+        on_event(&AgentEvent::now(AgentEventKind::Stopped {
+            reason,
+            message,
+        }));
         // A claim that is no longer current removes nothing (the files are another's now).
         drop(claim);
         ended.map(|_| ())
@@ -460,12 +467,8 @@ impl Agent {
                     ),
                 })
             }
-            Found::Replaced => {
-                "the directory of auth.json was removed or replaced while the agent ran"
-            }
-            Found::ClaimLost => {
-                "the agent's claim file was removed or replaced while the agent ran"
-            }
+            Found::Replaced => ReattachReason::HomeReplaced,
+            Found::ClaimLost => ReattachReason::ClaimLost,
         };
         let store = self.core.manager.store().clone();
         let status = AgentStatus::new(self.core.started, AgentState::Idle, None);
@@ -475,7 +478,7 @@ impl Agent {
         *home = Home::attach(store.path(), &store.agent_lock_path())?;
         on_event(&AgentEvent::now(AgentEventKind::Reattached {
             auth_json: store.path().to_path_buf(),
-            reason: reason.to_owned(),
+            reason,
         }));
         Ok(Attachment::Reattached)
     }

@@ -30,6 +30,11 @@ mod floor;
 mod load;
 mod measure;
 mod processes;
+// The benches' one percentile helper, shared with the test kit's (which depends on this crate,
+// so it cannot be a dependency here); this bench uses part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "../../../tests/src/stats.rs"]
+mod stats;
 
 use docs::Docs;
 use measure::{Plan, TempRoot};

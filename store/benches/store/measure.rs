@@ -86,13 +86,11 @@ impl Samples {
     }
 
     fn quantile(&self, q: f64) -> f64 {
-        let mut v: Vec<f64> = self.0.iter().map(|d| d.as_secs_f64() * 1e6).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
+        let v: Vec<f64> = self.0.iter().map(|d| d.as_secs_f64() * 1e6).collect();
         if v.is_empty() {
             return f64::NAN;
         }
-        let i = ((v.len() - 1) as f64 * q).round() as usize;
-        v[i]
+        crate::stats::percentile(&v, q)
     }
 
     /// The median, in microseconds.

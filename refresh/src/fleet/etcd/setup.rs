@@ -123,11 +123,42 @@ fn build_error(config: &FleetConfig, e: &reqwest::Error) -> FleetError {
     }
 }
 
+/// The largest TLS file read: a CA bundle of every public root is well under it.
+const MAX_TLS_FILE: u64 = 1 << 20;
+
+/// Reads a TLS file the user named (`--fleet-ca`, `--fleet-cert`, `--fleet-key`): links are
+/// followed (certificates often live behind them), but the open never blocks (`O_NONBLOCK`: a
+/// FIFO is refused, not waited on), only a regular file is read, and at most
+/// [`MAX_TLS_FILE`] bytes of it.
+///
+/// # Errors
+/// [`FleetError::Io`] naming the file: it cannot be opened, is not a regular file, or is larger.
 fn read_file(path: &Path) -> Result<Vec<u8>, FleetError> {
-    std::fs::read(path).map_err(|source| FleetError::Io {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |source| FleetError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let refused = |what: &str| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(failed)?;
+    if !file.metadata().map_err(failed)?.is_file() {
+        return Err(refused(
+            "not a regular file (a FIFO, a device or a directory?)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_TLS_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() as u64 > MAX_TLS_FILE {
+        return Err(refused("larger than 1 MiB: not a certificate or key file"));
+    }
+    Ok(bytes)
 }
 
 /// An error with its sources, `: `-separated.
