@@ -4,7 +4,8 @@
 //!    a `std::sync::RwLock<Option<Arc<_>>>` plus `SystemTime::now()`);
 //! 2. the system calls that fast path makes: this binary re-runs itself under
 //!    `strace -f` and counts the calls of the main thread between two marker system calls;
-//! 3. 32 processes (`bench-worker`) racing one due credential against the fake token endpoint
+//! 3. 32 processes (`bench-worker`) racing one expired credential (every one of them must
+//!    wait for the refresh) against the fake token endpoint
 //!    answering after 100 ms: requests seen, distinct tokens, and the wall time until all 32 hold
 //!    the new token.
 //!

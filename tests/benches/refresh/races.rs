@@ -1,4 +1,5 @@
-//! 3. 32 processes (`bench-worker`) racing one due credential against the fake token endpoint
+//! 3. 32 processes (`bench-worker`) racing one expired credential (every one of them must
+//!    wait for the refresh) against the fake token endpoint
 //!    answering after 100 ms: requests seen, distinct tokens, and the wall time until all 32 hold
 //!    the new token.
 
@@ -62,7 +63,9 @@ fn recv(rx: &Receiver<Event>, what: &str) -> Result<Event, String> {
 }
 
 fn race_once(worker: &Path) -> Result<RaceResult, String> {
-    let home = home_with_tokens(60);
+    // Expired: no worker may keep its token, every one waits for the one refresh (a token due
+    // but still valid is kept by a worker that finds the refresh under way).
+    let home = home_with_tokens(-60);
     let idp = FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_RT);
     idp.set_delay(IDP_DELAY);
 
