@@ -588,14 +588,7 @@ fn a_fifo_or_a_device_given_as_a_fleet_tls_file_is_refused_at_once_naming_it() {
     let home = crate::kit::temp_home();
     ChatgptCreds::fresh().write_to(home.path());
     let fifo = home.path().join("ca.fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .expect("make a FIFO");
+    codex_store_tests::fixtures::make_fifo(&fifo);
     let fifo = fifo.to_string_lossy().into_owned();
     for (flag, file) in [
         ("--fleet-ca", fifo.as_str()),

@@ -103,14 +103,7 @@ impl Hostile {
 
     fn plant(self, path: &Path) {
         match self {
-            Hostile::Fifo => rustix::fs::mknodat(
-                rustix::fs::CWD,
-                path,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o600),
-                0,
-            )
-            .unwrap_or_else(|e| panic!("cannot make a FIFO at {}: {e}", path.display())),
+            Hostile::Fifo => codex_store_tests::fixtures::make_fifo(path),
             Hostile::DevZeroLink => std::os::unix::fs::symlink("/dev/zero", path)
                 .unwrap_or_else(|e| panic!("cannot link {} to /dev/zero: {e}", path.display())),
         }

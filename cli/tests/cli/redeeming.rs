@@ -248,14 +248,7 @@ fn a_fifo_planted_as_the_journal_is_replaced_so_that_an_unanswered_request_is_st
     let creds = ChatgptCreds::expired();
     let (home, _path, _before, idp) = signed_in_home(&creds);
     let journal = home.path().join("auth.json.journal");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &journal,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .expect("a FIFO at the journal's name");
+    codex_store_tests::fixtures::make_fifo(&journal);
     idp.set_behavior(Behavior::late_winner(Duration::from_secs(30)));
     let url = idp.url();
     let out = run(
