@@ -15,6 +15,15 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// An exit code alone: what went wrong was already printed (a `status` report).
+    pub fn silent(code: u8) -> Self {
+        Failure {
+            message: String::new(),
+            hint: None,
+            code,
+        }
+    }
+
     /// A failure of class "other" (exit 1).
     pub fn other(message: impl Into<String>, hint: Option<&'static str>) -> Self {
         Failure {
@@ -86,7 +95,7 @@ impl Failure {
     /// Prints the message and hint to stderr and returns the exit code. Never panics: a closed
     /// stderr loses the message, not the exit code.
     pub fn report(self) -> ExitCode {
-        if self.code != CLOSED_STDOUT {
+        if self.code != CLOSED_STDOUT && !self.message.is_empty() {
             let mut err = io::stderr().lock();
             // Messages carry outside text (an etcd endpoint's error, a path): no control
             // character reaches the terminal as such.
@@ -102,6 +111,33 @@ impl Failure {
         ExitCode::from(self.code)
     }
 }
+
+/// With `--json`, a failure is also a JSON document on stdout (the message and hint stay on
+/// stderr for people): `{"format_version": 1, "ok": false, "error": {...}}`.
+impl Failure {
+    /// Prints the failure as JSON on stdout too (unless it is silent, or stdout is closed),
+    /// then [`Failure::report`]s it.
+    pub fn report_json(self) -> ExitCode {
+        if self.code != CLOSED_STDOUT && !self.message.is_empty() {
+            let document = serde_json::json!({
+                "format_version": FORMAT_VERSION,
+                "ok": false,
+                "error": {
+                    "message": self.message,
+                    "hint": self.hint,
+                    "exit_code": self.code,
+                },
+            });
+            let text = serde_json::to_string_pretty(&document).unwrap_or_default();
+            let _ = write_stdout(&format!("{text}\n"));
+        }
+        self.report()
+    }
+}
+
+/// The version of every JSON document the command prints (`format_version`): it changes only
+/// when a field changes meaning or goes away; new fields may come without it.
+pub const FORMAT_VERSION: u32 = 1;
 
 /// `text` with its control characters (C0, DEL, C1) written as escapes (`\u{1b}`); everything
 /// else as it is.
@@ -126,6 +162,10 @@ pub const AGENT_RUNNING: u8 = 8;
 /// The exit code of `refresh`, and of `token` with due tokens, on a fleet machine (fleet options
 /// given as flags or in the environment): nothing was sent, the fleet's agents refresh.
 pub const FLEET_REFRESHES: u8 = 9;
+
+/// The exit code of `status` when the login works but needs attention (one `problem` line says
+/// what: an expiry without an agent, an agent expected and gone, a rotation left over, ...).
+pub const ATTENTION: u8 = 10;
 
 /// The exit code when stdout was closed before the output was written (128 + SIGPIPE, as shells
 /// report a process killed by it). What the command did before (a stored key) stays done.
@@ -207,7 +247,18 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
     json: bool,
 ) -> Result<(), Failure> {
     if json {
-        let json = serde_json::to_string_pretty(report)
+        let encoded = serde_json::to_value(report)
+            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
+        // The version first, then the report's own fields in their order.
+        let mut document = serde_json::Map::new();
+        document.insert("format_version".into(), FORMAT_VERSION.into());
+        match encoded {
+            serde_json::Value::Object(fields) => document.extend(fields),
+            other => {
+                document.insert("report".into(), other);
+            }
+        }
+        let json = serde_json::to_string_pretty(&document)
             .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
         write_stdout(&format!("{json}\n"))
     } else {

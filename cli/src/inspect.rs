@@ -20,7 +20,7 @@ use crate::home::Context;
 pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 
     /// Also show the journal of refresh outcomes (`auth.json.journal`): who rotated, adopted or
     /// was refused what, and when, with token fingerprints only.
@@ -91,6 +91,8 @@ struct InspectReport {
     fingerprints: Fingerprints,
     problems: Vec<String>,
     error: Option<String>,
+    /// Where Codex keeps the login, by its `config.toml` (`cli_auth_credentials_store`).
+    credentials_store: Option<codex_store::codex_config::CredentialsStore>,
     /// The fleet's record, with `--fleet`: revision, account, last rotation and its machine.
     #[serde(skip_serializing_if = "Option::is_none")]
     fleet: Option<codex_refresh::fleet::FleetStatus>,
@@ -205,10 +207,25 @@ fn build(home: &Path, history: bool) -> InspectReport {
             .extend(problems.iter().map(|p| p.to_string())),
         Err(e) => report.problems.push(e.to_string()),
     }
+    match codex_store::codex_config::credentials_store(home) {
+        Ok(found) => report.credentials_store = Some(found),
+        Err(e) => report.problems.push(e.to_string()),
+    }
     match store.load() {
         Ok(snapshot) => {
             if !snapshot.generation().is_absent() {
                 report.generation = Some(snapshot.generation().to_string());
+            }
+            if snapshot.auth().is_none() {
+                if let Some(elsewhere) = report
+                    .credentials_store
+                    .as_ref()
+                    .filter(|s| s.may_bypass_auth_json())
+                {
+                    report
+                        .problems
+                        .push(crate::status::keyring_message(elsewhere));
+                }
             }
             if let Some(doc) = snapshot.auth() {
                 report.fill_from_document(doc, snapshot.generation());
@@ -217,6 +234,8 @@ fn build(home: &Path, history: bool) -> InspectReport {
         Err(e) => {
             if let StoreError::Corrupt { generation, .. } = &e {
                 report.generation = Some(generation.to_string());
+                // A problem like the others, for whoever reads only `problems`.
+                report.problems.push(e.to_string());
             }
             report.error = Some(e.to_string());
         }
@@ -251,6 +270,7 @@ impl fmt::Display for InspectReport {
             ("last refresh", show(&self.last_refresh)),
             ("refresh due", show(&self.refresh_due)),
             ("file mode", show(&self.file_mode)),
+            ("credentials store", show(&self.credentials_store)),
             ("lock", self.lock_path.display().to_string()),
             ("lock held", show(&self.lock_held)),
             ("refresh lock held", show(&self.refresh_lock_held)),
@@ -356,7 +376,7 @@ fn lock_line(fleet: &codex_refresh::fleet::FleetStatus) -> String {
 }
 
 /// The stuck states of the fleet, as problems of the report.
-fn fleet_problems(fleet: &codex_refresh::fleet::FleetStatus) -> Vec<String> {
+pub(crate) fn fleet_problems(fleet: &codex_refresh::fleet::FleetStatus) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(problem) = &fleet.record_problem {
         problems.push(format!("the fleet: {problem}"));

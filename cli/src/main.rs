@@ -13,6 +13,7 @@ mod logout;
 mod options;
 mod refresh;
 mod signals;
+mod status;
 mod token;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ Exit codes:
      shipped service units do not restart an agent that exits 8
   9  `refresh`, or `token` with due tokens, on a fleet machine (--fleet or CODEX_STORE_FLEET):
      nothing was sent; the fleet's agents refresh (check them with `inspect --fleet`)
+  10  `status`: the login works but needs attention (an expiry without an agent, an agent
+     expected and not running, a rotation left over, a fleet problem: one line each)
   141  stdout was closed before the output was written (what was done stays done)";
 
 /// Inspect and use Codex's auth.json safely: every access takes the store's lock, every write
@@ -88,6 +91,9 @@ enum Command {
     Fleet(fleet::Args),
     /// Show what is on disk (account, mode, expiry, permissions, lock) without any secret.
     Inspect(inspect::Args),
+    /// Check that the login is usable and fresh: exit 0, or one line per problem and a
+    /// non-zero exit code (for scripts and monitors).
+    Status(status::Args),
     /// Print the usable bearer token, refreshing it first when due.
     Token(token::Args),
     /// Refresh now through the guarded protocol and say what happened.
@@ -135,10 +141,18 @@ fn main() -> ExitCode {
     if let Err(failure) = ctx.home() {
         return failure.report();
     }
+    // With --json, a failure is a JSON document on stdout too.
+    let json = match &cli.command {
+        Command::Inspect(args) => args.json,
+        Command::Refresh(args) => args.json,
+        Command::Status(args) => args.json,
+        _ => false,
+    };
     let result = match cli.command {
         Command::Agent(args) => agent::run(&ctx, args),
         Command::Fleet(args) => fleet::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
         Command::Token(args) => token::run(&ctx, args),
         Command::Refresh(args) => refresh::run(&ctx, args),
         Command::Login(args) => login::run(&ctx, args),
@@ -146,6 +160,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if json => failure.report_json(),
         Err(failure) => failure.report(),
     }
 }

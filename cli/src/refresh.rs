@@ -11,9 +11,9 @@ use crate::home::Context;
 /// Options of `refresh`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print the report as JSON.
+    /// Print the report as JSON (a failure too).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// What the refresh did, for people and scripts.

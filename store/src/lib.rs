@@ -124,6 +124,7 @@
 mod agent;
 mod auth_json;
 pub mod backend;
+pub mod codex_config;
 mod core;
 mod diagnose;
 mod error;

@@ -272,6 +272,14 @@ impl Reserved {
     }
 }
 
+impl Store {
+    /// What the journal says of the refresh token `snapshot` holds: refused for good, spent, or
+    /// sent without a known outcome; `None` when it says nothing (or cannot be read).
+    pub fn token_fate(&self, snapshot: &Snapshot) -> Option<TokenFate> {
+        fate_in_journal(self, snapshot)
+    }
+}
+
 /// What the journal says of `snapshot`'s refresh token.
 fn fate_in_journal(store: &Store, snapshot: &Snapshot) -> Option<TokenFate> {
     let refresh = snapshot

@@ -127,6 +127,37 @@ pub fn read_bounded(path: &Path, limit: u64) -> io::Result<SideBytes> {
     Ok(SideBytes::Bytes(bytes))
 }
 
+/// Reads a file the user named (a certificate, Codex's `config.toml`), which may rightly be a
+/// symbolic link (dotfiles, mounted secrets): the link is followed, but the open never blocks
+/// (`O_NONBLOCK`: a FIFO is refused, not waited on), only a regular file is read, and at most
+/// `limit + 1` bytes of it.
+///
+/// # Errors
+/// Those of `open` other than "not found", and of `fstat` and the read.
+pub fn read_named(path: &Path, limit: u64) -> io::Result<SideBytes> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(custom(OFlags::CLOEXEC | OFlags::NONBLOCK))
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SideBytes::Missing),
+        Err(e) if matches!(errno(&e), Some(Errno::NXIO | Errno::NODEV)) => {
+            return Ok(SideBytes::NotRegular)
+        }
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(SideBytes::NotRegular);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Ok(SideBytes::TooLarge);
+    }
+    Ok(SideBytes::Bytes(bytes))
+}
+
 /// Whether the entry at `path` (not followed) is a regular file. A missing entry is not.
 pub fn is_regular(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
@@ -257,6 +288,43 @@ pub(crate) fn make_fifo(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_file_is_read_through_a_link_but_a_fifo_or_a_device_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, b"a = 1\n").expect("write");
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&file, &link).expect("link");
+        let fifo = dir.path().join("fifo");
+        make_fifo(&fifo);
+        assert!(
+            matches!(read_named(&link, 100), Ok(SideBytes::Bytes(b)) if b == b"a = 1\n"),
+            "a link to a regular file must be followed"
+        );
+        assert!(
+            matches!(read_named(&fifo, 100), Ok(SideBytes::NotRegular)),
+            "a FIFO must be refused, not waited on"
+        );
+        assert!(
+            matches!(
+                read_named(Path::new("/dev/zero"), 100),
+                Ok(SideBytes::NotRegular)
+            ),
+            "a device must be refused, not read"
+        );
+        assert!(
+            matches!(read_named(&file, 3), Ok(SideBytes::TooLarge)),
+            "a file over the limit must be refused"
+        );
+        assert!(
+            matches!(
+                read_named(&dir.path().join("none"), 3),
+                Ok(SideBytes::Missing)
+            ),
+            "a missing file is missing"
+        );
+    }
 
     #[test]
     fn a_link_to_dev_zero_is_not_read() {

@@ -53,6 +53,8 @@ pub mod exit {
     pub const AGENT_RUNNING: i32 = 8;
     /// `refresh`, or `token` with due tokens, on a fleet machine: the fleet's agents refresh.
     pub const FLEET_REFRESHES: i32 = 9;
+    /// `status`: the login works but needs attention.
+    pub const ATTENTION: i32 = 10;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -197,7 +197,21 @@ fn token_and_refresh_exit_6_on_a_cut_off_file_and_leave_it_untouched() {
     for args in [&["token"][..], &["refresh"][..], &["refresh", "--json"][..]] {
         let out = run(home.path(), args, None, &[]);
         out.expect_code(exit::CORRUPT, "a cut-off auth.json");
-        out.expect_empty_stdout("nothing belongs on stdout when the file is corrupt");
+        if args.contains(&"--json") {
+            // With --json the failure is a JSON document on stdout too (issue 19).
+            let report = out.json();
+            assert!(
+                report["ok"] == false
+                    && report["error"]["exit_code"] == exit::CORRUPT
+                    && report["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("corrupt")),
+                "refresh --json must print its failure as JSON on stdout: {}",
+                out.describe()
+            );
+        } else {
+            out.expect_empty_stdout("nothing belongs on stdout when the file is corrupt");
+        }
         out.expect_stderr_contains(
             &["corrupt", "codex-store inspect"],
             "the message should say the file is corrupt and point at `codex-store inspect`",

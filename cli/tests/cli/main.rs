@@ -28,3 +28,4 @@ mod real_codex;
 mod redeeming;
 mod save_faults;
 mod sign_in_out;
+mod status;

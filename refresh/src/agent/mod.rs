@@ -519,11 +519,8 @@ impl Core {
             Err(e) => return Some(self.failed(&e, on_event)),
         };
         let Some(auth) = current else {
-            return Some(self.go_idle(
-                IdleReason::SignedOut,
-                "no credentials in auth.json; sign in (`codex login`) and the agent takes over",
-                on_event,
-            ));
+            let hint = signed_out_hint(self.manager.store());
+            return Some(self.go_idle(IdleReason::SignedOut, &hint, on_event));
         };
         if auth.mode() != Mode::Chatgpt {
             return Some(self.go_idle(
@@ -685,6 +682,23 @@ impl Core {
             next_attempt: Some(rfc3339(at)),
         }));
         Plan::At(at, AgentState::Retrying)
+    }
+}
+
+/// What to do about a home without credentials: sign in; or, when Codex keeps the login in the
+/// OS keyring (`cli_auth_credentials_store` in its `config.toml`), the setting that keeps it in
+/// auth.json, where the agent can keep it fresh.
+fn signed_out_hint(store: &Store) -> String {
+    use codex_store::codex_config::{credentials_store, CREDENTIALS_STORE_KEY};
+    match credentials_store(store.dir()) {
+        Ok(elsewhere) if elsewhere.may_bypass_auth_json() => format!(
+            "no credentials in auth.json: Codex's config.toml says `{CREDENTIALS_STORE_KEY} = \
+             \"{elsewhere}\"`, so Codex keeps the login in the OS keyring, where the agent cannot \
+             keep it fresh; set `{CREDENTIALS_STORE_KEY} = \"file\"` and sign in again (`codex \
+             login`), and the agent takes over"
+        ),
+        _ => "no credentials in auth.json; sign in (`codex login`) and the agent takes over"
+            .to_owned(),
     }
 }
 

@@ -126,39 +126,31 @@ fn build_error(config: &FleetConfig, e: &reqwest::Error) -> FleetError {
 /// The largest TLS file read: a CA bundle of every public root is well under it.
 const MAX_TLS_FILE: u64 = 1 << 20;
 
-/// Reads a TLS file the user named (`--fleet-ca`, `--fleet-cert`, `--fleet-key`): links are
-/// followed (certificates often live behind them), but the open never blocks (`O_NONBLOCK`: a
-/// FIFO is refused, not waited on), only a regular file is read, and at most
-/// [`MAX_TLS_FILE`] bytes of it.
+/// Reads a TLS file the user named (`--fleet-ca`, `--fleet-cert`, `--fleet-key`) with
+/// [`codex_store::side_file::read_named`]: links followed, but never a blocking open, only a
+/// regular file, and at most [`MAX_TLS_FILE`] bytes.
 ///
 /// # Errors
-/// [`FleetError::Io`] naming the file: it cannot be opened, is not a regular file, or is larger.
+/// [`FleetError::Io`] naming the file: missing, unreadable, not a regular file, or larger.
 fn read_file(path: &Path) -> Result<Vec<u8>, FleetError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use codex_store::side_file::{read_named, SideBytes};
     let failed = |source| FleetError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let refused = |what: &str| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(failed)?;
-    if !file.metadata().map_err(failed)?.is_file() {
-        return Err(refused(
+    let refused = |kind, what: &str| failed(std::io::Error::new(kind, what));
+    match read_named(path, MAX_TLS_FILE).map_err(failed)? {
+        SideBytes::Bytes(bytes) => Ok(bytes),
+        SideBytes::Missing => Err(refused(std::io::ErrorKind::NotFound, "no such file")),
+        SideBytes::NotRegular => Err(refused(
+            std::io::ErrorKind::InvalidInput,
             "not a regular file (a FIFO, a device or a directory?)",
-        ));
+        )),
+        SideBytes::TooLarge => Err(refused(
+            std::io::ErrorKind::InvalidInput,
+            "larger than 1 MiB: not a certificate or key file",
+        )),
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_TLS_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(failed)?;
-    if bytes.len() as u64 > MAX_TLS_FILE {
-        return Err(refused("larger than 1 MiB: not a certificate or key file"));
-    }
-    Ok(bytes)
 }
 
 /// An error with its sources, `: `-separated.
