@@ -139,20 +139,28 @@ impl Failure {
 /// when a field changes meaning or goes away; new fields may come without it.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// `text` with its control characters (C0, DEL, C1) written as escapes (`\u{1b}`); everything
-/// else as it is.
-fn escape_controls(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escape = c.is_control();
-            let escaped: Vec<char> = if escape {
-                c.escape_unicode().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+/// `text` with every character that could end a line, move the cursor or drive a terminal (C0
+/// and C1 controls, DEL, the Unicode line and paragraph separators, bidirectional overrides)
+/// written as an escape (`\u{1b}`); everything else, quotes included, as it is. Every value from
+/// outside (a file, a journal, an endpoint, a path) goes through it before it is printed.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let needs_escape = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The exit code of `agent` when another agent already runs for the home (the message names its

@@ -111,9 +111,9 @@ impl StatusReport {
     }
 }
 
-/// Escapes control characters (`\n`, `\u{1b}`, ...), keeping everything else.
+/// Escapes what could forge a line or drive a terminal ([`crate::exit::escape_controls`]).
 fn escape(text: &str) -> String {
-    text.chars().flat_map(char::escape_debug).collect()
+    crate::exit::escape_controls(text)
 }
 
 impl fmt::Display for StatusReport {

@@ -15,9 +15,12 @@ use serde_json::Value;
 static WORKER: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::kit::helper("store-worker"));
 
-/// The keys `inspect --json` documents.
-const KEYS: [&str; 16] = [
+/// The keys `inspect --json` documents (the README lists them all; `history` and `fleet` come
+/// only with `--history` and `--fleet`).
+const KEYS: [&str; 24] = [
+    "format_version",
     "path",
+    "link_target",
     "exists",
     "generation",
     "auth_mode",
@@ -33,6 +36,12 @@ const KEYS: [&str; 16] = [
     "unknown_fields",
     "problems",
     "error",
+    "user_id",
+    "file_size",
+    "refresh_lock_held",
+    "agent",
+    "fingerprints",
+    "credentials_store",
 ];
 
 /// Runs `inspect --json`, checks exit 0 and that every documented key is there with the right
@@ -543,4 +552,18 @@ fn inspect_escapes_control_characters_in_claims_and_key_names_so_nothing_forges_
         out.describe()
     );
     assert_no_secret_leaked();
+}
+
+#[test]
+fn inspect_prints_apostrophes_and_quotes_as_they_are_escaping_only_control_characters() {
+    let (home, _path, _before, _idp) = signed_in_home(&ChatgptCreds::fresh());
+    // A FIFO planted at the journal's name: its problem line says "codex-store's".
+    codex_store_tests::fixtures::make_fifo(&home.path().join("auth.json.journal"));
+    let out = run(home.path(), &["inspect"], None, &[]);
+    out.expect_code(exit::OK, "inspect of a home with a planted FIFO");
+    assert!(
+        out.stdout.contains("codex-store's") && !out.stdout.contains("codex-store\\'s"),
+        "an apostrophe must be printed as it is, not escaped:\n{}",
+        out.describe()
+    );
 }
