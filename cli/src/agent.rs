@@ -40,7 +40,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
         let stop = stop_signal().map_err(|e| {
             Failure::other(
                 format!("cannot listen for SIGTERM, SIGINT and SIGHUP: {e}"),
-                None,
+                "the system refused a signal handler: check the process's limits",
             )
         })?;
         let json = args.json;
@@ -79,7 +79,9 @@ fn print_event(event: &AgentEvent, json: bool) {
 
 fn agent_failure(e: AgentError) -> Failure {
     match e {
-        AgentError::LeadTooShort { .. } => Failure::usage(e.to_string()),
+        AgentError::LeadTooShort { .. } => {
+            Failure::usage_with(e.to_string(), "see `codex-store agent --help`")
+        }
         // Its own exit code, which the service units do not restart: trying again every few
         // seconds cannot help while the other agent runs.
         AgentError::Store(e @ StoreError::AgentRunning { .. }) => {
@@ -87,6 +89,9 @@ fn agent_failure(e: AgentError) -> Failure {
         }
         AgentError::Store(e) => Failure::from(e),
         AgentError::Refresh(e) => Failure::from(e),
-        AgentError::Watch { .. } => Failure::other(e.to_string(), None),
+        AgentError::Watch { .. } => Failure::other(
+            e.to_string(),
+            "start the agent again once the directory exists (the service unit restarts it)",
+        ),
     }
 }

@@ -24,11 +24,12 @@ impl Failure {
         }
     }
 
-    /// A failure of class "other" (exit 1).
-    pub fn other(message: impl Into<String>, hint: Option<&'static str>) -> Self {
+    /// A failure of class "other" (exit 1), with what to do about it: every failure that prints
+    /// a message has a hint.
+    pub fn other(message: impl Into<String>, hint: &'static str) -> Self {
         Failure {
             message: message.into(),
-            hint,
+            hint: Some(hint),
             code: 1,
         }
     }
@@ -36,9 +37,14 @@ impl Failure {
     /// A usage error (exit 2): a bad flag or environment value (also an unusable
     /// CODEX_REFRESH_TOKEN_URL_OVERRIDE, see `From<RefreshError>`).
     pub fn usage(message: impl Into<String>) -> Self {
+        Self::usage_with(message, "see `codex-store --help`")
+    }
+
+    /// A usage error (exit 2) with its own hint (the help of the subcommand concerned).
+    pub fn usage_with(message: impl Into<String>, hint: &'static str) -> Self {
         Failure {
             message: message.into(),
-            hint: Some("see `codex-store --help`"),
+            hint: Some(hint),
             code: 2,
         }
     }
@@ -77,7 +83,7 @@ impl Failure {
             message: format!(
                 "stopped by {name}: nothing new was sent, and an answer already on its way was saved first"
             ),
-            hint: None,
+            hint: Some("run the command again to finish what it was doing"),
             code: 1,
         }
     }
@@ -186,25 +192,34 @@ pub fn write_stdout(text: &str) -> Result<(), Failure> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(Failure::closed_stdout()),
-        Err(e) => Err(Failure::other(format!("cannot write to stdout: {e}"), None)),
+        Err(e) => Err(Failure::other(
+            format!("cannot write to stdout: {e}"),
+            "check where stdout goes (a full disk, a closed file)",
+        )),
     }
 }
 
-fn class_code(class: ErrorClass) -> (u8, Option<&'static str>) {
+fn class_code(class: ErrorClass) -> (u8, &'static str) {
     match class {
-        ErrorClass::SignInRequired => (3, Some("sign in again (e.g. `codex login`), then retry")),
-        ErrorClass::Transient => (4, Some("nothing was changed; try again later")),
-        // The message itself says how to wait longer.
-        ErrorClass::LockTimeout => (5, None),
+        ErrorClass::SignInRequired => (3, "sign in again (e.g. `codex login`), then retry"),
+        ErrorClass::Transient => (4, "nothing was changed; try again later"),
+        ErrorClass::LockTimeout => (
+            5,
+            "`codex-store inspect` shows which lock is held; try again later, or wait longer \
+             with --lock-timeout",
+        ),
         ErrorClass::Corrupt => (
             6,
-            Some("run `codex-store inspect` to see what is wrong; `codex-store logout` removes the file"),
+            "run `codex-store inspect` to see what is wrong; `codex-store logout` removes the file",
         ),
         ErrorClass::UnsupportedMode => (
             7,
-            Some("codex-store serves `chatgpt` tokens and `apikey` keys; get this mode's credentials from `codex` itself"),
+            "codex-store serves `chatgpt` tokens and `apikey` keys; get this mode's credentials from `codex` itself",
         ),
-        ErrorClass::Other => (1, None),
+        ErrorClass::Other => (
+            1,
+            "`codex-store inspect` shows the state of the home's files",
+        ),
     }
 }
 
@@ -230,7 +245,7 @@ impl From<RefreshError> for Failure {
         let (code, hint) = class_code(e.class());
         Failure {
             message: e.to_string(),
-            hint,
+            hint: Some(hint),
             code,
         }
     }
@@ -245,7 +260,10 @@ impl From<StoreError> for Failure {
 /// A fleet error (exit 1): its message says what to do.
 impl From<FleetError> for Failure {
     fn from(e: FleetError) -> Self {
-        Failure::other(e.to_string(), None)
+        Failure::other(
+            e.to_string(),
+            "`codex-store inspect --fleet ENDPOINTS` shows the fleet's record, lock and refusal",
+        )
     }
 }
 
@@ -256,7 +274,12 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
 ) -> Result<(), Failure> {
     if json {
         let encoded = serde_json::to_value(report)
-            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
+            .map_err(|e| {
+                Failure::other(
+                    format!("cannot encode the report: {e}"),
+                    "this is a defect of codex-store: please report it",
+                )
+            })?;
         // The version first, then the report's own fields in their order.
         let mut document = serde_json::Map::new();
         document.insert("format_version".into(), FORMAT_VERSION.into());
@@ -267,7 +290,12 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
             }
         }
         let json = serde_json::to_string_pretty(&document)
-            .map_err(|e| Failure::other(format!("cannot encode the report: {e}"), None))?;
+            .map_err(|e| {
+                Failure::other(
+                    format!("cannot encode the report: {e}"),
+                    "this is a defect of codex-store: please report it",
+                )
+            })?;
         write_stdout(&format!("{json}\n"))
     } else {
         write_stdout(&report.to_string())

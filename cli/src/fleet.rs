@@ -51,7 +51,7 @@ fn seed_failure(e: SeedError) -> Failure {
         SeedError::Local(e) => Failure::from(e),
         SeedError::NotSignedIn { .. } => Failure::other(
             e.to_string(),
-            Some("sign in on this machine first (`codex login`)"),
+            "sign in on this machine first (`codex login`)",
         ),
         SeedError::Fleet(e) => Failure::from(e),
     }

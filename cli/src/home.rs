@@ -71,7 +71,7 @@ impl Context {
             Some(home) => Ok(Path::new(&home).join(".codex")),
             None => Err(Failure::other(
                 "neither --home, CODEX_HOME nor HOME is set",
-                Some("pass --home DIR"),
+                "pass --home DIR",
             )),
         }
     }
@@ -131,7 +131,12 @@ impl Context {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Failure::other(format!("cannot start the async runtime: {e}"), None))
+            .map_err(|e| {
+                Failure::other(
+                    format!("cannot start the async runtime: {e}"),
+                    "the system is out of threads or memory: check the process's limits",
+                )
+            })
     }
 }
 
@@ -150,6 +155,6 @@ fn check_named_home(path: &Path, setting: &str, hint: &'static str) -> Result<()
     };
     Err(Failure::other(
         format!("{setting} is {path:?}, {problem}; nothing was created"),
-        Some(hint),
+        hint,
     ))
 }

@@ -1,7 +1,7 @@
 //! `codex-store login --with-api-key`: store an API key read from stdin (with `--fleet`, also as
 //! the fleet's login).
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use codex_refresh::{Login, SignInError, SignedIn, Stored};
 use codex_store::{AuthDotJson, AuthMode, Secret};
@@ -22,7 +22,18 @@ pub struct Args {
 /// every machine's login, after it was stored here.
 pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
     let key = read_key()?;
-    let login = Login::new(ctx.store()?, ctx.fleet_args().fleet()?);
+    let store = ctx.store()?;
+    // What the key replaces, said after it is stored: a ChatGPT login is gone from this home.
+    let replaced = store.load().ok().and_then(|snapshot| {
+        let doc = snapshot.auth()?;
+        (doc.resolved_mode() == AuthMode::Chatgpt).then(|| {
+            doc.tokens
+                .as_ref()
+                .and_then(|t| t.account())
+                .unwrap_or_else(|| "-".to_owned())
+        })
+    });
+    let login = Login::new(store, ctx.fleet_args().fleet()?);
     let doc = AuthDotJson {
         auth_mode: Some(AuthMode::ApiKey),
         openai_api_key: Some(key),
@@ -35,6 +46,15 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
         Err(SignInError::Fleet { stored, source }) => (stored, Err(source)),
     };
     report_stored(&stored)?;
+    if let Some(account) = replaced {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "codex-store: note: the API key replaced the ChatGPT login of account {} in {} \
+             (`codex login` signs it in again)",
+            crate::exit::escape_controls(&account),
+            stored.path.display()
+        );
+    }
     if let Some(seeded) = fleet? {
         write_stdout(&format!(
             "Stored it as the fleet's login {} (revision {})\n",
@@ -59,37 +79,49 @@ fn read_key() -> Result<Secret, Failure> {
     std::io::stdin()
         .take(MAX_KEY_INPUT + 1)
         .read_to_end(&mut input)
-        .map_err(|e| Failure::other(format!("cannot read the API key from stdin: {e}"), None))?;
+        .map_err(|e| {
+            Failure::other(
+                format!("cannot read the API key from stdin: {e}"),
+                "pipe the key in: `printenv OPENAI_API_KEY | codex-store login --with-api-key`",
+            )
+        })?;
     if input.len() as u64 > MAX_KEY_INPUT {
         return Err(Failure::other(
             format!("the input on stdin is longer than {MAX_KEY_INPUT} bytes; nothing was stored"),
-            Some("pipe exactly one API key, on one line"),
+            "pipe exactly one API key, on one line",
         ));
     }
     let input = String::from_utf8(input).map_err(|_| {
         Failure::other(
             "the API key on stdin is not UTF-8 text; nothing was stored",
-            Some("pipe exactly one API key, on one line"),
+            "pipe exactly one API key, on one line",
         )
     })?;
     let key = input.trim();
     if key.is_empty() {
         return Err(Failure::other(
             "no API key on stdin",
-            Some("pipe the key in: `printenv OPENAI_API_KEY | codex-store login --with-api-key`"),
+            "pipe the key in: `printenv OPENAI_API_KEY | codex-store login --with-api-key`",
+        ));
+    }
+    let lines = key.lines().filter(|l| !l.trim().is_empty()).count();
+    if lines > 1 {
+        return Err(Failure::other(
+            format!("the input on stdin holds {lines} lines, and an API key is one; nothing was stored"),
+            "give exactly one key, on one line",
         ));
     }
     if key.chars().any(char::is_control) {
         return Err(Failure::other(
             "the API key on stdin contains control characters (a NUL, an escape, ...); nothing \
              was stored",
-            Some("give exactly one key, on one line"),
+            "give exactly one key, on one line",
         ));
     }
     if key.chars().any(char::is_whitespace) {
         return Err(Failure::other(
             "the API key on stdin contains white space",
-            Some("give exactly one key, on one line"),
+            "give exactly one key, on one line",
         ));
     }
     Ok(Secret::new(key))

@@ -40,7 +40,7 @@ pub fn guarded<T>(
             signal(kind).map_err(|e| {
                 Failure::other(
                     format!("cannot listen for SIGINT, SIGTERM and SIGHUP: {e}"),
-                    None,
+                    "the system refused a signal handler: check the process's limits",
                 )
             })
         };
