@@ -340,3 +340,34 @@ fn the_fleet_drop_in_takes_the_fleet_settings_from_fleet_env_and_never_puts_the_
         );
     }
 }
+
+#[test]
+fn the_unit_lines_the_readme_shows_are_lines_of_the_shipped_unit() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&readme_path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", readme_path.display()));
+    let marker = format!("as shipped in `cli/dist/{UNIT}`");
+    let after = readme
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("the README no longer shows the unit ({marker:?})"))
+        .1;
+    let block = after
+        .split_once("```ini\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .unwrap_or_else(|| panic!("no ```ini block follows {marker:?} in the README"))
+        .0;
+    let unit = read_dist(UNIT);
+    let unit_lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    let shown: Vec<&str> = block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(!shown.is_empty(), "the README's unit block is empty");
+    for line in shown {
+        assert!(
+            unit_lines.contains(&line),
+            "the README shows `{line}`, which is not a line of cli/dist/{UNIT}: update one of them"
+        );
+    }
+}
