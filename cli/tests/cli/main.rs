@@ -27,5 +27,6 @@ mod misconfiguration;
 mod real_codex;
 mod redeeming;
 mod save_faults;
+mod service_files;
 mod sign_in_out;
 mod status;
