@@ -1,6 +1,8 @@
 //! The global options every subcommand shares: the durations' syntax and where the fleet is
 //! (`--fleet ENDPOINTS`, ...).
 
+use std::io::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -133,9 +135,13 @@ impl FleetArgs {
         if let Some(ttl) = self.fleet_lock_ttl {
             config.lock_ttl = ttl;
         }
-        Fleet::new(config)
-            .map(Some)
-            .map_err(|e| Failure::usage(e.to_string()))
+        let fleet = Fleet::new(config).map_err(|e| Failure::usage(e.to_string()))?;
+        if fleet.config().username.is_some() {
+            if let Some(warning) = plaintext_warning(&fleet.config().endpoints) {
+                let _ = writeln!(std::io::stderr(), "{warning}");
+            }
+        }
+        Ok(Some(fleet))
     }
 
     /// The fleet, required.
@@ -145,5 +151,123 @@ impl FleetArgs {
                 "this needs the fleet: pass --fleet ENDPOINTS (or set CODEX_STORE_FLEET)",
             )
         })
+    }
+}
+
+/// The warning for a password sent in the clear: `None` unless one of `endpoints` is a plain
+/// `http://` URL to a host that is not loopback, else one line naming those endpoints (escaped:
+/// they are the user's text).
+///
+/// # Security
+/// Over `http://` etcd's authentication request carries the password as it is, and every answer
+/// and write carries the login's tokens: anyone on the path reads them. Loopback (127.0.0.0/8,
+/// `::1`, `localhost`) never leaves the machine; any other host, or an endpoint this cannot read
+/// as `http://HOST[:PORT]`, is warned about.
+pub fn plaintext_warning(endpoints: &[String]) -> Option<String> {
+    let exposed: Vec<String> = endpoints
+        .iter()
+        .filter(|e| {
+            e.strip_prefix("http://")
+                .is_some_and(|rest| !is_loopback(rest))
+        })
+        .map(|e| e.escape_debug().to_string())
+        .collect();
+    (!exposed.is_empty()).then(|| {
+        format!(
+            "codex-store: warning: the etcd password (--fleet-user) and every token of the login \
+             travel unencrypted over plain http:// to {}: anyone on the path can read them; use \
+             https:// endpoints with --fleet-ca",
+            exposed.join(", ")
+        )
+    })
+}
+
+/// Whether the part of an `http://` URL after the scheme names a loopback host: exactly
+/// `HOST[:PORT]` (then nothing, or a path, query or fragment), HOST being `localhost`, an IPv4
+/// address in 127.0.0.0/8 or `[::1]`. Anything else (user info, a backslash, spaces, a name that
+/// merely contains `localhost`) is not.
+fn is_loopback(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let bracketed = authority.starts_with('[');
+    let (host, port) = if bracketed {
+        match authority[1..].split_once(']') {
+            Some(split) => split,
+            None => return false,
+        }
+    } else {
+        authority.split_at(authority.find(':').unwrap_or(authority.len()))
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && if bracketed {
+            host.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+        } else {
+            host.eq_ignore_ascii_case("localhost")
+                || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext_warning;
+
+    fn warns(endpoint: &str) -> bool {
+        plaintext_warning(&[endpoint.to_owned()]).is_some()
+    }
+
+    #[test]
+    fn a_password_over_http_is_warned_about_unless_the_host_is_loopback() {
+        for quiet in [
+            "http://127.0.0.1:2379",
+            "http://127.8.9.10:2379/",
+            "http://localhost:2379",
+            "http://LocalHost",
+            "http://[::1]:2379",
+            "https://10.0.0.5:2379",
+            "https://etcd.example:2379",
+        ] {
+            assert!(!warns(quiet), "{quiet} must not be warned about");
+        }
+        for loud in [
+            "http://10.0.0.5:2379",
+            "http://etcd.example:2379",
+            "http://128.0.0.1:2379",
+            "http://[::2]:2379",
+            "http://localhost.example:2379",
+            "http://127.0.0.1.example:2379",
+            "http://127.0.0.1:2379@10.0.0.5",
+            "http://10.0.0.5\\@127.0.0.1",
+            "http://127.0.0.1:23x9",
+            "http://[::1",
+            "http://",
+        ] {
+            assert!(warns(loud), "{loud} must be warned about");
+        }
+    }
+
+    #[test]
+    fn the_warning_is_one_line_naming_every_exposed_endpoint_escaped() {
+        let endpoints = [
+            "http://127.0.0.1:2379".to_owned(),
+            "http://10.0.0.5:2379".to_owned(),
+            "http://evil\u{1b}[2J:2379".to_owned(),
+        ];
+        let warning = plaintext_warning(&endpoints).expect("a warning");
+        assert_eq!(warning.lines().count(), 1, "not one line: {warning:?}");
+        assert!(
+            warning.contains("http://10.0.0.5:2379") && warning.contains("http://evil\\u{1b}[2J"),
+            "the exposed endpoints are not named (escaped): {warning:?}"
+        );
+        assert!(
+            !warning.contains("127.0.0.1") && !warning.contains('\u{1b}'),
+            "a loopback endpoint is named, or a control character went through: {warning:?}"
+        );
+        assert!(
+            warning.contains("https://") && warning.contains("--fleet-ca"),
+            "the warning does not say what to use instead: {warning:?}"
+        );
     }
 }

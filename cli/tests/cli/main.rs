@@ -18,6 +18,7 @@ mod concurrency;
 mod fleet;
 mod fleet_commands;
 mod fleet_history;
+mod fleet_rbac;
 mod fleet_records;
 mod fleet_watch;
 mod hostile_files;
