@@ -273,13 +273,12 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
     json: bool,
 ) -> Result<(), Failure> {
     if json {
-        let encoded = serde_json::to_value(report)
-            .map_err(|e| {
-                Failure::other(
-                    format!("cannot encode the report: {e}"),
-                    "this is a defect of codex-store: please report it",
-                )
-            })?;
+        let encoded = serde_json::to_value(report).map_err(|e| {
+            Failure::other(
+                format!("cannot encode the report: {e}"),
+                "this is a defect of codex-store: please report it",
+            )
+        })?;
         // The version first, then the report's own fields in their order.
         let mut document = serde_json::Map::new();
         document.insert("format_version".into(), FORMAT_VERSION.into());
@@ -289,13 +288,12 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
                 document.insert("report".into(), other);
             }
         }
-        let json = serde_json::to_string_pretty(&document)
-            .map_err(|e| {
-                Failure::other(
-                    format!("cannot encode the report: {e}"),
-                    "this is a defect of codex-store: please report it",
-                )
-            })?;
+        let json = serde_json::to_string_pretty(&document).map_err(|e| {
+            Failure::other(
+                format!("cannot encode the report: {e}"),
+                "this is a defect of codex-store: please report it",
+            )
+        })?;
         write_stdout(&format!("{json}\n"))
     } else {
         write_stdout(&report.to_string())

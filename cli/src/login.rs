@@ -107,7 +107,9 @@ fn read_key() -> Result<Secret, Failure> {
     let lines = key.lines().filter(|l| !l.trim().is_empty()).count();
     if lines > 1 {
         return Err(Failure::other(
-            format!("the input on stdin holds {lines} lines, and an API key is one; nothing was stored"),
+            format!(
+                "the input on stdin holds {lines} lines, and an API key is one; nothing was stored"
+            ),
             "give exactly one key, on one line",
         ));
     }

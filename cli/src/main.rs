@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod completions;
 mod exit;
 mod fleet;
 mod fleet_machine;
@@ -102,6 +103,18 @@ enum Command {
     Login(login::Args),
     /// Remove the stored credentials.
     Logout(logout::Args),
+    /// Print the completion script of a shell on stdout, e.g. `codex-store completions bash >
+    /// ~/.local/share/bash-completion/completions/codex-store`.
+    Completions(completions::Args),
+    /// Print the man page (roff) on stdout, e.g. `codex-store man >
+    /// ~/.local/share/man/man1/codex-store.1`.
+    Man,
+}
+
+/// Whether `NO_COLOR` asks for no color (set and not empty, <https://no-color.org>). Clap's help
+/// and errors honour it by themselves.
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 fn init_tracing(verbose: bool) {
@@ -114,7 +127,7 @@ fn init_tracing(verbose: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color())
         .with_target(false)
         .try_init();
 }
@@ -138,8 +151,12 @@ fn main() -> ExitCode {
     // Every subcommand works on the home: a --home or CODEX_HOME that names no directory is
     // refused before anything is done (before `logout --fleet` signs the fleet out, before a
     // store would create the mistyped path).
-    if let Err(failure) = ctx.home() {
-        return failure.report();
+    // (The completions and the man page come from the definition alone: no home needed.)
+    let needs_home = !matches!(cli.command, Command::Completions(_) | Command::Man);
+    if needs_home {
+        if let Err(failure) = ctx.home() {
+            return failure.report();
+        }
     }
     // With --json, a failure is a JSON document on stdout too.
     let json = match &cli.command {
@@ -157,7 +174,15 @@ fn main() -> ExitCode {
         Command::Refresh(args) => refresh::run(&ctx, args),
         Command::Login(args) => login::run(&ctx, args),
         Command::Logout(args) => logout::run(&ctx, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man => completions::man(),
     };
+    finish(result, json)
+}
+
+/// The exit code of a command's result, its failure reported (as JSON on stdout too with
+/// `--json`).
+fn finish(result: Result<(), exit::Failure>, json: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) if json => failure.report_json(),

@@ -35,6 +35,9 @@ pub(crate) struct TokenClient {
     client_id: String,
 }
 
+/// How long the token endpoint may take before the wait is said (it usually answers in well
+/// under a second).
+const SLOW_ANSWER: Duration = Duration::from_secs(2);
 impl TokenClient {
     /// A client for `url` with a whole-request `timeout`.
     ///
@@ -85,7 +88,22 @@ impl TokenClient {
             Some(within) => request.timeout(within),
             None => request,
         };
-        let response = request.send().await.map_err(|e| transient_from(&e))?;
+        let sent = request.send();
+        tokio::pin!(sent);
+        // A request that takes longer than an endpoint needs is said once, so that whoever waits
+        // (a terminal, a log) knows what for; the request goes on until its timeout.
+        let response = tokio::select! {
+            answered = &mut sent => answered,
+            () = tokio::time::sleep(SLOW_ANSWER) => {
+                tracing::warn!(
+                    "the token endpoint {} has not answered within {} s; still waiting for it",
+                    self.url.escape_debug(),
+                    SLOW_ANSWER.as_secs()
+                );
+                sent.await
+            }
+        }
+        .map_err(|e| transient_from(&e))?;
         let status = response.status();
         if status.is_redirection() {
             return Err(RefreshError::Transient {

@@ -15,6 +15,7 @@ mod codex_sim;
 mod coexistence;
 mod commands;
 mod concurrency;
+mod conventions;
 mod fleet;
 mod fleet_commands;
 mod fleet_history;
