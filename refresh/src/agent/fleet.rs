@@ -14,12 +14,14 @@ use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
 use super::kinds::{FailureClass, IdleReason};
 use super::{Core, Plan};
 use crate::boottime::BootInstant;
-use crate::error::{PermanentReason, RefreshError};
+use crate::error::RefreshError;
 use crate::fleet::{
-    Fleet, FleetError, FleetRecord, Found, LockAttempt, LockHeld, Put, RecordRead, RotationKind,
-    RotationMeta,
+    Fleet, FleetError, FleetRecord, Found, LockHeld, Put, RecordRead, RotationKind, RotationMeta,
 };
 use crate::outcome::RefreshOutcome;
+use crate::protocol::fleet::{
+    FleetCoordinator, FleetEnd, FleetPlan, FleetStop, Upload as FleetUpload, UploadRefused,
+};
 use crate::protocol::Urgency;
 
 /// How long a machine that found the fleet lock held waits before it looks again (a change of
@@ -465,7 +467,8 @@ impl FleetSync {
         )
     }
 
-    /// Refreshes for the whole fleet, under its lock.
+    /// Refreshes for the whole fleet, under its lock: the one guarded protocol over the
+    /// fleet's coordinator, its end reported and planned for.
     async fn refresh_for_fleet(
         &mut self,
         core: &mut Core,
@@ -474,188 +477,44 @@ impl FleetSync {
         record: FleetRecord,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
-        match fleet.refusal().await {
-            Ok(Some(refusal))
-                if Some(&refusal.refresh) == record.refresh_fingerprint().as_ref() =>
-            {
-                core.refused = Some(
-                    core.manager
-                        .cached()
-                        .map_or(Generation::Absent, |a| a.generation()),
-                );
-                self.refused_at = Some(record.revision);
-                on_event(&AgentEvent::now(AgentEventKind::Failed {
-                    class: FailureClass::SignInRequired,
-                    message: format!(
-                        "the token endpoint refused the fleet's refresh token ({}, seen by {}); \
-                         no machine sends it again: sign in on one machine and seed the fleet \
-                         (`codex-store fleet seed --force`); this agent resumes when the fleet's \
-                         login changes",
-                        escaped(&refusal.code),
-                        escaped(&refusal.machine)
-                    ),
-                    next_attempt: None,
-                }));
-                return Plan::UntilChange(AgentState::Refused);
-            }
-            Ok(_) => {}
-            Err(e) => return self.fleet_failed(core, &e, on_event),
-        }
-        let lock = match fleet.try_lock().await {
-            Ok(LockAttempt::Taken(lock)) => lock,
-            Ok(LockAttempt::Held(held)) => {
-                // Another machine refreshes; its upload wakes this one. A lock held for longer
-                // than any holder needs is reported.
-                return self.fleet_lock_busy(core, fleet, &held, on_event);
-            }
-            Err(e) => return self.fleet_failed(core, &e, on_event),
-        };
-        self.lock_busy = None;
-        // Under the lock: the record must still be what was reconciled.
-        let (current, read_revision) = match fleet.read_at().await {
-            Ok(RecordRead {
-                record: Found::Record(current),
-                revision,
-                ..
-            }) if current.revision == record.revision => (current, revision),
-            Ok(_) => {
-                return Plan::Again;
-            }
-            Err(e) => {
-                return self.fleet_failed(core, &e, on_event);
-            }
-        };
-        // Reserve before redeem, fleet-wide. A previous holder's reservation of this very token
-        // lives on a lease of its own, for as long as its request may take plus the reuse wait:
-        // while it exists, the token may be in flight or its answer on its way to the record,
-        // so this holder sends nothing and looks again when the record changes or a little
-        // later. No clock of that machine, and none of this one's settings, says how long.
-        let Some(fp) = current.refresh_fingerprint() else {
-            return Plan::Again;
-        };
-        let request = core.manager.config().http_timeout;
-        match fleet.redeeming().await {
-            Ok(Some(found)) if found.mark.refresh == fp && found.mark.lock != lock.revision => {
-                if self
-                    .wait_for_reservation(core, fleet, &found, request, on_event)
-                    .await
-                {
-                    tracing::info!(machine = %escaped(&found.mark.machine), "a previous lock holder's reservation of this refresh token still lives; waiting for its upload or its expiry");
-                    return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return self.fleet_failed(core, &e, on_event);
-            }
-        }
-        self.reservation_wait = None;
-        let reservation = match fleet
-            .reserve_redemption(
-                &fp,
-                lock.revision,
-                current.revision,
-                request,
-                core.reuse_wait,
-            )
-            .await
-        {
-            Ok(Some(reservation)) => Arc::new(reservation),
-            Ok(None) => {
-                return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
-            }
-            Err(e) => {
-                return self.fleet_failed(core, &e, on_event);
-            }
-        };
-        // Losing the lease aborts the holder before it sends anything: immediately before the
-        // request, the lease must be known alive for a third of its time to live (the keep-alive
-        // renews it every third), the lock and the reservation must stand, and the send deadline
-        // must not have passed.
-        let margin = (fleet.config().lock_ttl / 3).min(request);
-        let fence = Arc::new(crate::fleet::fence::FleetFence {
+        let revision = record.revision;
+        let coordinator = FleetCoordinator::new(FleetPlan {
             fleet: Arc::clone(fleet),
-            lock: lock.liveness(),
-            lock_revision: lock.revision,
-            reservation: Arc::clone(&reservation),
-            margin,
-            passed: Default::default(),
-            answer: Default::default(),
+            record,
+            request: core.manager.config().http_timeout,
+            reuse_wait: core.reuse_wait,
+            overdue: self
+                .reservation_wait
+                .as_ref()
+                .filter(|w| w.reported)
+                .map(|w| w.revision),
         });
         core.publish(claim, AgentState::Refreshing, None);
-        let result = core
+        let end = core
             .manager
-            .run_fenced(Urgency::IfDueUnlessBusy, Some(Arc::clone(&fence) as _))
+            .run_with(Urgency::IfDueUnlessBusy, Arc::new(coordinator))
             .await;
-        // Once the request is over the fence is this holder's alone again, and so is the
-        // reservation. If no check ever let a request go, nothing was sent: the reservation is
-        // not needed, and must not hold the others back.
-        let (passed, answer) = (fence.passed(), fence.answer());
-        drop(fence);
-        let mut reservation = Arc::try_unwrap(reservation).ok();
-        if !passed {
-            if let Some(reservation) = reservation.take() {
-                fleet.release_reservation(reservation).await;
-            }
+        let end = match end {
+            Ok(end) => end,
+            Err(e) => return core.failed(&e, on_event),
+        };
+        if !matches!(end, FleetEnd::Stopped(FleetStop::LockHeld(_))) {
+            self.lock_busy = None;
         }
-        // An answer this machine did not install (a sign-out or another account here during
-        // the request) is still the fleet's only live token: it goes to the record.
-        let installed = matches!(result, Ok(RefreshOutcome::Refreshed));
-        if let (false, Some(answer)) = (installed, answer) {
-            let plan = self
-                .upload_answer(core, &lock, &current, &answer, reservation, on_event)
-                .await;
-            return plan;
+        if !matches!(end, FleetEnd::Stopped(_)) {
+            self.reservation_wait = None;
         }
-        let plan = match result {
-            Ok(RefreshOutcome::Refreshed) => {
-                let Some(auth) = core.manager.cached() else {
-                    return Plan::Again;
+        match end {
+            FleetEnd::Stopped(stop) => self.stopped(core, fleet, revision, stop, on_event).await,
+            FleetEnd::Refreshed { auth, upload } => {
+                let retry_upload = match upload {
+                    FleetUpload::Written { revision, local } => {
+                        self.remember_sync(core, revision, local);
+                        None
+                    }
+                    FleetUpload::Moved => Some(Duration::ZERO),
+                    FleetUpload::Failed => Some(core.backoff.next_delay()),
                 };
-                let snapshot = core.manager.store().load();
-                let doc = snapshot.as_ref().ok().and_then(|s| s.auth().cloned());
-                let local_generation = snapshot
-                    .map(|s| s.generation())
-                    .unwrap_or(Generation::Absent);
-                let Some(doc) = doc else {
-                    return Plan::Again;
-                };
-                let meta = RotationMeta::now(
-                    fleet,
-                    RotationKind::Refreshed,
-                    &doc,
-                    current.refresh_fingerprint(),
-                );
-                // Fenced: only over the revision this holder read, and only while it holds the
-                // lock; if the lease was lost meanwhile, the revision alone still fences it.
-                let mut put = fleet
-                    .put_fenced(current.revision, Some(lock.revision), &doc, &meta)
-                    .await;
-                if matches!(put, Ok(Put::Moved { .. })) {
-                    put = fleet.put_if(current.revision, &doc, &meta).await;
-                }
-                let mut retry_upload = None;
-                match put {
-                    Ok(Put::Written { revision }) => {
-                        self.remember_sync(core, revision, local_generation);
-                        // The upload deleted the reservation's key; its lease goes too.
-                        if let Some(reservation) = reservation.take() {
-                            fleet.release_reservation(reservation).await;
-                        }
-                    }
-                    // The record moved on (a local rotation elsewhere, a new sign-in): the next
-                    // step reconciles; the tokens stay durable in this machine's auth.json.
-                    Ok(Put::Moved { .. }) => {
-                        tracing::warn!("the fleet record changed during the refresh; reconciling");
-                        retry_upload = Some(Duration::ZERO);
-                    }
-                    // etcd unreachable: the tokens are durable here; the upload is retried with
-                    // backoff (the next step finds auth.json newer than the record).
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the new tokens could not be uploaded yet; they are kept in auth.json");
-                        retry_upload = Some(core.backoff.next_delay());
-                    }
-                }
                 if retry_upload.is_none() {
                     core.backoff.reset();
                 }
@@ -671,78 +530,98 @@ impl FleetSync {
                     None => Plan::At(next, AgentState::Waiting),
                 }
             }
-            // A local process holds the refresh lock: look again soon (its write wakes us).
-            Ok(RefreshOutcome::NotNeeded) if core.still_due() => {
-                Plan::At(SystemTime::now() + super::BUSY_RETRY, AgentState::Waiting)
-            }
-            Ok(_) => Plan::Again,
-            Err(RefreshError::Permanent {
-                reason: PermanentReason::Reused,
-            }) if self.await_fleet_rotation(core, fleet, read_revision).await => {
-                // Another machine rotated (a local process's upload): adopt it.
-                Plan::Again
-            }
-            Err(RefreshError::Permanent { reason }) => {
-                if let Some(fp) = current.refresh_fingerprint() {
-                    if let Err(e) = fleet.remember_refusal(&fp, &reason.code()).await {
-                        tracing::warn!(error = %e, "could not record the refusal in the fleet");
-                    }
-                }
-                self.refused_at = Some(current.revision);
-                core.failed(&RefreshError::Permanent { reason }, on_event)
-            }
-            Err(RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. }) => {
-                Plan::Again
-            }
-            Err(e) => core.failed(&e, on_event),
-        };
-        plan
-    }
-}
-
-impl FleetSync {
-    /// Uploads `answer`, a refresh's answer this machine did not install (auth.json here was
-    /// signed out or switched to another account during the request), over `current`, fenced
-    /// by the lock and the revision. If etcd does not take it, a durable copy is kept beside
-    /// auth.json (`auth.json.fleet-replaced.*`) and reported: it holds the fleet's only live
-    /// refresh token (`fleet seed --force` from it restores the fleet).
-    async fn upload_answer(
-        &mut self,
-        core: &mut Core,
-        lock: &crate::fleet::FleetLock,
-        current: &FleetRecord,
-        answer: &AuthDotJson,
-        reservation: Option<crate::fleet::record::Reservation>,
-        on_event: &mut impl FnMut(&AgentEvent),
-    ) -> Plan {
-        let fleet = self.fleet();
-        let meta = RotationMeta::now(
-            &fleet,
-            RotationKind::Refreshed,
-            answer,
-            current.refresh_fingerprint(),
-        );
-        let mut put = fleet
-            .put_fenced(current.revision, Some(lock.revision), answer, &meta)
-            .await;
-        if matches!(put, Ok(Put::Moved { .. })) {
-            put = fleet.put_if(current.revision, answer, &meta).await;
-        }
-        let why = match put {
-            Ok(Put::Written { revision }) => {
-                if let Some(reservation) = reservation {
-                    fleet.release_reservation(reservation).await;
-                }
-                tracing::warn!(revision, "auth.json here changed during the refresh; the new tokens went to the fleet only");
+            FleetEnd::Unreadable | FleetEnd::Rotated => Plan::Again,
+            FleetEnd::AnswerUploaded { revision, refresh } => {
                 on_event(&AgentEvent::now(AgentEventKind::Uploaded {
                     revision,
-                    refresh: meta.refresh.clone(),
+                    refresh,
                 }));
-                return Plan::Again;
+                Plan::Again
             }
-            Ok(Put::Moved { .. }) => "the fleet's record moved on during the refresh".to_owned(),
-            Err(e) => e.to_string(),
-        };
+            FleetEnd::AnswerNotUploaded { answer, why } => {
+                self.answer_not_uploaded(core, &answer, &why, on_event)
+            }
+            FleetEnd::Refused(reason) => {
+                self.refused_at = Some(revision);
+                core.failed(&RefreshError::Permanent { reason }, on_event)
+            }
+            // A local process holds the refresh lock: look again soon (its write wakes us).
+            FleetEnd::Local(Ok(RefreshOutcome::NotNeeded)) if core.still_due() => {
+                Plan::At(SystemTime::now() + super::BUSY_RETRY, AgentState::Waiting)
+            }
+            FleetEnd::Local(Ok(_)) => Plan::Again,
+            FleetEnd::Local(Err(
+                RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. },
+            )) => Plan::Again,
+            FleetEnd::Local(Err(e)) => core.failed(&e, on_event),
+        }
+    }
+
+    /// The fleet stopped the refresh (of the record at `revision`) before anything was sent.
+    async fn stopped(
+        &mut self,
+        core: &mut Core,
+        fleet: &Fleet,
+        revision: i64,
+        stop: FleetStop,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        match stop {
+            FleetStop::Refused(refusal) => {
+                core.refused = Some(
+                    core.manager
+                        .cached()
+                        .map_or(Generation::Absent, |a| a.generation()),
+                );
+                self.refused_at = Some(revision);
+                on_event(&AgentEvent::now(AgentEventKind::Failed {
+                    class: FailureClass::SignInRequired,
+                    message: format!(
+                        "the token endpoint refused the fleet's refresh token ({}, seen by {}); \
+                         no machine sends it again: sign in on one machine and seed the fleet \
+                         (`codex-store fleet seed --force`); this agent resumes when the fleet's \
+                         login changes",
+                        escaped(&refusal.code),
+                        escaped(&refusal.machine)
+                    ),
+                    next_attempt: None,
+                }));
+                Plan::UntilChange(AgentState::Refused)
+            }
+            // Another machine refreshes; its upload wakes this one. A lock held for longer
+            // than any holder needs is reported.
+            FleetStop::LockHeld(held) => self.fleet_lock_busy(core, fleet, &held, on_event),
+            FleetStop::RecordMoved => Plan::Again,
+            FleetStop::FoundReservation(found) => {
+                let request = core.manager.config().http_timeout;
+                if self
+                    .wait_for_reservation(core, fleet, &found, request, on_event)
+                    .await
+                {
+                    tracing::info!(machine = %escaped(&found.mark.machine), "a previous lock holder's reservation of this refresh token still lives; waiting for its upload or its expiry");
+                    return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
+                }
+                // Waited for as long as any: no longer honored, at once.
+                Plan::Again
+            }
+            FleetStop::LockLost => {
+                Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting)
+            }
+            FleetStop::Failed(e) => self.fleet_failed(core, &e, on_event),
+        }
+    }
+
+    /// A refresh's answer this machine did not install could not be uploaded (`why`): a
+    /// durable copy is kept beside auth.json (`auth.json.fleet-replaced.*`) and reported: it
+    /// holds the fleet's only live refresh token (`fleet seed --force` from it restores the
+    /// fleet).
+    fn answer_not_uploaded(
+        &mut self,
+        core: &mut Core,
+        answer: &AuthDotJson,
+        why: &UploadRefused,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
         let kept = fleet_sync::keep_copy(core.manager.store(), answer);
         let at = SystemTime::now() + core.backoff.next_delay();
         on_event(&AgentEvent::now(AgentEventKind::Failed {
@@ -915,12 +794,6 @@ impl FleetSync {
             }));
         }
         false
-    }
-
-    /// After `refresh_token_reused`: whether the fleet record changes within the reuse wait
-    /// (the rotation the refusal means, uploaded by another machine).
-    async fn await_fleet_rotation(&self, core: &mut Core, fleet: &Fleet, revision: i64) -> bool {
-        matches!(fleet.wait_change(revision, core.reuse_wait).await, Ok(true))
     }
 }
 
