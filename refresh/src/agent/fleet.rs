@@ -1,11 +1,15 @@
 //! The agent with a fleet: the record in etcd is the login of every machine. Each step
 //! reconciles the record with the local auth.json (mirror it down, or upload a rotation a local
 //! process made), and when the tokens are due, refreshes for the whole fleet under the fleet's
-//! lease-backed lock, through the local guarded protocol (reservation, durable save, journal),
-//! then uploads the new tokens with a write fenced by the revision it read.
+//! lease-backed lock: the one guarded protocol over the fleet's coordinator (`refresh`), which
+//! reserves fleet-wide, saves durably here, and uploads the new tokens with a write fenced by
+//! the revision it read. `busy` reports what holds it back (a lock, a reservation).
+
+mod busy;
+mod refresh;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snapshot, StoreError};
 
@@ -13,48 +17,11 @@ use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
 use super::kinds::{FailureClass, IdleReason};
 use super::{Core, Plan};
-use crate::boottime::BootInstant;
 use crate::error::RefreshError;
 use crate::fleet::{
-    Fleet, FleetError, FleetRecord, Found, LockHeld, Put, RecordRead, RotationKind, RotationMeta,
+    Fleet, FleetError, FleetRecord, Found, Put, RecordRead, RotationKind, RotationMeta,
 };
-use crate::outcome::RefreshOutcome;
-use crate::protocol::fleet::{
-    FleetCoordinator, FleetEnd, FleetPlan, FleetStop, Upload as FleetUpload, UploadRefused,
-};
-use crate::protocol::Urgency;
-
-/// How long a machine that found the fleet lock held waits before it looks again (a change of
-/// the record wakes it sooner).
-const LOCK_BUSY_RETRY: Duration = Duration::from_secs(5);
-
-/// Another holder's reservation of the token due is honored for at most this many times the
-/// reservation this machine itself would make (its own request time and reuse wait): a longer
-/// one (a lease of a huge time to live, written by hand or by a hostile writer) holds nobody
-/// back for longer, measured here on the boot-time clock from when this agent first found it.
-const RESERVATION_WAIT_FACTOR: u32 = 4;
-
-/// A lock found held by another holder: which one, since when (here), what was said of it.
-struct LockBusy {
-    /// The lock key's `create_revision`.
-    created: i64,
-    /// When this agent first found it held, on the boot-time clock.
-    since: BootInstant,
-    /// Whether the stuck lock was reported.
-    reported: bool,
-    /// Whether the coming lapse of the login was reported.
-    lapse_reported: bool,
-}
-
-/// Another holder's reservation being waited for.
-struct ReservationWait {
-    /// The key's `mod_revision`.
-    revision: i64,
-    /// When this agent first found it, on the boot-time clock.
-    since: BootInstant,
-    /// Whether it was reported as held too long.
-    reported: bool,
-}
+use busy::{LockBusy, ReservationWait};
 
 /// The fleet side of an agent.
 pub(crate) struct FleetSync {
@@ -89,13 +56,6 @@ impl FleetSync {
             unusable_reported: None,
         }
     }
-}
-
-/// How long ago `since` was, on the boot-time clock.
-fn elapsed(since: BootInstant) -> Duration {
-    // `left` counts down to a moment; a moment far enough after `since` tells the time passed.
-    const FAR: Duration = Duration::from_secs(1 << 40);
-    FAR.saturating_sub(since.after(FAR).left())
 }
 
 /// Text from the fleet (a holder's name, a machine's), escaped for a message.
@@ -465,335 +425,6 @@ impl FleetSync {
                 Err(e) => core.failed(&RefreshError::from(e), on_event),
             },
         )
-    }
-
-    /// Refreshes for the whole fleet, under its lock: the one guarded protocol over the
-    /// fleet's coordinator, its end reported and planned for.
-    async fn refresh_for_fleet(
-        &mut self,
-        core: &mut Core,
-        claim: &AgentClaim,
-        fleet: &Arc<Fleet>,
-        record: FleetRecord,
-        on_event: &mut impl FnMut(&AgentEvent),
-    ) -> Plan {
-        let revision = record.revision;
-        let coordinator = FleetCoordinator::new(FleetPlan {
-            fleet: Arc::clone(fleet),
-            record,
-            request: core.manager.config().http_timeout,
-            reuse_wait: core.reuse_wait,
-            overdue: self
-                .reservation_wait
-                .as_ref()
-                .filter(|w| w.reported)
-                .map(|w| w.revision),
-        });
-        core.publish(claim, AgentState::Refreshing, None);
-        let end = core
-            .manager
-            .run_with(Urgency::IfDueUnlessBusy, Arc::new(coordinator))
-            .await;
-        let end = match end {
-            Ok(end) => end,
-            Err(e) => return core.failed(&e, on_event),
-        };
-        if !matches!(end, FleetEnd::Stopped(FleetStop::LockHeld(_))) {
-            self.lock_busy = None;
-        }
-        if !matches!(end, FleetEnd::Stopped(_)) {
-            self.reservation_wait = None;
-        }
-        match end {
-            FleetEnd::Stopped(stop) => self.stopped(core, fleet, revision, stop, on_event).await,
-            FleetEnd::Refreshed { auth, upload } => {
-                let retry_upload = match upload {
-                    FleetUpload::Written { revision, local } => {
-                        self.remember_sync(core, revision, local);
-                        None
-                    }
-                    FleetUpload::Moved => Some(Duration::ZERO),
-                    FleetUpload::Failed => Some(core.backoff.next_delay()),
-                };
-                if retry_upload.is_none() {
-                    core.backoff.reset();
-                }
-                let next = core.next_due(&auth);
-                core.not_before = Some((auth.generation(), next));
-                on_event(&AgentEvent::now(AgentEventKind::Refreshed {
-                    access: auth.bearer().fingerprint(),
-                    refresh: auth.refresh_fingerprint().map(str::to_owned),
-                    next_refresh: Some(rfc3339(next)),
-                }));
-                match retry_upload {
-                    Some(delay) => Plan::At(SystemTime::now() + delay, AgentState::Retrying),
-                    None => Plan::At(next, AgentState::Waiting),
-                }
-            }
-            FleetEnd::Unreadable | FleetEnd::Rotated => Plan::Again,
-            FleetEnd::AnswerUploaded { revision, refresh } => {
-                on_event(&AgentEvent::now(AgentEventKind::Uploaded {
-                    revision,
-                    refresh,
-                }));
-                Plan::Again
-            }
-            FleetEnd::AnswerNotUploaded { answer, why } => {
-                self.answer_not_uploaded(core, &answer, &why, on_event)
-            }
-            FleetEnd::Refused(reason) => {
-                self.refused_at = Some(revision);
-                core.failed(&RefreshError::Permanent { reason }, on_event)
-            }
-            // A local process holds the refresh lock: look again soon (its write wakes us).
-            FleetEnd::Local(Ok(RefreshOutcome::NotNeeded)) if core.still_due() => {
-                Plan::At(SystemTime::now() + super::BUSY_RETRY, AgentState::Waiting)
-            }
-            FleetEnd::Local(Ok(_)) => Plan::Again,
-            FleetEnd::Local(Err(
-                RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. },
-            )) => Plan::Again,
-            FleetEnd::Local(Err(e)) => core.failed(&e, on_event),
-        }
-    }
-
-    /// The fleet stopped the refresh (of the record at `revision`) before anything was sent.
-    async fn stopped(
-        &mut self,
-        core: &mut Core,
-        fleet: &Fleet,
-        revision: i64,
-        stop: FleetStop,
-        on_event: &mut impl FnMut(&AgentEvent),
-    ) -> Plan {
-        match stop {
-            FleetStop::Refused(refusal) => {
-                core.refused = Some(
-                    core.manager
-                        .cached()
-                        .map_or(Generation::Absent, |a| a.generation()),
-                );
-                self.refused_at = Some(revision);
-                on_event(&AgentEvent::now(AgentEventKind::Failed {
-                    class: FailureClass::SignInRequired,
-                    message: format!(
-                        "the token endpoint refused the fleet's refresh token ({}, seen by {}); \
-                         no machine sends it again: sign in on one machine and seed the fleet \
-                         (`codex-store fleet seed --force`); this agent resumes when the fleet's \
-                         login changes",
-                        escaped(&refusal.code),
-                        escaped(&refusal.machine)
-                    ),
-                    next_attempt: None,
-                }));
-                Plan::UntilChange(AgentState::Refused)
-            }
-            // Another machine refreshes; its upload wakes this one. A lock held for longer
-            // than any holder needs is reported.
-            FleetStop::LockHeld(held) => self.fleet_lock_busy(core, fleet, &held, on_event),
-            FleetStop::RecordMoved => Plan::Again,
-            FleetStop::FoundReservation(found) => {
-                let request = core.manager.config().http_timeout;
-                if self
-                    .wait_for_reservation(core, fleet, &found, request, on_event)
-                    .await
-                {
-                    tracing::info!(machine = %escaped(&found.mark.machine), "a previous lock holder's reservation of this refresh token still lives; waiting for its upload or its expiry");
-                    return Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting);
-                }
-                // Waited for as long as any: no longer honored, at once.
-                Plan::Again
-            }
-            FleetStop::LockLost => {
-                Plan::At(SystemTime::now() + LOCK_BUSY_RETRY, AgentState::Waiting)
-            }
-            FleetStop::Failed(e) => self.fleet_failed(core, &e, on_event),
-        }
-    }
-
-    /// A refresh's answer this machine did not install could not be uploaded (`why`): a
-    /// durable copy is kept beside auth.json (`auth.json.fleet-replaced.*`) and reported: it
-    /// holds the fleet's only live refresh token (`fleet seed --force` from it restores the
-    /// fleet).
-    fn answer_not_uploaded(
-        &mut self,
-        core: &mut Core,
-        answer: &AuthDotJson,
-        why: &UploadRefused,
-        on_event: &mut impl FnMut(&AgentEvent),
-    ) -> Plan {
-        let kept = fleet_sync::keep_copy(core.manager.store(), answer);
-        let at = SystemTime::now() + core.backoff.next_delay();
-        on_event(&AgentEvent::now(AgentEventKind::Failed {
-            class: FailureClass::Fleet,
-            message: format!(
-                "the new tokens of the fleet's refresh could not be uploaded ({why}) and \
-                 auth.json here no longer takes them; they are kept in {}: run `codex-store \
-                 fleet seed --force` with that file as auth.json to give them to the fleet",
-                kept.map_or_else(
-                    || "no file (the copy failed too)".to_owned(),
-                    |p| p.display().to_string()
-                )
-            ),
-            next_attempt: Some(rfc3339(at)),
-        }));
-        Plan::At(at, AgentState::Retrying)
-    }
-}
-
-impl FleetSync {
-    /// The fleet lock is held by another (`held`): look again in [`LOCK_BUSY_RETRY`] (the
-    /// holder's upload wakes this agent sooner). Once the same lock (same create revision) has
-    /// been held, as measured here on the boot-time clock from when this agent first found it,
-    /// for longer than its lease and a request allow (the lock TTL plus the etcd request
-    /// timeout), say so, naming the holder; and when the tokens are near expiry, that the login
-    /// will lapse.
-    fn fleet_lock_busy(
-        &mut self,
-        core: &mut Core,
-        fleet: &Fleet,
-        held: &LockHeld,
-        on_event: &mut impl FnMut(&AgentEvent),
-    ) -> Plan {
-        let next = SystemTime::now() + LOCK_BUSY_RETRY;
-        let expires = core.manager.cached().and_then(|a| a.expires_at());
-        if held.created == 0 {
-            // Freed between the compare and the read: look again.
-            return Plan::At(next, AgentState::Waiting);
-        }
-        if self
-            .lock_busy
-            .as_ref()
-            .is_none_or(|b| b.created != held.created)
-        {
-            self.lock_busy = Some(LockBusy {
-                created: held.created,
-                since: BootInstant::now(),
-                reported: false,
-                lapse_reported: false,
-            });
-        }
-        let config = fleet.config();
-        let bound = config.lock_ttl + config.request_timeout;
-        let busy = self.lock_busy.as_mut().expect("set above");
-        let held_for = elapsed(busy.since);
-        if held_for < bound {
-            return Plan::At(next, AgentState::Waiting);
-        }
-        let key = fleet.key("lock");
-        let lease = if held.lease == 0 {
-            "on no lease, so it never expires".to_owned()
-        } else {
-            format!("on lease {:x}", held.lease)
-        };
-        if !busy.reported {
-            busy.reported = true;
-            let message = format!(
-                "the fleet lock {key} is held by `{}` (taken at revision {}, {lease}) and has \
-                 been for {} s as seen here, longer than a holder needs (the lock's lease of {} \
-                 s plus an etcd request of {} s): no machine refreshes the fleet's login while \
-                 it stands. If that holder is hung or gone, remove the lock (`etcdctl del \
-                 {key}`); this agent keeps trying",
-                escaped(&held.holder),
-                held.created,
-                held_for.as_secs(),
-                config.lock_ttl.as_secs(),
-                config.request_timeout.as_secs()
-            );
-            tracing::warn!("{message}");
-            on_event(&AgentEvent::now(AgentEventKind::Failed {
-                class: FailureClass::FleetLock,
-                message,
-                next_attempt: Some(rfc3339(next)),
-            }));
-        }
-        let near = expires.is_some_and(|exp| {
-            exp.duration_since(SystemTime::now())
-                .map_or(true, |left| left <= super::CODEX_REFRESH_WINDOW)
-        });
-        if near && !busy.lapse_reported {
-            busy.lapse_reported = true;
-            let at = expires.map(rfc3339).unwrap_or_default();
-            let message = format!(
-                "the fleet's login will lapse: its access token expires at {at} and the fleet \
-                 lock {key} is still held by `{}` (taken at revision {}), so no machine can \
-                 refresh it; remove the lock (`etcdctl del {key}`) or the login will have to be \
-                 signed in again",
-                escaped(&held.holder),
-                held.created
-            );
-            tracing::warn!("{message}");
-            on_event(&AgentEvent::now(AgentEventKind::Failed {
-                class: FailureClass::FleetLock,
-                message,
-                next_attempt: Some(rfc3339(next)),
-            }));
-        }
-        Plan::At(next, AgentState::Waiting)
-    }
-
-    /// Whether to keep waiting for another holder's reservation `found` of the token due. It is
-    /// honored while its key lives on its lease, for at most [`RESERVATION_WAIT_FACTOR`] times
-    /// the reservation this machine would make (`request` plus the reuse wait), measured here on
-    /// the boot-time clock from when this agent first found it; past that it is reported and
-    /// no longer holds this machine back. A lease granted for longer than that is reported when
-    /// first found.
-    async fn wait_for_reservation(
-        &mut self,
-        core: &mut Core,
-        fleet: &Fleet,
-        found: &crate::fleet::record::FoundReservation,
-        request: Duration,
-        on_event: &mut impl FnMut(&AgentEvent),
-    ) -> bool {
-        let bound = crate::fleet::record::reservation_ttl(request, core.reuse_wait)
-            * RESERVATION_WAIT_FACTOR;
-        let first = self
-            .reservation_wait
-            .as_ref()
-            .is_none_or(|w| w.revision != found.revision);
-        if first {
-            self.reservation_wait = Some(ReservationWait {
-                revision: found.revision,
-                since: BootInstant::now(),
-                reported: false,
-            });
-            if let Ok(Some((_, granted))) = fleet.etcd.time_to_live(found.lease).await {
-                if u64::try_from(granted).unwrap_or(0) > bound.as_secs() {
-                    tracing::warn!(
-                        machine = %escaped(&found.mark.machine),
-                        granted_seconds = granted,
-                        longest_wait_seconds = bound.as_secs(),
-                        "a reservation of the fleet's refresh token lives on a lease far longer than any request needs; it is waited for only up to this machine's longest wait"
-                    );
-                }
-            }
-        }
-        let wait = self.reservation_wait.as_mut().expect("set above");
-        let waited = elapsed(wait.since);
-        if waited < bound {
-            return true;
-        }
-        if !wait.reported {
-            wait.reported = true;
-            on_event(&AgentEvent::now(AgentEventKind::Failed {
-                class: FailureClass::FleetReservation,
-                message: format!(
-                    "the reservation {} of the fleet's refresh token {} by `{}` (on lease {:x}) \
-                     has held this machine back for {} s as seen here, longer than the longest \
-                     reservation it waits for ({} s: {RESERVATION_WAIT_FACTOR} times its own); \
-                     it is no longer waited for, and the token is redeemed under the fleet lock",
-                    fleet.key("redeeming"),
-                    escaped(&found.mark.refresh),
-                    escaped(&found.mark.machine),
-                    found.lease,
-                    waited.as_secs(),
-                    bound.as_secs()
-                ),
-                next_attempt: None,
-            }));
-        }
-        false
     }
 }
 

@@ -5,13 +5,14 @@ use std::time::{Duration, SystemTime};
 
 use codex_store::TokenFate;
 
+use super::Urgency;
+use crate::auth::Mode;
 use crate::error::{PermanentReason, RefreshError, TransientReason};
+use crate::outcome::RefreshOutcome;
 
-/// What the journal's word on the token due ([`TokenFate`]) means for sending it.
+/// What the journal's word on the token due ([`TokenFate`]) means when it forbids sending it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Nothing forbids sending it.
-    Send,
     /// Refused for good (not as reused): the refusal is the answer, nothing is sent.
     Refused(PermanentReason),
     /// Refused as reused at this time: wait for the rotation the refusal means.
@@ -26,22 +27,48 @@ pub(crate) enum Verdict {
 
 impl Verdict {
     /// The verdict on a token the journal says `fate` of, with a reuse wait of `reuse_wait`,
-    /// at `now`.
-    pub(crate) fn of(fate: Option<&TokenFate>, reuse_wait: Duration, now: SystemTime) -> Self {
-        match fate {
-            Some(TokenFate::Refused(refusal)) => {
+    /// at `now`; `None` when nothing forbids sending it.
+    pub(crate) fn of(
+        fate: Option<&TokenFate>,
+        reuse_wait: Duration,
+        now: SystemTime,
+    ) -> Option<Self> {
+        Some(match fate? {
+            TokenFate::Refused(refusal) => {
                 match PermanentReason::from_code(refusal.code.as_deref().unwrap_or("")) {
                     PermanentReason::Reused => Verdict::Reused(refusal.time()),
                     reason => Verdict::Refused(reason),
                 }
             }
-            Some(TokenFate::Spent(spent)) => Verdict::Spent(spent.time()),
-            Some(TokenFate::Unanswered(sent)) if waited(sent.time(), now) < reuse_wait => {
+            TokenFate::Spent(spent) => Verdict::Spent(spent.time()),
+            TokenFate::Unanswered(sent) if waited(sent.time(), now) < reuse_wait => {
                 Verdict::Unanswered(sent.time())
             }
-            Some(TokenFate::Unanswered(_)) | None => Verdict::Send,
-        }
+            TokenFate::Unanswered(_) => return None,
+        })
     }
+}
+
+/// What a refresh ends with before any request, from credentials read under the lock: an API
+/// key needs none; credentials another process replaced (`moved_on`) and that are not `due`
+/// are adopted; credentials not due are left alone when `urgency` asks only for due ones.
+/// `None`: go on towards a request.
+pub(crate) fn without_request(
+    urgency: Urgency,
+    mode: Mode,
+    moved_on: bool,
+    due: bool,
+) -> Option<RefreshOutcome> {
+    if mode == Mode::ApiKey {
+        return Some(RefreshOutcome::NotNeeded);
+    }
+    if moved_on && !due {
+        return Some(RefreshOutcome::AdoptedFromDisk);
+    }
+    if urgency.only_if_due() && !due {
+        return Some(RefreshOutcome::NotNeeded);
+    }
+    None
 }
 
 /// How long before `now` `since` (a journal record's time) was. A time that is missing,
@@ -91,10 +118,40 @@ mod tests {
     }
 
     #[test]
+    fn credentials_not_due_need_no_request_unless_asked_for_now() {
+        let tokens = Mode::Chatgpt;
+        assert_eq!(
+            without_request(Urgency::IfDue, Mode::ApiKey, false, true),
+            Some(RefreshOutcome::NotNeeded),
+            "an API key must never be refreshed"
+        );
+        assert_eq!(
+            without_request(Urgency::Now, tokens, true, false),
+            Some(RefreshOutcome::AdoptedFromDisk),
+            "credentials another process replaced and not due must be adopted, even when asked now"
+        );
+        assert_eq!(
+            without_request(Urgency::IfDueUnlessBusy, tokens, false, false),
+            Some(RefreshOutcome::NotNeeded),
+            "credentials not due must be left alone when only due ones are refreshed"
+        );
+        assert_eq!(
+            without_request(Urgency::Now, tokens, false, false),
+            None,
+            "an explicit refresh of the caller's own credentials must go on to a request"
+        );
+        assert_eq!(
+            without_request(Urgency::IfDue, tokens, true, true),
+            None,
+            "due credentials must go on to a request, whoever wrote them"
+        );
+    }
+
+    #[test]
     fn a_token_the_journal_knows_nothing_of_is_sent() {
         assert_eq!(
             Verdict::of(None, WAIT, SystemTime::now()),
-            Verdict::Send,
+            None,
             "a token without a journal record must be sent"
         );
     }
@@ -108,7 +165,7 @@ mod tests {
         ));
         assert_eq!(
             Verdict::of(Some(&fate), WAIT, SystemTime::now()),
-            Verdict::Refused(PermanentReason::Expired),
+            Some(Verdict::Refused(PermanentReason::Expired)),
             "an expired refusal must be the answer, without a request"
         );
     }
@@ -122,7 +179,7 @@ mod tests {
         ));
         let verdict = Verdict::of(Some(&fate), WAIT, SystemTime::now());
         assert!(
-            matches!(verdict, Verdict::Reused(Some(_))),
+            matches!(verdict, Some(Verdict::Reused(Some(_)))),
             "a reuse refusal must wait for the rotation from its time, got {verdict:?}"
         );
     }
@@ -132,7 +189,7 @@ mod tests {
         let fate = TokenFate::Spent(record(JournalEvent::Spent, None, WAIT * 10));
         let verdict = Verdict::of(Some(&fate), WAIT, SystemTime::now());
         assert!(
-            matches!(verdict, Verdict::Spent(_)),
+            matches!(verdict, Some(Verdict::Spent(_))),
             "a spent token must never be sent again, got {verdict:?}"
         );
     }
@@ -146,18 +203,18 @@ mod tests {
         ));
         let verdict = Verdict::of(Some(&recent), WAIT, SystemTime::now());
         assert!(
-            matches!(verdict, Verdict::Unanswered(Some(_))),
+            matches!(verdict, Some(Verdict::Unanswered(Some(_)))),
             "a token sent 1 s ago without an answer must be waited for, got {verdict:?}"
         );
         let old = TokenFate::Unanswered(record(JournalEvent::Unanswered, None, WAIT * 2));
         assert_eq!(
             Verdict::of(Some(&old), WAIT, SystemTime::now()),
-            Verdict::Send,
+            None,
             "a token unanswered for longer than the reuse wait must be sent again"
         );
         assert_eq!(
             Verdict::of(Some(&recent), Duration::ZERO, SystemTime::now()),
-            Verdict::Send,
+            None,
             "without a reuse wait here (a fleet's reservation covers it) nothing is waited for"
         );
     }

@@ -11,7 +11,6 @@ mod coordinator;
 mod decide;
 mod disk;
 pub(crate) mod fleet;
-mod fleet_end;
 pub(crate) mod local;
 mod persist;
 mod wait;
@@ -19,17 +18,17 @@ mod wait;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use codex_store::{JournalEvent, JournalRecord, StoreError};
+use codex_store::{JournalEvent, JournalRecord, Reserved, Secret, Snapshot, StoreError};
 
 pub(crate) use coordinator::Coordinator;
 use coordinator::{Locked, Reserve};
-use decide::{may_be_spent, Verdict};
+use decide::{may_be_spent, without_request, Verdict};
 use disk::signed_out;
 pub(crate) use disk::{auth_from_snapshot, check_disk};
 use persist::{persist, save_unsaved};
 use wait::await_rotation;
 
-use crate::auth::{CodexAuth, Mode};
+use crate::auth::CodexAuth;
 use crate::error::{PermanentReason, RefreshError, TransientReason};
 use crate::outcome::RefreshOutcome;
 use crate::state::{Inner, Known};
@@ -135,66 +134,25 @@ async fn pass<C: Coordinator + ?Sized>(
     let snap = rotation.snapshot().clone();
     let disk = check_disk(inner, known, &snap)?;
     let generation = snap.generation();
-    let now = SystemTime::now();
-    let done = |outcome, auth| Ok(Pass::Done((outcome, Arc::new(auth))));
-    if disk.mode() == Mode::ApiKey {
-        return done(RefreshOutcome::NotNeeded, disk);
-    }
     let moved_on = known.generation() != Some(generation);
-    if moved_on && !disk.is_due(now, &inner.config) {
-        return done(RefreshOutcome::AdoptedFromDisk, disk);
-    }
-    if urgency.only_if_due() && !disk.is_due(now, &inner.config) {
-        return done(RefreshOutcome::NotNeeded, disk);
+    let due = disk.is_due(SystemTime::now(), &inner.config);
+    if let Some(outcome) = without_request(urgency, disk.mode(), moved_on, due) {
+        return Ok(Pass::Done((outcome, Arc::new(disk))));
     }
     if let Some(remembered) = inner.remembered_failure(generation) {
         return Err(remembered);
     }
     // What the journal knows of this very token decides whether it may be sent.
     let reuse_wait = coordinator.reuse_wait(inner);
-    match Verdict::of(rotation.fate(), reuse_wait, SystemTime::now()) {
-        Verdict::Send => {}
-        Verdict::Refused(reason) => {
-            drop(rotation);
-            tracing::info!(code = %reason.code(), "another process was refused this refresh token; not sending it again");
-            return Err(inner.remember_failure(generation, RefreshError::Permanent { reason }));
-        }
-        Verdict::Reused(since) => {
-            drop(rotation);
-            tracing::info!(code = %PermanentReason::Reused.code(), "another process was refused this refresh token; not sending it again");
-            return await_rotation(coordinator, inner, known, &snap, since)
-                .await
-                .map(Pass::Done);
-        }
-        Verdict::Spent(since) => {
-            // Redeemed already (its answer installed elsewhere, or lost): the endpoint would
-            // refuse it. Wait for the rotation, as after a reuse refusal.
-            drop(rotation);
-            tracing::info!("this refresh token was already redeemed; not sending it again");
-            return await_rotation(coordinator, inner, known, &snap, since)
-                .await
-                .map(Pass::Done);
-        }
-        Verdict::Unanswered(since) => {
-            // Sent before without a known outcome: the answer may still land. Wait for it (the
-            // reuse wait from that send); only then is the token sent again, once.
-            drop(rotation);
-            tracing::info!("this refresh token was sent without a known outcome; waiting for its rotation before sending it again");
-            return Ok(
-                match coordinator
-                    .wait_for_rotation(inner, known, &snap, since)
-                    .await?
-                {
-                    Some(found) => Pass::Done(found),
-                    None => Pass::Again(RefreshError::Transient {
-                        reason: TransientReason::Timeout,
-                    }),
-                },
-            );
-        }
+    if let Some(verdict) = Verdict::of(rotation.fate(), reuse_wait, SystemTime::now()) {
+        drop(rotation);
+        return heed(coordinator, inner, known, &snap, verdict).await;
     }
-    let doc = snap.auth().cloned().unwrap_or_default();
-    let Some(refresh_token) = doc.tokens.as_ref().map(|t| t.refresh_token.clone()) else {
+    let Some(refresh_token) = snap
+        .auth()
+        .and_then(|d| d.tokens.as_ref())
+        .map(|t| t.refresh_token.clone())
+    else {
         return Err(signed_out(inner, known));
     };
     // Everything the save needs is reserved, and checked again under the write locks, before
@@ -222,6 +180,77 @@ async fn pass<C: Coordinator + ?Sized>(
         }
         Err(e) => return Err(e),
     };
+    send(
+        coordinator,
+        inner,
+        known,
+        reserved,
+        &snap,
+        &disk,
+        refresh_token,
+    )
+    .await
+}
+
+/// Acts on the journal's `verdict` on the token of `snap`, every lock released: the refusal,
+/// or the wait for the rotation.
+async fn heed<C: Coordinator + ?Sized, S>(
+    coordinator: &C,
+    inner: &Inner,
+    known: &Known,
+    snap: &Snapshot,
+    verdict: Verdict,
+) -> Result<Pass<S>, RefreshError> {
+    match verdict {
+        Verdict::Refused(reason) => {
+            tracing::info!(code = %reason.code(), "another process was refused this refresh token; not sending it again");
+            Err(inner.remember_failure(snap.generation(), RefreshError::Permanent { reason }))
+        }
+        Verdict::Reused(since) => {
+            tracing::info!(code = %PermanentReason::Reused.code(), "another process was refused this refresh token; not sending it again");
+            await_rotation(coordinator, inner, known, snap, since)
+                .await
+                .map(Pass::Done)
+        }
+        Verdict::Spent(since) => {
+            // Redeemed already (its answer installed elsewhere, or lost): the endpoint would
+            // refuse it. Wait for the rotation, as after a reuse refusal.
+            tracing::info!("this refresh token was already redeemed; not sending it again");
+            await_rotation(coordinator, inner, known, snap, since)
+                .await
+                .map(Pass::Done)
+        }
+        Verdict::Unanswered(since) => {
+            // Sent before without a known outcome: the answer may still land. Wait for it (the
+            // reuse wait from that send); only then is the token sent again, once.
+            tracing::info!("this refresh token was sent without a known outcome; waiting for its rotation before sending it again");
+            Ok(
+                match coordinator
+                    .wait_for_rotation(inner, known, snap, since)
+                    .await?
+                {
+                    Some(found) => Pass::Done(found),
+                    None => Pass::Again(RefreshError::Transient {
+                        reason: TransientReason::Timeout,
+                    }),
+                },
+            )
+        }
+    }
+}
+
+/// Sends `refresh_token` (of `snap`, credentials `disk`) once the coordinator's last check
+/// allows it, and persists the answer through `reserved`; a refusal or a failure that may have
+/// spent the token is journaled before the reservation goes.
+async fn send<C: Coordinator + ?Sized, S>(
+    coordinator: &C,
+    inner: &Inner,
+    known: &Known,
+    reserved: Reserved,
+    snap: &Snapshot,
+    disk: &CodexAuth,
+    refresh_token: Secret,
+) -> Result<Pass<S>, RefreshError> {
     // From here until the answer is durable, a stopping process waits (see
     // `AuthManager::stop`); once it is stopping, nothing new is sent.
     let Some(_sending) = inner.begin_send() else {
@@ -239,6 +268,7 @@ async fn pass<C: Coordinator + ?Sized>(
             return Err(e);
         }
     };
+    let generation = snap.generation();
     tracing::debug!(generation = %generation, "refreshing tokens (refresh lock held, write locks free)");
     let fingerprint = refresh_token.fingerprint();
     let outcome = |event, code: String| {
@@ -250,15 +280,18 @@ async fn pass<C: Coordinator + ?Sized>(
         record
     };
     match inner.client.refresh(&refresh_token, within).await {
-        Ok(answer) => persist(coordinator, inner, known, reserved, doc, answer)
-            .await
-            .map(Pass::Done),
+        Ok(answer) => {
+            let doc = snap.auth().cloned().unwrap_or_default();
+            persist(coordinator, inner, known, reserved, doc, answer)
+                .await
+                .map(Pass::Done)
+        }
         Err(RefreshError::Permanent { reason }) => {
             // Journaled before the reservation goes, so that no process that takes it for
             // unused sends the token again.
             drop(reserved.abandon_recorded(&outcome(JournalEvent::Refused, reason.code())));
             if reason == PermanentReason::Reused {
-                return await_rotation(coordinator, inner, known, &snap, Some(SystemTime::now()))
+                return await_rotation(coordinator, inner, known, snap, Some(SystemTime::now()))
                     .await
                     .map(Pass::Done);
             }
