@@ -13,6 +13,7 @@ use super::super::kinds::FailureClass;
 use super::super::{Core, Plan};
 use super::busy::LOCK_BUSY_RETRY;
 use super::{escaped, FleetSync};
+use crate::auth::CodexAuth;
 use crate::error::RefreshError;
 use crate::fleet::{Fleet, FleetRecord};
 use crate::outcome::RefreshOutcome;
@@ -61,30 +62,7 @@ impl FleetSync {
         }
         match end {
             FleetEnd::Stopped(stop) => self.stopped(core, fleet, revision, stop, on_event).await,
-            FleetEnd::Refreshed { auth, upload } => {
-                let retry_upload = match upload {
-                    FleetUpload::Written { revision, local } => {
-                        self.remember_sync(core, revision, local);
-                        None
-                    }
-                    FleetUpload::Moved => Some(Duration::ZERO),
-                    FleetUpload::Failed => Some(core.backoff.next_delay()),
-                };
-                if retry_upload.is_none() {
-                    core.backoff.reset();
-                }
-                let next = core.next_due(&auth);
-                core.not_before = Some((auth.generation(), next));
-                on_event(&AgentEvent::now(AgentEventKind::Refreshed {
-                    access: auth.bearer().fingerprint(),
-                    refresh: auth.refresh_fingerprint().map(str::to_owned),
-                    next_refresh: Some(rfc3339(next)),
-                }));
-                match retry_upload {
-                    Some(delay) => Plan::At(SystemTime::now() + delay, AgentState::Retrying),
-                    None => Plan::At(next, AgentState::Waiting),
-                }
-            }
+            FleetEnd::Refreshed { auth, upload } => self.refreshed(core, &auth, upload, on_event),
             FleetEnd::Unreadable | FleetEnd::Rotated => Plan::Again,
             FleetEnd::AnswerUploaded { revision, refresh } => {
                 on_event(&AgentEvent::now(AgentEventKind::Uploaded {
@@ -110,6 +88,39 @@ impl FleetSync {
                 RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. },
             )) => Plan::Again,
             FleetEnd::Local(Err(e)) => core.failed(&e, on_event),
+        }
+    }
+
+    /// This holder refreshed the fleet's login into `auth` and uploaded it as `upload` says:
+    /// reported, and planned for the next due time (or the upload's retry).
+    fn refreshed(
+        &mut self,
+        core: &mut Core,
+        auth: &CodexAuth,
+        upload: FleetUpload,
+        on_event: &mut impl FnMut(&AgentEvent),
+    ) -> Plan {
+        let retry_upload = match upload {
+            FleetUpload::Written { revision, local } => {
+                self.remember_sync(core, revision, local);
+                None
+            }
+            FleetUpload::Moved => Some(Duration::ZERO),
+            FleetUpload::Failed => Some(core.backoff.next_delay()),
+        };
+        if retry_upload.is_none() {
+            core.backoff.reset();
+        }
+        let next = core.next_due(auth);
+        core.not_before = Some((auth.generation(), next));
+        on_event(&AgentEvent::now(AgentEventKind::Refreshed {
+            access: auth.bearer().fingerprint(),
+            refresh: auth.refresh_fingerprint().map(str::to_owned),
+            next_refresh: Some(rfc3339(next)),
+        }));
+        match retry_upload {
+            Some(delay) => Plan::At(SystemTime::now() + delay, AgentState::Retrying),
+            None => Plan::At(next, AgentState::Waiting),
         }
     }
 
