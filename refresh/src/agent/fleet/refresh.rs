@@ -34,7 +34,8 @@ impl FleetSync {
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         let revision = record.revision;
-        let coordinator = FleetCoordinator::new(FleetPlan {
+        let (reserved_tx, mut reserved) = tokio::sync::oneshot::channel();
+        let plan = FleetPlan {
             fleet: Arc::clone(fleet),
             record,
             request: core.manager.config().http_timeout,
@@ -44,12 +45,21 @@ impl FleetSync {
                 .as_ref()
                 .filter(|w| w.reported)
                 .map(|w| w.revision),
-        });
-        core.publish(claim, AgentState::Refreshing, None);
-        let end = core
-            .manager
-            .run_with(Urgency::IfDueUnlessBusy, Arc::new(coordinator))
-            .await;
+        };
+        let coordinator = Arc::new(FleetCoordinator::new(plan, reserved_tx));
+        let manager = core.manager.clone();
+        let run = manager.run_with(Urgency::IfDueUnlessBusy, coordinator);
+        tokio::pin!(run);
+        // The status says "refreshing" once the token is reserved fleet-wide (its request
+        // about to go), not while a lock or a reservation of another holds this one back.
+        let end = tokio::select! {
+            biased;
+            Ok(()) = &mut reserved => {
+                core.publish(claim, AgentState::Refreshing, None);
+                run.await
+            }
+            end = &mut run => end,
+        };
         let end = match end {
             Ok(end) => end,
             Err(e) => return core.failed(&e, on_event),

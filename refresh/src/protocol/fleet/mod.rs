@@ -55,15 +55,20 @@ pub(crate) struct FleetCoordinator {
     held: tokio::sync::Mutex<Held>,
     /// The answer's document, once there is one.
     answer: Mutex<Option<AuthDotJson>>,
+    /// Told once the token is reserved fleet-wide.
+    reserved: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl FleetCoordinator {
     /// A coordinator for one refresh of the fleet's login.
-    pub(crate) fn new(plan: FleetPlan) -> Self {
+    /// A coordinator for one refresh of the fleet's login; `reserved` is told once the token
+    /// is reserved fleet-wide (the request is about to go).
+    pub(crate) fn new(plan: FleetPlan, reserved: tokio::sync::oneshot::Sender<()>) -> Self {
         FleetCoordinator {
             plan,
             held: tokio::sync::Mutex::default(),
             answer: Mutex::default(),
+            reserved: Mutex::new(Some(reserved)),
         }
     }
 
@@ -151,6 +156,15 @@ impl FleetCoordinator {
             margin: (fleet.config().lock_ttl / 3).min(request),
             passed: Default::default(),
         }));
+        if let Some(reserved) = self
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            // Nobody listening any more is fine: it is a report.
+            let _ = reserved.send(());
+        }
         None
     }
 }
