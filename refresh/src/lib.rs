@@ -117,7 +117,6 @@ mod config;
 mod due;
 mod error;
 mod external;
-mod fence;
 pub mod fleet;
 mod host;
 mod http_body;

@@ -13,7 +13,10 @@ use crate::external::host_auth;
 use crate::host::{HostRefresher, HostTokens};
 use crate::login::{Durability, Removal};
 use crate::outcome::RefreshOutcome;
-use crate::protocol::{auth_from_snapshot, check_disk, guarded_refresh, Urgency};
+use crate::protocol::local::Local;
+use crate::protocol::{
+    auth_from_snapshot, check_disk, guarded_refresh, Coordinator, Ended, Guarded, Urgency,
+};
 use crate::state::{blocking, warn_not_durable, Inner};
 
 /// The credentials of one process: cached, and refreshed through the guarded protocol so that
@@ -181,72 +184,41 @@ impl AuthManager {
     /// takes its result (new credentials, or, unless [`Urgency::Now`], its transient failure) instead of
     /// sending a request of its own.
     pub(crate) async fn run(&self, urgency: Urgency) -> Result<RefreshOutcome, RefreshError> {
-        self.run_fenced(urgency, None).await
+        self.run_with(urgency, Arc::new(Local::default()))
+            .await
+            .and_then(|report| report)
     }
 
-    /// [`AuthManager::run`], with `fence` checked immediately before a request is sent (the
-    /// fleet's lease and reservation).
-    pub(crate) async fn run_fenced(
+    /// [`AuthManager::run`] over `coordinator` (the fleet's, for example): the protocol's steps
+    /// go through it, and its [`Coordinator::finish`] says what the run did.
+    ///
+    /// # Errors
+    /// [`RefreshError::TaskFailed`] when the refresh task failed (the refresh's own errors
+    /// are in the report).
+    pub(crate) async fn run_with<C: Coordinator + 'static>(
         &self,
         urgency: Urgency,
-        fence: Option<Arc<dyn crate::fence::SendFence>>,
-    ) -> Result<RefreshOutcome, RefreshError> {
+        coordinator: Arc<C>,
+    ) -> Result<C::Report, RefreshError> {
         let inner = self.inner.clone();
         let seen = inner.cached();
         let task = tokio::spawn(async move {
-            let _gate = match urgency {
-                Urgency::IfDueUnlessBusy => match inner.gate.try_lock() {
-                    Ok(gate) => gate,
+            let result = {
+                let gate = match urgency {
+                    Urgency::IfDueUnlessBusy => inner.gate.try_lock().ok(),
+                    _ => Some(inner.gate.lock().await),
+                };
+                match gate {
                     // Another task of this process is refreshing: keep the valid credentials.
-                    Err(_) => return Ok(RefreshOutcome::NotNeeded),
-                },
-                _ => inner.gate.lock().await,
-            };
-            let current = inner.cached();
-            // Host tokens all have the generation "absent": tell them apart by identity.
-            let replaced = match (&seen, &current) {
-                (Some(a), Some(b)) if a.mode() == Mode::HostTokens => !Arc::ptr_eq(a, b),
-                (Some(a), Some(b)) => a.generation() != b.generation(),
-                (None, None) => false,
-                _ => true,
-            };
-            if let Some(auth) = current.as_ref().filter(|_| replaced) {
-                if !auth.is_due(SystemTime::now(), &inner.config) {
-                    return Ok(RefreshOutcome::AdoptedFromDisk);
+                    None => Ok(Ended::Done(RefreshOutcome::NotNeeded)),
+                    Some(_gate) => attempt(&inner, coordinator.as_ref(), urgency, &seen).await,
                 }
-            }
-            if urgency.only_if_due() {
-                if let Some(e) = inner.recent_transient() {
-                    return Err(e);
-                }
-            }
-            let result = if current.as_ref().map(|a| a.mode()) == Some(Mode::HostTokens) {
-                crate::external::refresh_host(&inner)
-                    .await
-                    .map(|_| RefreshOutcome::Refreshed)
-            } else {
-                let mut result =
-                    guarded_refresh(inner.clone(), inner.known(), urgency, fence.clone()).await;
-                if matches!(result, Err(RefreshError::Store(StoreError::Unsaved { .. }))) {
-                    // The new tokens are only in memory: one more try, through another file,
-                    // before giving up (a one-shot command exits after this).
-                    result =
-                        guarded_refresh(inner.clone(), inner.known(), Urgency::IfDue, fence).await;
-                }
-                result.map(|(outcome, auth)| {
-                    inner.set_cache(Some(auth));
-                    outcome
-                })
             };
-            inner.note_attempt(&result);
-            result
+            coordinator.finish(&inner, result).await
         });
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(RefreshError::TaskFailed {
-                message: format!("the refresh task failed: {e}"),
-            }),
-        }
+        task.await.map_err(|e| RefreshError::TaskFailed {
+            message: format!("the refresh task failed: {e}"),
+        })
     }
 
     /// Re-reads auth.json and replaces the cache (host-supplied tokens are kept). Returns the
@@ -342,4 +314,60 @@ impl AuthManager {
         inner.set_cache(Some(Arc::new(disk)));
         Ok(true)
     }
+}
+
+/// One attempt of this process, under its gate: adopts what another task installed meanwhile,
+/// shares a recent transient failure, or runs the protocol (for host tokens: asks the host),
+/// and caches what it ends with.
+async fn attempt<C: Coordinator + ?Sized>(
+    inner: &Arc<Inner>,
+    coordinator: &C,
+    urgency: Urgency,
+    seen: &Option<Arc<CodexAuth>>,
+) -> Result<Ended<C::Stop>, RefreshError> {
+    let current = inner.cached();
+    // Host tokens all have the generation "absent": tell them apart by identity.
+    let replaced = match (seen, &current) {
+        (Some(a), Some(b)) if a.mode() == Mode::HostTokens => !Arc::ptr_eq(a, b),
+        (Some(a), Some(b)) => a.generation() != b.generation(),
+        (None, None) => false,
+        _ => true,
+    };
+    if let Some(auth) = current.as_ref().filter(|_| replaced) {
+        if !auth.is_due(SystemTime::now(), &inner.config) {
+            return Ok(Ended::Done(RefreshOutcome::AdoptedFromDisk));
+        }
+    }
+    if urgency.only_if_due() {
+        if let Some(e) = inner.recent_transient() {
+            return Err(e);
+        }
+    }
+    let result = if current.as_ref().map(|a| a.mode()) == Some(Mode::HostTokens) {
+        crate::external::refresh_host(inner)
+            .await
+            .map(|_| Ended::Done(RefreshOutcome::Refreshed))
+    } else {
+        let mut result = guarded_refresh(coordinator, inner, inner.known(), urgency).await;
+        if matches!(result, Err(RefreshError::Store(StoreError::Unsaved { .. }))) {
+            // The new tokens are only in memory: one more try, through another file, before
+            // giving up (a one-shot command exits after this).
+            result = guarded_refresh(coordinator, inner, inner.known(), Urgency::IfDue).await;
+        }
+        result.map(|guarded| match guarded {
+            Guarded::Done(outcome, auth) => {
+                inner.set_cache(Some(auth));
+                Ended::Done(outcome)
+            }
+            Guarded::Stopped(stop) => Ended::Stopped(stop),
+        })
+    };
+    let outcome = match result {
+        // Stopped by the coordinator: no attempt of this process to note.
+        Ok(Ended::Stopped(stop)) => return Ok(Ended::Stopped(stop)),
+        Ok(Ended::Done(outcome)) => Ok(outcome),
+        Err(e) => Err(e),
+    };
+    inner.note_attempt(&outcome);
+    outcome.map(Ended::Done)
 }

@@ -238,17 +238,13 @@ impl Agent {
     /// into the local auth.json, uploads rotations made locally, and refreshes for every
     /// machine when it holds the fleet's lock (see [`crate::fleet`]).
     ///
+    /// After `refresh_token_reused`, the wait for the rotation it means watches the fleet's
+    /// record (where another machine's rotation arrives), not the local file.
+    ///
     /// # Errors
-    /// [`AgentError::Refresh`] when the refresh set-up cannot be rebuilt (it was built once
-    /// already, so only in theory).
+    /// None today (the fleet's coordinator needs nothing rebuilt); the `Result` is kept for
+    /// callers.
     pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> Result<Agent, AgentError> {
-        // With a fleet, the wait after `refresh_token_reused` watches the fleet record (where
-        // another machine's rotation arrives), not the local file.
-        let config = RefreshConfig {
-            reuse_wait: Duration::ZERO,
-            ..self.core.manager.config().clone()
-        };
-        self.core.manager = AuthManager::unloaded(self.core.manager.store().clone(), config)?;
         self.source = Source::Fleet(Box::new(fleet::FleetSync::new(fleet)));
         Ok(self)
     }
