@@ -637,3 +637,31 @@ fn an_endpoint_answering_with_control_characters_cannot_write_them_to_the_termin
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 19, item 6: what the fleet agent says of itself.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_fleet_agent_names_its_fleet_when_it_starts_and_never_reports_its_own_mirror_as_adopted() {
+    let mut fleet = Fleet::new(1, 2, 1);
+    fleet.start_all();
+    let started = fleet.expect_event(1, "started:");
+    assert!(
+        started.contains("with the fleet's login") && started.contains(&fleet.prefix),
+        "the fleet agent's start line must name the fleet: {started}"
+    );
+    // Machine 1 mirrors the rotations machine 0 (or it) makes; a mirror is reported once, as
+    // `mirrored`, never again as `adopted` (its own write).
+    fleet.wait_rotations(2);
+    fleet.wait_all_live();
+    fleet.expect_event(1, "mirrored:");
+    let logs = [fleet.stop_agent(0), fleet.stop_agent(1)];
+    for log in logs {
+        assert!(
+            !log.contains("adopted:"),
+            "a fleet agent reported a mirror it wrote itself as adopted:\n{log}"
+        );
+    }
+    fleet.assert_no_token_presented_twice();
+}

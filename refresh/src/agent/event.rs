@@ -31,6 +31,9 @@ pub enum AgentEventKind {
         auth_json: PathBuf,
         /// How long before expiry it refreshes, in seconds.
         lead_seconds: u64,
+        /// The fleet whose login it keeps (`PREFIX at ENDPOINTS`), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fleet: Option<String>,
     },
     /// The agent redeemed the refresh token and stored the new tokens.
     Refreshed {
@@ -171,11 +174,18 @@ impl fmt::Display for AgentEvent {
                 pid,
                 auth_json,
                 lead_seconds,
-            } => write!(
-                f,
-                "started: pid {pid}, keeping {} fresh, refreshing {lead_seconds} s before expiry",
-                Escaped(&auth_json.to_string_lossy())
-            ),
+                fleet,
+            } => {
+                write!(
+                    f,
+                    "started: pid {pid}, keeping {} fresh, refreshing {lead_seconds} s before expiry",
+                    Escaped(&auth_json.to_string_lossy())
+                )?;
+                match fleet {
+                    Some(fleet) => write!(f, ", with the fleet's login {}", Escaped(fleet)),
+                    None => Ok(()),
+                }
+            }
             AgentEventKind::Refreshed {
                 access,
                 refresh,

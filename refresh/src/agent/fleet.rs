@@ -415,6 +415,10 @@ impl FleetSync {
                     } else {
                         self.remember_sync(core, record.revision, generation);
                     }
+                    // Its own write is no news to the next look: not reported again as adopted.
+                    if let Err(e) = core.manager.reload() {
+                        tracing::debug!(error = %e, "could not re-read the mirrored auth.json");
+                    }
                     on_event(&AgentEvent::now(AgentEventKind::Mirrored {
                         revision: record.revision,
                         refresh: record.refresh_fingerprint(),

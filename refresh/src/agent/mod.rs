@@ -283,6 +283,13 @@ impl Agent {
             pid: std::process::id(),
             auth_json: store.path().to_path_buf(),
             lead_seconds: self.core.config.lead.as_secs(),
+            fleet: match &self.source {
+                Source::Fleet(sync) => {
+                    let config = sync.fleet.config();
+                    Some(format!("{} at {}", config.prefix, config.endpoints.join(",")))
+                }
+                Source::Local => None,
+            },
         }));
         tokio::pin!(shutdown);
         let manager = self.core.manager.clone();

@@ -33,9 +33,6 @@ impl Local {
         urgency: Urgency,
     ) -> Result<Locked<S>, RefreshError> {
         let store = inner.store.clone();
-        // The store's one lock-wait setting; another process may hold the refresh lock across
-        // its request, so it should exceed `http_timeout` (the default does).
-        let wait = inner.store.options().lock_timeout;
         Ok(match (urgency, inner.cached()) {
             (Urgency::IfDueUnlessBusy, Some(cached)) => {
                 match blocking(move || store.try_begin_rotation()).await? {
@@ -45,9 +42,9 @@ impl Local {
                     None => Locked::Busy(cached),
                 }
             }
-            _ => Locked::Held(Box::new(
-                blocking(move || store.begin_rotation(wait)).await?,
-            )),
+            // Waits the store's one lock-wait setting; another process may hold the refresh
+            // lock across its request, so it should exceed `http_timeout` (the default does).
+            _ => Locked::Held(Box::new(blocking(move || store.begin_rotation()).await?)),
         })
     }
 
