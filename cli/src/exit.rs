@@ -203,10 +203,10 @@ fn class_code(class: ErrorClass) -> (u8, &'static str) {
     match class {
         ErrorClass::SignInRequired => (3, "sign in again (e.g. `codex login`), then retry"),
         ErrorClass::Transient => (4, "nothing was changed; try again later"),
+        // The message says how to wait longer: the hint says where to see the holder.
         ErrorClass::LockTimeout => (
             5,
-            "`codex-store inspect` shows which lock is held; try again later, or wait longer \
-             with --lock-timeout",
+            "`codex-store inspect` shows which lock is held, and whether an agent holds it",
         ),
         ErrorClass::Corrupt => (
             6,
