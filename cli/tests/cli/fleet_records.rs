@@ -646,7 +646,17 @@ fn an_endpoint_answering_with_control_characters_cannot_write_them_to_the_termin
 fn a_fleet_agent_names_its_fleet_when_it_starts_and_never_reports_its_own_mirror_as_adopted() {
     let mut fleet = Fleet::new(1, 2, 1);
     fleet.start_all();
-    let started = fleet.expect_event(1, "started:");
+    // (start_all returns once each agent said `started`.)
+    let log = fleet.machines[1]
+        .agent
+        .as_ref()
+        .expect("machine 1's agent runs")
+        .stderr();
+    let started = log
+        .lines()
+        .find(|l| l.contains("started:"))
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         started.contains("with the fleet's login") && started.contains(&fleet.prefix),
         "the fleet agent's start line must name the fleet: {started}"
@@ -654,7 +664,12 @@ fn a_fleet_agent_names_its_fleet_when_it_starts_and_never_reports_its_own_mirror
     // Machine 1 mirrors the rotations machine 0 (or it) makes; a mirror is reported once, as
     // `mirrored`, never again as `adopted` (its own write).
     fleet.wait_rotations(2);
-    fleet.wait_all_live();
+    fleet.wait_all_live_within(WAIT, |lagging, live| {
+        format!(
+            "{lagging:?} do not hold the live token {live}; agents:\n{}",
+            fleet.agent_logs()
+        )
+    });
     fleet.expect_event(1, "mirrored:");
     let logs = [fleet.stop_agent(0), fleet.stop_agent(1)];
     for log in logs {

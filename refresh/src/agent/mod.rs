@@ -286,7 +286,11 @@ impl Agent {
             fleet: match &self.source {
                 Source::Fleet(sync) => {
                     let config = sync.fleet.config();
-                    Some(format!("{} at {}", config.prefix, config.endpoints.join(",")))
+                    Some(format!(
+                        "{} at {}",
+                        config.prefix,
+                        config.endpoints.join(",")
+                    ))
                 }
                 Source::Local => None,
             },
