@@ -166,6 +166,23 @@ enum Source {
     Fleet(Box<fleet::FleetSync>),
 }
 
+impl Source {
+    /// The fleet, as the start line names it (`PREFIX at ENDPOINTS`); `None` without one.
+    fn fleet_name(&self) -> Option<String> {
+        match self {
+            Source::Fleet(sync) => {
+                let config = sync.fleet.config();
+                Some(format!(
+                    "{} at {}",
+                    config.prefix,
+                    config.endpoints.join(",")
+                ))
+            }
+            Source::Local => None,
+        }
+    }
+}
+
 /// What an agent schedules with, whatever its [`Source`]: the login's manager, the backoff, and
 /// what it reported last.
 pub(crate) struct Core {
@@ -283,17 +300,7 @@ impl Agent {
             pid: std::process::id(),
             auth_json: store.path().to_path_buf(),
             lead_seconds: self.core.config.lead.as_secs(),
-            fleet: match &self.source {
-                Source::Fleet(sync) => {
-                    let config = sync.fleet.config();
-                    Some(format!(
-                        "{} at {}",
-                        config.prefix,
-                        config.endpoints.join(",")
-                    ))
-                }
-                Source::Local => None,
-            },
+            fleet: self.source.fleet_name(),
         }));
         tokio::pin!(shutdown);
         let manager = self.core.manager.clone();
@@ -419,18 +426,7 @@ impl Agent {
             }
         };
         pending.drain(..).for_each(|e| on_event(&e));
-        let (reason, message) = match &ended {
-            Ok(StopReason::AskedRequestUnanswered) => (
-                StopReason::AskedRequestUnanswered,
-                "asked to stop; the token endpoint did not answer the request in flight within the HTTP timeout".to_owned(),
-            ),
-            Ok(reason) => (*reason, "asked to stop".to_owned()),
-            Err(e) => (StopReason::Failed, e.to_string()),
-        };
-        on_event(&AgentEvent::now(AgentEventKind::Stopped {
-            reason,
-            message,
-        }));
+        on_event(&AgentEvent::now(stopped(&ended)));
         // A claim that is no longer current removes nothing (the files are another's now).
         drop(claim);
         ended.map(|_| ())
@@ -690,6 +686,21 @@ impl Core {
         }));
         Plan::At(at, AgentState::Retrying)
     }
+}
+
+/// The `stopped` event of a run that `ended` so.
+fn stopped(ended: &Result<StopReason, AgentError>) -> AgentEventKind {
+    let (reason, message) = match ended {
+        Ok(StopReason::AskedRequestUnanswered) => (
+            StopReason::AskedRequestUnanswered,
+            "asked to stop; the token endpoint did not answer the request in flight within the \
+             HTTP timeout"
+                .to_owned(),
+        ),
+        Ok(reason) => (*reason, "asked to stop".to_owned()),
+        Err(e) => (StopReason::Failed, e.to_string()),
+    };
+    AgentEventKind::Stopped { reason, message }
 }
 
 /// What to do about a home without credentials: sign in; or, when Codex keeps the login in the
