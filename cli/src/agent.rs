@@ -70,11 +70,21 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// One line on stderr. A closed stderr loses the line, never the agent.
 fn print_event(event: &AgentEvent, json: bool) {
     let line = if json {
-        serde_json::to_string(event).unwrap_or_default()
+        json_line(event)
     } else {
         format!("codex-store agent: {event}")
     };
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// The event as one JSON object, its format version first (as in every JSON the command prints).
+fn json_line(event: &AgentEvent) -> String {
+    let mut document = serde_json::Map::new();
+    document.insert("format_version".into(), crate::exit::FORMAT_VERSION.into());
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(event) {
+        document.extend(fields);
+    }
+    serde_json::Value::Object(document).to_string()
 }
 
 fn agent_failure(e: AgentError) -> Failure {

@@ -206,3 +206,18 @@ fn an_api_key_replacing_a_chatgpt_login_says_so() {
         "replacing a ChatGPT login must be said",
     );
 }
+
+#[test]
+fn every_json_line_of_the_agent_carries_the_format_version() {
+    let home = temp_home();
+    let agent = crate::kit::spawn(home.path(), &["agent", "--json"], None, &[]);
+    for event in ["\"started\"", "\"idle\""] {
+        let line = agent.wait_for_stderr_line(event);
+        let parsed: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(
+            parsed["format_version"], 1,
+            "an agent event in JSON must carry the format version: {line}"
+        );
+    }
+}

@@ -598,7 +598,9 @@ fn in_flight_holder_is_waited_for(holder_timeout: &'static str, tamper: Option<i
     // From now on the endpoint answers at once: the tokens machine 0 uploads are already due
     // (they were issued when its request arrived), so machine 1 refreshes them as soon as it
     // has mirrored them, and a 12 s answer would outlast its 4 s timeout again and again.
-    fleet.idp.set_behavior(codex_store_tests::fake_idp::Behavior::Normal);
+    fleet
+        .idp
+        .set_behavior(codex_store_tests::fake_idp::Behavior::Normal);
     fleet.machines[0].link().restore();
     fleet.wait_all_live_after_a_fault();
     fleet.stop_all();
