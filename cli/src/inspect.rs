@@ -224,7 +224,7 @@ fn build(home: &Path, history: bool) -> InspectReport {
                 {
                     report
                         .problems
-                        .push(crate::status::keyring_message(elsewhere));
+                        .push(crate::findings::keyring_message(elsewhere));
                 }
             }
             if let Some(doc) = snapshot.auth() {
@@ -375,31 +375,6 @@ fn lock_line(fleet: &codex_refresh::fleet::FleetStatus) -> String {
     line
 }
 
-/// The stuck states of the fleet, as problems of the report.
-pub(crate) fn fleet_problems(fleet: &codex_refresh::fleet::FleetStatus) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Some(problem) = &fleet.record_problem {
-        problems.push(format!("the fleet: {problem}"));
-    }
-    if let Some(r) = &fleet.refusal {
-        problems.push(format!(
-            "the fleet: the token endpoint refused the fleet's refresh token {} ({}, seen by {} \
-             at {}): no machine sends it again; sign in on one machine and run `codex-store \
-             fleet seed --force` there",
-            r.refresh, r.code, r.machine, r.at
-        ));
-    }
-    if fleet.lock_lease == Some(0) {
-        problems.push(format!(
-            "the fleet: the lock is held by {} on no lease: it never expires and no machine \
-             refreshes while it stands; remove it (`etcdctl del {}`)",
-            fleet.lock_holder.as_deref().unwrap_or("-"),
-            fleet.key.trim_end_matches("auth.json").to_owned() + "lock"
-        ));
-    }
-    problems
-}
-
 /// One journal record on one line. The journal is untrusted input: every field is escaped, so
 /// that no control character or newline in it can forge report lines.
 struct HistoryLine<'a>(&'a JournalRecord);
@@ -455,7 +430,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     if let Some(fleet) = ctx.fleet_args().fleet()? {
         match ctx.runtime()?.block_on(fleet.status()) {
             Ok(status) => {
-                report.problems.extend(fleet_problems(&status));
+                report
+                    .problems
+                    .extend(crate::findings::fleet_problems(&status));
                 report.fleet = Some(status);
             }
             Err(e) => report.problems.push(format!("the fleet: {e}")),

@@ -5,6 +5,7 @@
 mod agent;
 mod completions;
 mod exit;
+mod findings;
 mod fleet;
 mod fleet_machine;
 mod home;

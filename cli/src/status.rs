@@ -174,7 +174,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     if let Some(fleet) = ctx.fleet_args().fleet()? {
         match ctx.runtime()?.block_on(fleet.status()) {
             Ok(status) => {
-                for problem in crate::inspect::fleet_problems(&status) {
+                for problem in crate::findings::fleet_problems(&status) {
                     report.problem(Check::Fleet, problem);
                 }
             }
@@ -310,22 +310,11 @@ fn check_login(store: &Store, report: &mut StatusReport) {
     }
 }
 
-/// What to say of a home without auth.json whose Codex keeps the login elsewhere (`store` is
-/// not [`CredentialsStore::File`]): where it is, and the setting that brings it back.
-pub(crate) fn keyring_message(store: &CredentialsStore) -> String {
-    format!(
-        "no credentials in auth.json, and Codex's config.toml says `{key} = \"{store}\"`: \
-         Codex keeps the login in the OS keyring, where codex-store cannot see it. To keep it in \
-         auth.json, set `{key} = \"file\"` in config.toml and sign in again (`codex login`)",
-        key = codex_config::CREDENTIALS_STORE_KEY,
-    )
-}
-
 /// No credentials: signed out, or kept where codex-store cannot see them.
 fn not_signed_in(report: &mut StatusReport) {
     match &report.credentials_store {
         Some(store) if store.may_bypass_auth_json() => {
-            let message = keyring_message(store);
+            let message = crate::findings::keyring_message(store);
             report.problem(Check::LoginInKeyring, message);
         }
         _ => report.problem(
