@@ -37,8 +37,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
                 .map_err(seed_failure)?;
             crate::exit::write_stdout(&format!(
                 "Seeded the fleet ({}) with the login in {} (revision {})\n",
-                seeded.key,
-                login.store().path().display(),
+                crate::exit::escape_controls(&seeded.key),
+                crate::exit::escape_controls(&login.store().path().display().to_string()),
                 seeded.revision
             ))
         }

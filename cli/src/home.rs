@@ -112,7 +112,7 @@ impl Context {
                     let _ = writeln!(
                         std::io::stderr(),
                         "codex-store: waiting for another process that holds the lock {}",
-                        path.display()
+                        crate::exit::escape_controls(&path.display().to_string())
                     );
                 })
             }),

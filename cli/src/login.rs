@@ -52,13 +52,14 @@ pub fn run(ctx: &Context, _args: Args) -> Result<(), Failure> {
             "codex-store: note: the API key replaced the ChatGPT login of account {} in {} \
              (`codex login` signs it in again)",
             crate::exit::escape_controls(&account),
-            stored.path.display()
+            crate::exit::escape_controls(&stored.path.display().to_string())
         );
     }
     if let Some(seeded) = fleet? {
         write_stdout(&format!(
             "Stored it as the fleet's login {} (revision {})\n",
-            seeded.key, seeded.revision
+            crate::exit::escape_controls(&seeded.key),
+            seeded.revision
         ))?;
     }
     Ok(())
@@ -68,7 +69,7 @@ fn report_stored(stored: &Stored) -> Result<(), Failure> {
     warn_not_durable(&stored.durability);
     write_stdout(&format!(
         "Stored an API key in {} (generation {})\n",
-        stored.path.display(),
+        crate::exit::escape_controls(&stored.path.display().to_string()),
         stored.generation
     ))
 }

@@ -48,7 +48,10 @@ fn report_fleet(fleet: &FleetRemoval) -> Result<(), Failure> {
         Removal::Removed => "Removed",
         Removal::NothingThere => "No login to remove in",
     };
-    write_stdout(&format!("{what} the fleet's login {}\n", fleet.key))
+    write_stdout(&format!(
+        "{what} the fleet's login {}\n",
+        crate::exit::escape_controls(&fleet.key)
+    ))
 }
 
 fn report_local(local: &LocalRemoval) -> Result<(), Failure> {
@@ -57,5 +60,8 @@ fn report_local(local: &LocalRemoval) -> Result<(), Failure> {
         Removal::Removed => "Removed the credentials in",
         Removal::NothingThere => "No credentials to remove in",
     };
-    write_stdout(&format!("{what} {}\n", local.path.display()))
+    write_stdout(&format!(
+        "{what} {}\n",
+        crate::exit::escape_controls(&local.path.display().to_string())
+    ))
 }

@@ -153,12 +153,6 @@ fn main() -> ExitCode {
     // refused before anything is done (before `logout --fleet` signs the fleet out, before a
     // store would create the mistyped path).
     // (The completions and the man page come from the definition alone: no home needed.)
-    let needs_home = !matches!(cli.command, Command::Completions(_) | Command::Man);
-    if needs_home {
-        if let Err(failure) = ctx.home() {
-            return failure.report();
-        }
-    }
     // With --json, a failure is a JSON document on stdout too.
     let json = match &cli.command {
         Command::Inspect(args) => args.json,
@@ -166,6 +160,12 @@ fn main() -> ExitCode {
         Command::Status(args) => args.json,
         _ => false,
     };
+    let needs_home = !matches!(cli.command, Command::Completions(_) | Command::Man);
+    if needs_home {
+        if let Err(failure) = ctx.home() {
+            return finish(Err(failure), json);
+        }
+    }
     let result = match cli.command {
         Command::Agent(args) => agent::run(&ctx, args),
         Command::Fleet(args) => fleet::run(&ctx, args),

@@ -136,10 +136,9 @@ impl FleetArgs {
             config.lock_ttl = ttl;
         }
         let fleet = Fleet::new(config).map_err(|e| Failure::usage(e.to_string()))?;
-        if fleet.config().username.is_some() {
-            if let Some(warning) = plaintext_warning(&fleet.config().endpoints) {
-                let _ = writeln!(std::io::stderr(), "{warning}");
-            }
+        let password = fleet.config().username.is_some();
+        if let Some(warning) = plaintext_warning(&fleet.config().endpoints, password) {
+            let _ = writeln!(std::io::stderr(), "{warning}");
         }
         Ok(Some(fleet))
     }
@@ -159,11 +158,11 @@ impl FleetArgs {
 /// they are the user's text).
 ///
 /// # Security
-/// Over `http://` etcd's authentication request carries the password as it is, and every answer
-/// and write carries the login's tokens: anyone on the path reads them. Loopback (127.0.0.0/8,
+/// Over `http://` every answer and write carries the login's tokens, and etcd's authentication
+/// request the password (with `password`) as it is: anyone on the path reads them. Loopback (127.0.0.0/8,
 /// `::1`, `localhost`) never leaves the machine; any other host, or an endpoint this cannot read
 /// as `http://HOST[:PORT]`, is warned about.
-pub fn plaintext_warning(endpoints: &[String]) -> Option<String> {
+pub fn plaintext_warning(endpoints: &[String], password: bool) -> Option<String> {
     let exposed: Vec<String> = endpoints
         .iter()
         .filter(|e| {
@@ -172,11 +171,15 @@ pub fn plaintext_warning(endpoints: &[String]) -> Option<String> {
         })
         .map(|e| e.escape_debug().to_string())
         .collect();
+    let what = if password {
+        "the etcd password (--fleet-user) and every token of the login travel"
+    } else {
+        "every token of the login travels"
+    };
     (!exposed.is_empty()).then(|| {
         format!(
-            "codex-store: warning: the etcd password (--fleet-user) and every token of the login \
-             travel unencrypted over plain http:// to {}: anyone on the path can read them; use \
-             https:// endpoints with --fleet-ca",
+            "codex-store: warning: {what} unencrypted over plain http:// to {}: anyone on the \
+             path can read them; use https:// endpoints with --fleet-ca",
             exposed.join(", ")
         )
     })
@@ -215,7 +218,7 @@ mod tests {
     use super::plaintext_warning;
 
     fn warns(endpoint: &str) -> bool {
-        plaintext_warning(&[endpoint.to_owned()]).is_some()
+        plaintext_warning(&[endpoint.to_owned()], true).is_some()
     }
 
     #[test]
@@ -255,7 +258,7 @@ mod tests {
             "http://10.0.0.5:2379".to_owned(),
             "http://evil\u{1b}[2J:2379".to_owned(),
         ];
-        let warning = plaintext_warning(&endpoints).expect("a warning");
+        let warning = plaintext_warning(&endpoints, true).expect("a warning");
         assert_eq!(warning.lines().count(), 1, "not one line: {warning:?}");
         assert!(
             warning.contains("http://10.0.0.5:2379") && warning.contains("http://evil\\u{1b}[2J"),

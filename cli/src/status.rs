@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use codex_refresh::{CodexAuth, Mode, CODEX_REFRESH_WINDOW};
+use codex_refresh::{CodexAuth, ErrorClass, Mode, CODEX_REFRESH_WINDOW};
 use codex_store::codex_config::{self, CredentialsStore};
 use codex_store::{AgentPresence, Problem, Store, StoreError, Timestamp, TokenFate};
 use serde::Serialize;
@@ -42,8 +42,13 @@ pub(crate) enum Check {
     LoginInKeyring,
     /// The token endpoint refused the current refresh token for good (exit 3).
     RefreshRefused,
+    /// The credentials cannot be used as they are (an id token that is not a JWT, a workspace
+    /// not allowed): sign in again (exit 3).
+    Unusable,
     /// Credentials of a mode codex-store does not serve (exit 7).
     UnsupportedMode,
+    /// auth.json could not be read at all (permissions, not a regular file, too large) (exit 1).
+    Unreadable,
     /// The access token has expired (exit 10).
     Expired,
     /// The access token expires soon and no agent keeps it fresh (exit 10).
@@ -64,8 +69,12 @@ impl Check {
     fn exit_code(self) -> u8 {
         match self {
             Check::Corrupt => 6,
-            Check::NotSignedIn | Check::LoginInKeyring | Check::RefreshRefused => 3,
+            Check::NotSignedIn
+            | Check::LoginInKeyring
+            | Check::RefreshRefused
+            | Check::Unusable => 3,
             Check::UnsupportedMode => 7,
+            Check::Unreadable => 1,
             _ => ATTENTION,
         }
     }
@@ -249,7 +258,7 @@ fn check_login(store: &Store, report: &mut StatusReport) {
             ),
             )
         }
-        Err(e) => return report.problem(Check::Files, e.to_string()),
+        Err(e) => return report.problem(Check::Unreadable, e.to_string()),
     };
     let Some(doc) = snapshot.auth() else {
         return not_signed_in(report);
@@ -257,7 +266,13 @@ fn check_login(store: &Store, report: &mut StatusReport) {
     let auth = match CodexAuth::from_document(doc, snapshot.generation()) {
         Ok(Some(auth)) => auth,
         Ok(None) => return not_signed_in(report),
-        Err(e) => return report.problem(Check::UnsupportedMode, e.to_string()),
+        Err(e) => {
+            let check = match e.class() {
+                ErrorClass::UnsupportedMode => Check::UnsupportedMode,
+                _ => Check::Unusable,
+            };
+            return report.problem(check, e.to_string());
+        }
     };
     report.auth_mode = Some(doc.resolved_mode().as_str().to_owned());
     report.account_id = auth.account_id().map(str::to_owned);

@@ -17,7 +17,8 @@ use rustix::io::Errno;
 /// FIFO would hang the open), closed on exec.
 pub(crate) const NO_FOLLOW: OFlags = OFlags::NOFOLLOW
     .union(OFlags::CLOEXEC)
-    .union(OFlags::NONBLOCK);
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY);
 
 /// `flags` as [`OpenOptionsExt::custom_flags`] takes them.
 pub(crate) fn custom(flags: OFlags) -> i32 {
@@ -137,7 +138,8 @@ pub fn read_bounded(path: &Path, limit: u64) -> io::Result<SideBytes> {
 pub fn read_named(path: &Path, limit: u64) -> io::Result<SideBytes> {
     let opened = OpenOptions::new()
         .read(true)
-        .custom_flags(custom(OFlags::CLOEXEC | OFlags::NONBLOCK))
+        // Never a terminal made this process's controlling terminal, whatever the link names.
+        .custom_flags(custom(OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY))
         .open(path);
     let file = match opened {
         Ok(file) => file,

@@ -336,14 +336,19 @@ fn a_password_bound_for_plain_http_to_a_host_that_is_not_loopback_is_warned_abou
 }
 
 #[test]
-fn no_warning_is_printed_for_loopback_for_https_or_without_a_password() {
+fn no_warning_is_printed_for_loopback_or_https() {
     for (endpoints, user, what) in [
         ("http://127.0.0.1:9", true, "a loopback address"),
         ("http://127.3.2.1:9", true, "an address in 127.0.0.0/8"),
         ("http://localhost:9", true, "localhost"),
         ("http://[::1]:9", true, "::1"),
         (&*format!("https://{REMOTE}"), true, "https"),
-        (&*format!("http://{REMOTE}"), false, "no --fleet-user"),
+        (
+            &*format!("https://{REMOTE}"),
+            false,
+            "https without --fleet-user",
+        ),
+        ("http://127.0.0.1:9", false, "loopback without --fleet-user"),
     ] {
         let stderr = seed_stderr(endpoints, user);
         assert!(
@@ -351,4 +356,20 @@ fn no_warning_is_printed_for_loopback_for_https_or_without_a_password() {
             "{what} ({endpoints}) must not be warned about: {stderr}"
         );
     }
+}
+
+#[test]
+fn tokens_bound_for_plain_http_to_a_host_that_is_not_loopback_are_warned_about_without_a_password()
+{
+    let remote = format!("http://{REMOTE}");
+    let stderr = seed_stderr(&remote, false);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert!(
+        warnings.len() == 1
+            && warnings[0].contains(&remote)
+            && warnings[0].contains("token")
+            && !warnings[0].contains("password"),
+        "one warning naming the endpoint and the tokens (no password was given) was expected: \
+         {stderr}"
+    );
 }

@@ -262,3 +262,32 @@ fn refresh_json_prints_its_failure_as_json_on_stdout() {
         out.describe()
     );
 }
+
+#[test]
+fn an_auth_json_that_cannot_be_read_exits_1_and_a_missing_home_is_json_too() {
+    let home = temp_home();
+    codex_store_tests::fixtures::make_fifo(&home.path().join("auth.json"));
+    expect_status(
+        home.path(),
+        &[],
+        exit::OTHER,
+        "unreadable",
+        "an auth.json that is a FIFO",
+    );
+    let missing = home.path().join("no-such-home");
+    let out = crate::kit::run_without_home(
+        &["--home", &missing.to_string_lossy(), "status", "--json"],
+        None,
+        &[],
+    );
+    let report = out.json();
+    assert!(
+        report["format_version"] == 1
+            && report["ok"] == false
+            && report["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no-such-home")),
+        "status --json with a home that does not exist must still print JSON: {}",
+        out.describe()
+    );
+}

@@ -426,6 +426,10 @@ impl Agent {
             }
         };
         pending.drain(..).for_each(|e| on_event(&e));
+        if let Source::Fleet(sync) = &self.source {
+            // A lock dropped by the last step is freed before the agent returns.
+            sync.fleet.settle().await;
+        }
         on_event(&AgentEvent::now(stopped(&ended)));
         // A claim that is no longer current removes nothing (the files are another's now).
         drop(claim);
@@ -708,7 +712,7 @@ fn stopped(ended: &Result<StopReason, AgentError>) -> AgentEventKind {
 /// auth.json, where the agent can keep it fresh.
 fn signed_out_hint(store: &Store) -> String {
     use codex_store::codex_config::{credentials_store, CREDENTIALS_STORE_KEY};
-    match credentials_store(store.dir()) {
+    match credentials_store(store.home()) {
         Ok(elsewhere) if elsewhere.may_bypass_auth_json() => format!(
             "no credentials in auth.json: Codex's config.toml says `{CREDENTIALS_STORE_KEY} = \
              \"{elsewhere}\"`, so Codex keeps the login in the OS keyring, where the agent cannot \

@@ -63,11 +63,33 @@ impl Drop for FleetLock {
             return;
         };
         let (fleet, lease) = (Arc::clone(&self.fleet), self.lease);
-        runtime.spawn(async move {
+        let revoke = runtime.spawn(async move {
             if let Err(e) = fleet.etcd.revoke(lease).await {
                 tracing::warn!(error = %e, "could not revoke the fleet lock's lease; it expires by itself");
             }
         });
+        self.fleet.releases.add(revoke);
+    }
+}
+
+/// The revokes of dropped [`FleetLock`]s still under way.
+#[derive(Debug, Default)]
+pub(crate) struct Releases(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Releases {
+    fn add(&self, revoke: tokio::task::JoinHandle<()>) {
+        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|r| !r.is_finished());
+        pending.push(revoke);
+    }
+
+    /// Waits for every revoke under way (each is bounded by the etcd request timeout).
+    pub(crate) async fn settle(&self) {
+        let pending: Vec<_> =
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for revoke in pending {
+            let _ = revoke.await;
+        }
     }
 }
 
@@ -87,6 +109,8 @@ impl Fleet {
     /// # Errors
     /// The etcd errors.
     pub(crate) async fn try_lock(self: &Arc<Self>) -> Result<LockAttempt, FleetError> {
+        // A lock this process dropped a moment ago is freed first: never found held by itself.
+        self.releases.settle().await;
         let ttl = self.config.lock_ttl;
         // Counted from before the grant: the lease may have started any time after this.
         let granted = BootInstant::now();

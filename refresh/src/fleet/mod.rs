@@ -213,6 +213,9 @@ fn revision_of(revision: i64) -> String {
 pub struct Fleet {
     pub(crate) etcd: Etcd,
     pub(crate) config: FleetConfig,
+    /// The revokes of dropped lock guards still under way ([`lock::FleetLock`]): awaited before
+    /// the next lock attempt, and by [`Fleet::settle`].
+    pub(crate) releases: lock::Releases,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -241,6 +244,7 @@ impl Fleet {
         Ok(Fleet {
             etcd: Etcd::new(&config)?,
             config,
+            releases: lock::Releases::default(),
         })
     }
 
@@ -256,5 +260,11 @@ impl Fleet {
     /// The key of the login document.
     pub fn record_key(&self) -> String {
         self.key("auth.json")
+    }
+
+    /// Waits until the fleet lock this process dropped is freed in etcd (its lease revoked),
+    /// so that a process about to exit does not leave it to expire with its lease.
+    pub async fn settle(&self) {
+        self.releases.settle().await;
     }
 }
