@@ -245,12 +245,26 @@ fn a_home_given_with_home_that_does_not_exist_is_refused_by_every_command_as_cod
     for (args, stdin) in commands {
         let why = format!("`codex-store --home {missing_text} {}`", args.join(" "));
         let out = run(&missing, args, stdin, &[]);
-        out.expect_code(exit::OTHER, &why)
-            .expect_empty_stdout(&format!("{why}: nothing belongs on stdout"))
-            .expect_stderr_contains(
-                &["--home", &missing_text, "not an existing directory"],
-                &format!("{why}: the message must name --home, the path, and what is wrong"),
+        out.expect_code(exit::OTHER, &why);
+        if args.contains(&"--json") {
+            // With --json the failure is a JSON document on stdout too (issue 19).
+            let report = out.json();
+            assert!(
+                report["ok"] == false
+                    && report["error"]["exit_code"] == exit::OTHER
+                    && report["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(&missing_text)),
+                "{why}: the failure must be JSON on stdout, naming the path: {}",
+                out.describe()
             );
+        } else {
+            out.expect_empty_stdout(&format!("{why}: nothing belongs on stdout"));
+        }
+        out.expect_stderr_contains(
+            &["--home", &missing_text, "not an existing directory"],
+            &format!("{why}: the message must name --home, the path, and what is wrong"),
+        );
         assert!(
             !typo.exists(),
             "{why} created {} (or a part of it)",
