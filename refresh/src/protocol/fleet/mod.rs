@@ -204,6 +204,17 @@ impl Coordinator for FleetCoordinator {
         Box::pin(async move {
             {
                 let mut held = self.held.lock().await;
+                // The token this machine would send must be the record's, which the fleet
+                // reserves: a local process may have rotated it since the reconcile (the next
+                // step uploads that rotation instead).
+                let record = held
+                    .current
+                    .as_ref()
+                    .and_then(|(current, _)| current.refresh_fingerprint());
+                if record.as_deref() != Some(token.fingerprint().as_str()) {
+                    drop(rotation);
+                    return Ok(Reserve::Stopped(FleetStop::RecordMoved));
+                }
                 if held.fence.is_none() {
                     if let Some(stop) = self.reserve_fleet(&mut held).await {
                         drop(rotation);
