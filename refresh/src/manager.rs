@@ -147,6 +147,16 @@ impl AuthManager {
             }
             _ => Urgency::IfDue,
         };
+        // Another refresh under way (a task of this process, or another process holding the
+        // refresh lock) while ours are still valid: keep them at once, without a task, a thread
+        // hop or the protocol's re-read. What that refresh stores is adopted on a later call.
+        if urgency == Urgency::IfDueUnlessBusy && self.refresh_under_way() {
+            return Ok(self
+                .inner
+                .cached()
+                .filter(|a| a.is_usable(SystemTime::now()))
+                .unwrap_or(cached));
+        }
         match self.run(urgency).await {
             Ok(_) => self
                 .inner
@@ -160,6 +170,14 @@ impl AuthManager {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a refresh is under way: a task of this process holds its gate, or some process
+    /// holds the store's refresh lock (probed without waiting: one open, one non-blocking
+    /// `flock`). A probe that fails says nothing: the protocol decides then.
+    fn refresh_under_way(&self) -> bool {
+        self.inner.gate.try_lock().is_err()
+            || matches!(self.inner.store.refresh_lock_held(), Ok(true))
     }
 
     /// Refreshes now (for example after the API answered 401), through the guarded protocol

@@ -688,3 +688,29 @@ async fn another_account_signed_in_during_the_request_keeps_its_credentials_even
         "the refresh did not report the account change: {result:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_but_valid_token_is_kept_at_once_while_another_process_holds_the_refresh_lock() {
+    let setup = Setup::new(IDENTITY, 120);
+    let manager = manager(&setup.store, config(setup.fake.url()));
+    // Another process's refresh: the refresh lock taken through a handle of its own.
+    let other = Store::open(setup.home.path()).expect("cannot open a second handle");
+    let held = other
+        .try_begin_rotation()
+        .expect("cannot take the refresh lock")
+        .expect("the refresh lock was not free");
+    let auth = manager
+        .auth()
+        .await
+        .expect("auth() failed while another process refreshes");
+    assert_eq!(
+        auth.bearer().expose(),
+        setup.access,
+        "the still-valid token was not kept while another process refreshes"
+    );
+    setup.fake.expect_requests(
+        0,
+        "a caller with a valid token sent a request while another process refreshes",
+    );
+    drop(held);
+}
