@@ -79,12 +79,8 @@ fn print_event(event: &AgentEvent, json: bool) {
 
 /// The event as one JSON object, its format version first (as in every JSON the command prints).
 fn json_line(event: &AgentEvent) -> String {
-    let mut document = serde_json::Map::new();
-    document.insert("format_version".into(), crate::exit::FORMAT_VERSION.into());
-    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(event) {
-        document.extend(fields);
-    }
-    serde_json::Value::Object(document).to_string()
+    let value = serde_json::to_value(event).unwrap_or_default();
+    crate::exit::versioned(value).to_string()
 }
 
 fn agent_failure(e: AgentError) -> Failure {

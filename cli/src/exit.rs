@@ -141,6 +141,20 @@ impl Failure {
     }
 }
 
+/// `value` as a JSON document of the command: [`FORMAT_VERSION`] first, then the value's own
+/// fields in their order (a value that is no object goes under `report`).
+pub fn versioned(value: serde_json::Value) -> serde_json::Value {
+    let mut document = serde_json::Map::new();
+    document.insert("format_version".into(), FORMAT_VERSION.into());
+    match value {
+        serde_json::Value::Object(fields) => document.extend(fields),
+        other => {
+            document.insert("report".into(), other);
+        }
+    }
+    serde_json::Value::Object(document)
+}
+
 /// The version of every JSON document the command prints (`format_version`): it changes only
 /// when a field changes meaning or goes away; new fields may come without it.
 pub const FORMAT_VERSION: u32 = 1;
@@ -279,16 +293,7 @@ pub fn print_report<T: serde::Serialize + std::fmt::Display>(
                 "this is a defect of codex-store: please report it",
             )
         })?;
-        // The version first, then the report's own fields in their order.
-        let mut document = serde_json::Map::new();
-        document.insert("format_version".into(), FORMAT_VERSION.into());
-        match encoded {
-            serde_json::Value::Object(fields) => document.extend(fields),
-            other => {
-                document.insert("report".into(), other);
-            }
-        }
-        let json = serde_json::to_string_pretty(&document).map_err(|e| {
+        let json = serde_json::to_string_pretty(&versioned(encoded)).map_err(|e| {
             Failure::other(
                 format!("cannot encode the report: {e}"),
                 "this is a defect of codex-store: please report it",

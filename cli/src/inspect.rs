@@ -12,6 +12,7 @@ use codex_store::{
 };
 use serde::Serialize;
 
+use crate::exit::escape_controls as escape;
 use crate::exit::Failure;
 use crate::home::Context;
 
@@ -384,11 +385,6 @@ fn short(value: &Option<String>) -> String {
         || "-".to_owned(),
         |v| escape(&v.chars().take(12).collect::<String>()),
     )
-}
-
-/// Escapes what could forge a line or drive a terminal ([`crate::exit::escape_controls`]).
-fn escape(text: &str) -> String {
-    crate::exit::escape_controls(text)
 }
 
 impl fmt::Display for HistoryLine<'_> {

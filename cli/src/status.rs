@@ -11,6 +11,7 @@ use codex_store::codex_config::{self, CredentialsStore};
 use codex_store::{AgentPresence, Problem, Store, StoreError, Timestamp, TokenFate};
 use serde::Serialize;
 
+use crate::exit::escape_controls as escape;
 use crate::exit::{Failure, ATTENTION};
 use crate::home::Context;
 
@@ -118,11 +119,6 @@ impl StatusReport {
             message: message.into(),
         });
     }
-}
-
-/// Escapes what could forge a line or drive a terminal ([`crate::exit::escape_controls`]).
-fn escape(text: &str) -> String {
-    crate::exit::escape_controls(text)
 }
 
 impl fmt::Display for StatusReport {
