@@ -78,6 +78,13 @@ impl TcpProxy {
                     let Ok(server) = TcpStream::connect(&upstream) else {
                         continue;
                     };
+                    // As transparent as a wire: no Nagle delay that the peers' own connections
+                    // do not have (reqwest and etcd's Go server both set TCP_NODELAY). Without
+                    // it, a watch event waits up to 40 ms for the delayed ACK of the bytes
+                    // before it.
+                    for s in [&client, &server] {
+                        let _ = s.set_nodelay(true);
+                    }
                     let mut list = open.lock().unwrap_or_else(|p| p.into_inner());
                     for s in [&client, &server] {
                         if let Ok(clone) = s.try_clone() {

@@ -336,7 +336,7 @@ impl Fleet {
     }
 
     /// What a key of the record held: absent, a document, or bytes that are none.
-    fn found(&self, kv: Option<Kv>) -> Found {
+    pub(super) fn found(&self, kv: Option<Kv>) -> Found {
         match kv.map(|kv| self.parse(kv)) {
             None => Found::Absent,
             Some(Ok(record)) => Found::Record(Box::new(record)),
@@ -369,7 +369,7 @@ impl Fleet {
         })
     }
 
-    fn parse(&self, kv: Kv) -> Result<FleetRecord, FleetError> {
+    pub(super) fn parse(&self, kv: Kv) -> Result<FleetRecord, FleetError> {
         let bytes = kv.value;
         let document = AuthDotJson::from_json(&bytes).map_err(|e| FleetError::InvalidRecord {
             key: self.record_key(),
