@@ -6,6 +6,7 @@
 //! the revision it read. `busy` reports what holds it back (a lock, a reservation).
 
 mod busy;
+pub(crate) mod feed;
 mod refresh;
 
 use std::sync::Arc;
@@ -30,8 +31,18 @@ pub(crate) struct FleetSync {
     /// local change from a remote one, across restarts.
     synced: Option<Synced>,
     loaded: bool,
-    /// etcd's revision at the last read of the record: the watch starts after it.
-    pub(crate) seen: i64,
+    /// The fleet's keys as the watch tells them (started at the first step).
+    feed: Option<feed::Feed>,
+    /// The record's revision the last step looked at (`-1`: unknown): a change of the record in
+    /// the feed wakes the agent.
+    used: i64,
+    /// etcd's revision of what the last step looked at.
+    looked_at: i64,
+    /// The feed's view is used only once it is at least at this revision: it has heard of what
+    /// this agent wrote, or of what a read under the lock found.
+    fresh_from: i64,
+    /// How many failures of the feed's watch were reported.
+    pub(crate) reported_failures: u64,
     /// The lock another holder holds, while this agent finds it held.
     lock_busy: Option<LockBusy>,
     /// The reservation of another holder this agent waits for.
@@ -49,7 +60,11 @@ impl FleetSync {
             fleet: Arc::new(fleet),
             synced: None,
             loaded: false,
-            seen: 0,
+            feed: None,
+            used: -1,
+            looked_at: 0,
+            fresh_from: 0,
+            reported_failures: 0,
             lock_busy: None,
             reservation_wait: None,
             refused_at: None,
@@ -104,12 +119,10 @@ impl FleetSync {
             record,
             rotation,
             revision,
-        } = match fleet.read_with_rotation().await {
+        } = match self.look(&fleet).await {
             Ok(read) => read,
             Err(e) => return self.fleet_failed(core, &e, on_event),
         };
-        // The watch starts after this read, whatever it found: never replaying old events.
-        self.seen = revision;
         let record = match record {
             Found::Record(record) => record,
             Found::Absent => return self.fleet_signed_out(core, &store, revision, on_event),
@@ -140,11 +153,81 @@ impl FleetSync {
         // Local and fleet agree: the usual schedule, on the fleet's tokens.
         let plan = core.step_local_schedule(on_event);
         let Some(due) = plan else {
+            if let Some(later) = self.deferred(core, &record, rotation.as_ref()) {
+                return Plan::At(later, AgentState::Waiting);
+            }
             return self
                 .refresh_for_fleet(core, claim, &fleet, *record, on_event)
                 .await;
         };
         due
+    }
+
+    /// The record and its last rotation: the feed's view when it is fresh enough (no etcd
+    /// request), else a read. Remembers what was looked at.
+    async fn look(&mut self, fleet: &Arc<Fleet>) -> Result<RecordRead, FleetError> {
+        let feed = self
+            .feed
+            .get_or_insert_with(|| feed::Feed::start(Arc::clone(fleet)));
+        let read = match feed.view().filter(|view| view.revision >= self.fresh_from) {
+            Some(view) => {
+                self.used = view.record_at;
+                view.read(fleet)
+            }
+            None => {
+                let read = fleet.read_with_rotation().await?;
+                self.used = match &read.record {
+                    Found::Record(record) => record.revision,
+                    Found::Absent | Found::Invalid(_) => -1,
+                };
+                read
+            }
+        };
+        self.looked_at = read.revision;
+        Ok(read)
+    }
+
+    /// What the last look found is older than etcd's record (a write fenced by its revision
+    /// was refused): the next look reads, unless the feed heard of something newer meanwhile.
+    pub(super) fn distrust_last_look(&mut self) {
+        self.fresh_from = self.fresh_from.max(self.looked_at + 1);
+    }
+
+    /// This agent wrote the record at `revision`: the feed's view is used again once it heard
+    /// of it.
+    pub(super) fn wrote(&mut self, revision: i64) {
+        self.fresh_from = self.fresh_from.max(revision);
+    }
+
+    /// What the agent's wait listens to: the feed, the record's revision looked at, and the
+    /// failures already reported. `None` before the first step.
+    pub(super) fn news(&self) -> Option<(tokio::sync::watch::Receiver<feed::FeedState>, i64, u64)> {
+        let feed = self.feed.as_ref()?;
+        Some((feed.subscribe(), self.used, self.reported_failures))
+    }
+
+    /// When a machine that did not make the record's last change tries the fleet lock: the
+    /// machine that did (the last rotation names it, and describes this very record) refreshes
+    /// at the due time; the others let it go first, and look again a grace after it (a quarter
+    /// of the lead beyond Codex's own window, at most 30 s), by when its rotation has usually
+    /// reached them and nothing is due any more. `None`: try now.
+    ///
+    /// Only when to try: whether a token may be sent is still decided by the fleet lock and the
+    /// reservation in etcd, never by this. If that machine is gone, the others refresh a grace
+    /// later, still before Codex's window.
+    fn deferred(
+        &self,
+        core: &Core,
+        record: &FleetRecord,
+        rotation: Option<&RotationMeta>,
+    ) -> Option<SystemTime> {
+        let last = rotation.filter(|meta| meta.refresh == record.refresh_fingerprint())?;
+        if last.machine == self.fleet.config().machine {
+            return None;
+        }
+        let due = core.manager.cached()?.due_at(core.manager.config())?;
+        let until = due + deferral(core.config.lead);
+        (SystemTime::now() < until).then_some(until)
     }
 
     /// The fleet holds no login (etcd's revision `revision`). If this machine had the fleet's
@@ -313,6 +396,7 @@ impl FleetSync {
                     let meta = RotationMeta::now(fleet, why.kind(), &doc, parent);
                     return Some(match fleet.put_if(record.revision, &doc, &meta).await {
                         Ok(Put::Written { revision }) => {
+                            self.wrote(revision);
                             if let Upload::Repairs(finding) = &why {
                                 tracing::warn!("{}", finding.uploaded());
                             }
@@ -338,7 +422,10 @@ impl FleetSync {
                             Plan::Again
                         }
                         // The record moved meanwhile: look again.
-                        Ok(Put::Moved { .. }) => Plan::Again,
+                        Ok(Put::Moved { .. }) => {
+                            self.distrust_last_look();
+                            Plan::Again
+                        }
                         Err(e) => self.fleet_failed(core, &e, on_event),
                     });
                 }
@@ -442,4 +529,11 @@ fn store_mirror(
         .store()
         .compare_and_swap(Expect::Generation(expected), Some(doc))
         .or_else(|e| e.accept_not_durable())
+}
+
+/// How long after the due time a machine that did not make the record's last change waits
+/// before it tries the fleet lock ([`FleetSync::deferred`]): a quarter of the lead beyond
+/// Codex's own refresh window, at most 30 s.
+fn deferral(lead: std::time::Duration) -> std::time::Duration {
+    (lead.saturating_sub(super::CODEX_REFRESH_WINDOW) / 4).min(std::time::Duration::from_secs(30))
 }

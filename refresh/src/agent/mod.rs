@@ -167,6 +167,20 @@ enum Source {
 }
 
 impl Source {
+    /// What the wait listens to in the fleet ([`fleet::FleetSync::news`]).
+    fn news(
+        &self,
+    ) -> Option<(
+        tokio::sync::watch::Receiver<fleet::feed::FeedState>,
+        i64,
+        u64,
+    )> {
+        match self {
+            Source::Fleet(sync) => sync.news(),
+            Source::Local => None,
+        }
+    }
+
     /// The fleet, as the start line names it (`PREFIX at ENDPOINTS`); `None` without one.
     fn fleet_name(&self) -> Option<String> {
         match self {
@@ -308,7 +322,6 @@ impl Agent {
         // Events are reported after the status is published, so that whoever reacts to an event
         // finds the status (`inspect`) already telling the same.
         let mut pending: Vec<AgentEvent> = Vec::new();
-        let fleet_watch = Arc::new(std::sync::Mutex::new(WatchRetry::new()));
         let ended: Result<StopReason, AgentError> = 'run: loop {
             // Armed before every look, so that every change after the look began is signalled.
             // A directory that cannot be watched any more was removed or replaced meanwhile.
@@ -359,18 +372,15 @@ impl Agent {
             };
             self.core.publish(&claim, state, wake);
             pending.drain(..).for_each(|e| on_event(&e));
-            let remote = match &self.source {
-                Source::Fleet(sync) => Some((Arc::clone(&sync.fleet), sync.seen)),
-                Source::Local => None,
-            };
+            let remote = self.source.news();
             // The due time, or (with nothing due) the periodic check of the home.
             let mut deadline = wake.map_or_else(|| std::time::Instant::now() + MAX_SLEEP, wake_at);
             // While the watch is disarmed after a change: when to arm it and look again.
             let mut rearm_at: Option<tokio::time::Instant> = None;
-            // A failed watch of the fleet record is reported and retried after its backoff,
-            // in every state, without a new step: a machine never goes deaf to the fleet. One
-            // watch serves the whole wait (the other wakes of this loop do not open another).
-            let mut fleet_wait = Box::pin(fleet_changed(remote.clone(), Arc::clone(&fleet_watch)));
+            // The fleet's feed watches the record for the agent's whole run, and retries a
+            // failed watch after its backoff, in every state: a machine never goes deaf to the
+            // fleet. A failure is reported here once; a change of the record ends the wait.
+            let mut fleet_wait = Box::pin(fleet_changed(remote));
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline.into()) => {
@@ -413,12 +423,15 @@ impl Agent {
                             break;
                         }
                     }
-                    failure = &mut fleet_wait => match failure {
-                        None => break,
-                        Some(event) => {
+                    news = &mut fleet_wait => match news {
+                        FleetNews::Changed => break,
+                        FleetNews::Failed(event, failures) => {
                             fleet_unsure = true;
                             on_event(&event);
-                            fleet_wait = Box::pin(fleet_changed(remote.clone(), Arc::clone(&fleet_watch)));
+                            if let Source::Fleet(sync) = &mut self.source {
+                                sync.reported_failures = failures;
+                            }
+                            fleet_wait = Box::pin(fleet_changed(self.source.news()));
                         }
                     },
                     () = &mut shutdown => break 'run Ok(StopReason::Asked),
@@ -738,88 +751,53 @@ impl From<ErrorClass> for FailureClass {
     }
 }
 
-/// The first delay before a failed watch of the fleet record is tried again; it doubles with
-/// each failure in a row, up to [`WATCH_RETRY_MAX`].
-const WATCH_RETRY_INITIAL: Duration = Duration::from_secs(1);
-
-/// The longest delay between two attempts to watch the fleet record.
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(60);
-
-/// The backoff of the fleet record's watch, kept across the agent's steps: a watch that fails
-/// at once (etcd refusing it, a connection refused) is tried again only when its delay passed,
-/// whatever woke the agent meanwhile.
-struct WatchRetry {
-    backoff: Backoff,
-    /// No new watch before this.
-    not_before: Option<tokio::time::Instant>,
-    /// What the last watch reported, for the read it started from: `(seen, revision)`. Until
-    /// the agent reads again (a step whose read failed retries on its own backoff), the next
-    /// watch starts after `revision`, so that one change never wakes the agent twice.
-    heard: Option<(i64, i64)>,
+/// What the fleet's feed said while the agent waited.
+enum FleetNews {
+    /// The record changed since the agent's last look.
+    Changed,
+    /// The watch failed: its `failed (fleet_watch)` event, and the feed's count of failures.
+    Failed(AgentEvent, u64),
 }
 
-impl WatchRetry {
-    fn new() -> Self {
-        WatchRetry {
-            backoff: Backoff::new(WATCH_RETRY_INITIAL, WATCH_RETRY_MAX),
-            not_before: None,
-            heard: None,
-        }
-    }
-}
-
-/// Resolves with `None` when the fleet record changes after `seen`, when etcd compacted the
-/// history since (read again), or when the watch ran for [`schedule::MAX_SLEEP`]; with a
-/// `failed (fleet_watch)` event when the watch failed (etcd unreachable, the stream broken, a
-/// member without a leader, the watch refused): the next call watches again from `seen`, after
-/// the backoff, so that a change made meanwhile is still seen. Never resolves without a fleet.
+/// Resolves when the feed's record changed from the revision the agent last looked at
+/// (`used`), or with a failure of the feed's watch not reported yet (`reported`: how many
+/// were); never without a fleet.
 async fn fleet_changed(
-    remote: Option<(Arc<crate::fleet::Fleet>, i64)>,
-    retry: Arc<std::sync::Mutex<WatchRetry>>,
-) -> Option<AgentEvent> {
-    let Some((fleet, seen)) = remote else {
+    remote: Option<(
+        tokio::sync::watch::Receiver<fleet::feed::FeedState>,
+        i64,
+        u64,
+    )>,
+) -> FleetNews {
+    let Some((mut feed, used, reported)) = remote else {
         return std::future::pending().await;
     };
-    let lock = || retry.lock().unwrap_or_else(|p| p.into_inner());
-    let (not_before, after) = {
-        let retry = lock();
-        let after = match retry.heard {
-            Some((from, revision)) if from == seen => revision.max(seen),
-            _ => seen,
-        };
-        (retry.not_before, after)
-    };
-    if let Some(at) = not_before {
-        tokio::time::sleep_until(at).await;
-    }
-    let started = tokio::time::Instant::now();
-    let watched = fleet
-        .etcd
-        .wait_change(&fleet.record_key(), after, schedule::MAX_SLEEP)
-        .await;
-    let mut retry = lock();
-    match watched {
-        Ok(watched) => {
-            retry.backoff.reset();
-            retry.not_before = None;
-            if let Some(revision) = watched.heard() {
-                retry.heard = Some((seen, revision));
+    loop {
+        {
+            let state = feed.borrow_and_update();
+            if let Some((message, at)) =
+                state.failure.as_ref().filter(|_| state.failures > reported)
+            {
+                return FleetNews::Failed(
+                    AgentEvent::now(AgentEventKind::Failed {
+                        class: FailureClass::FleetWatch,
+                        message: message.clone(),
+                        next_attempt: Some(rfc3339(*at)),
+                    }),
+                    state.failures,
+                );
             }
-            None
+            if state
+                .view
+                .as_ref()
+                .is_some_and(|view| view.record_at != used)
+            {
+                return FleetNews::Changed;
+            }
         }
-        Err(e) => {
-            // A watch that stayed open for the longest delay was working: its end starts a new
-            // series of attempts.
-            if started.elapsed() >= WATCH_RETRY_MAX {
-                retry.backoff.reset();
-            }
-            let delay = retry.backoff.next_delay();
-            retry.not_before = Some(tokio::time::Instant::now() + delay);
-            Some(AgentEvent::now(AgentEventKind::Failed {
-                class: FailureClass::FleetWatch,
-                message: format!("cannot watch the fleet record for changes: {e}"),
-                next_attempt: Some(rfc3339(SystemTime::now() + delay)),
-            }))
+        if feed.changed().await.is_err() {
+            // The feed lives as long as the agent: nothing more to hear.
+            return std::future::pending().await;
         }
     }
 }

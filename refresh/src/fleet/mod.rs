@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use codex_store::Secret;
 
-pub(crate) use etcd::Etcd;
+pub(crate) use etcd::{Change, Etcd, Kv, Op, Watched};
 pub use lock::FleetLock;
 pub(crate) use lock::LockAttempt;
 pub use record::{

@@ -336,7 +336,7 @@ impl Fleet {
     }
 
     /// What a key of the record held: absent, a document, or bytes that are none.
-    pub(super) fn found(&self, kv: Option<Kv>) -> Found {
+    pub(crate) fn found(&self, kv: Option<Kv>) -> Found {
         match kv.map(|kv| self.parse(kv)) {
             None => Found::Absent,
             Some(Ok(record)) => Found::Record(Box::new(record)),

@@ -73,8 +73,13 @@ impl FleetSync {
         match end {
             FleetEnd::Stopped(stop) => self.stopped(core, fleet, revision, stop, on_event).await,
             FleetEnd::Refreshed { auth, upload } => self.refreshed(core, &auth, upload, on_event),
-            FleetEnd::Unreadable | FleetEnd::Rotated => Plan::Again,
+            FleetEnd::Unreadable => Plan::Again,
+            FleetEnd::Rotated => {
+                self.distrust_last_look();
+                Plan::Again
+            }
             FleetEnd::AnswerUploaded { revision, refresh } => {
+                self.wrote(revision);
                 on_event(&AgentEvent::now(AgentEventKind::Uploaded {
                     revision,
                     refresh,
@@ -112,6 +117,7 @@ impl FleetSync {
     ) -> Plan {
         let retry_upload = match upload {
             FleetUpload::Written { revision, local } => {
+                self.wrote(revision);
                 self.remember_sync(core, revision, local);
                 None
             }
@@ -168,7 +174,10 @@ impl FleetSync {
             // Another machine refreshes; its upload wakes this one. A lock held for longer
             // than any holder needs is reported.
             FleetStop::LockHeld(held) => self.fleet_lock_busy(core, fleet, &held, on_event),
-            FleetStop::RecordMoved => Plan::Again,
+            FleetStop::RecordMoved => {
+                self.distrust_last_look();
+                Plan::Again
+            }
             FleetStop::FoundReservation(found) => {
                 let request = core.manager.config().http_timeout;
                 if self

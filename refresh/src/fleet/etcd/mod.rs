@@ -26,6 +26,7 @@ use codex_store::Secret;
 
 use super::FleetError;
 use crate::http_body::BodyError;
+pub(crate) use watch::Change;
 
 /// The largest answer read from etcd (a record is an auth.json, a few KiB).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
@@ -72,7 +73,8 @@ pub(crate) struct TxnResult {
 /// How a watch ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Watched {
-    /// The key changed, at this revision.
+    /// The key changed, at this revision (the caller stopped at the change); or etcd is at this
+    /// revision, older than the watch's start (restored from a snapshot): read again.
     Changed(i64),
     /// Nothing happened within the time.
     TimedOut,
@@ -80,18 +82,6 @@ pub(crate) enum Watched {
     /// up to this revision (the oldest one a watch may start from): read again. A watch
     /// canceled for any other reason is an error, never this.
     Compacted(i64),
-}
-
-impl Watched {
-    /// The revision after which a new watch need not hear again what this one reported (`None`
-    /// when it reported nothing).
-    pub(crate) fn heard(self) -> Option<i64> {
-        match self {
-            Watched::Changed(revision) => Some(revision),
-            Watched::Compacted(oldest) => Some(oldest - 1),
-            Watched::TimedOut => None,
-        }
-    }
 }
 
 /// The etcd client.

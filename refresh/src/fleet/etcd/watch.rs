@@ -1,6 +1,7 @@
-//! The watch of one key: a stream of JSON lines on `/v3/watch`, read line by line within
-//! [`MAX_ANSWER`].
+//! The watch of one key, or of a range of keys: a stream of JSON lines on `/v3/watch`, read
+//! line by line within [`MAX_ANSWER`], each batch of events handed to the caller as it comes.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -11,8 +12,22 @@ use super::grpc::{Disposition, GrpcCode, Refusal};
 use super::wire::{
     from_object, ErrorField, WatchCreate, WatchMessageWire, WatchRequest, WatchResult,
 };
-use super::{body_error, describe, without_url, Etcd, FleetError, Watched, MAX_ANSWER};
+use super::{body_error, describe, without_url, Etcd, FleetError, Kv, Watched, MAX_ANSWER};
 use crate::http_body::{BodyError, BoundedBody, Piece};
+
+/// One change of a key, as a watch reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// The key.
+    pub(crate) key: Vec<u8>,
+    /// What it holds now; `None` when it was deleted.
+    pub(crate) kv: Option<Kv>,
+    /// The revision of the change.
+    pub(crate) revision: i64,
+}
+
+/// What a watch's caller says of each batch of changes: go on watching, or stop here.
+pub(crate) type OnChanges<'a> = &'a (dyn Fn(Vec<Change>) -> ControlFlow<()> + Send + Sync);
 
 impl Etcd {
     /// Waits until `key` changes after the store revision `revision` (or `timeout` passes).
@@ -31,7 +46,48 @@ impl Etcd {
         revision: i64,
         timeout: Duration,
     ) -> Result<Watched, FleetError> {
-        self.authenticated(|| self.watch_once(key, revision, timeout))
+        let stop: OnChanges<'_> = &|_| ControlFlow::Break(());
+        self.watch(key.as_bytes(), None, revision, timeout, stop)
+            .await
+    }
+
+    /// Watches every key under `prefix` after the store revision `revision`, handing each
+    /// batch of changes to `on_changes` as it comes (a batch holds whole revisions: etcd never
+    /// splits the changes of one transaction), until `timeout` passes ([`Watched::TimedOut`]),
+    /// etcd compacted the history past `revision` ([`Watched::Compacted`]), or etcd is at an
+    /// older revision than `revision` ([`Watched::Changed`]: restored from a snapshot). After
+    /// the last two, read again and watch from that read.
+    ///
+    /// # Errors
+    /// As [`Etcd::wait_change`].
+    pub(crate) async fn watch_prefix(
+        &self,
+        prefix: &str,
+        revision: i64,
+        timeout: Duration,
+        on_changes: OnChanges<'_>,
+    ) -> Result<Watched, FleetError> {
+        let key = prefix.as_bytes();
+        self.watch(key, Some(prefix_end(key)), revision, timeout, on_changes)
+            .await
+    }
+
+    async fn watch(
+        &self,
+        key: &[u8],
+        range_end: Option<Vec<u8>>,
+        revision: i64,
+        timeout: Duration,
+        on_changes: OnChanges<'_>,
+    ) -> Result<Watched, FleetError> {
+        let request = WatchRequest {
+            create_request: WatchCreate {
+                key: B64(key.to_vec()),
+                range_end: range_end.map(B64),
+                start_revision: revision + 1,
+            },
+        };
+        self.authenticated(|| self.watch_once(&request, revision, timeout, on_changes))
             .await
     }
 
@@ -39,20 +95,18 @@ impl Etcd {
     /// refusal or the time.
     async fn watch_once(
         &self,
-        key: &str,
+        request: &WatchRequest,
         revision: i64,
         timeout: Duration,
+        on_changes: OnChanges<'_>,
     ) -> Result<Watched, FleetError> {
-        let request = WatchRequest {
-            create_request: WatchCreate {
-                key: B64(key.as_bytes().to_vec()),
-                start_revision: revision + 1,
-            },
-        };
         let mut last = None;
         let mut foreign = None;
         for endpoint in &self.endpoints {
-            match self.watch_on(endpoint, &request, revision, timeout).await {
+            match self
+                .watch_on(endpoint, request, revision, timeout, on_changes)
+                .await
+            {
                 Reply::Answer(watched) => return Ok(watched),
                 Reply::Refused(refusal) => return Err(refusal.into()),
                 // This member cannot serve the watch (no leader, or the stream broke): another
@@ -74,6 +128,7 @@ impl Etcd {
         request: &WatchRequest,
         revision: i64,
         timeout: Duration,
+        on_changes: OnChanges<'_>,
     ) -> Reply<Watched> {
         let response = self
             .post(endpoint, "/v3/watch")
@@ -106,24 +161,45 @@ impl Etcd {
                 Err(e) => return Reply::Unavailable(body_error(e)),
             };
             match watch_message(&line, revision) {
-                WatchMessage::Nothing if ended => {
-                    return Reply::Unavailable("the watch ended".into())
-                }
                 WatchMessage::Nothing => {}
+                WatchMessage::Changes(changes) => {
+                    let newest = changes.iter().map(|c| c.revision).max().unwrap_or(revision);
+                    if on_changes(changes).is_break() {
+                        return Reply::Answer(Watched::Changed(newest));
+                    }
+                }
                 WatchMessage::Done(watched) => return Reply::Answer(watched),
                 WatchMessage::Refused(refusal) => return Reply::Refused(refusal),
                 WatchMessage::Unavailable(reason) => return Reply::Unavailable(reason),
                 WatchMessage::Foreign(answer) => return Reply::Foreign(answer),
             }
+            if ended {
+                return Reply::Unavailable("the watch ended".into());
+            }
         }
     }
+}
+
+/// The end of the range of keys that start with `prefix`: its last byte below 0xff incremented,
+/// the bytes after it dropped (all 0xff: every key from `prefix` on, etcd's `\0`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// What one message of a watch stream says.
 enum WatchMessage {
     /// Nothing to act on (the `created` answer, a progress notice, a blank line).
     Nothing,
-    /// The watch is over: a change, or a compaction.
+    /// Changes, in the order etcd made them.
+    Changes(Vec<Change>),
+    /// The watch is over: a compaction, or etcd is at an older revision than the watch's start.
     Done(Watched),
     /// etcd canceled or failed the watch for another reason: never a change.
     Refused(Refusal),
@@ -181,17 +257,34 @@ fn stream_error(error: ErrorField, code_beside: LooseI64) -> WatchMessage {
     }
 }
 
-/// What a `result` says: events (a change at the newest one's revision), a cancel (a compaction,
-/// or a refusal), or nothing yet.
+/// What a `result` says: events (changes), a cancel (a compaction, or a refusal), or nothing
+/// yet. An event without a key and a revision, or a put without its creation, is not etcd's.
 fn watch_result(result: WatchResult, after: i64) -> WatchMessage {
-    let newest = result
-        .events
-        .iter()
-        .filter_map(|e| e.kv.as_ref())
-        .map(|kv| kv.mod_revision)
-        .max();
-    if let Some(revision) = newest {
-        return WatchMessage::Done(Watched::Changed(revision));
+    if !result.events.is_empty() {
+        let mut changes = Vec::with_capacity(result.events.len());
+        for event in result.events {
+            let deleted = event.kind.0.as_deref() == Some("DELETE");
+            let Some(kv) = event
+                .kv
+                .filter(|kv| kv.mod_revision >= 1 && !kv.key.0.is_empty())
+            else {
+                return WatchMessage::Foreign("an event without its key or revision".into());
+            };
+            if !deleted && kv.create_revision < 1 {
+                return WatchMessage::Foreign("a put without its create_revision".into());
+            }
+            changes.push(Change {
+                key: kv.key.0,
+                revision: kv.mod_revision,
+                kv: (!deleted).then_some(Kv {
+                    value: kv.value.0,
+                    mod_revision: kv.mod_revision,
+                    create_revision: kv.create_revision,
+                    lease: kv.lease,
+                }),
+            });
+        }
+        return WatchMessage::Changes(changes);
     }
     if !result.canceled {
         let now = result.header.map_or(0, |h| h.revision);
@@ -307,10 +400,58 @@ mod tests {
                 "{line:?} is not etcd's: it must not pass for a quiet watch"
             );
         }
-        let line = r#"{"result":{"events":[{"kv":{"key":"YQ==","mod_revision":"9"}}]}}"#;
-        assert!(
-            matches!(outcome(line), WatchMessage::Done(Watched::Changed(9))),
-            "an event is a change at its revision"
+        let line = r#"{"result":{"events":[{"kv":{"key":"YQ==","create_revision":"3","mod_revision":"9","value":"Yg=="}}]}}"#;
+        match outcome(line) {
+            WatchMessage::Changes(changes) => assert_eq!(
+                changes,
+                vec![Change {
+                    key: b"a".to_vec(),
+                    kv: Some(Kv {
+                        value: b"b".to_vec(),
+                        mod_revision: 9,
+                        create_revision: 3,
+                        lease: 0,
+                    }),
+                    revision: 9,
+                }],
+                "an event is the key's new value at its revision"
+            ),
+            _ => panic!("an event must be read as a change"),
+        }
+    }
+
+    #[test]
+    fn a_delete_event_is_a_change_to_nothing_and_a_malformed_event_is_not_etcds() {
+        let line =
+            r#"{"result":{"events":[{"type":"DELETE","kv":{"key":"YQ==","mod_revision":"12"}}]}}"#;
+        match outcome(line) {
+            WatchMessage::Changes(changes) => assert!(
+                changes.len() == 1 && changes[0].kv.is_none() && changes[0].revision == 12,
+                "a deletion must be a change to no value at its revision: {changes:?}"
+            ),
+            _ => panic!("a delete event must be read as a change"),
+        }
+        for line in [
+            r#"{"result":{"events":[{"kv":{"key":"YQ==","create_revision":"3"}}]}}"#,
+            r#"{"result":{"events":[{"kv":{"mod_revision":"9","create_revision":"3"}}]}}"#,
+            r#"{"result":{"events":[{"kv":{"key":"YQ==","mod_revision":"9"}}]}}"#,
+            r#"{"result":{"events":[{}]}}"#,
+        ] {
+            assert!(
+                matches!(outcome(line), WatchMessage::Foreign(_)),
+                "{line} lacks what etcd always writes: it must not pass for a change"
+            );
+        }
+    }
+
+    #[test]
+    fn the_range_of_a_prefix_ends_after_its_last_byte_that_can_grow() {
+        assert_eq!(prefix_end(b"/fleet/"), b"/fleet0".to_vec());
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(
+            prefix_end(b"\xff"),
+            vec![0],
+            "all 0xff: every key from the prefix on"
         );
     }
 

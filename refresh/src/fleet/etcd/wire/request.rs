@@ -80,7 +80,8 @@ pub(in crate::fleet::etcd) struct AuthenticateRequest<'a> {
     pub(in crate::fleet::etcd) password: &'a Secret,
 }
 
-/// `/v3/watch`: a watch of one key from a revision on.
+/// `/v3/watch`: a watch of one key, or of the keys from `key` up to `range_end`, from a
+/// revision on.
 #[derive(Serialize)]
 pub(in crate::fleet::etcd) struct WatchRequest {
     pub(in crate::fleet::etcd) create_request: WatchCreate,
@@ -89,6 +90,9 @@ pub(in crate::fleet::etcd) struct WatchRequest {
 #[derive(Serialize)]
 pub(in crate::fleet::etcd) struct WatchCreate {
     pub(in crate::fleet::etcd) key: B64,
+    /// The end of the range (exclusive); absent: the one key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::fleet::etcd) range_end: Option<B64>,
     #[serde(with = "i64_string")]
     pub(in crate::fleet::etcd) start_revision: i64,
 }

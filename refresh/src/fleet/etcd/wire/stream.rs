@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::super::adapters::{i64_string, object, objects, some_object, Loose, LooseI64};
+use super::super::adapters::{i64_string, object, objects, some_object, Loose, LooseI64, B64};
 use super::{from_object, Header};
 
 /// The error fields of a gateway answer: etcd 3.4 writes `{"error": text, "code": n,
@@ -77,15 +77,27 @@ pub(in crate::fleet::etcd) struct WatchResult {
     pub(in crate::fleet::etcd) events: Vec<Event>,
 }
 
-/// One event of a watch: the key at its new revision.
+/// One event of a watch: the key at its new revision, or its deletion.
 #[derive(Debug, Deserialize)]
 pub(in crate::fleet::etcd) struct Event {
+    /// `DELETE` for a deletion; etcd omits it for a put (the default).
+    #[serde(default, rename = "type")]
+    pub(in crate::fleet::etcd) kind: Loose<String>,
     #[serde(default, deserialize_with = "some_object")]
     pub(in crate::fleet::etcd) kv: Option<EventKv>,
 }
 
+/// The key of an event: its name and revision always; its value, creation and lease for a put.
 #[derive(Debug, Deserialize)]
 pub(in crate::fleet::etcd) struct EventKv {
+    #[serde(default)]
+    pub(in crate::fleet::etcd) key: B64,
+    #[serde(default)]
+    pub(in crate::fleet::etcd) value: B64,
     #[serde(default, with = "i64_string")]
     pub(in crate::fleet::etcd) mod_revision: i64,
+    #[serde(default, with = "i64_string")]
+    pub(in crate::fleet::etcd) create_revision: i64,
+    #[serde(default, with = "i64_string")]
+    pub(in crate::fleet::etcd) lease: i64,
 }
