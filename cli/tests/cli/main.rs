@@ -19,6 +19,7 @@ mod conventions;
 mod fleet;
 mod fleet_commands;
 mod fleet_history;
+mod fleet_propagation;
 mod fleet_rbac;
 mod fleet_records;
 mod fleet_watch;
