@@ -680,3 +680,56 @@ fn a_fleet_agent_names_its_fleet_when_it_starts_and_never_reports_its_own_mirror
     }
     fleet.assert_no_token_presented_twice();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fleet's refusal, read in the lock's own transaction.
+// ---------------------------------------------------------------------------------------------
+
+/// A refusal of the fleet's token, remembered for the fleet (by a machine that met it, or by
+/// hand).
+fn put_refusal(fleet: &Fleet) {
+    let refusal = json!({
+        "refresh": fingerprint(&fleet.creds.refresh_token),
+        "code": "refresh_token_invalidated",
+        "machine": "elsewhere",
+        "at": "2026-01-01T00:00:00Z",
+    });
+    fleet.put("refusal", refusal.to_string().as_bytes(), None);
+}
+
+#[test]
+fn a_machine_that_finds_the_fleets_refusal_with_the_fleet_lock_frees_the_lock_before_it_reports() {
+    let mut fleet = new_fleet(1, LEAD + 1, &[]);
+    put_refusal(&fleet);
+    fleet.start_agent(0);
+    fleet.expect_event(0, "failed (sign_in_required)");
+    assert_eq!(fleet.idp.requests(), 0, "a refused token was sent");
+    // The refusal comes with the lock (one transaction): the lock is freed before the stop is
+    // reported, never left to its lease.
+    let lock = crate::fleet_kit::etcd_get(&fleet.cluster, &format!("{}/lock", fleet.prefix));
+    assert!(
+        lock.is_none(),
+        "the fleet lock was still held when the refusal was reported: {lock:?}; agent:\n{}",
+        fleet.agent_logs()
+    );
+    fleet.stop_agent(0);
+}
+
+#[test]
+fn a_machine_whose_token_the_fleet_refused_reports_the_refusal_also_while_another_holds_the_lock() {
+    let mut fleet = new_fleet(1, LEAD + 1, &[]);
+    // Another holder's lock, on a lease that outlives the test.
+    let lease = fleet.lease(3600);
+    fleet.put("lock", b"elsewhere pid 1", Some(&lease));
+    put_refusal(&fleet);
+    fleet.start_agent(0);
+    // The refusal is read in the lock's transaction, also when it does not take the lock: the
+    // machine stops on the refusal (and waits for a new login), not on the lock.
+    fleet.expect_event(0, "failed (sign_in_required)");
+    assert_eq!(fleet.idp.requests(), 0, "a refused token was sent");
+    let log = fleet.stop_agent(0);
+    assert!(
+        !log.contains("fleet_lock"),
+        "a machine whose token the fleet refused reported the lock instead:\n{log}"
+    );
+}

@@ -1,10 +1,13 @@
 //! The fleet's refresh lock: `<prefix>/lock`, created only when absent and attached to a lease
-//! that a background task keeps alive. A crashed holder's lease expires and frees the lock.
+//! that a background task keeps alive. A crashed holder's lease expires and frees the lock. The
+//! transaction that takes it also reads what its holder needs next (the record, the fleet's
+//! refusal, a reservation), at the very revision it was taken.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::etcd::{Compare, Op};
+use super::record::{refusal_of, reservation_of, Found, FoundReservation, Refusal};
 use super::{Fleet, FleetError, LockHeld};
 use crate::boottime::BootInstant;
 
@@ -93,18 +96,49 @@ impl Releases {
     }
 }
 
+/// What the lock's own transaction read, in the same revision as the lock was taken: what
+/// the holder needs before it reserves, without a round trip of its own.
+#[derive(Debug)]
+pub(crate) struct LockedView {
+    /// What the record key held.
+    pub(crate) record: Found,
+    /// etcd's revision of the transaction (the record was as read then): where a watch for the
+    /// record's next change starts.
+    pub(crate) revision: i64,
+    /// The refusal remembered for the fleet (`<prefix>/refusal`), if any.
+    pub(crate) refusal: Option<Refusal>,
+    /// A live reservation (`<prefix>/redeeming`), if any. Only the holder of a standing lock
+    /// writes that key ([`Fleet::reserve_redemption`] compares the lock), so until this holder
+    /// reserves, the key holds nothing that was not there then (a reservation may only have
+    /// gone with its lease).
+    pub(crate) redeeming: Option<FoundReservation>,
+}
+
 /// What an attempt to take the fleet lock found.
 #[derive(Debug)]
 pub(crate) enum LockAttempt {
-    /// Taken: this holder's until dropped.
-    Taken(FleetLock),
+    /// Taken: this holder's until dropped, with what the same transaction read.
+    Taken {
+        /// The lock (freed when dropped).
+        lock: FleetLock,
+        /// What was read with it.
+        seen: LockedView,
+    },
     /// Another holder has it.
-    Held(LockHeld),
+    Held {
+        /// Who.
+        holder: LockHeld,
+        /// The refusal remembered for the fleet, read in the same transaction, if any.
+        refusal: Option<Refusal>,
+    },
 }
 
 impl Fleet {
-    /// Takes the fleet's refresh lock if nobody holds it; who holds it ([`LockHeld`]) when
-    /// another holder has it.
+    /// Takes the fleet's refresh lock if nobody holds it, in one transaction that also reads
+    /// the lock key (its `create_revision`), the record, the fleet's refusal and the
+    /// reservation ([`LockedView`]); when another holder has it, who ([`LockHeld`]) and the
+    /// refusal, read in the same transaction. Two round trips: the lease's grant and the
+    /// transaction (and the lease's revoke when the lock is held).
     ///
     /// # Errors
     /// The etcd errors.
@@ -116,6 +150,7 @@ impl Fleet {
         let granted = BootInstant::now();
         let lease = self.etcd.grant(ttl).await?;
         let key = self.key("lock");
+        let refusal_key = self.key("refusal");
         let holder = format!("{} pid {}", self.config.machine, std::process::id());
         let result = self
             .etcd
@@ -128,9 +163,12 @@ impl Fleet {
                         lease,
                     },
                     Op::Get(key.clone()),
+                    Op::Get(self.record_key()),
+                    Op::Get(refusal_key.clone()),
+                    Op::Get(self.key("redeeming")),
                 ],
-                // Who holds it, in the same answer.
-                &[Op::Get(key.clone())],
+                // Who holds it, and the refusal, in the same answer.
+                &[Op::Get(key.clone()), Op::Get(refusal_key)],
             )
             .await;
         let result = match result {
@@ -140,11 +178,12 @@ impl Fleet {
                 return Err(e);
             }
         };
+        let mut gets = result.gets.into_iter();
         if !result.succeeded {
             let _ = self.etcd.revoke(lease).await;
             // Gone between the compare and the read: held by nobody known, the next look finds
             // it free or held anew.
-            let held = result.gets.into_iter().next().flatten().map_or(
+            let holder = gets.next().flatten().map_or(
                 LockHeld {
                     holder: String::new(),
                     created: 0,
@@ -156,13 +195,19 @@ impl Fleet {
                     lease: kv.lease,
                 },
             );
-            return Ok(LockAttempt::Held(held));
+            let refusal = refusal_of(gets.next().flatten());
+            return Ok(LockAttempt::Held { holder, refusal });
         }
-        let revision = result
-            .gets
-            .first()
-            .and_then(|kv| kv.as_ref())
+        let revision = gets
+            .next()
+            .flatten()
             .map_or(result.revision, |kv| kv.create_revision);
+        let seen = LockedView {
+            record: self.found(gets.next().flatten()),
+            revision: result.revision,
+            refusal: refusal_of(gets.next().flatten()),
+            redeeming: reservation_of(gets.next().flatten()),
+        };
         let alive = Arc::new(AtomicBool::new(true));
         let until = Arc::new(std::sync::Mutex::new(granted.after(ttl)));
         let keepalive = {
@@ -192,13 +237,16 @@ impl Fleet {
                 }
             })
         };
-        Ok(LockAttempt::Taken(FleetLock {
-            fleet: Arc::clone(self),
-            lease,
-            revision,
-            alive,
-            until,
-            keepalive,
-        }))
+        Ok(LockAttempt::Taken {
+            lock: FleetLock {
+                fleet: Arc::clone(self),
+                lease,
+                revision,
+                alive,
+                until,
+                keepalive,
+            },
+            seen,
+        })
     }
 }

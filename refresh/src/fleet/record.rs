@@ -170,7 +170,8 @@ pub(crate) struct Redeeming {
     pub(crate) lock: i64,
 }
 
-/// Another holder's reservation as found ([`Fleet::redeeming`]).
+/// Another holder's reservation as found (in the lock's transaction, [`Fleet::try_lock`], or
+/// by [`Fleet::redeeming`]).
 #[derive(Clone, Debug)]
 pub(crate) struct FoundReservation {
     pub(crate) mark: Redeeming,
@@ -178,6 +179,23 @@ pub(crate) struct FoundReservation {
     pub(crate) revision: i64,
     /// Its lease.
     pub(crate) lease: i64,
+}
+
+/// The refusal `kv` of `<prefix>/refusal` holds (`None`: missing, or not a refusal).
+pub(super) fn refusal_of(kv: Option<Kv>) -> Option<Refusal> {
+    kv.and_then(|kv| serde_json::from_slice(&kv.value).ok())
+}
+
+/// The live reservation `kv` of `<prefix>/redeeming` holds: `None` when missing, not a mark, or
+/// on no lease (an older version's, or one written by hand: it bounds no wait, and is ignored).
+pub(super) fn reservation_of(kv: Option<Kv>) -> Option<FoundReservation> {
+    kv.filter(|kv| kv.lease != 0).and_then(|kv| {
+        Some(FoundReservation {
+            mark: serde_json::from_slice(&kv.value).ok()?,
+            revision: kv.mod_revision,
+            lease: kv.lease,
+        })
+    })
 }
 
 /// This holder's reservation of a redemption ([`Fleet::reserve_redemption`]).
@@ -633,15 +651,6 @@ impl Fleet {
         ))
     }
 
-    /// The JSON value under `name` (`None`: missing or not that type).
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        name: &str,
-    ) -> Result<Option<T>, FleetError> {
-        let (kv, _) = self.etcd.get(&self.key(name)).await?;
-        Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
-    }
-
     /// Puts `value` as JSON under `name` if every comparison holds; whether it did.
     async fn put_json<T: Serialize>(
         &self,
@@ -655,10 +664,6 @@ impl Fleet {
             lease: 0,
         };
         Ok(self.etcd.txn(compare, &[put], &[]).await?.succeeded)
-    }
-
-    pub(crate) async fn refusal(&self) -> Result<Option<Refusal>, FleetError> {
-        self.get_json("refusal").await
     }
 
     pub(crate) async fn remember_refusal(
@@ -675,22 +680,25 @@ impl Fleet {
         self.put_json("refusal", &refusal, &[]).await.map(|_| ())
     }
 
-    /// Another holder's live reservation, if any. A mark on no lease (an older version's, or
-    /// one written by hand) bounds no wait, and is ignored.
+    /// Another holder's live reservation, if any, read on its own (one round trip): the lock
+    /// holder reads it in its lock's transaction ([`Fleet::try_lock`]), and again here only to
+    /// confirm one that would stop it. A mark on no lease (an older version's, or one written by
+    /// hand) bounds no wait, and is ignored ([`reservation_of`]).
     pub(crate) async fn redeeming(&self) -> Result<Option<FoundReservation>, FleetError> {
         let (kv, _) = self.etcd.get(&self.key("redeeming")).await?;
-        Ok(kv.filter(|kv| kv.lease != 0).and_then(|kv| {
-            Some(FoundReservation {
-                mark: serde_json::from_slice(&kv.value).ok()?,
-                revision: kv.mod_revision,
-                lease: kv.lease,
-            })
-        }))
+        Ok(reservation_of(kv))
     }
 
     /// Records, while holding the lock created at `lock_revision`, that `refresh` is about to
     /// be redeemed by a request of at most `request`, on a lease of its own that outlives it by
     /// `reuse_wait`. `None` when the lock is no longer this holder's (nothing recorded).
+    ///
+    /// Its transaction compares the lock's `create_revision` (unique to one taking of the
+    /// lock), and every other write of `<prefix>/redeeming` by this program is this one: while
+    /// a lock stands, only its holder writes the key; others' reservations can only go (their
+    /// leases expire). So the key as read in the lock's own transaction ([`Fleet::try_lock`])
+    /// still holds no reservation that was not there then. Two round trips: the lease's grant,
+    /// the transaction.
     ///
     /// # Errors
     /// The etcd errors (nothing recorded).

@@ -1,8 +1,9 @@
 //! [`FleetCoordinator`]: the guarded refresh coordinated by a fleet's record in etcd, with
 //! [`Local`] for this machine's durable copy. The fleet lock (a guard: dropping it frees it) is
-//! taken on the first pass and held until the run is published; the fleet-wide refusal and the
-//! record re-read under the lock come with it; the token's fleet-wide reservation comes before
-//! the local one, and is checked again right before the send.
+//! taken on the first pass and held until the run is published; the fleet-wide refusal, the
+//! record and another holder's reservation are read in the lock's own transaction; the token's
+//! fleet-wide reservation comes before the local one, and is checked again right before the
+//! send.
 
 mod end;
 mod publish;
@@ -18,7 +19,8 @@ use super::wait::poll_for_rotation;
 use super::{Ended, Urgency};
 use crate::error::{RefreshError, TransientReason};
 use crate::fleet::fence::FleetFence;
-use crate::fleet::{Fleet, FleetLock, FleetRecord, Found, LockAttempt, RecordRead};
+use crate::fleet::record::{FoundReservation, Refusal};
+use crate::fleet::{Fleet, FleetLock, FleetRecord, Found, LockAttempt};
 use crate::state::{Inner, Known};
 use end::reservation_blocks;
 pub(crate) use end::{FleetEnd, FleetStop, Upload, UploadRefused};
@@ -43,8 +45,11 @@ pub(crate) struct FleetPlan {
 struct Held {
     /// The fleet lock (freed when dropped).
     lock: Option<FleetLock>,
-    /// The record read under it, and etcd's revision at that read.
+    /// The record read under it (in the lock's transaction), and etcd's revision at that read.
     current: Option<(FleetRecord, i64)>,
+    /// Another holder's reservation read in the lock's transaction, if any: while the lock
+    /// stands nobody else writes one, so none not seen then is there later.
+    redeeming: Option<FoundReservation>,
     /// The fence over this holder's reservation of the token.
     fence: Option<Arc<FleetFence>>,
 }
@@ -72,40 +77,43 @@ impl FleetCoordinator {
         }
     }
 
-    /// The fleet-wide steps before this machine's lock: the fleet's refusal of its token, the
-    /// fleet lock, and the record re-read under it. `Some` to stop.
+    /// The fleet-wide steps before this machine's lock, in the fleet lock's one transaction
+    /// ([`Fleet::try_lock`]): the lock, the fleet's refusal of its token (also when the lock is
+    /// held), the record under the lock and another holder's reservation. `Some` to stop.
     async fn lock_fleet(&self, held: &mut Held) -> Option<FleetStop> {
         let fleet = &self.plan.fleet;
-        match fleet.refusal().await {
-            Ok(Some(refusal))
-                if Some(&refusal.refresh) == self.plan.record.refresh_fingerprint().as_ref() =>
-            {
-                return Some(FleetStop::Refused(refusal));
-            }
-            Ok(_) => {}
-            Err(e) => return Some(FleetStop::Failed(e)),
-        }
-        let lock = match fleet.try_lock().await {
-            Ok(LockAttempt::Taken(lock)) => lock,
+        let token = self.plan.record.refresh_fingerprint();
+        let refuses = |refusal: &Refusal| Some(&refusal.refresh) == token.as_ref();
+        let (lock, seen) = match fleet.try_lock().await {
+            Ok(LockAttempt::Taken { lock, seen }) => (lock, seen),
+            // A refusal of the token stops this machine whoever holds the lock.
+            Ok(LockAttempt::Held {
+                refusal: Some(refusal),
+                ..
+            }) if refuses(&refusal) => return Some(FleetStop::Refused(refusal)),
             // Another machine refreshes; its upload wakes this one.
-            Ok(LockAttempt::Held(held)) => return Some(FleetStop::LockHeld(held)),
+            Ok(LockAttempt::Held { holder, .. }) => return Some(FleetStop::LockHeld(holder)),
             Err(e) => return Some(FleetStop::Failed(e)),
         };
+        if let Some(refusal) = seen.refusal.filter(refuses) {
+            // Nothing is sent: the lock is freed at once, before the stop is reported.
+            drop(lock);
+            fleet.settle().await;
+            return Some(FleetStop::Refused(refusal));
+        }
         // Under the lock: the record must still be what was reconciled.
-        match fleet.read_at().await {
-            Ok(RecordRead {
-                record: Found::Record(current),
-                revision,
-                ..
-            }) if current.revision == self.plan.record.revision
-                && current.refresh_fingerprint().is_some() =>
+        match seen.record {
+            Found::Record(current)
+                if current.revision == self.plan.record.revision
+                    && current.refresh_fingerprint().is_some() =>
             {
                 held.lock = Some(lock);
-                held.current = Some((*current, revision));
+                held.current = Some((*current, seen.revision));
+                held.redeeming = seen.redeeming;
                 None
             }
-            Ok(_) => Some(FleetStop::RecordMoved),
-            Err(e) => Some(FleetStop::Failed(e)),
+            // The lock is freed as it drops.
+            _ => Some(FleetStop::RecordMoved),
         }
     }
 
@@ -113,21 +121,30 @@ impl FleetCoordinator {
     /// lives on a lease of its own, for as long as its request may take plus the reuse wait:
     /// while it exists, the token may be in flight or its answer on its way to the record, so
     /// this holder sends nothing. No clock of that machine, and none of this one's settings,
-    /// says how long. `Some` to stop.
+    /// says how long. The previous holder's reservation is the one read in the lock's
+    /// transaction (read again only when it would stop this holder); the reservation itself is
+    /// two round trips ([`Fleet::reserve_redemption`]). `Some` to stop.
     async fn reserve_fleet(&self, held: &mut Held) -> Option<FleetStop> {
         let fleet = &self.plan.fleet;
         let (Some(lock), Some((current, _))) = (held.lock.as_ref(), held.current.as_ref()) else {
             return Some(FleetStop::RecordMoved);
         };
         let fp = current.refresh_fingerprint().unwrap_or_default();
-        match fleet.redeeming().await {
-            Ok(Some(found))
-                if reservation_blocks(&found, &fp, lock.revision, self.plan.overdue) =>
-            {
-                return Some(FleetStop::FoundReservation(found));
+        let blocks = |found: &FoundReservation| {
+            reservation_blocks(found, &fp, lock.revision, self.plan.overdue)
+        };
+        // The reservation read in the lock's transaction: none was made since (only this
+        // holder could), but one seen then may have gone with its lease. One that would stop
+        // this holder is read again (a round trip on that path only), so that only a
+        // reservation that still lives is reported and waited for.
+        if held.redeeming.as_ref().is_some_and(blocks) {
+            match fleet.redeeming().await {
+                Ok(Some(found)) if blocks(&found) => {
+                    return Some(FleetStop::FoundReservation(found));
+                }
+                Ok(_) => {}
+                Err(e) => return Some(FleetStop::Failed(e)),
             }
-            Ok(_) => {}
-            Err(e) => return Some(FleetStop::Failed(e)),
         }
         let request = self.plan.request;
         let reservation = match fleet

@@ -176,8 +176,11 @@ impl FleetCoordinator {
     }
 
     /// The fenced write of `doc` over `current`: only over the revision this holder read, and
-    /// only while it holds the lock; if the lease was lost meanwhile, the revision alone still
-    /// fences it.
+    /// only while it holds the lock (one transaction, the first etcd call after the answer is
+    /// durable here); if the lease was lost meanwhile but the record is still the one read (the
+    /// failed transaction says what it holds), the revision alone still fences it (a second
+    /// one). A record that moved on is not written again: that write would compare the same
+    /// revision, and fail.
     async fn put(
         &self,
         lock: &FleetLock,
@@ -189,9 +192,11 @@ impl FleetCoordinator {
         let put = fleet
             .put_fenced(current.revision, Some(lock.revision), doc, meta)
             .await;
-        if matches!(put, Ok(Put::Moved { .. })) {
-            return fleet.put_if(current.revision, doc, meta).await;
+        match put {
+            Ok(Put::Moved { current: Some(now) }) if now.revision == current.revision => {
+                fleet.put_if(current.revision, doc, meta).await
+            }
+            put => put,
         }
-        put
     }
 }
