@@ -12,12 +12,15 @@
 //!    machine's auth.json holds the new refresh token (p50, p99), beside its floor measured in
 //!    the same run: one etcd round trip through a proxy (to the first member, the one the agents
 //!    try first) plus one durable local write of a 2 KiB file (temp file in the same directory,
-//!    write, fsync, rename, fsync of the directory), each the median of 50; and the bench's own
-//!    detection lag (from the inotify event of the last machine to its check);
+//!    write, fsync, rename, fsync of the directory), each the median of 50; and what the bench
+//!    adds to each delay, on average: its watcher thread (woken by inotify) waits for a CPU
+//!    (`/proc/self/task/<tid>/schedstat`), then reads the auth.json that changed;
 //! 3. etcd round trips (gateway requests) per rotation: of the machine that refreshed, of each
 //!    machine that only mirrored (mean and max), and fleet-wide, beside their floors: 2 for the
 //!    refreshing machine (a claim before the request, a publication after it), 0 for a mirror
-//!    (the watch stream it opened once delivers the record), 2 fleet-wide;
+//!    (the watch stream it opened once delivers the record), 2 fleet-wide; and the part of each
+//!    made before the bench saw the endpoint's success (claims, and the idle traffic since the
+//!    previous rotation);
 //! 4. etcd's CPU time per rotation: utime + stime (`/proc/<pid>/stat`) summed over the members,
 //!    beside its floor, the idle cluster's over as long (measured before the agents start).
 //!
@@ -102,17 +105,18 @@ impl Row {
 }
 
 /// The end of one rotation's window: when, each machine's gateway requests so far (over all its
-/// proxies), each member's CPU time so far (clock ticks).
+/// proxies) and when the bench saw the rotation's success, each member's CPU time so far (clock
+/// ticks).
 struct Boundary {
     at: Instant,
     trips: Vec<u64>,
+    trips_at_success: Vec<u64>,
     ticks: Vec<u64>,
 }
 
 /// What one row measured, and where it stopped if it did not run to its end.
 struct RowResult {
     label: String,
-    machines: usize,
     ticks_per_second: f64,
     /// Where and why the row stopped before its end.
     stopped: Option<String>,
@@ -127,8 +131,11 @@ struct RowResult {
     write_floor: Option<f64>,
     /// The propagation delay of each rotation, in ms.
     delays: Vec<f64>,
-    /// The bench's own lag in seeing each rotation's last machine, in ms.
+    /// The watcher's lag from the event of each rotation's last machine to its read of the
+    /// file, in ms.
     detection_lags: Vec<f64>,
+    /// The watcher thread's waits for a CPU while rotations propagated.
+    watcher_waits: Waits,
     /// Machines found holding a rotation by the fallback read, not by an inotify event.
     found_by_fallback: usize,
     /// The idle cluster's CPU time, in clock ticks per second.
@@ -213,7 +220,6 @@ fn run_row(row: &Row, index: usize, store: &Path, ticks_per_second: f64) -> RowR
     let label = row.label();
     let mut result = RowResult {
         label: label.clone(),
-        machines: row.machines,
         ticks_per_second,
         stopped: None,
         failures: Vec::new(),
@@ -225,6 +231,7 @@ fn run_row(row: &Row, index: usize, store: &Path, ticks_per_second: f64) -> RowR
         write_floor: None,
         delays: Vec::new(),
         detection_lags: Vec::new(),
+        watcher_waits: Waits::default(),
         found_by_fallback: 0,
         idle_ticks_per_second: None,
         boundaries: Vec::new(),
@@ -406,18 +413,24 @@ fn measure(
                     agents_state(&mut fleet.agents)
                 )
             })?;
+        let trips_at_success = machine_trips(&fleet.links);
         previous = rotated;
         requests_at_success = fleet.idp.requests();
         seen = fleet.idp.successes();
         let live = fleet.idp.current_refresh_token();
+        let waits_before = watch.waits();
         let reached = watch.wait_all(&home_paths, &live, rotated + PROPAGATION_WITHIN, || {
             fleet.idp.successes() > seen
         });
         result.found_by_fallback += reached.found_by_fallback;
+        if let (Some(before), Some(after)) = (waits_before, watch.waits()) {
+            result.watcher_waits.waited_ns += after.waited_ns - before.waited_ns;
+            result.watcher_waits.runs += after.runs - before.runs;
+        }
         match reached.outcome {
-            Ok(lag) => {
+            Ok(()) => {
                 result.delays.push(ms(reached.done - rotated));
-                if let Some(lag) = lag {
+                if let Some(lag) = reached.lag {
                     result.detection_lags.push(ms(lag));
                 }
             }
@@ -442,15 +455,20 @@ fn measure(
         })?;
         result.boundaries.push(Boundary {
             at: Instant::now(),
-            trips: fleet
-                .links
-                .iter()
-                .map(|proxies| proxies.iter().map(TcpProxy::requests).sum())
-                .collect(),
+            trips: machine_trips(&fleet.links),
+            trips_at_success,
             ticks,
         });
     }
     Ok(())
+}
+
+/// Each machine's gateway requests so far, over all its proxies.
+fn machine_trips(links: &[Vec<TcpProxy>]) -> Vec<u64> {
+    links
+        .iter()
+        .map(|proxies| proxies.iter().map(TcpProxy::requests).sum())
+        .collect()
 }
 
 /// The median of [`FLOOR_SAMPLES`] gateway round trips (a read of a missing key) to `member`
@@ -718,28 +736,58 @@ fn wait_for_success(
 
 /// What the watcher thread reports.
 enum Seen {
-    /// Home `i`'s auth.json changed (renamed over, created or written), and when the watcher
-    /// read the event.
-    Home(usize, Instant),
+    /// Home `home`'s auth.json changed (renamed over, created or written): the refresh token it
+    /// held when the watcher read it, when the watcher had the event, and when it had read the
+    /// file.
+    Home {
+        home: usize,
+        token: Option<String>,
+        event_at: Instant,
+        read_at: Instant,
+    },
     /// The kernel's event queue overflowed: events were lost.
     Overflow,
 }
 
-/// How far a rotation reached: when the bench stopped waiting, how many machines only the
-/// fallback read found, and the outcome: the bench's detection lag for the last machine (when an
-/// event found it), or why not every machine was reached.
+/// How far a rotation reached: when the bench knew that the last machine held it (or stopped
+/// waiting), how many machines only the fallback read found, the watcher's lag from the last
+/// machine's event to its read of the file (when an event found it), and whether every machine
+/// was reached (`Err`: why not).
 struct Reached {
     done: Instant,
     found_by_fallback: usize,
-    outcome: Result<Option<Duration>, String>,
+    lag: Option<Duration>,
+    outcome: Result<(), String>,
 }
 
-/// The homes' directories, watched with inotify by a thread of its own that blocks in `read`:
-/// the bench learns of a change of a home's auth.json as it happens, and reads only that file,
-/// instead of polling every home. The thread ends when the bench drops the watch and then a
-/// home changes or is removed (the row's homes are removed at its end).
+/// The time a thread waited for a CPU after it became runnable, and how many times it was
+/// scheduled in (`/proc/self/task/<tid>/schedstat`, fields 2 and 3).
+#[derive(Clone, Copy, Default)]
+struct Waits {
+    waited_ns: u64,
+    runs: u64,
+}
+
+impl Waits {
+    fn of_thread(tid: i32) -> Option<Waits> {
+        let text = fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        let mut fields = text.split_whitespace().skip(1).map(|f| f.parse().ok());
+        Some(Waits {
+            waited_ns: fields.next()??,
+            runs: fields.next()??,
+        })
+    }
+}
+
+/// The homes' directories, watched with inotify by a thread of its own that blocks in `read`
+/// and, at each change of a home's auth.json, reads that file: the bench learns that a machine
+/// holds a rotation as it happens, from the thread that woke for it, without polling every
+/// home. The thread ends when the bench drops the watch and then a home changes or is removed
+/// (the row's homes are removed at its end).
 struct HomeWatch {
     seen: Receiver<Seen>,
+    /// The watcher thread's id, for its scheduling delays.
+    tid: i32,
 }
 
 impl HomeWatch {
@@ -759,10 +807,13 @@ impl HomeWatch {
             .map_err(|e| format!("cannot watch {}: {e}", home.display()))?;
             homes_by_watch.insert(watch, i);
         }
+        let homes = homes.to_vec();
         let (tx, seen) = mpsc::channel();
+        let (tid_tx, tid) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("fleet-bench-watch".into())
             .spawn(move || {
+                let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
                 let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 * 1024];
                 let mut reader = inotify::Reader::new(&fd, &mut buf);
                 let mut watched = homes_by_watch.len();
@@ -772,7 +823,7 @@ impl HomeWatch {
                         Err(rustix::io::Errno::INTR) => continue,
                         Err(_) => return,
                     };
-                    let at = Instant::now();
+                    let event_at = Instant::now();
                     let flags = event.events();
                     let report = if flags.contains(inotify::ReadFlags::QUEUE_OVERFLOW) {
                         Some(Seen::Overflow)
@@ -787,9 +838,12 @@ impl HomeWatch {
                         .file_name()
                         .is_some_and(|name| name.to_bytes() == b"auth.json")
                     {
-                        homes_by_watch
-                            .get(&event.wd())
-                            .map(|&home| Seen::Home(home, at))
+                        homes_by_watch.get(&event.wd()).map(|&home| Seen::Home {
+                            home,
+                            token: refresh_token_on_disk(&homes[home]),
+                            event_at,
+                            read_at: Instant::now(),
+                        })
                     } else {
                         None
                     };
@@ -801,7 +855,15 @@ impl HomeWatch {
                 }
             })
             .map_err(|e| format!("cannot start the watcher thread: {e}"))?;
-        Ok(HomeWatch { seen })
+        let tid = tid
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| format!("the watcher thread did not tell its id: {e}"))?;
+        Ok(HomeWatch { seen, tid })
+    }
+
+    /// The watcher thread's scheduling delays so far.
+    fn waits(&self) -> Option<Waits> {
+        Waits::of_thread(self.tid)
     }
 
     /// Waits until every home's auth.json holds `live`, at most until `deadline`, and stops
@@ -818,11 +880,12 @@ impl HomeWatch {
         // after the drop has its event; one before it is seen by the read.
         while self.seen.try_recv().is_ok() {}
         let mut missing: Vec<usize> = (0..homes.len()).filter(|&i| !holds(i)).collect();
-        let mut last_event = None;
+        let mut done = Instant::now();
+        let mut lag = None;
         let mut found_by_fallback = 0;
         let outcome = loop {
             if missing.is_empty() {
-                break Ok(last_event.map(|at: Instant| at.elapsed()));
+                break Ok(());
             }
             let now = Instant::now();
             if now >= deadline {
@@ -835,17 +898,23 @@ impl HomeWatch {
                 .seen
                 .recv_timeout((deadline - now).min(FALLBACK_READ_EVERY))
             {
-                Ok(Seen::Home(i, at)) => {
-                    if let Some(place) = missing.iter().position(|&m| m == i) {
-                        if holds(i) {
-                            missing.swap_remove(place);
-                            last_event = Some(at);
-                        }
+                Ok(Seen::Home {
+                    home,
+                    token,
+                    event_at,
+                    read_at,
+                }) => {
+                    let place = missing.iter().position(|&m| m == home);
+                    if let (Some(place), true) = (place, token.as_deref() == Some(live)) {
+                        missing.swap_remove(place);
+                        done = done.max(read_at);
+                        lag = Some(read_at - event_at);
                     }
                 }
                 Ok(Seen::Overflow) => {
                     missing.retain(|&i| !holds(i));
-                    last_event = None;
+                    done = Instant::now();
+                    lag = None;
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     // No event for a while: read the missing homes once, in case a write came
@@ -854,7 +923,8 @@ impl HomeWatch {
                     missing.retain(|&i| !holds(i));
                     if missing.len() < before {
                         found_by_fallback += before - missing.len();
-                        last_event = None;
+                        done = Instant::now();
+                        lag = None;
                     }
                     if !missing.is_empty() && overtaken() {
                         break Err(format!(
@@ -869,8 +939,13 @@ impl HomeWatch {
             }
         };
         Reached {
-            done: Instant::now(),
+            done: if outcome.is_ok() {
+                done
+            } else {
+                Instant::now()
+            },
             found_by_fallback,
+            lag,
             outcome,
         }
     }
@@ -938,13 +1013,23 @@ impl RowResult {
             ),
             _ => String::new(),
         };
-        let lag = if self.detection_lags.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " | the bench's detection lag: mean {:.3} ms",
-                self.detection_lags.iter().sum::<f64>() / self.detection_lags.len() as f64
-            )
+        // What the bench adds to each delay: its watcher thread waits for a CPU once woken by
+        // the last machine's event, then reads that machine's auth.json.
+        let cpu_wait = (self.watcher_waits.runs > 0)
+            .then(|| self.watcher_waits.waited_ns as f64 / 1e6 / self.watcher_waits.runs as f64);
+        let read = (!self.detection_lags.is_empty())
+            .then(|| self.detection_lags.iter().sum::<f64>() / self.detection_lags.len() as f64);
+        let lag = match (cpu_wait, read) {
+            (Some(wait), Some(read)) => format!(
+                " | the bench's detection, mean {:.3} ms: its watcher waits {wait:.3} ms for a \
+                 CPU once woken + reads the file {read:.3} ms",
+                wait + read
+            ),
+            (None, Some(read)) => format!(
+                " | the bench's detection: its watcher reads the file {read:.3} ms (its waits \
+                 for a CPU are not known)"
+            ),
+            _ => String::new(),
         };
         println!(
             "{label} propagation to every machine: p50 {:.1} ms | p99 {:.1} ms ({} rotations) | \
@@ -965,11 +1050,21 @@ impl RowResult {
         let mut holder = Vec::new();
         let mut mirrors = Vec::new();
         let mut fleet_wide = Vec::new();
+        // The part of each before the bench saw the endpoint's success.
+        let mut holder_before = Vec::new();
+        let mut mirrors_before = Vec::new();
         for pair in self.boundaries.windows(2) {
-            let trips: Vec<u64> = pair[1]
+            let (opened, closed) = (&pair[0], &pair[1]);
+            let trips: Vec<u64> = closed
                 .trips
                 .iter()
-                .zip(&pair[0].trips)
+                .zip(&opened.trips)
+                .map(|(now, before)| now - before)
+                .collect();
+            let before: Vec<u64> = closed
+                .trips_at_success
+                .iter()
+                .zip(&opened.trips)
                 .map(|(now, before)| now - before)
                 .collect();
             // The machine that refreshed is the one with the most round trips in the window.
@@ -977,13 +1072,11 @@ impl RowResult {
                 continue;
             };
             holder.push(*most);
-            mirrors.extend(
-                trips
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != refresher)
-                    .map(|(_, t)| *t),
-            );
+            holder_before.push(before[refresher]);
+            for i in (0..trips.len()).filter(|i| *i != refresher) {
+                mirrors.push(trips[i]);
+                mirrors_before.push(before[i]);
+            }
             fleet_wide.push(trips.iter().sum::<u64>());
         }
         if fleet_wide.is_empty() {
@@ -996,13 +1089,15 @@ impl RowResult {
         println!(
             "{label} etcd round trips per rotation ({} rotations): the refreshing machine {:.1} \
              (floor 2) | each mirroring machine mean {:.1}, max {} (floor 0) | fleet-wide {:.1} \
-             (floor 2) | {} machines",
+             (floor 2) | of which before the endpoint's success: the refreshing machine {:.1}, \
+             each mirroring machine {:.1}",
             fleet_wide.len(),
             mean(&holder),
             mean(&mirrors),
             mirrors.iter().max().copied().unwrap_or(0),
             mean(&fleet_wide),
-            self.machines
+            mean(&holder_before),
+            mean(&mirrors_before)
         );
     }
 
