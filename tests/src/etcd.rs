@@ -208,6 +208,16 @@ impl EtcdCluster {
         self.members[i].client.clone()
     }
 
+    /// The process ids of the running members, in member order (a member stopped by
+    /// [`EtcdCluster::kill`] and not restarted is left out): each is the `etcd` process itself,
+    /// so that a bench can read its CPU time in `/proc/<pid>/stat`.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// `POST /v3/maintenance/status` on the member at `client`.
     fn status(&self, client: &str) -> Option<Value> {
         post_json(&self.client, client, "/v3/maintenance/status", "{}")
