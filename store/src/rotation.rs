@@ -7,10 +7,12 @@
 //!    across the request; Codex never takes it, so it never waits for it), installs what a
 //!    crashed refresh left, and reads auth.json.
 //! 2. [`Rotation::reserve`] creates the rotation file in the store directory and fills it with
-//!    as many spaces as the answer will need, fsynced: the directory is writable, there is room
-//!    and an inode, auth.json is replaceable. If not, nothing is sent.
+//!    as many spaces as the answer will need, fsynced with its directory: the directory is
+//!    writable, there is room and an inode, auth.json is replaceable, and a crash during the
+//!    request still finds the token spent. If not, nothing is sent.
 //! 3. [`Reserved::save`] writes the new document into that file and fsyncs it (and the
-//!    directory): from then on a crash is recovered by the next process. Only then does it take
+//!    directory, if it could not be synced before the request): from then on a crash is
+//!    recovered by the next process. Only then does it take
 //!    `auth.lock` and `auth.json.lock`, briefly, to rename the file over auth.json, merging into
 //!    whatever a writer ignoring the locks wrote meanwhile.
 
@@ -144,7 +146,7 @@ impl Rotation {
     /// 1. checks that auth.json can be replaced and that no rotation of this token waits;
     /// 2. creates the rotation file in the store directory, locks it (`flock`, held until the
     ///    save ends: no recovery touches a rotation file whose lock is held) and fills it with
-    ///    room for the answer, fsynced; journals `redeeming`;
+    ///    room for the answer, fsynced with the directory; journals `redeeming`;
     /// 3. then, under the write locks (waiting for them within the lock timeout, so that a token
     ///    is never redeemed whose answer could not be installed), checks again: auth.json still
     ///    holds the token (rewritten or not), the journal's word on this token is still [`Rotation::fate`]
@@ -189,6 +191,11 @@ impl Rotation {
         let room = (self.snapshot().len() * 2 + RESERVE_MARGIN).min(MAX_FILE_SIZE);
         let (file, path) =
             rotation_file::create_filled(self.store().path(), base, &fingerprint, room)?;
+        // The reservation's name on disk before anything is sent, so that a crash during the
+        // request still finds the token spent; and the answer's save after the request has one
+        // fsync fewer to wait for (the directory's, done here). If it cannot be synced now, the
+        // save syncs it after the answer.
+        let name_durable = replace::sync_dir(self.store().dir()).is_ok();
         let mut record = JournalRecord::new(JournalEvent::Redeeming, base);
         record.account = self
             .snapshot()
@@ -203,6 +210,7 @@ impl Rotation {
                 path,
                 file: Some(file),
                 keep: false,
+                name_durable,
             },
             base,
             redeemed: fingerprint,
@@ -554,6 +562,10 @@ impl Reserved {
         });
         let dir = self.rotation.store().dir().to_path_buf();
         let first_error = match synced {
+            Ok(()) if self.pending.name_durable => {
+                self.pending.keep = true;
+                return Ok(Durability::Durable);
+            }
             Ok(()) => {
                 self.pending.keep = true;
                 return Ok(match replace::sync_dir(&dir) {

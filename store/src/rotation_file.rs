@@ -133,6 +133,9 @@ pub(crate) struct PendingFile {
     pub(crate) path: PathBuf,
     pub(crate) file: Option<File>,
     pub(crate) keep: bool,
+    /// Whether its name is known to be on disk (its directory was fsynced after it was
+    /// created): then writing the answer into it needs no fsync of the directory.
+    pub(crate) name_durable: bool,
 }
 
 impl Drop for PendingFile {
@@ -156,6 +159,7 @@ pub(crate) fn write_fresh(
         path,
         file: None,
         keep: false,
+        name_durable: false,
     };
     let dir = auth.parent().unwrap_or(Path::new("."));
     fill(&file, bytes)
@@ -166,6 +170,7 @@ pub(crate) fn write_fresh(
         })?;
     pending.file = Some(file);
     pending.keep = true;
+    pending.name_durable = true;
     Ok(pending)
 }
 
