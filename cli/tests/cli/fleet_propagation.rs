@@ -79,7 +79,10 @@ fn when_the_machine_that_made_the_last_rotation_is_gone_another_refreshes_after_
     let mut fleet = Fleet::new(1, 2, 3);
     fleet.start_agent(1);
     fleet.wait_rotations(1);
-    fleet.wait_live_on(1);
+    // The holder saves the new tokens here first, then publishes them.
+    fleet.wait_until("the fleet record holds the rotated login", || {
+        fleet.record_refresh_token().as_deref() == Some(fleet.idp.current_refresh_token().as_str())
+    });
     let (maker, kind) = last_rotation(&fleet);
     assert_eq!(
         (maker.as_str(), kind.as_str()),
