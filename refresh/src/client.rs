@@ -1,5 +1,6 @@
 //! The token endpoint: the refresh request, its answer, and the classification of errors.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use codex_store::Secret;
@@ -33,6 +34,32 @@ pub(crate) struct TokenClient {
     /// Where `url` came from ([`RefreshError::TokenUrl`]'s `origin`).
     origin: UrlOrigin,
     client_id: String,
+    /// The endpoint's last permanent refusal, as it answered it, shared by the clones: the
+    /// broker hands it to the callers of the refresh it refused.
+    last_refusal: Arc<Mutex<Option<Refusal>>>,
+}
+
+/// A permanent refusal as the endpoint answered it: for the broker, which answers its callers
+/// with the endpoint's own status and body. Kept in memory only, never stored.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusal {
+    /// The fingerprint of the refresh token refused.
+    pub(crate) fingerprint: String,
+    /// The HTTP status.
+    pub(crate) status: u16,
+    /// The body (at most [`MAX_ANSWER_SIZE`] bytes; empty when it was larger).
+    pub(crate) body: Vec<u8>,
+}
+
+/// An answer relayed as it came: its status, content type and body.
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    /// The HTTP status.
+    pub(crate) status: u16,
+    /// The `Content-Type`, when it had a usable one.
+    pub(crate) content_type: Option<String>,
+    /// The body, at most [`MAX_ANSWER_SIZE`] bytes.
+    pub(crate) body: Vec<u8>,
 }
 
 /// How long the token endpoint may take before the wait is said (it usually answers in well
@@ -65,6 +92,53 @@ impl TokenClient {
             url: url.to_owned(),
             origin,
             client_id: client_id.to_owned(),
+            last_refusal: Arc::default(),
+        })
+    }
+
+    /// The token URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The last permanent refusal of the refresh token whose fingerprint is `fingerprint`, as
+    /// the endpoint answered it (when this client sent it).
+    pub(crate) fn refusal_of(&self, fingerprint: &str) -> Option<Refusal> {
+        self.last_refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|r| r.fingerprint == fingerprint)
+            .cloned()
+    }
+
+    /// Posts `body` (JSON, as a caller sent it) to the endpoint unchanged and returns its answer
+    /// unjudged, whatever its status: for the broker, which relays it. Redirects are not
+    /// followed (their status is relayed, without the `Location`).
+    ///
+    /// # Errors
+    /// [`RefreshError::Transient`] when no answer came (a connection that fails or breaks, a
+    /// timeout) or its body is larger than [`MAX_ANSWER_SIZE`].
+    pub(crate) async fn forward(&self, body: Vec<u8>) -> Result<Relayed, RefreshError> {
+        let response = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transient_from(&e))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_body(response).await?;
+        Ok(Relayed {
+            status,
+            content_type,
+            body,
         })
     }
 
@@ -127,7 +201,15 @@ impl TokenClient {
         if status.is_success() {
             return TokenAnswer::parse(&bytes);
         }
-        Err(classify(status.as_u16(), &bytes).unwrap_or_else(|| {
+        let classified = classify(status.as_u16(), &bytes);
+        if let Some(RefreshError::Permanent { .. }) = classified {
+            *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(Refusal {
+                fingerprint: refresh_token.fingerprint(),
+                status: status.as_u16(),
+                body: bytes,
+            });
+        }
+        Err(classified.unwrap_or_else(|| {
             let what = if html {
                 "an HTML page"
             } else {

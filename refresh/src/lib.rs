@@ -71,6 +71,10 @@
 //!   process, or another task of this one) and the cached access token has not expired,
 //!   [`AuthManager::auth`] returns it at once instead of waiting for that request
 //!   ([`RefreshConfig::while_refreshing`]); an expired token waits.
+//! - **Unmodified Codex shares it too**: [`Broker`] is a local token endpoint (Codex pointed at it
+//!   with [`TOKEN_URL_ENV`]) that refreshes the current token through this protocol, answers a
+//!   token rotated away moments ago with the current tokens, and forwards any other request to
+//!   the real endpoint unchanged.
 //! - **One refresher per login**: [`Agent`] (the `codex-store agent` command) refreshes a lead
 //!   time before Codex's own 5-minute window opens, so that the other processes only read.
 //! - **Errors are classified** ([`RefreshError::class`]): `refresh_token_expired`, `_reused`,
@@ -112,6 +116,7 @@
 mod agent;
 mod auth;
 mod boottime;
+mod broker;
 mod client;
 mod config;
 mod due;
@@ -132,6 +137,10 @@ pub use agent::{
     ReattachReason, ResumedFrom, StopReason, CODEX_REFRESH_WINDOW,
 };
 pub use auth::{CodexAuth, Mode};
+pub use broker::{
+    Broker, BrokerConfig, BrokerError, DEFAULT_BROKER_ADDR, HEALTH_PATH as BROKER_HEALTH_PATH,
+    TOKEN_PATH as BROKER_TOKEN_PATH,
+};
 pub use config::{RefreshConfig, WhileRefreshing, CLIENT_ID, DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 pub use due::refresh_due;
 pub use error::{ErrorClass, PermanentReason, RefreshError, TransientReason, UrlOrigin};

@@ -98,6 +98,11 @@ impl AuthManager {
         &self.inner.config
     }
 
+    /// The token endpoint's client (the broker forwards and relays through it).
+    pub(crate) fn client(&self) -> &TokenClient {
+        &self.inner.client
+    }
+
     /// The cached credentials, without any check.
     pub fn cached(&self) -> Option<Arc<CodexAuth>> {
         self.inner.cached()

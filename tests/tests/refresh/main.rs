@@ -4,6 +4,7 @@
 mod behaviour_errors;
 mod behaviour_modes;
 mod behaviour_protocol;
+mod broker;
 mod robustness;
 mod rotation;
 mod token_url;

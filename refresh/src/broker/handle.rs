@@ -1,0 +1,177 @@
+//! One request: the rate, the path, the body, the route, and the answer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request};
+
+use super::answer::{self, Answer};
+use super::home::Home;
+use super::limit::TokenBucket;
+use super::request::{read_body, refresh_token_of};
+use super::route::{route, Route};
+use super::{BrokerConfig, HEALTH_PATH, TOKEN_PATH};
+use crate::error::RefreshError;
+use crate::manager::AuthManager;
+
+/// What every connection of a broker shares.
+pub(crate) struct Shared {
+    pub(crate) manager: AuthManager,
+    pub(crate) config: BrokerConfig,
+    pub(crate) bucket: TokenBucket,
+    /// One decision at a time, from reading the home to the answer of its refresh: a caller
+    /// that presents the current token while another caller's refresh of it is under way
+    /// waits for it and then finds its token a predecessor, instead of refreshing again.
+    /// (Forwarding an unknown token happens outside it.)
+    pub(crate) decide: tokio::sync::Mutex<()>,
+}
+
+/// Answers `request`.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Answer, Infallible> {
+    Ok(respond(&shared, request).await)
+}
+
+async fn respond(shared: &Shared, request: Request<Incoming>) -> Answer {
+    if let Err(wait) = shared.bucket.take(Instant::now()) {
+        tracing::debug!(?wait, "over the token broker's rate: answered 429");
+        return answer::too_many_requests(wait);
+    }
+    match (request.uri().path(), request.method()) {
+        (TOKEN_PATH, &Method::POST) => token(shared, request).await,
+        (TOKEN_PATH, _) => answer::method_not_allowed(),
+        (HEALTH_PATH, &Method::GET) => answer::health(),
+        _ => answer::not_found(),
+    }
+}
+
+/// A token request: refused unless it presents a refresh token; then routed.
+async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
+    let config = &shared.config;
+    let presented = read_body(request, config.max_body, config.body_timeout)
+        .await
+        .and_then(|body| refresh_token_of(&body).map(|token| (token, body)));
+    let (presented, body) = match presented {
+        Ok(presented) => presented,
+        Err(why) => {
+            tracing::info!(
+                why,
+                "a token request presents no refresh token: answered 400"
+            );
+            return answer::invalid_request(why);
+        }
+    };
+    let fingerprint = presented.fingerprint();
+    let decision = shared.decide.lock().await;
+    let home = match Home::read(&shared.manager).await {
+        Ok(home) => home,
+        Err(e) => {
+            tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read: answered 503");
+            return answer::unavailable(&e.to_string());
+        }
+    };
+    let route = route(
+        &presented,
+        home.refresh_token(),
+        &home.records,
+        SystemTime::now(),
+        config.grace,
+    );
+    tracing::info!(presented = %fingerprint, route = route.name(), "token request");
+    match route {
+        Route::Current => refresh(shared, &fingerprint, &home).await,
+        Route::Predecessor => match &home.tokens {
+            Some(tokens) => answer::tokens(tokens),
+            None => answer::unavailable("the home holds no tokens"),
+        },
+        Route::Unknown => {
+            drop(decision);
+            forward(shared, &fingerprint, body).await
+        }
+    }
+}
+
+/// Refreshes the current token (of `before`, whose fingerprint `fingerprint` the caller
+/// presented) through the guarded protocol and answers the tokens it ends with, or the
+/// endpoint's refusal, or 503.
+async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
+    let manager = &shared.manager;
+    if let Err(e) = adopt_home(manager).await {
+        tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be adopted: answered 503");
+        return answer::unavailable(&e.to_string());
+    }
+    match manager.refresh().await {
+        Ok(outcome) => {
+            let after = match Home::read(manager).await {
+                Ok(after) => after,
+                Err(e) => return answer::unavailable(&e.to_string()),
+            };
+            // The caller presented this login's token: it gets this login's tokens, never
+            // another account's that signed in meanwhile.
+            match after
+                .tokens
+                .as_ref()
+                .filter(|_| after.account() == before.account())
+            {
+                Some(tokens) => {
+                    tracing::info!(
+                        presented = %fingerprint,
+                        ?outcome,
+                        answered = %tokens.refresh_token.fingerprint(),
+                        "refreshed for a caller"
+                    );
+                    answer::tokens(tokens)
+                }
+                None => answer::unavailable(
+                    "auth.json changed to another login (or none) during the refresh; try again",
+                ),
+            }
+        }
+        Err(RefreshError::Permanent { reason }) => {
+            tracing::info!(presented = %fingerprint, code = %reason.code(), "the token endpoint refused the refresh: its refusal answered");
+            answer::refused(manager.client().refusal_of(fingerprint), &reason)
+        }
+        Err(e) => {
+            tracing::warn!(presented = %fingerprint, error = %e, "the refresh failed: answered 503");
+            answer::unavailable(&e.to_string())
+        }
+    }
+}
+
+/// Makes the manager's cache what auth.json holds (so that its refresh redeems the token just
+/// decided on, rather than adopting it as another process's new tokens), following a new
+/// login or a sign-out: the broker serves whatever login the home holds.
+async fn adopt_home(manager: &AuthManager) -> Result<(), RefreshError> {
+    match manager.adopt_if_newer().await {
+        Ok(_) => Ok(()),
+        Err(RefreshError::AccountChanged { .. } | RefreshError::LoggedOut { .. }) => {
+            manager.reload().map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Forwards the request of an unknown token (`body`, unchanged) to the real endpoint and relays
+/// its answer, storing nothing.
+///
+/// Why: a token this home does not know is none of its business. Without the broker, Codex
+/// would have sent this very request to the endpoint; relaying it unchanged, and its answer
+/// unchanged, makes the broker never worse than no broker (another login's token still
+/// refreshes, a dead one still hears `refresh_token_reused`), and it reveals nothing of this
+/// home to a caller that does not hold one of its tokens.
+async fn forward(shared: &Shared, fingerprint: &str, body: Bytes) -> Answer {
+    match shared.manager.client().forward(body.to_vec()).await {
+        Ok(relayed) => {
+            tracing::info!(presented = %fingerprint, status = relayed.status, "forwarded to the token endpoint");
+            answer::relayed(relayed)
+        }
+        Err(e) => {
+            tracing::warn!(presented = %fingerprint, error = %e, "forwarding to the token endpoint failed: answered 502");
+            answer::no_upstream_answer(&e)
+        }
+    }
+}

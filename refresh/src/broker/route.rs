@@ -1,0 +1,222 @@
+//! The routing decision, pure: is a presented refresh token the home's current one, one this
+//! home rotated away recently (a predecessor), or unknown?
+
+use std::time::{Duration, SystemTime};
+
+use codex_store::{JournalEvent, JournalRecord, Secret};
+
+/// Where a token request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The presented token is auth.json's current one: refresh through the guarded protocol.
+    Current,
+    /// The presented token was rotated away by this home within the grace window, and the
+    /// current token descends from it by the journal's chain: answer the current tokens.
+    Predecessor,
+    /// Neither: forward the request to the real endpoint.
+    Unknown,
+}
+
+impl Route {
+    /// Its name, for log lines.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Route::Current => "current",
+            Route::Predecessor => "predecessor",
+            Route::Unknown => "unknown",
+        }
+    }
+}
+
+/// The route of a request presenting `presented`, when auth.json's current refresh token is
+/// `current` (`None`: no ChatGPT tokens) and the journal holds `records` (oldest first), at
+/// `now` with a grace window of `grace`.
+///
+/// A predecessor is a token whose latest rotation (a `saved` or `recovered` record whose
+/// `refresh` is its fingerprint and whose `new_refresh` differs) is less than `grace` old,
+/// and from whose successor later rotation records lead, link by link, to `current`. A
+/// record's time that is missing, unreadable or in the future counts as long past (as
+/// everywhere in the protocol): it never makes a token a predecessor.
+pub(crate) fn route(
+    presented: &Secret,
+    current: Option<&Secret>,
+    records: &[JournalRecord],
+    now: SystemTime,
+    grace: Duration,
+) -> Route {
+    let Some(current) = current else {
+        return Route::Unknown;
+    };
+    if same(presented, current) {
+        return Route::Current;
+    }
+    let current = current.fingerprint();
+    let mut wanted = presented.fingerprint();
+    let Some(mut at) = records
+        .iter()
+        .rposition(|r| rotates(r, &wanted))
+        .filter(|&i| recent(&records[i], now, grace))
+    else {
+        return Route::Unknown;
+    };
+    // Each link is a later record than the one before: the walk ends after at most
+    // `records.len()` links, and a cycle in a forged journal cannot hold it.
+    loop {
+        match &records[at].new_refresh {
+            Some(next) => wanted.clone_from(next),
+            None => return Route::Unknown,
+        }
+        if wanted == current {
+            return Route::Predecessor;
+        }
+        match records[at + 1..].iter().position(|r| rotates(r, &wanted)) {
+            Some(i) => at += 1 + i,
+            None => return Route::Unknown,
+        }
+    }
+}
+
+/// Whether `record` rotates the token of fingerprint `fingerprint` to another one.
+fn rotates(record: &JournalRecord, fingerprint: &str) -> bool {
+    matches!(record.event, JournalEvent::Saved | JournalEvent::Recovered)
+        && record.refresh.as_deref() == Some(fingerprint)
+        && record.new_refresh.is_some()
+        && record.new_refresh != record.refresh
+}
+
+/// Whether `record` is less than `grace` old at `now`.
+fn recent(record: &JournalRecord, now: SystemTime, grace: Duration) -> bool {
+    record
+        .time()
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age < grace)
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where they differ (only on
+/// their lengths).
+pub(crate) fn same(a: &Secret, b: &Secret) -> bool {
+    let (a, b) = (a.expose().as_bytes(), b.expose().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use codex_store::Timestamp;
+
+    const GRACE: Duration = Duration::from_secs(600);
+
+    /// A row of the table: what it is, the token presented, the current one, the journal, and
+    /// the route expected.
+    type Row = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Vec<JournalRecord>,
+        Route,
+    );
+
+    fn fp(token: &str) -> String {
+        Secret::new(token).fingerprint()
+    }
+
+    /// A `event` record, `age` before `now`, rotating `from` to `to`.
+    fn record(
+        event: JournalEvent,
+        age: Duration,
+        now: SystemTime,
+        from: &str,
+        to: &str,
+    ) -> JournalRecord {
+        JournalRecord {
+            at: Timestamp::from_system_time(now - age).as_str().to_owned(),
+            pid: 1,
+            event,
+            generation: None,
+            new_generation: None,
+            account: None,
+            refresh: Some(fp(from)),
+            new_refresh: Some(fp(to)),
+            code: None,
+        }
+    }
+
+    fn saved(age_secs: u64, now: SystemTime, from: &str, to: &str) -> JournalRecord {
+        record(
+            JournalEvent::Saved,
+            Duration::from_secs(age_secs),
+            now,
+            from,
+            to,
+        )
+    }
+
+    #[test]
+    fn the_routing_decision_follows_its_table() {
+        let now = SystemTime::now();
+        let future = {
+            let mut r = saved(0, now, "rt_a", "rt_b");
+            r.at = Timestamp::from_system_time(now + Duration::from_secs(60))
+                .as_str()
+                .to_owned();
+            r
+        };
+        let unreadable_time = {
+            let mut r = saved(0, now, "rt_a", "rt_b");
+            r.at = "yesterday".into();
+            r
+        };
+        #[rustfmt::skip]
+        let table: Vec<Row> = vec![
+            ("the current token", "rt_b", Some("rt_b"), vec![saved(5, now, "rt_a", "rt_b")], Route::Current),
+            ("the current token with no journal", "rt_a", Some("rt_a"), vec![], Route::Current),
+            ("a token rotated away a minute ago", "rt_a", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_b")], Route::Predecessor),
+            ("a recovered rotation", "rt_a", Some("rt_b"), vec![record(JournalEvent::Recovered, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Predecessor),
+            ("a chain of two rotations", "rt_a", Some("rt_c"), vec![saved(120, now, "rt_a", "rt_b"), saved(60, now, "rt_b", "rt_c")], Route::Predecessor),
+            ("a token in the middle of a chain", "rt_b", Some("rt_c"), vec![saved(90, now, "rt_a", "rt_b"), saved(80, now, "rt_b", "rt_c")], Route::Predecessor),
+            ("a token rotated away outside the grace window", "rt_a", Some("rt_b"), vec![saved(601, now, "rt_a", "rt_b")], Route::Unknown),
+            ("a chain broken by a rotation the journal does not know", "rt_a", Some("rt_c"), vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
+            ("a chain whose links are out of order", "rt_a", Some("rt_c"), vec![saved(60, now, "rt_b", "rt_c"), saved(30, now, "rt_a", "rt_b")], Route::Unknown),
+            ("a chain that leads elsewhere", "rt_a", Some("rt_x"), vec![saved(60, now, "rt_a", "rt_b"), saved(30, now, "rt_b", "rt_c")], Route::Unknown),
+            ("a token never seen", "rt_z", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
+            ("any token when the home holds none", "rt_a", None, vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
+            ("a token only sent, not rotated", "rt_a", Some("rt_b"), vec![record(JournalEvent::Redeeming, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Unknown),
+            ("a token refused", "rt_a", Some("rt_b"), vec![record(JournalEvent::Refused, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Unknown),
+            ("an answer that kept the token is no rotation", "rt_a", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_a")], Route::Unknown),
+            ("a record dated in the future", "rt_a", Some("rt_b"), vec![future], Route::Unknown),
+            ("a record whose time does not parse", "rt_a", Some("rt_b"), vec![unreadable_time], Route::Unknown),
+            ("a forged cycle", "rt_a", Some("rt_x"), vec![saved(60, now, "rt_a", "rt_b"), saved(50, now, "rt_b", "rt_a"), saved(40, now, "rt_a", "rt_b")], Route::Unknown),
+        ];
+        for (case, presented, current, records, expected) in table {
+            let current = current.map(Secret::new);
+            let got = route(
+                &Secret::new(presented),
+                current.as_ref(),
+                &records,
+                now,
+                GRACE,
+            );
+            assert_eq!(
+                got, expected,
+                "{case}: routed {got:?}, expected {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_they_are() {
+        for (a, b, equal) in [
+            ("rt_a", "rt_a", true),
+            ("rt_a", "rt_b", false),
+            ("rt_a", "rt_ab", false),
+            ("", "", true),
+        ] {
+            assert_eq!(
+                same(&Secret::new(a), &Secret::new(b)),
+                equal,
+                "comparing {a:?} with {b:?}"
+            );
+        }
+    }
+}

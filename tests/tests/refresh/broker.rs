@@ -1,0 +1,729 @@
+//! The token broker (issue 21): a local token endpoint for unmodified Codex, over real HTTP on
+//! 127.0.0.1. The current refresh token is refreshed through the guarded protocol (one upstream
+//! request however many callers), a token rotated away within the grace window gets the current
+//! tokens with no request, any other token is forwarded unchanged and its answer relayed, a
+//! refusal reaches every caller with the endpoint's status and code, and a caller that presents
+//! nothing gets 400 and no token.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use codex_refresh::{Broker, BrokerConfig, BrokerError, BROKER_TOKEN_PATH};
+use codex_store_tests::fake_idp::{Behavior, Issued};
+use codex_store_tests::fixtures::{config, manager, read, Identity, Setup, EVENT_TIMEOUT};
+use codex_store_tests::http::{Answer, Client, Post, Response, Server, ServerOptions};
+use codex_store_tests::secrets::assert_hides;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const IDENTITY: Identity = Identity::new(
+    "acct-broker",
+    "broker@example.com",
+    "pro",
+    "rt_broker_initial",
+);
+
+/// A broker serving on an ephemeral port of 127.0.0.1 in a task of the test's runtime.
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), BrokerError>>,
+}
+
+impl Running {
+    /// Serves the home of `setup` with a manager whose token URL is `token_url`.
+    async fn start(setup: &Setup, token_url: String, broker: BrokerConfig) -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("cannot bind 127.0.0.1:0 for the broker");
+        let addr = listener
+            .local_addr()
+            .expect("the broker's listener has no address");
+        let manager = manager(&setup.store, config(token_url));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(Broker::new(manager, broker).serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Running { addr, stop, task }
+    }
+
+    /// Serves the home of `setup`, forwarding to its fake endpoint.
+    async fn over(setup: &Setup, broker: BrokerConfig) -> Running {
+        Running::start(setup, setup.fake.url(), broker).await
+    }
+
+    /// Posts `body` to the token path.
+    async fn post(&self, body: String) -> Answer {
+        post(self.addr, body).await
+    }
+
+    /// Stops the broker and checks that `serve` returned `Ok`.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let served = tokio::time::timeout(EVENT_TIMEOUT, self.task)
+            .await
+            .expect("the broker did not stop within the event timeout")
+            .expect("the broker's task panicked");
+        assert!(
+            served.is_ok(),
+            "serve ended with an error: {}",
+            served.unwrap_err()
+        );
+    }
+}
+
+/// Codex's refresh request presenting `refresh_token`.
+fn codex_request(refresh_token: &str) -> String {
+    json!({
+        "client_id": codex_refresh::CLIENT_ID,
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token,
+        "refresh_reason": "proactive_expiry",
+    })
+    .to_string()
+}
+
+/// Posts `body` to the broker's token path at `addr`, from a blocking thread.
+async fn post(addr: SocketAddr, body: String) -> Answer {
+    tokio::task::spawn_blocking(move || post_blocking(addr, &body))
+        .await
+        .expect("the posting thread panicked")
+}
+
+fn post_blocking(addr: SocketAddr, body: &str) -> Answer {
+    let authority = addr.to_string();
+    Client::new()
+        .post(&Post {
+            authority: &authority,
+            path: BROKER_TOKEN_PATH,
+            headers: &[],
+            body,
+            timeout: EVENT_TIMEOUT * 2,
+            max_answer: 64 * 1024,
+        })
+        .unwrap_or_else(|e| panic!("posting to the broker at {addr} failed: {e}"))
+}
+
+/// Sends `request` (raw HTTP/1.1) to `addr` and returns the answer's status, head and body.
+async fn raw(addr: SocketAddr, request: String) -> (u16, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("cannot connect to the broker at {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(EVENT_TIMEOUT))
+            .expect("cannot set a read timeout");
+        stream
+            .write_all(request.as_bytes())
+            .expect("cannot send the request");
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .expect("the answer did not end (the broker serves one request per connection)");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("the answer has no head: {answer:?}"));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("the answer has no status: {head:?}"));
+        (status, head.to_owned(), body.to_owned())
+    })
+    .await
+    .expect("the raw HTTP thread panicked")
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+}
+
+fn json_of(answer: &Answer) -> Value {
+    serde_json::from_slice(&answer.body).unwrap_or_else(|e| {
+        panic!(
+            "the broker's answer (HTTP {}) is not JSON: {e}: {:?}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        )
+    })
+}
+
+/// The tokens of a 200 answer, checked to be `issued`.
+#[track_caller]
+fn assert_answers(answer: &Answer, issued: &Issued, what: &str) {
+    assert_eq!(
+        answer.status,
+        200,
+        "{what}: the broker answered HTTP {} ({:?}), not the tokens",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    let body = json_of(answer);
+    for (field, expected) in [
+        ("access_token", &issued.access_token),
+        ("refresh_token", &issued.refresh_token),
+        ("id_token", &issued.id_token),
+    ] {
+        assert_eq!(
+            body[field].as_str(),
+            Some(expected.as_str()),
+            "{what}: the answer's {field} is not the one the endpoint issued last"
+        );
+    }
+}
+
+/// The error code of an answer's `{"error": {"code": ...}}`.
+fn code_of(answer: &Answer) -> Option<String> {
+    json_of(answer)["error"]["code"].as_str().map(str::to_owned)
+}
+
+fn last_issued(setup: &Setup) -> Issued {
+    setup
+        .fake
+        .last_issued()
+        .expect("the endpoint never issued tokens")
+}
+
+/// The journal's bytes (empty when there is none).
+fn journal(setup: &Setup) -> Vec<u8> {
+    std::fs::read(setup.store.journal_path()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_callers_presenting_the_current_expired_token_cause_one_upstream_request_and_all_get_the_same_new_tokens(
+) {
+    let setup = Setup::new(IDENTITY, -60);
+    // The first request is still in flight when the others arrive (whether they do changes
+    // nothing below: a later caller finds its token rotated away, within the grace window).
+    setup.fake.set_delay(Duration::from_millis(300));
+    let broker = Running::over(&setup, BrokerConfig::default()).await;
+    let start = Arc::new(Barrier::new(8));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let start = start.clone();
+            let addr = broker.addr;
+            tokio::task::spawn_blocking(move || {
+                start.wait();
+                post_blocking(addr, &codex_request(IDENTITY.initial_rt))
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.push(caller.await.expect("a caller's thread panicked"));
+    }
+    setup.fake.expect_requests(
+        1,
+        "8 callers presenting the current token must share one upstream request",
+    );
+    let issued = last_issued(&setup);
+    for (n, answer) in answers.iter().enumerate() {
+        assert_answers(answer, &issued, &format!("caller {n}"));
+    }
+    let stored = String::from_utf8_lossy(&read(setup.store.path())).into_owned();
+    assert!(
+        stored.contains(&issued.refresh_token),
+        "auth.json does not hold the new refresh token the callers were given"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotated_away_within_the_grace_window_get_the_current_tokens_without_an_upstream_request(
+) {
+    let setup = Setup::new(IDENTITY, -60);
+    let broker = Running::over(&setup, BrokerConfig::default()).await;
+    let first = broker.post(codex_request(IDENTITY.initial_rt)).await;
+    assert_answers(&first, &last_issued(&setup), "the first refresh");
+    let rt_1 = last_issued(&setup).refresh_token;
+    // The current token is refreshed when presented, due or not (Codex's forced refresh).
+    let second = broker.post(codex_request(&rt_1)).await;
+    let current = last_issued(&setup);
+    assert_answers(
+        &second,
+        &current,
+        "the forced refresh of a valid current token",
+    );
+    setup
+        .fake
+        .expect_requests(2, "each of two current tokens is refreshed once");
+    for (what, predecessor) in [
+        ("the token rotated away last", rt_1.as_str()),
+        (
+            "the token two rotations back (the journal's chain)",
+            IDENTITY.initial_rt,
+        ),
+    ] {
+        let answer = broker.post(codex_request(predecessor)).await;
+        assert_answers(&answer, &current, what);
+    }
+    setup.fake.expect_requests(
+        2,
+        "a predecessor within the grace window is answered without an upstream request",
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_away_outside_the_grace_window_is_forwarded_and_the_endpoints_reuse_refusal_answered_with_nothing_changed(
+) {
+    let setup = Setup::new(IDENTITY, -60);
+    let broker = Running::over(
+        &setup,
+        BrokerConfig {
+            grace: Duration::ZERO,
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let first = broker.post(codex_request(IDENTITY.initial_rt)).await;
+    let current = last_issued(&setup);
+    assert_answers(&first, &current, "the refresh of the current token");
+    let auth_before = read(setup.store.path());
+    let journal_before = journal(&setup);
+    let answer = broker.post(codex_request(IDENTITY.initial_rt)).await;
+    setup.fake.expect_requests(
+        2,
+        "a token rotated away outside the grace window must be forwarded upstream",
+    );
+    assert_eq!(
+        setup
+            .fake
+            .presented_refresh_tokens()
+            .last()
+            .map(String::as_str),
+        Some(IDENTITY.initial_rt),
+        "the forwarded request did not present the caller's token"
+    );
+    assert_eq!(
+        (answer.status, code_of(&answer).as_deref()),
+        (401, Some("refresh_token_reused")),
+        "the endpoint's reuse refusal was not answered as it came: {:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        json_of(&answer)["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already been used")),
+        "the endpoint's own message was not relayed: {:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_hides(
+        "the relayed refusal",
+        &String::from_utf8_lossy(&answer.body),
+        &[
+            &current.refresh_token,
+            &current.access_token,
+            &current.id_token,
+        ],
+    );
+    assert!(
+        read(setup.store.path()) == auth_before,
+        "auth.json changed because of a forwarded request"
+    );
+    assert!(
+        journal(&setup) == journal_before,
+        "the journal changed because of a forwarded request"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_token_is_forwarded_byte_for_byte_and_its_answer_relayed_without_storing_it() {
+    let setup = Setup::new(IDENTITY, -60);
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let upstream = Server::start(
+        ServerOptions {
+            name: "broker-upstream",
+            keep_alive: false,
+            max_body: 64 * 1024,
+        },
+        {
+            let received = received.clone();
+            move |request| {
+                received
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(request.body.unwrap_or_default());
+                Some(Response::json(
+                    200,
+                    r#"{"access_token":"at_other","refresh_token":"rt_other_2","id_token":"it_other"}"#,
+                ))
+            }
+        },
+    );
+    let url = format!("http://{}/oauth/token", upstream.addr());
+    let broker = Running::start(&setup, url, BrokerConfig::default()).await;
+    let auth_before = read(setup.store.path());
+    let journal_before = journal(&setup);
+    // Odd spacing, key order and an extra member: forwarded as sent.
+    let sent = "{ \"refresh_token\" : \"rt_another_login\",\"grant_type\":\"refresh_token\",\
+                \"client_id\":\"app_x\", \"extra\": [1, 2] }";
+    let answer = broker.post(sent.to_owned()).await;
+    let forwarded = received.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(
+        forwarded.len(),
+        1,
+        "the upstream received {} requests, not the one forwarded",
+        forwarded.len()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&forwarded[0]),
+        sent,
+        "the request was not forwarded unchanged"
+    );
+    assert_eq!(
+        (answer.status, json_of(&answer)["refresh_token"].as_str()),
+        (200, Some("rt_other_2")),
+        "the upstream's answer was not relayed: {:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        read(setup.store.path()) == auth_before && journal(&setup) == journal_before,
+        "a relayed answer changed auth.json or the journal"
+    );
+    setup
+        .fake
+        .expect_requests(0, "the home's own endpoint must not be asked");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_token_of_another_login_is_forwarded_to_the_endpoint_and_refreshed_there_without_touching_the_home(
+) {
+    let setup = Setup::new(IDENTITY, -60);
+    // Another client holds the endpoint's live token now; the home still holds the initial one.
+    let theirs = setup.fake.rotate_out_of_band();
+    let broker = Running::over(&setup, BrokerConfig::default()).await;
+    let auth_before = read(setup.store.path());
+    let answer = broker.post(codex_request(&theirs.refresh_token)).await;
+    setup
+        .fake
+        .expect_requests(1, "an unknown token must be forwarded once");
+    assert_answers(
+        &answer,
+        &last_issued(&setup),
+        "the endpoint's answer to another login's token",
+    );
+    assert!(
+        read(setup.store.path()) == auth_before,
+        "another login's refresh was stored in the home"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_while_refreshing_is_answered_to_every_waiting_caller_with_the_endpoints_status_and_code(
+) {
+    for (status, body, code) in [
+        (
+            401,
+            r#"{"error":{"code":"refresh_token_expired","message":"Your refresh token has expired."}}"#,
+            "refresh_token_expired",
+        ),
+        (
+            400,
+            r#"{"error":"invalid_grant","error_description":"the grant is dead"}"#,
+            "invalid_grant",
+        ),
+    ] {
+        let setup = Setup::new(IDENTITY, -60);
+        setup.fake.set_behavior(Behavior::status(status, body));
+        setup.fake.set_delay(Duration::from_millis(300));
+        let auth_before = read(setup.store.path());
+        let broker = Running::over(&setup, BrokerConfig::default()).await;
+        let start = Arc::new(Barrier::new(4));
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let start = start.clone();
+                let addr = broker.addr;
+                tokio::task::spawn_blocking(move || {
+                    start.wait();
+                    post_blocking(addr, &codex_request(IDENTITY.initial_rt))
+                })
+            })
+            .collect();
+        for (n, caller) in callers.into_iter().enumerate() {
+            let answer = caller.await.expect("a caller's thread panicked");
+            assert_eq!(
+                answer.status,
+                status,
+                "{code}: caller {n} got HTTP {}, not the endpoint's {status}: {:?}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+            let got: Value = serde_json::from_slice(&answer.body).expect("the refusal is not JSON");
+            let expected: Value = serde_json::from_str(body).expect("the test's body is JSON");
+            assert_eq!(
+                got, expected,
+                "{code}: caller {n} did not get the endpoint's own refusal body"
+            );
+        }
+        setup.fake.expect_requests(
+            1,
+            &format!("{code}: a refused token must be sent once, however many callers"),
+        );
+        assert!(
+            read(setup.store.path()) == auth_before,
+            "{code}: auth.json changed after a refusal"
+        );
+        broker.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_while_refreshing_is_answered_503_with_a_json_error_and_nothing_stored()
+{
+    let setup = Setup::new(IDENTITY, -60);
+    setup
+        .fake
+        .set_behavior(Behavior::status(500, r#"{"error":"server_error"}"#));
+    let auth_before = read(setup.store.path());
+    let broker = Running::over(&setup, BrokerConfig::default()).await;
+    let answer = broker.post(codex_request(IDENTITY.initial_rt)).await;
+    assert_eq!(
+        (answer.status, code_of(&answer).as_deref()),
+        (503, Some("temporarily_unavailable")),
+        "a 500 from the endpoint was not answered 503: {:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        read(setup.store.path()) == auth_before,
+        "auth.json changed after a transient failure"
+    );
+    assert_hides(
+        "the 503 answer",
+        &String::from_utf8_lossy(&answer.body),
+        &[IDENTITY.initial_rt, setup.access.as_str()],
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_presenting_no_refresh_token_gets_400_invalid_request_and_no_token() {
+    let setup = Setup::new(IDENTITY, 3600);
+    let max_body = 1024;
+    let broker = Running::over(
+        &setup,
+        BrokerConfig {
+            max_body,
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let current = IDENTITY.initial_rt;
+    let oversized = json!({
+        "grant_type": "refresh_token",
+        "refresh_token": current,
+        "padding": "x".repeat(max_body),
+    })
+    .to_string();
+    let cases = [
+        ("an empty body", String::new()),
+        ("an empty object", "{}".to_owned()),
+        (
+            "a body that is not JSON",
+            format!("refresh_token={current}"),
+        ),
+        (
+            "no refresh_token",
+            r#"{"grant_type":"refresh_token"}"#.to_owned(),
+        ),
+        (
+            "an empty refresh_token",
+            r#"{"grant_type":"refresh_token","refresh_token":""}"#.to_owned(),
+        ),
+        (
+            "the current token with another grant type",
+            json!({"grant_type": "password", "refresh_token": current}).to_string(),
+        ),
+        (
+            "the current token without a grant type",
+            json!({ "refresh_token": current }).to_string(),
+        ),
+        ("the current token in a body over max_body", oversized),
+    ];
+    let secrets = [current, setup.access.as_str(), &IDENTITY.id_token()];
+    for (case, body) in cases {
+        let answer = broker.post(body).await;
+        assert_eq!(
+            (answer.status, code_of(&answer).as_deref()),
+            (400, Some("invalid_request")),
+            "{case}: not answered 400 invalid_request: HTTP {} {:?}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_hides(
+            &format!("the answer to {case}"),
+            &String::from_utf8_lossy(&answer.body),
+            &secrets,
+        );
+    }
+    setup
+        .fake
+        .expect_requests(0, "a request presenting no token must reach no endpoint");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_post_to_the_token_path_and_get_health_are_served() {
+    let setup = Setup::new(IDENTITY, 3600);
+    let broker = Running::over(&setup, BrokerConfig::default()).await;
+    let (status, _, body) = raw(broker.addr, get("/health")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"ok":true}"#),
+        "the health probe did not answer 200 {{\"ok\":true}}"
+    );
+    let (status, head, _) = raw(broker.addr, get(BROKER_TOKEN_PATH)).await;
+    assert!(
+        status == 405 && head.to_ascii_lowercase().contains("allow: post"),
+        "GET on the token path was not answered 405 with Allow: POST: {head}"
+    );
+    let other = format!(
+        "POST /oauth/other HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n{body}",
+        body = codex_request(IDENTITY.initial_rt),
+        len = codex_request(IDENTITY.initial_rt).len()
+    );
+    let (status, _, body) = raw(broker.addr, other).await;
+    assert_eq!(status, 404, "a POST to another path was not answered 404");
+    assert_hides(
+        "the 404 answer",
+        &body,
+        &[IDENTITY.initial_rt, setup.access.as_str()],
+    );
+    setup
+        .fake
+        .expect_requests(0, "no request on another path may reach the endpoint");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_are_answered_429_with_retry_after() {
+    let setup = Setup::new(IDENTITY, 3600);
+    let broker = Running::over(
+        &setup,
+        BrokerConfig {
+            rate_per_second: 1,
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let (first, _, _) = raw(broker.addr, get("/health")).await;
+    assert_eq!(first, 200, "the first request of a full bucket was refused");
+    // The bucket holds one request and refills one a second: the next, sent at once, is over
+    // the rate.
+    let (status, head, body) = raw(broker.addr, get("/health")).await;
+    assert_eq!(
+        status, 429,
+        "a second request within a second of the first at 1 request/s was not refused: {head}"
+    );
+    let retry_after = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("the 429 has no Retry-After: {head}"));
+    assert!(
+        retry_after.parse::<u64>() == Ok(1),
+        "Retry-After is {retry_after:?}, not the 1 second a token takes at 1 request/s"
+    );
+    let body: Value = serde_json::from_str(&body).expect("the 429 body is not JSON");
+    assert!(
+        body["error"]["code"].is_string(),
+        "the 429 body carries no error code: {body}"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_listener_that_is_not_on_loopback() {
+    let setup = Setup::new(IDENTITY, 3600);
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("cannot bind 0.0.0.0:0");
+    let broker = Broker::new(
+        manager(&setup.store, config(setup.fake.url())),
+        BrokerConfig::default(),
+    );
+    let served = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        broker.serve(listener, std::future::pending()),
+    )
+    .await
+    .expect("serve on 0.0.0.0 did not return: it serves instead of refusing");
+    assert!(
+        matches!(served, Err(BrokerError::NotLoopback { .. })),
+        "serve on 0.0.0.0 was not refused as not loopback: {served:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_token_url_that_is_the_brokers_own_address() {
+    let setup = Setup::new(IDENTITY, 3600);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("cannot bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("no address").port();
+    let itself = format!("http://localhost:{port}{BROKER_TOKEN_PATH}");
+    let broker = Broker::new(
+        manager(&setup.store, config(itself)),
+        BrokerConfig::default(),
+    );
+    let served = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        broker.serve(listener, std::future::pending()),
+    )
+    .await
+    .expect("serve forwarding to itself did not return: it serves instead of refusing");
+    let Err(error @ BrokerError::ForwardsToItself { .. }) = served else {
+        panic!("a token URL naming the broker itself was not refused: {served:?}");
+    };
+    assert!(
+        error.to_string().contains(&port.to_string()),
+        "the refusal does not name the address: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_request_head_is_closed_after_the_header_timeout() {
+    let setup = Setup::new(IDENTITY, 3600);
+    let broker = Running::over(
+        &setup,
+        BrokerConfig {
+            header_timeout: Duration::from_millis(200),
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let addr = broker.addr;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("cannot connect to the broker at {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(EVENT_TIMEOUT))
+            .expect("cannot set a read timeout");
+        stream
+            .write_all(b"POST /oauth/token HTTP/1.1\r\nHost: 127.0")
+            .expect("cannot send half a head");
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).map(|_| rest)
+    })
+    .await
+    .expect("the raw HTTP thread panicked");
+    let rest = closed.unwrap_or_else(|e| {
+        panic!("the broker kept a connection without a whole head open past {EVENT_TIMEOUT:?}: {e}")
+    });
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "a half-sent head was answered 200: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    broker.stop().await;
+}
