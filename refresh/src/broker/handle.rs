@@ -13,7 +13,7 @@ use super::limit::TokenBucket;
 use super::request::{read_body, refresh_token_of};
 use super::route::{route, Route};
 use super::{BrokerConfig, HEALTH_PATH, TOKEN_PATH};
-use crate::error::RefreshError;
+use crate::error::{PermanentReason, RefreshError};
 use crate::manager::AuthManager;
 
 /// What every connection of a broker shares.
@@ -88,6 +88,10 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
             Some(tokens) => answer::tokens(tokens),
             None => answer::unavailable("the home holds no tokens"),
         },
+        Route::Spent => {
+            tracing::info!(presented = %fingerprint, "a token this home redeemed for a successor: answered refresh_token_reused, not sent");
+            answer::refused(None, &PermanentReason::Reused)
+        }
         Route::Unknown => {
             drop(decision);
             forward(shared, &fingerprint, body).await

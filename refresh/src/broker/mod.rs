@@ -79,11 +79,15 @@ impl Default for BrokerConfig {
 /// - **a token this home rotated away less than [`BrokerConfig::grace`] ago**, from which the
 ///   current token descends by the journal's chain of rotations: the current tokens, with no
 ///   request (a Codex process that lost the race, or read auth.json just before a rotation);
-/// - **any other token** (unknown, or rotated away longer ago): the request is forwarded
-///   unchanged to the real endpoint (the manager's token URL) and its answer relayed, nothing
-///   stored. Codex would have sent that very request there without the broker, so the broker
-///   is never worse than none (another login's token still refreshes, a dead one still hears
-///   `refresh_token_reused`), and it reveals nothing of this home.
+/// - **a token this home redeemed for a successor that is no such predecessor** (rotated
+///   away longer ago, or its chain does not lead to the current token): answered
+///   `refresh_token_reused` (401) with no request. It is dead, and the endpoint, shown a
+///   reused token, may revoke the whole family, the live token included: better than without
+///   the broker;
+/// - **any other token** (unknown to this home): the request is forwarded unchanged to the
+///   real endpoint (the manager's token URL) and its answer relayed, nothing stored. Codex
+///   would have sent that very request there without the broker, so the broker is never worse
+///   than none (another login's token still refreshes), and it reveals nothing of this home.
 ///
 /// A permanent refusal while refreshing is answered to every waiting caller with the
 /// endpoint's status and error code; a transient failure with 503. A request that presents no

@@ -13,6 +13,11 @@ pub(crate) enum Route {
     /// The presented token was rotated away by this home within the grace window, and the
     /// current token descends from it by the journal's chain: answer the current tokens.
     Predecessor,
+    /// A token this home redeemed for a successor, but not a predecessor (outside the grace
+    /// window, or its chain does not lead to the current token): it is dead, and the broker
+    /// answers `refresh_token_reused` itself. Sent to the endpoint, a reused token may make it
+    /// revoke the whole family of tokens, the live one included.
+    Spent,
     /// Neither: forward the request to the real endpoint.
     Unknown,
 }
@@ -23,6 +28,7 @@ impl Route {
         match self {
             Route::Current => "current",
             Route::Predecessor => "predecessor",
+            Route::Spent => "spent",
             Route::Unknown => "unknown",
         }
     }
@@ -31,6 +37,8 @@ impl Route {
 /// The route of a request presenting `presented`, when auth.json's current refresh token is
 /// `current` (`None`: no ChatGPT tokens) and the journal holds `records` (oldest first), at
 /// `now` with a grace window of `grace`.
+///
+/// A token this home rotated away that is no predecessor is [`Route::Spent`].
 ///
 /// A predecessor is a token whose latest rotation (a `saved` or `recovered` record whose
 /// `refresh` is its fingerprint and whose `new_refresh` differs) is less than `grace` old,
@@ -52,26 +60,26 @@ pub(crate) fn route(
     }
     let current = current.fingerprint();
     let mut wanted = presented.fingerprint();
-    let Some(mut at) = records
-        .iter()
-        .rposition(|r| rotates(r, &wanted))
-        .filter(|&i| recent(&records[i], now, grace))
-    else {
+    let Some(latest) = records.iter().rposition(|r| rotates(r, &wanted)) else {
         return Route::Unknown;
     };
+    if !recent(&records[latest], now, grace) {
+        return Route::Spent;
+    }
+    let mut at = latest;
     // Each link is a later record than the one before: the walk ends after at most
     // `records.len()` links, and a cycle in a forged journal cannot hold it.
     loop {
         match &records[at].new_refresh {
             Some(next) => wanted.clone_from(next),
-            None => return Route::Unknown,
+            None => return Route::Spent,
         }
         if wanted == current {
             return Route::Predecessor;
         }
         match records[at + 1..].iter().position(|r| rotates(r, &wanted)) {
             Some(i) => at += 1 + i,
-            None => return Route::Unknown,
+            None => return Route::Spent,
         }
     }
 }
@@ -175,18 +183,18 @@ mod tests {
             ("a recovered rotation", "rt_a", Some("rt_b"), vec![record(JournalEvent::Recovered, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Predecessor),
             ("a chain of two rotations", "rt_a", Some("rt_c"), vec![saved(120, now, "rt_a", "rt_b"), saved(60, now, "rt_b", "rt_c")], Route::Predecessor),
             ("a token in the middle of a chain", "rt_b", Some("rt_c"), vec![saved(90, now, "rt_a", "rt_b"), saved(80, now, "rt_b", "rt_c")], Route::Predecessor),
-            ("a token rotated away outside the grace window", "rt_a", Some("rt_b"), vec![saved(601, now, "rt_a", "rt_b")], Route::Unknown),
-            ("a chain broken by a rotation the journal does not know", "rt_a", Some("rt_c"), vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
-            ("a chain whose links are out of order", "rt_a", Some("rt_c"), vec![saved(60, now, "rt_b", "rt_c"), saved(30, now, "rt_a", "rt_b")], Route::Unknown),
-            ("a chain that leads elsewhere", "rt_a", Some("rt_x"), vec![saved(60, now, "rt_a", "rt_b"), saved(30, now, "rt_b", "rt_c")], Route::Unknown),
+            ("a token rotated away outside the grace window", "rt_a", Some("rt_b"), vec![saved(601, now, "rt_a", "rt_b")], Route::Spent),
+            ("a chain broken by a rotation the journal does not know", "rt_a", Some("rt_c"), vec![saved(60, now, "rt_a", "rt_b")], Route::Spent),
+            ("a chain whose links are out of order", "rt_a", Some("rt_c"), vec![saved(60, now, "rt_b", "rt_c"), saved(30, now, "rt_a", "rt_b")], Route::Spent),
+            ("a chain that leads elsewhere", "rt_a", Some("rt_x"), vec![saved(60, now, "rt_a", "rt_b"), saved(30, now, "rt_b", "rt_c")], Route::Spent),
             ("a token never seen", "rt_z", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
             ("any token when the home holds none", "rt_a", None, vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
             ("a token only sent, not rotated", "rt_a", Some("rt_b"), vec![record(JournalEvent::Redeeming, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Unknown),
             ("a token refused", "rt_a", Some("rt_b"), vec![record(JournalEvent::Refused, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Unknown),
             ("an answer that kept the token is no rotation", "rt_a", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_a")], Route::Unknown),
-            ("a record dated in the future", "rt_a", Some("rt_b"), vec![future], Route::Unknown),
-            ("a record whose time does not parse", "rt_a", Some("rt_b"), vec![unreadable_time], Route::Unknown),
-            ("a forged cycle", "rt_a", Some("rt_x"), vec![saved(60, now, "rt_a", "rt_b"), saved(50, now, "rt_b", "rt_a"), saved(40, now, "rt_a", "rt_b")], Route::Unknown),
+            ("a record dated in the future", "rt_a", Some("rt_b"), vec![future], Route::Spent),
+            ("a record whose time does not parse", "rt_a", Some("rt_b"), vec![unreadable_time], Route::Spent),
+            ("a forged cycle", "rt_a", Some("rt_x"), vec![saved(60, now, "rt_a", "rt_b"), saved(50, now, "rt_b", "rt_a"), saved(40, now, "rt_a", "rt_b")], Route::Spent),
         ];
         for (case, presented, current, records, expected) in table {
             let current = current.map(Secret::new);
