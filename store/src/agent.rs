@@ -102,10 +102,8 @@ pub struct AgentClaim {
     identity: Option<(u64, u64)>,
     status_path: PathBuf,
     temp_path: PathBuf,
-    /// The token broker's URL of the store's options ([`StoreOptions::agent_broker`]), published
-    /// in every status that names none.
-    ///
-    /// [`StoreOptions::agent_broker`]: crate::StoreOptions::agent_broker
+    /// The token broker's URL of the store ([`Store::with_agent_broker`]), published in every
+    /// status that names none.
     broker: Option<String>,
     /// Set by [`AgentClaim::abandon`]: release the lock, touch no file.
     abandoned: bool,
@@ -141,8 +139,8 @@ impl Store {
     }
 
     /// Claims the store for an agent, never waiting, and publishes `status` (naming the token
-    /// broker of [`StoreOptions::agent_broker`](crate::StoreOptions::agent_broker) when it
-    /// names none, as every status this claim publishes).
+    /// broker of [`Store::with_agent_broker`] when it names none, as every status this claim
+    /// publishes).
     ///
     /// # Errors
     /// [`StoreError::AgentRunning`] (with the other agent's pid when it published one) when
@@ -180,7 +178,7 @@ impl Store {
             identity,
             status_path: self.agent_status_path(),
             temp_path: self.agent_status_temp_path(),
-            broker: self.options().agent_broker.clone(),
+            broker: self.agent_broker().map(str::to_owned),
             abandoned: false,
         };
         claim.publish(status)?;
@@ -206,7 +204,7 @@ impl Store {
 impl AgentClaim {
     /// Replaces the published status (written beside it and renamed over it, so readers see
     /// the old one or the new one). A status naming no token broker is published naming the
-    /// claim's ([`StoreOptions::agent_broker`](crate::StoreOptions::agent_broker)), if any.
+    /// store's ([`Store::with_agent_broker`]), if any.
     ///
     /// # Errors
     /// [`StoreError::Io`] naming the file that could not be written or renamed.
@@ -299,7 +297,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::{AgentPresence, AgentState, AgentStatus};
-    use crate::{Store, StoreOptions};
+    use crate::Store;
 
     const BROKER: &str = "http://127.0.0.1:14550/oauth/token";
 
@@ -342,13 +340,11 @@ mod tests {
     }
 
     #[test]
-    fn every_status_a_claim_publishes_names_the_broker_of_the_stores_options_unless_it_names_one() {
+    fn every_status_a_claim_publishes_names_the_stores_broker_unless_it_names_one() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let options = StoreOptions {
-            agent_broker: Some(BROKER.to_owned()),
-            ..StoreOptions::default()
-        };
-        let store = Store::with_options(dir.path(), options).expect("the store opens");
+        let store = Store::open(dir.path())
+            .expect("the store opens")
+            .with_agent_broker(Some(BROKER.to_owned()));
         let started = SystemTime::now();
         let claim = store
             .claim_agent(&AgentStatus::new(started, AgentState::Idle, None))

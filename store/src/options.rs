@@ -1,5 +1,4 @@
-//! [`StoreOptions`]: how long to wait for the lock, whom to tell while waiting, and what an agent
-//! claiming the store publishes of its token broker.
+//! [`StoreOptions`]: how long to wait for the lock, and whom to tell while waiting.
 
 use std::fmt;
 use std::path::Path;
@@ -36,11 +35,6 @@ pub struct StoreOptions {
     pub notice_after: Duration,
     /// Told once per wait that lasts `notice_after` (for example, to print "waiting for ...").
     pub on_wait: Option<WaitNotice>,
-    /// The URL of the local token broker served beside an agent that claims this store
-    /// (`codex-store agent --serve`), published in the agent's status
-    /// ([`AgentStatus::broker`](crate::AgentStatus::broker)) when the status the agent gives
-    /// leaves it unset, so that every status it publishes names it. Default: none.
-    pub agent_broker: Option<String>,
 }
 
 impl StoreOptions {
@@ -107,7 +101,6 @@ impl Default for StoreOptions {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             notice_after: Duration::from_secs(1),
             on_wait: None,
-            agent_broker: None,
         }
     }
 }
@@ -118,7 +111,6 @@ impl fmt::Debug for StoreOptions {
             .field("lock_timeout", &self.lock_timeout)
             .field("notice_after", &self.notice_after)
             .field("on_wait", &self.on_wait.as_ref().map(|_| "Fn"))
-            .field("agent_broker", &self.agent_broker)
             .finish()
     }
 }
