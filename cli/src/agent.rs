@@ -27,7 +27,8 @@ pub struct Args {
     /// Listen for Codex's refresh requests on ADDR, a loopback address [default ADDR:
     /// 127.0.0.1:14550], and publish its URL in the agent's status (`inspect`, `codex-store
     /// env`, `codex-store exec`). A socket passed by the service manager (systemd's socket
-    /// activation: the shipped codex-store-agent.socket) is used instead of binding one.
+    /// activation: the shipped codex-store-agent.socket) is used instead of binding one, and
+    /// served without --serve too.
     #[arg(long, value_name = "ADDR", num_args = 0..=1)]
     serve: Option<Option<String>>,
 }
@@ -82,9 +83,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     })
 }
 
-/// The token broker's listening socket with `--serve` (`serve`: `Some(None)` without ADDR), or
-/// `None` without: the socket the service manager passed (socket activation), else ADDR bound
-/// now. ADDR must be a loopback address; an ADDR of port 0 binds any free port.
+/// The token broker's listening socket: the one the service manager passed (systemd's socket
+/// activation, the shipped codex-store-agent.socket: serving it is what enabling that unit
+/// asks for, with or without `--serve`), else, with `--serve` (`serve`: `Some(None)` without
+/// ADDR), ADDR bound now; else `None`. ADDR, and a passed socket's address, must be loopback;
+/// an ADDR of port 0 binds any free port.
 ///
 /// # Errors
 /// A usage error (exit 2) for an ADDR that is no loopback address, for a passed socket the
@@ -98,18 +101,11 @@ pub fn broker_listener(
 ) -> Result<Option<TcpListener>, Failure> {
     // Read (and removed from the environment) in any case.
     let inherited = crate::activation::inherited_listener()?;
-    let Some(asked) = serve else {
-        if inherited.is_some() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "codex-store: warning: the service manager passed a listening socket \
-                 (LISTEN_FDS), but the agent runs without --serve: the socket is not served; \
-                 add --serve to the agent's command, or disable its socket unit"
-            );
-        }
+    if serve.is_none() && inherited.is_none() {
         return Ok(None);
-    };
-    let asked = asked
+    }
+    let asked = serve
+        .flatten()
         .map(|text| parse_broker_addr("--serve", text, true, SERVE_HINT))
         .transpose()?;
     let passed_hint = "make the socket unit's ListenStream= and --serve name the same loopback \

@@ -6,7 +6,7 @@ use std::io::Write as _;
 
 use serde::Serialize;
 
-use crate::broker::{self, Source};
+use crate::broker::{self, Source, HEALTH_TIMEOUT};
 use crate::exit::Failure;
 use crate::home::Context;
 use crate::options::{broker_url, TOKEN_URL_ENV};
@@ -84,17 +84,22 @@ fn line(shell: Shell, name: &str, value: &str) -> String {
     }
 }
 
-/// Runs `env`: the line on stdout (a document with `--json`); on stderr a warning when no agent
-/// serves the broker now (without `--addr`).
+/// Runs `env`: the line on stdout (a document with `--json`); on stderr a warning when no
+/// broker answers at its address now.
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let target = broker::target(&ctx.home()?, args.addr.as_deref(), ADDR_HINT)?;
     let value = broker_url(target.addr);
-    if let Some(why) = &target.no_agent_broker {
+    if let Err(why) = broker::check_health(target.addr, HEALTH_TIMEOUT) {
+        let also = target
+            .no_agent_broker
+            .as_deref()
+            .map(|a| format!("; {a}"))
+            .unwrap_or_default();
         let _ = writeln!(
             std::io::stderr(),
-            "codex-store: warning: {why}: a Codex started with this line cannot refresh until an \
-             agent serves the broker at {value} (`codex-store agent --serve`); `codex-store exec \
-             -- codex` sets the variable only while a broker answers"
+            "codex-store: warning: no token broker answers at {value} now ({why}{also}): a \
+             Codex started with this line cannot refresh until one does (`codex-store agent \
+             --serve`); `codex-store exec -- codex` sets the variable only while one answers"
         );
     }
     let report = EnvReport {
