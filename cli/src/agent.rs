@@ -2,13 +2,15 @@
 //! Codex processes sharing it never have to refresh.
 
 use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use codex_refresh::{Agent, AgentConfig, AgentError, AgentEvent};
-use codex_store::StoreError;
+use codex_store::{AgentPresence, StoreError};
 
 use crate::exit::Failure;
 use crate::home::Context;
+use crate::options::{broker_url, parse_broker_addr, DEFAULT_BROKER_ADDR};
 
 /// Options of `agent`.
 #[derive(Debug, clap::Args)]
@@ -21,17 +23,43 @@ pub struct Args {
     /// One JSON object per line on stderr instead of text.
     #[arg(long)]
     json: bool,
+
+    /// Listen for Codex's refresh requests on ADDR, a loopback address [default ADDR:
+    /// 127.0.0.1:14550], and publish its URL in the agent's status (`inspect`, `codex-store
+    /// env`, `codex-store exec`). A socket passed by the service manager (systemd's socket
+    /// activation: the shipped codex-store-agent.socket) is used instead of binding one, and
+    /// served without --serve too.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+    serve: Option<Option<String>>,
 }
+
+/// The hint under a bad `--serve`.
+const SERVE_HINT: &str =
+    "use a loopback address such as 127.0.0.1:14550 or [::1]:14550; see `codex-store agent --help`";
 
 /// Runs `agent` until SIGTERM, SIGINT or SIGHUP (exit 0). When another agent already runs for
 /// the home, exits [`crate::exit::AGENT_RUNNING`] at once, naming its pid.
 pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
+    // First, before anything is claimed: a taken port is an error naming it, not an agent that
+    // runs and serves nothing.
+    let listener = broker_listener(ctx, args.serve.as_ref().map(Option::as_deref))?;
+    let broker = listener
+        .as_ref()
+        .map(|l| l.local_addr().map(broker_url))
+        .transpose()
+        .map_err(|e| {
+            Failure::other(
+                format!("the token broker's socket has no address: {e}"),
+                "start the agent again; if it persists, check the socket the service manager passes",
+            )
+        })?;
     let config = AgentConfig {
         lead: args.lead,
         ..AgentConfig::default()
     };
-    let mut agent =
-        Agent::new(ctx.quiet_store()?, ctx.refresh_config(), config).map_err(agent_failure)?;
+    // Every status the agent publishes names the broker's URL (`inspect`, `env`, `exec`).
+    let store = ctx.quiet_store()?.with_agent_broker(broker);
+    let mut agent = Agent::new(store, ctx.refresh_config(), config).map_err(agent_failure)?;
     if let Some(fleet) = ctx.fleet_args().fleet()? {
         agent = agent.with_fleet(fleet).map_err(agent_failure)?;
     }
@@ -44,11 +72,110 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             )
         })?;
         let json = args.json;
+        // Held open for the agent's whole run. The token broker (issue 21) is handed `listener`
+        // here, to serve beside the agent until `stop`:
+        // `codex_refresh::broker::Broker::serve(listener, shutdown)`.
+        let _listener = listener;
         agent
             .run(stop, |event| print_event(event, json))
             .await
             .map_err(agent_failure)
     })
+}
+
+/// The token broker's listening socket: the one the service manager passed (systemd's socket
+/// activation, the shipped codex-store-agent.socket: serving it is what enabling that unit
+/// asks for, with or without `--serve`), else, with `--serve` (`serve`: `Some(None)` without
+/// ADDR), ADDR bound now; else `None`. ADDR, and a passed socket's address, must be loopback;
+/// an ADDR of port 0 binds any free port.
+///
+/// # Errors
+/// A usage error (exit 2) for an ADDR that is no loopback address, for a passed socket the
+/// agent cannot use (not loopback, not the ADDR given, more than one); exit
+/// [`crate::exit::AGENT_RUNNING`] when the home's own agent already serves ADDR; another error
+/// (exit 1) naming ADDR when it cannot be bound (taken by another process, not an address of
+/// this machine).
+pub fn broker_listener(
+    ctx: &Context,
+    serve: Option<Option<&str>>,
+) -> Result<Option<TcpListener>, Failure> {
+    // Read (and removed from the environment) in any case.
+    let inherited = crate::activation::inherited_listener()?;
+    if serve.is_none() && inherited.is_none() {
+        return Ok(None);
+    }
+    let asked = serve
+        .flatten()
+        .map(|text| parse_broker_addr("--serve", text, true, SERVE_HINT))
+        .transpose()?;
+    let passed_hint = "make the socket unit's ListenStream= and --serve name the same loopback \
+                       address, or give --serve no address";
+    if let Some(listener) = inherited {
+        let addr = listener.local_addr().map_err(|e| {
+            Failure::usage_with(
+                format!("the socket the service manager passed has no address: {e}"),
+                passed_hint,
+            )
+        })?;
+        if !crate::options::is_loopback_ip(addr.ip()) {
+            return Err(Failure::usage_with(
+                format!(
+                    "the socket the service manager passed listens on {addr}, not a loopback \
+                     address: the token broker listens only on 127.0.0.0/8 or [::1]"
+                ),
+                passed_hint,
+            ));
+        }
+        if let Some(asked) = asked.filter(|a| a.port() != 0 && *a != addr) {
+            return Err(Failure::usage_with(
+                format!(
+                    "--serve {asked} names another address than the socket the service manager \
+                     passed, which listens on {addr}"
+                ),
+                passed_hint,
+            ));
+        }
+        return Ok(Some(listener));
+    }
+    let addr = match asked {
+        Some(addr) => addr,
+        None => parse_broker_addr("--serve", DEFAULT_BROKER_ADDR, false, SERVE_HINT)?,
+    };
+    TcpListener::bind(addr)
+        .map(Some)
+        .map_err(|e| bind_failure(ctx, addr, &e))
+}
+
+/// Why `addr` could not be bound: the home's own agent serving it already (exit 8, as any
+/// second agent), or the address named with what to do.
+fn bind_failure(ctx: &Context, addr: SocketAddr, e: &std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        let url = broker_url(addr);
+        let presence = ctx.quiet_store().ok().and_then(|s| s.agent_presence().ok());
+        if let Some(AgentPresence::Running(Some(status))) = presence {
+            if status.broker.as_deref() == Some(url.as_str()) {
+                return Failure::agent_running(format!(
+                    "another agent (pid {}) already runs for this home and serves the token \
+                     broker at {url}",
+                    status.pid
+                ));
+            }
+        }
+        return Failure::other(
+            format!(
+                "cannot listen on {addr} for the token broker (--serve): another process \
+                 listens there ({e})"
+            ),
+            "find it with `ss -ltnp` (Linux) or `lsof -nP -iTCP -sTCP:LISTEN` (macOS): stop it, \
+             or give the agent another loopback address (`--serve 127.0.0.1:PORT`, and \
+             `codex-store env --addr` the same)",
+        );
+    }
+    Failure::other(
+        format!("cannot listen on {addr} for the token broker (--serve): {e}"),
+        "use an address of this machine's loopback interface and a port of 1024 or above (the \
+         default is 127.0.0.1:14550)",
+    )
 }
 
 /// Resolves at the first SIGTERM, SIGINT or SIGHUP (a closed terminal: the agent stops as

@@ -88,6 +88,32 @@ impl Failure {
         }
     }
 
+    /// `exec`: the command could not be started (`error` from `execve`), with the exit code a
+    /// shell gives it: [`COMMAND_NOT_FOUND`] when there is no such program, else
+    /// [`COMMAND_NOT_RUNNABLE`].
+    pub fn command_not_started(command: &str, error: &io::Error) -> Self {
+        let not_found = matches!(
+            error.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+        );
+        if not_found {
+            Failure {
+                message: format!("cannot run {command:?}: command not found ({error})"),
+                hint: Some("check the command's name, and that its directory is on PATH"),
+                code: COMMAND_NOT_FOUND,
+            }
+        } else {
+            Failure {
+                message: format!("cannot run {command:?}: {error}"),
+                hint: Some(
+                    "check that it is an executable file (`chmod +x`) of this machine, on a \
+                     file system mounted without noexec",
+                ),
+                code: COMMAND_NOT_RUNNABLE,
+            }
+        }
+    }
+
     /// Stdout was closed before the output could be written (`codex-store inspect | true`):
     /// exit [`CLOSED_STDOUT`] without a message, as a process killed by SIGPIPE would.
     pub fn closed_stdout() -> Self {
@@ -96,6 +122,12 @@ impl Failure {
             hint: None,
             code: CLOSED_STDOUT,
         }
+    }
+
+    /// The message (tests).
+    #[cfg(test)]
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// Prints the message and hint to stderr and returns the exit code. Never panics: a closed
@@ -194,6 +226,13 @@ pub const FLEET_REFRESHES: u8 = 9;
 /// The exit code of `status` when the login works but needs attention (one `problem` line says
 /// what: an expiry without an agent, an agent expected and gone, a rotation left over, ...).
 pub const ATTENTION: u8 = 10;
+
+/// The exit code of `exec` when its command does not exist (as a shell's: 127).
+pub const COMMAND_NOT_FOUND: u8 = 127;
+
+/// The exit code of `exec` when its command exists but cannot be run (not executable, not a
+/// program of this machine; as a shell's: 126).
+pub const COMMAND_NOT_RUNNABLE: u8 = 126;
 
 /// The exit code when stdout was closed before the output was written (128 + SIGPIPE, as shells
 /// report a process killed by it). What the command did before (a stored key) stays done.

@@ -47,6 +47,8 @@ struct AgentReport {
     pid: Option<u32>,
     state: Option<String>,
     next_refresh: Option<String>,
+    /// The URL of the token broker it serves (`agent --serve`), as its status says.
+    broker: Option<String>,
 }
 
 impl fmt::Display for AgentReport {
@@ -60,6 +62,9 @@ impl fmt::Display for AgentReport {
         }
         if let Some(next) = &self.next_refresh {
             write!(f, ", next refresh {next}")?;
+        }
+        if let Some(broker) = &self.broker {
+            write!(f, ", token broker {broker}")?;
         }
         Ok(())
     }
@@ -192,6 +197,7 @@ fn build(home: &Path, history: bool) -> InspectReport {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned));
                 report.agent.next_refresh = status.next_refresh;
+                report.agent.broker = status.broker;
             }
         }
         Err(e) => report.problems.push(e.to_string()),

@@ -2,8 +2,12 @@
 
 #![forbid(unsafe_code)]
 
+mod activation;
 mod agent;
+mod broker;
 mod completions;
+mod env;
+mod exec;
 mod exit;
 mod findings;
 mod fleet;
@@ -46,6 +50,8 @@ Exit codes:
      nothing was sent; the fleet's agents refresh (check them with `inspect --fleet`)
   10  `status`: the login works but needs attention (an expiry without an agent, an agent
      expected and not running, a rotation left over, a fleet problem: one line each)
+  126  `exec`: the command exists but cannot be run (not executable)
+  127  `exec`: the command was not found
   141  stdout was closed before the output was written (what was done stays done)";
 
 /// Inspect and use Codex's auth.json safely: every access takes the store's lock, every write
@@ -104,6 +110,13 @@ enum Command {
     Login(login::Args),
     /// Remove the stored credentials.
     Logout(logout::Args),
+    /// Print the line for a shell profile that sends Codex's refresh requests to the agent's
+    /// token broker (`export CODEX_REFRESH_TOKEN_URL_OVERRIDE=...`).
+    Env(env::Args),
+    /// Run a command (Codex) with CODEX_REFRESH_TOKEN_URL_OVERRIDE set to the agent's token
+    /// broker when one answers, and without it (and a warning) when none does, e.g.
+    /// `codex-store exec -- codex`.
+    Exec(exec::Args),
     /// Print the completion script of a shell on stdout, e.g. `codex-store completions bash >
     /// ~/.local/share/bash-completion/completions/codex-store`.
     Completions(completions::Args),
@@ -158,6 +171,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => args.json,
         Command::Refresh(args) => args.json,
         Command::Status(args) => args.json,
+        Command::Env(args) => args.json,
         _ => false,
     };
     let needs_home = !matches!(cli.command, Command::Completions(_) | Command::Man);
@@ -175,6 +189,8 @@ fn main() -> ExitCode {
         Command::Refresh(args) => refresh::run(&ctx, args),
         Command::Login(args) => login::run(&ctx, args),
         Command::Logout(args) => logout::run(&ctx, args),
+        Command::Env(args) => env::run(&ctx, args),
+        Command::Exec(args) => exec::run(&ctx, args),
         Command::Completions(args) => completions::completions(args),
         Command::Man => completions::man(),
     };

@@ -1,8 +1,9 @@
 //! The global options every subcommand shares: the durations' syntax and where the fleet is
-//! (`--fleet ENDPOINTS`, ...).
+//! (`--fleet ENDPOINTS`, ...); and the token broker's address, which `agent --serve`, `env
+//! --addr` and `exec --addr` take.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +16,91 @@ use crate::exit::Failure;
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     codex_store::StoreOptions::parse_duration(text)
         .ok_or_else(|| format!("`{text}` is not a duration; write it like 2s, 500ms or 1m"))
+}
+
+/// Where the agent's token broker listens when `--serve` names no address. It must equal the
+/// broker's own default (`codex_refresh::broker::DEFAULT_BROKER_ADDR`), which Codex is pointed
+/// at by `codex-store env` and `codex-store exec`, and the shipped socket unit's
+/// `ListenStream=`.
+pub const DEFAULT_BROKER_ADDR: &str = "127.0.0.1:14550";
+
+/// The path of the broker's token endpoint: Codex posts its refresh there.
+pub const BROKER_TOKEN_PATH: &str = "/oauth/token";
+
+/// The variable through which unmodified Codex (and codex-store) sends its refresh requests to
+/// another token endpoint.
+pub const TOKEN_URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
+
+/// The URL of the broker's token endpoint at `addr`, what [`TOKEN_URL_ENV`] names:
+/// `http://127.0.0.1:14550/oauth/token`, `http://[::1]:14550/oauth/token`.
+pub fn broker_url(addr: SocketAddr) -> String {
+    format!("http://{addr}{BROKER_TOKEN_PATH}")
+}
+
+/// The address of a broker URL exactly as [`broker_url`] writes it for a loopback address with
+/// a port; `None` for anything else (an agent's status is outside text: a URL sending Codex's
+/// refresh tokens elsewhere must not be taken from it).
+pub fn broker_addr_of_url(url: &str) -> Option<SocketAddr> {
+    let authority = url
+        .strip_prefix("http://")?
+        .strip_suffix(BROKER_TOKEN_PATH)?;
+    let addr: SocketAddr = authority.parse().ok()?;
+    (is_loopback_ip(addr.ip()) && addr.port() != 0 && broker_url(addr) == url).then_some(addr)
+}
+
+/// Whether `ip` is a loopback address: 127.0.0.0/8 or `::1`.
+pub fn is_loopback_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback(),
+    }
+}
+
+/// Parses the token broker's address given to `option` (`--serve`, `--addr`): `IP:PORT` of a
+/// loopback address (127.0.0.0/8, `[::1]`), or `localhost:PORT` (127.0.0.1). Port 0 (any free
+/// port) only `with_any_port`, where the agent binds it and publishes the port it got.
+///
+/// # Errors
+/// A usage error (exit 2) with `hint` for text that is no such address, naming the option and
+/// the text (escaped when printed), and saying why only loopback.
+pub fn parse_broker_addr(
+    option: &str,
+    text: &str,
+    with_any_port: bool,
+    hint: &'static str,
+) -> Result<SocketAddr, Failure> {
+    let parsed = match text.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        None => text.parse::<SocketAddr>().ok(),
+    };
+    let Some(addr) = parsed else {
+        return Err(Failure::usage_with(
+            format!(
+                "{option} {text:?} is not an address: write IP:PORT, like {DEFAULT_BROKER_ADDR} \
+                 or [::1]:14550"
+            ),
+            hint,
+        ));
+    };
+    if !is_loopback_ip(addr.ip()) {
+        return Err(Failure::usage_with(
+            format!(
+                "{option} {addr} is not a loopback address: the token broker listens only on \
+                 127.0.0.0/8 or [::1], where no other machine can reach it"
+            ),
+            hint,
+        ));
+    }
+    if addr.port() == 0 && !with_any_port {
+        return Err(Failure::usage_with(
+            format!("{option} {addr} names no port: write the broker's port, like {DEFAULT_BROKER_ADDR}"),
+            hint,
+        ));
+    }
+    Ok(addr)
 }
 
 /// The environment variable holding the etcd user's password (never a flag: flags show in `ps`).
@@ -215,7 +301,80 @@ fn is_loopback(rest: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::plaintext_warning;
+    use super::{broker_addr_of_url, broker_url, parse_broker_addr, plaintext_warning};
+
+    fn broker_addr(text: &str, with_any_port: bool) -> Result<String, String> {
+        parse_broker_addr("--addr", text, with_any_port, "hint")
+            .map(|a| a.to_string())
+            .map_err(|f| f.message().to_owned())
+    }
+
+    #[test]
+    fn a_broker_address_is_a_loopback_address_with_a_port() {
+        for (text, want) in [
+            ("127.0.0.1:14550", "127.0.0.1:14550"),
+            ("127.8.9.10:1", "127.8.9.10:1"),
+            ("[::1]:14550", "[::1]:14550"),
+            ("localhost:14551", "127.0.0.1:14551"),
+        ] {
+            assert_eq!(
+                broker_addr(text, false).as_deref(),
+                Ok(want),
+                "{text} must be accepted as {want}"
+            );
+        }
+        for (text, why) in [
+            ("0.0.0.0:14550", "loopback"),
+            ("10.0.0.5:14550", "loopback"),
+            ("[::]:14550", "loopback"),
+            ("[::ffff:127.0.0.1]:14550", "loopback"),
+            ("127.0.0.1", "not an address"),
+            ("localhost", "not an address"),
+            ("example.com:14550", "not an address"),
+            ("127.0.0.1:0", "names no port"),
+        ] {
+            let refused = broker_addr(text, false)
+                .expect_err(&format!("{text} must be refused as a broker address"));
+            assert!(
+                refused.contains(why) && refused.contains("--addr"),
+                "the refusal of {text} must name the option and say {why:?}: {refused}"
+            );
+        }
+        assert_eq!(
+            broker_addr("127.0.0.1:0", true).as_deref(),
+            Ok("127.0.0.1:0"),
+            "port 0 (any free port) must be accepted where the agent binds it"
+        );
+    }
+
+    #[test]
+    fn only_a_url_as_the_agent_writes_it_for_a_loopback_address_is_a_broker_url() {
+        for addr in ["127.0.0.1:14550", "[::1]:14551"] {
+            let addr = addr.parse().expect("an address");
+            assert_eq!(
+                broker_addr_of_url(&broker_url(addr)),
+                Some(addr),
+                "the URL of {addr} must read back as it"
+            );
+        }
+        for url in [
+            "http://10.0.0.5:14550/oauth/token",
+            "https://127.0.0.1:14550/oauth/token",
+            "http://127.0.0.1:14550/oauth/token?x",
+            "http://127.0.0.1:14550/other",
+            "http://127.0.0.1/oauth/token",
+            "http://127.0.0.1:0/oauth/token",
+            "http://user@127.0.0.1:14550/oauth/token",
+            "http://127.0.0.1:014550/oauth/token",
+            "http://127.0.0.1:14550/oauth/token\n",
+        ] {
+            assert_eq!(
+                broker_addr_of_url(url),
+                None,
+                "{url} must not be taken for a broker URL"
+            );
+        }
+    }
 
     fn warns(endpoint: &str) -> bool {
         plaintext_warning(&[endpoint.to_owned()], true).is_some()

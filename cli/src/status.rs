@@ -107,6 +107,9 @@ struct StatusReport {
     account_id: Option<String>,
     access_token_expires_at: Option<String>,
     agent_running: bool,
+    /// The URL of the token broker the running agent serves (`agent --serve`), as its status
+    /// says.
+    agent_broker: Option<String>,
     /// Where Codex keeps the login, by its `config.toml`.
     credentials_store: Option<CredentialsStore>,
     problems: Vec<StatusProblem>,
@@ -138,6 +141,9 @@ impl fmt::Display for StatusReport {
             }
             if self.agent_running {
                 write!(f, "; an agent keeps it fresh")?;
+                if let Some(broker) = &self.agent_broker {
+                    write!(f, " and serves the token broker at {}", escape(broker))?;
+                }
             }
             return writeln!(f);
         }
@@ -166,6 +172,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
         account_id: None,
         access_token_expires_at: None,
         agent_running: false,
+        agent_broker: None,
         credentials_store: None,
         problems: Vec::new(),
     };
@@ -196,11 +203,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     }
 }
 
-/// Whether an agent keeps the store fresh; a problem when one is expected (`--agent`, or the
-/// status file of an agent that is gone) and none runs.
+/// Whether an agent keeps the store fresh (the token broker it serves into `report`); a problem
+/// when one is expected (`--agent`, or the status file of an agent that is gone) and none runs.
 fn agent_running(store: &Store, args: &Args, report: &mut StatusReport) -> bool {
     match store.agent_presence() {
-        Ok(AgentPresence::Running(_)) => true,
+        Ok(AgentPresence::Running(status)) => {
+            report.agent_broker = status.and_then(|s| s.broker);
+            true
+        }
         Ok(AgentPresence::NotRunning) => {
             let left_status = codex_store::side_file::is_regular(&store.agent_status_path());
             if args.agent || left_status {

@@ -32,6 +32,13 @@ pub struct AgentStatus {
     pub state: AgentState,
     /// When it will next try to refresh (RFC 3339), if it knows.
     pub next_refresh: Option<String>,
+    /// The URL of the local token broker served beside it (`codex-store agent --serve`), e.g.
+    /// `http://127.0.0.1:14550/oauth/token`: what `CODEX_REFRESH_TOKEN_URL_OVERRIDE` names to
+    /// send Codex's refreshes there. Absent (and not written) without one; a status written
+    /// before the field existed reads as without one. Outside text when read back: check it
+    /// before use, escape it before printing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
 }
 
 impl AgentStatus {
@@ -42,7 +49,14 @@ impl AgentStatus {
             started: Timestamp::from_system_time(started).as_str().to_owned(),
             state,
             next_refresh: next.map(|t| Timestamp::from_system_time(t).as_str().to_owned()),
+            broker: None,
         }
+    }
+
+    /// The same status naming the token broker at `url` ([`AgentStatus::broker`]).
+    pub fn with_broker(mut self, url: impl Into<String>) -> Self {
+        self.broker = Some(url.into());
+        self
     }
 
     /// [`AgentStatus::next_refresh`] as a time, when it is set and readable.
@@ -88,6 +102,9 @@ pub struct AgentClaim {
     identity: Option<(u64, u64)>,
     status_path: PathBuf,
     temp_path: PathBuf,
+    /// The token broker's URL of the store ([`Store::with_agent_broker`]), published in every
+    /// status that names none.
+    broker: Option<String>,
     /// Set by [`AgentClaim::abandon`]: release the lock, touch no file.
     abandoned: bool,
 }
@@ -121,7 +138,9 @@ impl Store {
         Sidecar::FleetStateTemp.beside(self.path())
     }
 
-    /// Claims the store for an agent, never waiting, and publishes `status`.
+    /// Claims the store for an agent, never waiting, and publishes `status` (naming the token
+    /// broker of [`Store::with_agent_broker`] when it names none, as every status this claim
+    /// publishes).
     ///
     /// # Errors
     /// [`StoreError::AgentRunning`] (with the other agent's pid when it published one) when
@@ -159,6 +178,7 @@ impl Store {
             identity,
             status_path: self.agent_status_path(),
             temp_path: self.agent_status_temp_path(),
+            broker: self.agent_broker().map(str::to_owned),
             abandoned: false,
         };
         claim.publish(status)?;
@@ -183,13 +203,18 @@ impl Store {
 
 impl AgentClaim {
     /// Replaces the published status (written beside it and renamed over it, so readers see
-    /// the old one or the new one).
+    /// the old one or the new one). A status naming no token broker is published naming the
+    /// store's ([`Store::with_agent_broker`]), if any.
     ///
     /// # Errors
     /// [`StoreError::Io`] naming the file that could not be written or renamed.
     pub fn publish(&self, status: &AgentStatus) -> Result<(), StoreError> {
         let temp = &self.temp_path;
-        let bytes = serde_json::to_vec(status).unwrap_or_default();
+        let bytes = match (&status.broker, &self.broker) {
+            (None, Some(broker)) => serde_json::to_vec(&status.clone().with_broker(broker.clone())),
+            _ => serde_json::to_vec(status),
+        }
+        .unwrap_or_default();
         let write = || -> io::Result<()> {
             // Only the claim holder writes here; whatever is in the way (a leftover, or a FIFO
             // or link someone planted) is removed, and the file is created anew, exclusively,
@@ -264,5 +289,88 @@ fn read_status(path: &Path) -> Option<AgentStatus> {
     match side_file::read_bounded(path, STATUS_LIMIT).ok()? {
         SideBytes::Bytes(bytes) => serde_json::from_slice(&bytes).ok(),
         SideBytes::Missing | SideBytes::NotRegular | SideBytes::TooLarge => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::{AgentPresence, AgentState, AgentStatus};
+    use crate::Store;
+
+    const BROKER: &str = "http://127.0.0.1:14550/oauth/token";
+
+    #[test]
+    fn a_status_written_before_the_broker_field_existed_reads_as_one_without_a_broker() {
+        let old =
+            r#"{"pid":42,"started":"2026-11-24T10:00:00Z","state":"waiting","next_refresh":null}"#;
+        let status: AgentStatus = serde_json::from_str(old)
+            .unwrap_or_else(|e| panic!("an older agent's status no longer parses ({e}): {old}"));
+        assert_eq!(
+            status.broker, None,
+            "an older agent's status must read as without a broker: {status:?}"
+        );
+    }
+
+    #[test]
+    fn a_status_without_a_broker_is_written_without_the_key_and_one_with_it_round_trips() {
+        let bare = AgentStatus::new(SystemTime::now(), AgentState::Idle, None);
+        let text = serde_json::to_string(&bare).expect("a status encodes");
+        assert!(
+            !text.contains("broker"),
+            "a status without a broker must not write the key (older readers): {text}"
+        );
+        let serving = bare.with_broker(BROKER);
+        let text = serde_json::to_string(&serving).expect("a status encodes");
+        let back: AgentStatus = serde_json::from_str(&text).expect("a status decodes");
+        assert_eq!(
+            back.broker.as_deref(),
+            Some(BROKER),
+            "the broker's URL did not survive a round trip: {text}"
+        );
+    }
+
+    /// The status `inspect` would read.
+    fn published(store: &Store) -> AgentStatus {
+        match store.agent_presence().expect("the claim can be probed") {
+            AgentPresence::Running(Some(status)) => status,
+            other => panic!("a claimed store must show its agent's status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_status_a_claim_publishes_names_the_stores_broker_unless_it_names_one() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path())
+            .expect("the store opens")
+            .with_agent_broker(Some(BROKER.to_owned()));
+        let started = SystemTime::now();
+        let claim = store
+            .claim_agent(&AgentStatus::new(started, AgentState::Idle, None))
+            .expect("the store can be claimed");
+        assert_eq!(
+            published(&store).broker.as_deref(),
+            Some(BROKER),
+            "the first status of a claim must name the store's broker"
+        );
+        claim
+            .publish(&AgentStatus::new(started, AgentState::Waiting, None))
+            .expect("a status can be published");
+        let later = published(&store);
+        assert_eq!(
+            (later.state, later.broker.as_deref()),
+            (AgentState::Waiting, Some(BROKER)),
+            "a later status must be the new one and still name the store's broker"
+        );
+        let other = "http://[::1]:14551/oauth/token";
+        claim
+            .publish(&AgentStatus::new(started, AgentState::Waiting, None).with_broker(other))
+            .expect("a status can be published");
+        assert_eq!(
+            published(&store).broker.as_deref(),
+            Some(other),
+            "a status naming its own broker must be published as it is"
+        );
     }
 }

@@ -44,6 +44,9 @@ struct Inner {
     refresh_lock_path: PathBuf,
     journal_path: PathBuf,
     options: StoreOptions,
+    /// The token broker's URL an agent claiming this store publishes
+    /// ([`Store::with_agent_broker`]).
+    agent_broker: Option<String>,
 }
 
 impl Inner {
@@ -69,6 +72,7 @@ impl Inner {
             dir,
             home,
             options,
+            agent_broker: None,
         })
     }
 }
@@ -119,6 +123,23 @@ impl Store {
                 ..(*self.inner).clone()
             }),
         }
+    }
+
+    /// The same store, for an agent that serves a local token broker at `url` beside it
+    /// (`codex-store agent --serve`): every status the agent's claim publishes names it
+    /// ([`AgentStatus::broker`](crate::AgentStatus::broker)) unless the status names one itself.
+    pub fn with_agent_broker(&self, url: Option<String>) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                agent_broker: url,
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// The token broker's URL given by [`Store::with_agent_broker`].
+    pub fn agent_broker(&self) -> Option<&str> {
+        self.inner.agent_broker.as_deref()
     }
 
     /// The directory auth.json lives in: the one the store was opened on, or, when auth.json

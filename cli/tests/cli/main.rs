@@ -11,6 +11,7 @@ mod kit;
 
 mod agent;
 mod agent_hardening;
+mod broker_cli;
 mod codex_sim;
 mod coexistence;
 mod commands;

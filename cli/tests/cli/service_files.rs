@@ -1,5 +1,6 @@
 //! The service files shipped in `cli/dist/` (issue 19, item 1): the systemd user unit, its fleet
-//! drop-in and `fleet.env.example`, and the launchd plist.
+//! drop-in and `fleet.env.example`, the socket unit of the token broker (issue 21), and the
+//! launchd plist.
 //!
 //! - The unit and the drop-in pass `systemd-analyze --user verify` without a single warning
 //!   (unknown keys, unparsable values, a drop-in that does not apply, an `ExecStart=` binary that
@@ -13,6 +14,10 @@
 //!   run it, starts the installed agent on a signed-in home, which stops cleanly on SIGTERM.
 //! - The fleet's settings come from `fleet.env` through `EnvironmentFile=`, never from a
 //!   command line, and name only variables the command reads.
+//! - The socket unit passes `systemd-analyze --user verify` beside the service it activates,
+//!   listens on the broker's default loopback address (the one `codex-store env` names), and the
+//!   unit's command, started by systemd's own socket activation (`systemd-socket-activate`),
+//!   takes the socket it is passed and publishes its URL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +28,7 @@ use codex_store_tests::process::Process;
 use tempfile::TempDir;
 
 const UNIT: &str = "codex-store-agent.service";
+const SOCKET: &str = "codex-store-agent.socket";
 const FLEET_DROP_IN: &str = "codex-store-agent.service.d/fleet.conf";
 const PLIST: &str = "com.codex-store.agent.plist";
 const FLEET_ENV_EXAMPLE: &str = "fleet.env.example";
@@ -55,10 +61,16 @@ fn installed_home() -> TempDir {
 /// `systemd-analyze --user verify --man=no UNIT` on `unit_dir/UNIT` (and its drop-ins beside
 /// it) for a user whose home is `home`. Returns whether it succeeded and everything it printed.
 fn systemd_verify(unit_dir: &Path, home: &Path) -> (bool, String) {
+    systemd_verify_unit(unit_dir, UNIT, home)
+}
+
+/// `systemd-analyze --user verify --man=no` on `unit_dir/name` (its drop-ins, and the units it
+/// names, found beside it), for a user whose home is `home`.
+fn systemd_verify_unit(unit_dir: &Path, name: &str, home: &Path) -> (bool, String) {
     let runtime = tempfile::tempdir().expect("cannot create a temp XDG_RUNTIME_DIR");
     let out = Command::new("systemd-analyze")
         .args(["--user", "verify", "--man=no"])
-        .arg(unit_dir.join(UNIT))
+        .arg(unit_dir.join(name))
         .env("HOME", home)
         .env("XDG_RUNTIME_DIR", runtime.path())
         .env_remove("SYSTEMD_UNIT_PATH")
@@ -82,6 +94,7 @@ fn systemd_verify(unit_dir: &Path, home: &Path) -> (bool, String) {
 fn unit_copy(edit: impl Fn(String) -> String) -> TempDir {
     let dir = tempfile::tempdir().expect("cannot create a temp dir for the unit");
     std::fs::write(dir.path().join(UNIT), edit(read_dist(UNIT))).expect("cannot copy the unit");
+    std::fs::write(dir.path().join(SOCKET), read_dist(SOCKET)).expect("cannot copy the socket");
     let drop_in = dir.path().join(FLEET_DROP_IN);
     std::fs::create_dir_all(drop_in.parent().expect("a directory")).expect("cannot create .d");
     std::fs::write(&drop_in, read_dist(FLEET_DROP_IN)).expect("cannot copy the drop-in");
@@ -117,6 +130,155 @@ fn systemd_analyze_verify_as_these_tests_run_it_reports_a_misspelled_key_and_a_m
         "systemd-analyze accepted the unit in a home without ~/{INSTALLED}: the check does not \
          see the binary path\n{printed}"
     );
+}
+
+#[test]
+fn the_shipped_socket_unit_passes_systemd_analyze_verify_beside_its_service_and_the_check_can_fail()
+{
+    let home = installed_home();
+    let units = unit_copy(|text| text);
+    let (ok, printed) = systemd_verify_unit(units.path(), SOCKET, home.path());
+    assert!(
+        ok && printed.trim().is_empty(),
+        "systemd-analyze --user verify finds fault with the shipped {SOCKET} beside {UNIT}:\n\
+         {printed}"
+    );
+    let misspelled = unit_copy(|text| text);
+    let socket = misspelled.path().join(SOCKET);
+    std::fs::write(
+        &socket,
+        read_dist(SOCKET).replace("ListenStream=", "ListenStrem="),
+    )
+    .expect("cannot write the misspelled socket unit");
+    let (ok, printed) = systemd_verify_unit(misspelled.path(), SOCKET, home.path());
+    assert!(
+        !ok && printed.contains("ListenStrem"),
+        "systemd-analyze did not refuse `ListenStrem=` in the socket unit: the check cannot \
+         fail\n{printed}"
+    );
+    let alone = tempfile::tempdir().expect("cannot create a temp dir for the socket");
+    std::fs::write(alone.path().join(SOCKET), read_dist(SOCKET)).expect("cannot copy the socket");
+    let (ok, printed) = systemd_verify_unit(alone.path(), SOCKET, home.path());
+    assert!(
+        !ok && printed.contains(UNIT),
+        "systemd-analyze accepted {SOCKET} without {UNIT} beside it: the check does not see \
+         which service the socket starts\n{printed}"
+    );
+}
+
+/// The values of the settings `key=` of `text` that are not comments.
+fn settings<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    let prefix = format!("{key}=");
+    text.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+#[test]
+fn the_shipped_socket_unit_listens_once_on_the_loopback_address_codex_store_env_names() {
+    let socket = read_dist(SOCKET);
+    let listen = settings(&socket, "ListenStream");
+    assert_eq!(
+        listen.len(),
+        1,
+        "{SOCKET} must listen on exactly one address (the agent takes one socket): {listen:?}"
+    );
+    assert_eq!(
+        settings(&socket, "Accept"),
+        ["no"],
+        "{SOCKET} must pass one listening socket (Accept=no), not one connection per agent"
+    );
+    // With no agent running, `env` names the broker's default address: the socket's.
+    let codex_home = tempfile::tempdir().expect("cannot create a temp dir for CODEX_HOME");
+    let out = crate::kit::run(codex_home.path(), &["env", "--json"], None, &[]);
+    out.expect_code(exit::OK, "`env --json` with no agent");
+    let named = out.json()["value"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        named,
+        format!("http://{}/oauth/token", listen[0]),
+        "{SOCKET} listens on {}, but `codex-store env` points Codex elsewhere: one of them is \
+         wrong",
+        listen[0]
+    );
+}
+
+/// `systemd-socket-activate -l 127.0.0.1:PORT -E NAME=VALUE... program...` (systemd's own
+/// implementation of socket activation, as a socket unit starts its service) listening on a
+/// free port; the port. A port taken between the look and the bind is tried again, a few times.
+fn socket_activated(program: &[String], envs: &[(&str, &Path)]) -> (Process, u16) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("cannot find a free port on 127.0.0.1")
+            .port();
+        let mut command = Command::new("systemd-socket-activate");
+        command.arg(format!("--listen=127.0.0.1:{port}"));
+        command.arg(format!(
+            "--setenv=CODEX_REFRESH_TOKEN_URL_OVERRIDE={DEAD_TOKEN_URL}"
+        ));
+        for (name, value) in envs {
+            command.arg(format!("--setenv={name}={}", value.display()));
+        }
+        command.args(program);
+        let mut activator =
+            Process::spawn_command(format!("systemd-socket-activate {program:?}"), command)
+                .with_event_timeout(DEADLINE);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if activator.stderr().contains("Listening on") {
+                return (activator, port);
+            }
+            if activator.try_status().is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "systemd-socket-activate did not say it listens within {DEADLINE:?}:\n{}",
+                activator.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let printed = activator.stderr();
+        assert!(
+            printed.contains("in use"),
+            "systemd-socket-activate could not listen on 127.0.0.1:{port} (it is installed with \
+             the `systemd` package, which tests/run installs):\n{printed}"
+        );
+    }
+    panic!("no free port on 127.0.0.1 in 5 tries for systemd-socket-activate");
+}
+
+#[test]
+fn the_units_command_started_by_socket_activation_takes_the_socket_and_publishes_the_brokers_url() {
+    let unit = read_dist(UNIT);
+    let home = installed_home();
+    let codex_home = signed_in_codex_home();
+    let home_text = home.path().to_str().expect("a UTF-8 temp path");
+    let program: Vec<String> = settings(&unit, "ExecStart")[0]
+        .split_whitespace()
+        .map(|a| a.replace("%h", home_text))
+        .collect();
+    let (agent, port) = socket_activated(
+        &program,
+        &[("HOME", home.path()), ("CODEX_HOME", codex_home.path())],
+    );
+    // systemd-socket-activate starts the command at the first connection, as a socket unit
+    // starts its service.
+    let _first = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("cannot connect to the activated socket 127.0.0.1:{port}: {e}"));
+    agent.wait_for_stderr_line("started");
+    let report = crate::kit::run(codex_home.path(), &["inspect", "--json"], None, &[]);
+    report.expect_code(exit::OK, "inspect beside the socket-activated agent");
+    let want = format!("http://127.0.0.1:{port}/oauth/token");
+    assert_eq!(
+        report.json()["agent"]["broker"].as_str(),
+        Some(want.as_str()),
+        "the agent started with the socket systemd passed (LISTEN_FDS) must publish that \
+         socket's URL: it ignored the socket, or bound another\n{}",
+        report.describe()
+    );
+    stop(agent, "the socket-activated agent", str::to_owned);
 }
 
 /// The shipped plist, parsed.
