@@ -5,7 +5,9 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use codex_refresh::{Agent, AgentConfig, AgentError, AgentEvent};
+use codex_refresh::{
+    Agent, AgentConfig, AgentError, AgentEvent, AuthManager, Broker, BrokerConfig, BrokerError,
+};
 use codex_store::{AgentPresence, StoreError};
 
 use crate::exit::Failure;
@@ -59,8 +61,26 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     };
     // Every status the agent publishes names the broker's URL (`inspect`, `env`, `exec`).
     let store = ctx.quiet_store()?.with_agent_broker(broker);
+    let fleet = ctx.fleet_args().fleet()?;
+    if fleet.is_some() && listener.is_some() {
+        return Err(Failure::usage_with(
+            "the token broker does not serve a fleet machine yet: its refreshes would redeem the \
+             fleet's token outside the fleet's lock and reservation"
+                .to_owned(),
+            "run `codex-store agent --fleet ...` without --serve (and without the socket unit); \
+             the fleet's agent keeps auth.json fresh for Codex",
+        ));
+    }
+    // The broker's own manager: its refreshes run the same guarded protocol as the agent's.
+    let broker_manager = match &listener {
+        Some(_) => Some(
+            AuthManager::new(store.clone(), ctx.refresh_config())
+                .map_err(|e| Failure::other(e.to_string(), "check the token URL"))?,
+        ),
+        None => None,
+    };
     let mut agent = Agent::new(store, ctx.refresh_config(), config).map_err(agent_failure)?;
-    if let Some(fleet) = ctx.fleet_args().fleet()? {
+    if let Some(fleet) = fleet {
         agent = agent.with_fleet(fleet).map_err(agent_failure)?;
     }
     let runtime = ctx.runtime()?;
@@ -72,15 +92,90 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             )
         })?;
         let json = args.json;
-        // Held open for the agent's whole run. The token broker (issue 21) is handed `listener`
-        // here, to serve beside the agent until `stop`:
-        // `codex_refresh::broker::Broker::serve(listener, shutdown)`.
-        let _listener = listener;
-        agent
-            .run(stop, |event| print_event(event, json))
-            .await
-            .map_err(agent_failure)
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let broker = match (listener, broker_manager) {
+            (Some(listener), Some(manager)) => {
+                Some(start_broker(listener, manager, until_stopped())?)
+            }
+            _ => None,
+        };
+        let signalled = async {
+            stop.await;
+            let _ = stopping.send(true);
+        };
+        let ran = match broker {
+            None => agent.run(signalled, |event| print_event(event, json)).await,
+            Some(mut serving) => {
+                let agent_run = agent.run(until_stopped(), |event| print_event(event, json));
+                tokio::pin!(agent_run);
+                let ran = tokio::select! {
+                    ran = &mut agent_run => ran,
+                    () = signalled => agent_run.await,
+                    served = &mut serving => {
+                        // The broker ended before any stop: stop the agent too, and say why.
+                        let _ = stopping.send(true);
+                        let _ = agent_run.await;
+                        return Err(broker_failure(served));
+                    }
+                };
+                let _ = stopping.send(true);
+                if let Err(failure) = serving
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                {
+                    eprintln!("codex-store agent: the token broker ended with an error: {failure}");
+                }
+                ran
+            }
+        };
+        ran.map_err(agent_failure)
     })
+}
+
+/// Starts the token broker on `listener` with `manager`, until `shutdown`.
+fn start_broker(
+    listener: TcpListener,
+    manager: AuthManager,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<(), BrokerError>>, Failure> {
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        .map_err(|e| {
+            Failure::other(
+                format!("cannot serve the token broker's socket: {e}"),
+                "start the agent again; if it persists, check the socket the service manager passes",
+            )
+        })?;
+    let broker = Broker::new(manager, BrokerConfig::default());
+    Ok(tokio::spawn(broker.serve(listener, shutdown)))
+}
+
+/// What a broker that ended before the agent was asked to stop means.
+fn broker_failure(served: Result<Result<(), BrokerError>, tokio::task::JoinError>) -> Failure {
+    match served {
+        Ok(Err(e @ BrokerError::ForwardsToItself { .. })) => Failure::other(
+            e.to_string(),
+            "start the agent without CODEX_REFRESH_TOKEN_URL_OVERRIDE pointing at the broker \
+             (a shell profile's `codex-store env` line is for Codex, not for the agent)",
+        ),
+        Ok(Err(e)) => Failure::other(e.to_string(), "see `codex-store agent --help` for --serve"),
+        Ok(Ok(())) => Failure::other(
+            "the token broker stopped on its own".to_owned(),
+            "start the agent again",
+        ),
+        Err(e) => Failure::other(
+            format!("the token broker failed: {e}"),
+            "start the agent again",
+        ),
+    }
 }
 
 /// The token broker's listening socket: the one the service manager passed (systemd's socket

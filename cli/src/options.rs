@@ -18,18 +18,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` is not a duration; write it like 2s, 500ms or 1m"))
 }
 
-/// Where the agent's token broker listens when `--serve` names no address. It must equal the
-/// broker's own default (`codex_refresh::broker::DEFAULT_BROKER_ADDR`), which Codex is pointed
-/// at by `codex-store env` and `codex-store exec`, and the shipped socket unit's
-/// `ListenStream=`.
-pub const DEFAULT_BROKER_ADDR: &str = "127.0.0.1:14550";
+/// Where the agent's token broker listens when `--serve` names no address (the library's
+/// default), which Codex is pointed at by `codex-store env` and `codex-store exec`, and the
+/// shipped socket unit's `ListenStream=`.
+pub use codex_refresh::DEFAULT_BROKER_ADDR;
 
-/// The path of the broker's token endpoint: Codex posts its refresh there.
-pub const BROKER_TOKEN_PATH: &str = "/oauth/token";
-
-/// The variable through which unmodified Codex (and codex-store) sends its refresh requests to
-/// another token endpoint.
-pub const TOKEN_URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
+/// The path of the broker's token endpoint (Codex posts its refresh there), and the variable
+/// through which unmodified Codex (and codex-store) sends its refresh requests to another token
+/// endpoint: the library's.
+pub use codex_refresh::{BROKER_TOKEN_PATH, TOKEN_URL_ENV};
 
 /// The URL of the broker's token endpoint at `addr`, what [`TOKEN_URL_ENV`] names:
 /// `http://127.0.0.1:14550/oauth/token`, `http://[::1]:14550/oauth/token`.

@@ -465,3 +465,161 @@ fn a_broker_url_planted_in_the_agents_status_is_shown_escaped_and_never_given_to
         describe(&out)
     );
 }
+
+/// POSTs Codex's refresh request presenting `refresh_token` to the broker at `url`
+/// (`http://ADDR/oauth/token`); its status and JSON body.
+fn codex_refresh(url: &str, refresh_token: &str) -> (u16, serde_json::Value) {
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/oauth/token"))
+        .unwrap_or_else(|| panic!("{url:?} is not a broker URL"));
+    let body = serde_json::json!({
+        "client_id": "app_EMoamEEZ73f0CkXaXp7hrann",
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token,
+        "refresh_reason": "proactive_expiry",
+    })
+    .to_string();
+    let answer = codex_store_tests::http::Client::new()
+        .post(&codex_store_tests::http::Post {
+            authority,
+            path: "/oauth/token",
+            headers: &[],
+            body: &body,
+            timeout: RUN_TIMEOUT,
+            max_answer: 64 * 1024,
+        })
+        .unwrap_or_else(|e| panic!("the broker at {url} did not answer a refresh request: {e}"));
+    let json = serde_json::from_slice(&answer.body).unwrap_or_else(|e| {
+        panic!(
+            "the broker answered {} with a body that is not JSON ({e}): {:?}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        )
+    });
+    (answer.status, json)
+}
+
+/// The access and refresh token in `home`'s auth.json.
+fn tokens_in(home: &Path) -> (String, String) {
+    let doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(home.join("auth.json")).expect("auth.json is readable"),
+    )
+    .expect("auth.json is JSON");
+    let field = |name: &str| doc["tokens"][name].as_str().unwrap_or_default().to_owned();
+    (field("access_token"), field("refresh_token"))
+}
+
+#[test]
+fn an_agent_serving_answers_codex_for_the_token_it_rotated_away_and_refreshes_the_current_one_once()
+{
+    let home = temp_home();
+    let creds = ChatgptCreds::expired();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    let agent = spawn(
+        home.path(),
+        &["agent", "--serve", "127.0.0.1:0"],
+        None,
+        &[(URL_ENV, idp.url().as_str())],
+    );
+    // The expired token is due at once: the agent refreshes it itself.
+    agent.wait_for_stderr_line("refreshed:");
+    let url = published_broker(home.path());
+    let (access, refresh) = tokens_in(home.path());
+
+    // A Codex process that read auth.json before that rotation presents the old token.
+    let (status, answer) = codex_refresh(&url, &creds.refresh_token);
+    assert_eq!(
+        (
+            status,
+            answer["access_token"].as_str(),
+            answer["refresh_token"].as_str()
+        ),
+        (200, Some(access.as_str()), Some(refresh.as_str())),
+        "the token the agent rotated away must be answered with the current tokens: {answer}"
+    );
+    assert_eq!(
+        idp.requests(),
+        1,
+        "answering a predecessor must send nothing upstream"
+    );
+
+    // A Codex process told 401 presents the current token: one refresh, its tokens answered.
+    let (status, answer) = codex_refresh(&url, &refresh);
+    let (new_access, new_refresh) = tokens_in(home.path());
+    assert_ne!(new_refresh, refresh, "the current token was not refreshed");
+    assert_eq!(
+        (
+            status,
+            answer["access_token"].as_str(),
+            answer["refresh_token"].as_str()
+        ),
+        (200, Some(new_access.as_str()), Some(new_refresh.as_str())),
+        "the refresh of the current token must answer the tokens now in auth.json: {answer}"
+    );
+    assert_eq!(
+        idp.requests(),
+        2,
+        "one refresh must take one upstream request"
+    );
+
+    // A command run through `exec` beside it is pointed at it.
+    let out = exec_printing_the_url(
+        home.path(),
+        url.trim_start_matches("http://")
+            .trim_end_matches("/oauth/token"),
+        None,
+    );
+    assert_eq!(
+        out.stdout,
+        url,
+        "exec beside a serving agent must hand the command its URL\n{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn agent_serve_with_a_fleet_is_a_usage_error_saying_the_broker_would_bypass_the_fleets_lock() {
+    let home = temp_home();
+    ChatgptCreds::fresh().write_to(home.path());
+    let out = run(
+        home.path(),
+        &[
+            "agent",
+            "--serve",
+            "127.0.0.1:0",
+            "--fleet",
+            "http://127.0.0.1:1",
+        ],
+        None,
+        &[],
+    );
+    out.expect_code(exit::USAGE, "agent --serve --fleet");
+    out.expect_stderr_contains(
+        &["does not serve a fleet machine", "fleet's lock"],
+        "the refusal must say why",
+    );
+}
+
+#[test]
+fn an_agent_whose_own_token_url_is_its_broker_exits_1_saying_so() {
+    let home = temp_home();
+    ChatgptCreds::fresh().write_to(home.path());
+    let addr = closed_port();
+    let own = format!("http://{addr}/oauth/token");
+    let out = run(
+        home.path(),
+        &["agent", "--serve", &addr],
+        None,
+        &[(URL_ENV, own.as_str())],
+    );
+    out.expect_code(1, "an agent whose token URL is its own broker");
+    out.expect_stderr_contains(
+        &[
+            "token broker's own address",
+            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+        ],
+        "the agent must say that its token URL points at its own broker, and what to unset",
+    );
+}
