@@ -497,10 +497,23 @@ impl AppServer {
     /// server: `Ok(result)` or `Err(error)`. Panics (with the stderr so far) if the process exits
     /// or no answer comes within [`RPC_TIMEOUT`].
     pub fn request(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        let id = self.send(method, params);
+        self.answer(id, method)
+    }
+
+    /// Sends a request without waiting for its answer (several processes can then work on
+    /// theirs at once); its id, for [`AppServer::answer`].
+    pub fn send(&mut self, method: &str, params: Value) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let line = json!({"id": id, "method": method, "params": params}).to_string();
         self.process.send_line(&line);
+        id
+    }
+
+    /// Waits for the answer to request `id` (of `method`, for messages), as
+    /// [`AppServer::request`] does.
+    pub fn answer(&mut self, id: u64, method: &str) -> Result<Value, Value> {
         let answer = self
             .process
             .wait_for_line(&format!("an answer to {method}"), |line| {

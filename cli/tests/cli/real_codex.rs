@@ -21,13 +21,17 @@
 //! The Codex binary is installed with npm into `<target>/codex-npm/` on first use, or taken from
 //! `CODEX_BIN` (`codex_store_tests::real_codex`). Without npm the check fails; it never skips.
 //! The scenarios run one at a time, each with its own home, endpoint and stub.
+//!
+//! Issue 21: eight Codex processes pointed at the agent's token broker (`agent --serve`), on one
+//! expired token, and forcing a refresh of one valid token at once: the endpoint reads exactly
+//! one request, and no Codex process logs "already used" or answers `account: null`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::kit::{
-    assert_no_secret_leaked, fingerprint, redact, register_last_issued, spawn, temp_home,
+    assert_no_secret_leaked, fingerprint, redact, register_last_issued, run, spawn, temp_home,
     ChatgptCreds, CliOutput, Running, RUN_TIMEOUT,
 };
 use codex_store_tests::fake_idp::FakeIdp;
@@ -59,6 +63,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// are killed before the directories go, and the next scenario starts after that.
 struct Race {
     codex: Vec<AppServer>,
+    /// `codex-store agent --serve` on the home, when the race has one.
+    agent: Option<Running>,
     stores: Vec<Running>,
     idp: FakeIdp,
     backend: BackendStub,
@@ -73,11 +79,16 @@ impl Race {
     /// An expired login (plan `plus`, a non-null account id) and an endpoint answering after
     /// `delay`.
     fn new(delay: Duration) -> Race {
+        Race::with(ChatgptCreds::expired(), delay)
+    }
+
+    /// A race on `creds` (a plan `plus` login with a non-null account id) and an endpoint
+    /// answering after `delay`.
+    fn with(creds: ChatgptCreds, delay: Duration) -> Race {
         let guard = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let bin = codex_binary();
-        let creds = ChatgptCreds::expired();
         let home = temp_home();
         creds.write_to(home.path());
         let idp = creds.start_idp();
@@ -86,6 +97,7 @@ impl Race {
         let user_home = tempfile::tempdir().expect("a temp dir for the Codex processes' HOME");
         Race {
             codex: Vec::new(),
+            agent: None,
             stores: Vec::new(),
             idp,
             backend,
@@ -100,6 +112,31 @@ impl Race {
     /// Starts `n` `codex app-server` processes; each refreshes the expired token at start-up.
     fn start_codex(&mut self, n: usize) {
         let url = self.idp.url();
+        self.start_codex_at(n, &url);
+    }
+
+    /// Starts `codex-store agent --serve 127.0.0.1:0` on the home, against the race's endpoint;
+    /// the URL of its token broker once it published it.
+    fn start_broker(&mut self) -> String {
+        let url = self.idp.url();
+        let agent = spawn(
+            self.home.path(),
+            &["agent", "--serve", "127.0.0.1:0"],
+            None,
+            &[(URL_ENV, url.as_str()), ("RUST_LOG", "codex_refresh=info")],
+        );
+        agent.wait_for_stderr_line("started");
+        self.agent = Some(agent);
+        let report = run(self.home.path(), &["inspect", "--json"], None, &[]);
+        report.json()["agent"]["broker"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the agent published no broker\n{}", report.describe()))
+            .to_owned()
+    }
+
+    /// Starts `n` `codex app-server` processes sending their refreshes to `token_url`.
+    fn start_codex_at(&mut self, n: usize, token_url: &str) {
+        let url = token_url.to_owned();
         let setup = CodexSetup {
             bin: &self.bin,
             codex_home: self.home.path(),
@@ -218,6 +255,30 @@ impl Race {
                 "the endpoint rotated the refresh token {rotations} times: after the first \
                  rotation no token was due, yet a process redeemed the new refresh token again"
             ));
+        }
+        if self.agent.is_some() {
+            // Through the broker: the agent alone talks to the endpoint.
+            if self.idp.requests() != 1 {
+                problems.push(format!(
+                    "the endpoint read {} refresh requests: through the broker, one rotation \
+                     takes one request",
+                    self.idp.requests()
+                ));
+            }
+            if !signed_out.is_empty() {
+                problems.push(format!(
+                    "Codex processes answered `account: null` (signed out): {signed_out:?}"
+                ));
+            }
+            for codex in &self.codex {
+                if codex.stderr().contains("already used") {
+                    problems.push(format!(
+                        "{} logged \"already used\"; its stderr:\n{}",
+                        codex.label(),
+                        tail(&codex.stderr())
+                    ));
+                }
+            }
         }
         let escapes = self.backend.escapes();
         if !escapes.is_empty() {
@@ -366,5 +427,85 @@ fn codex_started_while_codex_store_redeems_the_token_at_a_six_second_endpoint_en
     race.finish(
         "3 codex-store token, then 2 codex app-servers once codex-store's request was in \
          flight, endpoint 6 s",
+    );
+}
+
+#[test]
+fn eight_codex_app_servers_on_one_expired_token_pointed_at_the_broker_cause_one_request() {
+    let mut race = Race::new(FAST);
+    // The agent starts; the eight start at once beside it, sending their refreshes to it.
+    let broker = race.start_broker();
+    race.start_codex_at(8, &broker);
+    race.wait_for_first_request("the agent or a Codex process through the broker");
+    race.finish("8 codex app-server through the broker, expired token");
+}
+
+#[test]
+fn eight_codex_app_servers_forcing_a_refresh_at_once_through_the_broker_cause_one_request() {
+    // A valid login: nothing is due, the agent sends nothing; then every Codex process forces a
+    // refresh at once (as after a 401 from the backend), presenting the same current token.
+    // What each Codex holds afterwards is not compared: against the plain-HTTP stub its
+    // `account/read` ends in a workspace-routing error, and it keeps its valid token in memory.
+    // What the broker answered each caller is (its log), with the endpoint's count.
+    let mut race = Race::with(ChatgptCreds::fresh(), FAST);
+    let broker = race.start_broker();
+    race.start_codex_at(8, &broker);
+    for codex in &mut race.codex {
+        codex.initialize();
+    }
+    let sent: Vec<u64> = race
+        .codex
+        .iter_mut()
+        .map(|codex| codex.send("account/read", serde_json::json!({"refreshToken": true})))
+        .collect();
+    for (codex, id) in race.codex.iter_mut().zip(sent) {
+        // The refresh comes first; the account read after it fails against the plain-HTTP
+        // stub with a workspace-routing error, which is not what this race is about. Whether
+        // the refresh went through the broker, once, is what `finish` checks.
+        let _ = codex.answer(id, "account/read");
+    }
+    // Every caller was answered by the broker: one refresh, the others as predecessors.
+    let agent = race.agent.as_ref().expect("the race's agent");
+    let answered = |needle: &str| agent.stderr().matches(needle).count();
+    let (refreshed, predecessors) = (
+        answered("refreshed for a caller"),
+        answered("route=\"predecessor\""),
+    );
+    let mut problems = Vec::new();
+    if (refreshed, predecessors) != (1, 7) {
+        problems.push(format!(
+            "the broker refreshed for {refreshed} caller(s) and answered {predecessors} as \
+             predecessors: eight forced refreshes of one token must be one refresh and seven \
+             answers of its tokens; the agent:\n{}",
+            agent.stderr()
+        ));
+    }
+    if race.idp.requests() != 1 {
+        problems.push(format!(
+            "the endpoint read {} requests for eight forced refreshes through the broker",
+            race.idp.requests()
+        ));
+    }
+    let live = race.idp.current_refresh_token();
+    match tokens_on_disk(&race.home.path().join("auth.json")) {
+        Ok((_, refresh)) if refresh == live => {}
+        other => problems.push(format!(
+            "auth.json does not hold the live refresh token after the forced refreshes: {:?}",
+            other.map(|(_, refresh)| fingerprint(&refresh))
+        )),
+    }
+    for codex in &mut race.codex {
+        if codex.stderr().contains("already used") {
+            problems.push(format!("{} logged \"already used\"", codex.label()));
+        }
+        if codex.reports_signed_out() {
+            problems.push(format!("{} answers `account: null`", codex.label()));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n- {}",
+        problems.len(),
+        problems.join("\n- ")
     );
 }
