@@ -1,6 +1,8 @@
-//! A clock that counts the time a suspended machine slept: Linux's `CLOCK_BOOTTIME` (elsewhere
-//! the monotonic clock). [`std::time::Instant`] stops while a laptop is suspended, so a deadline
-//! on it still looks ahead after an hour asleep; a send deadline of the fleet must not.
+//! A clock that counts the time a suspended machine slept: Linux's `CLOCK_BOOTTIME`, elsewhere
+//! `CLOCK_MONOTONIC` (on macOS that clock is the continuous time, which counts a sleep too;
+//! other systems may stop it during a suspend). [`std::time::Instant`] stops while a laptop is
+//! suspended (Linux's `CLOCK_MONOTONIC`, macOS's uptime), so a deadline on it still looks ahead
+//! after an hour asleep; a send deadline of the fleet, or the agent's due time, must not.
 
 use std::time::Duration;
 
@@ -22,6 +24,24 @@ impl BootInstant {
         ))
     }
 
+    /// The moment `since_origin` after the clock's origin (tests build their own clock of it).
+    #[cfg(test)]
+    pub(crate) fn from_origin(since_origin: Duration) -> BootInstant {
+        BootInstant(since_origin)
+    }
+
+    /// The clock's reading: the time since its origin (the boot), as a timer on the same clock
+    /// takes an absolute expiry.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    pub(crate) fn since_origin(self) -> Duration {
+        self.0
+    }
+
+    /// How long from `earlier` to `self` (zero when `earlier` is not earlier).
+    pub(crate) fn saturating_since(self, earlier: BootInstant) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+
     /// `self` + `d`.
     pub(crate) fn after(self, d: Duration) -> BootInstant {
         BootInstant(self.0.saturating_add(d))
@@ -29,7 +49,7 @@ impl BootInstant {
 
     /// How long from now until `self` (zero when it has passed).
     pub(crate) fn left(self) -> Duration {
-        self.0.saturating_sub(BootInstant::now().0)
+        self.saturating_since(BootInstant::now())
     }
 }
 

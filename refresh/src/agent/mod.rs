@@ -4,10 +4,11 @@
 //! The agent keeps one store's credentials fresh through the guarded protocol, a lead time
 //! ([`AgentConfig::lead`]) before the access token expires. A Codex process refreshes only
 //! within 5 minutes of expiry, and re-reads auth.json first: with a lead above 5 minutes it
-//! finds fresh tokens on disk and sends nothing. The agent sleeps until the next due time or a
-//! change of the file (the platform's file notifications, no polling), adopts what others
-//! write, retries transient failures with capped exponential backoff and jitter, stops retrying
-//! credentials the endpoint refused for good, and resumes when a new sign-in appears.
+//! finds fresh tokens on disk and sends nothing. The agent sleeps until the next due time (on a
+//! clock that counts the time the machine spent suspended) or a change of the file (the
+//! platform's file notifications, no polling), adopts what others write, retries transient
+//! failures with capped exponential backoff and jitter, stops retrying credentials the endpoint
+//! refused for good, and resumes when a new sign-in appears.
 //!
 //! Modelled on HashiCorp Vault Agent's auto-auth: one process owns the renewal, the others read
 //! the sink (here: auth.json itself).
@@ -17,6 +18,7 @@ mod fleet;
 mod fleet_sync;
 mod kinds;
 mod schedule;
+mod timer;
 mod watch;
 
 use std::future::Future;
@@ -37,6 +39,7 @@ use event::rfc3339;
 pub use event::{AgentEvent, AgentEventKind};
 pub use kinds::{FailureClass, IdleReason, ReattachReason, ResumedFrom, StopReason};
 use schedule::{wake_at, Backoff, MAX_SLEEP};
+use timer::Alarm;
 use watch::{Found, Home};
 
 /// Codex's own refresh window: it refreshes when the access token expires within 5 minutes.
@@ -291,6 +294,11 @@ impl Agent {
     /// (checked on each wake, and at least every 10 minutes), the agent claims the store again
     /// and watches the new directory (a `reattached` event).
     ///
+    /// The wait for a due time counts the time the machine spent suspended (Linux's
+    /// `CLOCK_BOOTTIME` through a timerfd; elsewhere, a look at the boot-time clock every 30 s):
+    /// a due time that passed while a laptop slept is acted on at the resume. The runtime needs
+    /// its I/O and time drivers (`enable_all`), as every request does.
+    ///
     /// # Errors
     /// [`AgentError::Store`] with [`StoreError::AgentRunning`] when another agent runs for this
     /// store (with its pid), at the start or when the agent claims the store again;
@@ -322,6 +330,9 @@ impl Agent {
         // Events are reported after the status is published, so that whoever reacts to an event
         // finds the status (`inspect`) already telling the same.
         let mut pending: Vec<AgentEvent> = Vec::new();
+        // The due time's timer counts the time the machine spent suspended: a due time that
+        // passed during a suspend fires at the resume.
+        let mut alarm = Alarm::system();
         let ended: Result<StopReason, AgentError> = 'run: loop {
             // Armed before every look, so that every change after the look began is signalled.
             // A directory that cannot be watched any more was removed or replaced meanwhile.
@@ -373,8 +384,9 @@ impl Agent {
             self.core.publish(&claim, state, wake);
             pending.drain(..).for_each(|e| on_event(&e));
             let remote = self.source.news();
-            // The due time, or (with nothing due) the periodic check of the home.
-            let mut deadline = wake.map_or_else(|| std::time::Instant::now() + MAX_SLEEP, wake_at);
+            // The due time, or (with nothing due) the periodic check of the home; on the
+            // boot-time clock.
+            let mut deadline = wake_at(wake, SystemTime::now(), alarm.now());
             // While the watch is disarmed after a change: when to arm it and look again.
             let mut rearm_at: Option<tokio::time::Instant> = None;
             // The fleet's feed watches the record for the agent's whole run, and retries a
@@ -383,14 +395,14 @@ impl Agent {
             let mut fleet_wait = Box::pin(fleet_changed(remote));
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep_until(deadline.into()) => {
+                    () = alarm.until(deadline) => {
                         match self.keep_home(&mut claim, &mut home, &mut shutdown, &mut on_event).await {
                             Err(e) => break 'run Err(e),
                             Ok(Attachment::Stop) => break 'run Ok(StopReason::Asked),
                             Ok(Attachment::Reattached) => break,
                             Ok(Attachment::Intact) if wake.is_some() => break,
                             Ok(Attachment::Intact) => {
-                                deadline = std::time::Instant::now() + MAX_SLEEP;
+                                deadline = alarm.now().after(MAX_SLEEP);
                                 if rearm_at.is_none() {
                                     if let Err(e) = home.watch.arm() {
                                         break 'run Err(e);

@@ -3,10 +3,14 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-/// The longest single sleep. A monotonic timer does not count time a machine spends suspended,
-/// so a laptop that slept through a due time wakes at most this late.
+use crate::boottime::BootInstant;
+
+/// The longest wait of the agent, on the boot-time clock (which counts a suspend, see
+/// [`super::timer`]): the directory of auth.json and the agent's claim are checked at least this
+/// often, and a due time, converted from the wall clock when the wait begins, is converted
+/// again at least this often (a wall clock set forward or back moves it).
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(10 * 60);
 
 /// After a refresh, the agent does not refresh again for at least this long, even if the new
@@ -39,12 +43,18 @@ pub(crate) fn next_after_refresh(
     now + (left / 2).max(MIN_REFRESH_INTERVAL)
 }
 
-/// The monotonic instant of wall-clock `at` (now when it is past), capped at [`MAX_SLEEP`].
-pub(crate) fn wake_at(at: SystemTime) -> Instant {
-    let wait = at
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Instant::now() + wait.min(MAX_SLEEP)
+/// When a wait for the due time `at` (`None`: nothing due) ends, on the boot-time clock that
+/// reads `boot_now` when the wall clock reads `wall_now`: at `at` (at once when it has passed),
+/// and at most [`MAX_SLEEP`] from now.
+pub(crate) fn wake_at(
+    at: Option<SystemTime>,
+    wall_now: SystemTime,
+    boot_now: BootInstant,
+) -> BootInstant {
+    let wait = at.map_or(MAX_SLEEP, |at| {
+        at.duration_since(wall_now).unwrap_or(Duration::ZERO)
+    });
+    boot_now.after(wait.min(MAX_SLEEP))
 }
 
 /// Capped exponential backoff with jitter: after the n-th failure in a row, a delay drawn from
@@ -176,17 +186,23 @@ mod tests {
     }
 
     #[test]
-    fn a_due_time_far_ahead_wakes_no_later_than_the_longest_sleep() {
-        let far = SystemTime::now() + Duration::from_secs(86_400);
-        let wake = wake_at(far);
-        assert!(
-            wake <= Instant::now() + MAX_SLEEP,
-            "a wake-up a day ahead must be capped at {MAX_SLEEP:?}"
-        );
-        let past = SystemTime::now() - Duration::from_secs(60);
-        assert!(
-            wake_at(past) <= Instant::now(),
-            "a due time in the past wakes at once"
-        );
+    fn a_wait_ends_at_the_due_time_on_the_boot_time_clock_and_no_later_than_the_longest_sleep() {
+        let wall = at(1_000_000);
+        let boot = BootInstant::from_origin(Duration::from_secs(5_000));
+        let secs = |s: u64| boot.after(Duration::from_secs(s));
+        // (due, expected end of the wait)
+        let table = [
+            // Due in 2 minutes: then.
+            (Some(at(1_000_120)), secs(120)),
+            // Due in a day, or nothing due: the longest sleep.
+            (Some(at(1_086_400)), boot.after(MAX_SLEEP)),
+            (None, boot.after(MAX_SLEEP)),
+            // Due now or in the past: at once.
+            (Some(wall), boot),
+            (Some(at(999_940)), boot),
+        ];
+        for (due, expected) in table {
+            assert_eq!(wake_at(due, wall, boot), expected, "due {due:?}");
+        }
     }
 }

@@ -7,6 +7,11 @@
 //!
 //! A watch that fails is retried after a capped backoff, and reported; until it is read again,
 //! there is no view and the agent reads the record itself.
+//!
+//! A watch ends after [`MAX_SLEEP`], and the delays between attempts run, on the boot-time
+//! clock ([`Alarm`]): after a suspend longer than what was left of them, the feed watches
+//! again (or retries) at the resume, instead of waiting on a connection the suspend may have
+//! broken (a network changed, a peer that gave up) for up to [`MAX_SLEEP`] more.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::super::schedule::{Backoff, MAX_SLEEP};
+use super::super::timer::Alarm;
 use crate::fleet::{Change, Fleet, FleetError, Kv, Op, RecordRead, Watched};
 
 /// The first delay before a failed watch of the fleet's keys is tried again; it doubles with
@@ -152,8 +158,10 @@ async fn follow(fleet: Arc<Fleet>, tx: watch::Sender<FeedState>) {
     // Whether the last watch ended asking for a new read (a compaction, etcd gone back): two
     // in a row back off, so that a member answering so for ever is not asked in a loop.
     let mut reread = false;
+    let mut alarm = Alarm::system();
     loop {
         let started = tokio::time::Instant::now();
+        let ends = alarm.now().after(MAX_SLEEP);
         let watched = async {
             let after = match from {
                 Some(revision) => revision,
@@ -176,8 +184,12 @@ async fn follow(fleet: Arc<Fleet>, tx: watch::Sender<FeedState>) {
                 .etcd
                 .watch_prefix(&prefix, after, MAX_SLEEP, &on_changes)
                 .await
-        }
-        .await;
+        };
+        // The same time limit as the request's, counting a suspend.
+        let watched = tokio::select! {
+            watched = watched => watched,
+            () = alarm.until(ends) => Ok(Watched::TimedOut),
+        };
         match watched {
             Ok(Watched::TimedOut) => {
                 backoff.reset();
@@ -187,7 +199,7 @@ async fn follow(fleet: Arc<Fleet>, tx: watch::Sender<FeedState>) {
             Ok(Watched::Compacted(_) | Watched::Changed(_)) => {
                 from = None;
                 if std::mem::replace(&mut reread, true) {
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    alarm.until(alarm.now().after(backoff.next_delay())).await;
                 }
             }
             Err(e) => {
@@ -204,7 +216,7 @@ async fn follow(fleet: Arc<Fleet>, tx: watch::Sender<FeedState>) {
                 });
                 from = None;
                 reread = false;
-                tokio::time::sleep(delay).await;
+                alarm.until(alarm.now().after(delay)).await;
             }
         }
     }
