@@ -400,8 +400,9 @@ fn idle_agent(bins: &Bins, plan: &Plan) {
         idp.requests()
     );
     println!(
-        "(by design the agent also wakes at least every 10 minutes, 6/hour, so that a suspended \
-         machine never oversleeps a due time; a window shorter than that may not see one)"
+        "(by design the agent also wakes at least every 10 minutes, 6/hour, to look at its home \
+         (a directory replaced, its claim lost); a window shorter than that may not see one. A \
+         suspend is counted by its timer itself: on Linux a timerfd on CLOCK_BOOTTIME)"
     );
     stop(agent);
 }
