@@ -62,6 +62,21 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             ));
             Plan::Keep
         }
+        // Only a broker this home's running agent published, or an address the user named: a
+        // process of another user listening on the default address must not receive Codex's
+        // refresh tokens.
+        _ if matches!(target.source, broker::Source::Default) => {
+            let why = target
+                .no_agent_broker
+                .as_deref()
+                .unwrap_or("no agent of this home serves a broker");
+            warn(&format!(
+                "{why}: the command runs without {TOKEN_URL_ENV} and refreshes on its own; start \
+                 the agent with --serve (`codex-store agent --serve`, or its service) to send \
+                 refreshes through it, or name a broker with --addr"
+            ));
+            Plan::Remove
+        }
         _ => match broker::check_health(target.addr, HEALTH_TIMEOUT) {
             Ok(()) => Plan::Set(url),
             Err(why) => {

@@ -7,9 +7,10 @@
 //!    across the request; Codex never takes it, so it never waits for it), installs what a
 //!    crashed refresh left, and reads auth.json.
 //! 2. [`Rotation::reserve`] creates the rotation file in the store directory and fills it with
-//!    as many spaces as the answer will need, fsynced with its directory: the directory is
-//!    writable, there is room and an inode, auth.json is replaceable, and a crash during the
-//!    request still finds the token spent. If not, nothing is sent.
+//!    as many spaces as the answer will need, fsynced: the directory is writable, there is room
+//!    and an inode, auth.json is replaceable; if not, nothing is sent. The directory is fsynced
+//!    too, so that a crash during the request still finds the token spent (if that fsync
+//!    fails, the save fsyncs the directory after the answer).
 //! 3. [`Reserved::save`] writes the new document into that file and fsyncs it (and the
 //!    directory, if it could not be synced before the request): from then on a crash is
 //!    recovered by the next process. Only then does it take

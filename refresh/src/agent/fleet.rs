@@ -199,11 +199,15 @@ impl FleetSync {
         self.fresh_from = self.fresh_from.max(revision);
     }
 
-    /// What the agent's wait listens to: the feed, the record's revision looked at, and the
-    /// failures already reported. `None` before the first step.
-    pub(super) fn news(&self) -> Option<(tokio::sync::watch::Receiver<feed::FeedState>, i64, u64)> {
+    /// What the agent's wait listens to. `None` before the first step.
+    pub(super) fn news(&self) -> Option<FeedNews> {
         let feed = self.feed.as_ref()?;
-        Some((feed.subscribe(), self.used, self.reported_failures))
+        Some(FeedNews {
+            feed: feed.subscribe(),
+            used: self.used,
+            fresh_from: self.fresh_from,
+            reported: self.reported_failures,
+        })
     }
 
     /// When a machine that did not make the record's last change tries the fleet lock: the
@@ -536,4 +540,14 @@ fn store_mirror(
 /// Codex's own refresh window, at most 30 s.
 fn deferral(lead: std::time::Duration) -> std::time::Duration {
     (lead.saturating_sub(super::CODEX_REFRESH_WINDOW) / 4).min(std::time::Duration::from_secs(30))
+}
+
+/// What the agent's wait listens to in the fleet: the feed, the record's revision the last step
+/// looked at (`used`), the revision a view must have reached to be believed (`fresh_from`), and
+/// the failures of the watch already reported.
+pub(crate) struct FeedNews {
+    pub(crate) feed: tokio::sync::watch::Receiver<feed::FeedState>,
+    pub(crate) used: i64,
+    pub(crate) fresh_from: i64,
+    pub(crate) reported: u64,
 }

@@ -171,13 +171,7 @@ enum Source {
 
 impl Source {
     /// What the wait listens to in the fleet ([`fleet::FleetSync::news`]).
-    fn news(
-        &self,
-    ) -> Option<(
-        tokio::sync::watch::Receiver<fleet::feed::FeedState>,
-        i64,
-        u64,
-    )> {
+    fn news(&self) -> Option<fleet::FeedNews> {
         match self {
             Source::Fleet(sync) => sync.news(),
             Source::Local => None,
@@ -772,16 +766,17 @@ enum FleetNews {
 }
 
 /// Resolves when the feed's record changed from the revision the agent last looked at
-/// (`used`), or with a failure of the feed's watch not reported yet (`reported`: how many
-/// were); never without a fleet.
-async fn fleet_changed(
-    remote: Option<(
-        tokio::sync::watch::Receiver<fleet::feed::FeedState>,
-        i64,
-        u64,
-    )>,
-) -> FleetNews {
-    let Some((mut feed, used, reported)) = remote else {
+/// (`used`), in a view recent enough to be believed (`fresh_from`: an older one would only make
+/// the agent read again, at once, until the feed caught up), or with a failure of the feed's
+/// watch not reported yet (`reported`: how many were); never without a fleet.
+async fn fleet_changed(remote: Option<fleet::FeedNews>) -> FleetNews {
+    let Some(fleet::FeedNews {
+        mut feed,
+        used,
+        fresh_from,
+        reported,
+    }) = remote
+    else {
         return std::future::pending().await;
     };
     loop {
@@ -802,7 +797,7 @@ async fn fleet_changed(
             if state
                 .view
                 .as_ref()
-                .is_some_and(|view| view.record_at != used)
+                .is_some_and(|view| view.revision >= fresh_from && view.record_at != used)
             {
                 return FleetNews::Changed;
             }

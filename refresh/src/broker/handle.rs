@@ -16,6 +16,10 @@ use super::{BrokerConfig, HEALTH_PATH, TOKEN_PATH};
 use crate::error::{PermanentReason, RefreshError};
 use crate::manager::AuthManager;
 
+/// What a caller is told when the home cannot be read (the details, which name paths, go to
+/// the log only).
+const HOME_UNREADABLE: &str = "the broker cannot read its home for now; try again later";
+
 /// What every connection of a broker shares.
 pub(crate) struct Shared {
     pub(crate) manager: AuthManager,
@@ -67,11 +71,18 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
     };
     let fingerprint = presented.fingerprint();
     let decision = shared.decide.lock().await;
+    // The manager's cache first, then the read the route is decided on: a rotation by another
+    // process between the two is then a token the manager adopts, never one it sends because a
+    // caller presented its predecessor.
+    if let Err(e) = adopt_home(&shared.manager).await {
+        tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be adopted: answered 503");
+        return answer::unavailable(HOME_UNREADABLE);
+    }
     let home = match Home::read(&shared.manager).await {
         Ok(home) => home,
         Err(e) => {
             tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read: answered 503");
-            return answer::unavailable(&e.to_string());
+            return answer::unavailable(HOME_UNREADABLE);
         }
     };
     let route = route(
@@ -92,6 +103,12 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
             tracing::info!(presented = %fingerprint, "a token this home redeemed for a successor: answered refresh_token_reused, not sent");
             answer::refused(None, &PermanentReason::Reused)
         }
+        Route::Unknown if home.journal_unreadable && home.tokens.is_some() => {
+            tracing::warn!(presented = %fingerprint, "the journal cannot be read: a token that is not the current one is not forwarded (it may be one this home redeemed); answered 503");
+            answer::unavailable(
+                "the broker cannot tell this token from one it redeemed; try again later",
+            )
+        }
         Route::Unknown => {
             drop(decision);
             forward(shared, &fingerprint, body).await
@@ -104,15 +121,14 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
 /// endpoint's refusal, or 503.
 async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
     let manager = &shared.manager;
-    if let Err(e) = adopt_home(manager).await {
-        tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be adopted: answered 503");
-        return answer::unavailable(&e.to_string());
-    }
     match manager.refresh().await {
         Ok(outcome) => {
             let after = match Home::read(manager).await {
                 Ok(after) => after,
-                Err(e) => return answer::unavailable(&e.to_string()),
+                Err(e) => {
+                    tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read after the refresh: answered 503");
+                    return answer::unavailable(HOME_UNREADABLE);
+                }
             };
             // The caller presented this login's token: it gets this login's tokens, never
             // another account's that signed in meanwhile.
@@ -141,7 +157,7 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
         }
         Err(e) => {
             tracing::warn!(presented = %fingerprint, error = %e, "the refresh failed: answered 503");
-            answer::unavailable(&e.to_string())
+            answer::unavailable("the refresh failed for now; try again later")
         }
     }
 }

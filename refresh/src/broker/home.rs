@@ -10,9 +10,11 @@ use crate::manager::AuthManager;
 pub(crate) struct Home {
     /// auth.json's ChatGPT tokens; `None` when it holds none (signed out, an API key).
     pub(crate) tokens: Option<TokenData>,
-    /// The journal's records, oldest first; empty when it cannot be read (then no token is
-    /// known as a predecessor).
+    /// The journal's records, oldest first; empty when it cannot be read.
     pub(crate) records: Vec<JournalRecord>,
+    /// The journal could not be read (not a regular file, an I/O error): a token that is not
+    /// the current one cannot be told from one this home redeemed.
+    pub(crate) journal_unreadable: bool,
 }
 
 impl Home {
@@ -30,11 +32,18 @@ impl Home {
                 .auth()
                 .filter(|doc| doc.resolved_mode() == AuthMode::Chatgpt)
                 .and_then(|doc| doc.tokens.clone());
-            let records = read_journal(store.journal_path()).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "the journal cannot be read: no token is taken for a predecessor");
-                Vec::new()
-            });
-            Ok(Home { tokens, records })
+            let (records, journal_unreadable) = match read_journal(store.journal_path()) {
+                Ok(records) => (records, false),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the journal cannot be read: only the current token is served");
+                    (Vec::new(), true)
+                }
+            };
+            Ok(Home {
+                tokens,
+                records,
+                journal_unreadable,
+            })
         })
         .await
         .map_err(|e| RefreshError::TaskFailed {

@@ -53,7 +53,13 @@ pub(crate) fn route(
     grace: Duration,
 ) -> Route {
     let Some(current) = current else {
-        return Route::Unknown;
+        // Signed out, or an API key: a token this home redeemed is still spent.
+        let fingerprint = presented.fingerprint();
+        return if records.iter().any(|r| rotates(r, &fingerprint)) {
+            Route::Spent
+        } else {
+            Route::Unknown
+        };
     };
     if same(presented, current) {
         return Route::Current;
@@ -188,7 +194,8 @@ mod tests {
             ("a chain whose links are out of order", "rt_a", Some("rt_c"), vec![saved(60, now, "rt_b", "rt_c"), saved(30, now, "rt_a", "rt_b")], Route::Spent),
             ("a chain that leads elsewhere", "rt_a", Some("rt_x"), vec![saved(60, now, "rt_a", "rt_b"), saved(30, now, "rt_b", "rt_c")], Route::Spent),
             ("a token never seen", "rt_z", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
-            ("any token when the home holds none", "rt_a", None, vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
+            ("a redeemed token when the home holds none", "rt_a", None, vec![saved(60, now, "rt_a", "rt_b")], Route::Spent),
+            ("an unknown token when the home holds none", "rt_z", None, vec![saved(60, now, "rt_a", "rt_b")], Route::Unknown),
             ("a token only sent, not rotated", "rt_a", Some("rt_b"), vec![record(JournalEvent::Redeeming, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Unknown),
             ("a token refused", "rt_a", Some("rt_b"), vec![record(JournalEvent::Refused, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Unknown),
             ("an answer that kept the token is no rotation", "rt_a", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_a")], Route::Unknown),

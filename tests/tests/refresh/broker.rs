@@ -712,3 +712,46 @@ async fn a_connection_that_sends_no_request_head_is_closed_after_the_header_time
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_is_not_the_current_one_is_not_forwarded_while_the_journal_cannot_be_read() {
+    let setup = Setup::new(IDENTITY, -60);
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let upstream = Server::start(
+        ServerOptions {
+            name: "broker-upstream",
+            keep_alive: false,
+            max_body: 64 * 1024,
+        },
+        {
+            let received = received.clone();
+            move |request| {
+                received
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(request.body.unwrap_or_default());
+                Some(Response::json(200, r#"{"access_token":"at_other"}"#))
+            }
+        },
+    );
+    let url = format!("http://{}/oauth/token", upstream.addr());
+    let broker = Running::start(&setup, url, BrokerConfig::default()).await;
+    // A FIFO at the journal's name: it cannot say which tokens this home redeemed.
+    codex_store_tests::fixtures::make_fifo(&setup.store.journal_path());
+    let answer = broker.post(codex_request("rt_maybe_redeemed_here")).await;
+    assert_eq!(
+        (answer.status, code_of(&answer).as_deref()),
+        (503, Some("temporarily_unavailable")),
+        "without a readable journal, a token that is not the current one may be one this home \
+         redeemed: it must not be forwarded: {:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty(),
+        "the token was forwarded upstream although the journal could not be read"
+    );
+    broker.stop().await;
+}

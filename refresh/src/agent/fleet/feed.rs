@@ -8,10 +8,10 @@
 //! A watch that fails is retried after a capped backoff, and reported; until it is read again,
 //! there is no view and the agent reads the record itself.
 //!
-//! A watch ends after [`MAX_SLEEP`], and the delays between attempts run, on the boot-time
+//! A watch ends after [`WATCH_FOR`], and the delays between attempts run, on the boot-time
 //! clock ([`Alarm`]): after a suspend longer than what was left of them, the feed watches
 //! again (or retries) at the resume, instead of waiting on a connection the suspend may have
-//! broken (a network changed, a peer that gave up) for up to [`MAX_SLEEP`] more.
+//! broken (a network changed, a peer that gave up) for up to [`WATCH_FOR`] more.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -19,13 +19,18 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::super::schedule::{Backoff, MAX_SLEEP};
+use super::super::schedule::Backoff;
 use super::super::timer::Alarm;
 use crate::fleet::{Change, Fleet, FleetError, Kv, Op, RecordRead, Watched};
 
 /// The first delay before a failed watch of the fleet's keys is tried again; it doubles with
 /// each failure in a row, up to [`WATCH_RETRY_MAX`].
 const WATCH_RETRY_INITIAL: Duration = Duration::from_secs(1);
+
+/// How long one watch stream stays open before it is opened again from the view's revision (one
+/// request). A stream that died without a word (a NAT or a proxy dropping an idle connection)
+/// leaves the view stale for at most this long.
+const WATCH_FOR: Duration = Duration::from_secs(120);
 
 /// The longest delay between two attempts to watch the fleet's keys. A watch that stayed open
 /// this long was working: its failure starts a new series of attempts.
@@ -58,8 +63,13 @@ impl View {
         }
     }
 
+    /// Applies what a watch reported. A change at or below the revision the view is already
+    /// exact at is old news, skipped: a watch that failed over to another member, or
+    /// authenticated again, starts over from the same revision and replays what was delivered
+    /// (a batch holds whole revisions, so nothing new is skipped).
     fn apply(&mut self, changes: Vec<Change>, keys: &Keys) {
-        for change in changes {
+        let known = self.revision;
+        for change in changes.into_iter().filter(|c| c.revision > known) {
             if change.key == keys.record {
                 self.record = change.kv;
                 self.record_at = change.revision;
@@ -161,7 +171,7 @@ async fn follow(fleet: Arc<Fleet>, tx: watch::Sender<FeedState>) {
     let mut alarm = Alarm::system();
     loop {
         let started = tokio::time::Instant::now();
-        let ends = alarm.now().after(MAX_SLEEP);
+        let ends = alarm.now().after(WATCH_FOR);
         let watched = async {
             let after = match from {
                 Some(revision) => revision,
@@ -182,7 +192,7 @@ async fn follow(fleet: Arc<Fleet>, tx: watch::Sender<FeedState>) {
             };
             fleet
                 .etcd
-                .watch_prefix(&prefix, after, MAX_SLEEP, &on_changes)
+                .watch_prefix(&prefix, after, WATCH_FOR, &on_changes)
                 .await
         };
         // The same time limit as the request's, counting a suspend.
@@ -219,5 +229,59 @@ async fn follow(fleet: Arc<Fleet>, tx: watch::Sender<FeedState>) {
                 alarm.until(alarm.now().after(delay)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &[u8], value: &str, revision: i64) -> Change {
+        Change {
+            key: key.to_vec(),
+            kv: Some(Kv {
+                value: value.as_bytes().to_vec(),
+                mod_revision: revision,
+                create_revision: 2,
+                lease: 0,
+            }),
+            revision,
+        }
+    }
+
+    #[test]
+    fn a_watch_that_starts_over_replays_nothing_into_the_view() {
+        let keys = Keys {
+            record: b"/p/auth.json".to_vec(),
+            rotation: b"/p/rotation".to_vec(),
+        };
+        let mut view = View {
+            revision: 100,
+            record_at: 90,
+            record: None,
+            rotation: None,
+        };
+        view.apply(vec![put(&keys.record, "B", 105)], &keys);
+        view.apply(vec![put(&keys.record, "C", 110)], &keys);
+        // Another member (or a new authentication) starts over from revision 100.
+        view.apply(vec![put(&keys.record, "B", 105)], &keys);
+        assert_eq!(
+            (
+                view.record.as_ref().map(|kv| kv.value.as_slice()),
+                view.record_at,
+                view.revision
+            ),
+            (Some(b"C".as_slice()), 110, 110),
+            "a replayed older change must not make the view show an older record"
+        );
+        view.apply(
+            vec![put(&keys.record, "C", 110), put(&keys.record, "D", 111)],
+            &keys,
+        );
+        assert_eq!(
+            (view.record_at, view.revision),
+            (111, 111),
+            "what comes after the replay is applied"
+        );
     }
 }
