@@ -737,7 +737,7 @@ async fn a_token_that_is_not_the_current_one_is_not_forwarded_while_the_journal_
     let url = format!("http://{}/oauth/token", upstream.addr());
     let broker = Running::start(&setup, url, BrokerConfig::default()).await;
     // A FIFO at the journal's name: it cannot say which tokens this home redeemed.
-    codex_store_tests::fixtures::make_fifo(&setup.store.journal_path());
+    codex_store_tests::fixtures::make_fifo(setup.store.journal_path());
     let answer = broker.post(codex_request("rt_maybe_redeemed_here")).await;
     assert_eq!(
         (answer.status, code_of(&answer).as_deref()),
