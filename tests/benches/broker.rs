@@ -1,0 +1,907 @@
+//! The agent's token broker (`codex-store agent --serve`), measured (`cargo build --release
+//! --workspace --bins && cargo bench -p codex-store-tests --bench broker`):
+//!
+//! 1. the broker's answer latency (p50, p99) for a predecessor token (one this home rotated away
+//!    within the grace window: answered with the current tokens, no upstream request), over
+//!    sequential requests each on a new connection as Codex sends them, beside its floors
+//!    measured in the same run and interleaved with it: a direct read of auth.json (open, read,
+//!    parse the JSON), and a loopback round trip of the same request to a trivial server
+//!    replaying the broker's answer bytes (same client, same connection pattern). Back to back,
+//!    the broker is measured in process (`codex_refresh::Broker` with `rate_per_second: 0`): the
+//!    agent's broker keeps the default limit of 20 requests a second in bursts of 20, which the
+//!    command line cannot lift, and would throttle a tight loop. Then paced, one request every
+//!    60 ms to each (under that limit): the agent's own broker (`agent --serve 127.0.0.1:0`, the
+//!    release binary, its URL from `inspect --json`) beside the in-process broker and the
+//!    round-trip floor, each request after the same idle gap;
+//! 2. upstream requests per rotation when K Codex stand-ins (`codex-sim`: Codex's re-read before
+//!    its request, its request before any lock, one refresh each) holding one expired token are
+//!    released at once (K = 8, 16, 32), against an endpoint answering after 500 ms: pointed at
+//!    the endpoint directly; at the agent's broker (`agent --serve`, which refreshes the expired
+//!    token itself at start: the stand-ins are released while that request is in flight, so they
+//!    present the token being redeemed); and at an in-process broker without an agent and
+//!    without a rate limit (it alone refreshes, for the first caller). The floor is 1 request
+//!    per rotation. `codex-sim` takes a 429 as a transient failure and does not retry: it exits
+//!    holding its old tokens. Those stand-ins are counted apart.
+//!
+//! Run without `--bench` (as `cargo test --benches` does), it runs a short smoke version (K = 8,
+//! few samples). Exits 1 when a correctness check fails: through a broker, more than one
+//! upstream request for the rotation, a reuse refusal, a stand-in stuck, refused or failing
+//! otherwise than by a 429, auth.json not holding the endpoint's live token; in section 1, an
+//! answer that is not 200 with the current tokens, or an upstream request for a predecessor.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codex_refresh::{Broker, BrokerConfig, BrokerError, BROKER_TOKEN_PATH, CLIENT_ID};
+use codex_store_tests::codex_sim::exit as sim_exit;
+use codex_store_tests::fake_idp::FakeIdp;
+use codex_store_tests::fixtures::{config, manager};
+use codex_store_tests::jwt;
+use codex_store_tests::process::Process;
+use codex_store_tests::programs::built;
+use codex_store_tests::secrets::fingerprint;
+use codex_store_tests::stats::Summary;
+use serde_json::Value;
+
+const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
+const ACCOUNT: &str = "acc-bench-broker";
+const EMAIL: &str = "bench-broker@example.com";
+const PLAN: &str = "pro";
+const INITIAL_RT: &str = "rt_bench_broker_initial";
+/// How long the fake endpoint takes to answer in section 2, so that the requests overlap as they
+/// do over a real network.
+const ENDPOINT_DELAY: Duration = Duration::from_millis(500);
+/// The interval between two requests to the agent's broker in section 1 (under its 20 a second);
+/// a third of it passes before each request of the paced comparison.
+const AGENT_PACE: Duration = Duration::from_millis(60);
+/// The bound on any one exchange with a server of this bench.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Plan {
+    full: bool,
+    ks: Vec<usize>,
+    /// Back-to-back rounds of section 1: a predecessor request to the in-process broker and a
+    /// sample of each floor.
+    samples: usize,
+    /// Paced rounds of section 1: a predecessor request to the agent's broker and to the
+    /// in-process one, and a round trip to the trivial server.
+    agent_samples: usize,
+}
+
+struct Bins {
+    store: PathBuf,
+    sim: PathBuf,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let plan = if full {
+        Plan {
+            full,
+            ks: vec![8, 16, 32],
+            samples: 2000,
+            agent_samples: 200,
+        }
+    } else {
+        Plan {
+            full,
+            ks: vec![8],
+            samples: 50,
+            agent_samples: 10,
+        }
+    };
+    let bins = Bins {
+        store: built("codex-store", "codex-store-cli"),
+        sim: built("codex-sim", "codex-store-tests"),
+    };
+    println!(
+        "broker benchmark ({}): codex-store {}",
+        if plan.full { "full" } else { "smoke" },
+        bins.store.display()
+    );
+    let mut failed = false;
+    failed |= latency(&bins, &plan);
+    failed |= requests_per_rotation(&bins, &plan);
+    if failed {
+        eprintln!("a correctness check failed (see above)");
+        std::process::exit(1);
+    }
+}
+
+/// A fresh home holding credentials whose access token expires in `expires_in` seconds
+/// (negative: expired), and the endpoint that knows them.
+fn signed_in(expires_in: i64) -> (tempfile::TempDir, FakeIdp) {
+    let home = tempfile::tempdir().expect("a temp dir for CODEX_HOME");
+    let access = jwt::access_token(jwt::now_unix() + expires_in, "at-bench-broker");
+    let id = jwt::id_token(EMAIL, ACCOUNT, PLAN);
+    std::fs::write(
+        home.path().join("auth.json"),
+        jwt::auth_json(&access, INITIAL_RT, &id, ACCOUNT),
+    )
+    .expect("write auth.json");
+    (home, FakeIdp::start(ACCOUNT, EMAIL, PLAN, INITIAL_RT))
+}
+
+/// The access and refresh token of `home`'s auth.json.
+fn tokens_in(home: &Path) -> (String, String) {
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(home.join("auth.json")).expect("auth.json is readable"),
+    )
+    .expect("auth.json is JSON");
+    let field = |name: &str| doc["tokens"][name].as_str().unwrap_or_default().to_owned();
+    (field("access_token"), field("refresh_token"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Brokers: in process, and the agent's
+// ---------------------------------------------------------------------------------------------
+
+/// A `codex_refresh::Broker` on an ephemeral port of 127.0.0.1, in a runtime of its own.
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), BrokerError>>,
+}
+
+impl InProcess {
+    /// Serves `home`, refreshing at `token_url`, `rate_per_second` requests a second (0: no
+    /// limit), on two worker threads.
+    fn start(home: &Path, token_url: String, rate_per_second: u32) -> InProcess {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("broker")
+            .enable_all()
+            .build()
+            .expect("a runtime for the broker");
+        let manager = {
+            let _entered = runtime.enter();
+            let store = codex_store::Store::open(home).expect("open the store");
+            manager(&store, config(token_url))
+        };
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind 127.0.0.1:0 for the broker");
+        let addr = listener.local_addr().expect("the broker's address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let broker = Broker::new(
+            manager,
+            BrokerConfig {
+                rate_per_second,
+                ..BrokerConfig::default()
+            },
+        );
+        let task = runtime.spawn(broker.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            runtime,
+            addr,
+            stop,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{BROKER_TOKEN_PATH}", self.addr)
+    }
+
+    /// Stops it; panics unless `serve` returned `Ok`.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let served = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), self.task).await })
+            .expect("the in-process broker did not stop within 20 s")
+            .expect("the in-process broker's task panicked");
+        if let Err(e) = served {
+            panic!("the in-process broker ended with an error: {e}");
+        }
+    }
+}
+
+/// `codex-store --home HOME agent --json --serve ADDR`, refreshing at `token_url`, with
+/// `RUST_LOG` as given (`None`: unset, the command's default `warn`).
+fn spawn_agent(
+    bins: &Bins,
+    home: &Path,
+    token_url: &str,
+    addr: &str,
+    log: Option<&str>,
+) -> Process {
+    let mut command = Command::new(&bins.store);
+    command
+        .arg("--home")
+        .arg(home)
+        .args(["agent", "--json", "--serve", addr])
+        .env(URL_ENV, token_url)
+        .env_remove("RUST_LOG");
+    if let Some(log) = log {
+        command.env("RUST_LOG", log);
+    }
+    Process::spawn_command("codex-store agent --serve", command)
+}
+
+/// Waits for the agent's `started` event (on stderr).
+fn wait_started(agent: &Process) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.stderr().contains("\"started\"") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not start within 20 s: {}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGTERM, then its exit within 10 s; panics unless it exits 0. Returns its stderr.
+fn stop_agent(mut agent: Process) -> String {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.id().to_string())
+        .status();
+    let out = agent.finish(Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "the agent exited {}: {}",
+        out.status,
+        out.stderr
+    );
+    out.stderr
+}
+
+/// The broker URL the agent of `home` published (`inspect --json` → `agent.broker`).
+fn published_broker(bins: &Bins, home: &Path) -> String {
+    let out = Command::new(&bins.store)
+        .arg("--home")
+        .arg(home)
+        .args(["inspect", "--json"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run codex-store inspect --json");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "inspect --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    doc["agent"]["broker"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the agent published no broker: {doc}"))
+        .to_owned()
+}
+
+/// The socket address of a broker URL `http://ADDR/oauth/token`.
+fn addr_of(url: &str) -> SocketAddr {
+    url.strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix(BROKER_TOKEN_PATH))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("{url:?} is not a broker URL"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client: Codex's request on a new connection
+// ---------------------------------------------------------------------------------------------
+
+/// Codex's refresh request presenting `refresh_token` to `addr`: `POST /oauth/token` with its
+/// JSON body, `Connection: close`.
+fn codex_request(addr: SocketAddr, refresh_token: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "client_id": CLIENT_ID,
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token,
+        "refresh_reason": "proactive_expiry",
+    })
+    .to_string();
+    format!(
+        "POST {BROKER_TOKEN_PATH} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Connects to `addr`, sends `request` and reads the answer until the server closes.
+fn round_trip(addr: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, EXCHANGE_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+    stream.write_all(request)?;
+    let mut answer = Vec::with_capacity(4096);
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+/// The status and the JSON body of an answer (a body that is not JSON is `Null`).
+fn parse_answer(answer: &[u8]) -> (u16, Value) {
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(answer.len());
+    let head = String::from_utf8_lossy(&answer[..split]);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer.get(split + 4..).unwrap_or_default();
+    (status, serde_json::from_slice(body).unwrap_or(Value::Null))
+}
+
+/// One exchange as Codex makes it: the request on a new connection, the answer read and its
+/// JSON parsed. Its duration, status and body.
+fn timed_exchange(addr: SocketAddr, request: &[u8]) -> (Duration, u16, Value) {
+    let started = Instant::now();
+    let answer = round_trip(addr, request)
+        .unwrap_or_else(|e| panic!("the exchange with {addr} failed: {e}"));
+    let (status, body) = parse_answer(&answer);
+    (started.elapsed(), status, body)
+}
+
+/// Whether `body` is an answer of the tokens `(access, refresh)`.
+fn answers(body: &Value, tokens: &(String, String)) -> bool {
+    body["access_token"].as_str() == Some(tokens.0.as_str())
+        && body["refresh_token"].as_str() == Some(tokens.1.as_str())
+        && body["id_token"].as_str().is_some_and(|t| !t.is_empty())
+}
+
+/// A trivial HTTP server on 127.0.0.1: on one thread, one connection at a time, it reads a
+/// request's head and body and writes `answer`, then closes.
+struct Trivial {
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Trivial {
+    fn start(answer: Vec<u8>) -> Trivial {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("an address");
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(mut stream) = stream {
+                    if read_request(&mut stream).is_ok() {
+                        let _ = stream.write_all(&answer);
+                    }
+                }
+            }
+        });
+        Trivial {
+            addr,
+            stopping,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Trivial {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request: its head, then the `Content-Length` bytes of its body.
+fn read_request(stream: &mut TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Latency
+// ---------------------------------------------------------------------------------------------
+
+fn print_summary(label: &str, summary: &Summary) {
+    println!(
+        "{label:<58} samples {:>5} | p50 {:>9.1} µs | p99 {:>9.1} µs",
+        summary.count, summary.p50, summary.p99
+    );
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// A direct read of auth.json as Codex makes one: open, read, parse; its duration.
+fn read_auth_json(path: &Path) -> Duration {
+    let started = Instant::now();
+    let bytes = std::fs::read(path).expect("read auth.json");
+    let doc: Value = serde_json::from_slice(&bytes).expect("auth.json is JSON");
+    let elapsed = started.elapsed();
+    assert!(
+        doc["tokens"]["refresh_token"].is_string(),
+        "the floor read no token"
+    );
+    elapsed
+}
+
+/// Answers to predecessor requests that were not 200 with the current tokens, and 429s.
+#[derive(Default)]
+struct Checked {
+    wrong: usize,
+    throttled: usize,
+}
+
+impl Checked {
+    /// Counts one answer of `who`, which should be 200 with `current`.
+    fn check(&mut self, who: &str, status: u16, body: &Value, current: &(String, String)) {
+        if status == 429 {
+            self.throttled += 1;
+        } else if status != 200 || !answers(body, current) {
+            self.wrong += 1;
+            if self.wrong <= 3 {
+                eprintln!("FAIL: {who} answered a predecessor HTTP {status}: {body}");
+            }
+        }
+    }
+}
+
+/// A home whose expired initial token the in-process broker refreshed for a first caller, so
+/// that it is now a predecessor: the home, its endpoint, the broker and the current tokens.
+fn rotated_in_process() -> (tempfile::TempDir, FakeIdp, InProcess, (String, String)) {
+    let (home, idp) = signed_in(-60);
+    let broker = InProcess::start(home.path(), idp.url(), 0);
+    let (status, body) = parse_answer(
+        &round_trip(broker.addr, &codex_request(broker.addr, INITIAL_RT))
+            .expect("the in-process broker answers"),
+    );
+    let current = tokens_in(home.path());
+    assert!(
+        status == 200 && answers(&body, &current) && current.1 != INITIAL_RT,
+        "the in-process broker did not refresh the current token: HTTP {status} {body}"
+    );
+    (home, idp, broker, current)
+}
+
+/// `agent --serve 127.0.0.1:0` on a home whose expired initial token it refreshed at start, so
+/// that it is now a predecessor: the home, its endpoint, the agent, its broker's address and the
+/// current tokens.
+fn rotated_by_agent(
+    bins: &Bins,
+) -> (
+    tempfile::TempDir,
+    FakeIdp,
+    Process,
+    SocketAddr,
+    (String, String),
+) {
+    let (home, idp) = signed_in(-60);
+    let agent = spawn_agent(bins, home.path(), &idp.url(), "127.0.0.1:0", None);
+    wait_started(&agent);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokens_in(home.path()).1 == INITIAL_RT {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not refresh the expired token within 20 s: {}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let addr = addr_of(&published_broker(bins, home.path()));
+    let current = tokens_in(home.path());
+    (home, idp, agent, addr, current)
+}
+
+fn latency(bins: &Bins, plan: &Plan) -> bool {
+    println!(
+        "\n1. answer latency for a predecessor token: sequential requests, a new connection each, \
+         each answer checked (200, the current tokens); the floors interleaved with the brokers"
+    );
+    // The in-process broker, without a rate limit.
+    let (home, idp, broker, current) = rotated_in_process();
+    let request = codex_request(broker.addr, INITIAL_RT);
+    // The trivial server replays the broker's answer to a predecessor, byte for byte.
+    let trivial = Trivial::start(round_trip(broker.addr, &request).expect("the broker answers"));
+    let trivial_request = codex_request(trivial.addr, INITIAL_RT);
+    let auth_path = home.path().join("auth.json");
+    let upstream_before = idp.requests();
+    let mut checked = Checked::default();
+    let mut floor_check = Checked::default();
+    let (mut broker_us, mut trivial_us, mut file_us) = (Vec::new(), Vec::new(), Vec::new());
+    // The first 20 rounds warm up, not counted.
+    for i in 0..plan.samples + 20 {
+        let file = read_auth_json(&auth_path);
+        let (floor, status, body) = timed_exchange(trivial.addr, &trivial_request);
+        floor_check.check("the trivial server", status, &body, &current);
+        let (took, status, body) = timed_exchange(broker.addr, &request);
+        checked.check("the in-process broker", status, &body, &current);
+        if i >= 20 {
+            file_us.push(micros(file));
+            trivial_us.push(micros(floor));
+            broker_us.push(micros(took));
+        }
+    }
+    let file = Summary::of(&file_us);
+    let floor = Summary::of(&trivial_us);
+    let inproc = Summary::of(&broker_us);
+    println!("back to back:");
+    print_summary("  floor: read auth.json (open, read, parse JSON)", &file);
+    print_summary(
+        "  floor: loopback round trip, trivial server, same bytes",
+        &floor,
+    );
+    print_summary("  broker in process (Broker, rate_per_second: 0)", &inproc);
+    println!(
+        "  broker / round-trip floor: p50 {:.1}x, p99 {:.1}x | broker - round trip (p50): \
+         {:.1} µs | broker / auth.json read (p50): {:.0}x",
+        inproc.p50 / floor.p50.max(1e-9),
+        inproc.p99 / floor.p99.max(1e-9),
+        inproc.p50 - floor.p50,
+        inproc.p50 / file.p50.max(1e-9),
+    );
+
+    // The agent's own broker, paced under its fixed limit; the in-process broker and the floor
+    // paced the same way beside it, each request after an idle gap of a third of the pace.
+    let (agent_home, agent_idp, agent, agent_addr, agent_current) = rotated_by_agent(bins);
+    let agent_request = codex_request(agent_addr, INITIAL_RT);
+    let agent_upstream_before = agent_idp.requests();
+    let mut agent_checked = Checked::default();
+    let gap = AGENT_PACE / 3;
+    let (mut agent_us, mut paced_broker_us, mut paced_trivial_us) =
+        (Vec::new(), Vec::new(), Vec::new());
+    // The first 5 rounds warm up, not counted.
+    for i in 0..plan.agent_samples + 5 {
+        std::thread::sleep(gap);
+        let (floor, status, body) = timed_exchange(trivial.addr, &trivial_request);
+        floor_check.check("the trivial server", status, &body, &current);
+        std::thread::sleep(gap);
+        let (took, status, body) = timed_exchange(broker.addr, &request);
+        checked.check("the in-process broker", status, &body, &current);
+        std::thread::sleep(gap);
+        let (agent_took, status, body) = timed_exchange(agent_addr, &agent_request);
+        agent_checked.check("the agent's broker", status, &body, &agent_current);
+        if i >= 5 {
+            paced_trivial_us.push(micros(floor));
+            paced_broker_us.push(micros(took));
+            agent_us.push(micros(agent_took));
+        }
+    }
+    let upstream = idp.requests() - upstream_before;
+    let agent_upstream = agent_idp.requests() - agent_upstream_before;
+    stop_agent(agent);
+    drop(trivial);
+    broker.stop();
+    drop((agent_idp, agent_home, idp, home));
+    let floor = Summary::of(&paced_trivial_us);
+    let inproc = Summary::of(&paced_broker_us);
+    let agent = Summary::of(&agent_us);
+    println!(
+        "paced, one request to each every {} ms (the agent's broker takes at most 20 a second in \
+         bursts of 20, BrokerConfig::default(), which `agent --serve` cannot change):",
+        AGENT_PACE.as_millis()
+    );
+    print_summary(
+        "  floor: loopback round trip, trivial server, same bytes",
+        &floor,
+    );
+    print_summary("  broker in process (Broker, rate_per_second: 0)", &inproc);
+    print_summary("  agent --serve (the codex-store process)", &agent);
+    println!(
+        "  agent / round-trip floor: p50 {:.1}x, p99 {:.1}x | agent / in process (p50): {:.1}x",
+        agent.p50 / floor.p50.max(1e-9),
+        agent.p99 / floor.p99.max(1e-9),
+        agent.p50 / inproc.p50.max(1e-9),
+    );
+    println!(
+        "checks: in process {} wrong, {} 429, {upstream} upstream request(s) | agent {} wrong, \
+         {} 429, {agent_upstream} upstream request(s) | trivial server {} wrong",
+        checked.wrong,
+        checked.throttled,
+        agent_checked.wrong,
+        agent_checked.throttled,
+        floor_check.wrong
+    );
+    let failed = checked.wrong + checked.throttled + agent_checked.wrong + agent_checked.throttled
+        != 0
+        || upstream != 0
+        || agent_upstream != 0
+        || floor_check.wrong != 0;
+    if failed {
+        eprintln!(
+            "FAIL: a predecessor answered otherwise than 200 with the current tokens, or sent \
+             upstream (see the checks above)"
+        );
+    }
+    failed
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Requests per rotation
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The stand-ins at the endpoint.
+    Direct,
+    /// The stand-ins at `agent --serve`.
+    Agent,
+    /// The stand-ins at an in-process broker, no agent, no rate limit.
+    InProcess,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "none (endpoint)",
+            Mode::Agent => "agent --serve (20/s)",
+            Mode::InProcess => "in process, no limit",
+        }
+    }
+}
+
+/// What one run counted.
+#[derive(Default)]
+struct Counts {
+    /// Refresh requests the stand-ins sent (to the endpoint or the broker).
+    sent: usize,
+    upstream: usize,
+    rotations: usize,
+    reused: usize,
+    /// Stand-ins that end holding the endpoint's live refresh token.
+    live: usize,
+    /// Stand-ins answered 429 (they keep their old tokens).
+    throttled: usize,
+    stuck_or_refused: usize,
+    /// Stand-ins that ended otherwise (dropped tokens, another transient failure, an error).
+    other: usize,
+    /// Whether auth.json holds the endpoint's live refresh token at the end.
+    file_live: bool,
+    /// The broker's log (`agent --serve` only): requests routed as the current token, as a
+    /// predecessor.
+    routes: Option<(usize, usize)>,
+    /// What the stand-ins that ended "other" printed, for the report.
+    others: Vec<String>,
+}
+
+/// A free port of 127.0.0.1, for an agent to bind after the stand-ins that will call it started.
+/// (Another process could take it in between: the agent would then exit naming the address.)
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("an address").to_string()
+}
+
+fn spawn_sim(bins: &Bins, home: &Path, url: &str, i: usize) -> Process {
+    let mut command = Command::new(&bins.sim);
+    command
+        .env("CODEX_HOME", home)
+        .env(URL_ENV, url)
+        .env_remove("RUST_LOG");
+    Process::spawn_command(format!("codex-sim #{i}"), command)
+}
+
+/// K stand-ins on one expired token, released at once, in `mode`.
+fn rotation_run(bins: &Bins, k: usize, mode: Mode) -> Counts {
+    let (home, idp) = signed_in(-60);
+    idp.set_delay(ENDPOINT_DELAY);
+    let idp_url = idp.url();
+    let mut in_process = None;
+    let mut agent_addr = None;
+    let url = match mode {
+        Mode::Direct => idp_url.clone(),
+        Mode::InProcess => {
+            let broker = InProcess::start(home.path(), idp_url.clone(), 0);
+            let url = broker.url();
+            in_process = Some(broker);
+            url
+        }
+        Mode::Agent => {
+            let addr = free_addr();
+            let url = format!("http://{addr}{BROKER_TOKEN_PATH}");
+            agent_addr = Some(addr);
+            url
+        }
+    };
+    let mut sims: Vec<Process> = (0..k)
+        .map(|i| spawn_sim(bins, home.path(), &url, i))
+        .collect();
+    for sim in &sims {
+        sim.wait_for_event("ready");
+    }
+    let agent = agent_addr.map(|addr| {
+        let agent = spawn_agent(
+            bins,
+            home.path(),
+            &idp_url,
+            &addr,
+            Some("codex_refresh=info"),
+        );
+        wait_started(&agent);
+        // The agent redeems the expired token at once; the stand-ins go while that request is
+        // in flight (the endpoint answers after 500 ms).
+        assert!(
+            idp.wait_for_requests(1, Duration::from_secs(20)),
+            "the agent sent no request for the expired token: {}",
+            agent.stderr()
+        );
+        agent
+    });
+    for sim in &mut sims {
+        sim.go();
+    }
+    let finished: Vec<(Vec<String>, ExitStatus)> = sims
+        .iter_mut()
+        .map(|s| {
+            let out = s.finish(Duration::from_secs(60));
+            (out.lines(), out.status)
+        })
+        .collect();
+    let routes = agent.map(|agent| {
+        let log = stop_agent(agent);
+        (
+            log.matches("route=\"current\"").count(),
+            log.matches("route=\"predecessor\"").count(),
+        )
+    });
+    if let Some(broker) = in_process {
+        broker.stop();
+    }
+    let live = idp.current_refresh_token();
+    let live_fp = fingerprint(&live);
+    let mut counts = Counts {
+        upstream: idp.requests(),
+        rotations: idp.successes(),
+        reused: idp.reuse_refusals(),
+        file_live: tokens_in(home.path()).1 == live,
+        routes,
+        ..Counts::default()
+    };
+    for (lines, status) in &finished {
+        counts.sent += lines
+            .iter()
+            .filter(|l| l.starts_with("requesting "))
+            .count();
+        let holds_live = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("end "))
+            .is_some_and(|end| end.split(' ').any(|kv| kv == format!("rt={live_fp}")));
+        let code = status.code();
+        if code == Some(sim_exit::TRANSIENT)
+            && lines.iter().any(|l| l.starts_with("answer status=429"))
+        {
+            counts.throttled += 1;
+        } else if code == Some(sim_exit::STUCK) || code == Some(sim_exit::REFUSED) {
+            counts.stuck_or_refused += 1;
+        } else if holds_live
+            && matches!(
+                code,
+                Some(
+                    sim_exit::SAVED
+                        | sim_exit::ADOPTED_BEFORE_REQUEST
+                        | sim_exit::ADOPTED_AFTER_REUSE
+                )
+            )
+        {
+            counts.live += 1;
+        } else {
+            counts.other += 1;
+            counts
+                .others
+                .push(format!("exit {status}: {}", lines.join(" | ")));
+        }
+    }
+    counts
+}
+
+fn requests_per_rotation(bins: &Bins, plan: &Plan) -> bool {
+    println!(
+        "\n2. upstream requests per rotation: K Codex stand-ins (codex-sim, one refresh each) on \
+         one expired token, released at once; the endpoint answers after {} ms",
+        ENDPOINT_DELAY.as_millis()
+    );
+    println!(
+        "{:<4} {:<24} {:>5} {:>9} {:>10} {:>13} {:>7} {:>9} {:>5} {:>14} {:>6}",
+        "K",
+        "broker",
+        "sent",
+        "upstream",
+        "rotations",
+        "req/rotation",
+        "reused",
+        "live tok",
+        "429",
+        "stuck/refused",
+        "other"
+    );
+    let mut failed = false;
+    let mut notes = Vec::new();
+    for &k in &plan.ks {
+        for mode in [Mode::Direct, Mode::Agent, Mode::InProcess] {
+            let c = rotation_run(bins, k, mode);
+            let ratio = c.upstream as f64 / c.rotations.max(1) as f64;
+            println!(
+                "{k:<4} {:<24} {:>5} {:>9} {:>10} {ratio:>13.2} {:>7} {:>9} {:>5} {:>14} {:>6}",
+                mode.name(),
+                c.sent,
+                c.upstream,
+                c.rotations,
+                c.reused,
+                c.live,
+                c.throttled,
+                c.stuck_or_refused,
+                c.other
+            );
+            if let Some((current, predecessor)) = c.routes {
+                notes.push(format!(
+                    "K={k} agent --serve: the broker routed {current} request(s) as the current \
+                     token, {predecessor} as a predecessor; {} answered 429",
+                    c.throttled
+                ));
+            }
+            for other in &c.others {
+                notes.push(format!("K={k} {}: a stand-in ended {other}", mode.name()));
+            }
+            if mode != Mode::Direct
+                && (c.upstream != 1
+                    || c.rotations != 1
+                    || c.reused != 0
+                    || c.stuck_or_refused != 0
+                    || c.other != 0
+                    || !c.file_live)
+            {
+                eprintln!(
+                    "FAIL: K={k}, {}: {} upstream request(s) for {} rotation(s), {} reuse \
+                     refusal(s), {} stand-in(s) stuck or refused, {} ended otherwise, auth.json \
+                     {} the live token",
+                    mode.name(),
+                    c.upstream,
+                    c.rotations,
+                    c.reused,
+                    c.stuck_or_refused,
+                    c.other,
+                    if c.file_live {
+                        "holds"
+                    } else {
+                        "does not hold"
+                    }
+                );
+                failed = true;
+            }
+        }
+    }
+    println!("floor: 1 upstream request per rotation");
+    println!(
+        "(sent: refresh requests the stand-ins sent, to the endpoint or the broker; live tok: \
+         stand-ins that end holding the endpoint's live refresh token; 429: answered 'too many \
+         requests' by the broker's limit of 20 a second in bursts of 20, which codex-sim takes as \
+         a transient failure: it keeps its old tokens and does not retry)"
+    );
+    for note in notes {
+        println!("{note}");
+    }
+    failed
+}
