@@ -8,7 +8,7 @@
 //!    parse the JSON), and a loopback round trip of the same request to a trivial server
 //!    replaying the broker's answer bytes (same client, same connection pattern). Back to back,
 //!    the broker is measured in process (`codex_refresh::Broker` with `rate_per_second: 0`): the
-//!    agent's broker keeps the default limit of 20 requests a second in bursts of 20, which the
+//!    agent's broker keeps the default limit of 64 requests a second in bursts of 64, which the
 //!    command line cannot lift, and would throttle a tight loop. Then paced, one request every
 //!    60 ms to each (under that limit): the agent's own broker (`agent --serve 127.0.0.1:0`, the
 //!    release binary, its URL from `inspect --json`) beside the in-process broker and the
@@ -56,7 +56,7 @@ const INITIAL_RT: &str = "rt_bench_broker_initial";
 /// How long the fake endpoint takes to answer in section 2, so that the requests overlap as they
 /// do over a real network.
 const ENDPOINT_DELAY: Duration = Duration::from_millis(500);
-/// The interval between two requests to the agent's broker in section 1 (under its 20 a second);
+/// The interval between two requests to the agent's broker in section 1 (under its 64 a second);
 /// a third of it passes before each request of the paced comparison.
 const AGENT_PACE: Duration = Duration::from_millis(60);
 /// The bound on any one exchange with a server of this bench.
@@ -600,8 +600,8 @@ fn latency(bins: &Bins, plan: &Plan) -> bool {
     let inproc = Summary::of(&paced_broker_us);
     let agent = Summary::of(&agent_us);
     println!(
-        "paced, one request to each every {} ms (the agent's broker takes at most 20 a second in \
-         bursts of 20, BrokerConfig::default(), which `agent --serve` cannot change):",
+        "paced, one request to each every {} ms (the agent's broker takes at most 64 a second in \
+         bursts of 64, BrokerConfig::default(), which `agent --serve` cannot change):",
         AGENT_PACE.as_millis()
     );
     print_summary(
@@ -657,7 +657,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "none (endpoint)",
-            Mode::Agent => "agent --serve (20/s)",
+            Mode::Agent => "agent --serve (64/s)",
             Mode::InProcess => "in process, no limit",
         }
     }
@@ -897,7 +897,7 @@ fn requests_per_rotation(bins: &Bins, plan: &Plan) -> bool {
     println!(
         "(sent: refresh requests the stand-ins sent, to the endpoint or the broker; live tok: \
          stand-ins that end holding the endpoint's live refresh token; 429: answered 'too many \
-         requests' by the broker's limit of 20 a second in bursts of 20, which codex-sim takes as \
+         requests' by the broker's limit of 64 a second in bursts of 64, which codex-sim takes as \
          a transient failure: it keeps its old tokens and does not retry)"
     );
     for note in notes {

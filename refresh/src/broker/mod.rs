@@ -43,7 +43,7 @@ pub struct BrokerConfig {
     /// The largest request body read; a larger one is refused (400). Default: 16 KiB.
     pub max_body: usize,
     /// Requests a second, in bursts of as many; above it: 429 with `Retry-After`. 0: no limit.
-    /// Default: 20.
+    /// Default: 64 (as many Codex processes refreshing at once are all answered).
     pub rate_per_second: u32,
     /// Connections served at once (1 to 65536); more wait to be accepted. Default: 64.
     pub max_connections: usize,
@@ -58,7 +58,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             grace: Duration::from_secs(10 * 60),
             max_body: 16 * 1024,
-            rate_per_second: 20,
+            rate_per_second: 64,
             max_connections: 64,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
