@@ -323,6 +323,13 @@ fn the_shipped_systemd_unit_restarts_a_failed_agent_but_not_one_that_found_anoth
         unit.display(),
         exit::AGENT_RUNNING
     );
+    assert!(
+        restart_prevented_codes(&unit).contains(&exit::USAGE),
+        "{} restarts an agent that exited {} (a usage error, such as the socket unit with \
+         --fleet) every RestartSec, forever: list it in RestartPreventExitStatus=",
+        unit.display(),
+        exit::USAGE
+    );
     let plist = std::fs::read_to_string(dist.join("com.codex-store.agent.plist"))
         .expect("the shipped launchd plist");
     assert!(
