@@ -295,6 +295,8 @@ impl Seen {
 /// Dropping it stops the server, closing every connection.
 pub struct BackendStub {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// An access token the stub refuses (401), as the backend refuses a revoked one.
+    refused: Arc<Mutex<Option<String>>>,
     addr: SocketAddr,
     _server: Server,
 }
@@ -319,11 +321,29 @@ impl BackendStub {
             max_body: STUB_MAX_BODY,
         };
         let record = Arc::clone(&seen);
+        let refused = Arc::new(Mutex::new(None::<String>));
+        let refuse = Arc::clone(&refused);
         let server = Server::start(options, move |request| {
+            let bearer = request
+                .authorization
+                .as_deref()
+                .and_then(|a| a.strip_prefix("Bearer "));
+            if bearer.is_some() && bearer == lock(&refuse).as_deref() {
+                lock(&record).push(Seen {
+                    method: request.method.clone(),
+                    target: request.target.clone(),
+                });
+                return Some(Response::json(
+                    401,
+                    json!({"error": {"code": "token_revoked", "message": "the access token was revoked"}})
+                        .to_string(),
+                ));
+            }
             Some(stub_answer(&account, &record, &request))
         });
         BackendStub {
             seen,
+            refused,
             addr: server.addr(),
             _server: server,
         }
@@ -342,6 +362,12 @@ impl BackendStub {
     /// The value for `HTTP_PROXY` / `HTTPS_PROXY`: `http://127.0.0.1:<port>`.
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Answers 401 from now on to every request that carries `access_token` as its bearer, as
+    /// the backend answers a revoked token.
+    pub fn refuse_access_token(&self, access_token: &str) {
+        *lock(&self.refused) = Some(access_token.to_owned());
     }
 
     /// Every request received so far, in order.

@@ -123,6 +123,7 @@ impl Race {
             self.home.path(),
             &["agent", "--serve", "127.0.0.1:0"],
             None,
+            // Its log lines say how the broker answered each caller.
             &[(URL_ENV, url.as_str()), ("RUST_LOG", "codex_refresh=info")],
         );
         agent.wait_for_stderr_line("started");
@@ -508,4 +509,35 @@ fn eight_codex_app_servers_forcing_a_refresh_at_once_through_the_broker_cause_on
         problems.len(),
         problems.join("\n- ")
     );
+}
+
+#[test]
+fn eight_codex_app_servers_told_401_by_the_backend_recover_through_the_broker_with_one_request() {
+    // A valid login that the backend refuses (401, as for a revoked access token): every Codex
+    // process refreshes on its own at start-up, presenting the same current token.
+    let mut race = Race::with(ChatgptCreds::fresh(), FAST);
+    race.backend.refuse_access_token(&race.creds.access_token);
+    let broker = race.start_broker();
+    race.start_codex_at(8, &broker);
+    for codex in &mut race.codex {
+        codex.initialize();
+    }
+    // Until the broker answered all eight: one refresh, seven predecessors.
+    let agent = race.agent.as_ref().expect("the race's agent");
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    let answered = || {
+        let log = agent.stderr();
+        log.matches("refreshed for a caller").count() + log.matches("route=\"predecessor\"").count()
+    };
+    while answered() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker answered {} of the 8 Codex processes told 401 within {RUN_TIMEOUT:?}; \
+             the agent:\n{}",
+            answered(),
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    race.finish("8 codex app-server told 401 by the backend, through the broker");
 }

@@ -23,6 +23,8 @@ pub struct Request {
     pub path: String,
     /// Whether the body came with `Transfer-Encoding: chunked`.
     pub chunked: bool,
+    /// The `Authorization` header, as sent.
+    pub authorization: Option<String>,
     /// The body, read whole; `None` when its declared `Content-Length` exceeds
     /// [`ServerOptions::max_body`] (then it was not read).
     pub body: Option<Vec<u8>>,
@@ -184,6 +186,11 @@ async fn handle(
     let too_long = header(CONTENT_LENGTH)
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|n| n > max_body);
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let method = request.method().as_str().to_owned();
     let target = request.uri().to_string();
     let path = request.uri().path().to_owned();
@@ -201,6 +208,7 @@ async fn handle(
         target,
         path,
         chunked,
+        authorization,
         body,
     };
     tokio::task::spawn_blocking(move || handler(request))
