@@ -23,8 +23,9 @@
 //! The scenarios run one at a time, each with its own home, endpoint and stub.
 //!
 //! Issue 21: eight Codex processes pointed at the agent's token broker (`agent --serve`), on one
-//! expired token, and forcing a refresh of one valid token at once: the endpoint reads exactly
-//! one request, and no Codex process logs "already used" or answers `account: null`.
+//! expired token, told 401 by the backend for their valid access token, and forcing a refresh
+//! of one valid token at once: the endpoint reads exactly one request, and no Codex process
+//! logs "already used" or answers `account: null`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
