@@ -155,6 +155,10 @@ fn start_broker(
             )
         })?;
     let broker = Broker::new(manager, BrokerConfig::default());
+    // Refused before the agent starts, so that it publishes nothing it will not serve.
+    if let Err(e) = broker.check(&listener) {
+        return Err(broker_failure(Ok(Err(e))));
+    }
     Ok(tokio::spawn(broker.serve(listener, shutdown)))
 }
 

@@ -118,6 +118,15 @@ impl Broker {
         Broker { manager, config }
     }
 
+    /// Whether `listener` can serve this broker's home, as [`Broker::serve`] checks first: a
+    /// caller can refuse to start before anything else runs.
+    ///
+    /// # Errors
+    /// As [`Broker::serve`]'s, but for nothing served.
+    pub fn check(&self, listener: &tokio::net::TcpListener) -> Result<(), BrokerError> {
+        serve::check(&self.manager, listener)
+    }
+
     /// Serves on `listener` until `shutdown` resolves; then accepts nothing more, lets the
     /// requests under way finish, and returns.
     ///

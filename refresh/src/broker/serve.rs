@@ -32,19 +32,10 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
+    check(&shared.manager, &listener)?;
     let addr = listener
         .local_addr()
         .map_err(|source| BrokerError::Address { source })?;
-    if !addr.ip().is_loopback() {
-        return Err(BrokerError::NotLoopback { addr });
-    }
-    let url = shared.manager.client().url();
-    if points_at(url, addr) {
-        return Err(BrokerError::ForwardsToItself {
-            url: shown_url(url),
-            addr,
-        });
-    }
     let connections = shared.config.max_connections.clamp(1, MAX_CONNECTIONS);
     let permits = Arc::new(Semaphore::new(connections));
     let (stop, stopping) = watch::channel(false);
@@ -146,6 +137,28 @@ fn is_local(ip: IpAddr) -> bool {
         v4 => v4,
     };
     ip.is_loopback() || ip.is_unspecified()
+}
+
+/// What makes `listener` unfit to serve `manager`'s home: not on loopback, or the manager's
+/// token URL is the listener's own address.
+pub(crate) fn check(
+    manager: &crate::manager::AuthManager,
+    listener: &TcpListener,
+) -> Result<(), BrokerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| BrokerError::Address { source })?;
+    if !addr.ip().is_loopback() {
+        return Err(BrokerError::NotLoopback { addr });
+    }
+    let url = manager.client().url();
+    if points_at(url, addr) {
+        return Err(BrokerError::ForwardsToItself {
+            url: shown_url(url),
+            addr,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
