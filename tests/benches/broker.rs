@@ -21,13 +21,26 @@
 //!    present the token being redeemed); and at an in-process broker without an agent and
 //!    without a rate limit (it alone refreshes, for the first caller). The floor is 1 request
 //!    per rotation. `codex-sim` takes a 429 as a transient failure and does not retry: it exits
-//!    holding its old tokens. Those stand-ins are counted apart.
+//!    holding its old tokens. Those stand-ins are counted apart;
+//! 3. the real Codex: K = 8 `codex app-server` processes of `@openai/codex@0.171.0`
+//!    (`codex_store_tests::real_codex`, installed with npm on first use) on one expired token in
+//!    a fresh home, started at once, against an endpoint answering after 200 ms and the kit's
+//!    backend stub: (a) pointed at the endpoint directly, the anchor; (b) pointed at
+//!    `agent --serve 127.0.0.1:0` (the release binary), whose own token URL is the endpoint. The
+//!    agent refreshes the expired token itself at start; the eight start as soon as it printed
+//!    `started`, without waiting for that refresh. For each: the upstream requests, rotations and
+//!    reuse refusals; how many Codex processes end holding the live access token (what
+//!    `getAuthStatus` answers, after `account/read` was asked whether they are signed out); how
+//!    many answer `account: null` and how many logged "already used".
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it runs a short smoke version (K = 8,
-//! few samples). Exits 1 when a correctness check fails: through a broker, more than one
-//! upstream request for the rotation, a reuse refusal, a stand-in stuck, refused or failing
-//! otherwise than by a 429, auth.json not holding the endpoint's live token; in section 1, an
-//! answer that is not 200 with the current tokens, or an upstream request for a predecessor.
+//! few samples, without section 3). Exits 1 when a correctness check fails: through a broker,
+//! more than one upstream request for the rotation, a reuse refusal, a stand-in stuck, refused or
+//! failing otherwise than by a 429, auth.json not holding the endpoint's live token; in section
+//! 1, an answer that is not 200 with the current tokens, or an upstream request for a
+//! predecessor; in section 3, through the agent's broker, an upstream request count other than
+//! one, or a Codex process ending without the live access token (the anchor (a) is printed, never
+//! checked).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,10 +53,13 @@ use std::time::{Duration, Instant};
 use codex_refresh::{Broker, BrokerConfig, BrokerError, BROKER_TOKEN_PATH, CLIENT_ID};
 use codex_store_tests::codex_sim::exit as sim_exit;
 use codex_store_tests::fake_idp::FakeIdp;
-use codex_store_tests::fixtures::{config, manager};
+use codex_store_tests::fixtures::{config, manager, temp_home, ChatgptCreds};
 use codex_store_tests::jwt;
 use codex_store_tests::process::Process;
 use codex_store_tests::programs::built;
+use codex_store_tests::real_codex::{
+    codex_binary, codex_version, AppServer, BackendStub, CodexSetup,
+};
 use codex_store_tests::secrets::fingerprint;
 use codex_store_tests::stats::Summary;
 use serde_json::Value;
@@ -107,6 +123,7 @@ fn main() {
     let mut failed = false;
     failed |= latency(&bins, &plan);
     failed |= requests_per_rotation(&bins, &plan);
+    failed |= real_codex(&bins, &plan);
     if failed {
         eprintln!("a correctness check failed (see above)");
         std::process::exit(1);
@@ -899,6 +916,253 @@ fn requests_per_rotation(bins: &Bins, plan: &Plan) -> bool {
          stand-ins that end holding the endpoint's live refresh token; 429: answered 'too many \
          requests' by the broker's limit of 64 a second in bursts of 64, which codex-sim takes as \
          a transient failure: it keeps its old tokens and does not retry)"
+    );
+    for note in notes {
+        println!("{note}");
+    }
+    failed
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The real Codex
+// ---------------------------------------------------------------------------------------------
+
+/// How many `codex app-server` processes section 3 starts at once.
+const CODEX_K: usize = 8;
+/// How long the fake endpoint takes to answer in section 3.
+const CODEX_ENDPOINT_DELAY: Duration = Duration::from_millis(200);
+/// The longest the first refresh request of a section 3 run may take to arrive.
+const CODEX_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the Codex processes of section 3 send their refreshes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CodexMode {
+    /// At the endpoint: the anchor.
+    Direct,
+    /// At `agent --serve`.
+    Agent,
+}
+
+impl CodexMode {
+    fn name(self) -> &'static str {
+        match self {
+            CodexMode::Direct => "(a) none (endpoint)",
+            CodexMode::Agent => "(b) agent --serve",
+        }
+    }
+}
+
+/// What one run of section 3 counted.
+#[derive(Default)]
+struct CodexCounts {
+    upstream: usize,
+    rotations: usize,
+    reused: usize,
+    /// Codex processes whose `getAuthStatus` answers the live access token.
+    live: usize,
+    /// Codex processes whose `account/read` answers `account: null`.
+    signed_out: usize,
+    /// Codex processes whose stderr says "already used".
+    already_used: usize,
+    /// Whether auth.json holds the endpoint's live refresh token at the end.
+    file_live: bool,
+    /// The broker's log (`agent --serve` only): requests routed as the current token, as a
+    /// predecessor.
+    routes: Option<(usize, usize)>,
+    /// Requests of the Codex processes meant for a host other than 127.0.0.1 (refused).
+    escapes: usize,
+    /// The Codex processes that do not end with the live access token: label and what they hold.
+    not_live: Vec<String>,
+}
+
+/// K `codex app-server` processes on one expired token in a fresh home, started at once, in
+/// `mode`; what they end with.
+fn codex_run(bins: &Bins, codex: &Path, mode: CodexMode) -> CodexCounts {
+    let creds = ChatgptCreds::expired();
+    let home = temp_home();
+    creds.write_to(home.path());
+    let idp = creds.start_idp();
+    idp.set_delay(CODEX_ENDPOINT_DELAY);
+    let backend = BackendStub::start(&creds.account_id, &creds.plan);
+    let user_home = tempfile::tempdir().expect("a temp dir for the Codex processes' HOME");
+    let idp_url = idp.url();
+    let agent = (mode == CodexMode::Agent).then(|| {
+        let agent = spawn_agent(
+            bins,
+            home.path(),
+            &idp_url,
+            "127.0.0.1:0",
+            Some("codex_refresh=info"),
+        );
+        // The agent redeems the expired token at once; the Codex processes start without
+        // waiting for that request or its answer.
+        wait_started(&agent);
+        agent
+    });
+    let token_url = if agent.is_some() {
+        published_broker(bins, home.path())
+    } else {
+        idp_url
+    };
+    let setup = CodexSetup {
+        bin: codex,
+        codex_home: home.path(),
+        user_home: user_home.path(),
+        token_url: &token_url,
+        backend: &backend,
+    };
+    let mut servers: Vec<AppServer> = (1..=CODEX_K)
+        .map(|i| AppServer::spawn(&setup, &format!("codex #{i}")))
+        .collect();
+    assert!(
+        idp.wait_for_requests(1, CODEX_FIRST_REQUEST_TIMEOUT),
+        "{}: no refresh request reached the endpoint within {CODEX_FIRST_REQUEST_TIMEOUT:?} \
+         although the access token had expired",
+        mode.name()
+    );
+    // Signed out first: asking for the token makes a Codex without one look at auth.json again.
+    let signed_out = servers
+        .iter_mut()
+        .map(AppServer::reports_signed_out)
+        .filter(|&signed_out| signed_out)
+        .count();
+    let held: Vec<Option<String>> = servers.iter_mut().map(AppServer::access_token).collect();
+    let already_used = servers
+        .iter()
+        .filter(|server| server.stderr().contains("already used"))
+        .count();
+    let live_access = idp.last_issued().map(|issued| issued.access_token);
+    let mut not_live = Vec::new();
+    for (server, token) in servers.iter().zip(&held) {
+        if token.is_none() || *token != live_access {
+            not_live.push(format!(
+                "{} holds {}",
+                server.label(),
+                token
+                    .as_deref()
+                    .map_or("no token (authToken null)".to_owned(), fingerprint)
+            ));
+        }
+    }
+    // The Codex processes go before the agent, the endpoint and the homes.
+    drop(servers);
+    let routes = agent.map(|agent| {
+        let log = stop_agent(agent);
+        (
+            log.matches("route=\"current\"").count(),
+            log.matches("route=\"predecessor\"").count(),
+        )
+    });
+    CodexCounts {
+        upstream: idp.requests(),
+        rotations: idp.successes(),
+        reused: idp.reuse_refusals(),
+        live: CODEX_K - not_live.len(),
+        signed_out,
+        already_used,
+        file_live: tokens_in(home.path()).1 == idp.current_refresh_token(),
+        routes,
+        escapes: backend.escapes().len(),
+        not_live,
+    }
+}
+
+fn real_codex(bins: &Bins, plan: &Plan) -> bool {
+    if !plan.full {
+        println!(
+            "\n3. the real Codex ({CODEX_K} codex app-server processes, without and with the \
+             agent's broker): runs with --bench only"
+        );
+        return false;
+    }
+    let codex = codex_binary();
+    println!(
+        "\n3. the real Codex: {CODEX_K} `codex app-server` processes ({}) on one expired token, \
+         a fresh home each run, started at once; the endpoint answers after {} ms; (b) starts \
+         them as soon as the agent printed `started`, while it redeems the token itself",
+        codex_version(&codex),
+        CODEX_ENDPOINT_DELAY.as_millis()
+    );
+    println!(
+        "{:<22} {:>9} {:>10} {:>7} {:>9} {:>13} {:>15} {:>10}",
+        "broker",
+        "upstream",
+        "rotations",
+        "reused",
+        "live tok",
+        "account:null",
+        "\"already used\"",
+        "auth.json"
+    );
+    let mut failed = false;
+    let mut notes = Vec::new();
+    for mode in [CodexMode::Direct, CodexMode::Agent] {
+        let c = codex_run(bins, &codex, mode);
+        println!(
+            "{:<22} {:>9} {:>10} {:>7} {:>9} {:>13} {:>15} {:>10}",
+            mode.name(),
+            c.upstream,
+            c.rotations,
+            c.reused,
+            format!("{}/{CODEX_K}", c.live),
+            c.signed_out,
+            c.already_used,
+            if c.file_live { "live" } else { "NOT live" }
+        );
+        if let Some((current, predecessor)) = c.routes {
+            let unsent = CODEX_K.saturating_sub(current + predecessor);
+            notes.push(format!(
+                "{}: the broker routed {current} Codex request(s) as the current token, \
+                 {predecessor} as a predecessor{}",
+                mode.name(),
+                if unsent == 0 {
+                    String::new()
+                } else {
+                    format!(" ({unsent} Codex process(es) found auth.json rotated and sent none)")
+                }
+            ));
+        }
+        if c.reused != 0 && c.already_used == 0 && c.signed_out == 0 {
+            notes.push(format!(
+                "{}: the endpoint's {} reuse refusal(s) left no trace in the Codex processes: \
+                 none logged \"already used\" on stderr, none answered `account: null`; {}/{} \
+                 end with the live token",
+                mode.name(),
+                c.reused,
+                c.live,
+                CODEX_K
+            ));
+        }
+        if c.escapes != 0 {
+            notes.push(format!(
+                "{}: {} request(s) of the Codex processes were meant for a host other than \
+                 127.0.0.1 (refused by the stub)",
+                mode.name(),
+                c.escapes
+            ));
+        }
+        for which in &c.not_live {
+            notes.push(format!(
+                "{}: {which}, not the live access token",
+                mode.name()
+            ));
+        }
+        if mode == CodexMode::Agent && (c.upstream != 1 || c.live != CODEX_K) {
+            eprintln!(
+                "FAIL: {CODEX_K} codex app-server through the agent's broker: the endpoint read {} \
+                 request(s) (one expected), {}/{CODEX_K} Codex processes end with the live access \
+                 token",
+                c.upstream, c.live
+            );
+            failed = true;
+        }
+    }
+    println!(
+        "(upstream: requests the endpoint read; reused: refused as refresh_token_reused; live \
+         tok: Codex processes whose getAuthStatus answers the endpoint's live access token; \
+         account:null: answered by account/read, asked first; \"already used\": Codex processes \
+         that logged it; auth.json: whether it holds the live refresh token. (a) is the anchor, \
+         not checked; (b) must read 1 request and end with every Codex on the live token)"
     );
     for note in notes {
         println!("{note}");
