@@ -523,22 +523,24 @@ fn eight_codex_app_servers_told_401_by_the_backend_recover_through_the_broker_wi
     for codex in &mut race.codex {
         codex.initialize();
     }
-    // Until the broker answered all eight: one refresh, seven predecessors.
-    let agent = race.agent.as_ref().expect("the race's agent");
+    // Until every Codex holds the live token: those told 401 recover through the broker (one
+    // refresh, the others answered as predecessors); one that starts after the rotation reads
+    // the new token from auth.json and is never told 401.
     let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-    let answered = || {
-        let log = agent.stderr();
-        log.matches("refreshed for a caller").count() + log.matches("route=\"predecessor\"").count()
-    };
-    while answered() < 8 {
+    let mut live = vec![false; race.codex.len()];
+    while live.contains(&false) {
+        let issued = race.idp.last_issued().map(|issued| issued.access_token);
+        for (codex, live) in race.codex.iter_mut().zip(live.iter_mut()) {
+            *live = *live || (issued.is_some() && codex.access_token() == issued);
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the broker answered {} of the 8 Codex processes told 401 within {RUN_TIMEOUT:?}; \
+            "{} of the 8 Codex processes told 401 hold the live token after {RUN_TIMEOUT:?}; \
              the agent:\n{}",
-            answered(),
-            agent.stderr()
+            live.iter().filter(|l| **l).count(),
+            race.agent.as_ref().map(Running::stderr).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
     race.finish("8 codex app-server told 401 by the backend, through the broker");
 }
