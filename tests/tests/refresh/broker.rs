@@ -188,6 +188,30 @@ fn last_issued(setup: &Setup) -> Issued {
 }
 
 /// The journal's bytes (empty when there is none).
+/// A stand-in for the real endpoint that answers every request 200 with `answer` and keeps the
+/// bodies it received.
+fn recording_upstream(answer: &'static str) -> (Server, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let server = Server::start(
+        ServerOptions {
+            name: "broker-upstream",
+            keep_alive: false,
+            max_body: 64 * 1024,
+        },
+        {
+            let received = received.clone();
+            move |request| {
+                received
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(request.body.unwrap_or_default());
+                Some(Response::json(200, answer))
+            }
+        },
+    );
+    (server, received)
+}
+
 fn journal(setup: &Setup) -> Vec<u8> {
     std::fs::read(setup.store.journal_path()).unwrap_or_default()
 }
@@ -319,26 +343,8 @@ async fn a_token_rotated_away_outside_the_grace_window_is_answered_refresh_token
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_token_is_forwarded_byte_for_byte_and_its_answer_relayed_without_storing_it() {
     let setup = Setup::new(IDENTITY, -60);
-    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let upstream = Server::start(
-        ServerOptions {
-            name: "broker-upstream",
-            keep_alive: false,
-            max_body: 64 * 1024,
-        },
-        {
-            let received = received.clone();
-            move |request| {
-                received
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(request.body.unwrap_or_default());
-                Some(Response::json(
-                    200,
-                    r#"{"access_token":"at_other","refresh_token":"rt_other_2","id_token":"it_other"}"#,
-                ))
-            }
-        },
+    let (upstream, received) = recording_upstream(
+        r#"{"access_token":"at_other","refresh_token":"rt_other_2","id_token":"it_other"}"#,
     );
     let url = format!("http://{}/oauth/token", upstream.addr());
     let broker = Running::start(&setup, url, BrokerConfig::default()).await;
@@ -716,24 +722,7 @@ async fn a_connection_that_sends_no_request_head_is_closed_after_the_header_time
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_is_not_the_current_one_is_not_forwarded_while_the_journal_cannot_be_read() {
     let setup = Setup::new(IDENTITY, -60);
-    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let upstream = Server::start(
-        ServerOptions {
-            name: "broker-upstream",
-            keep_alive: false,
-            max_body: 64 * 1024,
-        },
-        {
-            let received = received.clone();
-            move |request| {
-                received
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(request.body.unwrap_or_default());
-                Some(Response::json(200, r#"{"access_token":"at_other"}"#))
-            }
-        },
-    );
+    let (upstream, received) = recording_upstream(r#"{"access_token":"at_other"}"#);
     let url = format!("http://{}/oauth/token", upstream.addr());
     let broker = Running::start(&setup, url, BrokerConfig::default()).await;
     // A FIFO at the journal's name: it cannot say which tokens this home redeemed.
