@@ -214,7 +214,9 @@ fn one_etcd_member_stopped_and_the_leader_killed_mid_refresh_lose_no_token() {
     // The leader dies while the first refresh request is in flight.
     assert!(
         fleet.idp.wait_for_requests(1, WAIT),
-        "no machine sent a refresh request"
+        "no machine sent a refresh request within {WAIT:?} (member {stopped} stopped); \
+         agents:\n{}",
+        fleet.agent_logs()
     );
     let leader = fleet.cluster.wait_for_leader();
     fleet.cluster.kill(leader);
