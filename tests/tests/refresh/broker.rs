@@ -212,6 +212,25 @@ fn recording_upstream(answer: &'static str) -> (Server, Arc<Mutex<Vec<Vec<u8>>>>
     (server, received)
 }
 
+/// `n` callers, each on a thread of its own, released together, each POSTing Codex's refresh
+/// request presenting `refresh_token` to the broker at `addr`; their answers, to await.
+fn callers_at_once(
+    addr: SocketAddr,
+    n: usize,
+    refresh_token: &'static str,
+) -> Vec<JoinHandle<Answer>> {
+    let start = Arc::new(Barrier::new(n));
+    (0..n)
+        .map(|_| {
+            let start = start.clone();
+            tokio::task::spawn_blocking(move || {
+                start.wait();
+                post_blocking(addr, &codex_request(refresh_token))
+            })
+        })
+        .collect()
+}
+
 fn journal(setup: &Setup) -> Vec<u8> {
     std::fs::read(setup.store.journal_path()).unwrap_or_default()
 }
@@ -224,17 +243,7 @@ async fn eight_callers_presenting_the_current_expired_token_cause_one_upstream_r
     // nothing below: a later caller finds its token rotated away, within the grace window).
     setup.fake.set_delay(Duration::from_millis(300));
     let broker = Running::over(&setup, BrokerConfig::default()).await;
-    let start = Arc::new(Barrier::new(8));
-    let callers: Vec<_> = (0..8)
-        .map(|_| {
-            let start = start.clone();
-            let addr = broker.addr;
-            tokio::task::spawn_blocking(move || {
-                start.wait();
-                post_blocking(addr, &codex_request(IDENTITY.initial_rt))
-            })
-        })
-        .collect();
+    let callers = callers_at_once(broker.addr, 8, IDENTITY.initial_rt);
     let mut answers = Vec::new();
     for caller in callers {
         answers.push(caller.await.expect("a caller's thread panicked"));
@@ -426,17 +435,7 @@ async fn a_refusal_while_refreshing_is_answered_to_every_waiting_caller_with_the
         setup.fake.set_delay(Duration::from_millis(300));
         let auth_before = read(setup.store.path());
         let broker = Running::over(&setup, BrokerConfig::default()).await;
-        let start = Arc::new(Barrier::new(4));
-        let callers: Vec<_> = (0..4)
-            .map(|_| {
-                let start = start.clone();
-                let addr = broker.addr;
-                tokio::task::spawn_blocking(move || {
-                    start.wait();
-                    post_blocking(addr, &codex_request(IDENTITY.initial_rt))
-                })
-            })
-            .collect();
+        let callers = callers_at_once(broker.addr, 4, IDENTITY.initial_rt);
         for (n, caller) in callers.into_iter().enumerate() {
             let answer = caller.await.expect("a caller's thread panicked");
             assert_eq!(
