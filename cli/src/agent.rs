@@ -62,24 +62,25 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     // Every status the agent publishes names the broker's URL (`inspect`, `env`, `exec`).
     let store = ctx.quiet_store()?.with_agent_broker(broker);
     let fleet = ctx.fleet_args().fleet()?;
-    if fleet.is_some() && listener.is_some() {
-        return Err(Failure::usage_with(
-            "the token broker does not serve a fleet machine yet: its refreshes would redeem the \
-             fleet's token outside the fleet's lock and reservation"
-                .to_owned(),
-            "run `codex-store agent --fleet ...` without --serve (and without the socket unit); \
-             the fleet's agent keeps auth.json fresh for Codex",
-        ));
-    }
-    // The broker's own manager: its refreshes run the same guarded protocol as the agent's.
-    let broker_manager = match &listener {
-        Some(_) => Some(
-            AuthManager::new(store.clone(), ctx.refresh_config())
-                .map_err(|e| Failure::other(e.to_string(), "check the token URL"))?,
-        ),
+    let mut agent =
+        Agent::new(store.clone(), ctx.refresh_config(), config).map_err(agent_failure)?;
+    // The broker's own manager reads the home and forwards unknown tokens. Alone, its refreshes
+    // run the same guarded protocol as the agent's; on a fleet machine, the agent makes them,
+    // under the fleet's lock and reservation.
+    let broker = match &listener {
+        Some(_) => {
+            let manager = AuthManager::new(store, ctx.refresh_config())
+                .map_err(|e| Failure::other(e.to_string(), "check the token URL"))?;
+            Some(if fleet.is_some() {
+                let (asker, asks) = codex_refresh::refresh_asks();
+                agent = agent.answering(asks);
+                Broker::through_agent(manager, BrokerConfig::default(), asker)
+            } else {
+                Broker::new(manager, BrokerConfig::default())
+            })
+        }
         None => None,
     };
-    let mut agent = Agent::new(store, ctx.refresh_config(), config).map_err(agent_failure)?;
     if let Some(fleet) = fleet {
         agent = agent.with_fleet(fleet).map_err(agent_failure)?;
     }
@@ -99,9 +100,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
-        let broker = match (listener, broker_manager) {
-            (Some(listener), Some(manager)) => {
-                Some(start_broker(listener, manager, until_stopped())?)
+        let broker = match (listener, broker) {
+            (Some(listener), Some(broker)) => {
+                Some(start_broker(listener, broker, until_stopped())?)
             }
             _ => None,
         };
@@ -139,10 +140,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     })
 }
 
-/// Starts the token broker on `listener` with `manager`, until `shutdown`.
+/// Starts `broker` on `listener`, until `shutdown`.
 fn start_broker(
     listener: TcpListener,
-    manager: AuthManager,
+    broker: Broker,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<(), BrokerError>>, Failure> {
     let listener = listener
@@ -154,7 +155,6 @@ fn start_broker(
                 "start the agent again; if it persists, check the socket the service manager passes",
             )
         })?;
-    let broker = Broker::new(manager, BrokerConfig::default());
     // Refused before the agent starts, so that it publishes nothing it will not serve.
     if let Err(e) = broker.check(&listener) {
         return Err(broker_failure(Ok(Err(e))));

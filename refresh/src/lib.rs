@@ -133,8 +133,9 @@ mod recovery;
 mod state;
 
 pub use agent::{
-    Agent, AgentConfig, AgentError, AgentEvent, AgentEventKind, FailureClass, IdleReason,
-    ReattachReason, ResumedFrom, StopReason, CODEX_REFRESH_WINDOW,
+    refresh_asks, Agent, AgentConfig, AgentError, AgentEvent, AgentEventKind, FailureClass,
+    IdleReason, ReattachReason, RefreshAsker, RefreshAsks, ResumedFrom, StopReason,
+    CODEX_REFRESH_WINDOW,
 };
 pub use auth::{CodexAuth, Mode};
 pub use broker::{

@@ -55,6 +55,10 @@ pub enum JournalEvent {
     /// connection cut, a 200 whose body is cut off or unusable): it may be spent. The next
     /// sender first waits for the rotation to appear, like after a reuse refusal.
     Unanswered,
+    /// A fleet agent wrote the fleet's login into auth.json, its refresh token moving on from
+    /// `refresh` (auth.json's before) to `new_refresh` (another machine's rotation, or a
+    /// succession of the fleet's login this machine was in sync with). Nothing was sent here.
+    Mirrored,
 }
 
 impl JournalEvent {
@@ -69,6 +73,7 @@ impl JournalEvent {
             JournalEvent::Adopted => "adopted",
             JournalEvent::Spent => "spent",
             JournalEvent::Unanswered => "unanswered",
+            JournalEvent::Mirrored => "mirrored",
         }
     }
 

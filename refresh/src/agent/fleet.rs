@@ -12,8 +12,12 @@ mod refresh;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use codex_store::{AgentClaim, AgentState, AuthDotJson, Expect, Generation, Snapshot, StoreError};
+use codex_store::{
+    AgentClaim, AgentState, AuthDotJson, Expect, Generation, JournalEvent, JournalRecord, Snapshot,
+    StoreError,
+};
 
+use super::ask::AskEnd;
 use super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::fleet_sync::{self, Link, Reconcile, Synced, Upload};
 use super::kinds::{FailureClass, IdleReason};
@@ -22,6 +26,7 @@ use crate::error::RefreshError;
 use crate::fleet::{
     Fleet, FleetError, FleetRecord, Found, Put, RecordRead, RotationKind, RotationMeta,
 };
+use crate::protocol::Urgency;
 use busy::{LockBusy, ReservationWait};
 
 /// The fleet side of an agent.
@@ -89,6 +94,7 @@ impl FleetSync {
         error: &FleetError,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
+        core.ask_end = Some(AskEnd::Failed(error.to_string()));
         let delay = core.backoff.next_delay();
         let at = SystemTime::now() + delay;
         on_event(&AgentEvent::now(AgentEventKind::Failed {
@@ -150,14 +156,19 @@ impl FleetSync {
         {
             return plan;
         }
-        // Local and fleet agree: the usual schedule, on the fleet's tokens.
+        // Local and fleet agree: the usual schedule, on the fleet's tokens; or now, when a
+        // token broker asked about the current token.
         let plan = core.step_local_schedule(on_event);
+        let urgency = core.urgency();
+        let plan = plan.filter(|p| urgency != Urgency::Now || !p.not_due());
         let Some(due) = plan else {
-            if let Some(later) = self.deferred(core, &record, rotation.as_ref()) {
-                return Plan::At(later, AgentState::Waiting);
+            if urgency != Urgency::Now {
+                if let Some(later) = self.deferred(core, &record, rotation.as_ref()) {
+                    return Plan::At(later, AgentState::Waiting);
+                }
             }
             return self
-                .refresh_for_fleet(core, claim, &fleet, *record, on_event)
+                .refresh_for_fleet(core, claim, &fleet, *record, urgency, on_event)
                 .await;
         };
         due
@@ -493,6 +504,9 @@ impl FleetSync {
         Some(
             match store_mirror(&core.manager, local.generation(), &record.document) {
                 Ok(generation) => {
+                    if !keep_copy {
+                        journal_mirrored(&store, local, &generation, &record.document);
+                    }
                     if link == Link::Unverified {
                         let next = Synced::after(
                             self.synced.as_ref(),
@@ -533,6 +547,46 @@ fn store_mirror(
         .store()
         .compare_and_swap(Expect::Generation(expected), Some(doc))
         .or_else(|e| e.accept_not_durable())
+}
+
+/// Journals that auth.json's refresh token moved on to the fleet's (written into auth.json at
+/// `written`, over `before`): a `mirrored` record, so that this machine's token broker knows
+/// the token its Codex processes may still present as a predecessor of the current one. Only
+/// for the same account, and only under the refresh lock, as every journal record (when a
+/// local refresh holds it, the record is left out: the journal is advice, and the broker then
+/// forwards that token as one it does not know).
+fn journal_mirrored(
+    store: &codex_store::Store,
+    before: &Snapshot,
+    written: &Generation,
+    doc: &AuthDotJson,
+) {
+    let (Some(old), Some(new)) = (
+        before.auth().and_then(|d| d.tokens.as_ref()),
+        doc.tokens.as_ref(),
+    ) else {
+        return;
+    };
+    let (account, refresh, new_refresh) = (
+        old.account(),
+        old.refresh_token.fingerprint(),
+        new.refresh_token.fingerprint(),
+    );
+    if account.is_none() || account != new.account() || refresh == new_refresh {
+        return;
+    }
+    let mut record = JournalRecord::new(JournalEvent::Mirrored, before.generation());
+    record.new_generation = Some(written.to_string());
+    record.account = account;
+    record.refresh = Some(refresh);
+    record.new_refresh = Some(new_refresh);
+    match store.try_begin_rotation() {
+        Ok(Some(rotation)) => rotation.record(&record),
+        Ok(None) => {
+            tracing::debug!("a local refresh holds the refresh lock: the mirror is not journaled")
+        }
+        Err(e) => tracing::debug!(error = %e, "the mirror is not journaled"),
+    }
 }
 
 /// How long after the due time a machine that did not make the record's last change waits

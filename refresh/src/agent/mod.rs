@@ -13,6 +13,7 @@
 //! Modelled on HashiCorp Vault Agent's auto-auth: one process owns the renewal, the others read
 //! the sink (here: auth.json itself).
 
+mod ask;
 mod event;
 mod fleet;
 mod fleet_sync;
@@ -35,6 +36,9 @@ use crate::manager::AuthManager;
 use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
 
+use ask::Ask;
+pub(crate) use ask::AskEnd;
+pub use ask::{refresh_asks, RefreshAsker, RefreshAsks};
 use event::rfc3339;
 pub use event::{AgentEvent, AgentEventKind};
 pub use kinds::{FailureClass, IdleReason, ReattachReason, ResumedFrom, StopReason};
@@ -142,6 +146,13 @@ enum Plan {
     Again,
 }
 
+impl Plan {
+    /// Whether it only waits for the tokens to be due (which a broker's ask overrides).
+    fn not_due(&self) -> bool {
+        matches!(self, Plan::At(_, AgentState::Waiting))
+    }
+}
+
 /// The refresher of one store, as a library: run it in a host application with
 /// [`Agent::run`], or use the `codex-store agent` command.
 ///
@@ -159,6 +170,8 @@ pub struct Agent {
     core: Core,
     /// Where the login comes from.
     source: Source,
+    /// A token broker's asks to refresh now ([`Agent::answering`]).
+    asks: Option<RefreshAsks>,
 }
 
 /// Where an agent's login comes from: what it schedules is the same either way.
@@ -213,6 +226,14 @@ pub(crate) struct Core {
     reuse_wait: Duration,
     /// The status last published: an unchanged status is not written again.
     published: Option<AgentStatus>,
+    /// The refresh tokens (fingerprints) a token broker asked to refresh now, for this step.
+    asked: Vec<String>,
+    /// How this step ended for the asks, when it cannot refresh the token asked about (a
+    /// refusal, a failure); `None`: it refreshed, or it still may.
+    ask_end: Option<AskEnd>,
+    /// The refusal that stopped the agent (kept while [`Core::refused`] holds): what an ask
+    /// about the refused token is answered.
+    refused_end: Option<AskEnd>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -257,8 +278,12 @@ impl Agent {
                 not_before: None,
                 reuse_wait: manager_reuse_wait,
                 published: None,
+                asked: Vec::new(),
+                ask_end: None,
+                refused_end: None,
             },
             source: Source::Local,
+            asks: None,
         })
     }
 
@@ -275,6 +300,19 @@ impl Agent {
     pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> Result<Agent, AgentError> {
         self.source = Source::Fleet(Box::new(fleet::FleetSync::new(fleet)));
         Ok(self)
+    }
+
+    /// The same agent, answering a token broker's asks to refresh now (`asks`, the other end of
+    /// the broker's [`RefreshAsker`]; see [`crate::Broker::through_agent`]): the token a caller
+    /// presented, if it is still the current one, is refreshed at once, due or not, through
+    /// this agent's own protocol (on a fleet machine: under the fleet's lock and reservation,
+    /// for every machine). An ask is answered once auth.json's token is another, or when it
+    /// cannot be refreshed (a refusal, a failure, a login the agent leaves alone); while
+    /// another holder refreshes, it waits for its rotation.
+    #[must_use]
+    pub fn answering(mut self, asks: RefreshAsks) -> Agent {
+        self.asks = Some(asks);
+        self
     }
 
     /// Runs until `shutdown` resolves: claims the store (one agent per auth.json), then keeps
@@ -327,6 +365,9 @@ impl Agent {
         // The due time's timer counts the time the machine spent suspended: a due time that
         // passed during a suspend fires at the resume.
         let mut alarm = Alarm::system();
+        // A broker's asks: received while the agent waits, answered after the steps.
+        let mut asks = self.asks.take();
+        let mut asked: Vec<Ask> = Vec::new();
         let ended: Result<StopReason, AgentError> = 'run: loop {
             // Armed before every look, so that every change after the look began is signalled.
             // A directory that cannot be watched any more was removed or replaced meanwhile.
@@ -351,6 +392,9 @@ impl Agent {
             // a change of the record, so a change of auth.json, even to the same bytes, makes it
             // look at the fleet again (once per failure, not at every touch).
             let mut fleet_unsure = false;
+            asked.retain(Ask::waited_for);
+            self.core.asked = asked.iter().map(|a| a.refresh.clone()).collect();
+            self.core.ask_end = None;
             let plan = {
                 let mut collect = |event: &AgentEvent| pending.push(event.clone());
                 let step = self.step(&claim, &mut collect);
@@ -367,6 +411,7 @@ impl Agent {
                     }
                 }
             };
+            answer_asks(&mut asked, &store, self.core.ask_end.take());
             let (state, wake) = match plan {
                 Plan::Again => {
                     pending.drain(..).for_each(|e| on_event(&e));
@@ -439,6 +484,14 @@ impl Agent {
                             }
                             fleet_wait = Box::pin(fleet_changed(self.source.news()));
                         }
+                    },
+                    ask = next_ask(&mut asks) => match ask {
+                        Some(ask) => {
+                            asked.push(ask);
+                            break;
+                        }
+                        // The broker is gone: nothing more to hear.
+                        None => asks = None,
                     },
                     () = &mut shutdown => break 'run Ok(StopReason::Asked),
                 }
@@ -514,10 +567,12 @@ impl Agent {
         match &mut self.source {
             Source::Fleet(sync) => sync.step(&mut self.core, claim, on_event).await,
             Source::Local => {
-                if let Some(plan) = self.core.step_local_schedule(on_event) {
+                let plan = self.core.step_local_schedule(on_event);
+                let urgency = self.core.urgency();
+                if let Some(plan) = plan.filter(|p| urgency != Urgency::Now || !p.not_due()) {
                     return plan;
                 }
-                self.core.refresh_local(claim, on_event).await
+                self.core.refresh_local(claim, urgency, on_event).await
             }
         }
     }
@@ -564,9 +619,11 @@ impl Core {
             }
         }
         if self.refused == Some(auth.generation()) {
+            self.ask_end.clone_from(&self.refused_end);
             return Some(Plan::UntilChange(AgentState::Refused));
         }
         let was_refused = self.refused.take().is_some();
+        self.refused_end = None;
         let config = self.manager.config().clone();
         let not_before = self
             .not_before
@@ -594,16 +651,18 @@ impl Core {
         None
     }
 
-    /// Refreshes this machine's auth.json through the guarded protocol.
+    /// Refreshes this machine's auth.json through the guarded protocol, when due or (`urgency`
+    /// [`Urgency::Now`]) asked to.
     async fn refresh_local(
         &mut self,
         claim: &AgentClaim,
+        urgency: Urgency,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         self.publish(claim, AgentState::Refreshing, None);
-        // Never waits for the refresh lock: if another process is refreshing, its write wakes
-        // the agent (and a stop never waits behind it).
-        match self.manager.run(Urgency::IfDueUnlessBusy).await {
+        // Never waits for the refresh lock when due: if another process is refreshing, its
+        // write wakes the agent (and a stop never waits behind it).
+        match self.manager.run(urgency).await {
             Ok(RefreshOutcome::NotNeeded) if self.still_due() => {
                 Plan::At(SystemTime::now() + BUSY_RETRY, AgentState::Waiting)
             }
@@ -662,12 +721,41 @@ impl Core {
         })
     }
 
+    /// How urgently this step refreshes: now when a broker asked about the current token, else
+    /// when due (never waiting for another process's refresh).
+    fn urgency(&self) -> Urgency {
+        let asked = self.manager.cached().is_some_and(|auth| {
+            auth.refresh_fingerprint()
+                .is_some_and(|fp| self.asked.iter().any(|a| a == fp))
+        });
+        if asked {
+            Urgency::Now
+        } else {
+            Urgency::IfDueUnlessBusy
+        }
+    }
+
+    /// What a broker's ask about the token just refused is answered: the refusal, with the
+    /// endpoint's own answer when this agent heard it.
+    fn refusal_end(&self, reason: &crate::error::PermanentReason) -> AskEnd {
+        let answer = self
+            .manager
+            .cached()
+            .and_then(|a| a.refresh_fingerprint().map(str::to_owned))
+            .and_then(|fp| self.manager.client().refusal_of(&fp));
+        AskEnd::Refused {
+            reason: reason.clone(),
+            answer,
+        }
+    }
+
     fn go_idle(
         &mut self,
         reason: IdleReason,
         hint: &str,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
+        self.ask_end = Some(AskEnd::Failed(hint.to_owned()));
         self.backoff.reset();
         if self.idle != Some(reason) {
             self.idle = Some(reason);
@@ -690,6 +778,12 @@ impl Core {
         }
         if class == ErrorClass::SignInRequired {
             self.refused = self.manager.cached().map(|a| a.generation());
+            let end = match error {
+                RefreshError::Permanent { reason } => self.refusal_end(reason),
+                other => AskEnd::Failed(other.to_string()),
+            };
+            self.ask_end = Some(end.clone());
+            self.refused_end = Some(end);
             on_event(&AgentEvent::now(AgentEventKind::Failed {
                 class: FailureClass::SignInRequired,
                 message: format!(
@@ -700,6 +794,7 @@ impl Core {
             }));
             return Plan::UntilChange(AgentState::Refused);
         }
+        self.ask_end = Some(AskEnd::Failed(error.to_string()));
         let delay = self.backoff.next_delay();
         let at = SystemTime::now() + delay;
         on_event(&AgentEvent::now(AgentEventKind::Failed {
@@ -806,6 +901,36 @@ async fn fleet_changed(remote: Option<fleet::FeedNews>) -> FleetNews {
             // The feed lives as long as the agent: nothing more to hear.
             return std::future::pending().await;
         }
+    }
+}
+
+/// Answers the asks whose token is no longer auth.json's ([`AskEnd::Moved`]), then, when the
+/// step could not refresh (`end`), the others with that; the rest wait for the next step.
+fn answer_asks(asked: &mut Vec<Ask>, store: &Store, end: Option<AskEnd>) {
+    if asked.is_empty() {
+        return;
+    }
+    let current = store.load().ok().and_then(|snapshot| {
+        snapshot
+            .auth()
+            .and_then(|doc| doc.tokens.as_ref())
+            .map(|t| t.refresh_token.fingerprint())
+    });
+    let (moved, still): (Vec<Ask>, Vec<Ask>) = asked
+        .drain(..)
+        .partition(|ask| current.as_deref() != Some(ask.refresh.as_str()));
+    moved.into_iter().for_each(|ask| ask.answer(AskEnd::Moved));
+    match end {
+        Some(end) => still.into_iter().for_each(|ask| ask.answer(end.clone())),
+        None => *asked = still,
+    }
+}
+
+/// The next ask of a broker; never without one.
+async fn next_ask(asks: &mut Option<RefreshAsks>) -> Option<Ask> {
+    match asks {
+        Some(asks) => asks.rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,12 +7,15 @@ use std::time::{Instant, SystemTime};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request};
 
+use codex_store::{Generation, JournalEvent, JournalRecord, Secret};
+
 use super::answer::{self, Answer};
 use super::home::Home;
 use super::limit::TokenBucket;
 use super::request::{read_body, refresh_token_of};
-use super::route::{route, Route};
+use super::route::{route, same, Route};
 use super::{BrokerConfig, HEALTH_PATH, TOKEN_PATH};
+use crate::agent::{AskEnd, RefreshAsker};
 use crate::error::{PermanentReason, RefreshError};
 use crate::manager::AuthManager;
 
@@ -20,11 +23,28 @@ use crate::manager::AuthManager;
 /// the log only).
 const HOME_UNREADABLE: &str = "the broker cannot read its home for now; try again later";
 
+/// How many rotations a broker remembers having seen itself (beside the journal's).
+const LEARNED: usize = 64;
+
+/// Who refreshes the current token for a caller.
+#[derive(Debug)]
+pub(crate) enum Refresher {
+    /// The broker, through its manager's guarded protocol.
+    Itself,
+    /// The home's agent, asked to ([`crate::Agent::answering`]).
+    Agent(RefreshAsker),
+}
+
 /// What every connection of a broker shares.
 pub(crate) struct Shared {
     pub(crate) manager: AuthManager,
     pub(crate) config: BrokerConfig,
+    pub(crate) refresher: Refresher,
     pub(crate) bucket: TokenBucket,
+    /// The rotations this broker saw itself (a token presented, refreshed by the agent to
+    /// another), as journal records, the last [`LEARNED`]: a rotation the agent could not
+    /// journal (the refresh lock was busy) still makes its token a predecessor.
+    pub(crate) learned: std::sync::Mutex<Vec<JournalRecord>>,
     /// One decision at a time, from reading the home to the answer of its refresh: a caller
     /// that presents the current token while another caller's refresh of it is under way
     /// waits for it and then finds its token a predecessor, instead of refreshing again.
@@ -88,13 +108,18 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
     let route = route(
         &presented,
         home.refresh_token(),
-        &home.records,
+        &shared.with_learned(&home.records),
         SystemTime::now(),
         config.grace,
     );
     tracing::info!(presented = %fingerprint, route = route.name(), "token request");
     match route {
-        Route::Current => refresh(shared, &fingerprint, &home).await,
+        Route::Current => match &shared.refresher {
+            Refresher::Itself => refresh(shared, &fingerprint, &home).await,
+            Refresher::Agent(asker) => {
+                refresh_through_agent(shared, asker, &presented, &fingerprint, &home).await
+            }
+        },
         Route::Predecessor => match &home.tokens {
             Some(tokens) => answer::tokens(tokens),
             None => answer::unavailable("the home holds no tokens"),
@@ -158,6 +183,89 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
         Err(e) => {
             tracing::warn!(presented = %fingerprint, error = %e, "the refresh failed: answered 503");
             answer::unavailable("the refresh failed for now; try again later")
+        }
+    }
+}
+
+impl Shared {
+    /// The journal's `records` and the rotations this broker saw, oldest first.
+    fn with_learned(&self, records: &[JournalRecord]) -> Vec<JournalRecord> {
+        let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        if learned.is_empty() {
+            return records.to_vec();
+        }
+        let mut all: Vec<JournalRecord> = records.iter().chain(learned.iter()).cloned().collect();
+        all.sort_by_key(|r| r.time().unwrap_or(SystemTime::UNIX_EPOCH));
+        all
+    }
+
+    /// Remembers that the token of fingerprint `from` moved on to `to` (of `account`).
+    fn learn(&self, from: &str, to: &str, account: Option<String>) {
+        let mut record = JournalRecord::new(JournalEvent::Mirrored, Generation::Absent);
+        record.generation = None;
+        record.account = account;
+        record.refresh = Some(from.to_owned());
+        record.new_refresh = Some(to.to_owned());
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        learned.push(record);
+        let excess = learned.len().saturating_sub(LEARNED);
+        learned.drain(..excess);
+    }
+}
+
+/// Has the home's agent refresh the current token `presented` (of fingerprint `fingerprint`,
+/// read with `before`) and answers the tokens auth.json then holds: the agent's new ones, or
+/// those of another machine's rotation it mirrored meanwhile. The endpoint's refusal when it
+/// refused; 503 when the agent could not refresh, stopped, or took longer than
+/// [`BrokerConfig::agent_wait`].
+async fn refresh_through_agent(
+    shared: &Shared,
+    asker: &RefreshAsker,
+    presented: &Secret,
+    fingerprint: &str,
+    before: &Home,
+) -> Answer {
+    let wait = shared.config.agent_wait;
+    let end = tokio::time::timeout(wait, asker.ask(fingerprint.to_owned())).await;
+    let after = match Home::read(&shared.manager).await {
+        Ok(after) => after,
+        Err(e) => {
+            tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read after the agent's refresh: answered 503");
+            return answer::unavailable(HOME_UNREADABLE);
+        }
+    };
+    // The caller presented this login's current token: it gets this login's tokens once they
+    // moved on, never another account's that signed in meanwhile.
+    let moved = after
+        .tokens
+        .as_ref()
+        .filter(|tokens| !same(&tokens.refresh_token, presented))
+        .filter(|_| after.account() == before.account());
+    if let Some(tokens) = moved {
+        let answered = tokens.refresh_token.fingerprint();
+        shared.learn(fingerprint, &answered, after.account());
+        tracing::info!(presented = %fingerprint, answered = %answered, "refreshed by the agent for a caller");
+        return answer::tokens(tokens);
+    }
+    match end {
+        Ok(AskEnd::Refused { reason, answer }) => {
+            tracing::info!(presented = %fingerprint, code = %reason.code(), "the token endpoint refused the refresh: its refusal answered");
+            answer::refused(answer, &reason)
+        }
+        Ok(AskEnd::Failed(why)) => {
+            tracing::warn!(presented = %fingerprint, error = %why, "the agent could not refresh: answered 503");
+            answer::unavailable("the refresh failed for now; try again later")
+        }
+        Ok(AskEnd::Moved) => answer::unavailable(
+            "auth.json changed to another login (or none) during the refresh; try again",
+        ),
+        Ok(AskEnd::Stopped) => {
+            tracing::warn!(presented = %fingerprint, "the agent stopped: answered 503");
+            answer::unavailable("the agent is stopping; try again later")
+        }
+        Err(_) => {
+            tracing::warn!(presented = %fingerprint, wait = ?wait, "the agent did not refresh in time: answered 503");
+            answer::unavailable("the refresh takes longer than the broker waits; try again later")
         }
     }
 }

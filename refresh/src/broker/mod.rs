@@ -16,8 +16,9 @@ use std::time::Duration;
 
 pub use error::BrokerError;
 
+use crate::agent::RefreshAsker;
 use crate::manager::AuthManager;
-use handle::Shared;
+use handle::{Refresher, Shared};
 use limit::TokenBucket;
 
 /// The broker's documented address; Codex reaches it at `http://127.0.0.1:14550/oauth/token`.
@@ -49,6 +50,10 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// The longest a request head may take to arrive. Default: 10 s.
     pub header_timeout: Duration,
+    /// The longest a refresh through an agent ([`Broker::through_agent`]) is waited for before
+    /// the caller is told 503 (another machine's refresh may hold the fleet's lock meanwhile).
+    /// Default: 60 s.
+    pub agent_wait: Duration,
     /// The longest a request body may take to arrive. Default: 10 s.
     pub body_timeout: Duration,
 }
@@ -61,6 +66,7 @@ impl Default for BrokerConfig {
             rate_per_second: 64,
             max_connections: 64,
             header_timeout: Duration::from_secs(10),
+            agent_wait: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
         }
     }
@@ -109,13 +115,39 @@ impl Default for BrokerConfig {
 pub struct Broker {
     manager: AuthManager,
     config: BrokerConfig,
+    refresher: Refresher,
 }
 
 impl Broker {
     /// A broker refreshing through `manager`, whose token URL is the real endpoint (where
     /// unknown tokens are forwarded).
     pub fn new(manager: AuthManager, config: BrokerConfig) -> Broker {
-        Broker { manager, config }
+        Broker {
+            manager,
+            config,
+            refresher: Refresher::Itself,
+        }
+    }
+
+    /// A broker whose refreshes the home's agent makes: a caller presenting the current token
+    /// has the agent refresh it now ([`crate::Agent::answering`], the other end of `asker`),
+    /// through the agent's own protocol. That is how a fleet machine serves: its agent
+    /// refreshes under the fleet's lock and reservation, for every machine, and writes the new
+    /// tokens here; the broker then answers them. `manager` (of the same home) reads the home
+    /// and forwards unknown tokens; it refreshes nothing.
+    ///
+    /// On a fleet machine, a token another machine rotated away is a predecessor too: the
+    /// agent journals each rotation it mirrors into auth.json (`mirrored`).
+    pub fn through_agent(
+        manager: AuthManager,
+        config: BrokerConfig,
+        asker: RefreshAsker,
+    ) -> Broker {
+        Broker {
+            manager,
+            config,
+            refresher: Refresher::Agent(asker),
+        }
     }
 
     /// Whether `listener` can serve this broker's home, as [`Broker::serve`] checks first: a
@@ -144,7 +176,9 @@ impl Broker {
             bucket: TokenBucket::new(self.config.rate_per_second),
             manager: self.manager,
             config: self.config,
+            refresher: self.refresher,
             decide: tokio::sync::Mutex::new(()),
+            learned: std::sync::Mutex::new(Vec::new()),
         });
         serve::serve(shared, listener, shutdown).await
     }

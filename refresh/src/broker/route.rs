@@ -40,7 +40,7 @@ impl Route {
 ///
 /// A token this home rotated away that is no predecessor is [`Route::Spent`].
 ///
-/// A predecessor is a token whose latest rotation (a `saved` or `recovered` record whose
+/// A predecessor is a token whose latest rotation (a `saved`, `recovered` or `mirrored` record whose
 /// `refresh` is its fingerprint and whose `new_refresh` differs) is less than `grace` old,
 /// and from whose successor later rotation records lead, link by link, to `current`. A
 /// record's time that is missing, unreadable or in the future counts as long past (as
@@ -90,10 +90,13 @@ pub(crate) fn route(
     }
 }
 
-/// Whether `record` rotates the token of fingerprint `fingerprint` to another one.
+/// Whether `record` rotates the token of fingerprint `fingerprint` to another one: a rotation
+/// saved or recovered here, or (on a fleet machine) one the fleet made that was mirrored here.
 fn rotates(record: &JournalRecord, fingerprint: &str) -> bool {
-    matches!(record.event, JournalEvent::Saved | JournalEvent::Recovered)
-        && record.refresh.as_deref() == Some(fingerprint)
+    matches!(
+        record.event,
+        JournalEvent::Saved | JournalEvent::Recovered | JournalEvent::Mirrored
+    ) && record.refresh.as_deref() == Some(fingerprint)
         && record.new_refresh.is_some()
         && record.new_refresh != record.refresh
 }
@@ -187,6 +190,9 @@ mod tests {
             ("the current token with no journal", "rt_a", Some("rt_a"), vec![], Route::Current),
             ("a token rotated away a minute ago", "rt_a", Some("rt_b"), vec![saved(60, now, "rt_a", "rt_b")], Route::Predecessor),
             ("a recovered rotation", "rt_a", Some("rt_b"), vec![record(JournalEvent::Recovered, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Predecessor),
+            ("another machine's rotation mirrored here", "rt_a", Some("rt_b"), vec![record(JournalEvent::Mirrored, Duration::from_secs(60), now, "rt_a", "rt_b")], Route::Predecessor),
+            ("a chain of a local and a mirrored rotation", "rt_a", Some("rt_c"), vec![saved(120, now, "rt_a", "rt_b"), record(JournalEvent::Mirrored, Duration::from_secs(60), now, "rt_b", "rt_c")], Route::Predecessor),
+            ("a mirrored rotation outside the grace window", "rt_a", Some("rt_b"), vec![record(JournalEvent::Mirrored, Duration::from_secs(601), now, "rt_a", "rt_b")], Route::Spent),
             ("a chain of two rotations", "rt_a", Some("rt_c"), vec![saved(120, now, "rt_a", "rt_b"), saved(60, now, "rt_b", "rt_c")], Route::Predecessor),
             ("a token in the middle of a chain", "rt_b", Some("rt_c"), vec![saved(90, now, "rt_a", "rt_b"), saved(80, now, "rt_b", "rt_c")], Route::Predecessor),
             ("a token rotated away outside the grace window", "rt_a", Some("rt_b"), vec![saved(601, now, "rt_a", "rt_b")], Route::Spent),

@@ -33,6 +33,77 @@ struct Running {
     task: JoinHandle<Result<(), BrokerError>>,
 }
 
+/// A broker whose refreshes the home's agent makes ([`Broker::through_agent`]), and that
+/// agent, both in tasks of the test's runtime.
+struct ThroughAgent {
+    broker: Running,
+    agent_stop: oneshot::Sender<()>,
+    agent: JoinHandle<Result<(), codex_refresh::AgentError>>,
+}
+
+impl ThroughAgent {
+    /// Serves the home of `setup`, whose agent (lead 15 minutes) refreshes at its fake
+    /// endpoint when the broker asks.
+    async fn over(setup: &Setup) -> ThroughAgent {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("cannot bind 127.0.0.1:0 for the broker");
+        let addr = listener
+            .local_addr()
+            .expect("the broker's listener has no address");
+        let (asker, asks) = codex_refresh::refresh_asks();
+        let agent = codex_refresh::Agent::new(
+            setup.store.clone(),
+            config(setup.fake.url()),
+            codex_refresh::AgentConfig::default(),
+        )
+        .expect("Agent::new refused a valid configuration")
+        .answering(asks);
+        let (agent_stop, agent_stopped) = oneshot::channel::<()>();
+        let agent = tokio::spawn(agent.run(
+            async {
+                let _ = agent_stopped.await;
+            },
+            |_| {},
+        ));
+        let manager = manager(&setup.store, config(setup.fake.url()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            Broker::through_agent(manager, BrokerConfig::default(), asker).serve(listener, async {
+                let _ = stopped.await;
+            }),
+        );
+        ThroughAgent {
+            broker: Running { addr, stop, task },
+            agent_stop,
+            agent,
+        }
+    }
+
+    /// Stops the agent, and checks that its run returned `Ok`.
+    async fn stop_agent(
+        agent_stop: oneshot::Sender<()>,
+        agent: JoinHandle<Result<(), codex_refresh::AgentError>>,
+    ) {
+        let _ = agent_stop.send(());
+        let ran = tokio::time::timeout(EVENT_TIMEOUT, agent)
+            .await
+            .expect("the agent did not stop within the event timeout")
+            .expect("the agent's task panicked");
+        assert!(
+            ran.is_ok(),
+            "the agent ended with an error: {}",
+            ran.unwrap_err()
+        );
+    }
+
+    /// Stops both.
+    async fn stop(self) {
+        ThroughAgent::stop_agent(self.agent_stop, self.agent).await;
+        self.broker.stop().await;
+    }
+}
+
 impl Running {
     /// Serves the home of `setup` with a manager whose token URL is `token_url`.
     async fn start(setup: &Setup, token_url: String, broker: BrokerConfig) -> Running {
@@ -742,4 +813,91 @@ async fn a_token_that_is_not_the_current_one_is_not_forwarded_while_the_journal_
         "the token was forwarded upstream although the journal could not be read"
     );
     broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_agent_eight_callers_presenting_the_current_token_cause_one_refresh_by_the_agent_and_all_get_its_tokens(
+) {
+    // Valid for an hour: nothing is due, so the agent refreshes only because the broker asks.
+    let setup = Setup::new(IDENTITY, 3600);
+    setup.fake.set_delay(Duration::from_millis(300));
+    let both = ThroughAgent::over(&setup).await;
+    let callers = callers_at_once(both.broker.addr, 8, IDENTITY.initial_rt);
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.push(caller.await.expect("a caller's thread panicked"));
+    }
+    setup.fake.expect_requests(
+        1,
+        "8 callers presenting the current token must make the agent refresh once",
+    );
+    let issued = last_issued(&setup);
+    for (n, answer) in answers.iter().enumerate() {
+        assert_answers(answer, &issued, &format!("caller {n}"));
+    }
+    let stored = String::from_utf8_lossy(&read(setup.store.path())).into_owned();
+    assert!(
+        stored.contains(&issued.refresh_token),
+        "auth.json does not hold the new refresh token the callers were given"
+    );
+    // The token just rotated away is a predecessor: the current tokens, no request.
+    let again = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
+    assert_answers(&again, &issued, "the predecessor after the agent's refresh");
+    setup
+        .fake
+        .expect_requests(1, "a predecessor must be answered without a request");
+    both.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_agent_a_refusal_reaches_the_caller_with_the_endpoints_status_and_body() {
+    let body = r#"{"error":"invalid_grant","error_description":"the grant is dead"}"#;
+    let setup = Setup::new(IDENTITY, 3600);
+    setup.fake.set_behavior(Behavior::status(400, body));
+    let auth_before = read(setup.store.path());
+    let both = ThroughAgent::over(&setup).await;
+    for attempt in ["first", "second"] {
+        let answer = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
+        assert_eq!(
+            answer.status,
+            400,
+            "{attempt} caller: HTTP {}, not the endpoint's 400: {:?}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+        let got: Value = serde_json::from_slice(&answer.body).expect("the refusal is not JSON");
+        let expected: Value = serde_json::from_str(body).expect("the test's body is JSON");
+        assert_eq!(
+            got, expected,
+            "{attempt} caller: not the endpoint's own refusal body"
+        );
+    }
+    setup.fake.expect_requests(
+        1,
+        "a refused token must be sent once: the agent remembers the refusal",
+    );
+    assert!(
+        read(setup.store.path()) == auth_before,
+        "auth.json changed after a refusal"
+    );
+    both.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_agent_a_stopped_agent_makes_the_broker_answer_503_and_send_nothing() {
+    let setup = Setup::new(IDENTITY, 3600);
+    let both = ThroughAgent::over(&setup).await;
+    ThroughAgent::stop_agent(both.agent_stop, both.agent).await;
+    let answer = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
+    assert_eq!(
+        answer.status,
+        503,
+        "with the agent stopped, the current token got HTTP {}: {:?}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    setup
+        .fake
+        .expect_requests(0, "a broker whose agent stopped must send nothing itself");
+    both.broker.stop().await;
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use codex_store::{AgentClaim, AgentState, AuthDotJson, Generation};
 
+use super::super::ask::AskEnd;
 use super::super::event::{rfc3339, AgentEvent, AgentEventKind};
 use super::super::fleet_sync;
 use super::super::kinds::FailureClass;
@@ -24,13 +25,15 @@ use crate::protocol::Urgency;
 
 impl FleetSync {
     /// Refreshes for the whole fleet, under its lock: the one guarded protocol over the
-    /// fleet's coordinator, its end reported and planned for.
+    /// fleet's coordinator (when due, or now when a token broker asked), its end reported and
+    /// planned for.
     pub(super) async fn refresh_for_fleet(
         &mut self,
         core: &mut Core,
         claim: &AgentClaim,
         fleet: &Arc<Fleet>,
         record: FleetRecord,
+        urgency: Urgency,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
         let revision = record.revision;
@@ -48,7 +51,7 @@ impl FleetSync {
         };
         let coordinator = Arc::new(FleetCoordinator::new(plan, reserved_tx));
         let manager = core.manager.clone();
-        let run = manager.run_with(Urgency::IfDueUnlessBusy, coordinator);
+        let run = manager.run_with(urgency, coordinator);
         tokio::pin!(run);
         // The status says "refreshing" once the token is reserved fleet-wide (its request
         // about to go), not while a lock or a reservation of another holds this one back.
@@ -156,6 +159,12 @@ impl FleetSync {
                         .cached()
                         .map_or(Generation::Absent, |a| a.generation()),
                 );
+                let end = AskEnd::Refused {
+                    reason: crate::error::PermanentReason::from_code(&refusal.code),
+                    answer: None,
+                };
+                core.ask_end = Some(end.clone());
+                core.refused_end = Some(end);
                 self.refused_at = Some(revision);
                 on_event(&AgentEvent::now(AgentEventKind::Failed {
                     class: FailureClass::SignInRequired,
