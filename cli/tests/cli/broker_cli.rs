@@ -344,7 +344,7 @@ fn agent_serve_on_a_taken_port_fails_naming_the_address_before_it_claims_the_hom
 }
 
 /// The agent's broker URL as `inspect --json` shows it.
-fn published_broker(home: &Path) -> String {
+pub(crate) fn published_broker(home: &Path) -> String {
     let report = run(home, &["inspect", "--json"], None, &[]);
     report.expect_code(exit::OK, "inspect beside the agent");
     report.json()["agent"]["broker"]
@@ -468,7 +468,7 @@ fn a_broker_url_planted_in_the_agents_status_is_shown_escaped_and_never_given_to
 
 /// POSTs Codex's refresh request presenting `refresh_token` to the broker at `url`
 /// (`http://ADDR/oauth/token`); its status and JSON body.
-fn codex_refresh(url: &str, refresh_token: &str) -> (u16, serde_json::Value) {
+pub(crate) fn codex_refresh(url: &str, refresh_token: &str) -> (u16, serde_json::Value) {
     let authority = url
         .strip_prefix("http://")
         .and_then(|rest| rest.strip_suffix("/oauth/token"))
@@ -576,29 +576,6 @@ fn an_agent_serving_answers_codex_for_the_token_it_rotated_away_and_refreshes_th
         url,
         "exec beside a serving agent must hand the command its URL\n{}",
         describe(&out)
-    );
-}
-
-#[test]
-fn agent_serve_with_a_fleet_is_a_usage_error_saying_the_broker_would_bypass_the_fleets_lock() {
-    let home = temp_home();
-    ChatgptCreds::fresh().write_to(home.path());
-    let out = run(
-        home.path(),
-        &[
-            "agent",
-            "--serve",
-            "127.0.0.1:0",
-            "--fleet",
-            "http://127.0.0.1:1",
-        ],
-        None,
-        &[],
-    );
-    out.expect_code(exit::USAGE, "agent --serve --fleet");
-    out.expect_stderr_contains(
-        &["does not serve a fleet machine", "fleet's lock"],
-        "the refusal must say why",
     );
 }
 

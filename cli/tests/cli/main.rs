@@ -18,6 +18,7 @@ mod commands;
 mod concurrency;
 mod conventions;
 mod fleet;
+mod fleet_broker;
 mod fleet_commands;
 mod fleet_history;
 mod fleet_propagation;
