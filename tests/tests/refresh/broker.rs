@@ -901,3 +901,58 @@ async fn through_the_agent_a_stopped_agent_makes_the_broker_answer_503_and_send_
         .expect_requests(0, "a broker whose agent stopped must send nothing itself");
     both.broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_an_agent_that_does_not_answer_within_the_agent_wait_the_caller_gets_503_and_nothing_is_sent(
+) {
+    let setup = Setup::new(IDENTITY, 3600);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("cannot bind 127.0.0.1:0 for the broker");
+    let addr = listener
+        .local_addr()
+        .expect("the broker's listener has no address");
+    // The agent's end is held and never read: an agent busy for longer than the broker waits
+    // (another machine holding the fleet's lock, say).
+    let (asker, _asks) = codex_refresh::refresh_asks();
+    let wait = Duration::from_millis(300);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        Broker::through_agent(
+            manager(&setup.store, config(setup.fake.url())),
+            BrokerConfig {
+                agent_wait: wait,
+                ..BrokerConfig::default()
+            },
+            asker,
+        )
+        .serve(listener, async {
+            let _ = stopped.await;
+        }),
+    );
+    let broker = Running { addr, stop, task };
+    let began = std::time::Instant::now();
+    let answer = broker.post(codex_request(IDENTITY.initial_rt)).await;
+    assert_eq!(
+        answer.status,
+        503,
+        "an agent that never answered got the caller HTTP {}: {:?}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        began.elapsed() >= wait,
+        "the broker answered 503 after {:?}, before its agent wait of {wait:?}",
+        began.elapsed()
+    );
+    assert!(
+        code_of(&answer).is_some(),
+        "the 503 carries no JSON error code: {:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    setup.fake.expect_requests(
+        0,
+        "a broker whose agent does not answer must send nothing itself",
+    );
+    broker.stop().await;
+}
