@@ -133,6 +133,24 @@ impl Fleet {
     }
 }
 
+/// Machine `i`'s journal (empty when it has none).
+fn journal_of(fleet: &Fleet, i: usize) -> String {
+    std::fs::read_to_string(fleet.home(i).join("auth.json.journal")).unwrap_or_default()
+}
+
+/// Whether machine `i`'s journal holds a `mirrored` record of the refresh token of
+/// fingerprint `from` moving on to `to`.
+fn journaled_mirror(fleet: &Fleet, i: usize, from: &str, to: &str) -> bool {
+    journal_of(fleet, i)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .any(|record| {
+            record["event"] == "mirrored"
+                && record["refresh"].as_str() == Some(from)
+                && record["new_refresh"].as_str() == Some(to)
+        })
+}
+
 /// What one caller was answered.
 struct Answered {
     /// The broker it asked.
@@ -493,21 +511,12 @@ fn a_token_another_machine_rotated_away_is_answered_the_current_tokens_without_a
         "a token another machine of the fleet rotated away moments ago must be answered the \
          current tokens with no request",
     );
-    let journal =
-        std::fs::read_to_string(fleet.home(1).join("auth.json.journal")).unwrap_or_default();
     let (from, to) = (fingerprint(&old), fingerprint(&issued.refresh_token));
-    let mirrored = journal
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .any(|record| {
-            record["event"] == "mirrored"
-                && record["refresh"].as_str() == Some(from.as_str())
-                && record["new_refresh"].as_str() == Some(to.as_str())
-        });
     assert!(
-        mirrored,
+        journaled_mirror(&fleet, 1, &from, &to),
         "machine-1's journal must record the rotation it mirrored (event mirrored, refresh {from} \
-         -> new_refresh {to}); it holds:\n{journal}\nagents:\n{}",
+         -> new_refresh {to}); it holds:\n{}\nagents:\n{}",
+        journal_of(&fleet, 1),
         fleet.agent_logs()
     );
     fleet.assert_no_token_presented_twice();
@@ -584,5 +593,63 @@ fn a_refusal_by_the_endpoint_reaches_every_caller_with_its_status_and_body_and_n
         fleet.agent_logs()
     );
     fleet.assert_logs_hide_tokens();
+    fleet.stop_all();
+}
+
+#[test]
+fn a_mirror_made_while_a_local_refresh_holds_the_refresh_lock_is_journaled_when_it_ends_and_its_token_is_then_a_predecessor(
+) {
+    let mut fleet = fleet_of(2);
+    let brokers = [fleet.start_broker(0), fleet.start_broker(1)];
+    fleet.wait_synced();
+    let old = fleet.creds.refresh_token.clone();
+    // A local refresh on machine-1 (another codex-store process) holds its refresh lock.
+    let store = codex_store::Store::open(fleet.home(1)).expect("open machine-1's store");
+    let local_refresh = store
+        .begin_rotation()
+        .expect("take machine-1's refresh lock as a local refresh does");
+    let (status, first) = codex_refresh(&brokers[0], &old);
+    assert_eq!(
+        status,
+        200,
+        "machine-0's broker must refresh its current token for a caller, not answer {first}; \
+         agents:\n{}",
+        fleet.agent_logs()
+    );
+    let issued = fleet.idp.last_issued().expect("the endpoint issued tokens");
+    fleet.wait_for_token_on(
+        1,
+        &issued.refresh_token,
+        "machine-0's rotation must be mirrored while the refresh lock is held",
+    );
+    let (from, to) = (fingerprint(&old), fingerprint(&issued.refresh_token));
+    assert!(
+        !journaled_mirror(&fleet, 1, &from, &to),
+        "machine-1 journaled its mirror while another process held its refresh lock (only its \
+         holder appends to the journal); it holds:\n{}",
+        journal_of(&fleet, 1)
+    );
+    drop(local_refresh);
+    fleet.wait_until(
+        "machine-1 did not journal the mirror once the local refresh released its lock",
+        || journaled_mirror(&fleet, 1, &from, &to),
+    );
+    let (status, body) = codex_refresh(&brokers[1], &old);
+    assert_all_answered(
+        &fleet,
+        &[Answered {
+            broker: brokers[1].clone(),
+            status,
+            body,
+        }],
+        &issued,
+        "a caller on machine-1 presenting the token machine-0 rotated away, journaled late",
+    );
+    fleet.idp.expect_requests(
+        1,
+        "a token rotated away and journaled late must be answered the current tokens with no \
+         request",
+    );
+    fleet.assert_no_token_presented_twice();
     fleet.stop_all();
 }

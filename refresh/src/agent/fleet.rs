@@ -501,11 +501,16 @@ impl FleetSync {
                 }
             }
         }
+        // Journaled before it is written: a token broker that finds the new token in auth.json
+        // then finds how it came there (it reads auth.json first, the journal second).
+        let unjournaled = mirrored(local, &record.document)
+            .filter(|_| !keep_copy)
+            .and_then(|mirror| journal_now(&store, mirror));
         Some(
             match store_mirror(&core.manager, local.generation(), &record.document) {
                 Ok(generation) => {
-                    if !keep_copy {
-                        journal_mirrored(&store, local, &generation, &record.document);
+                    if let Some(mirror) = unjournaled {
+                        journal_later(&store, mirror);
                     }
                     if link == Link::Unverified {
                         let next = Synced::after(
@@ -549,43 +554,64 @@ fn store_mirror(
         .or_else(|e| e.accept_not_durable())
 }
 
-/// Journals that auth.json's refresh token moved on to the fleet's (written into auth.json at
-/// `written`, over `before`): a `mirrored` record, so that this machine's token broker knows
-/// the token its Codex processes may still present as a predecessor of the current one. Only
-/// for the same account, and only under the refresh lock, as every journal record (when a
-/// local refresh holds it, the record is left out: the journal is advice, and the broker then
-/// forwards that token as one it does not know).
-fn journal_mirrored(
-    store: &codex_store::Store,
-    before: &Snapshot,
-    written: &Generation,
-    doc: &AuthDotJson,
-) {
-    let (Some(old), Some(new)) = (
-        before.auth().and_then(|d| d.tokens.as_ref()),
-        doc.tokens.as_ref(),
-    ) else {
-        return;
-    };
+/// The `mirrored` record of auth.json's refresh token (in `before`) moving on to the fleet's
+/// (`doc`, about to be written into auth.json): so that this machine's token broker knows the
+/// token its Codex processes may still present as a predecessor of the current one. It states
+/// the fleet's succession (another machine's rotation, or a succession this machine was in sync
+/// with), true whether or not the write then succeeds. Only for the same account; `None`
+/// otherwise.
+fn mirrored(before: &Snapshot, doc: &AuthDotJson) -> Option<JournalRecord> {
+    let (old, new) = (
+        before.auth().and_then(|d| d.tokens.as_ref())?,
+        doc.tokens.as_ref()?,
+    );
     let (account, refresh, new_refresh) = (
         old.account(),
         old.refresh_token.fingerprint(),
         new.refresh_token.fingerprint(),
     );
     if account.is_none() || account != new.account() || refresh == new_refresh {
-        return;
+        return None;
     }
     let mut record = JournalRecord::new(JournalEvent::Mirrored, before.generation());
-    record.new_generation = Some(written.to_string());
     record.account = account;
     record.refresh = Some(refresh);
     record.new_refresh = Some(new_refresh);
+    Some(record)
+}
+
+/// Journals `record` under the refresh lock, as every journal record, if it is free; else
+/// gives it back, for [`journal_later`].
+fn journal_now(store: &codex_store::Store, record: JournalRecord) -> Option<JournalRecord> {
     match store.try_begin_rotation() {
-        Ok(Some(rotation)) => rotation.record(&record),
-        Ok(None) => {
-            tracing::debug!("a local refresh holds the refresh lock: the mirror is not journaled")
+        Ok(Some(rotation)) => {
+            rotation.record(&record);
+            None
         }
-        Err(e) => tracing::debug!(error = %e, "the mirror is not journaled"),
+        Ok(None) => Some(record),
+        Err(e) => {
+            tracing::warn!(error = %e, "a mirror of the fleet's login could not be journaled");
+            None
+        }
+    }
+}
+
+/// Journals `record` once the local refresh that holds the refresh lock ends: a thread of its
+/// own waits for the lock (within the store's lock timeout), so that the agent never waits.
+/// The broker orders records by their times; until then, it takes the token as one it does not
+/// know.
+fn journal_later(store: &codex_store::Store, record: JournalRecord) {
+    let store = store.clone();
+    let spawned = std::thread::Builder::new()
+        .name("journal-mirror".into())
+        .spawn(move || match store.begin_rotation() {
+            Ok(rotation) => rotation.record(&record),
+            Err(e) => {
+                tracing::warn!(error = %e, "a mirror of the fleet's login could not be journaled");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "a mirror of the fleet's login could not be journaled");
     }
 }
 

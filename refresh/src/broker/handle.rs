@@ -188,14 +188,14 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
 }
 
 impl Shared {
-    /// The journal's `records` and the rotations this broker saw, oldest first.
+    /// The journal's `records` and the rotations this broker saw, by time (a `mirrored` record
+    /// that waited for the refresh lock is appended after later ones; a record whose time does
+    /// not parse counts as the oldest).
     fn with_learned(&self, records: &[JournalRecord]) -> Vec<JournalRecord> {
         let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-        if learned.is_empty() {
-            return records.to_vec();
-        }
         let mut all: Vec<JournalRecord> = records.iter().chain(learned.iter()).cloned().collect();
-        all.sort_by_key(|r| r.time().unwrap_or(SystemTime::UNIX_EPOCH));
+        drop(learned);
+        all.sort_by_cached_key(|r| r.time().unwrap_or(SystemTime::UNIX_EPOCH));
         all
     }
 
