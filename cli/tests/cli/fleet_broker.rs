@@ -653,3 +653,51 @@ fn a_mirror_made_while_a_local_refresh_holds_the_refresh_lock_is_journaled_when_
     fleet.assert_no_token_presented_twice();
     fleet.stop_all();
 }
+
+#[test]
+fn a_login_the_fleets_agent_leaves_alone_is_refreshed_by_the_broker_itself_and_nothing_is_uploaded()
+{
+    let mut fleet = fleet_of(2);
+    // Machine-1 belongs to a fleet (a prefix of its own) that holds no login, and holds the
+    // endpoint's login in its auth.json: its agent idles (fleet_empty) and leaves it alone.
+    let empty = format!("{}-empty", fleet.prefix);
+    fleet.creds.write_to(fleet.home(1));
+    let args = fleet.machines[1].args(&empty, &["agent", "--lead", LEAD, "--serve", "127.0.0.1:0"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let url = fleet.idp.url();
+    let agent = spawn(fleet.home(1), &args, None, &[(URL_ENV, url.as_str())]);
+    agent.wait_for_stderr_line("fleet_empty");
+    fleet.machines[1].agent = Some(agent);
+    let broker = published_broker(fleet.home(1));
+    let (status, body) = codex_refresh(&broker, &fleet.creds.refresh_token);
+    let issued = fleet.idp.last_issued().unwrap_or_else(|| {
+        panic!(
+            "the broker did not refresh a login its agent leaves alone: HTTP {status} {body}; \
+             agents:\n{}",
+            fleet.agent_logs()
+        )
+    });
+    assert_all_answered(
+        &fleet,
+        &[Answered {
+            broker: broker.clone(),
+            status,
+            body,
+        }],
+        &issued,
+        "a caller presenting the current token of a login the fleet's agent leaves alone",
+    );
+    fleet
+        .idp
+        .expect_requests(1, "the broker refreshes that login once, as Codex would");
+    fleet.wait_for_token_on(
+        1,
+        &issued.refresh_token,
+        "the broker's refresh must be saved in auth.json",
+    );
+    assert!(
+        etcd_get(&fleet.cluster, &format!("{empty}/auth.json")).is_none(),
+        "the empty fleet got a login: a login the agent leaves alone must not be uploaded"
+    );
+    fleet.stop_all();
+}

@@ -3,6 +3,9 @@
 //! itself. The agent answers each ask once the token is no longer the current one, or once it
 //! cannot refresh it (a refusal, a failure).
 
+use std::sync::{Arc, Mutex};
+
+use codex_store::JournalRecord;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Refusal;
@@ -10,6 +13,9 @@ use crate::error::PermanentReason;
 
 /// How many asks wait for the agent at most; a broker asks once per decision, one at a time.
 const CAPACITY: usize = 16;
+
+/// How many rotations [`Rotations`] keeps (the oldest are dropped).
+const ROTATIONS: usize = 64;
 
 /// A pair: the broker's end ([`RefreshAsker`]) and the agent's ([`RefreshAsks`]).
 ///
@@ -19,27 +25,63 @@ const CAPACITY: usize = 16;
 /// ```
 pub fn refresh_asks() -> (RefreshAsker, RefreshAsks) {
     let (tx, rx) = mpsc::channel(CAPACITY);
-    (RefreshAsker { tx }, RefreshAsks { rx })
+    let rotations = Rotations::default();
+    (
+        RefreshAsker {
+            tx,
+            rotations: rotations.clone(),
+        },
+        RefreshAsks { rx, rotations },
+    )
 }
 
 /// The end a token broker asks through ([`crate::Broker::through_agent`]).
 #[derive(Clone, Debug)]
 pub struct RefreshAsker {
     tx: mpsc::Sender<Ask>,
+    pub(crate) rotations: Rotations,
 }
 
 /// The end an agent answers ([`crate::Agent::answering`]).
 #[derive(Debug)]
 pub struct RefreshAsks {
     pub(crate) rx: mpsc::Receiver<Ask>,
+    pub(crate) rotations: Rotations,
 }
 
-/// One ask: refresh the token of this fingerprint, if it is still the current one.
+/// The rotations the agent and its broker saw in this process, as journal records (the last
+/// [`ROTATIONS`]): what the agent mirrors is known to the broker before auth.json is written,
+/// whether or not the journal could take it yet.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rotations(Arc<Mutex<Vec<JournalRecord>>>);
+
+impl Rotations {
+    /// Adds `record`.
+    pub(crate) fn push(&self, record: JournalRecord) {
+        let mut records = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        records.push(record);
+        let excess = records.len().saturating_sub(ROTATIONS);
+        records.drain(..excess);
+    }
+
+    /// The records, oldest first.
+    pub(crate) fn records(&self) -> Vec<JournalRecord> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The tokens a broker asks about, by fingerprint: auth.json's current ones when it asked (the
+/// refresh token is the one the caller presented).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Tokens {
+    pub(crate) refresh: String,
+    pub(crate) access: String,
+}
+
+/// One ask: refresh these tokens, if they are still the current ones.
 #[derive(Debug)]
 pub(crate) struct Ask {
-    /// The fingerprint of the refresh token a caller presented (auth.json's current one when
-    /// the broker asked).
-    pub(crate) refresh: String,
+    pub(crate) tokens: Tokens,
     reply: oneshot::Sender<AskEnd>,
 }
 
@@ -66,18 +108,21 @@ pub(crate) enum AskEnd {
         reason: PermanentReason,
         answer: Option<Refusal>,
     },
-    /// It could not be refreshed for now (a failure, a login the agent leaves alone): why.
+    /// It could not be refreshed for now (a failure, a conflict the agent reports): why.
     Failed(String),
+    /// auth.json holds a login the agent leaves alone (another account than the fleet's; or
+    /// the fleet holds none, or none usable, or an older state): not the agent's to refresh.
+    LeftAlone,
     /// The agent stopped.
     Stopped,
 }
 
 impl RefreshAsker {
-    /// Asks the agent to refresh the token of fingerprint `refresh` now, and waits for its
-    /// answer. [`AskEnd::Stopped`] when the agent is gone.
-    pub(crate) async fn ask(&self, refresh: String) -> AskEnd {
+    /// Asks the agent to refresh `tokens` now, and waits for its answer. [`AskEnd::Stopped`]
+    /// when the agent is gone.
+    pub(crate) async fn ask(&self, tokens: Tokens) -> AskEnd {
         let (reply, answered) = oneshot::channel();
-        if self.tx.send(Ask { refresh, reply }).await.is_err() {
+        if self.tx.send(Ask { tokens, reply }).await.is_err() {
             return AskEnd::Stopped;
         }
         answered.await.unwrap_or(AskEnd::Stopped)

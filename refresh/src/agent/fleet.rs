@@ -503,9 +503,12 @@ impl FleetSync {
         }
         // Journaled before it is written: a token broker that finds the new token in auth.json
         // then finds how it came there (it reads auth.json first, the journal second).
-        let unjournaled = mirrored(local, &record.document)
-            .filter(|_| !keep_copy)
-            .and_then(|mirror| journal_now(&store, mirror));
+        // A broker in this process knows it at once (whether or not the journal takes it now).
+        let mirror = mirrored(local, &record.document);
+        if let (Some(mirror), Some(rotations)) = (&mirror, &core.rotations) {
+            rotations.push(mirror.clone());
+        }
+        let unjournaled = mirror.and_then(|mirror| journal_now(&store, mirror));
         Some(
             match store_mirror(&core.manager, local.generation(), &record.document) {
                 Ok(generation) => {
@@ -554,12 +557,12 @@ fn store_mirror(
         .or_else(|e| e.accept_not_durable())
 }
 
-/// The `mirrored` record of auth.json's refresh token (in `before`) moving on to the fleet's
+/// The `mirrored` record of auth.json's refresh token (in `before`) replaced by the fleet's
 /// (`doc`, about to be written into auth.json): so that this machine's token broker knows the
-/// token its Codex processes may still present as a predecessor of the current one. It states
-/// the fleet's succession (another machine's rotation, or a succession this machine was in sync
-/// with), true whether or not the write then succeeds. Only for the same account; `None`
-/// otherwise.
+/// token its Codex processes may still present as a predecessor of the current one (they read
+/// it from this auth.json; the fleet's login moved on from it, by a rotation or a replacement,
+/// true whether or not the write then succeeds). Only for the same account; `None` otherwise.
+/// It names no generation: it says nothing of a generation's fate.
 fn mirrored(before: &Snapshot, doc: &AuthDotJson) -> Option<JournalRecord> {
     let (old, new) = (
         before.auth().and_then(|d| d.tokens.as_ref())?,
@@ -574,6 +577,7 @@ fn mirrored(before: &Snapshot, doc: &AuthDotJson) -> Option<JournalRecord> {
         return None;
     }
     let mut record = JournalRecord::new(JournalEvent::Mirrored, before.generation());
+    record.generation = None;
     record.account = account;
     record.refresh = Some(refresh);
     record.new_refresh = Some(new_refresh);

@@ -37,8 +37,8 @@ use crate::outcome::RefreshOutcome;
 use crate::protocol::Urgency;
 
 use ask::Ask;
-pub(crate) use ask::AskEnd;
 pub use ask::{refresh_asks, RefreshAsker, RefreshAsks};
+pub(crate) use ask::{AskEnd, Rotations, Tokens};
 use event::rfc3339;
 pub use event::{AgentEvent, AgentEventKind};
 pub use kinds::{FailureClass, IdleReason, ReattachReason, ResumedFrom, StopReason};
@@ -226,8 +226,10 @@ pub(crate) struct Core {
     reuse_wait: Duration,
     /// The status last published: an unchanged status is not written again.
     published: Option<AgentStatus>,
-    /// The refresh tokens (fingerprints) a token broker asked to refresh now, for this step.
-    asked: Vec<String>,
+    /// The tokens a token broker asked to refresh now, for this step.
+    asked: Vec<Tokens>,
+    /// The rotations shared with a token broker in this process ([`Agent::answering`]).
+    rotations: Option<Rotations>,
     /// How this step ended for the asks, when it cannot refresh the token asked about (a
     /// refusal, a failure); `None`: it refreshed, or it still may.
     ask_end: Option<AskEnd>,
@@ -279,6 +281,7 @@ impl Agent {
                 reuse_wait: manager_reuse_wait,
                 published: None,
                 asked: Vec::new(),
+                rotations: None,
                 ask_end: None,
                 refused_end: None,
             },
@@ -311,6 +314,7 @@ impl Agent {
     /// another holder refreshes, it waits for its rotation.
     #[must_use]
     pub fn answering(mut self, asks: RefreshAsks) -> Agent {
+        self.core.rotations = Some(asks.rotations.clone());
         self.asks = Some(asks);
         self
     }
@@ -393,7 +397,7 @@ impl Agent {
             // look at the fleet again (once per failure, not at every touch).
             let mut fleet_unsure = false;
             asked.retain(Ask::waited_for);
-            self.core.asked = asked.iter().map(|a| a.refresh.clone()).collect();
+            self.core.asked = asked.iter().map(|a| a.tokens.clone()).collect();
             self.core.ask_end = None;
             let plan = {
                 let mut collect = |event: &AgentEvent| pending.push(event.clone());
@@ -410,6 +414,12 @@ impl Agent {
                         break 'run Ok(StopReason::Asked);
                     }
                 }
+            };
+            // In the backoff after a failure, an ask is answered with that failure, and nothing
+            // is sent before the retry: a caller retrying at once costs no request.
+            let retry_end = match plan {
+                Plan::At(_, AgentState::Retrying) => self.core.ask_end.clone(),
+                _ => None,
             };
             answer_asks(&mut asked, &store, self.core.ask_end.take());
             let (state, wake) = match plan {
@@ -486,10 +496,13 @@ impl Agent {
                         }
                     },
                     ask = next_ask(&mut asks) => match ask {
-                        Some(ask) => {
-                            asked.push(ask);
-                            break;
-                        }
+                        Some(ask) => match &retry_end {
+                            Some(end) => ask.answer(end.clone()),
+                            None => {
+                                asked.push(ask);
+                                break;
+                            }
+                        },
                         // The broker is gone: nothing more to hear.
                         None => asks = None,
                     },
@@ -725,8 +738,11 @@ impl Core {
     /// when due (never waiting for another process's refresh).
     fn urgency(&self) -> Urgency {
         let asked = self.manager.cached().is_some_and(|auth| {
-            auth.refresh_fingerprint()
-                .is_some_and(|fp| self.asked.iter().any(|a| a == fp))
+            let current = Tokens {
+                refresh: auth.refresh_fingerprint().unwrap_or_default().to_owned(),
+                access: auth.bearer().fingerprint(),
+            };
+            self.asked.contains(&current)
         });
         if asked {
             Urgency::Now
@@ -755,7 +771,11 @@ impl Core {
         hint: &str,
         on_event: &mut impl FnMut(&AgentEvent),
     ) -> Plan {
-        self.ask_end = Some(AskEnd::Failed(hint.to_owned()));
+        self.ask_end = Some(if leaves_login_alone(reason) {
+            AskEnd::LeftAlone
+        } else {
+            AskEnd::Failed(hint.to_owned())
+        });
         self.backoff.reset();
         if self.idle != Some(reason) {
             self.idle = Some(reason);
@@ -904,8 +924,21 @@ async fn fleet_changed(remote: Option<fleet::FeedNews>) -> FleetNews {
     }
 }
 
-/// Answers the asks whose token is no longer auth.json's ([`AskEnd::Moved`]), then, when the
-/// step could not refresh (`end`), the others with that; the rest wait for the next step.
+/// Whether an agent idle for `reason` leaves auth.json's login alone because it is not the
+/// fleet's to refresh (a broker then refreshes it as any process would), rather than because
+/// of a conflict it reports (then nothing refreshes it until the user decides).
+fn leaves_login_alone(reason: IdleReason) -> bool {
+    matches!(
+        reason,
+        IdleReason::AnotherAccountHere
+            | IdleReason::FleetEmpty
+            | IdleReason::FleetWentBack
+            | IdleReason::FleetRecordUnusable
+    )
+}
+
+/// Answers the asks whose tokens are no longer auth.json's ([`AskEnd::Moved`]), then, when
+/// the step could not refresh (`end`), the others with that; the rest wait for the next step.
 fn answer_asks(asked: &mut Vec<Ask>, store: &Store, end: Option<AskEnd>) {
     if asked.is_empty() {
         return;
@@ -914,11 +947,14 @@ fn answer_asks(asked: &mut Vec<Ask>, store: &Store, end: Option<AskEnd>) {
         snapshot
             .auth()
             .and_then(|doc| doc.tokens.as_ref())
-            .map(|t| t.refresh_token.fingerprint())
+            .map(|t| Tokens {
+                refresh: t.refresh_token.fingerprint(),
+                access: t.access_token.fingerprint(),
+            })
     });
     let (moved, still): (Vec<Ask>, Vec<Ask>) = asked
         .drain(..)
-        .partition(|ask| current.as_deref() != Some(ask.refresh.as_str()));
+        .partition(|ask| current.as_ref() != Some(&ask.tokens));
     moved.into_iter().for_each(|ask| ask.answer(AskEnd::Moved));
     match end {
         Some(end) => still.into_iter().for_each(|ask| ask.answer(end.clone())),

@@ -7,24 +7,21 @@ use std::time::{Instant, SystemTime};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request};
 
-use codex_store::{Generation, JournalEvent, JournalRecord, Secret};
+use codex_store::{Generation, JournalEvent, JournalRecord, TokenData};
 
 use super::answer::{self, Answer};
 use super::home::Home;
 use super::limit::TokenBucket;
 use super::request::{read_body, refresh_token_of};
-use super::route::{route, same, Route};
+use super::route::{merged, route, Route};
 use super::{BrokerConfig, HEALTH_PATH, TOKEN_PATH};
-use crate::agent::{AskEnd, RefreshAsker};
+use crate::agent::{AskEnd, RefreshAsker, Rotations, Tokens};
 use crate::error::{PermanentReason, RefreshError};
 use crate::manager::AuthManager;
 
 /// What a caller is told when the home cannot be read (the details, which name paths, go to
 /// the log only).
 const HOME_UNREADABLE: &str = "the broker cannot read its home for now; try again later";
-
-/// How many rotations a broker remembers having seen itself (beside the journal's).
-const LEARNED: usize = 64;
 
 /// Who refreshes the current token for a caller.
 #[derive(Debug)]
@@ -41,10 +38,10 @@ pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) refresher: Refresher,
     pub(crate) bucket: TokenBucket,
-    /// The rotations this broker saw itself (a token presented, refreshed by the agent to
-    /// another), as journal records, the last [`LEARNED`]: a rotation the agent could not
-    /// journal (the refresh lock was busy) still makes its token a predecessor.
-    pub(crate) learned: std::sync::Mutex<Vec<JournalRecord>>,
+    /// The rotations seen in this process, beside the journal's: the agent's mirrors (known
+    /// before auth.json is written, journaled or not yet) and the refreshes this broker saw the
+    /// agent make (a token presented, another answered).
+    pub(crate) rotations: Rotations,
     /// One decision at a time, from reading the home to the answer of its refresh: a caller
     /// that presents the current token while another caller's refresh of it is under way
     /// waits for it and then finds its token a predecessor, instead of refreshing again.
@@ -108,7 +105,7 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
     let route = route(
         &presented,
         home.refresh_token(),
-        &shared.with_learned(&home.records),
+        &merged(&home.records, &shared.rotations.records()),
         SystemTime::now(),
         config.grace,
     );
@@ -117,7 +114,7 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
         Route::Current => match &shared.refresher {
             Refresher::Itself => refresh(shared, &fingerprint, &home).await,
             Refresher::Agent(asker) => {
-                refresh_through_agent(shared, asker, &presented, &fingerprint, &home).await
+                refresh_through_agent(shared, asker, &fingerprint, &home).await
             }
         },
         Route::Predecessor => match &home.tokens {
@@ -187,46 +184,42 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
     }
 }
 
-impl Shared {
-    /// The journal's `records` and the rotations this broker saw, by time (a `mirrored` record
-    /// that waited for the refresh lock is appended after later ones; a record whose time does
-    /// not parse counts as the oldest).
-    fn with_learned(&self, records: &[JournalRecord]) -> Vec<JournalRecord> {
-        let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<JournalRecord> = records.iter().chain(learned.iter()).cloned().collect();
-        drop(learned);
-        all.sort_by_cached_key(|r| r.time().unwrap_or(SystemTime::UNIX_EPOCH));
-        all
-    }
-
-    /// Remembers that the token of fingerprint `from` moved on to `to` (of `account`).
-    fn learn(&self, from: &str, to: &str, account: Option<String>) {
-        let mut record = JournalRecord::new(JournalEvent::Mirrored, Generation::Absent);
-        record.generation = None;
-        record.account = account;
-        record.refresh = Some(from.to_owned());
-        record.new_refresh = Some(to.to_owned());
-        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-        learned.push(record);
-        let excess = learned.len().saturating_sub(LEARNED);
-        learned.drain(..excess);
+/// The fingerprints of `tokens`, as an ask names them.
+fn fingerprints(tokens: &TokenData) -> Tokens {
+    Tokens {
+        refresh: tokens.refresh_token.fingerprint(),
+        access: tokens.access_token.fingerprint(),
     }
 }
 
-/// Has the home's agent refresh the current token `presented` (of fingerprint `fingerprint`,
-/// read with `before`) and answers the tokens auth.json then holds: the agent's new ones, or
-/// those of another machine's rotation it mirrored meanwhile. The endpoint's refusal when it
-/// refused; 503 when the agent could not refresh, stopped, or took longer than
-/// [`BrokerConfig::agent_wait`].
+/// The `mirrored` record of a refresh this broker saw: the token of fingerprint `from` moved on
+/// to `to` (of `account`).
+fn seen(from: &str, to: &str, account: Option<String>) -> JournalRecord {
+    let mut record = JournalRecord::new(JournalEvent::Mirrored, Generation::Absent);
+    record.generation = None;
+    record.account = account;
+    record.refresh = Some(from.to_owned());
+    record.new_refresh = Some(to.to_owned());
+    record
+}
+
+/// Has the home's agent refresh the current tokens (read with `before`, whose refresh token,
+/// of fingerprint `fingerprint`, the caller presented) and answers the tokens auth.json then
+/// holds: the agent's new ones (also an answer that kept the refresh token), or those of
+/// another machine's rotation it mirrored meanwhile. The endpoint's refusal when it refused;
+/// the broker's own refresh when the agent leaves that login alone (not the fleet's); 503 when
+/// the agent could not refresh, stopped, or took longer than [`BrokerConfig::agent_wait`].
 async fn refresh_through_agent(
     shared: &Shared,
     asker: &RefreshAsker,
-    presented: &Secret,
     fingerprint: &str,
     before: &Home,
 ) -> Answer {
+    let Some(asked) = before.tokens.as_ref().map(fingerprints) else {
+        return answer::unavailable("the home holds no tokens");
+    };
     let wait = shared.config.agent_wait;
-    let end = tokio::time::timeout(wait, asker.ask(fingerprint.to_owned())).await;
+    let end = tokio::time::timeout(wait, asker.ask(asked.clone())).await;
     let after = match Home::read(&shared.manager).await {
         Ok(after) => after,
         Err(e) => {
@@ -239,15 +232,29 @@ async fn refresh_through_agent(
     let moved = after
         .tokens
         .as_ref()
-        .filter(|tokens| !same(&tokens.refresh_token, presented))
+        .filter(|tokens| fingerprints(tokens) != asked)
         .filter(|_| after.account() == before.account());
     if let Some(tokens) = moved {
         let answered = tokens.refresh_token.fingerprint();
-        shared.learn(fingerprint, &answered, after.account());
+        if answered != fingerprint {
+            shared
+                .rotations
+                .push(seen(fingerprint, &answered, after.account()));
+        }
         tracing::info!(presented = %fingerprint, answered = %answered, "refreshed by the agent for a caller");
         return answer::tokens(tokens);
     }
     match end {
+        Ok(AskEnd::LeftAlone) => {
+            // Not the fleet's login (another account, or the fleet holds none): refreshed here,
+            // as any process would, through the guarded protocol.
+            tracing::info!(presented = %fingerprint, "the agent leaves this login alone: refreshed by the broker");
+            if let Err(e) = adopt_home(&shared.manager).await {
+                tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be adopted: answered 503");
+                return answer::unavailable(HOME_UNREADABLE);
+            }
+            refresh(shared, fingerprint, &after).await
+        }
         Ok(AskEnd::Refused { reason, answer }) => {
             tracing::info!(presented = %fingerprint, code = %reason.code(), "the token endpoint refused the refresh: its refusal answered");
             answer::refused(answer, &reason)

@@ -176,9 +176,12 @@ impl Broker {
             bucket: TokenBucket::new(self.config.rate_per_second),
             manager: self.manager,
             config: self.config,
+            rotations: match &self.refresher {
+                Refresher::Agent(asker) => asker.rotations.clone(),
+                Refresher::Itself => Default::default(),
+            },
             refresher: self.refresher,
             decide: tokio::sync::Mutex::new(()),
-            learned: std::sync::Mutex::new(Vec::new()),
         });
         serve::serve(shared, listener, shutdown).await
     }

@@ -90,6 +90,16 @@ pub(crate) fn route(
     }
 }
 
+/// The journal's `records` and the rotations seen in this process (`seen`), ordered by time:
+/// a `mirrored` record journaled once a local refresh released the refresh lock comes after
+/// later ones in the journal, and the ones seen here come after all. A record whose time does
+/// not parse counts as the oldest (it can be no later link of a chain).
+pub(crate) fn merged(records: &[JournalRecord], seen: &[JournalRecord]) -> Vec<JournalRecord> {
+    let mut all: Vec<JournalRecord> = records.iter().chain(seen).cloned().collect();
+    all.sort_by_cached_key(|r| r.time().unwrap_or(SystemTime::UNIX_EPOCH));
+    all
+}
+
 /// Whether `record` rotates the token of fingerprint `fingerprint` to another one: a rotation
 /// saved or recovered here, or (on a fleet machine) one the fleet made that was mirrored here.
 fn rotates(record: &JournalRecord, fingerprint: &str) -> bool {
@@ -223,6 +233,49 @@ mod tests {
                 "{case}: routed {got:?}, expected {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_rotation_seen_late_still_links_a_chain_once_merged_by_time() {
+        let now = SystemTime::now();
+        let journal = vec![saved(60, now, "rt_b", "rt_c")];
+        let seen = vec![record(
+            JournalEvent::Mirrored,
+            Duration::from_secs(120),
+            now,
+            "rt_a",
+            "rt_b",
+        )];
+        let appended: Vec<JournalRecord> = journal.iter().chain(&seen).cloned().collect();
+        let current = Secret::new("rt_c");
+        assert_eq!(
+            route(&Secret::new("rt_a"), Some(&current), &appended, now, GRACE),
+            Route::Spent,
+            "the walk must follow records in their order: a link appended out of order breaks it"
+        );
+        assert_eq!(
+            route(
+                &Secret::new("rt_a"),
+                Some(&current),
+                &merged(&journal, &seen),
+                now,
+                GRACE
+            ),
+            Route::Predecessor,
+            "merged by time, a mirror seen late (rt_a -> rt_b) must link to the journal's later \
+             rotation (rt_b -> rt_c)"
+        );
+        let mut unreadable = saved(0, now, "rt_x", "rt_y");
+        unreadable.at = "yesterday".into();
+        let order: Vec<String> = merged(&[unreadable], &seen)
+            .iter()
+            .map(|r| r.at.clone())
+            .collect();
+        assert_eq!(
+            order.first().map(String::as_str),
+            Some("yesterday"),
+            "a record whose time does not parse must sort first: {order:?}"
+        );
     }
 
     #[test]

@@ -45,6 +45,11 @@ impl ThroughAgent {
     /// Serves the home of `setup`, whose agent (lead 15 minutes) refreshes at its fake
     /// endpoint when the broker asks.
     async fn over(setup: &Setup) -> ThroughAgent {
+        ThroughAgent::with(setup, codex_refresh::AgentConfig::default()).await
+    }
+
+    /// The same, with an agent configured by `agent_config`.
+    async fn with(setup: &Setup, agent_config: codex_refresh::AgentConfig) -> ThroughAgent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("cannot bind 127.0.0.1:0 for the broker");
@@ -52,13 +57,10 @@ impl ThroughAgent {
             .local_addr()
             .expect("the broker's listener has no address");
         let (asker, asks) = codex_refresh::refresh_asks();
-        let agent = codex_refresh::Agent::new(
-            setup.store.clone(),
-            config(setup.fake.url()),
-            codex_refresh::AgentConfig::default(),
-        )
-        .expect("Agent::new refused a valid configuration")
-        .answering(asks);
+        let agent =
+            codex_refresh::Agent::new(setup.store.clone(), config(setup.fake.url()), agent_config)
+                .expect("Agent::new refused a valid configuration")
+                .answering(asks);
         let (agent_stop, agent_stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(agent.run(
             async {
@@ -955,4 +957,74 @@ async fn through_an_agent_that_does_not_answer_within_the_agent_wait_the_caller_
         "a broker whose agent does not answer must send nothing itself",
     );
     broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_agent_an_answer_that_keeps_the_refresh_token_is_answered_with_the_new_access_token(
+) {
+    let setup = Setup::new(IDENTITY, 3600);
+    setup.fake.set_behavior(Behavior::OmitRefreshToken);
+    let both = ThroughAgent::over(&setup).await;
+    // Bounded by the caller's own timeout (twice the event timeout), far below the broker's
+    // agent wait of 60 s: a broker waiting for a new refresh token would fail this.
+    let answer = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
+    let issued = last_issued(&setup);
+    assert_eq!(
+        answer.status,
+        200,
+        "an answer that kept the refresh token got the caller HTTP {}: {:?}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    let body = json_of(&answer);
+    assert_eq!(
+        body["access_token"].as_str(),
+        Some(issued.access_token.as_str()),
+        "the caller did not get the new access token"
+    );
+    assert_eq!(
+        body["refresh_token"].as_str(),
+        Some(IDENTITY.initial_rt),
+        "the caller did not get the refresh token the endpoint kept"
+    );
+    setup
+        .fake
+        .expect_requests(1, "one caller, one refresh by the agent");
+    both.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_agent_callers_during_the_agents_backoff_are_answered_its_failure_without_another_request(
+) {
+    let setup = Setup::new(IDENTITY, 3600);
+    setup.fake.set_behavior(Behavior::status(
+        503,
+        r#"{"error":"temporarily_unavailable"}"#,
+    ));
+    // A backoff far longer than the test: the agent's own retry cannot come in between.
+    let both = ThroughAgent::with(
+        &setup,
+        codex_refresh::AgentConfig {
+            retry_initial: Duration::from_secs(600),
+            retry_max: Duration::from_secs(600),
+            ..codex_refresh::AgentConfig::default()
+        },
+    )
+    .await;
+    for caller in ["first", "second", "third"] {
+        let answer = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
+        assert_eq!(
+            answer.status,
+            503,
+            "{caller} caller, the endpoint failing for now: HTTP {}: {:?}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    setup.fake.expect_requests(
+        1,
+        "callers arriving during the agent's backoff must be answered its failure, not cause a \
+         request each",
+    );
+    both.stop().await;
 }
