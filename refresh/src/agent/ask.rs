@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use codex_store::JournalRecord;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::broker::route::{dated, Dated};
 use crate::client::Refusal;
 use crate::error::PermanentReason;
 
@@ -49,24 +50,27 @@ pub struct RefreshAsks {
     pub(crate) rotations: Rotations,
 }
 
-/// The rotations the agent and its broker saw in this process, as journal records (the last
-/// [`ROTATIONS`]): what the agent mirrors is known to the broker before auth.json is written,
-/// whether or not the journal could take it yet.
+/// The rotations the agent and its broker saw in this process, as journal records ordered by
+/// time (the last [`ROTATIONS`]): what the agent mirrors is known to the broker before auth.json
+/// is written, whether or not the journal could take it yet.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Rotations(Arc<Mutex<Vec<JournalRecord>>>);
+pub(crate) struct Rotations(Arc<Mutex<Arc<Vec<Dated>>>>);
 
 impl Rotations {
-    /// Adds `record`.
+    /// Adds `record`, in its place by time.
     pub(crate) fn push(&self, record: JournalRecord) {
-        let mut records = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        records.push(record);
+        let record = dated(record);
+        let mut shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let records = Arc::make_mut(&mut shared);
+        let at = records.partition_point(|(t, _)| *t <= record.0);
+        records.insert(at, record);
         let excess = records.len().saturating_sub(ROTATIONS);
         records.drain(..excess);
     }
 
-    /// The records, oldest first.
-    pub(crate) fn records(&self) -> Vec<JournalRecord> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The records, oldest first (a copy of the moment: no copy of the records).
+    pub(crate) fn records(&self) -> Arc<Vec<Dated>> {
+        Arc::clone(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

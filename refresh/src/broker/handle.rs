@@ -7,10 +7,10 @@ use std::time::{Instant, SystemTime};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request};
 
-use codex_store::{Generation, JournalEvent, JournalRecord, TokenData};
+use codex_store::{Generation, JournalEvent, JournalRecord, Secret, TokenData};
 
 use super::answer::{self, Answer};
-use super::home::Home;
+use super::home::{Home, JournalCache};
 use super::limit::TokenBucket;
 use super::request::{read_body, refresh_token_of};
 use super::route::{merged, route, Route};
@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     /// before auth.json is written, journaled or not yet) and the refreshes this broker saw the
     /// agent make (a token presented, another answered).
     pub(crate) rotations: Rotations,
+    /// The journal as last parsed ([`JournalCache`]).
+    pub(crate) journal: Arc<JournalCache>,
     /// One decision at a time, from reading the home to the answer of its refresh: a caller
     /// that presents the current token while another caller's refresh of it is under way
     /// waits for it and then finds its token a predecessor, instead of refreshing again.
@@ -88,27 +90,9 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
     };
     let fingerprint = presented.fingerprint();
     let decision = shared.decide.lock().await;
-    // The manager's cache first, then the read the route is decided on: a rotation by another
-    // process between the two is then a token the manager adopts, never one it sends because a
-    // caller presented its predecessor.
-    if let Err(e) = adopt_home(&shared.manager).await {
-        tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be adopted: answered 503");
+    let Some((home, route)) = decide(shared, &presented, &fingerprint).await else {
         return answer::unavailable(HOME_UNREADABLE);
-    }
-    let home = match Home::read(&shared.manager).await {
-        Ok(home) => home,
-        Err(e) => {
-            tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read: answered 503");
-            return answer::unavailable(HOME_UNREADABLE);
-        }
     };
-    let route = route(
-        &presented,
-        home.refresh_token(),
-        &merged(&home.records, &shared.rotations.records()),
-        SystemTime::now(),
-        config.grace,
-    );
     tracing::info!(presented = %fingerprint, route = route.name(), "token request");
     match route {
         Route::Current => match &shared.refresher {
@@ -145,7 +129,7 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
     let manager = &shared.manager;
     match manager.refresh().await {
         Ok(outcome) => {
-            let after = match Home::read(manager).await {
+            let after = match Home::read(manager, &shared.journal).await {
                 Ok(after) => after,
                 Err(e) => {
                     tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read after the refresh: answered 503");
@@ -180,6 +164,48 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
         Err(e) => {
             tracing::warn!(presented = %fingerprint, error = %e, "the refresh failed: answered 503");
             answer::unavailable("the refresh failed for now; try again later")
+        }
+    }
+}
+
+/// Reads the home and routes `presented` (of fingerprint `fingerprint`). When the broker is to
+/// refresh the current token itself, the manager's cache is made what auth.json holds first,
+/// and the home read and routed again: a rotation by another process between the two is then a
+/// token the manager adopts, never one it sends because a caller presented its predecessor.
+/// `None` when the home cannot be read (said in the log).
+async fn decide(shared: &Shared, presented: &Secret, fingerprint: &str) -> Option<(Home, Route)> {
+    let routed = |home: &Home| {
+        let seen = shared.rotations.records();
+        route(
+            presented,
+            home.refresh_token(),
+            &merged(&home.records, &seen),
+            SystemTime::now(),
+            shared.config.grace,
+        )
+    };
+    let home = read_home(shared, fingerprint).await?;
+    let route = routed(&home);
+    if route != Route::Current || !matches!(shared.refresher, Refresher::Itself) {
+        return Some((home, route));
+    }
+    if let Err(e) = adopt_home(&shared.manager).await {
+        tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be adopted: answered 503");
+        return None;
+    }
+    let home = read_home(shared, fingerprint).await?;
+    let route = routed(&home);
+    Some((home, route))
+}
+
+/// The home, read for the caller presenting the token of fingerprint `fingerprint`; `None`
+/// when it cannot be read (said in the log).
+async fn read_home(shared: &Shared, fingerprint: &str) -> Option<Home> {
+    match Home::read(&shared.manager, &shared.journal).await {
+        Ok(home) => Some(home),
+        Err(e) => {
+            tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read: answered 503");
+            None
         }
     }
 }
@@ -220,7 +246,7 @@ async fn refresh_through_agent(
     };
     let wait = shared.config.agent_wait;
     let end = tokio::time::timeout(wait, asker.ask(asked.clone())).await;
-    let after = match Home::read(&shared.manager).await {
+    let after = match Home::read(&shared.manager, &shared.journal).await {
         Ok(after) => after,
         Err(e) => {
             tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be read after the agent's refresh: answered 503");

@@ -7,7 +7,7 @@ mod handle;
 mod home;
 mod limit;
 mod request;
-mod route;
+pub(crate) mod route;
 mod serve;
 
 use std::future::Future;
@@ -182,6 +182,7 @@ impl Broker {
             },
             refresher: self.refresher,
             decide: tokio::sync::Mutex::new(()),
+            journal: Arc::default(),
         });
         serve::serve(shared, listener, shutdown).await
     }

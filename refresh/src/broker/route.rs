@@ -48,7 +48,7 @@ impl Route {
 pub(crate) fn route(
     presented: &Secret,
     current: Option<&Secret>,
-    records: &[JournalRecord],
+    records: &[&JournalRecord],
     now: SystemTime,
     grace: Duration,
 ) -> Route {
@@ -69,7 +69,7 @@ pub(crate) fn route(
     let Some(latest) = records.iter().rposition(|r| rotates(r, &wanted)) else {
         return Route::Unknown;
     };
-    if !recent(&records[latest], now, grace) {
+    if !recent(records[latest], now, grace) {
         return Route::Spent;
     }
     let mut at = latest;
@@ -90,14 +90,40 @@ pub(crate) fn route(
     }
 }
 
-/// The journal's `records` and the rotations seen in this process (`seen`), ordered by time:
-/// a `mirrored` record journaled once a local refresh released the refresh lock comes after
-/// later ones in the journal, and the ones seen here come after all. A record whose time does
-/// not parse counts as the oldest (it can be no later link of a chain).
-pub(crate) fn merged(records: &[JournalRecord], seen: &[JournalRecord]) -> Vec<JournalRecord> {
-    let mut all: Vec<JournalRecord> = records.iter().chain(seen).cloned().collect();
-    all.sort_by_cached_key(|r| r.time().unwrap_or(SystemTime::UNIX_EPOCH));
-    all
+/// A journal record and its time (one whose time does not parse: the epoch, the oldest, so
+/// that it can be no later link of a chain).
+pub(crate) type Dated = (SystemTime, JournalRecord);
+
+/// `record`, dated.
+pub(crate) fn dated(record: JournalRecord) -> Dated {
+    (record.time().unwrap_or(SystemTime::UNIX_EPOCH), record)
+}
+
+/// `records` dated and ordered by time (those of one time in their order): a `mirrored` record
+/// journaled once a local refresh released the refresh lock comes after later ones in the
+/// journal.
+pub(crate) fn by_time(records: Vec<JournalRecord>) -> Vec<Dated> {
+    let mut dated: Vec<Dated> = records.into_iter().map(dated).collect();
+    dated.sort_by_key(|(at, _)| *at);
+    dated
+}
+
+/// Two lists ordered by time (the journal's, and the rotations seen in this process) merged
+/// into one, by time; of one time, the journal's first.
+pub(crate) fn merged<'a>(journal: &'a [Dated], seen: &'a [Dated]) -> Vec<&'a JournalRecord> {
+    let mut all = Vec::with_capacity(journal.len() + seen.len());
+    let (mut a, mut b) = (journal.iter().peekable(), seen.iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some((_, record)) => all.push(record),
+            None => return all,
+        }
+    }
 }
 
 /// Whether `record` rotates the token of fingerprint `fingerprint` to another one: a rotation
@@ -221,13 +247,8 @@ mod tests {
         ];
         for (case, presented, current, records, expected) in table {
             let current = current.map(Secret::new);
-            let got = route(
-                &Secret::new(presented),
-                current.as_ref(),
-                &records,
-                now,
-                GRACE,
-            );
+            let refs: Vec<&JournalRecord> = records.iter().collect();
+            let got = route(&Secret::new(presented), current.as_ref(), &refs, now, GRACE);
             assert_eq!(
                 got, expected,
                 "{case}: routed {got:?}, expected {expected:?}"
@@ -246,13 +267,14 @@ mod tests {
             "rt_a",
             "rt_b",
         )];
-        let appended: Vec<JournalRecord> = journal.iter().chain(&seen).cloned().collect();
+        let appended: Vec<&JournalRecord> = journal.iter().chain(&seen).collect();
         let current = Secret::new("rt_c");
         assert_eq!(
             route(&Secret::new("rt_a"), Some(&current), &appended, now, GRACE),
             Route::Spent,
             "the walk must follow records in their order: a link appended out of order breaks it"
         );
+        let (journal, seen) = (by_time(journal), by_time(seen));
         assert_eq!(
             route(
                 &Secret::new("rt_a"),
@@ -265,16 +287,35 @@ mod tests {
             "merged by time, a mirror seen late (rt_a -> rt_b) must link to the journal's later \
              rotation (rt_b -> rt_c)"
         );
+    }
+
+    #[test]
+    fn records_are_ordered_by_time_with_an_unreadable_time_first_and_ties_in_their_order() {
+        let now = SystemTime::now();
         let mut unreadable = saved(0, now, "rt_x", "rt_y");
         unreadable.at = "yesterday".into();
-        let order: Vec<String> = merged(&[unreadable], &seen)
+        let journal = by_time(vec![
+            saved(10, now, "rt_j2", "rt_j3"),
+            saved(30, now, "rt_j1", "rt_j2"),
+            unreadable,
+        ]);
+        let seen = by_time(vec![
+            saved(20, now, "rt_s1", "rt_s2"),
+            saved(10, now, "rt_s2", "rt_s3"),
+        ]);
+        let order: Vec<&str> = merged(&journal, &seen)
             .iter()
-            .map(|r| r.at.clone())
+            .map(|r| r.refresh.as_deref().unwrap_or_default())
+            .collect();
+        let fps: Vec<String> = ["rt_x", "rt_j1", "rt_s1", "rt_j2", "rt_s2"]
+            .iter()
+            .map(|t| fp(t))
             .collect();
         assert_eq!(
-            order.first().map(String::as_str),
-            Some("yesterday"),
-            "a record whose time does not parse must sort first: {order:?}"
+            order,
+            fps.iter().map(String::as_str).collect::<Vec<_>>(),
+            "merged records must run by time: the unreadable time first, then oldest to newest, \
+             the journal's first of one time"
         );
     }
 
