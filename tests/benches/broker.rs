@@ -9,7 +9,10 @@
 //!    replaying the broker's answer bytes (same client, same connection pattern). Back to back,
 //!    the broker is measured in process (`codex_refresh::Broker` with `rate_per_second: 0`): the
 //!    agent's broker keeps the default limit of 64 requests a second in bursts of 64, which the
-//!    command line cannot lift, and would throttle a tight loop. Then paced, one request every
+//!    command line cannot lift, and would throttle a tight loop. Beside it, the same broker on a
+//!    home whose journal is full (about 60 KiB, a day-old history before its own records: a
+//!    home after months of rotations), which the broker parses again only when it changed.
+//!    Then paced, one request every
 //!    60 ms to each (under that limit): the agent's own broker (`agent --serve 127.0.0.1:0`, the
 //!    release binary, its URL from `inspect --json`) beside the in-process broker and the
 //!    round-trip floor, each request after the same idle gap;
@@ -504,6 +507,30 @@ fn rotated_in_process() -> (tempfile::TempDir, FakeIdp, InProcess, (String, Stri
     (home, idp, broker, current)
 }
 
+/// Fills the journal of `home` up to about 60 KiB (below its compaction limit of 64 KiB) with
+/// rotations of other tokens a day old, before its own records: a home's journal after months
+/// of rotations. Returns how many records it then holds.
+fn fill_journal(home: &Path) -> usize {
+    let path = home.join("auth.json.journal");
+    let own = std::fs::read_to_string(&path).expect("the journal of the rotated home");
+    let day_ago = codex_store::Timestamp::from_system_time(
+        std::time::SystemTime::now() - Duration::from_secs(24 * 3600),
+    );
+    let mut filler = String::new();
+    let mut n = 0usize;
+    while filler.len() + own.len() < 60 * 1024 {
+        filler.push_str(&format!(
+            "{{\"at\":\"{}\",\"pid\":1,\"event\":\"saved\",\"account\":\"acct-bench\",\"refresh\":\"{:012x}\",\"new_refresh\":\"{:012x}\"}}\n",
+            day_ago.as_str(),
+            n,
+            n + 1
+        ));
+        n += 1;
+    }
+    std::fs::write(&path, format!("{filler}{own}")).expect("fill the journal");
+    n + own.lines().count()
+}
+
 /// `agent --serve 127.0.0.1:0` on a home whose expired initial token it refreshed at start, so
 /// that it is now a predecessor: the home, its endpoint, the agent, its broker's address and the
 /// current tokens.
@@ -546,9 +573,15 @@ fn latency(bins: &Bins, plan: &Plan) -> bool {
     let trivial_request = codex_request(trivial.addr, INITIAL_RT);
     let auth_path = home.path().join("auth.json");
     let upstream_before = idp.requests();
+    // The same on a home whose journal is full (months of rotations).
+    let (full_home, full_idp, full_broker, full_current) = rotated_in_process();
+    let full_records = fill_journal(full_home.path());
+    let full_request = codex_request(full_broker.addr, INITIAL_RT);
+    let full_upstream_before = full_idp.requests();
     let mut checked = Checked::default();
     let mut floor_check = Checked::default();
     let (mut broker_us, mut trivial_us, mut file_us) = (Vec::new(), Vec::new(), Vec::new());
+    let mut full_us = Vec::new();
     // The first 20 rounds warm up, not counted.
     for i in 0..plan.samples + 20 {
         let file = read_auth_json(&auth_path);
@@ -556,15 +589,24 @@ fn latency(bins: &Bins, plan: &Plan) -> bool {
         floor_check.check("the trivial server", status, &body, &current);
         let (took, status, body) = timed_exchange(broker.addr, &request);
         checked.check("the in-process broker", status, &body, &current);
+        let (full_took, status, body) = timed_exchange(full_broker.addr, &full_request);
+        checked.check(
+            "the in-process broker, full journal",
+            status,
+            &body,
+            &full_current,
+        );
         if i >= 20 {
             file_us.push(micros(file));
             trivial_us.push(micros(floor));
             broker_us.push(micros(took));
+            full_us.push(micros(full_took));
         }
     }
     let file = Summary::of(&file_us);
     let floor = Summary::of(&trivial_us);
     let inproc = Summary::of(&broker_us);
+    let full = Summary::of(&full_us);
     println!("back to back:");
     print_summary("  floor: read auth.json (open, read, parse JSON)", &file);
     print_summary(
@@ -572,6 +614,10 @@ fn latency(bins: &Bins, plan: &Plan) -> bool {
         &floor,
     );
     print_summary("  broker in process (Broker, rate_per_second: 0)", &inproc);
+    print_summary(
+        &format!("  the same, journal full ({full_records} records, ~60 KiB)"),
+        &full,
+    );
     println!(
         "  broker / round-trip floor: p50 {:.1}x, p99 {:.1}x | broker - round trip (p50): \
          {:.1} µs | broker / auth.json read (p50): {:.0}x",
@@ -607,12 +653,13 @@ fn latency(bins: &Bins, plan: &Plan) -> bool {
             agent_us.push(micros(agent_took));
         }
     }
-    let upstream = idp.requests() - upstream_before;
+    let upstream = idp.requests() - upstream_before + full_idp.requests() - full_upstream_before;
     let agent_upstream = agent_idp.requests() - agent_upstream_before;
     stop_agent(agent);
     drop(trivial);
     broker.stop();
-    drop((agent_idp, agent_home, idp, home));
+    full_broker.stop();
+    drop((agent_idp, agent_home, idp, home, full_idp, full_home));
     let floor = Summary::of(&paced_trivial_us);
     let inproc = Summary::of(&paced_broker_us);
     let agent = Summary::of(&agent_us);
