@@ -34,16 +34,37 @@
 //!    `started`, without waiting for that refresh. For each: the upstream requests, rotations and
 //!    reuse refusals; how many Codex processes end holding the live access token (what
 //!    `getAuthStatus` answers, after `account/read` was asked whether they are signed out); how
-//!    many answer `account: null` and how many logged "already used".
+//!    many answer `account: null` and how many logged "already used";
+//! 4. a fleet: K Codex stand-ins split over M = 2 machines' brokers (K = 8, 16, 32). A real etcd
+//!    (one member, `codex_store_tests::etcd`; `etcd` must be on PATH), a fresh prefix and two
+//!    fresh homes per K: machine-0 holds the expired token and seeds the fleet with it
+//!    (`fleet seed`), machine-1's home is empty; each machine runs `codex-store agent --fleet
+//!    ENDPOINTS --fleet-prefix P --machine machine-i --serve 127.0.0.1:0` (the release binary),
+//!    against an endpoint answering after 500 ms. The agents refresh the fleet's expired token at
+//!    start (one of them, under the fleet's lock); they reach the endpoint through a proxy that
+//!    holds that request until the stand-ins are ready, so that the stand-ins read the expired
+//!    token whatever the machine's speed. Once both agents printed `started`, the request was
+//!    made and machine-1 mirrored the login, K/2 stand-ins start in each machine's home, pointed
+//!    at that machine's broker (the URL it published); they are released at once, and the held
+//!    request with them: they present the token being redeemed. Per K: the requests they sent,
+//!    the upstream requests, rotations and reuse refusals (the endpoint's, and those the
+//!    stand-ins were answered), the stand-ins ending on the live token, 429s (counted apart, as
+//!    in section 2), stuck or refused; per machine, how its broker routed them (its agent's log),
+//!    whether its auth.json holds the live token; the fleet record's last rotation. The floor is
+//!    1 upstream request per rotation.
 //!
-//! Run without `--bench` (as `cargo test --benches` does), it runs a short smoke version (K = 8,
-//! few samples, without section 3). Exits 1 when a correctness check fails: through a broker,
-//! more than one upstream request for the rotation, a reuse refusal, a stand-in stuck, refused or
-//! failing otherwise than by a 429, auth.json not holding the endpoint's live token; in section
-//! 1, an answer that is not 200 with the current tokens, or an upstream request for a
-//! predecessor; in section 3, through the agent's broker, an upstream request count other than
-//! one, or a Codex process ending without the live access token (the anchor (a) is printed, never
-//! checked).
+//! `cargo bench` passes `--bench`: the full version. Run without it (as `cargo test --benches`
+//! does, or the bench executable itself), it runs a short smoke version (K = 8, few samples,
+//! without section 3). Exits 1 when a correctness check fails: through a broker, more than one
+//! upstream request for the rotation, a reuse refusal, a stand-in stuck, refused or failing
+//! otherwise than by a 429, auth.json not holding the endpoint's live token; in section 1, an
+//! answer that is not 200 with the current tokens, or an upstream request for a predecessor; in
+//! section 3, through the agent's broker, an upstream request count other than one, or a Codex
+//! process ending without the live access token (the anchor (a) is printed, never checked); in
+//! section 4, through the two machines' brokers, an upstream request count or a rotation count
+//! other than one, a reuse refusal (by the endpoint, or answered to a stand-in), a stand-in not
+//! ending on the live token otherwise than by a 429, a machine's auth.json or the fleet record
+//! not holding the live token, or no `etcd` on PATH (named in the message).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -54,7 +75,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_refresh::{Broker, BrokerConfig, BrokerError, BROKER_TOKEN_PATH, CLIENT_ID};
-use codex_store_tests::codex_sim::exit as sim_exit;
+use codex_store_tests::codex_sim::{exit as sim_exit, refresh_token_on_disk};
+use codex_store_tests::etcd::EtcdCluster;
 use codex_store_tests::fake_idp::FakeIdp;
 use codex_store_tests::fixtures::{config, manager, temp_home, ChatgptCreds};
 use codex_store_tests::jwt;
@@ -65,6 +87,7 @@ use codex_store_tests::real_codex::{
 };
 use codex_store_tests::secrets::fingerprint;
 use codex_store_tests::stats::Summary;
+use codex_store_tests::tcp_proxy::TcpProxy;
 use serde_json::Value;
 
 const URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
@@ -127,6 +150,7 @@ fn main() {
     failed |= latency(&bins, &plan);
     failed |= requests_per_rotation(&bins, &plan);
     failed |= real_codex(&bins, &plan);
+    failed |= fleet_brokers(&bins, &plan);
     if failed {
         eprintln!("a correctness check failed (see above)");
         std::process::exit(1);
@@ -735,6 +759,8 @@ struct Counts {
     upstream: usize,
     rotations: usize,
     reused: usize,
+    /// `refresh_token_reused` answers the stand-ins read (from the endpoint or a broker).
+    reuse_answers: usize,
     /// Stand-ins that end holding the endpoint's live refresh token.
     live: usize,
     /// Stand-ins answered 429 (they keep their old tokens).
@@ -843,10 +869,22 @@ fn rotation_run(bins: &Bins, k: usize, mode: Mode) -> Counts {
         routes,
         ..Counts::default()
     };
-    for (lines, status) in &finished {
+    tally(&mut counts, &finished, &live_fp);
+    counts
+}
+
+/// Counts into `counts` the stand-ins that ended as `finished` says (each one's stdout lines and
+/// exit status), against the endpoint's live refresh token of fingerprint `live_fp`: the requests
+/// they sent, the reuse refusals they were answered, and how each ended.
+fn tally(counts: &mut Counts, finished: &[(Vec<String>, ExitStatus)], live_fp: &str) {
+    for (lines, status) in finished {
         counts.sent += lines
             .iter()
             .filter(|l| l.starts_with("requesting "))
+            .count();
+        counts.reuse_answers += lines
+            .iter()
+            .filter(|l| l.starts_with("answer ") && l.contains("code=refresh_token_reused"))
             .count();
         let holds_live = lines
             .iter()
@@ -878,7 +916,6 @@ fn rotation_run(bins: &Bins, k: usize, mode: Mode) -> Counts {
                 .push(format!("exit {status}: {}", lines.join(" | ")));
         }
     }
-    counts
 }
 
 fn requests_per_rotation(bins: &Bins, plan: &Plan) -> bool {
@@ -1210,6 +1247,424 @@ fn real_codex(bins: &Bins, plan: &Plan) -> bool {
          account:null: answered by account/read, asked first; \"already used\": Codex processes \
          that logged it; auth.json: whether it holds the live refresh token. (a) is the anchor, \
          not checked; (b) must read 1 request and end with every Codex on the live token)"
+    );
+    for note in notes {
+        println!("{note}");
+    }
+    failed
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A fleet: the stand-ins split over two machines' brokers
+// ---------------------------------------------------------------------------------------------
+
+/// How many machines the fleet of section 4 has.
+const FLEET_MACHINES: usize = 2;
+/// The bound on each wait of section 4 for a condition (the seed, an agent's start, the fleet's
+/// refresh made, a mirror, the rotation reaching a machine); it only turns a hang into a failure.
+const FLEET_WAIT: Duration = Duration::from_secs(30);
+
+/// How one machine's broker routed the requests it read (its agent's log: `route=...`).
+#[derive(Default)]
+struct Routes {
+    current: usize,
+    predecessor: usize,
+    spent: usize,
+    unknown: usize,
+}
+
+impl Routes {
+    fn of(log: &str) -> Routes {
+        let count = |route: &str| log.matches(&format!("route=\"{route}\"")).count();
+        Routes {
+            current: count("current"),
+            predecessor: count("predecessor"),
+            spent: count("spent"),
+            unknown: count("unknown"),
+        }
+    }
+}
+
+/// What one machine of a section 4 run counted.
+struct MachineRun {
+    /// Its stand-ins, pointed at its broker.
+    stand_ins: usize,
+    /// How its stand-ins ended ([`tally`]).
+    counts: Counts,
+    routes: Routes,
+    /// Whether its auth.json came to hold the endpoint's live refresh token.
+    file_live: bool,
+}
+
+/// What one run of section 4 counted.
+struct FleetRun {
+    machines: Vec<MachineRun>,
+    upstream: usize,
+    rotations: usize,
+    /// The endpoint's `refresh_token_reused` refusals.
+    reused: usize,
+    /// Whether the fleet record in etcd holds the endpoint's live refresh token.
+    record_live: bool,
+    /// The record's last rotation (`<prefix>/rotation`): its kind and machine.
+    last_rotation: String,
+}
+
+impl FleetRun {
+    /// The stand-ins of every machine, counted together.
+    fn total(&self) -> Counts {
+        let mut total = Counts {
+            upstream: self.upstream,
+            rotations: self.rotations,
+            reused: self.reused,
+            ..Counts::default()
+        };
+        for m in &self.machines {
+            total.sent += m.counts.sent;
+            total.reuse_answers += m.counts.reuse_answers;
+            total.live += m.counts.live;
+            total.throttled += m.counts.throttled;
+            total.stuck_or_refused += m.counts.stuck_or_refused;
+            total.other += m.counts.other;
+        }
+        total
+    }
+}
+
+/// `codex-store --home HOME agent --json --serve 127.0.0.1:0 --fleet ENDPOINTS --fleet-prefix
+/// PREFIX --machine MACHINE`, refreshing at `token_url`, logging the broker's routes
+/// (`RUST_LOG=codex_refresh=info`).
+fn spawn_fleet_agent(
+    bins: &Bins,
+    home: &Path,
+    token_url: &str,
+    endpoints: &str,
+    prefix: &str,
+    machine: &str,
+) -> Process {
+    let mut command = Command::new(&bins.store);
+    command
+        .arg("--home")
+        .arg(home)
+        .args(["agent", "--json", "--serve", "127.0.0.1:0"])
+        .args(["--fleet", endpoints, "--fleet-prefix", prefix])
+        .args(["--machine", machine])
+        .env(URL_ENV, token_url)
+        .env("RUST_LOG", "codex_refresh=info");
+    Process::spawn_command(format!("codex-store agent --fleet on {machine}"), command)
+}
+
+/// `codex-store --home HOME fleet seed ... --machine machine-0`, which must succeed.
+fn seed_fleet(bins: &Bins, home: &Path, endpoints: &str, prefix: &str) {
+    let mut command = Command::new(&bins.store);
+    command
+        .arg("--home")
+        .arg(home)
+        .args([
+            "fleet",
+            "seed",
+            "--fleet",
+            endpoints,
+            "--fleet-prefix",
+            prefix,
+        ])
+        .args(["--machine", "machine-0"])
+        .env_remove("RUST_LOG");
+    let out = Process::spawn_command("codex-store fleet seed", command).finish(FLEET_WAIT);
+    assert!(
+        out.status.success(),
+        "`codex-store fleet seed` exited {}: {}",
+        out.status,
+        out.stderr.trim()
+    );
+}
+
+/// The JSON value of `key`, read from the first member of `cluster` directly; `None` when etcd
+/// did not answer or holds no such key, or its value is not JSON.
+fn etcd_json(cluster: &EtcdCluster, key: &str) -> Option<Value> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let answer = cluster.post(
+        0,
+        "/v3/kv/range",
+        &serde_json::json!({ "key": b64.encode(key) }),
+    )?;
+    let value = b64.decode(answer["kvs"][0]["value"].as_str()?).ok()?;
+    serde_json::from_slice(&value).ok()
+}
+
+/// Looks at `done` every 10 ms until it holds; whether it did within `within`.
+fn holds_within(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every agent's stderr so far, under its machine's name.
+fn fleet_logs(agents: &[Process]) -> String {
+    agents
+        .iter()
+        .enumerate()
+        .map(|(i, agent)| format!("machine-{i}:\n{}", agent.stderr()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// K stand-ins on the fleet's one expired token, split over the brokers of [`FLEET_MACHINES`]
+/// machines (a fresh prefix, fresh homes, a fresh endpoint), released at once.
+fn fleet_run(bins: &Bins, cluster: &EtcdCluster, k: usize) -> FleetRun {
+    // Machine-0 is signed in on the expired token and seeds the fleet with it; machine-1's home
+    // is empty: its agent mirrors the fleet's login.
+    let (home0, idp) = signed_in(-60);
+    idp.set_delay(ENDPOINT_DELAY);
+    let idp_url = idp.url();
+    let (idp_addr, token_path) = idp_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("{idp_url:?} is not the endpoint's URL"));
+    // The agents reach the endpoint through a proxy that holds the fleet's first request (the
+    // refresh of the expired token, which the agents make at start) until the stand-ins,
+    // started once the brokers published their URLs, are ready: they read the expired token
+    // whatever the machine's speed, and are released while that refresh is in flight.
+    let gate = TcpProxy::start(idp_addr);
+    gate.hold_request(1);
+    let token_url = format!("{}/{token_path}", gate.url());
+    let home1 = tempfile::tempdir().expect("a temp dir for machine-1's CODEX_HOME");
+    let homes = [home0, home1];
+    let prefix = format!("/codex-store-bench/{}/broker-k{k}", std::process::id());
+    let endpoints = cluster.endpoints();
+    seed_fleet(bins, homes[0].path(), &endpoints, &prefix);
+    let agents: Vec<Process> = homes
+        .iter()
+        .enumerate()
+        .map(|(i, home)| {
+            spawn_fleet_agent(
+                bins,
+                home.path(),
+                &token_url,
+                &endpoints,
+                &prefix,
+                &format!("machine-{i}"),
+            )
+        })
+        .collect();
+    for agent in &agents {
+        wait_started(agent);
+    }
+    assert!(
+        gate.wait_until_held(FLEET_WAIT),
+        "no machine sent the fleet's expired token within {FLEET_WAIT:?} of its start; \
+         agents:\n{}",
+        fleet_logs(&agents)
+    );
+    assert!(
+        holds_within(FLEET_WAIT, || {
+            refresh_token_on_disk(homes[1].path()).as_deref() == Some(INITIAL_RT)
+        }),
+        "machine-1 did not mirror the fleet's login within {FLEET_WAIT:?}; agents:\n{}",
+        fleet_logs(&agents)
+    );
+    let brokers: Vec<String> = homes
+        .iter()
+        .map(|home| published_broker(bins, home.path()))
+        .collect();
+    // Stand-in i on machine i % 2, in that machine's home, at its broker.
+    let mut sims: Vec<(usize, Process)> = (0..k)
+        .map(|i| {
+            let m = i % FLEET_MACHINES;
+            (m, spawn_sim(bins, homes[m].path(), &brokers[m], i))
+        })
+        .collect();
+    for (_, sim) in &sims {
+        sim.wait_for_event("ready");
+    }
+    for (_, sim) in &mut sims {
+        sim.go();
+    }
+    gate.release();
+    let finished: Vec<(usize, Vec<String>, ExitStatus)> = sims
+        .iter_mut()
+        .map(|(m, sim)| {
+            let out = sim.finish(Duration::from_secs(60));
+            (*m, out.lines(), out.status)
+        })
+        .collect();
+    let live = idp.current_refresh_token();
+    let live_fp = fingerprint(&live);
+    let file_live: Vec<bool> = homes
+        .iter()
+        .map(|home| {
+            holds_within(FLEET_WAIT, || {
+                refresh_token_on_disk(home.path()).as_deref() == Some(live.as_str())
+            })
+        })
+        .collect();
+    let record = etcd_json(cluster, &format!("{prefix}/auth.json"));
+    let record_live = record
+        .as_ref()
+        .is_some_and(|doc| doc["tokens"]["refresh_token"].as_str() == Some(live.as_str()));
+    let last_rotation = etcd_json(cluster, &format!("{prefix}/rotation")).map_or_else(
+        || "none".to_owned(),
+        |meta| {
+            format!(
+                "{} by {}",
+                meta["kind"].as_str().unwrap_or("?"),
+                meta["machine"].as_str().unwrap_or("?")
+            )
+        },
+    );
+    let logs: Vec<String> = agents.into_iter().map(stop_agent).collect();
+    drop(gate);
+    let machines = (0..FLEET_MACHINES)
+        .map(|m| {
+            let own: Vec<(Vec<String>, ExitStatus)> = finished
+                .iter()
+                .filter(|(of, _, _)| *of == m)
+                .map(|(_, lines, status)| (lines.clone(), *status))
+                .collect();
+            let mut counts = Counts::default();
+            tally(&mut counts, &own, &live_fp);
+            MachineRun {
+                stand_ins: own.len(),
+                counts,
+                routes: Routes::of(&logs[m]),
+                file_live: file_live[m],
+            }
+        })
+        .collect();
+    FleetRun {
+        machines,
+        upstream: idp.requests(),
+        rotations: idp.successes(),
+        reused: idp.reuse_refusals(),
+        record_live,
+        last_rotation,
+    }
+}
+
+fn fleet_brokers(bins: &Bins, plan: &Plan) -> bool {
+    println!(
+        "\n4. a fleet: K Codex stand-ins (codex-sim) split over {FLEET_MACHINES} machines' \
+         brokers (`agent --fleet ... --serve 127.0.0.1:0`, a home each, one etcd member), half \
+         at each, on the fleet's one expired token; released once both agents started, while \
+         the fleet's refresh of it is in flight; the endpoint answers after {} ms",
+        ENDPOINT_DELAY.as_millis()
+    );
+    if codex_store_tests::programs::on_path("etcd").is_none() {
+        eprintln!(
+            "FAIL: section 4 runs a real etcd and etcd is not installed (no `etcd` on PATH): \
+             install Debian's etcd-server (`apt-get update && apt-get install -y etcd-server`), \
+             as .ci/run does"
+        );
+        return true;
+    }
+    let cluster = EtcdCluster::start(1);
+    println!(
+        "{:<4} {:>5} {:>9} {:>10} {:>13} {:>7} {:>11} {:>9} {:>5} {:>14} {:>6}",
+        "K",
+        "sent",
+        "upstream",
+        "rotations",
+        "req/rotation",
+        "reused",
+        "reused ans",
+        "live tok",
+        "429",
+        "stuck/refused",
+        "other"
+    );
+    let mut failed = false;
+    let mut notes = Vec::new();
+    for &k in &plan.ks {
+        let run = fleet_run(bins, &cluster, k);
+        let c = run.total();
+        let ratio = c.upstream as f64 / c.rotations.max(1) as f64;
+        println!(
+            "{k:<4} {:>5} {:>9} {:>10} {ratio:>13.2} {:>7} {:>11} {:>9} {:>5} {:>14} {:>6}",
+            c.sent,
+            c.upstream,
+            c.rotations,
+            c.reused,
+            c.reuse_answers,
+            c.live,
+            c.throttled,
+            c.stuck_or_refused,
+            c.other
+        );
+        for (i, m) in run.machines.iter().enumerate() {
+            let r = &m.routes;
+            notes.push(format!(
+                "K={k} machine-{i}: {} stand-ins, {} sent; its broker routed {} request(s) as the \
+                 current token, {} as a predecessor, {} as spent, {} as unknown; {} end live, \
+                 {} answered 429; auth.json {}",
+                m.stand_ins,
+                m.counts.sent,
+                r.current,
+                r.predecessor,
+                r.spent,
+                r.unknown,
+                m.counts.live,
+                m.counts.throttled,
+                if m.file_live { "live" } else { "NOT live" }
+            ));
+            for other in &m.counts.others {
+                notes.push(format!("K={k} machine-{i}: a stand-in ended {other}"));
+            }
+        }
+        notes.push(format!(
+            "K={k} the fleet's rotation: {}; the record in etcd {}",
+            run.last_rotation,
+            if run.record_live {
+                "holds the live token"
+            } else {
+                "does NOT hold the live token"
+            }
+        ));
+        let files_live = run.machines.iter().all(|m| m.file_live);
+        if c.upstream != 1
+            || c.rotations != 1
+            || c.reused != 0
+            || c.reuse_answers != 0
+            || c.stuck_or_refused != 0
+            || c.other != 0
+            || !files_live
+            || !run.record_live
+        {
+            eprintln!(
+                "FAIL: K={k}, {FLEET_MACHINES} fleet machines' brokers: {} upstream request(s) for \
+                 {} rotation(s), {} reuse refusal(s) by the endpoint, {} answered to the \
+                 stand-ins, {} stand-in(s) stuck or refused, {} ended otherwise, every \
+                 machine's auth.json {} the live token, the fleet record {} it",
+                c.upstream,
+                c.rotations,
+                c.reused,
+                c.reuse_answers,
+                c.stuck_or_refused,
+                c.other,
+                if files_live { "holds" } else { "does not hold" },
+                if run.record_live {
+                    "holds"
+                } else {
+                    "does not hold"
+                }
+            );
+            failed = true;
+        }
+    }
+    drop(cluster);
+    println!("floor: 1 upstream request per rotation");
+    println!(
+        "(sent: refresh requests the stand-ins sent, each to its machine's broker; reused: \
+         refused as refresh_token_reused by the endpoint; reused ans: refresh_token_reused \
+         answers the stand-ins read, whoever answered them; live tok: stand-ins that end holding \
+         the endpoint's live refresh token; 429: answered by a broker's limit of 64 a second in \
+         bursts of 64, counted apart as in section 2)"
     );
     for note in notes {
         println!("{note}");
