@@ -133,6 +133,16 @@ impl Fleet {
     }
 }
 
+/// Two machines serving brokers ([`Fleet::start_broker`]), both synced with the fleet: the
+/// fleet, their brokers' URLs, and the seeded refresh token, current on both.
+fn two_serving_machines() -> (Fleet, [String; 2], String) {
+    let mut fleet = fleet_of(2);
+    let brokers = [fleet.start_broker(0), fleet.start_broker(1)];
+    fleet.wait_synced();
+    let old = fleet.creds.refresh_token.clone();
+    (fleet, brokers, old)
+}
+
 /// Machine `i`'s journal (empty when it has none).
 fn journal_of(fleet: &Fleet, i: usize) -> String {
     std::fs::read_to_string(fleet.home(i).join("auth.json.journal")).unwrap_or_default()
@@ -429,10 +439,7 @@ fn eight_callers_presenting_the_current_token_on_one_machine_cause_one_request_u
 #[test]
 fn callers_on_two_machines_at_once_presenting_the_current_token_cause_one_request_fleet_wide_and_all_get_the_same_new_tokens(
 ) {
-    let mut fleet = fleet_of(2);
-    let brokers = [fleet.start_broker(0), fleet.start_broker(1)];
-    fleet.wait_synced();
-    let old = fleet.creds.refresh_token.clone();
+    let (mut fleet, brokers, old) = two_serving_machines();
     // The request stays in flight a second, so that callers on both machines are likely to
     // arrive during it (whether they do changes nothing below).
     fleet.idp.set_delay(Duration::from_secs(1));
@@ -469,10 +476,7 @@ fn callers_on_two_machines_at_once_presenting_the_current_token_cause_one_reques
 #[test]
 fn a_token_another_machine_rotated_away_is_answered_the_current_tokens_without_a_request_and_journaled_as_mirrored(
 ) {
-    let mut fleet = fleet_of(2);
-    let brokers = [fleet.start_broker(0), fleet.start_broker(1)];
-    fleet.wait_synced();
-    let old = fleet.creds.refresh_token.clone();
+    let (mut fleet, brokers, old) = two_serving_machines();
     let (status, first) = codex_refresh(&brokers[0], &old);
     assert_eq!(
         status,
@@ -527,10 +531,7 @@ fn a_token_another_machine_rotated_away_is_answered_the_current_tokens_without_a
 #[test]
 fn a_refusal_by_the_endpoint_reaches_every_caller_with_its_status_and_body_and_nothing_more_is_sent(
 ) {
-    let mut fleet = fleet_of(2);
-    let brokers = [fleet.start_broker(0), fleet.start_broker(1)];
-    fleet.wait_synced();
-    let old = fleet.creds.refresh_token.clone();
+    let (mut fleet, brokers, old) = two_serving_machines();
     let auth_before = std::fs::read(fleet.auth_json(0)).expect("machine-0's auth.json");
     fleet.idp.set_behavior(Behavior::status(400, INVALID_GRANT));
     // The refusal comes after a second, so that the callers are likely to wait for it together.
@@ -599,10 +600,7 @@ fn a_refusal_by_the_endpoint_reaches_every_caller_with_its_status_and_body_and_n
 #[test]
 fn a_mirror_made_while_a_local_refresh_holds_the_refresh_lock_is_journaled_when_it_ends_and_its_token_is_then_a_predecessor(
 ) {
-    let mut fleet = fleet_of(2);
-    let brokers = [fleet.start_broker(0), fleet.start_broker(1)];
-    fleet.wait_synced();
-    let old = fleet.creds.refresh_token.clone();
+    let (mut fleet, brokers, old) = two_serving_machines();
     // A local refresh on machine-1 (another codex-store process) holds its refresh lock.
     let store = codex_store::Store::open(fleet.home(1)).expect("open machine-1's store");
     let local_refresh = store

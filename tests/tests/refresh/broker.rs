@@ -304,6 +304,27 @@ fn callers_at_once(
         .collect()
 }
 
+/// Eight callers presenting the home's initial token to the broker at `addr` at once: checks
+/// that the endpoint saw one request (`why` says why there must be one), that every caller got
+/// the tokens it issued, and that auth.json holds them; those tokens.
+async fn eight_callers_share_one_refresh(setup: &Setup, addr: SocketAddr, why: &str) -> Issued {
+    let mut answers = Vec::new();
+    for caller in callers_at_once(addr, 8, IDENTITY.initial_rt) {
+        answers.push(caller.await.expect("a caller's thread panicked"));
+    }
+    setup.fake.expect_requests(1, why);
+    let issued = last_issued(setup);
+    for (n, answer) in answers.iter().enumerate() {
+        assert_answers(answer, &issued, &format!("caller {n}"));
+    }
+    let stored = String::from_utf8_lossy(&read(setup.store.path())).into_owned();
+    assert!(
+        stored.contains(&issued.refresh_token),
+        "auth.json does not hold the new refresh token the callers were given"
+    );
+    issued
+}
+
 fn journal(setup: &Setup) -> Vec<u8> {
     std::fs::read(setup.store.journal_path()).unwrap_or_default()
 }
@@ -316,24 +337,12 @@ async fn eight_callers_presenting_the_current_expired_token_cause_one_upstream_r
     // nothing below: a later caller finds its token rotated away, within the grace window).
     setup.fake.set_delay(Duration::from_millis(300));
     let broker = Running::over(&setup, BrokerConfig::default()).await;
-    let callers = callers_at_once(broker.addr, 8, IDENTITY.initial_rt);
-    let mut answers = Vec::new();
-    for caller in callers {
-        answers.push(caller.await.expect("a caller's thread panicked"));
-    }
-    setup.fake.expect_requests(
-        1,
+    eight_callers_share_one_refresh(
+        &setup,
+        broker.addr,
         "8 callers presenting the current token must share one upstream request",
-    );
-    let issued = last_issued(&setup);
-    for (n, answer) in answers.iter().enumerate() {
-        assert_answers(answer, &issued, &format!("caller {n}"));
-    }
-    let stored = String::from_utf8_lossy(&read(setup.store.path())).into_owned();
-    assert!(
-        stored.contains(&issued.refresh_token),
-        "auth.json does not hold the new refresh token the callers were given"
-    );
+    )
+    .await;
     broker.stop().await;
 }
 
@@ -824,24 +833,12 @@ async fn through_the_agent_eight_callers_presenting_the_current_token_cause_one_
     let setup = Setup::new(IDENTITY, 3600);
     setup.fake.set_delay(Duration::from_millis(300));
     let both = ThroughAgent::over(&setup).await;
-    let callers = callers_at_once(both.broker.addr, 8, IDENTITY.initial_rt);
-    let mut answers = Vec::new();
-    for caller in callers {
-        answers.push(caller.await.expect("a caller's thread panicked"));
-    }
-    setup.fake.expect_requests(
-        1,
+    let issued = eight_callers_share_one_refresh(
+        &setup,
+        both.broker.addr,
         "8 callers presenting the current token must make the agent refresh once",
-    );
-    let issued = last_issued(&setup);
-    for (n, answer) in answers.iter().enumerate() {
-        assert_answers(answer, &issued, &format!("caller {n}"));
-    }
-    let stored = String::from_utf8_lossy(&read(setup.store.path())).into_owned();
-    assert!(
-        stored.contains(&issued.refresh_token),
-        "auth.json does not hold the new refresh token the callers were given"
-    );
+    )
+    .await;
     // The token just rotated away is a predecessor: the current tokens, no request.
     let again = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
     assert_answers(&again, &issued, "the predecessor after the agent's refresh");
