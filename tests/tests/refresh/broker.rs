@@ -248,6 +248,24 @@ fn assert_answers(answer: &Answer, issued: &Issued, what: &str) {
     }
 }
 
+/// Checks that `answer` is the endpoint's own refusal: its `status` and its `body` (JSON).
+#[track_caller]
+fn assert_refusal(answer: &Answer, status: u16, body: &str, who: &str) {
+    assert_eq!(
+        answer.status,
+        status,
+        "{who} got HTTP {}, not the endpoint's {status}: {:?}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    let got: Value = serde_json::from_slice(&answer.body).expect("the refusal is not JSON");
+    let expected: Value = serde_json::from_str(body).expect("the test's body is JSON");
+    assert_eq!(
+        got, expected,
+        "{who} did not get the endpoint's own refusal body"
+    );
+}
+
 /// The error code of an answer's `{"error": {"code": ...}}`.
 fn code_of(answer: &Answer) -> Option<String> {
     json_of(answer)["error"]["code"].as_str().map(str::to_owned)
@@ -520,19 +538,7 @@ async fn a_refusal_while_refreshing_is_answered_to_every_waiting_caller_with_the
         let callers = callers_at_once(broker.addr, 4, IDENTITY.initial_rt);
         for (n, caller) in callers.into_iter().enumerate() {
             let answer = caller.await.expect("a caller's thread panicked");
-            assert_eq!(
-                answer.status,
-                status,
-                "{code}: caller {n} got HTTP {}, not the endpoint's {status}: {:?}",
-                answer.status,
-                String::from_utf8_lossy(&answer.body)
-            );
-            let got: Value = serde_json::from_slice(&answer.body).expect("the refusal is not JSON");
-            let expected: Value = serde_json::from_str(body).expect("the test's body is JSON");
-            assert_eq!(
-                got, expected,
-                "{code}: caller {n} did not get the endpoint's own refusal body"
-            );
+            assert_refusal(&answer, status, body, &format!("{code}: caller {n}"));
         }
         setup.fake.expect_requests(
             1,
@@ -857,19 +863,7 @@ async fn through_the_agent_a_refusal_reaches_the_caller_with_the_endpoints_statu
     let both = ThroughAgent::over(&setup).await;
     for attempt in ["first", "second"] {
         let answer = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
-        assert_eq!(
-            answer.status,
-            400,
-            "{attempt} caller: HTTP {}, not the endpoint's 400: {:?}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
-        let got: Value = serde_json::from_slice(&answer.body).expect("the refusal is not JSON");
-        let expected: Value = serde_json::from_str(body).expect("the test's body is JSON");
-        assert_eq!(
-            got, expected,
-            "{attempt} caller: not the endpoint's own refusal body"
-        );
+        assert_refusal(&answer, 400, body, &format!("{attempt} caller"));
     }
     setup.fake.expect_requests(
         1,
