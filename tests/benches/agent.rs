@@ -114,29 +114,6 @@ fn spawn_agent(bins: &Bins, home: &Path, url: &str, lead: &str) -> Process {
     Process::spawn_command("codex-store agent", command)
 }
 
-/// Waits for the agent's `started` event (on stderr, which the worker collects).
-fn wait_started(agent: &Process) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !agent.stderr().contains("\"started\"") {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not start within 20 s: {}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn stop(mut agent: Process) -> String {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(agent.id().to_string())
-        .status();
-    let out = agent.finish(Duration::from_secs(10));
-    assert!(out.status.success(), "the agent exited {}", out.status);
-    agent.stderr()
-}
-
 /// One run of K live Codex stand-ins whose token becomes due for them 2 s in, with or without
 /// the agent. Returns (requests, rotations, stuck or refused stand-ins, requests the stand-ins
 /// sent).
@@ -163,7 +140,7 @@ fn rotation_run(bins: &Bins, k: usize, with_agent: bool) -> (usize, usize, usize
     }
     let agent = with_agent.then(|| {
         let agent = spawn_agent(bins, home.path(), &url, &LEAD.to_string());
-        wait_started(&agent);
+        agent.wait_for_stderr_line("\"started\"");
         agent
     });
     let finished: Vec<(Vec<String>, ExitStatus)> = sims
@@ -173,8 +150,8 @@ fn rotation_run(bins: &Bins, k: usize, with_agent: bool) -> (usize, usize, usize
             (out.lines(), out.status)
         })
         .collect();
-    if let Some(agent) = agent {
-        stop(agent);
+    if let Some(mut agent) = agent {
+        agent.terminate(Duration::from_secs(10));
     }
     let lived = codex_store_tests::codex_sim::exit::LIVED;
     let unhappy = finished
@@ -373,8 +350,8 @@ fn idle_agent(bins: &Bins, plan: &Plan) {
         plan.idle
     );
     let (home, idp) = signed_in(3 * 3600, 3600);
-    let agent = spawn_agent(bins, home.path(), &idp.url(), "15m");
-    wait_started(&agent);
+    let mut agent = spawn_agent(bins, home.path(), &idp.url(), "15m");
+    agent.wait_for_stderr_line("\"started\"");
     // Let start-up (runtime, watcher, first read) settle before the window.
     std::thread::sleep(Duration::from_millis(500));
     let mut floor = Command::new("sleep")
@@ -404,5 +381,5 @@ fn idle_agent(bins: &Bins, plan: &Plan) {
          (a directory replaced, its claim lost); a window shorter than that may not see one. A \
          suspend is counted by its timer itself: on Linux a timerfd on CLOCK_BOOTTIME)"
     );
-    stop(agent);
+    agent.terminate(Duration::from_secs(10));
 }

@@ -271,35 +271,6 @@ fn spawn_agent(
     Process::spawn_command("codex-store agent --serve", command)
 }
 
-/// Waits for the agent's `started` event (on stderr).
-fn wait_started(agent: &Process) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !agent.stderr().contains("\"started\"") {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not start within 20 s: {}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// SIGTERM, then its exit within 10 s; panics unless it exits 0. Returns its stderr.
-fn stop_agent(mut agent: Process) -> String {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(agent.id().to_string())
-        .status();
-    let out = agent.finish(Duration::from_secs(10));
-    assert!(
-        out.status.success(),
-        "the agent exited {}: {}",
-        out.status,
-        out.stderr
-    );
-    out.stderr
-}
-
 /// The broker URL the agent of `home` published (`inspect --json` → `agent.broker`).
 fn published_broker(bins: &Bins, home: &Path) -> String {
     let out = Command::new(&bins.store)
@@ -569,7 +540,7 @@ fn rotated_by_agent(
 ) {
     let (home, idp) = signed_in(-60);
     let agent = spawn_agent(bins, home.path(), &idp.url(), "127.0.0.1:0", None);
-    wait_started(&agent);
+    agent.wait_for_stderr_line("\"started\"");
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokens_in(home.path()).1 == INITIAL_RT {
         assert!(
@@ -653,7 +624,7 @@ fn latency(bins: &Bins, plan: &Plan) -> bool {
 
     // The agent's own broker, paced under its fixed limit; the in-process broker and the floor
     // paced the same way beside it, each request after an idle gap of a third of the pace.
-    let (agent_home, agent_idp, agent, agent_addr, agent_current) = rotated_by_agent(bins);
+    let (agent_home, agent_idp, mut agent, agent_addr, agent_current) = rotated_by_agent(bins);
     let agent_request = codex_request(agent_addr, INITIAL_RT);
     let agent_upstream_before = agent_idp.requests();
     let mut agent_checked = Checked::default();
@@ -679,7 +650,7 @@ fn latency(bins: &Bins, plan: &Plan) -> bool {
     }
     let upstream = idp.requests() - upstream_before + full_idp.requests() - full_upstream_before;
     let agent_upstream = agent_idp.requests() - agent_upstream_before;
-    stop_agent(agent);
+    agent.terminate(Duration::from_secs(10));
     drop(trivial);
     broker.stop();
     full_broker.stop();
@@ -829,7 +800,7 @@ fn rotation_run(bins: &Bins, k: usize, mode: Mode) -> Counts {
             &addr,
             Some("codex_refresh=info"),
         );
-        wait_started(&agent);
+        agent.wait_for_stderr_line("\"started\"");
         // The agent redeems the expired token at once; the stand-ins go while that request is
         // in flight (the endpoint answers after 500 ms).
         assert!(
@@ -849,8 +820,8 @@ fn rotation_run(bins: &Bins, k: usize, mode: Mode) -> Counts {
             (out.lines(), out.status)
         })
         .collect();
-    let routes = agent.map(|agent| {
-        let log = stop_agent(agent);
+    let routes = agent.map(|mut agent| {
+        let log = agent.terminate(Duration::from_secs(10));
         (
             log.matches("route=\"current\"").count(),
             log.matches("route=\"predecessor\"").count(),
@@ -1080,7 +1051,7 @@ fn codex_run(bins: &Bins, codex: &Path, mode: CodexMode) -> CodexCounts {
         );
         // The agent redeems the expired token at once; the Codex processes start without
         // waiting for that request or its answer.
-        wait_started(&agent);
+        agent.wait_for_stderr_line("\"started\"");
         agent
     });
     let token_url = if agent.is_some() {
@@ -1130,8 +1101,8 @@ fn codex_run(bins: &Bins, codex: &Path, mode: CodexMode) -> CodexCounts {
     }
     // The Codex processes go before the agent, the endpoint and the homes.
     drop(servers);
-    let routes = agent.map(|agent| {
-        let log = stop_agent(agent);
+    let routes = agent.map(|mut agent| {
+        let log = agent.terminate(Duration::from_secs(10));
         (
             log.matches("route=\"current\"").count(),
             log.matches("route=\"predecessor\"").count(),
@@ -1455,7 +1426,7 @@ fn fleet_run(bins: &Bins, cluster: &EtcdCluster, k: usize) -> FleetRun {
         })
         .collect();
     for agent in &agents {
-        wait_started(agent);
+        agent.wait_for_stderr_line("\"started\"");
     }
     assert!(
         gate.wait_until_held(FLEET_WAIT),
@@ -1519,7 +1490,10 @@ fn fleet_run(bins: &Bins, cluster: &EtcdCluster, k: usize) -> FleetRun {
             )
         },
     );
-    let logs: Vec<String> = agents.into_iter().map(stop_agent).collect();
+    let logs: Vec<String> = agents
+        .into_iter()
+        .map(|mut agent| agent.terminate(Duration::from_secs(10)))
+        .collect();
     drop(gate);
     let machines = (0..FLEET_MACHINES)
         .map(|m| {

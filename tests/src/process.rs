@@ -316,6 +316,23 @@ impl Process {
         }
     }
 
+    /// Asks the child to stop as a service manager does (SIGTERM), waits at most `timeout` for
+    /// it to end, and returns its stderr; panics (and the drop kills it) unless it exits
+    /// successfully within that.
+    pub fn terminate(&mut self, timeout: Duration) -> String {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let finished = self.finish(timeout);
+        if !finished.status.success() {
+            self.fail(format_args!(
+                "exited with {} after SIGTERM: {}",
+                finished.status, finished.stderr
+            ));
+        }
+        finished.stderr
+    }
+
     /// SIGKILLs the child, reaps it, waits (at most the event timeout) for the end of its output,
     /// and returns all it printed: [`unread_lines`](Process::unread_lines) are then the rest of
     /// its stdout. Never panics on a timeout (a drop relies on that).
