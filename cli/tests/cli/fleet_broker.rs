@@ -21,7 +21,8 @@ use std::time::Duration;
 use crate::broker_cli::{codex_refresh, published_broker};
 use crate::fleet_kit::{etcd_get, Fleet, Setup, LOCK_TTL, URL_ENV, WAIT};
 use crate::kit::{
-    assert_no_registered_secret, exit, fingerprint, register_last_issued, spawn, RUN_TIMEOUT,
+    assert_no_registered_secret, exit, fingerprint, register_last_issued, spawn, ChatgptCreds,
+    RUN_TIMEOUT,
 };
 use codex_store_tests::codex_sim::refresh_token_on_disk;
 use codex_store_tests::fake_idp::{Behavior, Issued};
@@ -653,13 +654,14 @@ fn a_mirror_made_while_a_local_refresh_holds_the_refresh_lock_is_journaled_when_
 }
 
 #[test]
-fn a_login_the_fleets_agent_leaves_alone_is_refreshed_by_the_broker_itself_and_nothing_is_uploaded()
-{
+fn a_fleet_that_holds_no_login_makes_the_broker_answer_503_and_send_nothing() {
     let mut fleet = fleet_of(2);
     // Machine-1 belongs to a fleet (a prefix of its own) that holds no login, and holds the
-    // endpoint's login in its auth.json: its agent idles (fleet_empty) and leaves it alone.
+    // endpoint's login in its auth.json: its agent idles (fleet_empty). Every machine of such a
+    // fleet may hold that token: only the fleet's lock may decide who sends it.
     let empty = format!("{}-empty", fleet.prefix);
     fleet.creds.write_to(fleet.home(1));
+    let auth_before = std::fs::read(fleet.auth_json(1)).expect("machine-1's auth.json");
     let args = fleet.machines[1].args(&empty, &["agent", "--lead", LEAD, "--serve", "127.0.0.1:0"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let url = fleet.idp.url();
@@ -668,34 +670,72 @@ fn a_login_the_fleets_agent_leaves_alone_is_refreshed_by_the_broker_itself_and_n
     fleet.machines[1].agent = Some(agent);
     let broker = published_broker(fleet.home(1));
     let (status, body) = codex_refresh(&broker, &fleet.creds.refresh_token);
-    let issued = fleet.idp.last_issued().unwrap_or_else(|| {
-        panic!(
-            "the broker did not refresh a login its agent leaves alone: HTTP {status} {body}; \
-             agents:\n{}",
-            fleet.agent_logs()
-        )
-    });
-    assert_all_answered(
-        &fleet,
-        &[Answered {
-            broker: broker.clone(),
-            status,
-            body,
-        }],
-        &issued,
-        "a caller presenting the current token of a login the fleet's agent leaves alone",
+    assert_eq!(
+        status,
+        503,
+        "a caller on a machine whose fleet holds no login got {status} {body}, not 503; \
+         agents:\n{}",
+        fleet.agent_logs()
     );
-    fleet
-        .idp
-        .expect_requests(1, "the broker refreshes that login once, as Codex would");
-    fleet.wait_for_token_on(
-        1,
-        &issued.refresh_token,
-        "the broker's refresh must be saved in auth.json",
+    fleet.idp.expect_requests(
+        0,
+        "nothing may be sent for a fleet that holds no login: another machine may hold the token",
     );
     assert!(
-        etcd_get(&fleet.cluster, &format!("{empty}/auth.json")).is_none(),
-        "the empty fleet got a login: a login the agent leaves alone must not be uploaded"
+        std::fs::read(fleet.auth_json(1)).expect("machine-1's auth.json") == auth_before,
+        "machine-1's auth.json changed although nothing was refreshed"
+    );
+    fleet.stop_all();
+}
+
+#[test]
+fn another_accounts_login_beside_the_fleet_is_refreshed_by_the_broker_itself_and_nothing_is_uploaded(
+) {
+    let mut fleet = fleet_of(2);
+    // Machine-1 holds a login of another account than the fleet's: its agent leaves it alone
+    // (another_account_here), and its broker refreshes it as Codex would, under the home's own
+    // refresh lock. The fake endpoint knows only the fleet's account: it refuses the token as
+    // invalidated, which shows that the broker sent it, and the journal shows it was the
+    // guarded protocol (a forwarded request stores nothing).
+    let other = ChatgptCreds::fresh();
+    other.write_to(fleet.home(1));
+    let broker = fleet.start_broker(1);
+    fleet.machines[1]
+        .agent
+        .as_ref()
+        .expect("machine-1's agent")
+        .wait_for_stderr_line("another_account_here");
+    let (status, body) = codex_refresh(&broker, &other.refresh_token);
+    assert_eq!(
+        status,
+        401,
+        "the endpoint's refusal of the other account's token was not relayed: {status} {body}; \
+         agents:\n{}",
+        fleet.agent_logs()
+    );
+    assert_eq!(
+        fleet.idp.presented_refresh_tokens(),
+        vec![other.refresh_token.clone()],
+        "the broker must send the other account's token once, and nothing else"
+    );
+    let refused = journal_of(&fleet, 1)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .any(|record| {
+            record["event"] == "refused"
+                && record["refresh"].as_str() == Some(fingerprint(&other.refresh_token).as_str())
+        });
+    assert!(
+        refused,
+        "machine-1's journal must record the refusal of its own refresh (the guarded protocol): \
+         {}",
+        journal_of(&fleet, 1)
+    );
+    let record = etcd_get(&fleet.cluster, &format!("{}/auth.json", fleet.prefix))
+        .expect("the fleet's record");
+    assert!(
+        String::from_utf8_lossy(&record.value).contains(&fleet.creds.refresh_token),
+        "the fleet's record must still hold the fleet's login"
     );
     fleet.stop_all();
 }

@@ -496,7 +496,12 @@ impl Agent {
                         }
                     },
                     ask = next_ask(&mut asks) => match ask {
-                        Some(ask) => match &retry_end {
+                        // Only about the tokens that failed: other tokens (auth.json changed since)
+                        // are looked at.
+                        Some(ask) => match retry_end
+                            .as_ref()
+                            .filter(|_| self.core.cached_tokens().as_ref() == Some(&ask.tokens))
+                        {
                             Some(end) => ask.answer(end.clone()),
                             None => {
                                 asked.push(ask);
@@ -737,18 +742,22 @@ impl Core {
     /// How urgently this step refreshes: now when a broker asked about the current token, else
     /// when due (never waiting for another process's refresh).
     fn urgency(&self) -> Urgency {
-        let asked = self.manager.cached().is_some_and(|auth| {
-            let current = Tokens {
-                refresh: auth.refresh_fingerprint().unwrap_or_default().to_owned(),
-                access: auth.bearer().fingerprint(),
-            };
-            self.asked.contains(&current)
-        });
+        let asked = self
+            .cached_tokens()
+            .is_some_and(|current| self.asked.contains(&current));
         if asked {
             Urgency::Now
         } else {
             Urgency::IfDueUnlessBusy
         }
+    }
+
+    /// The fingerprints of the cached tokens, as an ask names them.
+    fn cached_tokens(&self) -> Option<Tokens> {
+        self.manager.cached().map(|auth| Tokens {
+            refresh: auth.refresh_fingerprint().unwrap_or_default().to_owned(),
+            access: auth.bearer().fingerprint(),
+        })
     }
 
     /// What a broker's ask about the token just refused is answered: the refusal, with the
@@ -925,16 +934,12 @@ async fn fleet_changed(remote: Option<fleet::FeedNews>) -> FleetNews {
 }
 
 /// Whether an agent idle for `reason` leaves auth.json's login alone because it is not the
-/// fleet's to refresh (a broker then refreshes it as any process would), rather than because
-/// of a conflict it reports (then nothing refreshes it until the user decides).
+/// fleet's (another account's: a broker then refreshes it as any process would). Every other
+/// idle state of a fleet (no login, none usable, an older state, a conflict) is one every
+/// machine reaches together, each still holding the fleet's token: only the fleet's lock may
+/// decide who sends it, so nothing is sent until the fleet is repaired.
 fn leaves_login_alone(reason: IdleReason) -> bool {
-    matches!(
-        reason,
-        IdleReason::AnotherAccountHere
-            | IdleReason::FleetEmpty
-            | IdleReason::FleetWentBack
-            | IdleReason::FleetRecordUnusable
-    )
+    reason == IdleReason::AnotherAccountHere
 }
 
 /// Answers the asks whose tokens are no longer auth.json's ([`AskEnd::Moved`]), then, when

@@ -1,13 +1,14 @@
 //! One request: the rate, the path, the body, the route, and the answer.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request};
 
-use codex_store::{Generation, JournalEvent, JournalRecord, Secret, TokenData};
+use codex_store::{Generation, JournalEvent, JournalRecord, Secret, Timestamp, TokenData};
 
 use super::answer::{self, Answer};
 use super::home::{Home, JournalCache};
@@ -18,6 +19,9 @@ use super::{BrokerConfig, HEALTH_PATH, TOKEN_PATH};
 use crate::agent::{AskEnd, RefreshAsker, Rotations, Tokens};
 use crate::error::{PermanentReason, RefreshError};
 use crate::manager::AuthManager;
+
+/// What a caller is told when auth.json moved to another login (or none) meanwhile.
+const CHANGED: &str = "auth.json changed to another login (or none) during the refresh; try again";
 
 /// What a caller is told when the home cannot be read (the details, which name paths, go to
 /// the log only).
@@ -44,6 +48,13 @@ pub(crate) struct Shared {
     pub(crate) rotations: Rotations,
     /// The journal as last parsed ([`JournalCache`]).
     pub(crate) journal: Arc<JournalCache>,
+    /// How many token requests arrived (each takes a ticket before it waits for [`Shared::decide`]).
+    pub(crate) arrivals: AtomicU64,
+    /// The tokens the last refresh for a caller ended with, and how many requests had arrived
+    /// when it did: a caller that arrived before and finds them still current was waiting for
+    /// that very refresh, and is answered them (an endpoint that keeps the refresh token leaves
+    /// it the current one). No clock decides it.
+    pub(crate) fresh: std::sync::Mutex<Option<(Tokens, u64)>>,
     /// One decision at a time, from reading the home to the answer of its refresh: a caller
     /// that presents the current token while another caller's refresh of it is under way
     /// waits for it and then finds its token a predecessor, instead of refreshing again.
@@ -89,12 +100,21 @@ async fn token(shared: &Shared, request: Request<Incoming>) -> Answer {
         }
     };
     let fingerprint = presented.fingerprint();
+    let ticket = shared.arrivals.fetch_add(1, Ordering::SeqCst);
     let decision = shared.decide.lock().await;
     let Some((home, route)) = decide(shared, &presented, &fingerprint).await else {
         return answer::unavailable(HOME_UNREADABLE);
     };
     tracing::info!(presented = %fingerprint, route = route.name(), "token request");
     match route {
+        Route::Current if shared.fresh_for(ticket, &home) => {
+            // Refreshed for another caller while this one waited (an answer that kept the
+            // refresh token): the same new tokens, not one more request.
+            tracing::info!(presented = %fingerprint, "refreshed while the caller waited: the tokens answered");
+            home.tokens
+                .as_ref()
+                .map_or_else(|| answer::unavailable(CHANGED), answer::tokens)
+        }
         Route::Current => match &shared.refresher {
             Refresher::Itself => refresh(shared, &fingerprint, &home).await,
             Refresher::Agent(asker) => {
@@ -150,11 +170,10 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
                         answered = %tokens.refresh_token.fingerprint(),
                         "refreshed for a caller"
                     );
+                    shared.answered_fresh(tokens);
                     answer::tokens(tokens)
                 }
-                None => answer::unavailable(
-                    "auth.json changed to another login (or none) during the refresh; try again",
-                ),
+                None => answer::unavailable(CHANGED),
             }
         }
         Err(RefreshError::Permanent { reason }) => {
@@ -164,6 +183,27 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
         Err(e) => {
             tracing::warn!(presented = %fingerprint, error = %e, "the refresh failed: answered 503");
             answer::unavailable("the refresh failed for now; try again later")
+        }
+    }
+}
+
+impl Shared {
+    /// Remembers that a refresh for a caller ended with `tokens`.
+    fn answered_fresh(&self, tokens: &TokenData) {
+        let arrived = self.arrivals.load(Ordering::SeqCst);
+        *self.fresh.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((fingerprints(tokens), arrived));
+    }
+
+    /// Whether the caller of `ticket` waited for the last refresh for a caller, whose tokens
+    /// `home` still holds.
+    fn fresh_for(&self, ticket: u64, home: &Home) -> bool {
+        let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        match (fresh.as_ref(), home.tokens.as_ref()) {
+            (Some((tokens, arrived)), Some(current)) => {
+                ticket < *arrived && fingerprints(current) == *tokens
+            }
+            _ => false,
         }
     }
 }
@@ -219,9 +259,10 @@ fn fingerprints(tokens: &TokenData) -> Tokens {
 }
 
 /// The `mirrored` record of a refresh this broker saw: the token of fingerprint `from` moved on
-/// to `to` (of `account`).
-fn seen(from: &str, to: &str, account: Option<String>) -> JournalRecord {
+/// to `to` (of `account`), dated `at` (when the broker asked: before any later rotation).
+fn seen(from: &str, to: &str, account: Option<String>, at: &Timestamp) -> JournalRecord {
     let mut record = JournalRecord::new(JournalEvent::Mirrored, Generation::Absent);
+    record.at = at.as_str().to_owned();
     record.generation = None;
     record.account = account;
     record.refresh = Some(from.to_owned());
@@ -245,6 +286,7 @@ async fn refresh_through_agent(
         return answer::unavailable("the home holds no tokens");
     };
     let wait = shared.config.agent_wait;
+    let asked_at = Timestamp::now();
     let end = tokio::time::timeout(wait, asker.ask(asked.clone())).await;
     let after = match Home::read(&shared.manager, &shared.journal).await {
         Ok(after) => after,
@@ -265,21 +307,30 @@ async fn refresh_through_agent(
         if answered != fingerprint {
             shared
                 .rotations
-                .push(seen(fingerprint, &answered, after.account()));
+                .push(seen(fingerprint, &answered, after.account(), &asked_at));
         }
         tracing::info!(presented = %fingerprint, answered = %answered, "refreshed by the agent for a caller");
+        shared.answered_fresh(tokens);
         return answer::tokens(tokens);
     }
+    let unchanged = after.tokens.as_ref().map(fingerprints) == Some(asked.clone());
     match end {
-        Ok(AskEnd::LeftAlone) => {
-            // Not the fleet's login (another account, or the fleet holds none): refreshed here,
-            // as any process would, through the guarded protocol.
+        Ok(AskEnd::LeftAlone) if unchanged => {
+            // Another account's login than the fleet's: refreshed here, as any process would,
+            // through the guarded protocol; only while it is still the one the caller presented.
             tracing::info!(presented = %fingerprint, "the agent leaves this login alone: refreshed by the broker");
             if let Err(e) = adopt_home(&shared.manager).await {
                 tracing::warn!(presented = %fingerprint, error = %e, "the home cannot be adopted: answered 503");
                 return answer::unavailable(HOME_UNREADABLE);
             }
-            refresh(shared, fingerprint, &after).await
+            let cached = shared.manager.cached().map(|auth| Tokens {
+                refresh: auth.refresh_fingerprint().unwrap_or_default().to_owned(),
+                access: auth.bearer().fingerprint(),
+            });
+            if cached != Some(asked) {
+                return answer::unavailable(CHANGED);
+            }
+            refresh(shared, fingerprint, before).await
         }
         Ok(AskEnd::Refused { reason, answer }) => {
             tracing::info!(presented = %fingerprint, code = %reason.code(), "the token endpoint refused the refresh: its refusal answered");
@@ -289,9 +340,7 @@ async fn refresh_through_agent(
             tracing::warn!(presented = %fingerprint, error = %why, "the agent could not refresh: answered 503");
             answer::unavailable("the refresh failed for now; try again later")
         }
-        Ok(AskEnd::Moved) => answer::unavailable(
-            "auth.json changed to another login (or none) during the refresh; try again",
-        ),
+        Ok(AskEnd::Moved | AskEnd::LeftAlone) => answer::unavailable(CHANGED),
         Ok(AskEnd::Stopped) => {
             tracing::warn!(presented = %fingerprint, "the agent stopped: answered 503");
             answer::unavailable("the agent is stopping; try again later")

@@ -183,6 +183,8 @@ impl Broker {
             refresher: self.refresher,
             decide: tokio::sync::Mutex::new(()),
             journal: Arc::default(),
+            arrivals: std::sync::atomic::AtomicU64::new(0),
+            fresh: std::sync::Mutex::new(None),
         });
         serve::serve(shared, listener, shutdown).await
     }

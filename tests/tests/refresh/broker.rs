@@ -951,36 +951,50 @@ async fn through_an_agent_that_does_not_answer_within_the_agent_wait_the_caller_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_the_agent_an_answer_that_keeps_the_refresh_token_is_answered_with_the_new_access_token(
+async fn through_the_agent_an_answer_that_keeps_the_refresh_token_is_answered_with_the_new_access_token_to_every_caller_waiting_for_it(
 ) {
     let setup = Setup::new(IDENTITY, 3600);
     setup.fake.set_behavior(Behavior::OmitRefreshToken);
+    // The endpoint answers 3 s after it read the request (below the agent's HTTP timeout of
+    // 5 s): the callers posted once it read the first one arrive while it is in flight.
+    setup.fake.set_delay(Duration::from_secs(3));
     let both = ThroughAgent::over(&setup).await;
-    // Bounded by the caller's own timeout (twice the event timeout), far below the broker's
-    // agent wait of 60 s: a broker waiting for a new refresh token would fail this.
-    let answer = both.broker.post(codex_request(IDENTITY.initial_rt)).await;
+    let first = tokio::spawn(post(both.broker.addr, codex_request(IDENTITY.initial_rt)));
+    assert!(
+        tokio::task::block_in_place(|| setup.fake.wait_for_requests(1, EVENT_TIMEOUT)),
+        "the first caller's refresh never reached the endpoint"
+    );
+    let waiting = callers_at_once(both.broker.addr, 3, IDENTITY.initial_rt);
+    let mut answers = vec![first.await.expect("the first caller's task panicked")];
+    for caller in waiting {
+        answers.push(caller.await.expect("a caller's thread panicked"));
+    }
     let issued = last_issued(&setup);
-    assert_eq!(
-        answer.status,
-        200,
-        "an answer that kept the refresh token got the caller HTTP {}: {:?}",
-        answer.status,
-        String::from_utf8_lossy(&answer.body)
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            answer.status,
+            200,
+            "caller {n}, the endpoint keeping the refresh token: HTTP {}: {:?}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+        let body = json_of(answer);
+        assert_eq!(
+            body["access_token"].as_str(),
+            Some(issued.access_token.as_str()),
+            "caller {n} did not get the new access token"
+        );
+        assert_eq!(
+            body["refresh_token"].as_str(),
+            Some(IDENTITY.initial_rt),
+            "caller {n} did not get the refresh token the endpoint kept"
+        );
+    }
+    setup.fake.expect_requests(
+        1,
+        "callers that arrived while the refresh was in flight must get its tokens, not send \
+         one request each (the endpoint kept the refresh token, so they present the current one)",
     );
-    let body = json_of(&answer);
-    assert_eq!(
-        body["access_token"].as_str(),
-        Some(issued.access_token.as_str()),
-        "the caller did not get the new access token"
-    );
-    assert_eq!(
-        body["refresh_token"].as_str(),
-        Some(IDENTITY.initial_rt),
-        "the caller did not get the refresh token the endpoint kept"
-    );
-    setup
-        .fake
-        .expect_requests(1, "one caller, one refresh by the agent");
     both.stop().await;
 }
 
