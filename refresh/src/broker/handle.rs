@@ -170,7 +170,11 @@ async fn refresh(shared: &Shared, fingerprint: &str, before: &Home) -> Answer {
                         answered = %tokens.refresh_token.fingerprint(),
                         "refreshed for a caller"
                     );
-                    shared.answered_fresh(tokens);
+                    // Only new tokens: a caller waiting for a refresh is never given back the
+                    // very tokens it wanted refreshed.
+                    if before.tokens.as_ref().map(fingerprints) != Some(fingerprints(tokens)) {
+                        shared.answered_fresh(tokens);
+                    }
                     answer::tokens(tokens)
                 }
                 None => answer::unavailable(CHANGED),
