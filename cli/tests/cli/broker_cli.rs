@@ -357,6 +357,18 @@ fn expect_ok(out: &CliOutput, why: &str) {
     out.expect_code(exit::OK, why);
 }
 
+/// Panics unless `url` is a broker URL on a port of 127.0.0.1 other than 0: an agent asked to
+/// serve on port 0 publishes the port it got.
+#[track_caller]
+pub(crate) fn assert_published_port(url: &str) {
+    let port = url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.strip_suffix("/oauth/token"))
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("the published broker {url:?} is not the URL of a port"));
+    assert_ne!(port, 0, "the agent must publish the port it got, not 0");
+}
+
 #[test]
 fn the_agents_broker_url_is_shown_by_inspect_and_status_and_used_by_env() {
     let home = temp_home();
@@ -364,12 +376,7 @@ fn the_agents_broker_url_is_shown_by_inspect_and_status_and_used_by_env() {
     let agent = spawn(home.path(), &["agent", "--serve", "127.0.0.1:0"], None, &[]);
     agent.wait_for_stderr_line("started");
     let url = published_broker(home.path());
-    let port = url
-        .strip_prefix("http://127.0.0.1:")
-        .and_then(|rest| rest.strip_suffix("/oauth/token"))
-        .and_then(|port| port.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("the published broker {url:?} is not the URL of a port"));
-    assert_ne!(port, 0, "the agent must publish the port it got, not 0");
+    assert_published_port(&url);
 
     let inspect = run(home.path(), &["inspect"], None, &[]);
     expect_ok(&inspect, "inspect");

@@ -18,7 +18,7 @@ use std::net::TcpStream;
 use std::sync::Barrier;
 use std::time::Duration;
 
-use crate::broker_cli::{codex_refresh, published_broker};
+use crate::broker_cli::{assert_published_port, codex_refresh, published_broker};
 use crate::fleet_kit::{etcd_get, Fleet, Setup, LOCK_TTL, URL_ENV, WAIT};
 use crate::kit::{
     assert_no_registered_secret, exit, fingerprint, register_last_issued, spawn, ChatgptCreds,
@@ -286,12 +286,7 @@ fn a_fleet_agent_with_serve_starts_and_publishes_its_broker_url_in_inspect_and_s
         started.contains("with the fleet's login") && started.contains(&fleet.prefix),
         "the agent serving a broker must still say it keeps the fleet's login: {started:?}"
     );
-    let port = url
-        .strip_prefix("http://127.0.0.1:")
-        .and_then(|rest| rest.strip_suffix("/oauth/token"))
-        .and_then(|port| port.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("the published broker {url:?} is not the URL of a port"));
-    assert_ne!(port, 0, "the agent must publish the port it got, not 0");
+    assert_published_port(&url);
 
     let inspect = fleet.inspect(0);
     assert_eq!(

@@ -284,7 +284,8 @@ fn a_record_without_usable_credentials_is_reported_never_mirrored_and_nothing_is
         let line = fleet.expect_event(1, "fleet_record_unusable");
         assert!(
             line.contains("no usable credentials"),
-            "the agent must say what is wrong with the record ({what}): {line}"
+            "the agent must say what is wrong with the record ({what}): {line}; its log:\n{}",
+            fleet.agent_logs()
         );
         assert_eq!(
             refresh_token_on_disk(fleet.home(1)),

@@ -44,7 +44,8 @@ pub(crate) struct FleetSync {
     /// etcd's revision of what the last step looked at.
     looked_at: i64,
     /// The feed's view is used only once it is at least at this revision: it has heard of what
-    /// this agent wrote, or of what a read under the lock found.
+    /// this agent wrote, of what a read under the lock found, and of the record a read of its
+    /// own found.
     fresh_from: i64,
     /// How many failures of the feed's watch were reported.
     pub(crate) reported_failures: u64,
@@ -191,6 +192,13 @@ impl FleetSync {
                     Found::Record(record) => record.revision,
                     Found::Absent | Found::Invalid(_) => -1,
                 };
+                // A view that has not heard of the record this read found is older than it (the
+                // feed's first read can land before a change this read saw): it is neither used
+                // nor news until it has. The record's own revision is an event on the prefix,
+                // which the feed hears.
+                if let Found::Record(record) = &read.record {
+                    self.fresh_from = self.fresh_from.max(record.revision);
+                }
                 read
             }
         };
